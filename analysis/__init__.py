@@ -1,0 +1,1 @@
+"""Analysis: collect run records, fit the unified QAT scaling law, write reports."""
