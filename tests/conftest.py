@@ -1,0 +1,48 @@
+"""Shared fixtures: the private loopback SLURM cluster (tests/slurm_cluster.py).
+
+SLURM tests skip with the reason when the binaries are missing, unless
+``QAT_SWEEP_REQUIRE_SLURM=1`` (CI after .ci/slurm-deps.sh), where a missing SLURM is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from slurm_cluster import SlurmCluster, missing_binaries, start_cluster  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[SlurmCluster]:
+    """One cluster per test session; its environment is applied to this process for its life."""
+    missing = missing_binaries()
+    if missing:
+        reason = f"SLURM binaries missing: {', '.join(missing)} (run .ci/slurm-deps.sh)"
+        if os.environ.get("QAT_SWEEP_REQUIRE_SLURM") == "1":
+            pytest.fail(f"QAT_SWEEP_REQUIRE_SLURM=1 but {reason}")
+        pytest.skip(reason)
+    if os.geteuid() != 0:
+        reason = "the loopback SLURM cluster runs its daemons as root (SlurmUser=root)"
+        if os.environ.get("QAT_SWEEP_REQUIRE_SLURM") == "1":
+            pytest.fail(f"QAT_SWEEP_REQUIRE_SLURM=1 but {reason}")
+        pytest.skip(reason)
+    root = Path(tempfile.mkdtemp(prefix="qat-slurm-"))
+    saved = {key: os.environ.get(key) for key in ("SLURM_CONF", "PATH")}
+    cluster = start_cluster(root)
+    cluster.apply_env()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

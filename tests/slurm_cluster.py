@@ -1,0 +1,255 @@
+"""A private single-node SLURM cluster on loopback, for tests and local trials.
+
+Follows NOTES.md ("A real SLURM on one machine"): its own munged and key, a slurm.conf in a
+temp dir reached through ``SLURM_CONF``, free non-default ports, proctrack/linuxproc, no cgroups,
+two fake GPUs, and ``accounting_storage/none`` with a small ``sacct`` stand-in (first on ``PATH``)
+that answers submitit's state queries from ``squeue`` (``MinJobAge`` keeps finished jobs there).
+Daemons are stopped by the PIDs in their pid files, never by name.
+
+As a script: ``python tests/slurm_cluster.py start DIR`` prints the environment to export;
+``python tests/slurm_cluster.py stop DIR`` stops it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REQUIRED_BINARIES = ("slurmctld", "slurmd", "sinfo", "sbatch", "squeue", "scontrol", "munged")
+MAX_ARRAY_SIZE = 128  # small on purpose: a 289-run sweep needs several arrays (chunking is tested)
+NODE_CPUS = 8
+NODE_MEMORY_MB = 16000
+
+_SACCT_STAND_IN = """#!/bin/bash
+# sacct stand-in for a cluster without accounting: answers `sacct -o JobID,State,NodeList
+# --parsable2 -j ID ...` (what submitit asks) from squeue, which keeps ended jobs for MinJobAge.
+ids=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -j|--jobs) ids+=("$2"); shift 2 ;;
+    -j*) ids+=("${1#-j}"); shift ;;
+    --jobs=*) ids+=("${1#--jobs=}"); shift ;;
+    *) shift ;;
+  esac
+done
+echo "JobID|State|NodeList"
+[ ${#ids[@]} -eq 0 ] && exit 0
+for id in "${ids[@]}"; do
+  squeue -h -r -t all -j "$id" -o "%i|%T|%N" 2>/dev/null
+done
+exit 0
+"""
+
+
+def missing_binaries() -> list[str]:
+    """SLURM/munge programs this machine lacks (the tests skip or fail on them)."""
+    return [name for name in REQUIRED_BINARIES if shutil.which(name) is None]
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _wait(predicate, deadline_s: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+    raise TimeoutError(f"{what} not reached within {deadline_s:.0f} s\n{tail}")
+
+
+@dataclass
+class SlurmCluster:
+    """A running loopback cluster rooted at ``root``; ``env`` reaches it from subprocesses."""
+
+    root: Path
+
+    @property
+    def conf(self) -> Path:
+        return self.root / "slurm.conf"
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.root / "bin"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Variables to add to a process environment so SLURM commands use this cluster."""
+        return {
+            "SLURM_CONF": str(self.conf),
+            "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+
+    def apply_env(self) -> None:
+        """Point this process (and its children) at the cluster."""
+        os.environ.update(self.env)
+
+    def run(self, *args: str, timeout: float = 30) -> str:
+        """Run a SLURM client command against this cluster and return its stdout."""
+        env = {**os.environ, **self.env}
+        out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout)
+        if out.returncode:
+            raise RuntimeError(f"{' '.join(args)} failed ({out.returncode}): {out.stderr.strip()}")
+        return out.stdout
+
+    def node_state(self) -> str:
+        try:
+            return self.run("sinfo", "-h", "-N", "-o", "%T", timeout=10).strip()
+        except (RuntimeError, subprocess.TimeoutExpired):
+            return ""
+
+    def stop(self) -> None:
+        """Stop slurmd, slurmctld and munged by the PIDs in their pid files."""
+        for name in ("slurmd", "slurmctld", "munged"):
+            pid_file = self.root / "run" / f"{name}.pid"
+            if not pid_file.exists():
+                continue
+            try:
+                pid = int(pid_file.read_text().split()[0])
+                os.kill(pid, signal.SIGTERM)
+            except (ValueError, IndexError, ProcessLookupError):
+                continue
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.1)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+            pid_file.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie child of this process counts as gone
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        return waited == 0
+    except ChildProcessError:
+        return True
+
+
+def _slurm_conf(root: Path, ctld_port: int, slurmd_port: int, socket_path: Path) -> str:
+    return f"""\
+ClusterName=qatsweep
+SlurmctldHost=localhost
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=socket={socket_path}
+CredType=cred/munge
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool
+SlurmctldPidFile={root}/run/slurmctld.pid
+SlurmdPidFile={root}/run/slurmd.pid
+SlurmctldLogFile={root}/log/slurmctld.log
+SlurmdLogFile={root}/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=none
+ReturnToService=2
+KillWait=5
+MinJobAge=3600
+MaxArraySize={MAX_ARRAY_SIZE}
+SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
+SlurmdParameters=config_overrides
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+GresTypes=gpu
+NodeName=localhost NodeAddr=127.0.0.1 CPUs={NODE_CPUS} RealMemory={NODE_MEMORY_MB} Gres=gpu:2 State=UNKNOWN
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+def start_cluster(root: str | Path, deadline_s: float = 60) -> SlurmCluster:
+    """Write the configs under ``root`` and start munged, slurmctld and slurmd; wait until idle."""
+    root = Path(root).resolve()
+    cluster = SlurmCluster(root)
+    for sub in ("state", "spool", "run", "log", "bin", "munge", "dev"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o755)
+    os.chmod(root / "munge", 0o755)  # munged refuses a socket directory that is not 0755
+
+    key = root / "munge" / "munge.key"
+    if not key.exists():
+        subprocess.run(["mungekey", "--create", "--keyfile", str(key)], check=True)
+    os.chmod(key, 0o600)
+    socket_path = root / "munge" / "munge.socket"
+    subprocess.run(
+        [
+            "munged",
+            "--force",
+            f"--socket={socket_path}",
+            f"--key-file={key}",
+            f"--pid-file={root}/run/munged.pid",
+            f"--log-file={root}/log/munged.log",
+            f"--seed-file={root}/munge/munged.seed",
+        ],
+        check=True,
+    )
+
+    ctld_port, slurmd_port = _free_ports(2)
+    cluster.conf.write_text(_slurm_conf(root, ctld_port, slurmd_port, socket_path))
+    for i in range(2):
+        (root / "dev" / f"gpu{i}").touch()
+    (root / "gres.conf").write_text(
+        "".join(f"NodeName=localhost Name=gpu File={root}/dev/gpu{i}\n" for i in range(2))
+    )
+    sacct = cluster.bin_dir / "sacct"
+    sacct.write_text(_SACCT_STAND_IN)
+    sacct.chmod(0o755)
+
+    env = {**os.environ, **cluster.env}
+    subprocess.run(["slurmctld", "-i"], env=env, check=True)
+    subprocess.run(["slurmd", "-N", "localhost"], env=env, check=True)
+    try:
+        _wait(
+            lambda: cluster.node_state() == "idle",
+            deadline_s,
+            "SLURM node idle",
+            root / "log" / "slurmctld.log",
+        )
+    except TimeoutError:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in ("start", "stop"):
+        print("usage: python tests/slurm_cluster.py start|stop DIR", file=sys.stderr)
+        return 2
+    command, root = argv
+    if command == "start":
+        cluster = start_cluster(root)
+        print(json.dumps(cluster.env, indent=2))
+        print(f"# export SLURM_CONF={cluster.conf} PATH={cluster.bin_dir}:$PATH")
+    else:
+        SlurmCluster(Path(root).resolve()).stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
