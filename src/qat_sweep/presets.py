@@ -1,0 +1,147 @@
+"""Model shapes: the yaml files in ``conf/model/`` are the single source of truth.
+
+``n_params`` follows the paper's convention (non-embedding N = the weights of the blocks'
+linear layers), because that is the N the scaling law is fitted on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR: Path = Path(
+    os.environ.get("QAT_SWEEP_CONF") or Path(__file__).resolve().parents[2] / "conf"
+)
+
+# The paper's presets (PAPER.md section 2), in size order; everything else is a small preset.
+PAPER_PRESETS: tuple[str, ...] = ("74M", "145M", "297M", "595M", "973M", "2.8B")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape and the per-size training hyperparameters of one Llama-3-style model."""
+
+    name: str
+    n_layers: int
+    hidden_size: int
+    ffn_size: int
+    n_heads: int
+    n_kv_heads: int
+    vocab_size: int | None
+    seq_len: int
+    batch_seqs: int
+    lr: float
+    warmup_steps: int
+    rope_theta: float
+    norm_eps: float
+
+    def __post_init__(self) -> None:
+        for field in ("n_layers", "hidden_size", "ffn_size", "n_heads", "n_kv_heads", "seq_len"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(
+                    f"model {self.name!r}: {field} must be a positive int, got {value!r}"
+                )
+        if self.hidden_size % self.n_heads:
+            raise ValueError(
+                f"model {self.name!r}: hidden_size {self.hidden_size} is not divisible by "
+                f"n_heads {self.n_heads}"
+            )
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"model {self.name!r}: n_heads {self.n_heads} is not a multiple of "
+                f"n_kv_heads {self.n_kv_heads} (grouped-query attention)"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"model {self.name!r}: head_dim {self.head_dim} must be even for RoPE")
+        if self.vocab_size is not None and self.vocab_size <= 0:
+            raise ValueError(f"model {self.name!r}: vocab_size must be positive or null")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.n_heads
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+    @property
+    def n_params(self) -> int:
+        """Non-embedding N: q, k, v, o and gate, up, down weights of every block."""
+        d = self.hidden_size
+        attention = 2 * d * d + 2 * d * self.kv_dim
+        mlp = 3 * d * self.ffn_size
+        return self.n_layers * (attention + mlp)
+
+    def n_params_total(self, vocab_size: int | None = None) -> int:
+        """All parameters: N plus untied embedding and lm_head plus the RMSNorm gains."""
+        vocab = vocab_size if vocab_size is not None else self.vocab_size
+        if vocab is None:
+            raise ValueError(f"model {self.name!r}: vocab_size is null; pass the tokenizer's size")
+        norms = (2 * self.n_layers + 1) * self.hidden_size
+        return self.n_params + 2 * vocab * self.hidden_size + norms
+
+
+_INT_FIELDS = ("n_layers", "hidden_size", "ffn_size", "n_heads", "n_kv_heads", "seq_len")
+_INT_FIELDS += ("batch_seqs", "warmup_steps")
+_FLOAT_FIELDS = ("lr", "rope_theta", "norm_eps")
+
+
+def model_config_from(cfg_node: DictConfig | Mapping[str, Any]) -> ModelConfig:
+    """Builds a ModelConfig from a Hydra node or dict, so custom shapes can live in yaml."""
+    raw = (
+        OmegaConf.to_container(cfg_node, resolve=True)
+        if isinstance(cfg_node, DictConfig)
+        else cfg_node
+    )
+    data = dict(raw)  # type: ignore[arg-type]
+    fields = [f.name for f in dataclasses.fields(ModelConfig)]
+    unknown = sorted(set(data) - set(fields))
+    missing = [f for f in fields if f not in data]
+    if unknown or missing:
+        raise ValueError(
+            f"model config: unknown keys {unknown}, missing keys {missing}; expected exactly {fields}"
+        )
+    for key in _INT_FIELDS:
+        data[key] = _as_int(key, data[key])
+    for key in _FLOAT_FIELDS:
+        data[key] = float(data[key])
+    if data["vocab_size"] is not None:
+        data["vocab_size"] = _as_int("vocab_size", data["vocab_size"])
+    data["name"] = str(data["name"])
+    return ModelConfig(**data)
+
+
+def _as_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise ValueError(f"model config: {key} must be an integer, got {value!r}")
+    return int(value)
+
+
+def available_presets() -> list[str]:
+    """Preset names from ``CONF_DIR/model``: paper presets in size order, then the rest by N."""
+    names = [p.stem for p in (CONF_DIR / "model").glob("*.yaml")]
+    paper = [n for n in PAPER_PRESETS if n in names]
+    others = sorted((n for n in names if n not in PAPER_PRESETS), key=lambda n: _load(n).n_params)
+    return paper + others
+
+
+def load_preset(name: str) -> ModelConfig:
+    """The ModelConfig of a named preset; ValueError listing the allowed names otherwise."""
+    allowed = available_presets()
+    if name not in allowed:
+        raise ValueError(f"unknown model preset {name!r}; allowed: {', '.join(allowed)}")
+    return _load(name)
+
+
+def _load(name: str) -> ModelConfig:
+    config = model_config_from(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"))
+    if config.name != name:
+        raise ValueError(f"conf/model/{name}.yaml declares name {config.name!r}; they must match")
+    return config
