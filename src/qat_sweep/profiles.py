@@ -1,0 +1,332 @@
+"""Launch profiles: one YAML file per cluster in ``launchers/`` (names are file stems).
+
+A profile says where and with what resources each run of a sweep executes. It is validated
+before anything is submitted: unknown keys, wrong types, and requests larger than the SLURM
+partition offers are rejected with the file and key named. The same profile maps onto the
+submitit executor (``executor_parameters``) and onto Hydra's submitit launcher
+(``hydra_launcher_overrides``), so both launch paths use one description of the cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from qat_sweep.presets import CONF_DIR
+
+LAUNCHERS_DIR: Path = Path(os.environ.get("QAT_SWEEP_LAUNCHERS") or CONF_DIR.parent / "launchers")
+KINDS = ("local", "slurm")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+@dataclass(frozen=True)
+class LaunchProfile:
+    """Where and how the runs of a sweep execute (see launchers/template.yaml for each key)."""
+
+    name: str
+    kind: str
+    max_parallel: int = 1
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    exclude: str | None = None
+    nodes: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 1
+    mem_gb: float | None = None
+    timeout_min: int = 60
+    array_parallelism: int = 64
+    max_array_size: int | None = None
+    signal_delay_s: int = 120
+    requeue: bool = True
+    setup: list[str] = field(default_factory=list)
+    wandb_mode: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+    folder: str | None = None
+    additional_parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tasks_per_node(self) -> int:
+        """One DDP task per GPU (the trainer exports torch.distributed variables per task)."""
+        return max(1, self.gpus_per_node)
+
+    def train_overrides(self) -> list[str]:
+        """Overrides every run gets on this cluster (execution settings, not the run identity)."""
+        extra = [f"logger.wandb.mode={self.wandb_mode}"] if self.wandb_mode else []
+        return [*self.overrides, *extra]
+
+
+_INT_KEYS = ("max_parallel", "nodes", "gpus_per_node", "cpus_per_task", "timeout_min")
+_INT_KEYS += ("array_parallelism", "signal_delay_s")
+_POSITIVE = ("max_parallel", "nodes", "cpus_per_task", "timeout_min", "array_parallelism")
+_STR_KEYS = ("partition", "account", "qos", "constraint", "exclude", "wandb_mode", "folder")
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in LAUNCHERS_DIR.glob("*.yaml"))
+
+
+def profile_path(name: str) -> Path:
+    return LAUNCHERS_DIR / f"{name}.yaml"
+
+
+def load_profile(name_or_path: str | Path) -> LaunchProfile:
+    """A validated profile by name (``launchers/<name>.yaml``) or by path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = profile_path(str(name_or_path))
+    if not path.is_file():
+        raise ValueError(
+            f"unknown launch profile {str(name_or_path)!r}; available in {LAUNCHERS_DIR}: "
+            f"{', '.join(available_profiles()) or '(none)'}"
+        )
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a launch profile must be a mapping of keys to values")
+    return profile_from_dict(path.stem, raw, source=str(path))
+
+
+def profile_from_dict(name: str, raw: dict[str, Any], source: str = "<dict>") -> LaunchProfile:
+    """Checks keys and types of a profile mapping and builds the LaunchProfile."""
+    known = [f.name for f in fields(LaunchProfile) if f.name != "name"]
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {unknown}; allowed keys: {', '.join(known)}")
+    problems = []
+    if raw.get("kind") not in KINDS:
+        problems.append(f"kind must be one of {list(KINDS)}, got {raw.get('kind')!r}")
+    for key in _INT_KEYS:
+        value = raw.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            problems.append(f"{key} must be an integer, got {value!r}")
+        elif key in _POSITIVE and value is not None and value < 1:
+            problems.append(f"{key} must be >= 1, got {value!r}")
+        elif value is not None and value < 0:
+            problems.append(f"{key} must be >= 0, got {value!r}")
+    size = raw.get("max_array_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        problems.append(f"max_array_size must be a positive integer or null, got {size!r}")
+    mem = raw.get("mem_gb")
+    if mem is not None and (isinstance(mem, bool) or not isinstance(mem, int | float) or mem <= 0):
+        problems.append(f"mem_gb must be a positive number or null, got {mem!r}")
+    for key in _STR_KEYS:
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            problems.append(f"{key} must be a string or null, got {raw[key]!r}")
+    if raw.get("wandb_mode") is not None and raw["wandb_mode"] not in WANDB_MODES:
+        problems.append(f"wandb_mode must be one of {list(WANDB_MODES)} or null")
+    for key in ("setup", "overrides"):
+        value = raw.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            problems.append(f"{key} must be a list of strings, got {value!r}")
+    for key in ("env", "additional_parameters"):
+        if not isinstance(raw.get(key, {}), dict):
+            problems.append(f"{key} must be a mapping, got {raw[key]!r}")
+    if problems:
+        raise ValueError(f"{source}: " + "; ".join(problems))
+    values = {k: v for k, v in raw.items() if v is not None or k in ("mem_gb", "max_array_size")}
+    values["env"] = {str(k): str(v) for k, v in values.get("env", {}).items()}
+    return LaunchProfile(name=name, **values)
+
+
+def executor_parameters(profile: LaunchProfile) -> dict[str, Any]:
+    """``AutoExecutor.update_parameters`` arguments for a SLURM profile."""
+    additional = dict(profile.additional_parameters)
+    if profile.requeue:
+        additional.setdefault("requeue", True)
+    params: dict[str, Any] = {
+        "name": f"qat-{profile.name}",
+        "timeout_min": profile.timeout_min,
+        "nodes": profile.nodes,
+        "tasks_per_node": profile.tasks_per_node,
+        "cpus_per_task": profile.cpus_per_task,
+        "slurm_array_parallelism": profile.array_parallelism,
+        "slurm_signal_delay_s": profile.signal_delay_s,
+        "slurm_additional_parameters": additional,
+    }
+    if profile.gpus_per_node:
+        params["gpus_per_node"] = profile.gpus_per_node
+    if profile.mem_gb is not None:
+        params["mem_gb"] = profile.mem_gb
+    setup = [f"export {k}={_shell_quote(v)}" for k, v in profile.env.items()] + profile.setup
+    if setup:
+        params["slurm_setup"] = setup
+    for key in ("partition", "account", "qos", "constraint", "exclude"):
+        if getattr(profile, key) is not None:
+            params[f"slurm_{key}"] = getattr(profile, key)
+    return params
+
+
+def hydra_launcher_overrides(profile: LaunchProfile) -> list[str]:
+    """The same profile as overrides for ``python -m qat_sweep.train -m ...`` (Hydra path).
+
+    Maps onto hydra-submitit-launcher 1.2.0's ``SlurmQueueConf`` / ``LocalQueueConf`` keys;
+    the profile's train overrides are appended as ordinary overrides.
+    """
+    if profile.kind == "local":
+        out = ["hydra/launcher=submitit_local", f"hydra.launcher.timeout_min={profile.timeout_min}"]
+        return out + profile.train_overrides()
+    params = executor_parameters(profile)
+    out = [
+        "hydra/launcher=submitit_slurm",
+        f"hydra.launcher.timeout_min={profile.timeout_min}",
+        f"hydra.launcher.nodes={profile.nodes}",
+        f"hydra.launcher.tasks_per_node={profile.tasks_per_node}",
+        f"hydra.launcher.cpus_per_task={profile.cpus_per_task}",
+        f"hydra.launcher.array_parallelism={profile.array_parallelism}",
+        f"hydra.launcher.signal_delay_s={profile.signal_delay_s}",
+    ]
+    if profile.gpus_per_node:
+        out.append(f"hydra.launcher.gpus_per_node={profile.gpus_per_node}")
+    if profile.mem_gb is not None:
+        out.append(f"hydra.launcher.mem_gb={int(profile.mem_gb)}")
+    for key in ("partition", "account", "qos", "constraint", "exclude"):
+        if getattr(profile, key) is not None:
+            out.append(f"hydra.launcher.{key}={_hydra_value(getattr(profile, key))}")
+    if "slurm_setup" in params:
+        out.append(f"hydra.launcher.setup={_hydra_value(params['slurm_setup'])}")
+    if params["slurm_additional_parameters"]:
+        additional = _hydra_value(params["slurm_additional_parameters"])
+        out.append(f"hydra.launcher.additional_parameters={additional}")
+    return out + profile.train_overrides()
+
+
+def _hydra_value(value: Any) -> str:
+    """A value in Hydra's override grammar (JSON strings are valid quoted Hydra strings)."""
+    if isinstance(value, list):
+        return "[" + ",".join(_hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_hydra_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _shell_quote(value: str) -> str:
+    return "'" + value.replace("'", "'\"'\"'") + "'"
+
+
+@dataclass(frozen=True)
+class PartitionLimits:
+    """What one node of a partition offers a job (None: unlimited or unknown)."""
+
+    name: str
+    cpus: int
+    mem_gb: float
+    gpus: int
+    max_time_min: int | None
+    nodes: int
+
+
+def _slurm_output(*args: str) -> str:
+    out = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    if out.returncode:
+        raise ValueError(f"`{' '.join(args)}` failed: {out.stderr.strip() or out.stdout.strip()}")
+    return out.stdout
+
+
+def partition_limits(partition: str | None) -> PartitionLimits:
+    """Per-node limits of ``partition`` (or the default one) from ``sinfo``."""
+    fmt = "%P|%c|%m|%G|%l|%D"
+    rows = [r.split("|") for r in _slurm_output("sinfo", "-h", "-o", fmt).splitlines() if r]
+    if partition is None:
+        rows = [r for r in rows if r[0].endswith("*")] or rows[:1]
+    else:
+        rows = [r for r in rows if r[0].rstrip("*") == partition]
+    if not rows:
+        names = {r[0].rstrip("*") for r in _slurm_output("sinfo", "-h", "-o", "%P").split()}
+        raise ValueError(
+            f"partition {partition!r} does not exist on this cluster; "
+            f"partitions: {', '.join(sorted(names))}"
+        )
+    return PartitionLimits(
+        name=rows[0][0].rstrip("*"),
+        cpus=max(int(r[1].rstrip("+")) for r in rows),
+        mem_gb=max(int(r[2].rstrip("+")) for r in rows) / 1024,
+        gpus=max(_gpu_count(r[3]) for r in rows),
+        max_time_min=_minutes(rows[0][4]),
+        nodes=sum(int(r[5]) for r in rows),
+    )
+
+
+def _gpu_count(gres: str) -> int:
+    total = 0
+    for item in gres.split(","):
+        match = re.match(r"gpu(?::[^:(]+)?:(\d+)", item)
+        if match:
+            total = max(total, int(match.group(1)))
+    return total
+
+
+def _minutes(limit: str) -> int | None:
+    """sinfo time limit ('infinite', 'D-HH:MM:SS', 'HH:MM:SS', 'MM:SS', 'MM') in minutes."""
+    if limit in ("infinite", "UNLIMITED", "n/a"):
+        return None
+    days, _, rest = limit.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    if len(parts) == 1:
+        hours, minutes = 0, parts[0]
+    else:
+        parts = ([0] * 3 + parts)[-3:]
+        hours, minutes = parts[0], parts[1] + (parts[2] > 0)
+    return (int(days) if days else 0) * 1440 + hours * 60 + minutes
+
+
+def check_against_cluster(profile: LaunchProfile) -> PartitionLimits | None:
+    """Reject a SLURM profile that asks for more than its partition offers (nothing submitted)."""
+    if profile.kind != "slurm":
+        return None
+    if shutil.which("sinfo") is None:
+        raise ValueError(
+            f"launch profile {profile.name!r} is a SLURM profile but `sinfo` is not on PATH: "
+            "launch from a SLURM login node (or use launcher=local)"
+        )
+    limits = partition_limits(profile.partition)
+    problems = []
+    if profile.cpus_per_task * profile.tasks_per_node > limits.cpus:
+        problems.append(
+            f"cpus_per_task x tasks_per_node = {profile.cpus_per_task * profile.tasks_per_node} "
+            f"> {limits.cpus} CPUs per node"
+        )
+    if profile.mem_gb is not None and profile.mem_gb > limits.mem_gb:
+        problems.append(f"mem_gb={profile.mem_gb} > {limits.mem_gb:.1f} GB per node")
+    if profile.gpus_per_node > limits.gpus:
+        problems.append(f"gpus_per_node={profile.gpus_per_node} > {limits.gpus} GPUs per node")
+    if limits.max_time_min is not None and profile.timeout_min > limits.max_time_min:
+        problems.append(f"timeout_min={profile.timeout_min} > MaxTime {limits.max_time_min} min")
+    if profile.nodes > limits.nodes:
+        problems.append(f"nodes={profile.nodes} > {limits.nodes} nodes in the partition")
+    if problems:
+        raise ValueError(
+            f"launch profile {profile.name!r} ({profile_path(profile.name)}) asks for more than "
+            f"partition {limits.name!r} offers: " + "; ".join(problems)
+        )
+    return limits
+
+
+def max_array_size(profile: LaunchProfile) -> int:
+    """Tasks per array: the profile's cap, else the cluster's MaxArraySize (indices < it)."""
+    if profile.max_array_size is not None:
+        return profile.max_array_size
+    for line in _slurm_output("scontrol", "show", "config").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "MaxArraySize":
+            return max(1, int(value.strip()))
+    return 1001  # SLURM's default
+
+
+def describe(profile: LaunchProfile) -> str:
+    """One-line summary for launch messages."""
+    keys = ("kind", "partition", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb")
+    return json.dumps({k: getattr(profile, k) for k in (*keys, "timeout_min")})
