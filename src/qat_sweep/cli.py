@@ -1,0 +1,71 @@
+"""The `qat-sweep` console script: one subcommand per job, Hydra-style `key=value` arguments."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+USAGE = """usage: qat-sweep <command> [key=value ...]
+
+commands:
+  train     one training run (a Hydra app: key=value overrides, -m for multirun)
+  plan      expand and validate a sweep: plan sweep=NAME [--json]
+  launch    submit a sweep's missing runs: launch sweep=NAME launcher=PROFILE [--dry-run]
+  status    completed / running / failed / missing runs: status sweep=NAME [--json]
+  fit       fit the scaling law: fit (sweep=NAME | --runs DIR | --table FILE.csv) --out DIR
+  predict   a fitted law's prediction: predict --fit DIR model=... tokens=... scheme=...
+  prepare   tokenize a corpus: prepare input=PATH out=DIR | prepare demo | prepare hf ...
+  bench     forward+backward time per scheme: bench model=1M batch=8 seq_len=128
+  demo      the embedded end-to-end loop: demo sweep, fit and report on this machine
+"""
+
+
+def _train(argv: list[str]) -> int:
+    from qat_sweep import train
+
+    # Hydra parses sys.argv itself, so -m, --cfg job, hydra/launcher=... all work as usual.
+    sys.argv = ["qat-sweep train", *argv]
+    train.main()
+    return 0
+
+
+def _lazy(module: str, function: str) -> Callable[[list[str]], int]:
+    def run(argv: list[str]) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), function)(argv)
+
+    return run
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "train": _train,
+    "plan": _lazy("qat_sweep.grid", "plan_main"),
+    "launch": _lazy("qat_sweep.dispatch", "launch_main"),
+    "status": _lazy("qat_sweep.dispatch", "status_main"),
+    "fit": _lazy("qat_sweep.analysis.cli", "fit_main"),
+    "predict": _lazy("qat_sweep.analysis.cli", "predict_main"),
+    "prepare": _lazy("qat_sweep.prepare", "main"),
+    "bench": _lazy("qat_sweep.bench", "main"),
+    "demo": _lazy("qat_sweep.demo", "main"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(
+            f"qat-sweep: unknown command {command!r}; allowed: {', '.join(COMMANDS)}\n",
+            file=sys.stderr,
+        )
+        print(USAGE, file=sys.stderr)
+        return 2
+    return COMMANDS[command](rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

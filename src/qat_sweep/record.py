@@ -1,0 +1,120 @@
+"""The run record (`result.json`): the system of record of one run, written atomically.
+
+A run counts as done only when a valid record with status `completed` exists; anything else
+(no file, a half-written file, a failed run) means the run is not done.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+SCHEMA = 1
+RECORD_NAME = "result.json"
+STATUSES = ("completed", "failed", "diverged")
+REQUIRED_KEYS = (
+    "schema",
+    "run_key",
+    "sweep",
+    "status",
+    "error",
+    "model",
+    "n_params",
+    "n_params_total",
+    "hidden_size",
+    "tokens",
+    "scheme",
+    "format",
+    "group_size",
+    "lr",
+    "seed",
+    "loss",
+    "val_loss",
+    "metrics",
+    "config",
+    "versions",
+    "slurm",
+    "wandb",
+)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to a temp file in the same directory, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, allow_nan=False, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def record_problems(record: Any) -> list[str]:
+    """What makes `record` not a valid run record (empty list: valid)."""
+    if not isinstance(record, dict):
+        return ["record is not a JSON object"]
+    problems = [f"missing key {key!r}" for key in REQUIRED_KEYS if key not in record]
+    if record.get("schema") != SCHEMA:
+        problems.append(f"schema {record.get('schema')!r} != {SCHEMA}")
+    if record.get("status") not in STATUSES:
+        problems.append(f"status {record.get('status')!r} not in {STATUSES}")
+    if record.get("status") == "completed":
+        loss = record.get("loss")
+        if not isinstance(loss, int | float) or not math.isfinite(loss):
+            problems.append(f"completed run with non-finite loss {loss!r}")
+        if record.get("error") is not None:
+            problems.append("completed run with an error message")
+    return problems
+
+
+def read_record(run_dir: Path) -> dict | None:
+    """The valid record in `run_dir`, or None when there is none (missing, corrupt, invalid)."""
+    path = Path(run_dir) / RECORD_NAME
+    try:
+        record = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return None if record_problems(record) else record
+
+
+def is_completed(run_dir: Path) -> bool:
+    record = read_record(run_dir)
+    return record is not None and record["status"] == "completed"
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def software_versions() -> dict[str, str | None]:
+    """Code and package versions, so a fit can tell which runs share a code base."""
+    versions: dict[str, str | None] = {"git_sha": _git_sha(), "python": platform.python_version()}
+    for package in ("qat-sweep", "torch", "hydra-core", "omegaconf", "submitit", "wandb", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions

@@ -1,0 +1,590 @@
+"""One QAT or BF16 training run: `qat-sweep train key=value ...` / `python -m qat_sweep.train`.
+
+One resolved config in, one run directory out (`<paths.runs>/<sweep>/<run_key>/`): metrics.jsonl,
+periodic atomic checkpoints, and at the end an atomically written `result.json`. Running it
+again resumes from the checkpoint, or returns at once when the record says `completed`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+
+from qat_sweep.bench import flops_per_token, peak_flops
+from qat_sweep.checkpoint import (
+    load_checkpoint,
+    remove_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from qat_sweep.config import compose_run, parse_tokens, run_dir
+from qat_sweep.data import BatchSchedule, TokenData, load_token_data, val_batches
+from qat_sweep.distributed import (
+    all_reduce_mean,
+    any_rank,
+    setup_distributed,
+    teardown_distributed,
+)
+from qat_sweep.instrument import site_stats
+from qat_sweep.model import Transformer, build_model
+from qat_sweep.model import validate as validate_model
+from qat_sweep.presets import CONF_DIR, ModelConfig, model_config_from
+from qat_sweep.record import (
+    RECORD_NAME,
+    SCHEMA,
+    read_record,
+    software_versions,
+    write_json_atomic,
+)
+from qat_sweep.schemes import QuantConfig, quant_config_from
+from qat_sweep.tracking import Tracker, truncate_metrics, wandb_id
+
+__all__ = [
+    "RECORD_NAME",
+    "Preempted",
+    "read_record",
+    "train",
+    "train_from_overrides",
+    "validate_run",
+]
+
+EXIT_FAILED, EXIT_DIVERGED, EXIT_PREEMPTED = 1, 3, 143
+
+
+class Preempted(SystemExit):
+    """Raised after a checkpoint was saved on SIGUSR1/SIGUSR2/SIGTERM; SLURM requeues the run."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(EXIT_PREEMPTED)
+        self.signum = signum
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN/Inf or exceeded train.max_loss."""
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """Everything validated before the first step: shapes, data, step counts."""
+
+    model_cfg: ModelConfig
+    quant: QuantConfig
+    data: TokenData
+    vocab_size: int
+    tokens: int
+    seq_len: int
+    global_batch: int
+    total_steps: int
+    warmup_steps: int
+    eval_every: int
+    checkpoint_every: int
+    smoothing_window: int
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _ensure_data(cfg: DictConfig) -> TokenData:
+    data_dir = Path(cfg.data.dir)
+    if cfg.data.get("build_if_missing") and not (data_dir / "meta.json").exists():
+        from qat_sweep.corpus import build_demo_corpus
+
+        # Runs started side by side must not build the corpus twice at once.
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        with open(data_dir.parent / f".{data_dir.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            build_demo_corpus(data_dir)
+    return load_token_data(data_dir)
+
+
+def validate_run(cfg: DictConfig) -> RunSetup:
+    """Every check that can fail before a training step: raises ValueError naming the problem."""
+    model_cfg = model_config_from(cfg.model)
+    quant = quant_config_from(cfg.quant)
+    try:
+        data = _ensure_data(cfg)
+    except FileNotFoundError as exc:
+        raise ValueError(str(exc)) from exc
+    vocab = model_cfg.vocab_size or data.vocab_size
+    if vocab < data.vocab_size:
+        raise ValueError(
+            f"model.vocab_size={vocab} is smaller than the data's vocabulary "
+            f"({data.vocab_size} tokens in {cfg.data.dir}); set model.vocab_size=null to take it "
+            f"from the data"
+        )
+    validate_model(model_cfg, quant, vocab)  # every G against every layer, before any tensor
+    tokens = parse_tokens(cfg.tokens)
+    seq_len = int(cfg.train.seq_len)
+    global_batch = int(cfg.optim.batch_seqs)
+    tokens_per_step = global_batch * seq_len
+    if tokens < tokens_per_step:
+        raise ValueError(
+            f"tokens={tokens} is smaller than one global batch ({global_batch} sequences x "
+            f"{seq_len} tokens = {tokens_per_step}); raise tokens or lower optim.batch_seqs"
+        )
+    total_steps = tokens // tokens_per_step
+    warmup = min(
+        int(cfg.optim.warmup_steps),
+        max(1, int(cfg.optim.warmup_max_fraction * total_steps)),
+    )
+    smoothing = cfg.train.loss_smoothing
+    window = int(min(smoothing.max_steps, max(1, round(smoothing.fraction * total_steps))))
+    every = lambda value: int(value) or max(1, total_steps // 10)  # noqa: E731
+    if cfg.optim.schedule not in ("cosine", "wsd"):
+        raise ValueError(f"optim.schedule={cfg.optim.schedule!r}; allowed: cosine, wsd")
+    return RunSetup(
+        model_cfg=model_cfg,
+        quant=quant,
+        data=data,
+        vocab_size=vocab,
+        tokens=tokens,
+        seq_len=seq_len,
+        global_batch=global_batch,
+        total_steps=total_steps,
+        warmup_steps=warmup,
+        eval_every=every(cfg.eval.every_steps),
+        checkpoint_every=every(cfg.checkpoint.every_steps),
+        smoothing_window=window,
+    )
+
+
+# ----------------------------------------------------------------------------- recipe pieces
+
+
+def lr_multiplier(step: int, setup: RunSetup, optim: DictConfig) -> float:
+    """Linear warm-up, then cosine (or WSD: flat, then linear decay) down to min_lr_ratio."""
+    total, warmup, floor = setup.total_steps, setup.warmup_steps, float(optim.min_lr_ratio)
+    if step < warmup:
+        return (step + 1) / warmup
+    if optim.schedule == "wsd":
+        decay_start = max(warmup, int(total * (1 - float(optim.decay_fraction))))
+        if step < decay_start:
+            return 1.0
+        progress = (step - decay_start) / max(1, total - 1 - decay_start)
+        return 1.0 - (1.0 - floor) * min(1.0, progress)
+    progress = min(1.0, (step - warmup) / max(1, total - 1 - warmup))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, optim: DictConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on the linear weights only (not on norms and embeddings)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_matrix = param.ndim >= 2 and "embed" not in name
+        (decay if is_matrix else no_decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": float(optim.weight_decay)},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups, lr=float(optim.lr), betas=tuple(optim.betas), eps=float(optim.eps), fused=False
+    )
+
+
+class SmoothedLoss:
+    """Bias-corrected EMA of the per-step training loss (the paper's smoothed final loss)."""
+
+    def __init__(self, window: int, value: float = 0.0, weight: float = 0.0) -> None:
+        self.beta = 1.0 - 1.0 / window
+        self.value, self.weight = value, weight
+
+    def update(self, loss: float) -> float:
+        self.value = self.beta * self.value + (1.0 - self.beta) * loss
+        self.weight = self.beta * self.weight + (1.0 - self.beta)
+        return self.get()
+
+    def get(self) -> float:
+        return self.value / self.weight if self.weight else float("nan")
+
+
+# ----------------------------------------------------------------------------- signals
+
+
+_stop_signal: int | None = None
+
+
+def _request_stop(signum: int, frame: Any) -> None:
+    global _stop_signal
+    _stop_signal = signum
+
+
+def _install_signal_handlers() -> dict[int, Any]:
+    """Preemption and time-limit signals only set a flag: the loop checkpoints at a step boundary."""
+    global _stop_signal
+    _stop_signal = None
+    if sys.platform == "win32" or not _is_main_thread():
+        return {}
+    previous = {}
+    for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, _request_stop)
+    return previous
+
+
+def _is_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def _requeue_slurm_job(signum: int) -> None:
+    """USR1/USR2 are warnings (time limit, submitit interrupt): SLURM does not requeue by itself."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job or signum == signal.SIGTERM:
+        return
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    target = f"{array_job}_{task}" if array_job and task else job
+    subprocess.run(["scontrol", "requeue", target], check=False, timeout=60)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _device(cfg: DictConfig) -> str:
+    wanted = str(cfg.train.device)
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted not in ("cpu", "cuda"):
+        raise ValueError(f"train.device={wanted!r}; allowed: auto, cpu, cuda")
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device=cuda but no CUDA device is available")
+    return wanted
+
+
+def _slurm_info() -> dict[str, Any] | None:
+    if "SLURM_JOB_ID" not in os.environ:
+        return None
+    keys = (
+        "SLURM_JOB_ID",
+        "SLURM_ARRAY_JOB_ID",
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_JOB_NODELIST",
+        "SLURM_RESTART_COUNT",
+        "SLURM_NTASKS",
+    )
+    return {key.removeprefix("SLURM_").lower(): os.environ.get(key) for key in keys}
+
+
+def _base_record(cfg: DictConfig, setup: RunSetup | None) -> dict[str, Any]:
+    quant = cfg.quant
+    model = model_config_from(cfg.model)
+    group = quant.group_size if quant.scheme != "bf16" else None
+    return {
+        "schema": SCHEMA,
+        "run_key": str(cfg.run_key),
+        "sweep": str(cfg.sweep),
+        "status": "failed",
+        "error": None,
+        "model": model.name,
+        "n_params": model.n_params,
+        "n_params_total": model.n_params_total(setup.vocab_size) if setup else None,
+        "hidden_size": model.hidden_size,
+        "tokens": parse_tokens(cfg.tokens),
+        "scheme": str(quant.scheme),
+        "format": str(quant.format) if quant.scheme != "bf16" else "bf16",
+        "group_size": group if group in (None, "channel") else int(group),
+        "lr": float(cfg.optim.lr),
+        "seed": int(cfg.seed),
+        "loss": None,
+        "val_loss": None,
+        "metrics": {},
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "versions": software_versions(),
+        "slurm": _slurm_info(),
+        "wandb": None,
+    }
+
+
+@torch.no_grad()
+def evaluate(model: Transformer, batches: list, device: str, autocast: bool) -> float:
+    was_training = model.training
+    model.eval()
+    losses = []
+    for x, y in batches:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            losses.append(float(model(x.to(device), y.to(device))))
+    model.train(was_training)
+    return sum(losses) / len(losses)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run (or resume, or skip) one run; returns its record. Never raises for a failed run."""
+    out_dir = run_dir(cfg)
+    existing = read_record(out_dir)
+    if existing is not None and existing["status"] == "completed":
+        return existing
+    setup: RunSetup | None = None
+    try:
+        setup = validate_run(cfg)
+        return _train(cfg, setup, out_dir)
+    except Preempted:
+        raise
+    except Exception as exc:
+        record = _base_record(cfg, setup)
+        record["status"] = "diverged" if isinstance(exc, Diverged) else "failed"
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        record["metrics"]["traceback"] = traceback.format_exc(limit=20)
+        if int(os.environ.get("RANK", "0")) == 0:
+            write_json_atomic(out_dir / RECORD_NAME, record)
+        print(
+            f"[qat-sweep] run {cfg.run_key} {record['status']}: {record['error']}", file=sys.stderr
+        )
+        return record
+
+
+def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
+    device = _device(cfg)
+    if cfg.train.threads:
+        torch.set_num_threads(int(cfg.train.threads))
+    dist_info = setup_distributed(device)
+    dev = dist_info.device
+    autocast = device == "cuda" and str(cfg.train.autocast_bf16) in ("auto", "true", "True")
+    per_rank = setup.global_batch // dist_info.world_size
+    micro = int(cfg.train.micro_batch_seqs or per_rank)
+    if setup.global_batch % dist_info.world_size or per_rank % micro:
+        raise ValueError(
+            f"global batch {setup.global_batch} does not split into {dist_info.world_size} ranks "
+            f"x micro-batches of {micro} sequences"
+        )
+    n_micro = per_rank // micro
+
+    torch.manual_seed(int(cfg.seed))  # same init for BF16 and QAT twins
+    model = build_model(setup.model_cfg, setup.quant, vocab_size=setup.vocab_size).to(dev)
+    optimizer = make_optimizer(model, cfg.optim)
+    schedule = BatchSchedule(setup.data.train, setup.seq_len, setup.global_batch, int(cfg.seed))
+    eval_batches = val_batches(
+        setup.data.val, setup.seq_len, int(cfg.eval.batch_seqs), int(cfg.eval.batches)
+    )
+    smoothed = SmoothedLoss(setup.smoothing_window)
+    step, wall_before = 0, 0.0
+
+    checkpoint = load_checkpoint(out_dir)
+    if checkpoint is not None:
+        if checkpoint["run_key"] != cfg.run_key:
+            raise ValueError(f"checkpoint in {out_dir} belongs to run {checkpoint['run_key']}")
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        smoothed = SmoothedLoss(setup.smoothing_window, *checkpoint["smoothed"])
+        step, wall_before = checkpoint["step"], checkpoint["wall_s"]
+        set_rng_state(checkpoint["rng"])
+        if dist_info.is_main:
+            truncate_metrics(out_dir, step)
+            print(f"[qat-sweep] resuming {cfg.run_key} at step {step}/{setup.total_steps}")
+
+    train_model: torch.nn.Module = model
+    if dist_info.world_size > 1:
+        train_model = DistributedDataParallel(
+            model, device_ids=[dist_info.local_rank] if device == "cuda" else None
+        )
+    if cfg.train.compile:
+        train_model = torch.compile(train_model)
+
+    record = _base_record(cfg, setup)
+    tracker = Tracker(
+        out_dir,
+        enabled=dist_info.is_main,
+        wandb_settings=OmegaConf.to_container(cfg.logger.wandb, resolve=True),
+        wandb_init={
+            "id": wandb_id(str(cfg.sweep), str(cfg.run_key)),
+            "name": str(cfg.run_key),
+            "group": str(cfg.sweep),
+            "job_type": str(cfg.quant.scheme),
+            "tags": [
+                f"N={record['model']}",
+                f"D={record['tokens']:.3g}",
+                f"G={record['group_size']}",
+                f"format={record['format']}",
+                *cfg.logger.wandb.tags,
+            ],
+            "config": record["config"],
+        },
+    )
+    record["wandb"] = tracker.wandb_info
+    flops_token = flops_per_token(setup.model_cfg, setup.seq_len, setup.vocab_size)
+    peak = peak_flops(torch.device(dev)) if device == "cuda" else None
+    tokens_per_step = setup.global_batch * setup.seq_len
+
+    previous_handlers = _install_signal_handlers()
+    t_start, t_window, window_tokens = time.perf_counter(), time.perf_counter(), 0
+    tokens_per_s, last_loss = float("nan"), float("nan")
+    progress_every = int(cfg.logger.progress_every_steps)
+
+    def save(at_step: int) -> None:
+        if dist_info.is_main:
+            save_checkpoint(
+                out_dir,
+                {
+                    "run_key": str(cfg.run_key),
+                    "step": at_step,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "smoothed": (smoothed.value, smoothed.weight),
+                    "rng": rng_state(),
+                    "wall_s": wall_before + time.perf_counter() - t_start,
+                },
+            )
+
+    def eval_row(at_step: int) -> dict[str, Any]:
+        val = evaluate(model, eval_batches, dev, autocast)
+        stats = site_stats(model, eval_batches[0][0][:4].to(dev))
+        row = {"step": at_step, "tokens": at_step * tokens_per_step, "val_loss": val}
+        for site, values in stats["sites"].items():
+            for name in ("kurtosis", "act_rel_err", "weight_rel_err"):
+                row[f"quant/{site}/{name}"] = values[name]
+        return row | {"_stats": stats}
+
+    try:
+        model.train()
+        while step < setup.total_steps:
+            if any_rank(_stop_signal is not None, dist_info):
+                save(step)
+                if dist_info.is_main:
+                    _requeue_slurm_job(_stop_signal or signal.SIGTERM)
+                raise Preempted(_stop_signal or signal.SIGTERM)
+            lr = float(cfg.optim.lr) * lr_multiplier(step, setup, cfg.optim)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=dev)
+            for m in range(n_micro):
+                x, y = schedule.batch(step, dist_info.rank, dist_info.world_size, m, n_micro)
+                sync = m == n_micro - 1 or dist_info.world_size == 1
+                ctx = contextlib.nullcontext() if sync else train_model.no_sync()
+                with ctx, torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                    loss = train_model(x.to(dev), y.to(dev)) / n_micro
+                    loss.backward()
+                loss_sum += loss.detach()
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), float(cfg.optim.grad_clip)
+            )
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            last_loss = float(all_reduce_mean(loss_sum, dist_info))
+            if not math.isfinite(last_loss) or last_loss > float(cfg.train.max_loss):
+                raise Diverged(
+                    f"training loss {last_loss} at step {step} (limit {cfg.train.max_loss})"
+                )
+            smooth = smoothed.update(last_loss)
+            window_tokens += tokens_per_step
+            row = {
+                "step": step,
+                "tokens": step * tokens_per_step,
+                "loss": last_loss,
+                "loss_smoothed": smooth,
+                "lr": lr,
+                "grad_norm": float(grad_norm),
+            }
+            if step % progress_every == 0 or step == setup.total_steps:
+                now = time.perf_counter()
+                tokens_per_s = window_tokens / max(now - t_window, 1e-9)
+                t_window, window_tokens = now, 0
+                row["tokens_per_s"] = tokens_per_s
+                row["mfu"] = tokens_per_s * flops_token / peak if peak else None
+                if dist_info.is_main:
+                    eta = (setup.total_steps - step) * tokens_per_step / max(tokens_per_s, 1e-9)
+                    print(
+                        f"[{cfg.run_key}] step {step}/{setup.total_steps} "
+                        f"tokens {step * tokens_per_step:.3g}/{setup.tokens:.3g} loss {last_loss:.4f} "
+                        f"(smoothed {smooth:.4f}) {tokens_per_s:,.0f} tok/s ETA {eta:,.0f}s",
+                        flush=True,
+                    )
+            if step % setup.eval_every == 0 and step < setup.total_steps:
+                row.update({k: v for k, v in eval_row(step).items() if k != "_stats"})
+            tracker.log(row)
+            if step % setup.checkpoint_every == 0 and step < setup.total_steps:
+                save(step)
+
+        final = eval_row(step)
+        stats = final.pop("_stats")
+        tracker.log(final)
+        elapsed = wall_before + time.perf_counter() - t_start
+        record.update(
+            status="completed",
+            loss=smoothed.get(),
+            val_loss=final["val_loss"],
+            finished=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        record["metrics"] = {
+            "tokens_per_s": setup.total_steps * tokens_per_step / max(elapsed, 1e-9),
+            "tokens_per_s_last": tokens_per_s,
+            "mfu": tokens_per_s * flops_token / peak if peak else None,
+            "flops_per_token": flops_token,
+            "train_loss_last": last_loss,
+            "steps": setup.total_steps,
+            "tokens_trained": setup.total_steps * tokens_per_step,
+            "warmup_steps": setup.warmup_steps,
+            "loss_smoothing": {
+                "kind": "bias-corrected EMA",
+                "window_steps": setup.smoothing_window,
+            },
+            "world_size": dist_info.world_size,
+            "wall_s": elapsed,
+            "device": dev,
+            "quant": stats,
+        }
+        tracker.finish({"loss": record["loss"], "val_loss": record["val_loss"]})
+        if dist_info.is_main:
+            write_json_atomic(out_dir / RECORD_NAME, record)
+            if not cfg.checkpoint.keep_on_success:
+                remove_checkpoint(out_dir)
+        return record
+    except BaseException:
+        tracker.finish({}, exit_code=1)
+        raise
+    finally:
+        _restore_signal_handlers(previous_handlers)
+        teardown_distributed()
+
+
+def train_from_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Compose the run from `key=value` overrides (as `qat-sweep plan` lists them) and train it."""
+    return train(compose_run(list(overrides)))
+
+
+def exit_code(record: dict[str, Any]) -> int:
+    return {"completed": 0, "diverged": EXIT_DIVERGED}.get(record["status"], EXIT_FAILED)
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base=None)
+def main(cfg: DictConfig) -> None:
+    """The Hydra app; works with `-m` and any Hydra launcher (basic, submitit_local/slurm)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    record = train(cfg)
+    print(
+        f"[qat-sweep] {record['run_key']}: {record['status']} loss={record['loss']} "
+        f"val_loss={record['val_loss']} -> {run_dir(cfg) / RECORD_NAME}"
+    )
+    code = exit_code(record)
+    if code:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise RuntimeError(f"run {record['run_key']} {record['status']}: {record['error']}")
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
