@@ -1,0 +1,168 @@
+"""Bootstrap over (N, D) cells: a BF16 run and its QAT twins share noise, so whole cells are
+resampled together. Each resample is a vector of cell counts, i.e. a weight per run, which lets
+every refit run batched in numpy, warm-started from the point estimate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from qat_sweep.analysis.fit import (
+    BASE_BOUNDS,
+    D_UNIT,
+    N_UNIT,
+    LawFit,
+    base_model_log,
+    base_raw,
+    huber_irls,
+)
+from qat_sweep.analysis.laws import BASE_PARAMS, DELTA_PARAMS
+
+MIN_CELLS = 4  # below this a cell bootstrap is degenerate; resample runs instead
+
+
+def cell_weights(cells: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, n_rows) run weights = how often each run's cell was drawn."""
+    codes, uniques = pd.factorize(pd.Series(list(map(tuple, cells))))
+    n_cells = len(uniques)
+    draws = rng.integers(0, n_cells, size=(n_boot, n_cells))
+    counts = np.stack([np.bincount(row, minlength=n_cells) for row in draws])
+    return counts[:, codes].astype(float)
+
+
+def row_weights(n_rows: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Plain bootstrap over runs, for fits that span too few cells."""
+    draws = rng.integers(0, n_rows, size=(n_boot, n_rows))
+    return np.stack([np.bincount(row, minlength=n_rows) for row in draws]).astype(float)
+
+
+def _base_jacobian(theta, x_n, x_d, tied):
+    alpha = theta[:, 3:4]
+    beta = alpha if tied else theta[:, 4:5]
+    term_n, term_d = x_n**-alpha, x_d**-beta
+    pred = np.maximum(theta[:, 0:1] * term_n + theta[:, 1:2] * term_d + theta[:, 2:3], 1e-12)
+    d_alpha = -theta[:, 0:1] * term_n * np.log(x_n)
+    d_beta = -theta[:, 1:2] * term_d * np.log(x_d)
+    cols = [term_n, term_d, np.ones_like(pred), d_alpha + d_beta if tied else d_alpha]
+    if not tied:
+        cols.append(d_beta)
+    return np.log(pred), np.stack(cols, axis=-1) / pred[..., None]
+
+
+def base_lm_batch(
+    theta0: np.ndarray,
+    x_n: np.ndarray,
+    x_d: np.ndarray,
+    log_loss: np.ndarray,
+    weights: np.ndarray,
+    tied: bool,
+    f_scale: float,
+    iters: int = 200,
+) -> np.ndarray:
+    """Levenberg-Marquardt on the weighted summed Huber loss, one problem per weight row."""
+    names = ("A", "B", "E", "alpha") + (() if tied else ("beta",))
+    lo = np.array([BASE_BOUNDS[n][0] for n in names])
+    hi = np.array([BASE_BOUNDS[n][1] for n in names])
+    theta = np.tile(theta0, (weights.shape[0], 1)).astype(float)
+    lam = np.full(weights.shape[0], 1e-3)
+
+    def cost_of(th):
+        r = base_model_log(th, x_n, x_d, tied) - log_loss
+        a = np.abs(r)
+        return np.sum(
+            weights * np.where(a <= f_scale, 0.5 * r**2, f_scale * (a - 0.5 * f_scale)), axis=1
+        )
+
+    cost = cost_of(theta)
+    eye = np.eye(len(names))
+    for _ in range(iters):
+        log_pred, jac = _base_jacobian(theta, x_n, x_d, tied)
+        resid = log_pred - log_loss
+        w = weights * np.minimum(1.0, f_scale / np.maximum(np.abs(resid), 1e-300))
+        hess = np.einsum("bn,bni,bnj->bij", w, jac, jac)
+        grad = np.einsum("bn,bni,bn->bi", w, jac, resid)
+        damp = lam[:, None, None] * (hess * eye + 1e-12 * eye)
+        step = np.linalg.solve(hess + damp, -grad[..., None])[..., 0]
+        trial = np.clip(theta + step, lo, hi)
+        trial_cost = cost_of(trial)
+        better = trial_cost < cost
+        gain = np.where(better, (cost - trial_cost) / np.maximum(cost, 1e-300), 0.0)
+        theta = np.where(better[:, None], trial, theta)
+        cost = np.where(better, trial_cost, cost)
+        lam = np.where(better, lam / 3, lam * 4)
+        if np.all((better & (gain < 1e-12)) | (lam > 1e7)):
+            break
+    return theta
+
+
+def percentile_ci(samples: np.ndarray) -> list[list[float] | None]:
+    """95% percentile interval per column (None where no resample was usable)."""
+    out: list[list[float] | None] = []
+    for col in samples.T:
+        col = col[np.isfinite(col)]
+        out.append(
+            [float(np.percentile(col, 2.5)), float(np.percentile(col, 97.5))] if col.size else None
+        )
+    return out
+
+
+def bootstrap(
+    bf16: pd.DataFrame,
+    quant: pd.DataFrame,
+    base: LawFit,
+    deltas: dict[str, LawFit],
+    n_boot: int,
+    seed: int,
+) -> None:
+    """Fill `boot` and `ci95` of every fit (in place) from shared cell resamples."""
+    if n_boot <= 0:
+        return
+    rng = np.random.default_rng(seed)
+    rows = pd.concat([bf16, quant], ignore_index=True)
+    weights = cell_weights(rows[["n_params", "tokens"]].to_numpy(), n_boot, rng)
+    w_base, w_quant = weights[:, : len(bf16)], weights[:, len(bf16) :]
+    if "theta" in base.internal:
+        tied = base.internal["tied"]
+        x_n, x_d = bf16["n_params"].to_numpy() / N_UNIT, bf16["tokens"].to_numpy() / D_UNIT
+        ok = _spans(bf16["n_params"].to_numpy(), w_base) & _spans(bf16["tokens"].to_numpy(), w_base)
+        theta = base_lm_batch(
+            base.internal["theta"],
+            x_n,
+            x_d,
+            np.log(bf16["loss"].to_numpy()),
+            w_base,
+            tied,
+            base.f_scale,
+        )
+        base.boot = base_raw(theta, tied)
+        base.boot[~ok] = np.nan
+        base.ci95 = dict(zip(BASE_PARAMS, percentile_ci(base.boot), strict=True))
+    for key, fit in deltas.items():
+        if "coef" not in fit.internal:
+            continue
+        mask = (quant["fit_key"] == key).to_numpy()
+        part = quant[mask]
+        if fit.n_cells >= MIN_CELLS:
+            w = w_quant[:, mask]
+        else:
+            w = row_weights(len(part), n_boot, rng)
+            fit.notes.append(
+                f"only {fit.n_cells} (N, D) cells: bootstrap resamples runs, not cells"
+            )
+        design = fit.internal["design"]
+        x = design.matrix(part["n_params"], part["tokens"], part["G"])
+        coef = huber_irls(x, np.log(part["delta"].to_numpy()), w, fit.f_scale, fit.internal["coef"])
+        fit.boot = design.to_raw(coef)
+        fit.ci95 = {
+            p: (ci if p == "k" or p in design.columns else None)
+            for p, ci in zip(DELTA_PARAMS, percentile_ci(fit.boot), strict=True)
+        }
+
+
+def _spans(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Resamples that still contain at least two distinct values of a regressor."""
+    codes = pd.factorize(values)[0]
+    present = np.stack(
+        [np.bincount(codes, weights=w, minlength=codes.max() + 1) > 0 for w in weights]
+    )
+    return present.sum(axis=1) >= 2

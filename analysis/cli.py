@@ -1,0 +1,242 @@
+"""`qat-sweep fit` and `qat-sweep predict`; also `python -m qat_sweep.analysis.cli fit|predict ...`.
+
+Arguments mix Hydra-style `key=value` overrides (sweep=, paths.runs=, model=, tokens=...) with
+`--flags`, matching the rest of the qat-sweep command line. Bad input exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from qat_sweep.analysis.collect import (
+    InputError,
+    build_table,
+    fetch_wandb,
+    load_records,
+    pair_deltas,
+    read_table,
+)
+
+FIT_OVERRIDES = {"sweep", "paths.runs"}
+PREDICT_OVERRIDES = {"model", "n_params", "hidden_size", "tokens", "scheme", "format", "group_size"}
+
+
+def _split(argv: list[str], allowed: set[str]) -> tuple[dict[str, str], list[str]]:
+    overrides, rest = {}, []
+    for arg in argv:
+        if "=" in arg and not arg.startswith("-"):
+            key, value = arg.split("=", 1)
+            if key not in allowed:
+                raise InputError(f"unknown override {key}= (allowed: {', '.join(sorted(allowed))})")
+            overrides[key] = value
+        else:
+            rest.append(arg)
+    return overrides, rest
+
+
+def _fit_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qat-sweep fit",
+        description="Fit the unified QAT scaling law. Source: sweep=NAME [paths.runs=ROOT] | --runs DIR | --table CSV | --wandb E/P.",
+    )
+    p.add_argument("--runs", type=Path, help="directory holding <run_key>/result.json records")
+    p.add_argument("--table", type=Path, help="analysis table CSV (e.g. a previous runs.csv)")
+    p.add_argument("--out", type=Path, help="output directory (default reports/<sweep> for sweep=)")
+    p.add_argument(
+        "--bootstrap", type=int, default=1000, help="resamples of (N, D) cells (0: none)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--free-beta", action="store_true", help="fit beta separately from alpha")
+    p.add_argument("--joint", action="store_true", help="also fit all runs jointly")
+    p.add_argument(
+        "--wandb",
+        metavar="ENTITY/PROJECT",
+        help="read runs from wandb if no other source; log results there",
+    )
+    p.add_argument(
+        "--holdout",
+        metavar="QUERY",
+        help="pandas query marking held-out runs, e.g. 'n_params > 9e8'",
+    )
+    p.add_argument(
+        "--huber-base", type=float, default=1e-3, help="Huber threshold on log-loss residuals"
+    )
+    p.add_argument(
+        "--all-lr",
+        action="store_true",
+        help="use BF16 runs at every LR in the base fit (default: best LR)",
+    )
+    p.add_argument("--no-plots", action="store_true", help="skip figures (report without plots)")
+    return p
+
+
+def _load_source(
+    args: argparse.Namespace, overrides: dict[str, str]
+) -> tuple[Any, list[dict[str, str]], str, Path]:
+    sources = [
+        s for s in ("sweep" in overrides, args.runs is not None, args.table is not None) if s
+    ]
+    if len(sources) > 1:
+        raise InputError("give exactly one of sweep=NAME, --runs DIR, --table FILE.csv")
+    if "sweep" in overrides:
+        root = Path(overrides.get("paths.runs", "runs")) / overrides["sweep"]
+        rows, skipped = load_records(root)
+        return (
+            rows,
+            skipped,
+            f"sweep {overrides['sweep']} ({root})",
+            args.out or Path("reports") / overrides["sweep"],
+        )
+    if args.out is None:
+        raise InputError("--out DIR is required unless sweep=NAME is given")
+    if args.runs is not None:
+        rows, skipped = load_records(args.runs)
+        return rows, skipped, f"records under {args.runs}", args.out
+    if args.table is not None:
+        return read_table(args.table), [], f"table {args.table}", args.out
+    if args.wandb:
+        return fetch_wandb(args.wandb), [], f"wandb {args.wandb}", args.out
+    raise InputError(
+        "no input: give sweep=NAME, --runs DIR, --table FILE.csv or --wandb ENTITY/PROJECT"
+    )
+
+
+def fit_main(argv: list[str]) -> int:
+    """Run `qat-sweep fit`; returns the process exit code."""
+    from qat_sweep.analysis import plots, report
+    from qat_sweep.analysis.pipeline import Settings, run_fit, write_outputs
+
+    try:
+        overrides, rest = _split(argv, FIT_OVERRIDES)
+        args = _fit_parser().parse_args(rest)
+        rows, skipped, source, out = _load_source(args, overrides)
+        table = pair_deltas(build_table(rows))
+        settings = Settings(
+            bootstrap=args.bootstrap, seed=args.seed, tied=not args.free_beta, joint=args.joint,
+            base_f_scale=args.huber_base, holdout=args.holdout,
+            base_lr="all" if args.all_lr else "best", source=source,
+        )  # fmt: skip
+        outcome = run_fit(table, skipped, settings)
+    except InputError as err:
+        print(f"qat-sweep fit: error: {err}", file=sys.stderr)
+        return 2
+    fit_path = write_outputs(outcome, out)
+    figures = {} if args.no_plots else plots.make_all(outcome, out / "plots")
+    report.write_markdown(outcome.result, figures, out / "report.md")
+    report.write_html(outcome.result, figures, out / "report.html")
+    if args.wandb:
+        from qat_sweep.analysis.wandb_log import log_fit
+
+        log_fit(args.wandb, outcome.result, outcome.table, figures)
+    print(summary_text(outcome.result, out, fit_path))
+    return 0
+
+
+def summary_text(res: dict[str, Any], out: Path, fit_path: Path) -> str:
+    """What the fit command prints: where the report is, parameters with 95% intervals."""
+
+    def fmt(params: dict[str, Any], ci: dict[str, Any]) -> str:
+        parts = []
+        for name, value in params.items():
+            if value is None:
+                parts.append(f"{name}=not identifiable")
+                continue
+            interval = ci.get(name)
+            parts.append(
+                f"{name}={value:.4g}"
+                + (f" [{interval[0]:.4g}, {interval[1]:.4g}]" if interval else "")
+            )
+        return ", ".join(parts)
+
+    lines = [
+        f"report: {(out / 'report.html').resolve()}",
+        f"fit:    {fit_path.resolve()}",
+        f"runs:   {res['n_runs']['usable']} usable, {len(res['excluded'])} excluded",
+        f"bf16   {fmt(res['base']['params'], res['base']['ci95'])}",
+    ]
+    lines += [f"{key:<17}{fmt(f['params'], f['ci95'])}" for key, f in res["delta"].items()]
+    return "\n".join(lines)
+
+
+def _predict_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qat-sweep predict",
+        description="Predict loss with a fitted law: --fit DIR (model=NAME | n_params=N [hidden_size=H]) tokens=20B "
+        "scheme=w4a4 format=int4 group_size=128|channel",
+    )
+    p.add_argument("--fit", type=Path, required=True, help="a `qat-sweep fit` output directory")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return p
+
+
+def _resolve_model(overrides: dict[str, str]) -> tuple[float, float | None]:
+    from qat_sweep.analysis.predict import parse_count
+
+    n_params = parse_count(overrides["n_params"]) if "n_params" in overrides else None
+    hidden = float(overrides["hidden_size"]) if "hidden_size" in overrides else None
+    if "model" in overrides and (n_params is None or hidden is None):
+        try:
+            from qat_sweep.presets import load_preset
+
+            preset = load_preset(overrides["model"])
+        except Exception as err:  # unknown preset name or presets module unavailable
+            raise InputError(f"cannot resolve model={overrides['model']}: {err}") from err
+        n_params = n_params if n_params is not None else float(preset.n_params)
+        hidden = hidden if hidden is not None else float(preset.hidden_size)
+    if n_params is None:
+        raise InputError("give model=PRESET or n_params=N")
+    return n_params, hidden
+
+
+def predict_main(argv: list[str]) -> int:
+    """Run `qat-sweep predict`; returns the process exit code."""
+    import json
+
+    from qat_sweep.analysis.predict import SavedFit, format_prediction, parse_count, predict_point
+
+    try:
+        overrides, rest = _split(argv, PREDICT_OVERRIDES)
+        args = _predict_parser().parse_args(rest)
+        if "tokens" not in overrides:
+            raise InputError("tokens= is required (e.g. tokens=20B)")
+        n_params, hidden = _resolve_model(overrides)
+        scheme = overrides.get("scheme", "bf16").lower()
+        fmt = overrides.get("format", "bf16" if scheme == "bf16" else "int4").lower()
+        key = None if scheme == "bf16" else f"{scheme}/{fmt}"
+        group = overrides.get("group_size")
+        if key is not None and group is None:
+            raise InputError(
+                "group_size= is required for a quantized scheme (an integer or channel)"
+            )
+        group_value: Any = group if group in (None, "channel") else int(float(group))
+        if group_value == "channel" and hidden is None:
+            raise InputError("group_size=channel needs hidden_size= or model=")
+        pred = predict_point(
+            SavedFit.load(args.fit),
+            n_params,
+            parse_count(overrides["tokens"]),
+            key,
+            group_value,
+            hidden,
+        )
+    except InputError as err:
+        print(f"qat-sweep predict: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(pred, indent=1) if args.json else format_prediction(pred))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"fit": fit_main, "predict": predict_main}
+    if not argv or argv[0] not in commands:
+        print("usage: python -m qat_sweep.analysis.cli {fit|predict} ...", file=sys.stderr)
+        return 2
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""Run records (files or wandb) -> one analysis table, BF16 pairing and quality control.
+
+The run directory is the system of record (DESIGN.md); wandb is read only as a mirror.
+Every row that is left out of a fit is kept with a reason so the report can list it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from qat_sweep.analysis.laws import group_value
+
+REQUIRED = ("model", "n_params", "tokens", "scheme", "format", "group_size", "lr", "seed", "loss")
+OPTIONAL = ("val_loss", "hidden_size")
+RECORD_FIELDS = (
+    "run_key",
+    "sweep",
+    "status",
+    "error",
+    *REQUIRED,
+    *OPTIONAL,
+    "n_params_total",
+    "holdout",
+)
+RUN_KEY = ("n_params", "tokens", "scheme", "format", "group_size", "lr", "seed")
+TWIN_KEY = ("n_params", "tokens", "lr", "seed")
+SITES = ("qkv", "o", "fc1", "fc2")
+SITE_METRICS = ("kurtosis", "act_rel_err", "weight_rel_err")
+
+
+class InputError(ValueError):
+    """Bad or unusable input; the CLI turns it into exit code 2 with this message."""
+
+
+def quant_columns(metrics: Mapping[str, Any] | None) -> dict[str, float]:
+    """Flatten metrics.quant.sites into columns like kurtosis_fc2 / act_rel_err_qkv."""
+    sites = ((metrics or {}).get("quant") or {}).get("sites") or {}
+    out: dict[str, float] = {}
+    for site in SITES:
+        values = sites.get(site) or {}
+        for metric in SITE_METRICS:
+            value = values.get(metric)
+            out[f"{metric}_{site}"] = float(value) if value is not None else float("nan")
+    return out
+
+
+def record_to_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """One result.json dict -> one table row (record fields plus flattened metrics)."""
+    row = {field: record.get(field) for field in RECORD_FIELDS}
+    metrics = record.get("metrics") or {}
+    row["tokens_per_s"] = metrics.get("tokens_per_s")
+    row.update(quant_columns(metrics))
+    return row
+
+
+def load_records(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Read every result.json under root; corrupt or partial files are skipped with a reason."""
+    if not root.is_dir():
+        raise InputError(f"runs directory not found: {root}")
+    rows, skipped = [], []
+    for path in sorted(root.rglob("result.json")):
+        try:
+            record = json.loads(path.read_text())
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+            missing = [f for f in ("run_key", "status", "scheme", "n_params") if f not in record]
+            if missing:
+                raise ValueError(f"missing fields {missing}")
+        except (OSError, ValueError) as err:
+            skipped.append({"run_key": path.parent.name, "reason": f"unreadable record: {err}"})
+            continue
+        rows.append(record_to_row(record))
+    if not rows and not skipped:
+        raise InputError(f"no result.json files under {root}")
+    return rows, skipped
+
+
+def _unwrap(value: Any) -> Any:
+    """wandb config entries are sometimes stored as {'value': x, 'desc': ...}."""
+    if isinstance(value, Mapping) and "value" in value and set(value) <= {"value", "desc"}:
+        return value["value"]
+    return value
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn dotted or slashed keys ('metrics.quant.sites.fc2.kurtosis') into nested dicts."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = str(key).replace("/", ".").split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else {}
+        node[parts[-1]] = _unwrap(value)
+    return out
+
+
+def wandb_run_to_row(
+    config: Mapping[str, Any], summary: Mapping[str, Any], run_id: str | None = None
+) -> dict[str, Any]:
+    """A wandb run's config and summary (which mirror the record) -> one table row.
+
+    The summary wins over the config; dotted keys and {'value': ...} wrappers are accepted.
+    """
+    merged = _nest({k: _unwrap(v) for k, v in config.items()})
+    for key, value in _nest(summary).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    merged.setdefault("run_key", run_id)
+    merged.setdefault("status", "completed" if merged.get("loss") is not None else "failed")
+    return record_to_row(merged)
+
+
+def fetch_wandb(path: str) -> list[dict[str, Any]]:
+    """Rows for every run of ENTITY/PROJECT through the wandb public API (needs network)."""
+    if path.count("/") != 1:
+        raise InputError(f"--wandb expects ENTITY/PROJECT, got {path!r}")
+    import wandb
+
+    api = wandb.Api()
+    return [
+        wandb_run_to_row(dict(run.config), dict(run.summary._json_dict), run.id)
+        for run in api.runs(path)
+    ]
+
+
+def _normalise_group(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
+        return None
+    text = str(value).strip()
+    if text.lower() in ("channel", "per-channel", "per_channel", "token"):
+        return "channel"
+    if text.lower() in ("none", "nan", "null"):
+        return None
+    return int(float(text))
+
+
+def build_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Rows -> typed analysis table with `excluded` reasons ('' for usable rows) and G."""
+    table = pd.DataFrame(list(rows))
+    if table.empty:
+        raise InputError("no runs found")
+    missing = [c for c in REQUIRED if c not in table.columns]
+    if missing:
+        raise InputError(f"table lacks required columns: {', '.join(missing)}")
+    for column in ("run_key", "status", "holdout", "hidden_size", "val_loss"):
+        if column not in table.columns:
+            table[column] = None
+    table["status"] = table["status"].fillna("completed").astype(str)
+    table["run_key"] = [
+        str(k) if k is not None and k == k else f"row{i}" for i, k in enumerate(table["run_key"])
+    ]
+    for column in ("n_params", "tokens", "lr", "seed", "loss", "val_loss", "hidden_size"):
+        table[column] = pd.to_numeric(table[column], errors="coerce").astype(float)
+    table["scheme"] = table["scheme"].astype(str).str.lower()
+    table["format"] = table["format"].astype(str).str.lower()
+    table["group_size"] = [_normalise_group(v) for v in table["group_size"]]
+    table["holdout"] = table["holdout"].map(_truthy)
+    table["G"] = [
+        group_value(g, h) for g, h in zip(table["group_size"], table["hidden_size"], strict=True)
+    ]
+    table["fit_key"] = table["scheme"] + "/" + table["format"]
+    table["excluded"] = [_row_problem(r) for r in table.itertuples()]
+    _mark_duplicates(table)
+    return table
+
+
+def _truthy(value: Any) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    return str(value).strip().lower() in ("1", "true", "yes", "y")
+
+
+def _row_problem(row: Any) -> str:
+    if row.status != "completed":
+        return f"status {row.status}"
+    if not np.isfinite(row.loss):
+        return "non-finite loss"
+    if not (np.isfinite(row.n_params) and np.isfinite(row.tokens)):
+        return "missing n_params or tokens"
+    if row.scheme != "bf16":
+        if row.group_size == "channel" and not np.isfinite(row.hidden_size):
+            return "per-channel group without hidden_size (G = hidden size)"
+        if not np.isfinite(row.G):
+            return "missing group_size"
+        if row.G <= 1:
+            return "group size 1: log2(G) = 0"
+    return ""
+
+
+def _mark_duplicates(table: pd.DataFrame) -> None:
+    """Same key fields twice: keep the first run_key, exclude the others."""
+    usable = table[table["excluded"] == ""]
+    keys = ["|".join(map(str, vals)) for vals in usable[list(RUN_KEY)].itertuples(index=False)]
+    order = usable.assign(_key=keys).sort_values("run_key")
+    first = order.drop_duplicates("_key")
+    for index, row in order.iterrows():
+        if index not in first.index:
+            keep = first.loc[first["_key"] == row["_key"], "run_key"].iloc[0]
+            table.loc[index, "excluded"] = f"duplicate of {keep}"
+
+
+def pair_deltas(table: pd.DataFrame) -> pd.DataFrame:
+    """Give each usable quantized row its BF16 twin's loss and delta; mark unpaired/negative."""
+    twins = table[(table["scheme"] == "bf16") & (table["excluded"] == "")]
+    twin_loss = {tuple(r[k] for k in TWIN_KEY): r["loss"] for _, r in twins.iterrows()}
+    table = table.copy()
+    table["bf16_loss"] = np.nan
+    table["delta"] = np.nan
+    for index, row in table.iterrows():
+        if row["scheme"] == "bf16":
+            continue
+        base = twin_loss.get(tuple(row[k] for k in TWIN_KEY))
+        if base is None:
+            if row["excluded"] == "":
+                table.loc[index, "excluded"] = "no BF16 twin (same n_params, tokens, lr, seed)"
+            continue
+        table.loc[index, ["bf16_loss", "delta"]] = [base, row["loss"] - base]
+        if row["excluded"] == "" and row["loss"] - base <= 0:
+            table.loc[index, "excluded"] = f"non-positive gap {row['loss'] - base:.4g}"
+    return table
+
+
+def read_table(path: Path) -> list[dict[str, Any]]:
+    """Read an analysis table CSV (e.g. a previous runs.csv); derived columns are recomputed."""
+    if not path.is_file():
+        raise InputError(f"table not found: {path}")
+    try:
+        raw = pd.read_csv(path, dtype={"group_size": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read table {path}: {err}") from err
+    derived = ["G", "fit_key", "excluded", "bf16_loss", "delta"]
+    return raw.drop(columns=[c for c in derived if c in raw.columns]).to_dict("records")
+
+
+def excluded_list(table: pd.DataFrame, skipped: list[dict[str, str]]) -> list[dict[str, str]]:
+    """fit.json `excluded`: skipped files plus every excluded table row with its reason."""
+    rows = table[table["excluded"] != ""]
+    return skipped + [{"run_key": r.run_key, "reason": r.excluded} for r in rows.itertuples()]

@@ -1,0 +1,203 @@
+"""One `fit` run end to end: table -> QC -> fits -> bootstrap -> validation -> outputs.
+
+Deterministic for a given table and seed, so re-running rewrites identical results.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from qat_sweep.analysis import analyses, paper, validate
+from qat_sweep.analysis.bootstrap import bootstrap
+from qat_sweep.analysis.collect import InputError, excluded_list
+from qat_sweep.analysis.fit import LawFit, fit_base, fit_delta, fit_joint
+from qat_sweep.analysis.predict import BOOT_FILE, SavedFit, bootstrap_key, predict_point
+
+SCHEMA = 1
+PREDICTION_SIZES = {"1B": (1e9, 2048), "7B": (7e9, 4096), "70B": (70e9, 8192)}
+PREDICTION_TOKENS_PER_PARAM = (20, 100)
+PREDICTION_G = 128
+TABLE_COLUMNS = [
+    "run_key", "sweep", "model", "n_params", "tokens", "scheme", "format", "group_size", "lr", "seed",
+    "loss", "val_loss", "hidden_size", "status", "holdout", "G", "bf16_loss", "delta", "excluded",
+]  # fmt: skip
+
+
+@dataclass
+class Settings:
+    """Everything that changes a fit; written to fit.json so a result says how it was made."""
+
+    bootstrap: int = 1000
+    seed: int = 0
+    tied: bool = True
+    joint: bool = False
+    base_f_scale: float = 1e-3
+    delta_f_scale: float | None = None
+    holdout: str | None = None
+    base_lr: str = "best"
+    source: str = ""
+
+
+@dataclass
+class FitOutcome:
+    result: dict[str, Any]
+    table: pd.DataFrame
+    base: LawFit
+    deltas: dict[str, LawFit]
+    bf16: pd.DataFrame
+    quant: pd.DataFrame
+    seconds: float
+
+
+def _apply_holdout(table: pd.DataFrame, query: str | None) -> pd.DataFrame:
+    if not query:
+        return table
+    try:
+        chosen = table.query(query).index
+    except Exception as err:  # pandas raises many types for a bad expression
+        raise InputError(f"bad --holdout query {query!r}: {err}") from err
+    table = table.copy()
+    table.loc[chosen, "holdout"] = True
+    return table
+
+
+def _best_lr(bf16: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Base law on the best learning rate per (N, D, seed): the Chinchilla envelope."""
+    best = bf16.sort_values("loss").drop_duplicates(["n_params", "tokens", "seed"]).sort_index()
+    return best, len(bf16) - len(best)
+
+
+def run_fit(table: pd.DataFrame, skipped: list[dict[str, str]], settings: Settings) -> FitOutcome:
+    """Fit everything; raise InputError when nothing usable is left."""
+    start = time.perf_counter()
+    table = _apply_holdout(table, settings.holdout)
+    usable = table[table["excluded"] == ""]
+    fit_rows = usable[~usable["holdout"]]
+    bf16_all = fit_rows[fit_rows["scheme"] == "bf16"]
+    quant = fit_rows[fit_rows["scheme"] != "bf16"].reset_index(drop=True)
+    if bf16_all.empty and quant.empty:
+        reasons = sorted(set(table["excluded"]) - {""})
+        raise InputError(
+            "no usable runs to fit" + (f" (excluded: {'; '.join(reasons[:5])})" if reasons else "")
+        )
+    bf16, dropped_lr = _best_lr(bf16_all) if settings.base_lr == "best" else (bf16_all, 0)
+    bf16 = bf16.reset_index(drop=True)
+    base = fit_base(bf16, tied=settings.tied, f_scale=settings.base_f_scale)
+    if dropped_lr:
+        base.notes.append(
+            f"{dropped_lr} BF16 runs at a non-best learning rate left out of the base fit"
+        )
+    deltas: dict[str, LawFit] = {}
+    for key, part in quant.groupby("fit_key", sort=True):
+        if len(part) < 2:
+            continue
+        deltas[key] = fit_delta(
+            part.reset_index(drop=True), key, settings.delta_f_scale, seed=settings.seed
+        )
+    quant = (
+        quant[quant["fit_key"].isin(list(deltas))]
+        .sort_values("fit_key", kind="stable")
+        .reset_index(drop=True)
+    )
+    quant = (
+        pd.concat([quant[quant["fit_key"] == k] for k in deltas], ignore_index=True)
+        if deltas
+        else quant
+    )
+    bootstrap(bf16, quant, base, deltas, settings.bootstrap, settings.seed)
+    hold = usable[usable["holdout"]]
+    validation = {
+        "laws": validate.compare_laws(quant, deltas),
+        "leave_largest_N_out": validate.leave_largest_out(
+            bf16, quant, "n_params", settings.tied, settings.base_f_scale
+        ),
+        "leave_largest_D_out": validate.leave_largest_out(
+            bf16, quant, "tokens", settings.tied, settings.base_f_scale
+        ),
+        "holdout": validate.holdout_check(
+            base, deltas, hold[hold["scheme"] == "bf16"], hold[hold["scheme"] != "bf16"]
+        ),
+    }
+    result: dict[str, Any] = {
+        "schema": SCHEMA,
+        "base": {**base.to_json(), "paper": paper.BASE, "paper_r2": paper.BASE_R2},
+        "delta": {k: {**f.to_json(), "paper": paper.TABLE1.get(k)} for k, f in deltas.items()},
+        "joint": fit_joint(bf16, quant, base, deltas, settings.base_f_scale)
+        if settings.joint and base.params["A"] is not None
+        else None,
+        "validation": validation,
+        "analyses": analyses.run_all(table, quant, deltas),
+        "excluded": excluded_list(table, skipped),
+        "settings": asdict(settings),
+        "n_runs": {
+            "records": len(table) + len(skipped),
+            "usable": len(usable),
+            "holdout": len(hold),
+        },
+    }
+    seconds = time.perf_counter() - start
+    result["timing_s"] = {"fit": round(seconds, 3)}
+    return FitOutcome(result, table, base, deltas, bf16, quant, seconds)
+
+
+def bootstrap_arrays(outcome: FitOutcome) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {"resid__base": outcome.base.resid}
+    if outcome.base.boot is not None:
+        arrays["base"] = outcome.base.boot
+    for key, fit in outcome.deltas.items():
+        arrays["resid__" + bootstrap_key(key)] = fit.resid
+        if fit.boot is not None:
+            arrays[bootstrap_key(key)] = fit.boot
+    return arrays
+
+
+def prediction_table(saved: SavedFit) -> list[dict[str, Any]]:
+    """Predictions at 1B / 7B / 70B x 20 and 100 tokens per parameter, G = 128, per setting."""
+    rows = []
+    if saved.result["base"]["params"].get("A") is None:
+        return rows
+    for label, (n, hidden) in PREDICTION_SIZES.items():
+        for ratio in PREDICTION_TOKENS_PER_PARAM:
+            for key in saved.result["delta"]:
+                pred = predict_point(saved, n, n * ratio, key, PREDICTION_G, hidden)
+                rows.append({"model": label, "tokens_per_param": ratio, "setting": key, **{
+                    name: pred[name] for name in ("bf16_loss", "delta", "qat_loss", "eff_multiplier")
+                }, "warnings": pred["warnings"]})  # fmt: skip
+    return rows
+
+
+def write_outputs(outcome: FitOutcome, out: Path) -> Path:
+    """fit.json, bootstrap.npz and runs.csv; returns the fit.json path."""
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = bootstrap_arrays(outcome)
+    np.savez(out / BOOT_FILE, **arrays)
+    outcome.result["predictions"] = prediction_table(SavedFit(outcome.result, arrays))
+    columns = [c for c in TABLE_COLUMNS if c in outcome.table.columns]
+    extra = [c for c in outcome.table.columns if c not in columns and c != "fit_key"]
+    outcome.table[columns + extra].to_csv(out / "runs.csv", index=False)
+    path = out / "fit.json"
+    path.write_text(json.dumps(_clean(outcome.result), indent=1, allow_nan=False) + "\n")
+    return path
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: numpy scalars to Python, NaN/inf to null."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _clean(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
