@@ -15,7 +15,12 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class QuantFormat:
-    """A symmetric format: scale = absmax / divisor, codes clamped to [qmin, qmax]."""
+    """A symmetric format: scale = absmax / divisor, codes clamped to [qmin, qmax].
+
+    ``clip_margin`` is half the gap to the next level an unbounded grid would have: a scaled
+    value beyond ``qmax + clip_margin`` would round to a code outside the range, so its code
+    was clipped and the STE passes no gradient there.
+    """
 
     name: str
     bits: int
@@ -23,17 +28,18 @@ class QuantFormat:
     qmin: float
     qmax: float
     floating: bool  # True: E2M1 grid, False: integer grid
+    clip_margin: float
 
 
 FORMATS: dict[str, QuantFormat] = {
     # Paper convention: s = absmax/8 so the positive extreme (code 8) is clipped to 7.
-    "int4": QuantFormat("int4", 4, 8.0, -8.0, 7.0, floating=False),
+    "int4": QuantFormat("int4", 4, 8.0, -8.0, 7.0, floating=False, clip_margin=0.5),
     # The authors' later code: s = absmax/7, codes [-7, 7], exactly symmetric.
-    "int4_sym": QuantFormat("int4_sym", 4, 7.0, -7.0, 7.0, floating=False),
-    # E2M1 magnitudes {0, .5, 1, 1.5, 2, 3, 4, 6}, s = absmax/6.
-    "fp4": QuantFormat("fp4", 4, 6.0, -6.0, 6.0, floating=True),
+    "int4_sym": QuantFormat("int4_sym", 4, 7.0, -7.0, 7.0, floating=False, clip_margin=0.5),
+    # E2M1 magnitudes {0, .5, 1, 1.5, 2, 3, 4, 6}, s = absmax/6; the next level would be 8.
+    "fp4": QuantFormat("fp4", 4, 6.0, -6.0, 6.0, floating=True, clip_margin=1.0),
     # Ours for the FC2-input variant: symmetric INT8, s = absmax/127, codes [-127, 127].
-    "int8": QuantFormat("int8", 8, 127.0, -127.0, 127.0, floating=False),
+    "int8": QuantFormat("int8", 8, 127.0, -127.0, 127.0, floating=False, clip_margin=0.5),
 }
 
 GroupSize = int | str | None
@@ -76,9 +82,11 @@ def round_to_grid(u: Tensor, fmt: QuantFormat) -> Tensor:
 
 
 class _FakeQuantize(torch.autograd.Function):
-    """x -> s * code(x / s). STE: identity gradient inside the range, zero where clipped.
+    """x -> s * code(x / s). STE: identity gradient, zero where the code was clipped.
 
-    The AbsMax part of the scale is a constant for autograd. An optional clipping factor
+    "Clipped" means x / s rounds to a code outside the range (OmniQuant's clamp(round_ste(u))),
+    not merely that x / s exceeds qmax: otherwise fp32 rounding of absmax / divisor would
+    randomly cut the gradient of each group's largest element. The AbsMax part of the scale is a constant for autograd. An optional clipping factor
     (LAC, one per group position) multiplies the scale and gets the LSQ/OmniQuant gradient
     d x_hat / d s = code - u inside the range and code where clipped.
     """
@@ -91,7 +99,7 @@ class _FakeQuantize(torch.autograd.Function):
         scale = base_scale * clip.float().unsqueeze(-1) if clip is not None else base_scale
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         u = xg / safe
-        inside = (u >= fmt.qmin) & (u <= fmt.qmax)
+        inside = (u >= fmt.qmin - fmt.clip_margin) & (u <= fmt.qmax + fmt.clip_margin)
         code = round_to_grid(u.clamp(fmt.qmin, fmt.qmax), fmt)
         out = (code * scale).reshape(shape).to(x.dtype)
         if clip is not None and ctx.needs_input_grad[1]:
