@@ -144,7 +144,8 @@ class ActQuantizer(nn.Module):
     LAC (ours, after OmniQuant/PrefixQuant): a clipping factor per group position, shared
     across tokens, multiplies the AbsMax scale. It is parameterised as ``2 * sigmoid(theta)``
     with theta = 0, so it starts at exactly 1.0 (plain AbsMax), stays in (0, 2) and has its
-    steepest gradient at the start; it learns through the LSQ-style STE gradient.
+    steepest gradient at the start; it learns through the LSQ-style STE gradient (rounding
+    error pulls the factor down, clipped values push it back up).
     """
 
     def __init__(self, fmt: str, group_size: GroupSize, dim: int, method: str):
