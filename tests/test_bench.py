@@ -1,0 +1,72 @@
+"""The bench command: argument handling, FLOPs formula and a tiny side-by-side run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from qat_sweep.bench import flops_per_token, main, parse_args, peak_flops
+from qat_sweep.presets import load_preset
+
+
+def test_defaults_and_bf16_always_measured() -> None:
+    settings = parse_args(["model=0.2M", "schemes=w4a4,w16a4", "group_size=channel"])
+    assert settings.schemes == ("bf16", "w4a4", "w16a4")
+    assert settings.group_size == "channel" and settings.seq_len == 128
+    assert settings.vocab_size == 4096
+    assert parse_args(["model=74M"]).vocab_size == 100278
+
+
+@pytest.mark.parametrize(
+    ("arg", "pattern"),
+    [
+        ("batchsize=8", "'batchsize=8'"),
+        ("steps", "'steps'"),
+        ("schemes=bf16,w2a2", r"\['w2a2'\]"),
+        ("model=3M", "'3M'"),
+        ("steps=ten", "steps='ten'"),
+        ("compile=maybe", "compile='maybe'"),
+        ("device=tpu", "device='tpu'"),
+    ],
+)
+def test_bad_arguments_are_named(arg: str, pattern: str) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        parse_args([arg])
+
+
+def test_main_reports_errors_with_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["nope=1"]) == 2
+    assert "'nope=1'" in capsys.readouterr().err
+
+
+def test_flops_formula() -> None:
+    cfg = load_preset("1M")
+    d, n_layers = cfg.hidden_size, cfg.n_layers
+    expected = 6 * (cfg.n_params + 1000 * d) + 12 * n_layers * 128 * d
+    assert flops_per_token(cfg, 128, 1000) == expected
+
+
+def test_no_peak_on_cpu() -> None:
+    assert peak_flops(torch.device("cpu")) is None
+
+
+def test_tiny_run_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.set_num_threads(1)
+    out = tmp_path / "bench.json"
+    args = ["model=0.2M", "batch=2", "seq_len=16", "steps=2", "warmup=1", "schemes=w4a4"]
+    assert main([*args, "vocab_size=64", f"json={out}"]) == 0
+    table = capsys.readouterr().out
+    assert "w4a4" in table and "vs bf16" in table
+    result = json.loads(out.read_text())
+    rows = {row["scheme"]: row for row in result["results"]}
+    assert set(rows) == {"bf16", "w4a4"}
+    assert rows["bf16"]["rel_to_bf16"] == 1.0 and rows["w4a4"]["mfu"] is None
+    assert all(len(row["times_s"]) == 2 and row["median_s"] > 0 for row in rows.values())
+    assert result["n_params"] == load_preset("0.2M").n_params
+
+
+def test_bad_seq_len_for_preset() -> None:
+    assert main(["model=0.2M", "seq_len=4096", "steps=1"]) == 2
