@@ -88,15 +88,25 @@ def _unwrap(value: Any) -> Any:
     return value
 
 
+def _merge(into: dict[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge; values from `new` win, nested dicts are merged key by key."""
+    for key, value in new.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = dict(value) if isinstance(value, Mapping) else value
+    return into
+
+
 def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     """Turn dotted or slashed keys ('metrics.quant.sites.fc2.kurtosis') into nested dicts."""
     out: dict[str, Any] = {}
     for key, value in flat.items():
         parts = str(key).replace("/", ".").split(".")
-        node = out
-        for part in parts[:-1]:
-            node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else {}
-        node[parts[-1]] = _unwrap(value)
+        nested: Any = _unwrap(value)
+        for part in reversed(parts[1:]):
+            nested = {part: nested}
+        _merge(out, {parts[0]: nested})
     return out
 
 
@@ -107,12 +117,7 @@ def wandb_run_to_row(
 
     The summary wins over the config; dotted keys and {'value': ...} wrappers are accepted.
     """
-    merged = _nest({k: _unwrap(v) for k, v in config.items()})
-    for key, value in _nest(summary).items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = {**merged[key], **value}
-        else:
-            merged[key] = value
+    merged = _merge(_nest(config), _nest(summary))
     merged.setdefault("run_key", run_id)
     merged.setdefault("status", "completed" if merged.get("loss") is not None else "failed")
     return record_to_row(merged)

@@ -166,13 +166,14 @@ def perturbed_truth(rng: np.random.Generator, base: Mapping[str, float] | None =
             "E": float(rng.uniform(1.6, 2.2)),
         }
     )
-    truth.delta = {
-        key: {
-            "k": float(rng.uniform(0.05, 0.4)),
+    truth.delta = {}
+    for key in Truth().delta:
+        gammas = {
             "gamma_N": float(rng.uniform(0.15, 0.4)),
             "gamma_D": float(rng.uniform(0.03, 0.17)),
             "gamma_G": float(rng.uniform(0.3, 1.0)),
         }
-        for key in Truth().delta
-    }
+        # k puts delta at the grid centre (N=2e8, D=3e10, G=128) in a realistic 0.02-0.08 range
+        shape = delta_loss({"k": 1.0, **gammas}, 2e8, 3e10, 128)
+        truth.delta[key] = {"k": float(rng.uniform(0.02, 0.08) / shape), **gammas}
     return truth

@@ -1,0 +1,140 @@
+"""Records and wandb runs -> analysis table, BF16 pairing and quality control."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qat_sweep.analysis.collect import (
+    InputError,
+    build_table,
+    excluded_list,
+    load_records,
+    pair_deltas,
+    read_table,
+    wandb_run_to_row,
+)
+from qat_sweep.analysis.synth import synthetic_table, table_to_records
+
+
+def _record(**over):
+    base = {
+        "schema": 1, "run_key": "r0", "sweep": "s", "status": "completed", "error": None,
+        "model": "74M", "n_params": 74.3e6, "n_params_total": 1e8, "hidden_size": 768,
+        "tokens": 10e9, "scheme": "bf16", "format": "bf16", "group_size": None, "lr": 1.5e-3,
+        "seed": 0, "loss": 3.0, "val_loss": 3.1,
+        "metrics": {"quant": {"sites": {"fc2": {"kurtosis": 120.0, "act_rel_err": 0.1,
+                    "weight_rel_err": None, "act_bits": 4, "weight_bits": None}}, "layers": {}},
+                    "tokens_per_s": 1000.0},
+        "config": {}, "versions": {}, "slurm": None, "wandb": None,
+    }  # fmt: skip
+    return {**base, **over}
+
+
+def _write(root: Path, record: dict | str, name: str) -> None:
+    (root / name).mkdir(parents=True)
+    text = record if isinstance(record, str) else json.dumps(record)
+    (root / name / "result.json").write_text(text)
+
+
+def test_records_to_table_with_metrics_and_corrupt_files(tmp_path):
+    _write(tmp_path, _record(), "r0")
+    _write(
+        tmp_path,
+        _record(run_key="r1", scheme="w4a4", format="int4", group_size=128, loss=3.05),
+        "r1",
+    )
+    _write(tmp_path, '{"run_key": "r2", "status": "compl', "r2")
+    _write(tmp_path, "[1, 2]", "r3")
+    rows, skipped = load_records(tmp_path)
+    assert len(rows) == 2 and {s["run_key"] for s in skipped} == {"r2", "r3"}
+    table = pair_deltas(build_table(rows))
+    quant = table[table["scheme"] == "w4a4"].iloc[0]
+    assert quant["delta"] == pytest.approx(0.05) and quant["excluded"] == ""
+    assert table["kurtosis_fc2"].iloc[0] == 120.0
+
+
+def test_empty_or_missing_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(InputError, match="no result.json"):
+        load_records(tmp_path)
+    with pytest.raises(InputError, match="not found"):
+        load_records(tmp_path / "nope")
+
+
+def test_quality_control_reasons():
+    rows = [
+        _record(run_key="b0"),
+        _record(run_key="q_ok", scheme="w4a4", format="int4", group_size=64, loss=3.04),
+        _record(run_key="q_dup", scheme="w4a4", format="int4", group_size=64, loss=3.05),
+        _record(run_key="q_neg", scheme="w4a16", format="int4", group_size=64, loss=2.99),
+        _record(
+            run_key="q_fail",
+            scheme="w16a4",
+            format="int4",
+            group_size=64,
+            status="failed",
+            loss=None,
+        ),
+        _record(run_key="q_div", scheme="w16a4", format="int4", group_size=32, status="diverged"),
+        _record(
+            run_key="q_notwin", scheme="w4a4", format="int4", group_size=64, tokens=20e9, loss=3.0
+        ),
+        _record(
+            run_key="q_chan", scheme="w4a4", format="int4", group_size="channel", hidden_size=None
+        ),
+        _record(run_key="q_nan", scheme="w4a4", format="fp4", group_size=32, loss=float("nan")),
+    ]
+    table = pair_deltas(build_table(rows))
+    reasons = dict(zip(table["run_key"], table["excluded"], strict=True))
+    # duplicates keep the first run_key in sort order
+    assert (
+        reasons["b0"] == "" and reasons["q_dup"] == "" and reasons["q_ok"] == "duplicate of q_dup"
+    )
+    assert reasons["q_neg"].startswith("non-positive gap")
+    assert reasons["q_fail"] == "status failed" and reasons["q_div"] == "status diverged"
+    assert reasons["q_notwin"].startswith("no BF16 twin")
+    assert "hidden_size" in reasons["q_chan"]
+    assert reasons["q_nan"] == "non-finite loss"
+    assert len(excluded_list(table, [])) == 7
+
+
+def test_channel_group_uses_hidden_size():
+    table = build_table(
+        [_record(scheme="w4a4", format="int4", group_size="channel", hidden_size=1536)]
+    )
+    assert table["G"].iloc[0] == 1536 and table["group_size"].iloc[0] == "channel"
+
+
+def test_wandb_config_and_summary_dicts():
+    config = {
+        "model": {"value": "145M", "desc": None},
+        "n_params": 144.7e6, "hidden_size": 1024, "tokens": 20e9, "scheme": "w4a4",
+        "format": "int4", "group_size": "128", "lr": 1e-3, "seed": 0, "run_key": "abc",
+    }  # fmt: skip
+    summary = {"loss": 3.1, "status": "completed", "metrics.quant.sites.fc2.kurtosis": 90.0,
+               "metrics": {"tokens_per_s": 5.0}}  # fmt: skip
+    row = wandb_run_to_row(config, summary, "wandb-id")
+    assert row["model"] == "145M" and row["run_key"] == "abc" and row["loss"] == 3.1
+    assert row["kurtosis_fc2"] == 90.0 and row["tokens_per_s"] == 5.0
+    unfinished = wandb_run_to_row({"scheme": "bf16"}, {}, "x")
+    assert unfinished["status"] == "failed" and unfinished["run_key"] == "x"
+
+
+def test_table_roundtrip_and_missing_columns(tmp_path):
+    table = synthetic_table(seed=1)
+    path = tmp_path / "t.csv"
+    table.drop(columns=["loss"]).to_csv(path, index=False)
+    with pytest.raises(InputError, match="loss"):
+        build_table(read_table(path))
+    table.to_csv(path, index=False)
+    rebuilt = pair_deltas(build_table(read_table(path)))
+    assert (rebuilt["excluded"] == "").all() and rebuilt["delta"].notna().sum() == 268
+
+
+def test_synthetic_records_load(tmp_path):
+    for record in table_to_records(synthetic_table().head(30)):
+        _write(tmp_path, record, record["run_key"])
+    rows, skipped = load_records(tmp_path)
+    assert len(rows) == 30 and not skipped
