@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from qat_sweep.analysis.collect import (
     InputError,
     build_table,
@@ -57,7 +56,7 @@ def test_records_to_table_with_metrics_and_corrupt_files(tmp_path):
 
 
 def test_empty_or_missing_directory_is_a_clear_error(tmp_path):
-    with pytest.raises(InputError, match="no result.json"):
+    with pytest.raises(InputError, match=r"no result\.json"):
         load_records(tmp_path)
     with pytest.raises(InputError, match="not found"):
         load_records(tmp_path / "nope")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from qat_sweep.analysis.bootstrap import base_lm_batch, bootstrap, huber_irls
 from qat_sweep.analysis.collect import build_table, pair_deltas
 from qat_sweep.analysis.fit import D_UNIT, N_UNIT, fit_base, fit_delta

@@ -1,0 +1,183 @@
+"""`fit` and `predict` entry points: outputs, schema, idempotence, bad input, predictions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from qat_sweep.analysis.cli import fit_main, predict_main
+from qat_sweep.analysis.predict import parse_count
+from qat_sweep.analysis.synth import synthetic_table, table_to_records
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    table = synthetic_table(outliers=2, cell_noise=0.003, seed=7)
+    for record in table_to_records(table, sweep="paper"):
+        (root / "paper" / record["run_key"]).mkdir(parents=True)
+        (root / "paper" / record["run_key"] / "result.json").write_text(json.dumps(record))
+    bad = root / "paper" / "broken"
+    bad.mkdir()
+    (bad / "result.json").write_text("{not json")
+    out = root / "report"
+    code = fit_main(
+        ["sweep=paper", f"paths.runs={root}", "--out", str(out), "--bootstrap", "100", "--no-plots"]
+    )
+    assert code == 0
+    return out
+
+
+def test_fit_json_schema(fitted):
+    res = json.loads((fitted / "fit.json").read_text())
+    assert set(res["base"]["params"]) == {"A", "alpha", "B", "beta", "E"}
+    assert all(len(v) == 2 for v in res["base"]["ci95"].values())
+    assert res["base"]["n_runs"] > 0
+    key = "w4a4/int4"
+    assert set(res["delta"][key]["params"]) == {"k", "gamma_N", "gamma_D", "gamma_G"}
+    assert res["delta"][key]["rel_error"] < 0.2 and res["delta"][key]["n_runs"] > 50
+    assert {"validation", "excluded", "settings"} <= set(res)
+    assert {"run_key": "broken", "reason": res["excluded"][0]["reason"]} in res["excluded"]
+    assert res["delta"]["w4a4/fp4"]["params"]["gamma_N"] is None  # one cell only
+    assert "not_identifiable" in res["delta"]["w4a4/fp4"]
+    for name in ("report.html", "report.md", "runs.csv", "bootstrap.npz"):
+        assert (fitted / name).is_file()
+    assert res["validation"]["holdout"]["delta"]["w4a4/int4"]["rel_error"] < 0.2
+
+
+def test_fit_is_idempotent_from_its_own_table(fitted, tmp_path):
+    args = ["--bootstrap", "100", "--no-plots"]
+    assert fit_main(["--table", str(fitted / "runs.csv"), "--out", str(tmp_path / "a"), *args]) == 0
+    assert fit_main(["--table", str(fitted / "runs.csv"), "--out", str(tmp_path / "a"), *args]) == 0
+    first = json.loads((tmp_path / "a" / "fit.json").read_text())
+    original = json.loads((fitted / "fit.json").read_text())
+    assert first["delta"]["w4a4/int4"]["params"] == original["delta"]["w4a4/int4"]["params"]
+    assert first["delta"]["w4a4/int4"]["ci95"] == original["delta"]["w4a4/int4"]["ci95"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--out", "X"], "no input"),
+        (["--runs", "EMPTY", "--out", "X"], "no result.json"),
+        (["--table", "MISSINGCOL", "--out", "X"], "required columns"),
+        (["--table", "NOFILE", "--out", "X"], "not found"),
+        (["foo=bar", "--out", "X"], "unknown override"),
+        (["--table", "MISSINGCOL"], "--out"),
+    ],
+)
+def test_bad_input_exits_2(argv, message, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    synthetic_table().drop(columns=["tokens"]).to_csv(tmp_path / "nocol.csv", index=False)
+    names = {
+        "X": tmp_path / "o",
+        "EMPTY": tmp_path / "empty",
+        "MISSINGCOL": tmp_path / "nocol.csv",
+        "NOFILE": tmp_path / "x.csv",
+    }
+    argv = [str(names.get(a, a)) for a in argv]
+    assert fit_main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_all_runs_failed_is_reported(tmp_path, capsys):
+    table = synthetic_table().head(10).assign(status="failed")
+    table.to_csv(tmp_path / "t.csv", index=False)
+    assert fit_main(["--table", str(tmp_path / "t.csv"), "--out", str(tmp_path / "o")]) == 2
+    assert "status failed" in capsys.readouterr().err
+
+
+def test_single_n_grid_reports_not_identifiable(tmp_path, capsys):
+    table = synthetic_table()
+    table[table["model"] == "145M"].to_csv(tmp_path / "t.csv", index=False)
+    assert (
+        fit_main(
+            [
+                "--table",
+                str(tmp_path / "t.csv"),
+                "--out",
+                str(tmp_path / "o"),
+                "--bootstrap",
+                "50",
+                "--no-plots",
+            ]
+        )
+        == 0
+    )
+    res = json.loads((tmp_path / "o" / "fit.json").read_text())
+    assert (
+        res["base"]["params"]["A"] is None
+        and res["delta"]["w4a4/int4"]["params"]["gamma_N"] is None
+    )
+    assert "not identifiable" in capsys.readouterr().out
+    assert "not identifiable" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_predict_cli(fitted, capsys):
+    argv = [
+        "--fit",
+        str(fitted),
+        "n_params=7e9",
+        "hidden_size=4096",
+        "tokens=140B",
+        "scheme=w4a4",
+        "format=int4",
+        "group_size=128",
+    ]
+    assert predict_main(argv) == 0
+    text = capsys.readouterr().out
+    for label in ("BF16 loss", "delta", "QAT loss", "eff. multiplier", "95% CI", "95% PI"):
+        assert label in text
+    assert predict_main([*argv[:-1], "group_size=channel", "--json"]) == 0
+    pred = json.loads(capsys.readouterr().out)
+    lo, hi = pred["delta"]["ci95"]
+    assert lo <= pred["delta"]["value"] <= hi and 0 < pred["eff_multiplier"]["value"] < 1
+    assert (
+        predict_main(
+            ["--fit", str(fitted), "n_params=1e9", "tokens=20B", "scheme=w4a4", "format=int4"]
+        )
+        == 2
+    )
+    assert (
+        predict_main(
+            [
+                "--fit",
+                str(fitted),
+                "n_params=1e9",
+                "tokens=20B",
+                "scheme=w9a9",
+                "format=int4",
+                "group_size=32",
+            ]
+        )
+        == 2
+    )
+    assert "no delta fit" in capsys.readouterr().err
+
+
+def test_parse_count():
+    assert parse_count("20e9") == 20e9 and parse_count("20B") == 20e9 and parse_count("100M") == 1e8
+    assert parse_count("1.5T") == 1.5e12
+
+
+@pytest.mark.slow
+def test_module_entry_point_with_plots(fitted, tmp_path):
+    out = tmp_path / "o"
+    cmd = [
+        sys.executable,
+        "-m",
+        "qat_sweep.analysis.cli",
+        "fit",
+        "--table",
+        str(fitted / "runs.csv"),
+        "--out",
+        str(out),
+        "--bootstrap",
+        "20",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "report:" in proc.stdout and len(list((out / "plots").glob("*.png"))) >= 8

@@ -1,0 +1,65 @@
+"""report.html opens from file:// in headless Chromium with its plots and tables rendered."""
+
+from __future__ import annotations
+
+import base64
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from qat_sweep.analysis.cli import fit_main
+from qat_sweep.analysis.synth import synthetic_table
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="headless Chromium not installed at /usr/bin/chromium"
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("browser")
+    synthetic_table(seed=3).to_csv(tmp / "runs.csv", index=False)
+    assert (
+        fit_main(["--table", str(tmp / "runs.csv"), "--out", str(tmp / "out"), "--bootstrap", "50"])
+        == 0
+    )
+    return tmp / "out" / "report.html"
+
+
+def _chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [str(CHROMIUM), *FLAGS, f"--user-data-dir={tmp / 'profile'}", *args]
+    return subprocess.run(cmd, capture_output=True, timeout=120)
+
+
+def test_dom_has_embedded_plots_and_tables(report, tmp_path):
+    proc = _chromium(tmp_path, "--dump-dom", report.as_uri())
+    dom = proc.stdout.decode()
+    assert proc.returncode == 0 and "</html>" in dom
+    images = re.findall(r'<img[^>]+src="data:image/png;base64,([^"]+)"', dom)
+    assert len(images) >= 8
+    for data in images:
+        assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert dom.count("<table") >= 5
+    assert "Which of the paper's trends does this data reproduce" in dom
+
+
+def test_screenshot_is_not_blank(report, tmp_path):
+    shot = tmp_path / "shot.png"
+    proc = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,4000", report.as_uri())
+    assert proc.returncode == 0 and shot.is_file(), proc.stderr.decode()[-500:]
+    import matplotlib.image as mpimg
+
+    pixels = mpimg.imread(shot)
+    assert pixels.shape[0] >= 4000 and pixels.shape[1] >= 1280
+    assert pixels.std() > 0.05  # a blank page is uniform
