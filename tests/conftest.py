@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from slurm_cluster import SlurmCluster, missing_binaries, start_cluster  # noqa: E402
+from slurm_cluster import SlurmCluster, missing_binaries, start_cluster
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +46,11 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small slice of the offline demo corpus (stdlib sources, 512-token BPE), built once."""
+    from qat_sweep.corpus import build_demo_corpus
+
+    return build_demo_corpus(tmp_path_factory.mktemp("data") / "demo", max_bytes=400_000)

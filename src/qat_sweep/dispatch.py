@@ -1,0 +1,269 @@
+"""Launching a planned sweep (SLURM job arrays via submitit, or local processes) and its status.
+
+Launching is idempotent: runs with a completed record, or queued/running per the launch
+manifests and the scheduler, are skipped; failed and missing runs are (re)submitted. SLURM
+launches return at once after writing a manifest in ``<runs>/<sweep>/.launches/``; preemption
+and time limits are handled by the trainer (checkpoint, ``scontrol requeue``), so the submitted
+callable is a plain function call that resumes from the run's checkpoint when re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from qat_sweep.grid import (
+    STATUSES,
+    PlanError,
+    PlannedRun,
+    manifest_dir,
+    parse_cli,
+    plan_sweep,
+)
+from qat_sweep.profiles import (
+    LaunchProfile,
+    check_against_cluster,
+    executor_parameters,
+    hydra_launcher_overrides,
+    load_profile,
+    max_array_size,
+)
+from qat_sweep.record import read_record, write_json_atomic
+
+LAUNCH_FLAGS = ("--dry-run", "--print-hydra-overrides")
+
+
+class TrainRun:
+    """The submitit callable of one run: compose from overrides and train (resumes if possible)."""
+
+    def __init__(self, overrides: list[str]) -> None:
+        self.overrides = list(overrides)
+
+    def __call__(self) -> dict[str, Any]:
+        from qat_sweep.train import train_from_overrides
+
+        record = train_from_overrides(self.overrides)
+        return {k: record.get(k) for k in ("run_key", "status", "loss", "error")}
+
+
+def to_launch(runs: list[PlannedRun]) -> list[PlannedRun]:
+    """Runs that need a job: no completed record and not queued or running."""
+    return [r for r in runs if r.status in ("missing", "failed")]
+
+
+def chunks(runs: list[PlannedRun], size: int) -> list[list[PlannedRun]]:
+    """Split into arrays of at most ``size`` tasks (array indices must stay < MaxArraySize)."""
+    return [runs[i : i + size] for i in range(0, len(runs), size)]
+
+
+def _write_manifest(sweep_dir: Path, manifest: dict[str, Any], name: str) -> Path:
+    path = manifest_dir(sweep_dir) / name
+    write_json_atomic(path, manifest)
+    return path
+
+
+def _manifest_name() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.time_ns() % 10**9:09d}.json"
+
+
+def _new_manifest(profile: LaunchProfile, sweep: str, argv: list[str]) -> dict[str, Any]:
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "sweep": sweep,
+        "profile": profile.name,
+        "kind": profile.kind,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "argv": argv,
+        "arrays": [],
+        "jobs": [],
+    }
+
+
+def submit_slurm(
+    runs: list[PlannedRun], profile: LaunchProfile, sweep: str, argv: list[str]
+) -> dict[str, Any]:
+    """Submit ``runs`` as job arrays (one sbatch per chunk) and record them in a manifest."""
+    import submitit
+
+    sweep_dir = runs[0].run_dir.parent
+    folder = Path(profile.folder) if profile.folder else sweep_dir / ".submitit"
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
+    executor.update_parameters(**executor_parameters(profile))
+    manifest = _new_manifest(profile, sweep, argv)
+    name = _manifest_name()
+    try:
+        for chunk in chunks(runs, max_array_size(profile)):
+            with executor.batch():
+                jobs = [executor.submit(TrainRun(run.overrides)) for run in chunk]
+            manifest["arrays"].append(jobs[0].job_id.split("_")[0])
+            for run, job in zip(chunk, jobs, strict=True):
+                manifest["jobs"].append(
+                    {
+                        "run_key": run.run_key,
+                        "job_id": job.job_id,
+                        "stdout": str(job.paths.stdout),
+                        "stderr": str(job.paths.stderr),
+                    }
+                )
+    finally:
+        if manifest["jobs"]:
+            _write_manifest(sweep_dir, manifest, name)
+    return manifest
+
+
+def _local_command(run: PlannedRun) -> list[str]:
+    return [sys.executable, "-m", "qat_sweep.dispatch", *run.overrides]
+
+
+def run_local(
+    runs: list[PlannedRun], profile: LaunchProfile, sweep: str, argv: list[str]
+) -> dict[str, Any]:
+    """Run each run in its own process, ``max_parallel`` at a time; waits and reports progress."""
+    sweep_dir = runs[0].run_dir.parent
+    logs = manifest_dir(sweep_dir) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    manifest = _new_manifest(profile, sweep, argv)
+    manifest["jobs"] = [
+        {"run_key": r.run_key, "job_id": None, "log": str(logs / f"{r.run_key}.log")} for r in runs
+    ]
+    name = _manifest_name()
+    _write_manifest(sweep_dir, manifest, name)
+    env = {**os.environ, **profile.env}
+    lock = threading.Lock()
+    done = [0]
+
+    def one(index: int) -> int:
+        run, job = runs[index], manifest["jobs"][index]
+        start = time.monotonic()
+        with open(job["log"], "ab") as log:
+            proc = subprocess.Popen(
+                _local_command(run), stdout=log, stderr=subprocess.STDOUT, env=env
+            )
+            with lock:
+                job["job_id"] = f"local:{proc.pid}"
+            code = proc.wait()
+        record = read_record(run.run_dir)
+        with lock:
+            job["exit_code"] = code
+            done[0] += 1
+            print(
+                f"[{done[0]}/{len(runs)}] {run.run_key} {_outcome(record, code, job['log'])} "
+                f"({time.monotonic() - start:.1f} s)",
+                flush=True,
+            )
+            _write_manifest(sweep_dir, manifest, name)
+        return code
+
+    with ThreadPoolExecutor(max_workers=profile.max_parallel) as pool:
+        codes = list(pool.map(one, range(len(runs))))
+    manifest["failed"] = sum(1 for c in codes if c != 0)
+    _write_manifest(sweep_dir, manifest, name)
+    return manifest
+
+
+def _outcome(record: dict[str, Any] | None, code: int, log: str) -> str:
+    if record is None:
+        return f"failed (exit {code}, no record; log {log})"
+    if record["status"] == "completed":
+        return f"completed loss {record['loss']:.4f} val_loss {record.get('val_loss')}"
+    return f"{record['status']}: {record.get('error')} (log {log})"
+
+
+def launch_main(argv: list[str]) -> int:
+    """``qat-sweep launch sweep=NAME launcher=PROFILE [--dry-run] [overrides...]``."""
+    try:
+        sweep, options, flags, overrides = parse_cli(argv, LAUNCH_FLAGS)
+        if "launcher" not in options:
+            raise PlanError("missing launcher=PROFILE (a file in launchers/, e.g. launcher=local)")
+        profile = load_profile(options["launcher"])
+        if "--print-hydra-overrides" in flags:
+            print(" ".join(hydra_launcher_overrides(profile)))
+            return 0
+        check_against_cluster(profile)
+        runs = plan_sweep(sweep, [*overrides, *profile.train_overrides()], strict=True)
+        todo = to_launch(runs)
+        arrays = chunks(todo, max_array_size(profile)) if profile.kind == "slurm" else []
+    except (PlanError, ValueError) as e:
+        print(f"error: {e}\nnothing was submitted.", file=sys.stderr)
+        return 2
+    counts = {s: sum(r.status == s for r in runs) for s in STATUSES}
+    print(
+        f"sweep {sweep}: {len(runs)} runs; "
+        + ", ".join(f"{s} {n}" for s, n in counts.items() if n)
+        + f"; launching {len(todo)} with profile {profile.name!r} ({profile.kind})"
+    )
+    if not todo:
+        return 0
+    if "--dry-run" in flags:
+        if profile.kind == "slurm":
+            sizes = ", ".join(str(len(a)) for a in arrays)
+            print(f"dry run: would submit {len(arrays)} job array(s) via sbatch (tasks: {sizes})")
+        for run in todo:
+            print(f"  {run.run_key}  {' '.join(run.overrides)}")
+        return 0
+    if profile.kind == "slurm":
+        manifest = submit_slurm(todo, profile, sweep, argv)
+        print(
+            f"submitted {len(manifest['jobs'])} runs in {len(manifest['arrays'])} array(s): "
+            f"{', '.join(manifest['arrays'])}; follow with `qat-sweep status sweep={sweep}`"
+        )
+        return 0
+    manifest = run_local(todo, profile, sweep, argv)
+    return 1 if manifest["failed"] else 0
+
+
+def status_table(runs: list[PlannedRun]) -> str:
+    """Counts, then every run that is not completed, then the failures with reason and log."""
+    counts = {s: sum(r.status == s for r in runs) for s in STATUSES}
+    lines = [f"{len(runs)} runs: " + ", ".join(f"{s} {n}" for s, n in counts.items())]
+    open_runs = [r for r in runs if r.status != "completed"]
+    if open_runs:
+        lines += ["", f"{'status':<9} {'run_key':<58} {'sub-grid':<18} job"]
+        lines += [
+            f"{r.status:<9} {r.run_key:<58} {r.subgrid:<18} {r.job_id or '-'}" for r in open_runs
+        ]
+    failed = [r for r in runs if r.status == "failed"]
+    if failed:
+        lines += ["", "failed runs:"]
+        for r in failed:
+            lines += [f"  {r.run_key}: {r.error}", f"    log: {r.log or '-'}"]
+    return "\n".join(lines)
+
+
+def status_main(argv: list[str]) -> int:
+    """``qat-sweep status sweep=NAME [--json] [overrides...]``."""
+    try:
+        sweep, _, flags, overrides = parse_cli(argv, ("--json",))
+        runs = plan_sweep(sweep, overrides, strict=False)
+    except PlanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if "--json" in flags:
+        print(json.dumps([r.row() for r in runs], indent=1))
+    else:
+        print(status_table(runs))
+    return 0
+
+
+def main(overrides: list[str]) -> int:
+    """``python -m qat_sweep.dispatch <overrides>``: one run in this process (local launcher).
+
+    Goes through ``train_from_overrides`` (the compose API) rather than the Hydra app, which
+    reads ``sweep=NAME`` as a choice of the ``conf/sweep`` group.
+    """
+    from qat_sweep.train import exit_code, train_from_overrides
+
+    return exit_code(train_from_overrides(overrides))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

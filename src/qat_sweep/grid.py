@@ -1,0 +1,651 @@
+"""Sweep expansion: a sweep file in ``conf/sweep/`` becomes a validated list of planned runs.
+
+Every run is composed with ``qat_sweep.config.compose_run`` from the exact overrides that
+``qat-sweep train`` would receive, so a plan row reproduces its run. All runs are validated
+before anything is launched and all problems are reported at once: a grid that fails on run 200
+of 289 after 199 submissions wastes a cluster day.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+
+from qat_sweep.config import CONFIG_GROUPS, compose_run, format_tokens, parse_tokens, run_key
+from qat_sweep.presets import CONF_DIR, ModelConfig, available_presets, model_config_from
+from qat_sweep.record import read_record
+
+SWEEP_DIR: Path = CONF_DIR / "sweep"
+SWEEP_KEYS = ("name", "overrides", "twins", "subgrids")
+TWIN_SUBGRID = "bf16_twins"
+MAX_LISTED_PROBLEMS = 60
+QUANT_FORMATS = ("int4", "int4_sym", "fp4")  # DESIGN.md names; checked again by the trainer
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A parsed sweep file: shared overrides plus named sub-grids of override axes."""
+
+    name: str
+    path: Path
+    overrides: list[str]
+    twins: bool
+    subgrids: dict[str, dict[str, list[Any]]]
+
+
+@dataclass
+class PlannedRun:
+    """One run of a sweep: its identity, grid coordinates, overrides and current status."""
+
+    run_key: str
+    subgrid: str
+    model: str
+    n_params: int
+    tokens: int
+    scheme: str
+    format: str
+    group_size: int | str | None
+    lr: float
+    seed: int
+    overrides: list[str]
+    run_dir: Path
+    cfg: DictConfig = field(repr=False)
+    status: str = "missing"
+    error: str | None = None
+    job_id: str | None = None
+    log: str | None = None
+
+    @property
+    def flops(self) -> float:
+        """Training compute estimate 6*N*D (N non-embedding)."""
+        return 6.0 * self.n_params * self.tokens
+
+    def gpu_hours(self, mfu: float, peak_tflops: float) -> float:
+        return self.flops / (mfu * peak_tflops * 1e12) / 3600.0
+
+    def row(self, mfu: float = 0.4, peak_tflops: float = 312.0) -> dict[str, Any]:
+        """The DESIGN.md plan row (``plan --json``)."""
+        return {
+            "run_key": self.run_key,
+            "model": self.model,
+            "n_params": self.n_params,
+            "tokens": self.tokens,
+            "scheme": self.scheme,
+            "format": self.format,
+            "group_size": None if self.scheme == "bf16" else self.group_size,
+            "lr": self.lr,
+            "seed": self.seed,
+            "status": self.status,
+            "overrides": list(self.overrides),
+            "subgrid": self.subgrid,
+            "run_dir": str(self.run_dir),
+            "flops": self.flops,
+            "gpu_hours": self.gpu_hours(mfu, peak_tflops),
+            "error": self.error,
+            "job_id": self.job_id,
+            "log": self.log,
+        }
+
+
+class PlanError(ValueError):
+    """A sweep that cannot be launched; the message lists every offending run."""
+
+
+def available_sweeps() -> list[str]:
+    return sorted(p.stem for p in SWEEP_DIR.glob("*.yaml"))
+
+
+def load_sweep(name: str) -> SweepSpec:
+    """Parse and check ``conf/sweep/<name>.yaml`` (or a path to a sweep file)."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else SWEEP_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise PlanError(
+            f"unknown sweep {name!r}; available in {SWEEP_DIR}: {', '.join(available_sweeps())}"
+        )
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    where = str(path)
+    if not isinstance(raw, dict):
+        raise PlanError(f"{where}: a sweep file must be a mapping with keys {list(SWEEP_KEYS)}")
+    unknown = sorted(k for k in raw if k not in SWEEP_KEYS and not str(k).startswith("_"))
+    if unknown:
+        raise PlanError(
+            f"{where}: unknown key(s) {unknown}; allowed: {', '.join(SWEEP_KEYS)} "
+            "(keys starting with '_' are free, e.g. for YAML anchors)"
+        )
+    sweep_name = str(raw.get("name", path.stem))
+    if sweep_name != path.stem:
+        raise PlanError(f"{where}: name {sweep_name!r} must equal the file name {path.stem!r}")
+    overrides = raw.get("overrides") or []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise PlanError(f"{where}: key 'overrides' must be a list of 'key=value' strings")
+    if not isinstance(raw.get("twins", True), bool):
+        raise PlanError(f"{where}: key 'twins' must be true or false")
+    subgrids = raw.get("subgrids")
+    if not isinstance(subgrids, dict) or not subgrids:
+        raise PlanError(f"{where}: key 'subgrids' must be a non-empty mapping of named sub-grids")
+    parsed: dict[str, dict[str, list[Any]]] = {}
+    problems = []
+    for sub, axes in subgrids.items():
+        if not isinstance(axes, dict) or not axes:
+            problems.append(f"subgrids.{sub}: must be a non-empty mapping of key: values")
+            continue
+        parsed[str(sub)] = {}
+        for key, values in axes.items():
+            values = values if isinstance(values, list) else [values]
+            if not values:
+                problems.append(f"subgrids.{sub}.{key}: empty axis (give at least one value)")
+            parsed[str(sub)][str(key)] = values
+    problems += _unknown_axis_keys(parsed)
+    if problems:
+        raise PlanError(f"{where}: " + "; ".join(problems))
+    return SweepSpec(sweep_name, path, list(overrides), raw.get("twins", True), parsed)
+
+
+def _unknown_axis_keys(subgrids: dict[str, dict[str, list[Any]]]) -> list[str]:
+    base = compose_run([])
+    problems = []
+    for sub, axes in subgrids.items():
+        for key in axes:
+            if key.startswith("+") or key in CONFIG_GROUPS:
+                continue
+            if OmegaConf.select(base, key, default="__missing__") == "__missing__":
+                problems.append(
+                    f"subgrids.{sub}.{key}: unknown config key (config groups: "
+                    f"{', '.join(CONFIG_GROUPS)}; or any key of conf/train.yaml such as tokens, "
+                    f"seed, optim.lr, quant.group_size; prefix '+' to add a new key)"
+                )
+    return problems
+
+
+def override_value(value: Any) -> str:
+    """A YAML value as it is written on the Hydra command line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def _is_quant_key(override: str) -> bool:
+    key = override.split("=", 1)[0].lstrip("+~")
+    return key == "quant" or key.startswith("quant.")
+
+
+def expand(spec: SweepSpec, extra: list[str]) -> list[tuple[str, list[str]]]:
+    """(sub-grid, overrides) of every explicit run, in file order (twins are added later)."""
+    shared = [f"sweep={spec.name}", *spec.overrides]
+    runs = []
+    for sub, axes in spec.subgrids.items():
+        keys = list(axes)
+        for values in itertools.product(*(axes[k] for k in keys)):
+            point = [f"{k}={override_value(v)}" for k, v in zip(keys, values, strict=True)]
+            runs.append((sub, [*shared, *point, *extra]))
+    return runs
+
+
+def _twin_overrides(overrides: list[str]) -> list[str]:
+    """The BF16 twin of a run: same overrides without the quant ones, quant=bf16."""
+    kept = [o for o in overrides if not _is_quant_key(o)]
+    return [*kept[:1], "quant=bf16", *kept[1:]]
+
+
+def _planned(sub: str, overrides: list[str], cfg: DictConfig, key: str) -> PlannedRun:
+    model = model_config_from(cfg.model)
+    scheme = str(cfg.quant.scheme)
+    return PlannedRun(
+        run_key=key,
+        subgrid=sub,
+        model=model.name,
+        n_params=model.n_params,
+        tokens=parse_tokens(cfg.tokens),
+        scheme=scheme,
+        format=str(cfg.quant.format),
+        group_size=None if scheme == "bf16" else cfg.quant.group_size,
+        lr=float(cfg.optim.lr),
+        seed=int(cfg.seed),
+        overrides=overrides,
+        run_dir=Path(str(cfg.paths.runs)) / str(cfg.sweep) / key,
+        cfg=cfg,
+    )
+
+
+def schemes() -> list[str]:
+    """Scheme names: the files of conf/quant (each names its scheme)."""
+    return sorted(p.stem for p in (CONF_DIR / "quant").glob("*.yaml"))
+
+
+def allowed_group_sizes(model: ModelConfig) -> list[int | str]:
+    """G values dividing the reduction dim of every block linear (hidden and FFN), plus channel.
+
+    q, k, v, o, gate and up reduce over hidden_size, down over ffn_size; a torch-free mirror of
+    ``qat_sweep.model.allowed_group_sizes`` so planning 289 runs needs no torch import.
+    """
+    common = math.gcd(model.hidden_size, model.ffn_size)
+    return [g for g in range(2, common + 1) if common % g == 0] + ["channel"]
+
+
+def _run_problems(cfg: DictConfig) -> list[str]:
+    """What makes one composed run invalid, without touching data or allocating a model."""
+    try:
+        model = model_config_from(cfg.model)
+    except ValueError as e:
+        return [str(e)]
+    quant = cfg.quant
+    scheme, fmt, group = str(quant.scheme), str(quant.format), quant.group_size
+    problems = []
+    if scheme not in schemes():
+        problems.append(f"unknown scheme {scheme!r}; allowed: {', '.join(schemes())}")
+    elif scheme == "bf16" and (fmt != "bf16" or group is not None):
+        problems.append(
+            f"scheme bf16 takes format bf16 and group_size null, got {fmt!r}, {group!r}"
+        )
+    elif scheme != "bf16" and fmt not in QUANT_FORMATS:
+        problems.append(f"unknown format {fmt!r}; allowed: {', '.join(QUANT_FORMATS)}")
+    elif scheme != "bf16" and group not in allowed_group_sizes(model):
+        problems.append(
+            f"group size {group!r} does not divide every layer of model {model.name!r} "
+            f"(hidden {model.hidden_size}, FFN {model.ffn_size}); allowed: "
+            f"{', '.join(map(str, allowed_group_sizes(model)))}"
+        )
+    tokens = parse_tokens(cfg.tokens)
+    batch_tokens = int(cfg.optim.batch_seqs) * int(cfg.train.seq_len)
+    if tokens < batch_tokens:
+        problems.append(
+            f"tokens={tokens} is less than one global batch ({cfg.optim.batch_seqs} sequences x "
+            f"{cfg.train.seq_len} tokens = {batch_tokens}); use tokens >= {batch_tokens}"
+        )
+    return problems
+
+
+def _compose_problem(error: Exception) -> str:
+    text = str(error).splitlines()[0]
+    if "model/" in text:
+        return f"{text}; model presets: {', '.join(available_presets())}"
+    if "quant/" in text:
+        return f"{text}; schemes: {', '.join(schemes())}"
+    return text
+
+
+def _data_problem(data: DictConfig, load: bool) -> str | None:
+    """Why a data config cannot feed a run: absent and not buildable, or corrupt (None: fine)."""
+    data_dir = Path(str(data.dir))
+    if not (data_dir / "meta.json").exists():
+        if data.get("build_if_missing"):
+            return None  # built by the first run that needs it (under a lock)
+        return (
+            f"data {data.name!r}: {data_dir} is not prepared "
+            f"(qat-sweep prepare ...: see conf/data/{data.name}.yaml)"
+        )
+    if load:
+        from qat_sweep.data import load_token_data  # torch: only on the launch path
+
+        try:
+            load_token_data(data_dir)
+        except (ValueError, FileNotFoundError) as e:
+            return f"data {data.name!r}: {e}"
+    return None
+
+
+def data_problems(runs: list[PlannedRun], load: bool = False) -> dict[str, str]:
+    """Problems of the data each run needs, checked once per distinct data directory."""
+    checked: dict[str, str | None] = {}
+    problems = {}
+    for run in runs:
+        key = json.dumps(OmegaConf.to_container(run.cfg.data, resolve=True), sort_keys=True)
+        if key not in checked:
+            checked[key] = _data_problem(run.cfg.data, load)
+        if checked[key] is not None:
+            problems[run.run_key] = checked[key]
+    return problems
+
+
+def trainer_problems(runs: list[PlannedRun]) -> dict[str, str]:
+    """The trainer's own model/quant checks, once per distinct (model, quant) pair.
+
+    Imports torch, so only ``launch`` runs it; ``plan`` relies on the torch-free checks above.
+    """
+    from qat_sweep.model import validate
+    from qat_sweep.schemes import quant_config_from
+
+    checked: dict[str, str | None] = {}
+    problems = {}
+    for run in runs:
+        pair = OmegaConf.to_container(
+            OmegaConf.masked_copy(run.cfg, ["model", "quant"]), resolve=True
+        )
+        key = json.dumps(pair, sort_keys=True)
+        if key not in checked:
+            try:
+                model = model_config_from(run.cfg.model)
+                validate(model, quant_config_from(run.cfg.quant), model.vocab_size or 1)
+                checked[key] = None
+            except ValueError as e:
+                checked[key] = str(e)
+        if checked[key] is not None:
+            problems[run.run_key] = checked[key]
+    return problems
+
+
+def plan_sweep(
+    name: str,
+    extra_overrides: list[str] | tuple[str, ...] = (),
+    runs_root: str | Path | None = None,
+    strict: bool = True,
+) -> list[PlannedRun]:
+    """Every run of sweep ``name``, validated, with its status; PlanError lists all problems.
+
+    ``extra_overrides`` apply to every run (and its twin); ``runs_root`` sets ``paths.runs``.
+    ``strict`` (launch) adds the checks that need torch or read data: the trainer's own
+    model/quant validation and loading each data directory; missing data is then an error.
+    ``plan`` uses ``strict=False`` and only warns about data (a laptop without the corpus).
+    """
+    spec = load_sweep(name)
+    extra = list(extra_overrides)
+    if runs_root is not None:
+        extra.append(f"paths.runs={Path(runs_root).resolve()}")
+    explicit = expand(spec, extra)
+    problems: list[str] = []
+    runs: list[PlannedRun] = []
+    for sub, overrides in explicit:
+        try:
+            cfg = compose_run(overrides)
+            key = run_key(cfg)
+            run_problems = _run_problems(cfg)
+        except (ValueError, HydraException) as e:
+            problems.append(f"{sub} [{' '.join(overrides[1:])}]: {_compose_problem(e)}")
+            continue
+        if run_problems:
+            problems += [f"{sub} {key}: {p}" for p in run_problems]
+            continue
+        runs.append(_planned(sub, overrides, cfg, key))
+    counts = Counter(r.run_key for r in runs)
+    for key in sorted(k for k, n in counts.items() if n > 1):
+        where = ", ".join(sorted({r.subgrid for r in runs if r.run_key == key}))
+        problems.append(f"duplicate run {key}: appears {counts[key]} times (sub-grids: {where})")
+    if spec.twins and not problems:
+        runs += _twins(runs)
+    if not problems and strict:
+        found = {**trainer_problems(runs), **data_problems(runs, load=True)}
+        problems += [
+            f"{r.subgrid} {r.run_key}: {found[r.run_key]}" for r in runs if r.run_key in found
+        ]
+    if problems:
+        raise PlanError(_problem_report(spec, len(explicit), problems))
+    attach_status(runs)
+    return runs
+
+
+def _twins(runs: list[PlannedRun]) -> list[PlannedRun]:
+    """One BF16 twin per distinct non-quant cell, skipping cells that already have one."""
+    have = {r.run_key for r in runs}
+    cells = dict.fromkeys(tuple(_twin_overrides(r.overrides)) for r in runs if r.scheme != "bf16")
+    twins = []
+    for overrides in cells:
+        cfg = compose_run(list(overrides))
+        key = run_key(cfg)
+        if key not in have:
+            have.add(key)
+            twins.append(_planned(TWIN_SUBGRID, list(overrides), cfg, key))
+    return twins
+
+
+def _problem_report(spec: SweepSpec, n_runs: int, problems: list[str]) -> str:
+    listed = problems[:MAX_LISTED_PROBLEMS]
+    more = len(problems) - len(listed)
+    lines = [f"sweep {spec.name!r} ({spec.path}): {len(problems)} problem(s) in {n_runs} runs:"]
+    lines += [f"  - {p}" for p in listed]
+    if more:
+        lines.append(f"  ... and {more} more")
+    lines.append("nothing was launched.")
+    return "\n".join(lines)
+
+
+def attach_status(runs: list[PlannedRun]) -> None:
+    """Status from each run's record, then from the launch manifests and the scheduler."""
+    if not runs:
+        return
+    jobs = job_states(runs[0].run_dir.parent, [r.run_key for r in runs])
+    for run in runs:
+        job = jobs.get(run.run_key)
+        if job is not None:
+            run.job_id, run.log = job.job_id, job.log
+        record = read_record(run.run_dir)
+        if record is not None and record["status"] == "completed":
+            run.status = "completed"
+        elif record is not None:
+            run.status, run.error = "failed", f"{record['status']}: {record.get('error')}"
+        elif job is not None and job.state in ("running", "pending"):
+            run.status = job.state
+        elif job is not None and job.state == "failed":
+            run.status, run.error = "failed", job.detail
+        elif job is not None and job.state == "local" and run.run_dir.exists():
+            run.status = "running"
+        elif job is not None and job.state == "local":
+            run.status = "pending"
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What the launch manifests and the scheduler say about one run."""
+
+    job_id: str | None
+    log: str | None
+    state: str  # running | pending | failed | local | unknown
+    detail: str | None = None
+
+
+_PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED"}
+_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING"}
+
+
+def manifest_dir(sweep_dir: Path) -> Path:
+    return Path(sweep_dir) / ".launches"
+
+
+def read_manifests(sweep_dir: Path) -> list[dict[str, Any]]:
+    """All launch manifests of a sweep directory, oldest first (file names sort by time)."""
+    manifests = []
+    for path in sorted(manifest_dir(sweep_dir).glob("*.json")):
+        try:
+            manifests.append(json.loads(path.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+    return manifests
+
+
+def job_states(sweep_dir: Path, run_keys: list[str]) -> dict[str, JobState]:
+    """Latest launch of each run (from the manifests) and its scheduler state."""
+    wanted = set(run_keys)
+    latest: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    for manifest in read_manifests(sweep_dir):
+        for job in manifest.get("jobs", []):
+            if job.get("run_key") in wanted:
+                latest[job["run_key"]] = (manifest, job)
+    slurm_ids = sorted({j["job_id"] for m, j in latest.values() if m.get("kind") == "slurm"})
+    states = slurm_job_states(slurm_ids)
+    out = {}
+    for key, (manifest, job) in latest.items():
+        log = job.get("stderr") or job.get("log")
+        if manifest.get("kind") == "slurm":
+            state = states.get(job["job_id"])
+            out[key] = JobState(job["job_id"], log, *_slurm_state(job["job_id"], state, log))
+        else:
+            out[key] = JobState(job.get("job_id"), log, *_local_state(manifest, job, log))
+    return out
+
+
+def _slurm_state(job_id: str, state: str | None, log: str | None) -> tuple[str, str | None]:
+    if state is None:
+        return "unknown", None
+    if state in _PENDING:
+        return "pending", None
+    if state in _RUNNING:
+        return "running", None
+    return "failed", f"SLURM job {job_id} ended {state} without a run record; log: {log}"
+
+
+def _local_state(
+    manifest: dict[str, Any], job: dict[str, Any], log: str | None
+) -> tuple[str, str | None]:
+    code = job.get("exit_code")
+    if code is not None and code != 0:
+        return "failed", f"local run exited with code {code} without a run record; log: {log}"
+    if code is None and manifest.get("host") == socket.gethostname() and _alive(manifest["pid"]):
+        return "local", None
+    return "unknown", None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def slurm_job_states(job_ids: list[str]) -> dict[str, str]:
+    """SLURM state per job id (``123_4`` array tasks or ``123``) from squeue, then sacct.
+
+    squeue forgets jobs after MinJobAge; sacct may be missing (no accounting): both are
+    tolerated, an unknown job simply has no state.
+    """
+    if not job_ids or shutil.which("squeue") is None:
+        return {}
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    found = _query(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(arrays), "-o", "%i|%T"])
+    unknown = sorted({j.split("_")[0] for j in job_ids if j not in found})
+    if unknown and shutil.which("sacct") is not None:
+        sacct = ["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(unknown)]
+        found = {**_query(sacct), **found}
+    return found
+
+
+def _query(command: list[str]) -> dict[str, str]:
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    states = {}
+    for line in out.stdout.splitlines():
+        job_id, _, state = line.partition("|")
+        if job_id and state and job_id.strip() != "JobID":
+            states[job_id.strip()] = state.split()[0].rstrip("+")
+    return states
+
+
+def parse_cli(
+    argv: list[str], flags: tuple[str, ...]
+) -> tuple[str, dict[str, str], set[str], list[str]]:
+    """Split ``sweep=NAME [--flag] [opt=value] [overrides...]`` into its parts.
+
+    Options named in ``options`` of the callers (``mfu=``, ``launcher=``) are taken out; every
+    other ``key=value`` is a train override applied to every run of the sweep.
+    """
+    sweep, options, seen, overrides = None, {}, set(), []
+    for arg in argv:
+        if arg.startswith("--"):
+            name = arg.split("=", 1)[0]
+            if name not in flags:
+                raise PlanError(f"unknown option {arg!r}; options: {', '.join(flags)}")
+            seen.add(name)
+            if "=" in arg:
+                options[name] = arg.split("=", 1)[1]
+        elif arg.startswith("sweep="):
+            sweep = arg.split("=", 1)[1]
+        elif arg.split("=", 1)[0] in CLI_OPTIONS:
+            key, _, value = arg.partition("=")
+            options[key] = value
+        else:
+            overrides.append(arg)
+    if not sweep:
+        raise PlanError(f"missing sweep=NAME; available sweeps: {', '.join(available_sweeps())}")
+    return sweep, options, seen, overrides
+
+
+CLI_OPTIONS = ("mfu", "peak_tflops", "launcher")
+
+
+def _cost_options(options: dict[str, str]) -> tuple[float, float]:
+    try:
+        mfu, peak = float(options.get("mfu", 0.4)), float(options.get("peak_tflops", 312.0))
+    except ValueError as e:
+        raise PlanError(f"mfu and peak_tflops must be numbers: {e}") from e
+    if not 0 < mfu <= 1 or peak <= 0:
+        raise PlanError(f"need 0 < mfu <= 1 and peak_tflops > 0, got mfu={mfu} peak={peak}")
+    return mfu, peak
+
+
+def _fmt_group(group_size: Any) -> str:
+    return "-" if group_size is None else str(group_size)
+
+
+def plan_table(runs: list[PlannedRun], mfu: float, peak_tflops: float) -> str:
+    """Human table grouped by sub-grid, with compute estimates and totals."""
+    header = f"{'run_key':<58} {'preset':>6} {'N':>9} {'D':>7} {'scheme':<11} {'format':<8}"
+    header += f" {'G':>7} {'LR':>8} {'FLOPs':>9} {'GPU-h':>8} status"
+    lines = []
+    for sub in dict.fromkeys(r.subgrid for r in runs):
+        group = [r for r in runs if r.subgrid == sub]
+        hours = sum(r.gpu_hours(mfu, peak_tflops) for r in group)
+        lines += ["", f"## {sub}: {len(group)} runs, {_hours(hours)} GPU-hours", header]
+        for r in group:
+            lines.append(
+                f"{r.run_key:<58} {r.model:>6} {r.n_params / 1e6:>8.1f}M "
+                f"{format_tokens(r.tokens):>7} {r.scheme:<11} {r.format:<8} "
+                f"{_fmt_group(r.group_size):>7} {r.lr:>8.2g} {r.flops:>9.2e} "
+                f"{_hours(r.gpu_hours(mfu, peak_tflops)):>8} {r.status}"
+            )
+    counts = Counter(r.status for r in runs)
+    total = sum(r.gpu_hours(mfu, peak_tflops) for r in runs)
+    quantized = sum(r.scheme != "bf16" for r in runs)
+    lines += [
+        "",
+        f"total: {len(runs)} runs ({quantized} quantized + {len(runs) - quantized} BF16), "
+        f"{sum(r.flops for r in runs):.3e} FLOPs, {_hours(total)} GPU-hours "
+        f"at mfu={mfu} x {peak_tflops} TFLOP/s",
+        "status: " + ", ".join(f"{s} {counts[s]}" for s in STATUSES if counts[s]),
+    ]
+    return "\n".join(lines[1:])
+
+
+STATUSES = ("completed", "running", "pending", "failed", "missing")
+
+
+def _hours(hours: float) -> str:
+    return f"{hours:,.0f}" if hours >= 10 else f"{hours:.2g}"
+
+
+def plan_main(argv: list[str]) -> int:
+    """``qat-sweep plan sweep=NAME [--json] [mfu=0.4] [peak_tflops=312] [overrides...]``."""
+    try:
+        sweep, options, flags, overrides = parse_cli(argv, ("--json",))
+        mfu, peak = _cost_options(options)
+        runs = plan_sweep(sweep, overrides, strict=False)
+        missing_data = list(data_problems(runs).values())
+    except PlanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if "--json" in flags:
+        print(json.dumps([r.row(mfu, peak) for r in runs], indent=1))
+    else:
+        print(plan_table(runs, mfu, peak))
+    if missing_data:
+        print(f"warning: {len(missing_data)} run(s) cannot be launched yet:", file=sys.stderr)
+        for message in sorted(set(missing_data)):
+            print(f"  - {message}", file=sys.stderr)
+    return 0
