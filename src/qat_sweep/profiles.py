@@ -194,9 +194,8 @@ def hydra_launcher_overrides(profile: LaunchProfile) -> list[str]:
             out.append(f"hydra.launcher.{key}={_hydra_value(getattr(profile, key))}")
     if "slurm_setup" in params:
         out.append(f"hydra.launcher.setup={_hydra_value(params['slurm_setup'])}")
-    if params["slurm_additional_parameters"]:
-        additional = _hydra_value(params["slurm_additional_parameters"])
-        out.append(f"hydra.launcher.additional_parameters={additional}")
+    for key, value in params["slurm_additional_parameters"].items():  # a struct dict: add keys
+        out.append(f"+hydra.launcher.additional_parameters.{key}={_hydra_value(value)}")
     return out + profile.train_overrides()
 
 

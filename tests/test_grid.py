@@ -1,0 +1,191 @@
+"""Sweep expansion and validation (no SLURM): the paper grid, twins, and bad input."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from qat_sweep.config import compose_run, run_key
+from qat_sweep.grid import PlanError, load_sweep, plan_main, plan_sweep
+from qat_sweep.presets import CONF_DIR
+from qat_sweep.profiles import hydra_launcher_overrides, load_profile, profile_from_dict
+
+PAPER_SUBGRIDS = {
+    "main_int4": 240,
+    "fp4_297m_50b": 5,
+    "fc2a8_595m_100b": 10,
+    "validation_973m": 10,
+    "lr_sweep_145m": 3,
+    "bf16_twins": 21,
+}
+
+
+@pytest.fixture(scope="module")
+def paper(tmp_path_factory: pytest.TempPathFactory) -> list:
+    return plan_sweep("paper", runs_root=tmp_path_factory.mktemp("runs"), strict=False)
+
+
+def write_sweep(tmp_path: Path, name: str, body: str) -> str:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(body)
+    return str(path)
+
+
+def test_paper_grid_counts(paper: list) -> None:
+    assert Counter(r.subgrid for r in paper) == PAPER_SUBGRIDS
+    assert sum(r.scheme != "bf16" for r in paper) == 268
+    assert len(paper) == 289
+    assert len({r.run_key for r in paper}) == 289
+    assert all(r.status == "missing" for r in paper)
+
+
+def test_paper_twins_cover_every_quantized_cell(paper: list) -> None:
+    def cell(r):
+        return (r.model, r.tokens, r.lr, r.seed)
+
+    bf16 = Counter(cell(r) for r in paper if r.scheme == "bf16")
+    assert all(n == 1 for n in bf16.values())
+    assert {cell(r) for r in paper if r.scheme != "bf16"} == set(bf16)
+    assert {r.group_size for r in paper if r.subgrid == "main_int4"} == {
+        32,
+        64,
+        128,
+        256,
+        "channel",
+    }
+
+
+def test_paper_rows_compose_back_to_their_run_key(paper: list) -> None:
+    for run in paper:
+        assert any(o == "sweep=paper" for o in run.overrides)
+        assert run_key(compose_run(run.overrides)) == run.run_key
+        assert run.row()["group_size"] == (None if run.scheme == "bf16" else run.group_size)
+
+
+def test_plan_json_rows(capsys: pytest.CaptureFixture[str]) -> None:
+    assert plan_main(["sweep=demo", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    keys = {"run_key", "model", "n_params", "tokens", "scheme", "format", "group_size", "lr"}
+    assert keys | {"seed", "status", "overrides", "subgrid", "flops", "gpu_hours"} <= set(rows[0])
+    assert {r["model"] for r in rows} == {"0.2M", "0.5M", "1M"}
+    assert {r["scheme"] for r in rows} == {"bf16", "w4a4"}
+    assert {r["format"] for r in rows} == {"bf16", "int4", "fp4"}
+
+
+def test_plan_table_groups_by_subgrid(capsys: pytest.CaptureFixture[str]) -> None:
+    assert plan_main(["sweep=demo", "mfu=0.5", "peak_tflops=100"]) == 0
+    out = capsys.readouterr().out
+    assert "## w4a4_int4: 27 runs" in out and "## bf16_twins: 9 runs" in out
+    assert "total: 42 runs (33 quantized + 9 BF16)" in out
+
+
+def test_unknown_sweep_lists_available() -> None:
+    with pytest.raises(PlanError, match=r"unknown sweep 'nope'.*demo.*paper"):
+        plan_sweep("nope")
+
+
+def test_sweep_file_keys_are_checked(tmp_path: Path) -> None:
+    bad_top = write_sweep(tmp_path, "t1", "subgrids: {a: {model: 0.2M}}\nextra: 1\n")
+    with pytest.raises(PlanError, match=r"t1.yaml: unknown key\(s\) \['extra'\]"):
+        load_sweep(bad_top)
+    empty = write_sweep(tmp_path, "t2", "subgrids: {a: {model: []}}\n")
+    with pytest.raises(PlanError, match=r"t2.yaml: subgrids.a.model: empty axis"):
+        load_sweep(empty)
+    unknown_key = write_sweep(tmp_path, "t3", "subgrids: {a: {model: 0.2M, optim.lrr: 1}}\n")
+    with pytest.raises(PlanError, match=r"t3.yaml: subgrids.a.optim.lrr: unknown config key"):
+        load_sweep(unknown_key)
+
+
+def test_bad_runs_are_all_reported_with_allowed_values(tmp_path: Path) -> None:
+    sweep = write_sweep(
+        tmp_path,
+        "bad",
+        """
+overrides: [data=demo, logger=none]
+subgrids:
+  g:
+    model: 0.2M
+    tokens: 8192
+    quant: w4a4
+    quant.group_size: [16, 48]
+  preset:
+    model: 7B
+    quant: w4a4
+  scheme:
+    model: 0.2M
+    quant: w3a3
+  fmt:
+    model: 0.2M
+    quant: w4a4
+    quant.format: int3
+    quant.group_size: 16
+  short:
+    model: 0.2M
+    tokens: 100
+""",
+    )
+    with pytest.raises(PlanError) as err:
+        plan_sweep(sweep, runs_root=tmp_path / "runs")
+    message = str(err.value)
+    assert "5 problem(s)" in message and "nothing was launched" in message
+    assert "g 0.2M_D8.192K_w4a4_int4_g48" in message and "allowed: 2, 4, 8, 16, 32, 64" in message
+    assert "model/7B" in message and "model presets: " in message
+    assert "quant/w3a3" in message and "schemes: bf16" in message
+    assert "unknown format 'int3'" in message
+    assert "tokens=100 is less than one global batch" in message
+
+
+def test_duplicate_runs_are_rejected(tmp_path: Path) -> None:
+    sweep = write_sweep(
+        tmp_path,
+        "dup",
+        """
+overrides: [data=demo]
+subgrids:
+  a: {model: 0.2M, tokens: 8192, quant: w4a4, quant.group_size: 16}
+  b: {model: 0.2M, tokens: 8192, quant: w4a4, quant.group_size: [16, 32]}
+""",
+    )
+    with pytest.raises(
+        PlanError, match=r"duplicate run 0.2M_D8.192K_w4a4_int4_g16.*\(sub-grids: a, b\)"
+    ):
+        plan_sweep(sweep, runs_root=tmp_path / "runs")
+
+
+def test_missing_data_blocks_launch_but_not_plan(tmp_path: Path) -> None:
+    sweep = write_sweep(
+        tmp_path, "nodata", "overrides: [data=custom]\nsubgrids: {a: {model: 0.2M, tokens: 8192}}\n"
+    )
+    extra = [f"paths.data={tmp_path / 'nowhere'}"]
+    assert len(plan_sweep(sweep, extra, runs_root=tmp_path, strict=False)) == 1
+    with pytest.raises(PlanError, match=r"a 0.2M_D8.192K_bf16.*data 'custom'.*is not prepared"):
+        plan_sweep(sweep, extra, runs_root=tmp_path)
+
+
+def test_profiles_validate_and_map_to_hydra_launcher() -> None:
+    with pytest.raises(ValueError, match=r"unknown launch profile 'nope'.*ci, local, slurm"):
+        load_profile("nope")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['gpus'\]"):
+        profile_from_dict("x", {"kind": "slurm", "gpus": 2})
+    with pytest.raises(ValueError, match="cpus_per_task must be >= 1"):
+        profile_from_dict("x", {"kind": "slurm", "cpus_per_task": 0})
+    two_gpus = profile_from_dict("two", {"kind": "slurm", "gpus_per_node": 2, "setup": ["echo hi"]})
+    overrides = hydra_launcher_overrides(two_gpus)
+    assert "hydra.launcher.tasks_per_node=2" in overrides
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    launcher = cfg.hydra.launcher
+    assert launcher.gpus_per_node == 2 and launcher.tasks_per_node == 2
+    assert launcher.setup == ["echo hi"] and launcher.additional_parameters == {"requeue": True}
+    assert "SlurmLauncher" in launcher._target_
+    ci = hydra_launcher_overrides(load_profile("ci"))
+    assert "hydra.launcher.partition='debug'" in ci and "train.device=cpu" in ci
