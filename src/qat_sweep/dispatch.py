@@ -192,8 +192,11 @@ def launch_main(argv: list[str]) -> int:
         runs = plan_sweep(sweep, [*overrides, *profile.train_overrides()], strict=True)
         todo = to_launch(runs)
         arrays = chunks(todo, max_array_size(profile)) if profile.kind == "slurm" else []
-    except (PlanError, ValueError) as e:
-        print(f"error: {e}\nnothing was submitted.", file=sys.stderr)
+    except PlanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"error: {e}\nnothing was launched.", file=sys.stderr)
         return 2
     counts = {s: sum(r.status == s for r in runs) for s in STATUSES}
     print(

@@ -1,0 +1,85 @@
+"""Local launcher (no SLURM): each run in its own process, idempotent relaunch, failures reported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qat_sweep.dispatch import launch_main, status_main
+from qat_sweep.record import read_record
+
+TINY = """
+overrides: [data=demo, logger=none, train.threads=1]
+twins: {twins}
+subgrids:
+  a:
+    model: 0.2M
+    tokens: 4096
+    quant: {quant}
+{group}"""
+
+
+def tiny_sweep(tmp_path: Path, name: str, quant: str = "w4a4", twins: bool = True) -> str:
+    path = tmp_path / f"{name}.yaml"
+    group = "" if quant == "bf16" else "    quant.group_size: 16\n"
+    path.write_text(TINY.format(quant=quant, twins=str(twins).lower(), group=group))
+    return str(path)
+
+
+def run_status(
+    sweep: str, runs: Path, capsys: pytest.CaptureFixture[str], *extra: str
+) -> list[dict]:
+    capsys.readouterr()
+    assert status_main([f"sweep={sweep}", f"paths.runs={runs}", "--json", *extra]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.slow
+def test_local_launch_runs_then_skips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep, runs = tiny_sweep(tmp_path, "loc"), tmp_path / "runs"
+    argv = [f"sweep={sweep}", "launcher=local", f"paths.runs={runs}"]
+    assert launch_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "[1/2]" in out and "[2/2]" in out and "completed loss" in out
+    rows = run_status(sweep, runs, capsys)
+    assert [r["status"] for r in rows] == ["completed", "completed"]
+    assert all(read_record(Path(r["run_dir"]))["status"] == "completed" for r in rows)
+    assert launch_main(argv) == 0
+    assert "launching 0" in capsys.readouterr().out
+    manifests = list((runs / "loc" / ".launches").glob("*.json"))
+    assert len(manifests) == 1  # the second launch had nothing to do
+
+
+@pytest.mark.slow
+def test_failing_local_run_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep, runs = tiny_sweep(tmp_path, "fail", quant="bf16", twins=False), tmp_path / "runs"
+    # Passes planning, fails in training: a vocabulary smaller than the data's.
+    argv = [f"sweep={sweep}", "launcher=local", f"paths.runs={runs}", "model.vocab_size=8"]
+    assert launch_main(argv) == 1
+    assert "[1/1]" in capsys.readouterr().out
+    (row,) = run_status(sweep, runs, capsys, "model.vocab_size=8")
+    assert row["status"] == "failed" and "vocab" in row["error"]
+    assert row["log"].endswith(".log") and Path(row["log"]).exists()
+    capsys.readouterr()
+    assert status_main([f"sweep={sweep}", f"paths.runs={runs}", "model.vocab_size=8"]) == 0
+    text = capsys.readouterr().out
+    assert "failed 1" in text and "failed runs:" in text and "log:" in text
+
+
+def test_bad_launch_input_submits_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep, runs = tiny_sweep(tmp_path, "bad"), tmp_path / "runs"
+    assert launch_main([f"sweep={sweep}", "launcher=nope", f"paths.runs={runs}"]) == 2
+    assert "unknown launch profile 'nope'" in capsys.readouterr().err
+    assert launch_main([f"sweep={sweep}", "launcher=local", "quant.group_size=48"]) == 2
+    err = capsys.readouterr().err
+    assert "group size 48" in err and "nothing was launched" in err
+    assert not runs.exists()
+
+
+def test_print_hydra_overrides(capsys: pytest.CaptureFixture[str]) -> None:
+    assert launch_main(["sweep=demo", "launcher=ci", "--print-hydra-overrides"]) == 0
+    assert "hydra/launcher=submitit_slurm" in capsys.readouterr().out
