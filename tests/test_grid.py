@@ -62,7 +62,7 @@ def test_paper_twins_cover_every_quantized_cell(paper: list) -> None:
 
 def test_paper_rows_compose_back_to_their_run_key(paper: list) -> None:
     for run in paper:
-        assert any(o == "sweep=paper" for o in run.overrides)
+        assert "sweep_name=paper" in run.overrides
         assert run_key(compose_run(run.overrides)) == run.run_key
         assert run.row()["group_size"] == (None if run.scheme == "bf16" else run.group_size)
 

@@ -121,7 +121,7 @@ def submit_slurm(
 
 
 def _local_command(run: PlannedRun) -> list[str]:
-    return [sys.executable, "-m", "qat_sweep.dispatch", *run.overrides]
+    return [sys.executable, "-m", "qat_sweep.train", *run.overrides]
 
 
 def run_local(
@@ -255,18 +255,3 @@ def status_main(argv: list[str]) -> int:
     else:
         print(status_table(runs))
     return 0
-
-
-def main(overrides: list[str]) -> int:
-    """``python -m qat_sweep.dispatch <overrides>``: one run in this process (local launcher).
-
-    Goes through ``train_from_overrides`` (the compose API) rather than the Hydra app, which
-    reads ``sweep=NAME`` as a choice of the ``conf/sweep`` group.
-    """
-    from qat_sweep.train import exit_code, train_from_overrides
-
-    return exit_code(train_from_overrides(overrides))
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -32,6 +32,7 @@ SWEEP_DIR: Path = CONF_DIR / "sweep"
 SWEEP_KEYS = ("name", "overrides", "twins", "subgrids")
 TWIN_SUBGRID = "bf16_twins"
 MAX_LISTED_PROBLEMS = 60
+SWEEP_KEY = "sweep_name"  # the train config key naming runs/<sweep_name>/ (`sweep` is this group)
 QUANT_FORMATS = ("int4", "int4_sym", "fp4")  # DESIGN.md names; checked again by the trainer
 
 
@@ -188,7 +189,7 @@ def _is_quant_key(override: str) -> bool:
 
 def expand(spec: SweepSpec, extra: list[str]) -> list[tuple[str, list[str]]]:
     """(sub-grid, overrides) of every explicit run, in file order (twins are added later)."""
-    shared = [f"sweep={spec.name}", *spec.overrides]
+    shared = [f"{SWEEP_KEY}={spec.name}", *spec.overrides]
     runs = []
     for sub, axes in spec.subgrids.items():
         keys = list(axes)
@@ -219,7 +220,7 @@ def _planned(sub: str, overrides: list[str], cfg: DictConfig, key: str) -> Plann
         lr=float(cfg.optim.lr),
         seed=int(cfg.seed),
         overrides=overrides,
-        run_dir=Path(str(cfg.paths.runs)) / str(cfg.sweep) / key,
+        run_dir=Path(str(cfg.paths.runs)) / str(cfg[SWEEP_KEY]) / key,
         cfg=cfg,
     )
 
@@ -551,10 +552,10 @@ def _query(command: list[str]) -> dict[str, str]:
 def parse_cli(
     argv: list[str], flags: tuple[str, ...]
 ) -> tuple[str, dict[str, str], set[str], list[str]]:
-    """Split ``sweep=NAME [--flag] [opt=value] [overrides...]`` into its parts.
+    """Split ``sweep=NAME [--flag] [option=value] [overrides...]`` into its parts.
 
-    Options named in ``options`` of the callers (``mfu=``, ``launcher=``) are taken out; every
-    other ``key=value`` is a train override applied to every run of the sweep.
+    ``CLI_OPTIONS`` (``mfu=``, ``peak_tflops=``, ``launcher=``) and the given ``--flags`` are
+    taken out; every other ``key=value`` is a train override applied to every run of the sweep.
     """
     sweep, options, seen, overrides = None, {}, set(), []
     for arg in argv:
