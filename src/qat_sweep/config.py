@@ -27,7 +27,7 @@ CONFIG_GROUPS = ("model", "quant", "data", "optim", "logger")
 
 # Keys that change how a run executes but not what it computes: left out of the run hash so
 # a run resumed on another device, with another micro-batch or logger keeps its identity.
-_EXECUTION_KEYS = ("paths", "logger", "eval", "checkpoint", "sweep", "run_key", "hydra")
+_EXECUTION_KEYS = ("paths", "logger", "eval", "checkpoint", "sweep_name", "run_key", "hydra")
 _EXECUTION_TRAIN_KEYS = ("micro_batch_seqs", "device", "compile", "threads")
 
 _TOKEN_SUFFIX = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
@@ -112,8 +112,8 @@ if not OmegaConf.has_resolver("qat_run_key"):
 
 
 def run_dir(cfg: DictConfig) -> Path:
-    """`<paths.runs>/<sweep>/<run_key>`: the run's system of record."""
-    return Path(cfg.paths.runs) / str(cfg.sweep) / str(cfg.run_key)
+    """`<paths.runs>/<sweep_name>/<run_key>`: the run's system of record."""
+    return Path(cfg.paths.runs) / str(cfg.sweep_name) / str(cfg.run_key)
 
 
 def conf_dir() -> Path:

@@ -8,7 +8,6 @@ again resumes from the checkpoint, or returns at once when the record says `comp
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import math
 import os
 import signal
@@ -16,6 +15,7 @@ import subprocess
 import sys
 import time
 import traceback
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,11 +106,7 @@ def _ensure_data(cfg: DictConfig) -> TokenData:
     if cfg.data.get("build_if_missing") and not (data_dir / "meta.json").exists():
         from qat_sweep.corpus import build_demo_corpus
 
-        # Runs started side by side must not build the corpus twice at once.
-        data_dir.parent.mkdir(parents=True, exist_ok=True)
-        with open(data_dir.parent / f".{data_dir.name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            build_demo_corpus(data_dir)
+        build_demo_corpus(data_dir)  # locks, so runs started side by side build it once
     return load_token_data(data_dir)
 
 
@@ -295,7 +291,7 @@ def _base_record(cfg: DictConfig, setup: RunSetup | None) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "run_key": str(cfg.run_key),
-        "sweep": str(cfg.sweep),
+        "sweep": str(cfg.sweep_name),
         "status": "failed",
         "error": None,
         "model": model.name,
@@ -408,9 +404,9 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
         enabled=dist_info.is_main,
         wandb_settings=OmegaConf.to_container(cfg.logger.wandb, resolve=True),
         wandb_init={
-            "id": wandb_id(str(cfg.sweep), str(cfg.run_key)),
+            "id": wandb_id(str(cfg.sweep_name), str(cfg.run_key)),
             "name": str(cfg.run_key),
-            "group": str(cfg.sweep),
+            "group": str(cfg.sweep_name),
             "job_type": str(cfg.quant.scheme),
             "tags": [
                 f"N={record['model']}",
@@ -468,8 +464,10 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum = torch.zeros((), device=dev)
+            batch_crc = 0  # fingerprint of the data: BF16 and QAT twins must see the same batches
             for m in range(n_micro):
                 x, y = schedule.batch(step, dist_info.rank, dist_info.world_size, m, n_micro)
+                batch_crc = zlib.crc32(x.numpy().tobytes(), batch_crc)
                 sync = m == n_micro - 1 or dist_info.world_size == 1
                 ctx = contextlib.nullcontext() if sync else train_model.no_sync()
                 with ctx, torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
@@ -496,6 +494,7 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
                 "loss_smoothed": smooth,
                 "lr": lr,
                 "grad_norm": float(grad_norm),
+                "batch_crc": batch_crc,
             }
             if step % progress_every == 0 or step == setup.total_steps:
                 now = time.perf_counter()
@@ -575,10 +574,11 @@ def main(cfg: DictConfig) -> None:
     from hydra.types import RunMode
 
     record = train(cfg)
-    print(
-        f"[qat-sweep] {record['run_key']}: {record['status']} loss={record['loss']} "
-        f"val_loss={record['val_loss']} -> {run_dir(cfg) / RECORD_NAME}"
-    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"[qat-sweep] {record['run_key']}: {record['status']} loss={record['loss']} "
+            f"val_loss={record['val_loss']} -> {run_dir(cfg) / RECORD_NAME}"
+        )
     code = exit_code(record)
     if code:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
