@@ -1,0 +1,189 @@
+"""Launching on the private loopback SLURM cluster (tests/slurm_cluster.py): arrays, idempotent
+relaunch, preemption and resume, failures, DDP over two fake GPUs, and the sbatch-call count."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from qat_sweep.dispatch import launch_main, status_main
+from qat_sweep.record import read_record
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+SWEEP = """
+overrides: [data=demo, logger=none, train.threads=1]
+twins: {twins}
+subgrids:
+  a:
+    model: 0.2M
+    tokens: {tokens}
+    quant: {quant}
+{extra}"""
+
+
+def sweep_file(tmp_path: Path, name: str, tokens: int = 4096, quant: str = "w4a4", **kw) -> str:
+    extra = "" if quant == "bf16" else "    quant.group_size: [16, channel]\n"
+    twins = str(kw.get("twins", True)).lower()
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(SWEEP.format(tokens=tokens, quant=quant, extra=extra, twins=twins))
+    return str(path)
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} not reached within {timeout_s} s")
+
+
+def statuses(sweep: str, runs: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> list:
+    capsys.readouterr()
+    assert status_main([f"sweep={sweep}", f"paths.runs={runs}", "--json", *extra]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def all_done(sweep: str, runs: Path, capsys, *extra: str) -> Callable[[], bool]:
+    return lambda: all(
+        r["status"] in ("completed", "failed") for r in statuses(sweep, runs, capsys, *extra)
+    )
+
+
+@pytest.fixture
+def count_sbatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slurm_cluster) -> Path:
+    """Put an sbatch wrapper first on PATH that counts its calls into the returned file."""
+    bin_dir, calls = tmp_path / "sbatch-bin", tmp_path / "sbatch-calls"
+    bin_dir.mkdir()
+    real = shutil.which("sbatch")
+    wrapper = bin_dir / "sbatch"
+    wrapper.write_text(f'#!/bin/bash\necho "$@" >> {calls}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    calls.touch()
+    return calls
+
+
+def test_array_completes_and_relaunch_submits_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], count_sbatch: Path
+) -> None:
+    sweep, runs = sweep_file(tmp_path, "arr"), tmp_path / "runs"
+    argv = [f"sweep={sweep}", "launcher=ci", f"paths.runs={runs}"]
+    assert launch_main(argv) == 0
+    assert "submitted 3 runs in 1 array(s)" in capsys.readouterr().out
+    assert len(count_sbatch.read_text().splitlines()) == 1
+    assert launch_main(argv) == 0  # queued or running: nothing to submit
+    assert "launching 0" in capsys.readouterr().out
+    wait_for(all_done(sweep, runs, capsys), 240, "array of 3 runs finished")
+    rows = statuses(sweep, runs, capsys)
+    assert [r["status"] for r in rows] == ["completed"] * 3
+    for row in rows:
+        record = read_record(Path(row["run_dir"]))
+        assert record["status"] == "completed" and record["slurm"]["array_job_id"]
+    assert launch_main(argv) == 0
+    assert "launching 0" in capsys.readouterr().out
+    assert len(count_sbatch.read_text().splitlines()) == 1
+
+
+def test_paper_sweep_needs_a_handful_of_arrays(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], count_sbatch: Path
+) -> None:
+    argv = ["sweep=paper", "launcher=ci", "data=demo", f"paths.runs={tmp_path}", "--dry-run"]
+    assert launch_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "launching 289" in out
+    assert "would submit 3 job array(s) via sbatch (tasks: 128, 128, 33)" in out
+    assert count_sbatch.read_text() == ""
+    # A real submission chunked the same way: 3 runs in arrays of at most 2 -> 2 sbatch calls.
+    profile = tmp_path / "chunked.yaml"
+    profile.write_text((Path("launchers") / "ci.yaml").read_text() + "max_array_size: 2\n")
+    sweep, runs = sweep_file(tmp_path, "chunk"), tmp_path / "runs"
+    assert launch_main([f"sweep={sweep}", f"launcher={profile}", f"paths.runs={runs}"]) == 0
+    assert "submitted 3 runs in 2 array(s)" in capsys.readouterr().out
+    assert len(count_sbatch.read_text().splitlines()) == 2
+    wait_for(all_done(sweep, runs, capsys), 240, "chunked arrays finished")
+
+
+def test_preempted_run_resumes_to_the_same_loss(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], slurm_cluster
+) -> None:
+    sweep = sweep_file(tmp_path, "pre", tokens=2048 * 60, quant="bf16", twins=False)
+    preempted, reference = tmp_path / "preempted", tmp_path / "reference"
+    for root in (preempted, reference):
+        assert launch_main([f"sweep={sweep}", "launcher=ci", f"paths.runs={root}"]) == 0
+    (row,) = statuses(sweep, preempted, capsys)
+    job_id, run_dir = row["job_id"], Path(row["run_dir"])
+    metrics = run_dir / "metrics.jsonl"
+    wait_for(
+        lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3,
+        180,
+        "preempted run reached a few logged steps",
+    )
+    slurm_cluster.run("scontrol", "requeue", job_id)
+
+    def restarted() -> bool:
+        state = slurm_cluster.run("squeue", "-h", "-j", job_id, "-o", "%T").strip()
+        if state == "PENDING":
+            slurm_cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+        return read_record(run_dir) is not None
+
+    wait_for(restarted, 240, "requeued run finished")
+    wait_for(all_done(sweep, reference, capsys), 240, "reference run finished")
+    resumed, twin = (
+        read_record(run_dir),
+        read_record(Path(statuses(sweep, reference, capsys)[0]["run_dir"])),
+    )
+    assert resumed["status"] == twin["status"] == "completed"
+    assert int(resumed["slurm"]["restart_count"] or 0) >= 1
+    assert resumed["loss"] == pytest.approx(twin["loss"], rel=1e-5, abs=1e-6)
+
+
+def test_failing_run_is_reported_with_reason_and_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], slurm_cluster
+) -> None:
+    sweep, runs = sweep_file(tmp_path, "bad", quant="bf16", twins=False), tmp_path / "runs"
+    extra = "model.vocab_size=8"  # passes planning, fails in the trainer (data has 512 tokens)
+    assert launch_main([f"sweep={sweep}", "launcher=ci", f"paths.runs={runs}", extra]) == 0
+    wait_for(all_done(sweep, runs, capsys, extra), 180, "failing run ended")
+    (row,) = statuses(sweep, runs, capsys, extra)
+    assert row["status"] == "failed" and "vocab" in row["error"]
+    assert row["log"] and Path(row["log"]).exists()
+    capsys.readouterr()
+    assert status_main([f"sweep={sweep}", f"paths.runs={runs}", extra]) == 0
+    out = capsys.readouterr().out
+    assert "failed 1" in out and row["run_key"] in out and "log: " in out
+
+
+def test_two_task_ddp_job_on_fake_gpus(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], slurm_cluster
+) -> None:
+    profile = tmp_path / "two_gpus.yaml"
+    profile.write_text(
+        (Path("launchers") / "ci.yaml").read_text().replace("gpus_per_node: 0", "gpus_per_node: 2")
+    )
+    sweep, runs = sweep_file(tmp_path, "ddp", quant="bf16", twins=False), tmp_path / "runs"
+    assert launch_main([f"sweep={sweep}", f"launcher={profile}", f"paths.runs={runs}"]) == 0
+    (row,) = statuses(sweep, runs, capsys)
+    script = next(Path(row["log"]).parent.glob("*_submission.sh")).read_text()
+    assert "--gpus-per-node=2" in script and "--ntasks-per-node=2" in script
+    wait_for(all_done(sweep, runs, capsys), 240, "DDP run finished")
+    record = read_record(Path(row["run_dir"]))
+    assert record["status"] == "completed", record["error"]
+    assert record["metrics"]["world_size"] == 2
+
+
+def test_over_large_profile_is_rejected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], count_sbatch: Path
+) -> None:
+    sweep, runs = sweep_file(tmp_path, "big"), tmp_path / "runs"
+    assert launch_main([f"sweep={sweep}", "launcher=slurm", f"paths.runs={runs}"]) == 2
+    err = capsys.readouterr().err
+    assert "asks for more than partition 'debug' offers: mem_gb=64" in err
+    assert count_sbatch.read_text() == "" and not runs.exists()
