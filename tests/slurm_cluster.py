@@ -12,6 +12,7 @@ As a script: ``python tests/slurm_cluster.py start DIR`` prints the environment 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -116,7 +117,17 @@ class SlurmCluster:
             return ""
 
     def stop(self) -> None:
-        """Stop slurmd, slurmctld and munged by the PIDs in their pid files."""
+        """Cancel the jobs, let their steps finish, then stop the daemons by their pid files.
+
+        slurmd must outlive the job steps: a slurmstepd whose slurmd is gone never exits, so
+        any left over (found by this cluster's SLURM_CONF in their environment) is killed by PID.
+        """
+        if (self.root / "run" / "slurmctld.pid").exists():
+            try:
+                self.run("scancel", "--user=root", timeout=10)
+                _wait(lambda: not self._active_jobs(), 30, "jobs ended")
+            except (RuntimeError, TimeoutError, subprocess.TimeoutExpired):
+                pass
         for name in ("slurmd", "slurmctld", "munged"):
             pid_file = self.root / "run" / f"{name}.pid"
             if not pid_file.exists():
@@ -132,6 +143,28 @@ class SlurmCluster:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
             pid_file.unlink(missing_ok=True)
+        for pid in self._step_daemons():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def _active_jobs(self) -> bool:
+        states = self.run("squeue", "-h", "-o", "%T", timeout=10).split()
+        return any(s in ("RUNNING", "COMPLETING", "CONFIGURING") for s in states)
+
+    def _step_daemons(self) -> list[int]:
+        marker = f"SLURM_CONF={self.conf}".encode()
+        pids = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                if (proc / "comm").read_text().strip() == "slurmstepd" and marker in (
+                    proc / "environ"
+                ).read_bytes().split(b"\0"):
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+        return pids
 
 
 def _alive(pid: int) -> bool:
