@@ -1,0 +1,40 @@
+# qat-sweep: `make demo` runs the whole loop on this machine, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel of torch is pinned and installed first: an unpinned torch pulls a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test test-fast lint bench clean
+
+$(BIN)/qat-sweep: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/qat-sweep
+
+demo: venv
+	$(BIN)/qat-sweep demo
+
+# The whole suite, SLURM included: installs SLURM/munge/Chromium from Debian when missing
+# (needs root) and starts a private loopback cluster inside the test session.
+test: venv
+	bash .ci/system-deps.sh
+	QAT_SWEEP_REQUIRE_SLURM=1 $(BIN)/pytest -q $(PYTEST_ARGS)
+
+test-fast: venv
+	$(BIN)/pytest -q -m "not slow and not slurm and not browser" $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: venv
+	$(BIN)/qat-sweep bench model=1M batch=8 seq_len=128 steps=10
+
+clean:
+	rm -rf runs reports .pytest_cache
