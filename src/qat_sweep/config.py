@@ -7,6 +7,7 @@ launching anything (the cheap way to expand a grid, see NOTES.md).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -68,31 +69,76 @@ def _group_label(group_size: Any) -> str:
     return "gch" if str(group_size) == "channel" else f"g{group_size}"
 
 
-def _identity(cfg: DictConfig) -> dict[str, Any]:
-    """The part of the config that determines what a run computes."""
-    container = OmegaConf.to_container(cfg, resolve=False)
-    assert isinstance(container, dict)
-    container.pop("hydra", None)  # Hydra resolves run dirs from run_key before its runtime keys
-    container["run_key"] = ""  # the key is derived from this identity: never resolve it here
-    plain = OmegaConf.create(container)
-    identity = OmegaConf.to_container(plain, resolve=True)
-    assert isinstance(identity, dict)
-    for key in _EXECUTION_KEYS:
-        identity.pop(key, None)
-    for key in _EXECUTION_TRAIN_KEYS:
-        identity.get("train", {}).pop(key, None)
-    identity["data"] = {"name": identity.get("data", {}).get("name")}
+class _NeedsOmegaConf(Exception):
+    """An interpolation the plain-dict resolver does not handle (resolver calls, escapes)."""
+
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
+
+
+def resolve_tree(tree: dict[str, Any]) -> dict[str, Any]:
+    """A plain config tree with its `${a.b}` references resolved (`run_key` left out).
+
+    Plain dicts resolve in microseconds where OmegaConf takes milliseconds per run, which is
+    what keeps `plan sweep=paper` fast; anything beyond plain references (resolver calls such
+    as `${oc.env:...}`, escapes, relative keys) falls back to OmegaConf itself.
+    """
+    tree = {k: v for k, v in tree.items() if k not in ("run_key", "hydra")}
+    try:
+        return _resolve(tree, tree, 0)
+    except _NeedsOmegaConf:
+        resolved = OmegaConf.to_container(OmegaConf.create(tree), resolve=True)
+        assert isinstance(resolved, dict)
+        return resolved
+
+
+def _resolve(value: Any, root: dict[str, Any], depth: int) -> Any:
+    if depth > 32:
+        raise _NeedsOmegaConf
+    if isinstance(value, dict):
+        return {k: _resolve(v, root, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve(v, root, depth + 1) for v in value]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def lookup(match: re.Match[str]) -> Any:
+        node: Any = root
+        for part in match.group(1).split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise _NeedsOmegaConf
+            node = node[part]
+        return _resolve(node, root, depth + 1)
+
+    whole = _REFERENCE.fullmatch(value)
+    if whole:
+        return lookup(whole)
+    if "\\" in value or "${" in _REFERENCE.sub("", value):
+        raise _NeedsOmegaConf
+    return _REFERENCE.sub(lambda m: str(lookup(m)), value)
+
+
+def _identity(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config that determines what a run computes."""
+    identity = {k: v for k, v in resolved.items() if k not in _EXECUTION_KEYS}
+    identity["train"] = {
+        k: v for k, v in identity.get("train", {}).items() if k not in _EXECUTION_TRAIN_KEYS
+    }
+    identity["data"] = {"name": resolved.get("data", {}).get("name")}
     identity["tokens"] = parse_tokens(identity["tokens"])
     return identity
 
 
-def run_key(cfg: DictConfig) -> str:
+def run_key(cfg: DictConfig | dict[str, Any]) -> str:
     """Readable, deterministic slug of a run: same config, same key; any change, new key.
 
     `<model>_D<tokens>_<scheme>[_<format>_g<G>]_lr<lr>_s<seed>_<hash6>`: the readable part
     names the grid point, the hash covers every other setting that changes the result.
+    Takes a DictConfig or a plain tree (resolved or not).
     """
-    identity = _identity(cfg)
+    tree = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg
+    assert isinstance(tree, dict)
+    identity = _identity(resolve_tree(tree))
     quant = identity["quant"]
     parts = [str(identity["model"]["name"]), f"D{format_tokens(identity['tokens'])}"]
     parts.append(str(quant["scheme"]))
@@ -126,34 +172,75 @@ def _ensure_hydra() -> None:
 
 
 @lru_cache(maxsize=256)
-def _compose_groups(choices: tuple[str, ...]) -> DictConfig:
+def _compose_groups(choices: tuple[str, ...]) -> dict[str, Any]:
     _ensure_hydra()
-    return compose(config_name="train", overrides=list(choices))
+    container = OmegaConf.to_container(compose(config_name="train", overrides=list(choices)))
+    assert isinstance(container, dict)
+    return container
 
 
-def compose_run(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """The resolved config of one run, from Hydra-style `key=value` overrides.
+@lru_cache(maxsize=256)
+def _group_option(group: str, option: str) -> Any:
+    """One group option's subtree; plain files are read directly, anything else via Hydra."""
+    path = conf_dir() / group / f"{option}.yaml"
+    if path.is_file():
+        text = path.read_text()
+        if "defaults" not in text and "@package" not in text:
+            return OmegaConf.to_container(OmegaConf.load(path))
+    return _compose_groups((f"{group}={option}",))[group]
 
-    Group choices (`model=74M`) go through Hydra's compose API, cached per combination; plain
-    values are parsed with Hydra's own override grammar and merged, so a 289-run grid composes
-    in well under a second while meaning exactly what `qat-sweep train` would make of it.
+
+@lru_cache(maxsize=4096)
+def _parse_override(text: str) -> Any:
+    return OverridesParser.create().parse_overrides([text])[0]
+
+
+def _set_value(tree: dict[str, Any], key: str, value: Any, line: str) -> None:
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or leaf not in node:
+        raise ValueError(
+            f"unknown config key {key!r} in override {line!r}; prefix it with '+' to add a new key"
+        )
+    node[leaf] = value
+
+
+def compose_tree(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The plain, unresolved config tree of one run, from Hydra-style `key=value` overrides.
+
+    Group choices (`model=74M`) go through Hydra (plain option files are read directly, the
+    rest composed and cached); plain values are parsed with Hydra's own override grammar and
+    set on a copy of the cached tree: the same config `qat-sweep train` builds, in microseconds.
     """
-    parsed = OverridesParser.create().parse_overrides(list(overrides))
-    choices, values = [], []
+    parsed = [_parse_override(text) for text in overrides]
+    choices, values, groups = [], [], {}
     for override, text in zip(parsed, overrides, strict=True):
         is_group = override.key_or_group in CONFIG_GROUPS and not override.is_add()
-        if is_group or override.is_delete() or override.is_add() or override.is_sweep_override():
+        if is_group and override.value_type is not None and isinstance(override.value(), str):
+            groups[override.key_or_group] = override.value()
+        elif is_group or override.is_delete() or override.is_add() or override.is_sweep_override():
             choices.append(text)
         else:
             values.append(override)
-    cfg = OmegaConf.create(OmegaConf.to_container(_compose_groups(tuple(choices))))
-    OmegaConf.set_struct(cfg, True)
+    tree = copy.deepcopy(_compose_groups(tuple(choices)))
+    for group, option in groups.items():
+        tree[group] = copy.deepcopy(_group_option(group, option))
     for override in values:
-        key = override.key_or_group
-        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
-            raise ValueError(
-                f"unknown config key {key!r} in override {override.input_line!r}; "
-                f"prefix it with '+' to add a new key"
-            )
-        OmegaConf.update(cfg, key, override.value(), merge=True)
+        _set_value(tree, override.key_or_group, override.value(), override.input_line)
+    return tree
+
+
+def plan_config(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The resolved plain config of one run, `run_key` included: what planning needs."""
+    resolved = resolve_tree(compose_tree(overrides))
+    resolved["run_key"] = run_key(resolved)
+    return resolved
+
+
+def compose_run(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The config of one run as `qat-sweep train` would compose it (interpolations live)."""
+    cfg = OmegaConf.create(compose_tree(overrides))
+    OmegaConf.set_struct(cfg, True)
     return cfg

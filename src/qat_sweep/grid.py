@@ -1,6 +1,6 @@
 """Sweep expansion: a sweep file in ``conf/sweep/`` becomes a validated list of planned runs.
 
-Every run is composed with ``qat_sweep.config.compose_run`` from the exact overrides that
+Every run is composed with ``qat_sweep.config.plan_config`` from the exact overrides that
 ``qat-sweep train`` would receive, so a plan row reproduces its run. All runs are validated
 before anything is launched and all problems are reported at once: a grid that fails on run 200
 of 289 after 199 submissions wastes a cluster day.
@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from qat_sweep.config import CONFIG_GROUPS, compose_run, format_tokens, parse_tokens, run_key
+from qat_sweep.config import CONFIG_GROUPS, compose_tree, format_tokens, parse_tokens, plan_config
 from qat_sweep.presets import CONF_DIR, ModelConfig, available_presets, model_config_from
 from qat_sweep.record import read_record
 
@@ -63,7 +63,7 @@ class PlannedRun:
     seed: int
     overrides: list[str]
     run_dir: Path
-    cfg: DictConfig = field(repr=False)
+    config: dict[str, Any] = field(repr=False)  # resolved, plain: cheap for 289 runs
     status: str = "missing"
     error: str | None = None
     job_id: str | None = None
@@ -156,7 +156,7 @@ def load_sweep(name: str) -> SweepSpec:
 
 
 def _unknown_axis_keys(subgrids: dict[str, dict[str, list[Any]]]) -> list[str]:
-    base = compose_run([])
+    base = OmegaConf.create(compose_tree([]))
     problems = []
     for sub, axes in subgrids.items():
         for key in axes:
@@ -205,23 +205,24 @@ def _twin_overrides(overrides: list[str]) -> list[str]:
     return [*kept[:1], "quant=bf16", *kept[1:]]
 
 
-def _planned(sub: str, overrides: list[str], cfg: DictConfig, key: str) -> PlannedRun:
-    model = model_config_from(cfg.model)
-    scheme = str(cfg.quant.scheme)
+def _planned(sub: str, overrides: list[str], config: dict[str, Any]) -> PlannedRun:
+    model = model_config_from(config["model"])
+    quant = config["quant"]
+    scheme = str(quant["scheme"])
     return PlannedRun(
-        run_key=key,
+        run_key=config["run_key"],
         subgrid=sub,
         model=model.name,
         n_params=model.n_params,
-        tokens=parse_tokens(cfg.tokens),
+        tokens=parse_tokens(config["tokens"]),
         scheme=scheme,
-        format=str(cfg.quant.format),
-        group_size=None if scheme == "bf16" else cfg.quant.group_size,
-        lr=float(cfg.optim.lr),
-        seed=int(cfg.seed),
+        format=str(quant["format"]),
+        group_size=None if scheme == "bf16" else quant["group_size"],
+        lr=float(config["optim"]["lr"]),
+        seed=int(config["seed"]),
         overrides=overrides,
-        run_dir=Path(str(cfg.paths.runs)) / str(cfg[SWEEP_KEY]) / key,
-        cfg=cfg,
+        run_dir=Path(str(config["paths"]["runs"])) / str(config[SWEEP_KEY]) / config["run_key"],
+        config=config,
     )
 
 
@@ -240,14 +241,14 @@ def allowed_group_sizes(model: ModelConfig) -> list[int | str]:
     return [g for g in range(2, common + 1) if common % g == 0] + ["channel"]
 
 
-def _run_problems(cfg: DictConfig) -> list[str]:
+def _run_problems(config: dict[str, Any]) -> list[str]:
     """What makes one composed run invalid, without touching data or allocating a model."""
     try:
-        model = model_config_from(cfg.model)
+        model = model_config_from(config["model"])
     except ValueError as e:
         return [str(e)]
-    quant = cfg.quant
-    scheme, fmt, group = str(quant.scheme), str(quant.format), quant.group_size
+    quant = config["quant"]
+    scheme, fmt, group = str(quant["scheme"]), str(quant["format"]), quant["group_size"]
     problems = []
     if scheme not in schemes():
         problems.append(f"unknown scheme {scheme!r}; allowed: {', '.join(schemes())}")
@@ -263,12 +264,12 @@ def _run_problems(cfg: DictConfig) -> list[str]:
             f"(hidden {model.hidden_size}, FFN {model.ffn_size}); allowed: "
             f"{', '.join(map(str, allowed_group_sizes(model)))}"
         )
-    tokens = parse_tokens(cfg.tokens)
-    batch_tokens = int(cfg.optim.batch_seqs) * int(cfg.train.seq_len)
-    if tokens < batch_tokens:
+    tokens = parse_tokens(config["tokens"])
+    batch_seqs, seq_len = int(config["optim"]["batch_seqs"]), int(config["train"]["seq_len"])
+    if tokens < batch_seqs * seq_len:
         problems.append(
-            f"tokens={tokens} is less than one global batch ({cfg.optim.batch_seqs} sequences x "
-            f"{cfg.train.seq_len} tokens = {batch_tokens}); use tokens >= {batch_tokens}"
+            f"tokens={tokens} is less than one global batch ({batch_seqs} sequences x "
+            f"{seq_len} tokens = {batch_seqs * seq_len}); use tokens >= {batch_seqs * seq_len}"
         )
     return problems
 
@@ -282,15 +283,15 @@ def _compose_problem(error: Exception) -> str:
     return text
 
 
-def _data_problem(data: DictConfig, load: bool) -> str | None:
+def _data_problem(data: dict[str, Any], load: bool) -> str | None:
     """Why a data config cannot feed a run: absent and not buildable, or corrupt (None: fine)."""
-    data_dir = Path(str(data.dir))
+    data_dir = Path(str(data["dir"]))
     if not (data_dir / "meta.json").exists():
         if data.get("build_if_missing"):
             return None  # built by the first run that needs it (under a lock)
         return (
-            f"data {data.name!r}: {data_dir} is not prepared "
-            f"(qat-sweep prepare ...: see conf/data/{data.name}.yaml)"
+            f"data {data['name']!r}: {data_dir} is not prepared "
+            f"(qat-sweep prepare ...: see conf/data/{data['name']}.yaml)"
         )
     if load:
         from qat_sweep.data import load_token_data  # torch: only on the launch path
@@ -298,7 +299,7 @@ def _data_problem(data: DictConfig, load: bool) -> str | None:
         try:
             load_token_data(data_dir)
         except (ValueError, FileNotFoundError) as e:
-            return f"data {data.name!r}: {e}"
+            return f"data {data['name']!r}: {e}"
     return None
 
 
@@ -307,9 +308,9 @@ def data_problems(runs: list[PlannedRun], load: bool = False) -> dict[str, str]:
     checked: dict[str, str | None] = {}
     problems = {}
     for run in runs:
-        key = json.dumps(OmegaConf.to_container(run.cfg.data, resolve=True), sort_keys=True)
+        key = json.dumps(run.config["data"], sort_keys=True)
         if key not in checked:
-            checked[key] = _data_problem(run.cfg.data, load)
+            checked[key] = _data_problem(run.config["data"], load)
         if checked[key] is not None:
             problems[run.run_key] = checked[key]
     return problems
@@ -326,14 +327,11 @@ def trainer_problems(runs: list[PlannedRun]) -> dict[str, str]:
     checked: dict[str, str | None] = {}
     problems = {}
     for run in runs:
-        pair = OmegaConf.to_container(
-            OmegaConf.masked_copy(run.cfg, ["model", "quant"]), resolve=True
-        )
-        key = json.dumps(pair, sort_keys=True)
+        key = json.dumps([run.config["model"], run.config["quant"]], sort_keys=True)
         if key not in checked:
             try:
-                model = model_config_from(run.cfg.model)
-                validate(model, quant_config_from(run.cfg.quant), model.vocab_size or 1)
+                model = model_config_from(run.config["model"])
+                validate(model, quant_config_from(run.config["quant"]), model.vocab_size or 1)
                 checked[key] = None
             except ValueError as e:
                 checked[key] = str(e)
@@ -364,16 +362,16 @@ def plan_sweep(
     runs: list[PlannedRun] = []
     for sub, overrides in explicit:
         try:
-            cfg = compose_run(overrides)
-            key = run_key(cfg)
-            run_problems = _run_problems(cfg)
+            config = plan_config(overrides)
+            key = config["run_key"]
+            run_problems = _run_problems(config)
         except (ValueError, HydraException) as e:
             problems.append(f"{sub} [{' '.join(overrides[1:])}]: {_compose_problem(e)}")
             continue
         if run_problems:
             problems += [f"{sub} {key}: {p}" for p in run_problems]
             continue
-        runs.append(_planned(sub, overrides, cfg, key))
+        runs.append(_planned(sub, overrides, config))
     counts = Counter(r.run_key for r in runs)
     for key in sorted(k for k, n in counts.items() if n > 1):
         where = ", ".join(sorted({r.subgrid for r in runs if r.run_key == key}))
@@ -397,11 +395,11 @@ def _twins(runs: list[PlannedRun]) -> list[PlannedRun]:
     cells = dict.fromkeys(tuple(_twin_overrides(r.overrides)) for r in runs if r.scheme != "bf16")
     twins = []
     for overrides in cells:
-        cfg = compose_run(list(overrides))
-        key = run_key(cfg)
+        config = plan_config(list(overrides))
+        key = config["run_key"]
         if key not in have:
             have.add(key)
-            twins.append(_planned(TWIN_SUBGRID, list(overrides), cfg, key))
+            twins.append(_planned(TWIN_SUBGRID, list(overrides), config))
     return twins
 
 
