@@ -1,7 +1,7 @@
 """Shared fixtures: the private loopback SLURM cluster (tests/slurm_cluster.py).
 
 SLURM tests skip with the reason when the binaries are missing, unless
-``QAT_SWEEP_REQUIRE_SLURM=1`` (CI after .ci/slurm-deps.sh), where a missing SLURM is a failure.
+``QAT_SWEEP_REQUIRE_SLURM=1`` (CI after .ci/system-deps.sh), where a missing SLURM is a failure.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     """One cluster per test session; its environment is applied to this process for its life."""
     missing = missing_binaries()
     if missing:
-        reason = f"SLURM binaries missing: {', '.join(missing)} (run .ci/slurm-deps.sh)"
+        reason = f"SLURM binaries missing: {', '.join(missing)} (run .ci/system-deps.sh)"
         if os.environ.get("QAT_SWEEP_REQUIRE_SLURM") == "1":
             pytest.fail(f"QAT_SWEEP_REQUIRE_SLURM=1 but {reason}")
         pytest.skip(reason)
