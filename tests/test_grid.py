@@ -72,7 +72,7 @@ def test_plan_json_rows(capsys: pytest.CaptureFixture[str]) -> None:
     rows = json.loads(capsys.readouterr().out)
     keys = {"run_key", "model", "n_params", "tokens", "scheme", "format", "group_size", "lr"}
     assert keys | {"seed", "status", "overrides", "subgrid", "flops", "gpu_hours"} <= set(rows[0])
-    assert {r["model"] for r in rows} == {"0.2M", "0.5M", "1M"}
+    assert {r["model"] for r in rows} == {"0.04M", "0.07M", "0.15M"}
     assert {r["scheme"] for r in rows} == {"bf16", "w4a4"}
     assert {r["format"] for r in rows} == {"bf16", "int4", "fp4"}
 
