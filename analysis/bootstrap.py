@@ -82,7 +82,10 @@ def base_lm_batch(
         hess = np.einsum("bn,bni,bnj->bij", w, jac, jac)
         grad = np.einsum("bn,bni,bn->bi", w, jac, resid)
         damp = lam[:, None, None] * (hess * eye + 1e-12 * eye)
-        step = np.linalg.solve(hess + damp, -grad[..., None])[..., 0]
+        try:
+            step = np.linalg.solve(hess + damp, -grad[..., None])[..., 0]
+        except np.linalg.LinAlgError:  # a flat direction (e.g. A = 0 zeroes d/d alpha)
+            step = (np.linalg.pinv(hess + damp) @ -grad[..., None])[..., 0]
         trial = np.clip(theta + step, lo, hi)
         trial_cost = cost_of(trial)
         better = trial_cost < cost

@@ -263,7 +263,7 @@ def huber_irls(
         w = weights * np.minimum(1.0, f_scale / np.maximum(np.abs(resid), 1e-300))
         hess = np.einsum("bn,ni,nj->bij", w, x, x) + 1e-12 * np.eye(p)
         grad = np.einsum("bn,ni,n->bi", w, x, y)
-        new = np.linalg.solve(hess, grad[..., None])[..., 0]
+        new = (np.linalg.pinv(hess) @ grad[..., None])[..., 0]  # singular resamples: NaN below
         done = np.nanmax(np.abs(new - coef)) < 1e-10
         coef = new
         if done:
