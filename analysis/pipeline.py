@@ -5,7 +5,6 @@ Deterministic for a given table and seed, so re-running rewrites identical resul
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +17,8 @@ from qat_sweep.analysis.bootstrap import bootstrap
 from qat_sweep.analysis.collect import InputError, excluded_list
 from qat_sweep.analysis.fit import LawFit, fit_base, fit_delta, fit_joint
 from qat_sweep.analysis.predict import BOOT_FILE, SavedFit, bootstrap_key, predict_point
+
+from qat_sweep.record import write_json_atomic
 
 SCHEMA = 1
 PREDICTION_SIZES = {"1B": (1e9, 2048), "7B": (7e9, 4096), "70B": (70e9, 8192)}
@@ -126,7 +127,15 @@ def run_fit(table: pd.DataFrame, skipped: list[dict[str, str]], settings: Settin
     }
     result: dict[str, Any] = {
         "schema": SCHEMA,
-        "base": {**base.to_json(), "paper": paper.BASE, "paper_r2": paper.BASE_R2},
+        "base": {
+            **base.to_json(),
+            "paper": paper.BASE,
+            "paper_r2": paper.BASE_R2,
+            # the fitted range, so predictions can say how far they extrapolate
+            "range": {
+                c: [float(bf16[c].min()), float(bf16[c].max())] for c in ("n_params", "tokens")
+            },
+        },
         "delta": {k: {**f.to_json(), "paper": paper.TABLE1.get(k)} for k, f in deltas.items()},
         "joint": fit_joint(bf16, quant, base, deltas, settings.base_f_scale)
         if settings.joint and base.params["A"] is not None
@@ -182,7 +191,7 @@ def write_outputs(outcome: FitOutcome, out: Path) -> Path:
     extra = [c for c in outcome.table.columns if c not in columns and c != "fit_key"]
     outcome.table[columns + extra].to_csv(out / "runs.csv", index=False)
     path = out / "fit.json"
-    path.write_text(json.dumps(_clean(outcome.result), indent=1, allow_nan=False) + "\n")
+    write_json_atomic(path, _clean(outcome.result))
     return path
 
 

@@ -14,6 +14,8 @@ import pandas as pd
 from qat_sweep.analysis.fit import LawFit, predict_delta_rows
 from qat_sweep.analysis.laws import bf16_loss, delta_loss
 
+from qat_sweep.config import format_tokens
+
 DPI = 90
 
 
@@ -31,7 +33,7 @@ def loss_vs_tokens(bf16: pd.DataFrame, base: LawFit, path: Path) -> Path | None:
     d_grid = np.geomspace(bf16["tokens"].min() / 1.5, bf16["tokens"].max() * 1.5, 80)
     for i, (n, part) in enumerate(bf16.groupby("n_params")):
         color = f"C{i % 10}"
-        ax.scatter(part["tokens"], part["loss"], color=color, label=f"N = {n / 1e6:.0f}M")
+        ax.scatter(part["tokens"], part["loss"], color=color, label=f"N = {format_tokens(int(n))}")
         if base.params.get("A") is not None:
             ax.plot(d_grid, bf16_loss(base.params, n, d_grid), color=color, lw=1)
     ax.set(
@@ -77,7 +79,7 @@ def delta_trend(
         for i, (s, grp) in enumerate(part.groupby(part[series].astype(str), sort=False)):
             grp = grp.sort_values(column)
             color = f"C{i % 10}"
-            name = f"G={s}" if series == "group_size" else f"N={float(s) / 1e6:.0f}M"
+            name = f"G={s}" if series == "group_size" else f"N={format_tokens(int(float(s)))}"
             ax.scatter(grp[column], grp["delta"], color=color, s=14, label=name)
             ax.plot(grp[column], predict_delta_rows(deltas[key], grp), color=color, lw=1)
         ax.set(

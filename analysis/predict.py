@@ -59,6 +59,9 @@ def _interval(samples: np.ndarray) -> list[float] | None:
     )
 
 
+EXTRAPOLATION_WARN = 10.0  # beyond 10x the fitted N or D, say so next to the number
+
+
 def predict_point(
     saved: SavedFit,
     n_params: float,
@@ -95,6 +98,13 @@ def predict_point(
         "ci95": _interval(boot_base),
         "pi95": _interval(boot_base * np.exp(noise_b)),
     }
+    for column, value in (("n_params", n_params), ("tokens", tokens)):
+        largest = base.get("range", {}).get(column, [None, None])[1]
+        if largest and value > EXTRAPOLATION_WARN * largest:
+            out["warnings"].append(
+                f"{column}={value:.3g} is {value / largest:,.0f}x the largest fitted "
+                f"({largest:.3g}): an extrapolation"
+            )
     if fit_key is None or fit_key.startswith("bf16/"):
         return out
     fit = saved.result["delta"].get(fit_key)

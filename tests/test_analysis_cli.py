@@ -156,6 +156,11 @@ def test_predict_cli(fitted, capsys):
         == 2
     )
     assert "no delta fit" in capsys.readouterr().err
+    # Far outside the fitted grid the number comes with a warning that says by how much.
+    assert predict_main(["--fit", str(fitted), "n_params=7e10", *argv[3:]]) == 0
+    assert "x the largest fitted" in capsys.readouterr().out
+    assert predict_main(["--fit", str(fitted), "n_params=1e9", *argv[3:]]) == 0
+    assert "extrapolation" not in capsys.readouterr().out
 
 
 def test_parse_count():
