@@ -93,14 +93,19 @@ _INT_FIELDS += ("batch_seqs", "warmup_steps")
 _FLOAT_FIELDS = ("lr", "rope_theta", "norm_eps")
 
 
-def model_config_from(cfg_node: DictConfig | Mapping[str, Any]) -> ModelConfig:
-    """Builds a ModelConfig from a Hydra node or dict, so custom shapes can live in yaml."""
+def plain_dict(cfg_node: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved plain dict from a Hydra node or a mapping (config groups arrive as either)."""
     raw = (
         OmegaConf.to_container(cfg_node, resolve=True)
         if isinstance(cfg_node, DictConfig)
         else cfg_node
     )
-    data = dict(raw)  # type: ignore[arg-type]
+    return dict(raw)  # type: ignore[arg-type]
+
+
+def model_config_from(cfg_node: DictConfig | Mapping[str, Any]) -> ModelConfig:
+    """Builds a ModelConfig from a Hydra node or dict, so custom shapes can live in yaml."""
+    data = plain_dict(cfg_node)
     fields = [f.name for f in dataclasses.fields(ModelConfig)]
     unknown = sorted(set(data) - set(fields))
     missing = [f for f in fields if f not in data]

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from qat_sweep.presets import plain_dict
 from qat_sweep.quantize import FORMATS, GroupSize, fake_quantize, resolve_group_size
 
 SITES: tuple[str, ...] = ("qkv", "o", "fc1", "fc2")
@@ -106,12 +107,7 @@ class QuantConfig:
 
 def quant_config_from(cfg_node: DictConfig | Mapping[str, Any]) -> QuantConfig:
     """Builds a QuantConfig from a Hydra ``quant`` node or dict; unknown keys are errors."""
-    raw = (
-        OmegaConf.to_container(cfg_node, resolve=True)
-        if isinstance(cfg_node, DictConfig)
-        else cfg_node
-    )
-    data = dict(raw)  # type: ignore[arg-type]
+    data = plain_dict(cfg_node)
     fields = {f.name for f in dataclasses.fields(QuantConfig)}
     unknown = sorted(set(data) - fields)
     if unknown:
