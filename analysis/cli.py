@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,9 @@ def fit_main(argv: list[str]) -> int:
     from qat_sweep.analysis import plots, report
     from qat_sweep.analysis.pipeline import Settings, run_fit, write_outputs
 
+    # lmfit's plain-least-squares stderr takes sqrt of a negative covariance on flat fits; our
+    # intervals come from the bootstrap, so those warnings only bury the summary.
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module="lmfit")
     try:
         overrides, rest = _split(argv, FIT_OVERRIDES)
         args = _fit_parser().parse_args(rest)

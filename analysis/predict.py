@@ -158,7 +158,8 @@ def _delta(draws: np.ndarray, n: float, d: float, g: float) -> np.ndarray:
 
 
 def _eff(a, alpha, n, delta):
-    return (a / (a + delta * n**alpha)) ** (1.0 / alpha)
+    with np.errstate(divide="ignore", invalid="ignore"):  # A = 0 resamples: no multiplier (NaN)
+        return (a / (a + delta * n**alpha)) ** (1.0 / alpha)
 
 
 def format_prediction(pred: dict[str, Any]) -> str:
