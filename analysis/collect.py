@@ -27,6 +27,7 @@ RECORD_FIELDS = (
     *OPTIONAL,
     "n_params_total",
     "holdout",
+    "twin_key",
 )
 RUN_KEY = ("n_params", "tokens", "scheme", "format", "group_size", "lr", "seed")
 TWIN_KEY = ("n_params", "tokens", "lr", "seed")
@@ -155,7 +156,7 @@ def build_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
         raise InputError(f"table lacks required columns: {', '.join(missing)}")
-    for column in ("run_key", "status", "holdout", "hidden_size", "val_loss"):
+    for column in ("run_key", "status", "holdout", "hidden_size", "val_loss", "twin_key"):
         if column not in table.columns:
             table[column] = None
     table["status"] = table["status"].fillna("completed").astype(str)
@@ -201,9 +202,14 @@ def _row_problem(row: Any) -> str:
 
 
 def _mark_duplicates(table: pd.DataFrame) -> None:
-    """Same key fields twice: keep the first run_key, exclude the others."""
+    """Same key fields twice: keep the first run_key, exclude the others.
+
+    Records of qat-sweep carry `twin_key`, which covers every non-quant setting (schedule,
+    data...), so runs that differ only there are not duplicates of each other.
+    """
     usable = table[table["excluded"] == ""]
-    keys = ["|".join(map(str, vals)) for vals in usable[list(RUN_KEY)].itertuples(index=False)]
+    columns = [*RUN_KEY, "twin_key"]
+    keys = ["|".join(map(str, vals)) for vals in usable[columns].itertuples(index=False)]
     order = usable.assign(_key=keys).sort_values("run_key")
     first = order.drop_duplicates("_key")
     for index, row in order.iterrows():
@@ -216,16 +222,27 @@ def pair_deltas(table: pd.DataFrame) -> pd.DataFrame:
     """Give each usable quantized row its BF16 twin's loss and delta; mark unpaired/negative."""
     twins = table[(table["scheme"] == "bf16") & (table["excluded"] == "")]
     twin_loss = {tuple(r[k] for k in TWIN_KEY): r["loss"] for _, r in twins.iterrows()}
+    by_run_key = dict(zip(twins["run_key"], twins["loss"], strict=True))
     table = table.copy()
     table["bf16_loss"] = np.nan
     table["delta"] = np.nan
     for index, row in table.iterrows():
         if row["scheme"] == "bf16":
             continue
-        base = twin_loss.get(tuple(row[k] for k in TWIN_KEY))
+        # Records name their exact twin (twin_key); plain tables pair on the DESIGN.md columns.
+        exact = isinstance(row["twin_key"], str) and row["twin_key"] != ""
+        base = (
+            by_run_key.get(row["twin_key"])
+            if exact
+            else twin_loss.get(tuple(row[k] for k in TWIN_KEY))
+        )
         if base is None:
             if row["excluded"] == "":
-                table.loc[index, "excluded"] = "no BF16 twin (same n_params, tokens, lr, seed)"
+                table.loc[index, "excluded"] = (
+                    f"no BF16 twin ({row['twin_key']})"
+                    if exact
+                    else "no BF16 twin (same n_params, tokens, lr, seed)"
+                )
             continue
         table.loc[index, ["bf16_loss", "delta"]] = [base, row["loss"] - base]
         if row["excluded"] == "" and row["loss"] - base <= 0:

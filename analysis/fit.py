@@ -328,6 +328,12 @@ def fit_delta(
     actual = rows["delta"].to_numpy()
     fit.stats["rel_error"] = float(np.mean(np.abs(pred - actual) / actual))
     fit.internal = {"design": design, "coef": coef}
+    # The paper's law has every exponent > 0; the fit lets the data say otherwise, out loud.
+    fit.notes += [
+        f"{p} = {fit.params[p]:.3g} <= 0: against the law's sign (paper: {p} > 0)"
+        for p in design.columns
+        if fit.params.get(p) is not None and fit.params[p] <= 0
+    ]
     return fit
 
 

@@ -189,3 +189,12 @@ def test_profiles_validate_and_map_to_hydra_launcher() -> None:
     assert "SlurmLauncher" in launcher._target_
     ci = hydra_launcher_overrides(load_profile("ci"))
     assert "hydra.launcher.partition='debug'" in ci and "train.device=cpu" in ci
+
+
+def test_paper_holdout_is_the_973m_validation_cells_and_their_twins() -> None:
+    from qat_sweep.grid import holdout_keys
+
+    keys = holdout_keys("paper")
+    assert len(keys) == 12  # 2 D x 5 G W4A4 runs + 2 BF16 twins
+    assert all(k.startswith("973M_") for k in keys)
+    assert sum("_bf16_" in k for k in keys) == 2

@@ -77,6 +77,7 @@ def test_bf16_and_w4a4_twins_see_the_same_batches(tiny: list[str]) -> None:
     bf16 = train(compose_run(tiny))
     qat = train(compose_run([*tiny, "quant=w4a4", "quant.group_size=32"]))
     assert bf16["run_key"] != qat["run_key"]
+    assert qat["twin_key"] == bf16["run_key"] == bf16["twin_key"]  # how the fit pairs them
     crc = {
         name: [r["batch_crc"] for r in metrics_rows(run_dir(compose_run(o))) if "batch_crc" in r]
         for name, o in (("bf16", tiny), ("qat", [*tiny, "quant=w4a4", "quant.group_size=32"]))
@@ -184,6 +185,7 @@ def test_wandb_offline_writes_its_run_and_disabled_writes_nothing(
         (["quant=w4a4", "quant.group_size=48"], "group size 48 does not divide"),
         (["quant=w4a4", "quant.format=int3"], "int3"),
         (["optim.schedule=linear"], "optim.schedule='linear'"),
+        (["model.n_heads=5"], "not divisible by n_heads 5"),  # the model itself cannot be built
     ],
 )
 def test_bad_input_is_rejected_before_training(
@@ -242,3 +244,10 @@ def test_run_key_is_deterministic_and_covers_the_config() -> None:
     executed_elsewhere = compose_run(["model=0.2M", "quant=w4a4", "quant.group_size=32",
                                       "tokens=2M", "train.device=cpu", "paths.runs=/x"])  # fmt: skip
     assert executed_elsewhere.run_key == a.run_key
+    # Two corpora never share a key; moving the data root (paths.data) keeps every key.
+    custom = [*["model=0.2M", "tokens=2M"], "data=custom"]
+    assert (
+        compose_run([*custom, "data.dir=/a"]).run_key
+        != compose_run([*custom, "data.dir=/b"]).run_key
+    )
+    assert compose_run(["paths.data=/scratch/data"]).run_key == compose_run([]).run_key

@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -124,7 +125,15 @@ def _identity(resolved: dict[str, Any]) -> dict[str, Any]:
     identity["train"] = {
         k: v for k, v in identity.get("train", {}).items() if k not in _EXECUTION_TRAIN_KEYS
     }
-    identity["data"] = {"name": resolved.get("data", {}).get("name")}
+    # Which corpus: its directory below paths.data (so moving paths.data keeps the keys), or
+    # the directory itself when the run points elsewhere (two corpora never share a key).
+    data = resolved.get("data", {})
+    data_dir, root = str(data.get("dir", "")), str(resolved.get("paths", {}).get("data", ""))
+    inside = bool(root) and data_dir.startswith(root.rstrip("/") + "/")
+    identity["data"] = {
+        "name": data.get("name"),
+        "dir": os.path.relpath(data_dir, root) if inside else data_dir,
+    }
     identity["tokens"] = parse_tokens(identity["tokens"])
     return identity
 
@@ -147,6 +156,17 @@ def run_key(cfg: DictConfig | dict[str, Any]) -> str:
     parts += [f"lr{_format_lr(float(identity['optim']['lr']))}", f"s{identity['seed']}"]
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
     return "_".join(parts) + "_" + digest[:6]
+
+
+def twin_key(cfg: DictConfig | dict[str, Any]) -> str:
+    """The run_key of a run's BF16 twin: the same config with the quant group set to bf16.
+
+    The analysis pairs each quantized run with exactly this run, so runs that differ in any
+    other setting (schedule, data, activation quantizer...) never borrow each other's twin.
+    """
+    tree = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg
+    assert isinstance(tree, dict)
+    return run_key({**tree, "quant": copy.deepcopy(_group_option("quant", "bf16"))})
 
 
 def _run_key_resolver(*, _root_: DictConfig) -> str:

@@ -300,10 +300,6 @@ class BatchSchedule:
         self.n_windows = _n_windows(len(tokens), seq_len, "training")
         self._perms: dict[int, np.ndarray] = {}
 
-    @property
-    def tokens_per_step(self) -> int:
-        return self.global_batch_seqs * self.seq_len
-
     def epochs_for(self, steps: int) -> float:
         """How many passes over the training windows ``steps`` optimizer steps make."""
         return steps * self.global_batch_seqs / self.n_windows

@@ -24,12 +24,19 @@ from typing import Any
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from qat_sweep.config import CONFIG_GROUPS, compose_tree, format_tokens, parse_tokens, plan_config
+from qat_sweep.config import (
+    CONFIG_GROUPS,
+    compose_tree,
+    format_tokens,
+    parse_tokens,
+    plan_config,
+    twin_key,
+)
 from qat_sweep.presets import CONF_DIR, ModelConfig, available_presets, model_config_from
 from qat_sweep.record import read_record
 
 SWEEP_DIR: Path = CONF_DIR / "sweep"
-SWEEP_KEYS = ("name", "overrides", "twins", "subgrids")
+SWEEP_KEYS = ("name", "overrides", "twins", "subgrids", "holdout")
 TWIN_SUBGRID = "bf16_twins"
 MAX_LISTED_PROBLEMS = 60
 SWEEP_KEY = "sweep_name"  # the train config key naming runs/<sweep_name>/ (`sweep` is this group)
@@ -45,6 +52,7 @@ class SweepSpec:
     overrides: list[str]
     twins: bool
     subgrids: dict[str, dict[str, list[Any]]]
+    holdout: tuple[str, ...] = ()  # sub-grids kept out of the fit and predicted from it
 
 
 @dataclass
@@ -89,7 +97,9 @@ class PlannedRun:
             "group_size": None if self.scheme == "bf16" else self.group_size,
             "lr": self.lr,
             "seed": self.seed,
-            "status": self.status,
+            # DESIGN.md statuses; a queued run counts as running, its job_state says pending
+            "status": "running" if self.status == "pending" else self.status,
+            "job_state": self.status if self.status in ("running", "pending") else None,
             "overrides": list(self.overrides),
             "subgrid": self.subgrid,
             "run_dir": str(self.run_dir),
@@ -150,9 +160,26 @@ def load_sweep(name: str) -> SweepSpec:
                 problems.append(f"subgrids.{sub}.{key}: empty axis (give at least one value)")
             parsed[str(sub)][str(key)] = values
     problems += _unknown_axis_keys(parsed)
+    holdout = raw.get("holdout") or []
+    holdout = holdout if isinstance(holdout, list) else [holdout]
+    problems += [
+        f"holdout: {h!r} is not a sub-grid of this file ({', '.join(parsed)})"
+        for h in holdout
+        if str(h) not in parsed
+    ]
     if problems:
         raise PlanError(f"{where}: " + "; ".join(problems))
-    return SweepSpec(sweep_name, path, list(overrides), raw.get("twins", True), parsed)
+    twins = raw.get("twins", True)
+    return SweepSpec(sweep_name, path, list(overrides), twins, parsed, tuple(map(str, holdout)))
+
+
+def holdout_keys(name: str, extra_overrides: list[str] | tuple[str, ...] = ()) -> set[str]:
+    """Run keys of the sweep's holdout sub-grids plus their BF16 twins: what `fit` keeps out."""
+    spec = load_sweep(name)
+    if not spec.holdout:
+        return set()
+    runs = [r for r in plan_sweep(name, extra_overrides, strict=False) if r.subgrid in spec.holdout]
+    return {r.run_key for r in runs} | {twin_key(r.config) for r in runs}
 
 
 def _unknown_axis_keys(subgrids: dict[str, dict[str, list[Any]]]) -> list[str]:
@@ -426,10 +453,10 @@ def attach_status(runs: list[PlannedRun]) -> None:
         record = read_record(run.run_dir)
         if record is not None and record["status"] == "completed":
             run.status = "completed"
+        elif job is not None and job.state in ("running", "pending"):
+            run.status = job.state  # a retry in the queue outranks the failed record it replaces
         elif record is not None:
             run.status, run.error = "failed", f"{record['status']}: {record.get('error')}"
-        elif job is not None and job.state in ("running", "pending"):
-            run.status = job.state
         elif job is not None and job.state == "failed":
             run.status, run.error = "failed", job.detail
         elif job is not None and job.state == "local" and run.run_dir.exists():

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from qat_sweep.config import parse_tokens
 from qat_sweep.data import TokenDataWriter, token_dtype, write_token_data
 
 EOS_TOKEN = "<|endoftext|>"
@@ -398,7 +399,7 @@ HF_KEYS: dict[str, Callable[[str], Any]] = {
     "tokenizer": str,
     "split": str,
     "text_field": str,
-    "max_tokens": int,
+    "max_tokens": parse_tokens,  # 250B, 2.5e11 or 250000000000
     "name": str,
     "streaming": _bool,
     "batch_docs": int,

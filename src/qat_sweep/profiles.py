@@ -9,7 +9,6 @@ submitit executor (``executor_parameters``) and onto Hydra's submitit launcher
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -323,9 +322,3 @@ def max_array_size(profile: LaunchProfile) -> int:
         if key.strip() == "MaxArraySize":
             return max(1, int(value.strip()))
     return 1001  # SLURM's default
-
-
-def describe(profile: LaunchProfile) -> str:
-    """One-line summary for launch messages."""
-    keys = ("kind", "partition", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb")
-    return json.dumps({k: getattr(profile, k) for k in (*keys, "timeout_min")})

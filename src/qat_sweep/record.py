@@ -90,11 +90,6 @@ def read_record(run_dir: Path) -> dict | None:
     return None if record_problems(record) else record
 
 
-def is_completed(run_dir: Path) -> bool:
-    record = read_record(run_dir)
-    return record is not None and record["status"] == "completed"
-
-
 def _git_sha() -> str | None:
     try:
         out = subprocess.run(

@@ -34,7 +34,7 @@ from qat_sweep.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from qat_sweep.config import compose_run, parse_tokens, run_dir
+from qat_sweep.config import compose_run, parse_tokens, run_dir, twin_key
 from qat_sweep.data import BatchSchedule, TokenData, load_token_data, val_batches
 from qat_sweep.distributed import (
     all_reduce_mean,
@@ -220,7 +220,8 @@ _stop_signal: int | None = None
 
 def _request_stop(signum: int, frame: Any) -> None:
     global _stop_signal
-    _stop_signal = signum
+    if _stop_signal is None:  # the first signal decides: a TERM after USR2 must not skip requeue
+        _stop_signal = signum
 
 
 def _install_signal_handlers() -> dict[int, Any]:
@@ -284,30 +285,40 @@ def _slurm_info() -> dict[str, Any] | None:
     return {key.removeprefix("SLURM_").lower(): os.environ.get(key) for key in keys}
 
 
+def _or_none(compute: Any) -> Any:
+    try:
+        return compute()
+    except Exception:  # a broken config must still yield a failure record
+        return None
+
+
 def _base_record(cfg: DictConfig, setup: RunSetup | None) -> dict[str, Any]:
+    """The record's identity fields; every derived field tolerates a config that fails to build."""
     quant = cfg.quant
-    model = model_config_from(cfg.model)
-    group = quant.group_size if quant.scheme != "bf16" else None
+    model = _or_none(lambda: model_config_from(cfg.model))
+    group = quant.get("group_size") if quant.get("scheme") != "bf16" else None
+    config = _or_none(lambda: OmegaConf.to_container(cfg, resolve=True))
     return {
         "schema": SCHEMA,
         "run_key": str(cfg.run_key),
+        "twin_key": _or_none(lambda: twin_key(cfg)),
         "sweep": str(cfg.sweep_name),
         "status": "failed",
         "error": None,
-        "model": model.name,
-        "n_params": model.n_params,
-        "n_params_total": model.n_params_total(setup.vocab_size) if setup else None,
-        "hidden_size": model.hidden_size,
+        "model": model.name if model else str(cfg.model.get("name")),
+        "n_params": model.n_params if model else None,
+        "n_params_total": model.n_params_total(setup.vocab_size) if model and setup else None,
+        "hidden_size": model.hidden_size if model else None,
         "tokens": parse_tokens(cfg.tokens),
-        "scheme": str(quant.scheme),
-        "format": str(quant.format) if quant.scheme != "bf16" else "bf16",
-        "group_size": group if group in (None, "channel") else int(group),
-        "lr": float(cfg.optim.lr),
+        "scheme": str(quant.get("scheme")),
+        "format": str(quant.get("format")) if quant.get("scheme") != "bf16" else "bf16",
+        "group_size": group if group in (None, "channel") else _or_none(lambda: int(group)),
+        "lr": _or_none(lambda: float(cfg.optim.lr)),
         "seed": int(cfg.seed),
         "loss": None,
         "val_loss": None,
         "metrics": {},
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": config or OmegaConf.to_container(cfg, resolve=False),
         "versions": software_versions(),
         "slurm": _slurm_info(),
         "wandb": None,
@@ -336,9 +347,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         setup = validate_run(cfg)
         return _train(cfg, setup, out_dir)
-    except Preempted:
-        raise
-    except Exception as exc:
+    except Exception as exc:  # Preempted is a SystemExit: it passes through to SLURM
         record = _base_record(cfg, setup)
         record["status"] = "diverged" if isinstance(exc, Diverged) else "failed"
         record["error"] = f"{type(exc).__name__}: {exc}"
@@ -374,6 +383,13 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
     eval_batches = val_batches(
         setup.data.val, setup.seq_len, int(cfg.eval.batch_seqs), int(cfg.eval.batches)
     )
+    epochs = schedule.epochs_for(setup.total_steps)
+    if epochs > 1 and dist_info.is_main:
+        print(
+            f"[qat-sweep] warning: {setup.tokens:,} tokens are {epochs:.2f} passes over the "
+            f"{cfg.data.dir} training split: data repeats",
+            file=sys.stderr,
+        )
     smoothed = SmoothedLoss(setup.smoothing_window)
     step, wall_before = 0, 0.0
 
@@ -387,8 +403,9 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
         step, wall_before = checkpoint["step"], checkpoint["wall_s"]
         set_rng_state(checkpoint["rng"])
         if dist_info.is_main:
-            truncate_metrics(out_dir, step)
             print(f"[qat-sweep] resuming {cfg.run_key} at step {step}/{setup.total_steps}")
+    if dist_info.is_main:
+        truncate_metrics(out_dir, step)  # rows after the checkpoint (or of a failed try) go
 
     train_model: torch.nn.Module = model
     if dist_info.world_size > 1:
@@ -456,10 +473,13 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
         model.train()
         while step < setup.total_steps:
             if any_rank(_stop_signal is not None, dist_info):
+                signum = _stop_signal or signal.SIGTERM  # ranks that saw none follow rank 0
                 save(step)
+                if dist_info.world_size > 1:
+                    torch.distributed.barrier()  # no rank exits while rank 0 still writes
                 if dist_info.is_main:
-                    _requeue_slurm_job(_stop_signal or signal.SIGTERM)
-                raise Preempted(_stop_signal or signal.SIGTERM)
+                    _requeue_slurm_job(signum)
+                raise Preempted(signum)
             lr = float(cfg.optim.lr) * lr_multiplier(step, setup, cfg.optim)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -535,6 +555,7 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
             "steps": setup.total_steps,
             "tokens_trained": setup.total_steps * tokens_per_step,
             "warmup_steps": setup.warmup_steps,
+            "epochs": epochs,
             "loss_smoothing": {
                 "kind": "bias-corrected EMA",
                 "window_steps": setup.smoothing_window,
