@@ -16,8 +16,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from qat_sweep.config import compose_run, run_dir
+from qat_sweep.recipe import lr_multiplier
 from qat_sweep.record import read_record, record_problems
-from qat_sweep.train import lr_multiplier, train, validate_run
+from qat_sweep.train import train, validate_run
 
 # A few dozen steps of the smallest preset: enough for the loss to fall, seconds on a CPU.
 TINY = [
@@ -222,14 +223,13 @@ def test_cli_exit_codes_for_failed_and_diverged_runs(tmp_path: Path, demo_data: 
 
 def test_lr_schedules_warm_up_then_decay_to_a_tenth() -> None:
     cfg = compose_run(["model=0.2M", "tokens=204800"])  # 100 steps
-    setup = type("S", (), {"total_steps": 100, "warmup_steps": 10})
-    cosine = [lr_multiplier(s, setup, cfg.optim) for s in range(100)]
+    cosine = [lr_multiplier(s, 100, 10, cfg.optim) for s in range(100)]
     assert cosine[0] == pytest.approx(0.1) and cosine[9] == pytest.approx(1.0)
     assert cosine[-1] == pytest.approx(0.1) and all(
         a >= b for a, b in itertools.pairwise(cosine[9:])
     )
     wsd = OmegaConf.merge(cfg.optim, {"schedule": "wsd", "decay_fraction": 0.2})
-    values = [lr_multiplier(s, setup, wsd) for s in range(100)]
+    values = [lr_multiplier(s, 100, 10, wsd) for s in range(100)]
     assert values[10:80] == [1.0] * 70 and values[-1] == pytest.approx(0.1)
 
 

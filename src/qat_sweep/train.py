@@ -11,7 +11,6 @@ import contextlib
 import math
 import os
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -45,7 +44,15 @@ from qat_sweep.distributed import (
 from qat_sweep.instrument import site_stats
 from qat_sweep.model import Transformer, build_model
 from qat_sweep.model import validate as validate_model
+from qat_sweep.preemption import (
+    Preempted,
+    install_signal_handlers,
+    requeue_slurm_job,
+    restore_signal_handlers,
+    stop_signal,
+)
 from qat_sweep.presets import CONF_DIR, ModelConfig, model_config_from
+from qat_sweep.recipe import SmoothedLoss, lr_multiplier, make_optimizer
 from qat_sweep.record import (
     RECORD_NAME,
     SCHEMA,
@@ -65,15 +72,7 @@ __all__ = [
     "validate_run",
 ]
 
-EXIT_FAILED, EXIT_DIVERGED, EXIT_PREEMPTED = 1, 3, 143
-
-
-class Preempted(SystemExit):
-    """Raised after a checkpoint was saved on SIGUSR1/SIGUSR2/SIGTERM; SLURM requeues the run."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(EXIT_PREEMPTED)
-        self.signum = signum
+EXIT_FAILED, EXIT_DIVERGED = 1, 3
 
 
 class Diverged(RuntimeError):
@@ -159,102 +158,6 @@ def validate_run(cfg: DictConfig) -> RunSetup:
         checkpoint_every=every(cfg.checkpoint.every_steps),
         smoothing_window=window,
     )
-
-
-# ----------------------------------------------------------------------------- recipe pieces
-
-
-def lr_multiplier(step: int, setup: RunSetup, optim: DictConfig) -> float:
-    """Linear warm-up, then cosine (or WSD: flat, then linear decay) down to min_lr_ratio."""
-    total, warmup, floor = setup.total_steps, setup.warmup_steps, float(optim.min_lr_ratio)
-    if step < warmup:
-        return (step + 1) / warmup
-    if optim.schedule == "wsd":
-        decay_start = max(warmup, int(total * (1 - float(optim.decay_fraction))))
-        if step < decay_start:
-            return 1.0
-        progress = (step - decay_start) / max(1, total - 1 - decay_start)
-        return 1.0 - (1.0 - floor) * min(1.0, progress)
-    progress = min(1.0, (step - warmup) / max(1, total - 1 - warmup))
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def make_optimizer(model: torch.nn.Module, optim: DictConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on the linear weights only (not on norms and embeddings)."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        is_matrix = param.ndim >= 2 and "embed" not in name
-        (decay if is_matrix else no_decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": float(optim.weight_decay)},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(
-        groups, lr=float(optim.lr), betas=tuple(optim.betas), eps=float(optim.eps), fused=False
-    )
-
-
-class SmoothedLoss:
-    """Bias-corrected EMA of the per-step training loss (the paper's smoothed final loss)."""
-
-    def __init__(self, window: int, value: float = 0.0, weight: float = 0.0) -> None:
-        self.beta = 1.0 - 1.0 / window
-        self.value, self.weight = value, weight
-
-    def update(self, loss: float) -> float:
-        self.value = self.beta * self.value + (1.0 - self.beta) * loss
-        self.weight = self.beta * self.weight + (1.0 - self.beta)
-        return self.get()
-
-    def get(self) -> float:
-        return self.value / self.weight if self.weight else float("nan")
-
-
-# ----------------------------------------------------------------------------- signals
-
-
-_stop_signal: int | None = None
-
-
-def _request_stop(signum: int, frame: Any) -> None:
-    global _stop_signal
-    if _stop_signal is None:  # the first signal decides: a TERM after USR2 must not skip requeue
-        _stop_signal = signum
-
-
-def _install_signal_handlers() -> dict[int, Any]:
-    """Preemption and time-limit signals only set a flag: the loop checkpoints at a step boundary."""
-    global _stop_signal
-    _stop_signal = None
-    if sys.platform == "win32" or not _is_main_thread():
-        return {}
-    previous = {}
-    for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, _request_stop)
-    return previous
-
-
-def _is_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def _restore_signal_handlers(previous: dict[int, Any]) -> None:
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
-
-
-def _requeue_slurm_job(signum: int) -> None:
-    """USR1/USR2 are warnings (time limit, submitit interrupt): SLURM does not requeue by itself."""
-    job = os.environ.get("SLURM_JOB_ID")
-    if not job or signum == signal.SIGTERM:
-        return
-    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    target = f"{array_job}_{task}" if array_job and task else job
-    subprocess.run(["scontrol", "requeue", target], check=False, timeout=60)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -440,7 +343,7 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
     peak = peak_flops(torch.device(dev)) if device == "cuda" else None
     tokens_per_step = setup.global_batch * setup.seq_len
 
-    previous_handlers = _install_signal_handlers()
+    previous_handlers = install_signal_handlers()
     t_start, t_window, window_tokens = time.perf_counter(), time.perf_counter(), 0
     tokens_per_s, last_loss = float("nan"), float("nan")
     progress_every = int(cfg.logger.progress_every_steps)
@@ -472,15 +375,17 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
     try:
         model.train()
         while step < setup.total_steps:
-            if any_rank(_stop_signal is not None, dist_info):
-                signum = _stop_signal or signal.SIGTERM  # ranks that saw none follow rank 0
+            if any_rank(stop_signal() is not None, dist_info):
+                signum = stop_signal() or signal.SIGTERM  # ranks that saw none follow rank 0
                 save(step)
                 if dist_info.world_size > 1:
                     torch.distributed.barrier()  # no rank exits while rank 0 still writes
                 if dist_info.is_main:
-                    _requeue_slurm_job(signum)
+                    requeue_slurm_job(signum)
                 raise Preempted(signum)
-            lr = float(cfg.optim.lr) * lr_multiplier(step, setup, cfg.optim)
+            lr = float(cfg.optim.lr) * lr_multiplier(
+                step, setup.total_steps, setup.warmup_steps, cfg.optim
+            )
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum = torch.zeros((), device=dev)
@@ -575,7 +480,7 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
         tracker.finish({}, exit_code=1)
         raise
     finally:
-        _restore_signal_handlers(previous_handlers)
+        restore_signal_handlers(previous_handlers)
         teardown_distributed()
 
 
