@@ -8,13 +8,17 @@ itself; the G=32 run finished before its twin, so (offline) its delta is left to
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from qat_sweep.config import compose_run, run_dir
+from qat_sweep import wandb_api
+from qat_sweep.config import compose_run
+from qat_sweep.sync import sync_main
 from qat_sweep.train import train
 
 SWEEP = "wb"
@@ -31,17 +35,25 @@ TINY = [
 W4A4 = ["quant=w4a4", "quant.format=int4"]
 
 
+def leet(wandb_file: Path, *flags: str) -> str:
+    command = [sys.executable, "-m", "wandb", "leet", "inspect", "--json", *flags, str(wandb_file)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
+
+
+def offline_file(record: dict) -> Path:
+    [wandb_file] = (run_dir_of(record) / "wandb").glob("offline-run-*/run-*.wandb")
+    return wandb_file
+
+
 def inspect(record: dict) -> dict:
     """`wandb leet inspect --summary --json` of a record's offline run (config + summary)."""
-    [wandb_file] = (run_dir_of(record) / "wandb").glob("offline-run-*/run-*.wandb")
-    out = subprocess.run(
-        [sys.executable, "-m", "wandb", "leet", "inspect", "--summary", "--json", str(wandb_file)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return json.loads(out.stdout)
+    return json.loads(leet(offline_file(record), "--summary"))
+
+
+def run_header(record: dict) -> dict:
+    """The run record of the offline log (`wandb leet inspect --json`): group, job type."""
+    lines = [json.loads(line) for line in leet(offline_file(record)).splitlines()]
+    return next(line["run"] for line in lines if line["type"] == "run")
 
 
 def run_dir_of(record: dict) -> Path:
@@ -49,9 +61,7 @@ def run_dir_of(record: dict) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sweep_runs(
-    tmp_path_factory: pytest.TempPathFactory, demo_data: Path
-) -> dict[str, dict]:
+def sweep_runs(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> dict[str, dict]:
     """Records of the three runs, trained in the order the module docstring gives."""
     root = tmp_path_factory.mktemp("wandb")
     home = root / "wandb-home"
@@ -87,6 +97,8 @@ def test_offline_run_config_has_the_flat_identity(sweep_runs: dict[str, dict]) -
     assert config["quant"]["group_size"] == "channel"  # the nested config is still there
     g32 = inspect(sweep_runs["g32"])["config"]
     assert (g32["group_size"], g32["group_elems"], g32["holdout"]) == ("32", 32, False)
+    header = run_header(channel)
+    assert (header["run_group"], header["job_type"]) == (SWEEP, "w4a4")  # workspace filter
     twin = inspect(bf16)["config"]
     assert (twin["scheme"], twin["format"], twin["group_size"], twin["group_elems"]) == (
         "bf16",
@@ -116,3 +128,138 @@ def test_final_summary_and_delta_of_the_second_finisher(sweep_runs: dict[str, di
     # G=32 finished before its twin: offline, nobody could write its delta yet (sync does)
     early = inspect(g32)["summary"]
     assert early["final/loss"] == pytest.approx(g32["loss"]) and "final/delta" not in early
+
+
+# ----------------------------------------------------------------------------- sync
+
+
+class RecordingApi:
+    """Stands in for qat_sweep.wandb_api (the only module that talks to a wandb server) and
+    records every call; there is no server here."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, key: bool = True) -> None:
+        self.calls: list[tuple] = []
+        for name in ("has_api_key", "sync_offline", "default_entity", "update_summary"):
+            monkeypatch.setattr(wandb_api, name, getattr(self, name))
+        monkeypatch.setattr(wandb_api, "save_workspace", self.save_workspace)
+        self.key = key
+
+    def has_api_key(self) -> bool:
+        self.calls.append(("has_api_key",))
+        return self.key
+
+    def sync_offline(self, files, entity, project, dry_run=False) -> int:
+        self.calls.append(("sync_offline", sorted(files), entity, project, dry_run))
+        return 0
+
+    def default_entity(self) -> str:
+        self.calls.append(("default_entity",))
+        return "team"
+
+    def update_summary(self, path: str, values: dict) -> None:
+        self.calls.append(("update_summary", path, values))
+
+    def save_workspace(self, workspace) -> str:
+        self.calls.append(("save_workspace", workspace))
+        return f"https://wandb.example/{workspace.entity}/{workspace.project}?nw=abc"
+
+    def named(self, name: str) -> list[tuple]:
+        return [c for c in self.calls if c[0] == name]
+
+
+def fit_dir_for(tmp_path: Path, records: dict[str, dict]) -> tuple[Path, dict]:
+    """A fit output directory (fit.json + runs.csv) with a known delta law for w4a4/int4."""
+    params = {"k": 2.0, "gamma_N": 0.3, "gamma_D": 0.1, "gamma_G": 0.5}
+    bf16 = records["bf16"]["loss"]
+    rows = [
+        {
+            "run_key": r["run_key"],
+            "scheme": r["scheme"],
+            "format": r["format"],
+            "n_params": r["n_params"],
+            "tokens": r["tokens"],
+            "G": {32: 32.0, "channel": 64.0}.get(r["group_size"], float("nan")),
+            "delta": r["loss"] - bf16 if r["scheme"] != "bf16" else float("nan"),
+        }
+        for r in records.values()
+    ]
+    out = tmp_path / "fit"
+    out.mkdir()
+    pd.DataFrame(rows).to_csv(out / "runs.csv", index=False)
+    (out / "fit.json").write_text(json.dumps({"delta": {"w4a4/int4": {"params": params}}}))
+    return out, params
+
+
+def law(params: dict, n: float, d: float, g: float) -> float:
+    return (
+        params["k"]
+        * d ** params["gamma_D"]
+        * math.log2(g) ** params["gamma_G"]
+        / n ** params["gamma_N"]
+    )
+
+
+@pytest.mark.slow
+def test_sync_dry_run_lists_uploads_with_real_wandb_and_contacts_no_server(
+    sweep_runs: dict[str, dict], tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    root = Path(sweep_runs["bf16"]["config"]["paths"]["runs"])
+    code = sync_main([f"sweep={SWEEP}", f"paths.runs={root}", "--dry-run", "--fit", str(tmp_path)])
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    assert "3 offline run file(s)" in out and "0 already uploaded, 3 to upload" in out
+    assert "Would sync 3 run(s)" in out + err  # printed by the real `wandb sync --dry-run`
+    assert "2 with final/delta" in out  # g32 (twin finished after it) and channel
+    assert "would update " + sweep_runs["g32"]["run_key"] in out
+
+
+@pytest.mark.slow
+def test_sync_uploads_pending_files_then_writes_summaries_from_the_records(
+    sweep_runs: dict[str, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = RecordingApi(monkeypatch)
+    root = Path(sweep_runs["bf16"]["config"]["paths"]["runs"])
+    fit_dir, params = fit_dir_for(tmp_path, sweep_runs)
+    argv = [f"sweep={SWEEP}", f"paths.runs={root}", "--fit", str(fit_dir)]
+    assert sync_main(argv) == 0
+    files = sorted(offline_file(r) for r in sweep_runs.values())
+    assert api.named("sync_offline") == [("sync_offline", files, None, None, False)]
+    updates = {path: values for _, path, values in api.named("update_summary")}
+    ids = {name: r["wandb"]["id"] for name, r in sweep_runs.items()}
+    assert set(updates) == {f"team/qat-sweep/{i}" for i in ids.values()}  # offline: default entity
+    g32 = updates[f"team/qat-sweep/{ids['g32']}"]
+    delta = sweep_runs["g32"]["loss"] - sweep_runs["bf16"]["loss"]
+    assert g32["final/delta"] == pytest.approx(delta, abs=1e-12)
+    assert g32["final/bf16_loss"] == sweep_runs["bf16"]["loss"]
+    predicted = law(params, 184_320, 20480, 32)
+    assert g32["fit/predicted_delta"] == pytest.approx(predicted, rel=1e-9)
+    assert g32["fit/residual"] == pytest.approx(delta - predicted, rel=1e-9)
+    channel = updates[f"team/qat-sweep/{ids['channel']}"]
+    assert channel["fit/predicted_delta"] == pytest.approx(law(params, 184_320, 20480, 64))
+    bf16 = updates[f"team/qat-sweep/{ids['bf16']}"]
+    assert bf16["final/status"] == "completed" and "final/delta" not in bf16
+    assert "fit/predicted_delta" not in bf16
+
+    # wandb marks what it uploaded (<file>.synced): those are not uploaded again
+    files[0].with_name(files[0].name + ".synced").touch()
+    api.calls.clear()
+    assert sync_main([*argv, "--entity", "lab", "--project", "law"]) == 0
+    assert api.named("sync_offline") == [("sync_offline", files[1:], "lab", "law", False)]
+    assert {p for _, p, _ in api.named("update_summary")} == {f"lab/law/{i}" for i in ids.values()}
+    files[0].with_name(files[0].name + ".synced").unlink()
+
+
+def test_sync_refuses_without_a_key_or_with_bad_arguments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api = RecordingApi(monkeypatch, key=False)
+    (tmp_path / SWEEP).mkdir()
+    assert sync_main([f"sweep={SWEEP}", f"paths.runs={tmp_path}"]) == 2
+    assert "no wandb API key" in capsys.readouterr().err
+    assert sync_main([f"paths.runs={tmp_path}"]) == 2
+    assert "missing sweep=NAME" in capsys.readouterr().err
+    assert sync_main(["sweep=nosuch", f"paths.runs={tmp_path}"]) == 2
+    assert "nosuch" in capsys.readouterr().err
+    assert sync_main([f"sweep={SWEEP}", "bogus=1"]) == 2
+    assert "unknown argument 'bogus=1'" in capsys.readouterr().err
+    assert api.named("sync_offline") == [] and api.named("update_summary") == []

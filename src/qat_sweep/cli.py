@@ -17,6 +17,9 @@ commands:
   prepare   tokenize a corpus: prepare input=PATH out=DIR | prepare demo | prepare hf ...
   bench     forward+backward time per scheme: bench model=1M batch=8 seq_len=128
   demo      the embedded end-to-end loop: demo sweep, fit and report on this machine
+  sync      upload a sweep's offline wandb runs, then fill in delta and fit summaries:
+            sync sweep=NAME [--dry-run]
+  wandb-workspace  a saved wandb workspace for a sweep: wandb-workspace sweep=NAME --entity E --project P
 """
 
 
@@ -48,6 +51,8 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "prepare": _lazy("qat_sweep.prepare", "main"),
     "bench": _lazy("qat_sweep.bench", "main"),
     "demo": _lazy("qat_sweep.demo", "main"),
+    "sync": _lazy("qat_sweep.sync", "sync_main"),
+    "wandb-workspace": _lazy("qat_sweep.workspace", "workspace_main"),
 }
 
 

@@ -151,13 +151,16 @@ def final_summary(record: dict[str, Any], twin: dict[str, Any] | None) -> dict[s
     return summary
 
 
-def wandb_path(record: dict[str, Any], entity: str | None = None) -> str | None:
-    """`entity/project/id` of a record's wandb run (None: it had none, or no entity known)."""
+def wandb_path(
+    record: dict[str, Any], entity: str | None = None, project: str | None = None
+) -> str | None:
+    """`entity/project/id` of a record's wandb run, the arguments overriding the record's
+    (None: the run had no wandb run, or no entity is known)."""
     info = record.get("wandb") or {}
     entity = entity or info.get("entity")
     if not info.get("id") or not entity:
         return None
-    return f"{entity}/{info.get('project') or 'qat-sweep'}/{info['id']}"
+    return f"{entity}/{project or info.get('project') or 'qat-sweep'}/{info['id']}"
 
 
 class Tracker:
