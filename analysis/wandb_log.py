@@ -91,7 +91,7 @@ def log_fit(
         )
         run.finish()
         if mode == "online" and sweep:
-            _write_predictions(entity or None, project, sweep, predicted_deltas(result, table))
+            write_predictions(entity or None, project, sweep, predicted_deltas(result, table))
         return True
     except Exception as err:  # any wandb failure (network, auth, version) must not lose the fit
         print(f"warning: wandb logging to {target} failed: {err}", file=sys.stderr)
@@ -104,9 +104,10 @@ def _single_sweep(table: pd.DataFrame) -> str | None:
     return str(sweeps[0]) if len(sweeps) == 1 else None
 
 
-def _write_predictions(
+def write_predictions(
     entity: str | None, project: str, sweep: str, values: dict[str, dict[str, float]]
 ) -> None:
+    """`fit/*` values into the summaries of the sweep's runs on the server."""
     from qat_sweep import wandb_api
     from qat_sweep.tracking import wandb_id
 

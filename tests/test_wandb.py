@@ -19,6 +19,7 @@ import pytest
 from qat_sweep import wandb_api
 from qat_sweep.config import compose_run
 from qat_sweep.sync import sync_main
+from qat_sweep.tracking import wandb_id
 from qat_sweep.train import train
 
 SWEEP = "wb"
@@ -263,3 +264,134 @@ def test_sync_refuses_without_a_key_or_with_bad_arguments(
     assert sync_main([f"sweep={SWEEP}", "bogus=1"]) == 2
     assert "unknown argument 'bogus=1'" in capsys.readouterr().err
     assert api.named("sync_offline") == [] and api.named("update_summary") == []
+
+
+# ----------------------------------------------------------------------------- fit --wandb
+
+
+def test_fit_run_logs_the_law_with_intervals_and_plots_and_per_run_predictions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matplotlib.figure import Figure
+    from qat_sweep.analysis.wandb_log import log_fit, predicted_deltas, write_predictions
+
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "home"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    png = tmp_path / "delta_vs_N.png"
+    Figure().savefig(png)
+    params = {"k": 2.0, "gamma_N": 0.3, "gamma_D": 0.1, "gamma_G": 0.5}
+    result = {
+        "base": {"params": {"A": 400.0, "E": 1.7}, "ci95": {"A": [300.0, 500.0]}},
+        "delta": {"w4a4/int4": {"params": params, "ci95": {}, "rel_error": 0.05}},
+        "settings": {"seed": 0},
+    }
+    table = pd.DataFrame(
+        [
+            {"run_key": "q", "sweep": SWEEP, "scheme": "w4a4", "format": "int4", "n_params": 1e6,
+             "tokens": 2e7, "G": 128.0, "delta": 0.05},
+            {"run_key": "b", "sweep": SWEEP, "scheme": "bf16", "format": "bf16", "n_params": 1e6,
+             "tokens": 2e7, "G": float("nan"), "delta": float("nan")},
+            {"run_key": "u", "sweep": SWEEP, "scheme": "w4a4", "format": "fp4", "n_params": 1e6,
+             "tokens": 2e7, "G": 128.0, "delta": 0.07},  # no fp4 fit: no prediction
+        ]
+    )  # fmt: skip
+    assert log_fit("ent/proj", result, table, {"delta_vs_N": png})
+    [wandb_file] = (tmp_path / "home" / "wandb").glob("offline-run-*/run-*.wandb")
+    summary = json.loads(leet(wandb_file, "--summary"))["summary"]
+    assert (summary["base/A"], summary["base/A_ci95_lo"], summary["base/A_ci95_hi"]) == (
+        400.0,
+        300.0,
+        500.0,
+    )
+    assert (
+        summary["delta/w4a4/int4/gamma_G"] == 0.5 and summary["delta/w4a4/int4/rel_error"] == 0.05
+    )
+    assert "plots" in summary and "runs" in summary  # the gallery the workspace shows, the table
+    lines = [json.loads(line) for line in leet(wandb_file).splitlines()]
+    header = next(line["run"] for line in lines if line["type"] == "run")
+    assert (header["run_group"], header["job_type"]) == (SWEEP, "fit")  # inside the workspace
+
+    predictions = predicted_deltas(result, table)
+    assert set(predictions) == {"q"}
+    expected = law(params, 1e6, 2e7, 128)
+    assert predictions["q"]["fit/predicted_delta"] == pytest.approx(expected, rel=1e-12)
+    assert predictions["q"]["fit/residual"] == pytest.approx(0.05 - expected, rel=1e-12)
+    api = RecordingApi(monkeypatch)
+    write_predictions(None, "proj", SWEEP, predictions)
+    assert api.named("update_summary") == [
+        ("update_summary", f"team/proj/{wandb_id(SWEEP, 'q')}", predictions["q"])
+    ]
+
+
+# ----------------------------------------------------------------------------- workspace
+
+
+def panels_of(workspace) -> dict[str, list]:
+    return {section.name: section.panels for section in workspace.sections}
+
+
+@pytest.mark.slow
+def test_workspace_panels_read_what_the_runs_log(
+    sweep_runs: dict[str, dict], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import wandb_workspaces.reports.v2 as wr
+    import wandb_workspaces.workspaces as ws
+
+    from qat_sweep.grid import plan_sweep
+    from qat_sweep.workspace import BF16_COLOUR, build_workspace, workspace_main
+
+    runs = plan_sweep("demo", strict=False)
+    workspace = build_workspace("demo", "lab", "law", runs)
+    sections = panels_of(workspace)
+    assert list(sections) == [
+        "Loss vs tokens",
+        "Delta vs N, D, G",
+        "FC2 input and the other quantization sites",
+        "Fit",
+    ]
+    # every history metric a line plot draws is one the trainer logs (metrics.jsonl mirrors it)
+    channel = sweep_runs["channel"]
+    logged = set().union(
+        *(json.loads(line) for line in (run_dir_of(channel) / "metrics.jsonl").open())
+    )
+    lines = [p for panels in sections.values() for p in panels if isinstance(p, wr.LinePlot)]
+    assert all(p.x == "tokens" and set(p.y) <= logged for p in lines), [p.y for p in lines]
+    assert {"quant/fc2/kurtosis", "quant/fc2/act_rel_err"} <= {y for p in lines for y in p.y}
+    by_scheme = sections["Loss vs tokens"][0]
+    assert by_scheme.groupby == wr.Config("scheme") and by_scheme.y == ["loss_smoothed"]
+    # the scatter axes are the flat identity in the run config and final/delta in its summary
+    config, summary = inspect(channel)["config"], inspect(channel)["summary"]
+    scatters = [p for p in sections["Delta vs N, D, G"] if isinstance(p, wr.ScatterPlot)]
+    assert [p.x.name for p in scatters[:3]] == ["n_params", "tokens", "group_elems"]
+    assert all(p.x.name in config for p in scatters[:3])
+    assert all(p.y == wr.SummaryMetric("final/delta") for p in scatters)
+    assert "final/delta" in summary
+    [media] = sections["Fit"]
+    assert media.media_keys == ["plots"]  # the key log_fit writes its figures under
+    # filtered to the sweep's group (the runs' and the fit run's); coloured by format and G
+    model = workspace._to_model().model_dump(by_alias=True, exclude_none=True)
+    runset = model["spec"]["section"]["runSets"][0]
+    [flt] = runset["filters"]["filters"]
+    assert (flt["key"], flt["op"], flt["value"]) == (
+        {"section": "run", "name": "group"},
+        "=",
+        "demo",
+    )
+    colours = model["spec"]["section"]["customRunColors"]
+    assert len(colours) == len(runs) == 42
+    colour = {
+        (r.scheme, r.format, str(r.group_size)): colours[wandb_id("demo", r.run_key)] for r in runs
+    }
+    assert len(colour) == 1 + 3 + 2  # bf16, int4 x {8, 32, channel}, fp4 x {32, channel}
+    assert colour[("bf16", "bf16", "None")] == BF16_COLOUR
+    assert len(set(colour.values())) == len(colour)  # every (format, G) has its own colour
+    assert len(model["spec"]["section"]["panelBankConfig"]["sections"]) == 4
+
+    api = RecordingApi(monkeypatch)
+    assert workspace_main(["sweep=demo", "--entity", "lab", "--project", "law"]) == 0
+    [(_, saved)] = api.named("save_workspace")
+    assert isinstance(saved, ws.Workspace) and (saved.entity, saved.project) == ("lab", "law")
+    assert "https://wandb.example/lab/law?nw=abc" in capsys.readouterr().out
+    assert workspace_main(["sweep=nosuch", "--entity", "lab", "--project", "law"]) == 2
+    assert "unknown sweep 'nosuch'" in capsys.readouterr().err

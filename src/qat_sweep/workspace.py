@@ -142,7 +142,7 @@ def build_workspace(
         ],
         settings=ws.WorkspaceSettings(x_axis="tokens", max_runs=max(10, len(runs) + 1)),
         runset_settings=ws.RunsetSettings(
-            filters=[expr.Metric("Group") == sweep],  # runs and the fit run of this sweep
+            filters=expr.And(expr.Metric("Group") == sweep),  # the runs and fit run of this sweep
             pinned_columns=[
                 *(f"config:{k}" for k in ("n_params", "tokens", "scheme", "format", "group_size")),
                 "summary:final/loss",
