@@ -57,11 +57,13 @@ def log_fit(
     result: dict[str, Any],
     table: pd.DataFrame,
     figures: dict[str, Path],
+    out_dir: Path | None = None,
     sweep: str | None = None,
 ) -> bool:
     """Log the fit to a `fit` run in ENTITY/PROJECT (respects WANDB_MODE), then write each
     quantized run's predicted delta into that run's summary (online only; offline runs get it
-    from `qat-sweep sync`)."""
+    from `qat-sweep sync`). The run's local files go to `<out_dir>/wandb`, beside the fit's
+    outputs, where `qat-sweep sync` finds an offline fit run to upload."""
     sweep = sweep or _single_sweep(table)
     try:
         import wandb
@@ -79,6 +81,7 @@ def log_fit(
             name=f"fit-{sweep}" if sweep else None,
             config={"sweep": sweep, "settings": result.get("settings")},
             mode=mode,
+            dir=str(out_dir) if out_dir is not None else None,
             reinit="finish_previous",
         )
         run.summary.update(fit_summary(result))

@@ -18,8 +18,9 @@ import pytest
 
 from qat_sweep import wandb_api
 from qat_sweep.config import compose_run
-from qat_sweep.sync import sync_main
-from qat_sweep.tracking import wandb_id
+from qat_sweep.record import write_json_atomic
+from qat_sweep.sync import offline_files, sync_main
+from qat_sweep.tracking import Tracker, wandb_id
 from qat_sweep.train import train
 
 SWEEP = "wb"
@@ -266,6 +267,31 @@ def test_sync_refuses_without_a_key_or_with_bad_arguments(
     assert api.named("sync_offline") == [] and api.named("update_summary") == []
 
 
+@pytest.mark.slow
+def test_online_bf16_twin_finishing_second_writes_its_quantized_twins_delta(
+    sweep_runs: dict[str, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = RecordingApi(monkeypatch)
+    bf16, g32, channel = sweep_runs["bf16"], sweep_runs["g32"], sweep_runs["channel"]
+    sweep_dir = tmp_path / SWEEP
+    for record in (g32, channel, bf16):
+        write_json_atomic(sweep_dir / record["run_key"] / "result.json", record)
+    tracker = Tracker(
+        sweep_dir / bf16["run_key"],
+        enabled=True,
+        wandb_settings={"mode": "disabled"},
+        wandb_init={},
+    )
+    tracker.wandb_info = {**bf16["wandb"], "mode": "online", "entity": "lab"}  # an online run
+    tracker.finish_run(bf16)
+    updates = {path: values for _, path, values in api.named("update_summary")}
+    assert set(updates) == {f"lab/qat-sweep/{r['wandb']['id']}" for r in (g32, channel)}
+    for record in (g32, channel):
+        values = updates[f"lab/qat-sweep/{record['wandb']['id']}"]
+        assert values["final/delta"] == pytest.approx(record["loss"] - bf16["loss"], abs=1e-12)
+        assert values["final/loss"] == record["loss"]
+
+
 # ----------------------------------------------------------------------------- fit --wandb
 
 
@@ -296,8 +322,8 @@ def test_fit_run_logs_the_law_with_intervals_and_plots_and_per_run_predictions(
              "tokens": 2e7, "G": 128.0, "delta": 0.07},  # no fp4 fit: no prediction
         ]
     )  # fmt: skip
-    assert log_fit("ent/proj", result, table, {"delta_vs_N": png})
-    [wandb_file] = (tmp_path / "home" / "wandb").glob("offline-run-*/run-*.wandb")
+    assert log_fit("ent/proj", result, table, {"delta_vs_N": png}, out_dir=tmp_path)
+    [wandb_file] = offline_files(tmp_path)  # beside the fit's outputs, where sync looks
     summary = json.loads(leet(wandb_file, "--summary"))["summary"]
     assert (summary["base/A"], summary["base/A_ci95_lo"], summary["base/A_ci95_hi"]) == (
         400.0,

@@ -30,9 +30,11 @@ class SyncError(ValueError):
     """Bad input for `sync`: exit code 2 with this message."""
 
 
-def offline_files(sweep_dir: Path) -> list[Path]:
-    """The `.wandb` files of every offline run (and resumed fragment) under a sweep directory."""
-    return sorted(Path(sweep_dir).glob("*/wandb/offline-run-*/run-*.wandb"))
+def offline_files(directory: Path) -> list[Path]:
+    """The `.wandb` files of every offline run (and resumed fragment) in `directory/wandb`
+    (a fit output directory) or in `directory/*/wandb` (a sweep's run directories)."""
+    patterns = ("wandb/offline-run-*/run-*.wandb", "*/wandb/offline-run-*/run-*.wandb")
+    return sorted(f for pattern in patterns for f in Path(directory).glob(pattern))
 
 
 def is_uploaded(wandb_file: Path) -> bool:
@@ -124,10 +126,11 @@ def sync_main(argv: list[str]) -> int:
     except SyncError as err:
         print(f"qat-sweep sync: error: {err}", file=sys.stderr)
         return 2
-    files = offline_files(sweep_dir)
+    fit_dir = args.fit or Path("reports") / sweep
+    files = offline_files(sweep_dir) + offline_files(fit_dir)  # the runs, then the fit run
     pending = [f for f in files if not is_uploaded(f)]
     print(
-        f"sweep {sweep}: {len(files)} offline run file(s) in {sweep_dir}, "
+        f"sweep {sweep}: {len(files)} offline run file(s) in {sweep_dir} and {fit_dir}, "
         f"{len(files) - len(pending)} already uploaded, {len(pending)} to upload"
     )
     code = 0
@@ -135,7 +138,6 @@ def sync_main(argv: list[str]) -> int:
         code = wandb_api.sync_offline(pending, args.entity, args.project, dry_run=args.dry_run)
         if code:
             print(f"qat-sweep sync: wandb sync exited with {code}", file=sys.stderr)
-    fit_dir = args.fit or Path("reports") / sweep
     predictions = fit_predictions(fit_dir)
     if not predictions:
         print(f"no fit in {fit_dir} (qat-sweep fit sweep={sweep}): fit/* not written")
