@@ -70,11 +70,10 @@ def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def group_elems(group_size: Any, hidden_size: Any) -> int | None:
     """G as a number: the group size, or the reduction dimension (hidden size) per channel."""
-    if group_size is None:
+    try:
+        return int(hidden_size if str(group_size) == "channel" else group_size)
+    except (TypeError, ValueError):  # BF16 (no group), or a config that failed to build
         return None
-    if str(group_size) == "channel":
-        return int(hidden_size) if hidden_size is not None else None
-    return int(group_size)
 
 
 def run_identity(record: dict[str, Any]) -> dict[str, Any]:
@@ -246,15 +245,16 @@ class Tracker:
         if not self.enabled:
             return
         summary: dict[str, Any] = {"loss": record.get("loss"), "val_loss": record.get("val_loss")}
+        online = (self.wandb_info or {}).get("mode") == "online"
         others: list[dict[str, Any]] = []
         try:
             summary |= final_summary(record, twin_record(record, self.run_dir.parent))
-            others = quantized_twins(record, self.run_dir.parent)
+            if online:  # offline twins cannot be edited; `qat-sweep sync` writes their delta
+                others = quantized_twins(record, self.run_dir.parent)
         except Exception as exc:  # unreadable neighbours: the sync step fills delta in later
             warnings.warn(f"wandb final summary incomplete: {exc}", stacklevel=2)
-        online = (self.wandb_info or {}).get("mode") == "online"
         self.finish(summary)
-        if online and others:
+        if others:
             self._update_twins(record, others)
 
     def _update_twins(self, bf16: dict[str, Any], quantized: list[dict[str, Any]]) -> None:
