@@ -421,3 +421,34 @@ def test_workspace_panels_read_what_the_runs_log(
     assert "https://wandb.example/lab/law?nw=abc" in capsys.readouterr().out
     assert workspace_main(["sweep=nosuch", "--entity", "lab", "--project", "law"]) == 2
     assert "unknown sweep 'nosuch'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- plan membership
+
+
+def test_plan_gives_every_run_its_subgrid_and_holdout_without_changing_run_keys(
+    tmp_path: Path,
+) -> None:
+    from qat_sweep.config import run_key
+    from qat_sweep.grid import holdout_keys, plan_sweep
+
+    sweep = tmp_path / "member.yaml"
+    sweep.write_text(
+        """
+overrides: [data=demo, logger=none]
+holdout: [big]
+subgrids:
+  small: {model: 0.2M, tokens: 8192, quant: w4a4, quant.group_size: [16, 32]}
+  big: {model: 0.2M, tokens: 16384, quant: w4a4, quant.group_size: 16}
+"""
+    )
+    runs = plan_sweep(str(sweep), runs_root=tmp_path / "runs", strict=False)
+    membership = {r.run_key: r.overrides[-2:] for r in runs}
+    held = {key for key, (_, flag) in membership.items() if flag == "holdout=true"}
+    assert held == holdout_keys(str(sweep)) and len(held) == 2  # big's run and its BF16 twin
+    assert {r.subgrid for r in runs} == {"small", "big", "bf16_twins"}
+    for run in runs:
+        assert membership[run.run_key][0] == f'subgrid="{run.subgrid}"'
+        cfg = compose_run(run.overrides)
+        assert run_key(cfg) == run.run_key  # plan membership stays out of the identity
+        assert (cfg.subgrid, cfg.holdout) == (run.subgrid, run.run_key in held)

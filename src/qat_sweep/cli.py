@@ -17,9 +17,10 @@ commands:
   prepare   tokenize a corpus: prepare input=PATH out=DIR | prepare demo | prepare hf ...
   bench     forward+backward time per scheme: bench model=1M batch=8 seq_len=128
   demo      the embedded end-to-end loop: demo sweep, fit and report on this machine
-  sync      upload a sweep's offline wandb runs, then fill in delta and fit summaries:
+  sync      upload a sweep's offline wandb runs, then write delta and fit summaries:
             sync sweep=NAME [--dry-run]
-  wandb-workspace  a saved wandb workspace for a sweep: wandb-workspace sweep=NAME --entity E --project P
+  wandb-workspace  save a wandb workspace of a sweep and print its URL:
+            wandb-workspace sweep=NAME --entity E --project P
 """
 
 
