@@ -203,12 +203,17 @@ def law(params: dict, n: float, d: float, g: float) -> float:
 
 @pytest.mark.slow
 def test_sync_dry_run_lists_uploads_with_real_wandb_and_contacts_no_server(
-    sweep_runs: dict[str, dict], tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    sweep_runs: dict[str, dict],
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     root = Path(sweep_runs["bf16"]["config"]["paths"]["runs"])
-    code = sync_main([f"sweep={SWEEP}", f"paths.runs={root}", "--dry-run", "--fit", str(tmp_path)])
+    monkeypatch.chdir(tmp_path)  # no reports/<sweep>/ here: not fitted yet
+    code = sync_main([f"sweep={SWEEP}", f"paths.runs={root}", "--dry-run"])
     out, err = capfd.readouterr()
     assert code == 0, err
+    assert f"no fit in reports/{SWEEP}" in out
     assert "3 offline run file(s)" in out and "0 already uploaded, 3 to upload" in out
     assert "Would sync 3 run(s)" in out + err  # printed by the real `wandb sync --dry-run`
     assert "2 with final/delta" in out  # g32 (twin finished after it) and channel
@@ -264,6 +269,8 @@ def test_sync_refuses_without_a_key_or_with_bad_arguments(
     assert "nosuch" in capsys.readouterr().err
     assert sync_main([f"sweep={SWEEP}", "bogus=1"]) == 2
     assert "unknown argument 'bogus=1'" in capsys.readouterr().err
+    assert sync_main([f"sweep={SWEEP}", f"paths.runs={tmp_path}", "--fit", str(tmp_path)]) == 2
+    assert "no fit.json" in capsys.readouterr().err
     assert api.named("sync_offline") == [] and api.named("update_summary") == []
 
 

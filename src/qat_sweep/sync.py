@@ -121,6 +121,8 @@ def sync_main(argv: list[str]) -> int:
     """Run `qat-sweep sync`; returns the process exit code."""
     try:
         sweep, sweep_dir, args = _parse(argv)
+        if args.fit is not None and not (args.fit / "fit.json").is_file():
+            raise SyncError(f"--fit {args.fit}: no fit.json there (a `qat-sweep fit` --out DIR)")
         if not args.dry_run and not wandb_api.has_api_key():
             raise SyncError("no wandb API key: run `wandb login` or set WANDB_API_KEY first")
     except SyncError as err:
