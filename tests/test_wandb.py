@@ -302,6 +302,7 @@ def test_online_bf16_twin_finishing_second_writes_its_quantized_twins_delta(
 # ----------------------------------------------------------------------------- fit --wandb
 
 
+@pytest.mark.slow
 def test_fit_run_logs_the_law_with_intervals_and_plots_and_per_run_predictions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
