@@ -147,7 +147,7 @@ def fit_main(argv: list[str]) -> int:
     if args.wandb:
         from qat_sweep.analysis.wandb_log import log_fit
 
-        log_fit(args.wandb, outcome.result, outcome.table, figures)
+        log_fit(args.wandb, outcome.result, outcome.table, figures, out_dir=out)
     print(summary_text(outcome.result, out, fit_path))
     return 0
 

@@ -412,8 +412,22 @@ def plan_sweep(
         ]
     if problems:
         raise PlanError(_problem_report(spec, len(explicit), problems))
+    _add_membership(runs, spec.holdout)
     attach_status(runs)
     return runs
+
+
+def _add_membership(runs: list[PlannedRun], holdout: tuple[str, ...]) -> None:
+    """`subgrid=` and `holdout=` overrides: each run's record and wandb config say where it
+    belongs. Both keys stay out of run_key; the held-out set is `holdout_keys`'s (the holdout
+    sub-grids plus their BF16 twins)."""
+    held = [r for r in runs if r.subgrid in holdout]
+    held_keys = {r.run_key for r in held} | {twin_key(r.config) for r in held}
+    for run in runs:
+        flag = run.run_key in held_keys
+        membership = [f"subgrid={json.dumps(run.subgrid)}", f"holdout={override_value(flag)}"]
+        run.overrides = [*run.overrides, *membership]
+        run.config |= {"subgrid": run.subgrid, "holdout": flag}
 
 
 def _twins(runs: list[PlannedRun]) -> list[PlannedRun]:

@@ -61,7 +61,7 @@ from qat_sweep.record import (
     write_json_atomic,
 )
 from qat_sweep.schemes import QuantConfig, quant_config_from
-from qat_sweep.tracking import Tracker, truncate_metrics, wandb_id
+from qat_sweep.tracking import Tracker, truncate_metrics, wandb_config, wandb_id
 
 __all__ = [
     "RECORD_NAME",
@@ -206,6 +206,8 @@ def _base_record(cfg: DictConfig, setup: RunSetup | None) -> dict[str, Any]:
         "run_key": str(cfg.run_key),
         "twin_key": _or_none(lambda: twin_key(cfg)),
         "sweep": str(cfg.sweep_name),
+        "subgrid": cfg.get("subgrid"),
+        "holdout": bool(cfg.get("holdout")),
         "status": "failed",
         "error": None,
         "model": model.name if model else str(cfg.model.get("name")),
@@ -335,7 +337,7 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
                 f"format={record['format']}",
                 *cfg.logger.wandb.tags,
             ],
-            "config": record["config"],
+            "config": wandb_config(record),
         },
     )
     record["wandb"] = tracker.wandb_info
@@ -470,14 +472,15 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
             "device": dev,
             "quant": stats,
         }
-        tracker.finish({"loss": record["loss"], "val_loss": record["val_loss"]})
         if dist_info.is_main:
             write_json_atomic(out_dir / RECORD_NAME, record)
             if not cfg.checkpoint.keep_on_success:
                 remove_checkpoint(out_dir)
+        tracker.finish_run(record)  # after the record: the later twin of a pair sees both
         return record
-    except BaseException:
-        tracker.finish({}, exit_code=1)
+    except BaseException as exc:
+        status = {Diverged: "diverged", Preempted: "preempted"}.get(type(exc), "failed")
+        tracker.finish({"final/status": status}, exit_code=1)
         raise
     finally:
         restore_signal_handlers(previous_handlers)
