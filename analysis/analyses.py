@@ -162,7 +162,7 @@ def site_metrics(table: pd.DataFrame) -> dict[str, Any]:
         c
         for c in table.columns
         if c.split("_")[-1] in SITES
-        and c.rsplit("_", 1)[0] in ("kurtosis", "act_rel_err", "weight_rel_err")
+        and c.rsplit("_", 1)[0] in ("kurtosis", "act_nmse", "weight_nmse")
     ]
     usable = table[table["excluded"] == ""]
     if not cols or usable[cols].isna().all().all():

@@ -32,7 +32,8 @@ RECORD_FIELDS = (
 RUN_KEY = ("n_params", "tokens", "scheme", "format", "group_size", "lr", "seed")
 TWIN_KEY = ("n_params", "tokens", "lr", "seed")
 SITES = ("qkv", "o", "fc1", "fc2")
-SITE_METRICS = ("kurtosis", "act_rel_err", "weight_rel_err")
+SITE_METRICS = ("kurtosis", "act_nmse", "weight_nmse")
+LEGACY_METRICS = {"act_nmse": "act_rel_err", "weight_nmse": "weight_rel_err"}  # before issue 12
 
 
 class InputError(ValueError):
@@ -40,13 +41,13 @@ class InputError(ValueError):
 
 
 def quant_columns(metrics: Mapping[str, Any] | None) -> dict[str, float]:
-    """Flatten metrics.quant.sites into columns like kurtosis_fc2 / act_rel_err_qkv."""
+    """Flatten metrics.quant.sites into columns like kurtosis_fc2 / act_nmse_qkv."""
     sites = ((metrics or {}).get("quant") or {}).get("sites") or {}
     out: dict[str, float] = {}
     for site in SITES:
         values = sites.get(site) or {}
         for metric in SITE_METRICS:
-            value = values.get(metric)
+            value = values.get(metric, values.get(LEGACY_METRICS.get(metric, "")))
             out[f"{metric}_{site}"] = float(value) if value is not None else float("nan")
     return out
 
