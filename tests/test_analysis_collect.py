@@ -95,7 +95,7 @@ def test_quality_control_reasons():
     assert reasons["q_fail"] == "status failed" and reasons["q_div"] == "status diverged"
     assert reasons["q_notwin"].startswith("no BF16 twin")
     assert "hidden_size" in reasons["q_chan"]
-    assert reasons["q_nan"] == "non-finite loss"
+    assert reasons["q_nan"] == "loss missing or not a finite number"
     assert len(excluded_list(table, [])) == 7
 
 
