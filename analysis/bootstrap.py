@@ -130,15 +130,15 @@ def intervals(fit: LawFit, names: tuple[str, ...], draws: np.ndarray) -> dict[st
                 f"estimate {point:.4g} (skewed or bound-limited resamples): extended to it"
             )
             fit.interval_flags.setdefault(name, "bootstrap interval extended to the estimate")
+        wide = None
         if name in EXPONENTS and hi - lo > WIDE_EXPONENT:
-            fit.interval_flags[name] = (
-                f"not identifiable: its 95% interval spans {hi - lo:.2g} in the exponent"
-            )
+            wide = f"not identifiable: its 95% interval spans {hi - lo:.2g} in the exponent"
         elif name in SCALES and (lo <= 0 or hi / lo > WIDE_RATIO):
-            decades = f"{np.log10(hi / lo):.1f}" if lo > 0 else "unbounded"
-            fit.interval_flags[name] = (
-                f"not identifiable: its 95% interval spans {decades} orders of magnitude"
+            wide = "not identifiable: its 95% interval " + (
+                f"spans {np.log10(hi / lo):.1f} orders of magnitude" if lo > 0 else "reaches 0"
             )
+        if wide and not fit.interval_flags.get(name, "").startswith("not identifiable"):
+            fit.interval_flags[name] = wide
         out[name] = [float(lo), float(hi)]
     return out
 

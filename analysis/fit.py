@@ -482,7 +482,7 @@ def fit_delta(
     fit.identifiability = ident
     fit.not_identifiable = sorted(design.dropped)
     fit.notes = [
-        f"{c} not identifiable: {why}; refitted without it. {identify.SEPARATE_BY.get(c, '')}."
+        f"{c} not identifiable: {why}; refitted without it. {identify.separate_by(c)}."
         for c, why in sorted(design.dropped.items())
     ]
     n_params = x.shape[1]

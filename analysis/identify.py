@@ -30,6 +30,12 @@ SEPARATE_BY = {
 }
 
 
+def separate_by(name: str) -> str:
+    """The sentence saying which runs would separate an exponent, capitalised."""
+    text = SEPARATE_BY.get(name, "")
+    return text[:1].upper() + text[1:]
+
+
 def robust_sd(resid: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(resid - np.median(resid)))) if resid.size else 0.0
 
