@@ -169,16 +169,19 @@ def fit_main(argv: list[str]) -> int:
 def summary_text(res: dict[str, Any], out: Path, fit_path: Path) -> str:
     """What the fit command prints: where the report is, parameters with 95% intervals."""
 
-    def fmt(params: dict[str, Any], ci: dict[str, Any]) -> str:
+    def fmt(fit: dict[str, Any]) -> str:
         parts = []
-        for name, value in params.items():
+        flags = fit.get("interval_flags") or {}
+        for name, value in fit["params"].items():
             if value is None:
                 parts.append(f"{name}=not identifiable")
                 continue
-            interval = ci.get(name)
+            interval = fit["ci95"].get(name)
+            flag = flags.get(name, "")
             parts.append(
                 f"{name}={value:.4g}"
                 + (f" [{interval[0]:.4g}, {interval[1]:.4g}]" if interval else "")
+                + (" (not identifiable)" if flag.startswith("not identifiable") else "")
             )
         return ", ".join(parts)
 
@@ -186,9 +189,9 @@ def summary_text(res: dict[str, Any], out: Path, fit_path: Path) -> str:
         f"report: {(out / 'report.html').resolve()}",
         f"fit:    {fit_path.resolve()}",
         f"runs:   {res['n_runs']['usable']} usable, {len(res['excluded'])} excluded",
-        f"bf16   {fmt(res['base']['params'], res['base']['ci95'])}",
+        f"bf16   {fmt(res['base'])}",
     ]
-    lines += [f"{key:<17}{fmt(f['params'], f['ci95'])}" for key, f in res["delta"].items()]
+    lines += [f"{key:<17}{fmt(f)}" for key, f in res["delta"].items()]
     return "\n".join(lines)
 
 

@@ -481,8 +481,10 @@ def fit_delta(
     fit = LawFit(name, {}, len(rows), n_cells, np.nan, False, scale, 0, 0.0)
     fit.identifiability = ident
     fit.not_identifiable = sorted(design.dropped)
+    exponents = ident["exponents"]
     fit.notes = [
-        f"{c} not identifiable: {why}; refitted without it. {identify.separate_by(c)}."
+        f"{c} not identifiable: {why}; {exponents.get(c, {}).get('action', 'refit without it')}. "
+        f"{identify.separate_by(c)}."
         for c, why in sorted(design.dropped.items())
     ]
     n_params = x.shape[1]
