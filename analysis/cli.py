@@ -144,6 +144,8 @@ def fit_main(argv: list[str]) -> int:
         if not args.huber_base > 0:
             raise InputError(f"--huber-base must be > 0, got {args.huber_base}")
         rows, skipped, source, out = _load_source(args, overrides)
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {out} exists and is not a directory")
         table = pair_deltas(build_table(rows))
         settings = Settings(
             bootstrap=args.bootstrap, seed=args.seed, tied=not args.free_beta, joint=args.joint,

@@ -48,9 +48,14 @@ class SavedFit:
         path = directory / "fit.json"
         if not path.is_file():
             raise InputError(f"no fit.json in {directory}; run `qat-sweep fit` first")
-        result = json.loads(path.read_text())
         boot = directory / BOOT_FILE
-        draws = dict(np.load(boot)) if boot.is_file() else {}
+        try:
+            result = json.loads(path.read_text())
+            draws = dict(np.load(boot)) if boot.is_file() else {}
+        except (OSError, ValueError, EOFError) as err:  # truncated or foreign files
+            raise InputError(f"cannot read the fit in {directory}: {err}") from err
+        if not isinstance(result, dict) or not {"base", "delta"} <= set(result):
+            raise InputError(f"{path} is not a qat-sweep fit.json (no base/delta)")
         return cls(result, draws)
 
 

@@ -278,3 +278,13 @@ def test_prediction_interval_contains_confidence_interval_and_point(fitted, caps
     assert any("not identifiable" in c for c in pred["delta"]["caveats"])
     assert predict_main(argv) == 0
     assert "warning: delta law w4a4/fp4" in capsys.readouterr().out
+
+
+def test_unreadable_fit_and_out_file_exit_2(fitted, tmp_path, capsys):
+    (tmp_path / "fit.json").write_text("{truncated")
+    argv = ["n_params=1e9", "tokens=20B"]
+    assert predict_main(["--fit", str(tmp_path), *argv]) == 2
+    assert "cannot read the fit" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert fit_main(["--table", str(fitted / "runs.csv"), "--out", str(tmp_path / "file")]) == 2
+    assert "not a directory" in capsys.readouterr().err
