@@ -397,13 +397,14 @@ def huber_irls(
     return coef
 
 
+MIN_CELLS = 4  # below this a cell bootstrap is degenerate; resample runs instead
+
+
 def separate_exponents(
     rows: pd.DataFrame, y: np.ndarray, design: DeltaDesign, terms: tuple[str, ...]
 ) -> tuple[DeltaDesign, dict[str, Any]]:
     """Drop, one at a time, the exponents this grid cannot separate; report every decision."""
     raw = _raw_columns(rows["n_params"], rows["tokens"], rows["G"])
-    varying = [t for t in terms if t not in design.dropped]
-    first = identify.exponent_report(raw, tuple(varying), y)
     decisions: dict[str, dict[str, Any]] = {}
     for name, why in design.dropped.items():
         decisions[name] = {
@@ -420,7 +421,6 @@ def separate_exponents(
         entry = report[worst]
         partner = entry["moves_with"]
         decisions[worst] = {
-            **first.get(worst, {}),
             **entry,
             "separable": False,
             "why": identify.why_not(worst, entry),
@@ -435,7 +435,8 @@ def separate_exponents(
     for name, entry in decisions.items():
         if not entry["separable"]:
             entry["runs_to_separate"] = identify.SEPARATE_BY.get(name, "")
-    columns = np.column_stack([raw[t] for t in terms]) if terms else np.zeros((len(y), 0))
+    varying = [t for t in terms if np.ptp(raw[t]) > 1e-9]  # a constant column has no condition
+    columns = np.column_stack([raw[t] for t in varying]) if varying else np.zeros((len(y), 0))
     new = DeltaDesign(tuple(kept), design.dropped, np.array([raw[c].mean() for c in kept]))
     n_params = 1 + len(kept)
     points = identify.design_points(rows)
@@ -445,7 +446,7 @@ def separate_exponents(
         intervals = "none"
     report = {
         "design": ["log N", "log D", "log log2 G"],
-        "condition": identify.condition(np.unique(columns, axis=0)) if len(terms) else 1.0,
+        "condition": identify.condition(np.unique(columns, axis=0)),
         "n_points": points,
         "n_cells": n_cells,
         "n_params": n_params,
@@ -454,9 +455,6 @@ def separate_exponents(
         "exponents": {t: decisions[t] for t in terms if t in decisions},
     }
     return new, report
-
-
-MIN_CELLS = 4  # below this a cell bootstrap is degenerate; resample runs instead
 
 
 def fit_delta(
