@@ -370,7 +370,7 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
         stats = site_stats(model, eval_batches[0][0][:4].to(dev))
         row = {"step": at_step, "tokens": at_step * tokens_per_step, "val_loss": val}
         for site, values in stats["sites"].items():
-            for name in ("kurtosis", "act_rel_err", "weight_rel_err"):
+            for name in ("kurtosis", "act_nmse", "weight_nmse"):
                 row[f"quant/{site}/{name}"] = values[name]
         return row | {"_stats": stats}
 
