@@ -391,7 +391,7 @@ def test_workspace_panels_read_what_the_runs_log(
     )
     lines = [p for panels in sections.values() for p in panels if isinstance(p, wr.LinePlot)]
     assert all(p.x == "tokens" and set(p.y) <= logged for p in lines), [p.y for p in lines]
-    assert {"quant/fc2/kurtosis", "quant/fc2/act_rel_err"} <= {y for p in lines for y in p.y}
+    assert {"quant/fc2/kurtosis", "quant/fc2/act_nmse"} <= {y for p in lines for y in p.y}
     by_scheme = sections["Loss vs tokens"][0]
     assert by_scheme.groupby == wr.Config("scheme") and by_scheme.y == ["loss_smoothed"]
     # the scatter axes are the flat identity in the run config and final/delta in its summary

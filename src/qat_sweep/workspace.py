@@ -107,7 +107,7 @@ def _site_panels() -> list[Any]:
         wr.LinePlot(
             title="FC2 input quantization error ||x_q - x||^2 / ||x||^2 vs tokens",
             x="tokens",
-            y=["quant/fc2/act_rel_err"],
+            y=["quant/fc2/act_nmse"],
         ),
         wr.LinePlot(
             title="input kurtosis per site",
@@ -118,7 +118,7 @@ def _site_panels() -> list[Any]:
         wr.LinePlot(
             title="input quantization error per site",
             x="tokens",
-            y=[f"quant/{site}/act_rel_err" for site in SITES],
+            y=[f"quant/{site}/act_nmse" for site in SITES],
         ),
     ]
 
