@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import nullcontext
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from qat_sweep.config import compose_run
 from qat_sweep.memory import GB, estimate_memory
 from qat_sweep.model import build_model
 from qat_sweep.presets import load_preset
+from qat_sweep.profiles import load_profile
 from qat_sweep.schemes import QuantConfig
+from qat_sweep.sizing import HEADROOM
 
 VOCAB = 512
 PRESETS = ("0.2M", "0.5M", "1M")
@@ -120,3 +127,88 @@ def test_estimate_bounds_cuda_max_memory_allocated(scheme: str) -> None:
         cfg, quant, vocab_size=32_000, seq_len=cfg.seq_len, micro_batch_seqs=micro
     )
     assert est.train_peak == pytest.approx(peak, rel=0.15), est.items()
+
+
+# ----------------------------------------------------------------------------- sizing in plan
+
+
+def plan_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list, str]:
+    from qat_sweep.grid import plan_main
+
+    capsys.readouterr()
+    code = plan_main(list(argv))
+    out, err = capsys.readouterr()
+    return code, json.loads(out) if code == 0 else [], err
+
+
+def test_plan_sizes_every_paper_run_for_the_a100_profile(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, rows, err = plan_json(capsys, "sweep=paper", "launcher=a100-80gb", "--json")
+    assert code == 0, err
+    assert len(rows) == 289
+    for row in rows:
+        assert row["memory_gb"] <= 80 * HEADROOM
+        assert row["parallelism"] in ("ddp", "fsdp") and row["segments"] >= 1
+        # The choice reaches the trainer as execution overrides, outside the run identity.
+        assert f"train.micro_batch_seqs={row['micro_batch_seqs']}" in row["overrides"]
+        assert f"train.parallelism={row['parallelism']}" in row["overrides"]
+        per_gpu = compose_run(row["overrides"]).optim.batch_seqs // row["gpus"]
+        assert per_gpu % row["micro_batch_seqs"] == 0
+    by_model = {r["model"]: r for r in rows}
+    assert by_model["74M"]["gpus"] == 4 and by_model["973M"]["gpus"] == 16  # resources:
+    assert by_model["973M"]["run_key"] == compose_run(by_model["973M"]["overrides"]).run_key
+    # Hours follow compute: 973M at 200B on 16 GPUs takes far longer than 74M at 10B on 4.
+    assert max(r["wall_h"] for r in rows) == max(r["wall_h"] for r in rows if r["model"] == "973M")
+
+
+def test_launch_submits_one_array_per_resource_shape() -> None:
+    from qat_sweep.dispatch import job_arrays
+    from qat_sweep.grid import plan_sweep
+    from qat_sweep.sizing import size_sweep
+
+    profile = load_profile("a100-80gb")
+    runs = plan_sweep("paper", profile.train_overrides(), strict=False)
+    size_sweep(runs, profile, 0.4)
+    arrays = job_arrays(runs, replace(profile, max_array_size=1000))
+    shapes = sorted((s.nodes, s.gpus_per_node, len(chunk)) for s, chunk in arrays)
+    n_973m = sum(r.model == "973M" for r in runs)
+    n_small = sum(r.model in ("74M", "145M") for r in runs)
+    assert shapes == sorted([(1, 4, n_small), (1, 8, 289 - n_small - n_973m), (2, 8, n_973m)])
+
+
+def small_gpu_profile(tmp_path: Path, **keys: object) -> str:
+    raw = {"kind": "slurm", "gpus_per_node": 1, "gpu_type": "A100", "gpu_mem_gb": 80} | keys
+    path = tmp_path / "gpus.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in raw.items() if v is not None}))
+    return str(path)
+
+
+def one_run_sweep(tmp_path: Path, model: str) -> str:
+    path = tmp_path / "one.yaml"
+    grid = {"model": model, "tokens": "20B", "quant": "w4a4", "quant.group_size": 128}
+    path.write_text(yaml.safe_dump({"twins": False, "subgrids": {"a": grid}}))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("keys", "overrides", "message"),
+    [
+        ({"gpu_mem_gb": 16}, ["model=973M"], "fits no configuration of profile 'gpus': at least"),
+        ({"gpu_mem_gb": None}, [], "gives runs GPUs but no gpu_mem_gb"),
+        ({"gpu_type": "V100"}, [], "gpu_type='V100' is not a known GPU; allowed: A100"),
+        ({"gpus_per_node": 2}, ["train.micro_batch_seqs=5"], "micro_batch_seqs=5 does not divide"),
+        ({}, ["train.parallelism=fsdp"], "train.parallelism=fsdp does not fit 1 process"),
+        ({}, ["train.parallelism=zero3"], "train.parallelism='zero3'; allowed: auto"),
+    ],
+)
+def test_plan_refuses_runs_it_cannot_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keys, overrides, message
+) -> None:
+    profile = small_gpu_profile(tmp_path, **keys)
+    sweep = one_run_sweep(tmp_path, "297M")
+    code, _, err = plan_json(capsys, f"sweep={sweep}", f"launcher={profile}", *overrides)
+    assert code == 2 and message in err, err
+    assert "Traceback" not in err
+    if "fits no" in message:  # the run, its estimate and the limit are named
+        assert "973M_" in err and "against 16 GB x 0.9 headroom = 14.4 GB per GPU" in err
