@@ -15,9 +15,9 @@ from typing import Any
 
 from qat_sweep.config import parse_tokens
 from qat_sweep.memory import GB, estimate_memory
-from qat_sweep.presets import model_config_from
+from qat_sweep.presets import ModelConfig, model_config_from
 from qat_sweep.profiles import LaunchProfile
-from qat_sweep.schemes import quant_config_from
+from qat_sweep.schemes import QuantConfig, quant_config_from
 
 # Share of a GPU's memory the estimate may fill: the CUDA context, NCCL buffers and the
 # caching allocator's fragmentation take the rest.
@@ -132,54 +132,101 @@ def size_run(config: dict[str, Any], profile: LaunchProfile, mfu: float) -> RunS
         )
     budget = profile.gpu_mem_gb * GB * HEADROOM if on_gpu else math.inf
     checkpointing = bool(train.get("activation_checkpointing"))
-    eval_seqs = int(config["eval"]["batch_seqs"])
+    fitted = fit(
+        model, quant, vocab_size=vocab, seq_len=seq_len, world_size=world,
+        candidates=candidates, micro_options=micro_options,
+        eval_batch_seqs=int(config["eval"]["batch_seqs"]),
+        activation_checkpointing=checkpointing, budget=budget, on_gpu=on_gpu,
+    )  # fmt: skip
+    if isinstance(fitted, float):
+        limit = f"{profile.gpu_mem_gb} GB x {HEADROOM} headroom = {budget / GB:.1f} GB per GPU"
+        hint = "" if checkpointing else "; try train.activation_checkpointing=true"
+        raise SizingError(
+            f"run {run_key} fits no configuration of profile {profile.name!r}: at least "
+            f"{fitted / GB:.1f} GB per GPU ({', '.join(candidates)}, micro-batch "
+            f"{micro_options[-1]}) against {limit}; give it more GPUs (resources: in the "
+            f"profile){hint}"
+        )
+    parallelism, micro, eval_micro, peak = fitted
+    wall_h = segments = None
+    if on_gpu:
+        flops = parse_tokens(config["tokens"]) * flops_per_token(config, vocab)
+        flops *= 4 / 3 if checkpointing else 1  # the forward runs twice
+        wall_h = flops / (profile.gpus * profile.peak * mfu) / 3600
+        usable = max(1, profile.timeout_min - RESTART_MIN - profile.signal_delay_s / 60)
+        segments = max(1, math.ceil(wall_h * 60 / usable))
+    return RunSizing(
+        micro_batch_seqs=micro, eval_micro_batch_seqs=eval_micro, parallelism=parallelism,
+        gpus=profile.gpus, memory_gb=peak / GB, wall_h=wall_h, segments=segments,
+    )  # fmt: skip
+
+
+def fit(
+    model: ModelConfig,
+    quant: QuantConfig,
+    *,
+    vocab_size: int,
+    seq_len: int,
+    world_size: int,
+    candidates: list[str],
+    micro_options: list[int],
+    eval_batch_seqs: int,
+    activation_checkpointing: bool,
+    budget: float,
+    on_gpu: bool,
+) -> tuple[str, int, int, float] | float:
+    """(parallelism, micro-batch, eval micro-batch, peak bytes) of the first candidate and
+    largest micro-batch that fit ``budget``; else the smallest peak seen (bytes)."""
     common = dict(
-        vocab_size=vocab, seq_len=seq_len, world_size=world,
-        activation_checkpointing=checkpointing,
+        vocab_size=vocab_size, seq_len=seq_len, world_size=world_size,
+        activation_checkpointing=activation_checkpointing,
         dtype="bf16" if on_gpu else "fp32", device="cuda" if on_gpu else "cpu",
     )  # fmt: skip
-    smallest = None
+    smallest = math.inf
     for parallelism in candidates:
         for micro in micro_options:
             est = estimate_memory(
-                model, quant, micro_batch_seqs=micro, eval_batch_seqs=1,
-                parallelism=parallelism, **common,
-            )  # fmt: skip
+                model, quant, micro_batch_seqs=micro, parallelism=parallelism, **common
+            )
             step = max(est.train_peak, est.step_peak)
-            smallest = step if smallest is None else min(smallest, step)
+            smallest = min(smallest, step)
             if step > budget:
                 continue
-            eval_micro, eval_peak = None, math.inf
-            for e in divisors(eval_seqs):
+            for e in divisors(eval_batch_seqs):
                 eval_peak = estimate_memory(
                     model, quant, micro_batch_seqs=micro, eval_batch_seqs=e,
                     parallelism=parallelism, **common,
                 ).eval_peak  # fmt: skip
                 if eval_peak <= budget:
-                    eval_micro = e
-                    break
-            if eval_micro is None:
-                continue
-            wall_h = segments = None
-            if on_gpu:
-                flops = parse_tokens(config["tokens"]) * flops_per_token(config, vocab)
-                flops *= 4 / 3 if checkpointing else 1  # the forward runs twice
-                wall_h = flops / (profile.gpus * profile.peak * mfu) / 3600
-                usable = max(1, profile.timeout_min - RESTART_MIN - profile.signal_delay_s / 60)
-                segments = max(1, math.ceil(wall_h * 60 / usable))
-            return RunSizing(
-                micro_batch_seqs=micro, eval_micro_batch_seqs=eval_micro,
-                parallelism=parallelism, gpus=profile.gpus,
-                memory_gb=max(step, eval_peak) / GB, wall_h=wall_h, segments=segments,
-            )  # fmt: skip
-    limit = f"{profile.gpu_mem_gb} GB x {HEADROOM} headroom = {budget / GB:.1f} GB per GPU"
-    hint = "" if checkpointing else "; try train.activation_checkpointing=true"
-    raise SizingError(
-        f"run {run_key} fits no configuration of profile {profile.name!r}: at least "
-        f"{(smallest or 0) / GB:.1f} GB per GPU ({', '.join(candidates)}, micro-batch "
-        f"{micro_options[-1]}) against {limit}; give it more GPUs (resources: in the profile)"
-        f"{hint}"
-    )
+                    return parallelism, micro, e, max(step, eval_peak)
+    return smallest
+
+
+def fit_on_device(
+    model: ModelConfig,
+    quant: QuantConfig,
+    *,
+    vocab_size: int,
+    seq_len: int,
+    per_rank: int,
+    eval_batch_seqs: int,
+    world_size: int,
+    parallelism: str,
+    activation_checkpointing: bool,
+    device_bytes: float,
+) -> tuple[str, int, int]:
+    """What a run started without plan uses on a CUDA device: DDP if it fits, else FSDP, and
+    the largest micro-batch that fits; the smallest choice when nothing does (it may OOM)."""
+    candidates = ["ddp", "fsdp"] if parallelism == "auto" else [parallelism]
+    fitted = fit(
+        model, quant, vocab_size=vocab_size, seq_len=seq_len, world_size=world_size,
+        candidates=candidates, micro_options=divisors(per_rank),
+        eval_batch_seqs=eval_batch_seqs, activation_checkpointing=activation_checkpointing,
+        budget=device_bytes * HEADROOM, on_gpu=True,
+    )  # fmt: skip
+    if isinstance(fitted, float):
+        return candidates[-1], 1, 1
+    return fitted[:3]
 
 
 def size_sweep(runs: list[Any], profile: LaunchProfile, mfu: float) -> None:
