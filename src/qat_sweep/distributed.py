@@ -62,6 +62,8 @@ def export_slurm_environment() -> dict[str, str]:
     """
     from submitit.helpers import TorchDistributedEnvironment
 
+    if "SLURM_JOB_ID" in os.environ:  # srun/sbatch jobs not submitted by submitit lack it
+        os.environ.setdefault("SUBMITIT_EXECUTOR", "slurm")
     env = TorchDistributedEnvironment()
     env.export(set_cuda_visible_devices=False)
     keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -115,7 +117,9 @@ def wrap_model(model: nn.Module, parallelism: str, info: DistInfo) -> nn.Module:
     return model
 
 
-def no_grad_sync(train_model: nn.Module, last_micro_batch: bool) -> contextlib.AbstractContextManager:
+def no_grad_sync(
+    train_model: nn.Module, last_micro_batch: bool
+) -> contextlib.AbstractContextManager:
     """DDP skips the all-reduce on all but the last micro-batch; FSDP reduce-scatters each one
     (keeping unsharded gradients across micro-batches would cost what FSDP saves)."""
     if last_micro_batch or not hasattr(train_model, "no_sync"):
