@@ -208,3 +208,28 @@ def test_over_large_profile_is_rejected(
     err = capsys.readouterr().err
     assert "asks for more than partition 'debug' offers: mem_gb=64" in err
     assert count_sbatch.read_text() == "" and not runs.exists()
+
+
+def test_two_node_job_trains_as_one_process_group(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    slurm_two_nodes,
+) -> None:
+    """nodes: 2 on two slurmd daemons: one task per node, rendezvous on the first node."""
+    for key, value in slurm_two_nodes.env.items():
+        monkeypatch.setenv(key, value)
+    profile = tmp_path / "two_nodes.yaml"
+    text = (Path("launchers") / "ci.yaml").read_text().replace("gpus_per_node: 0", "nodes: 2")
+    profile.write_text(text)
+    sweep, runs = sweep_file(tmp_path, "nodes2", quant="bf16", twins=False), tmp_path / "runs"
+    assert launch_main([f"sweep={sweep}", f"launcher={profile}", f"paths.runs={runs}"]) == 0
+    (row,) = statuses(sweep, runs, capsys)
+    script = next(Path(row["log"]).parent.glob("*_submission.sh")).read_text()
+    assert "--nodes=2" in script
+    wait_for(all_done(sweep, runs, capsys), 240, "two-node run finished")
+    record = read_record(Path(row["run_dir"]))
+    assert record["status"] == "completed", record["error"]
+    assert record["metrics"]["world_size"] == 2 and record["slurm"]["ntasks"] == "2"
+    nodelist = slurm_two_nodes.run("scontrol", "show", "hostnames", record["slurm"]["job_nodelist"])
+    assert len(nodelist.split()) == 2  # both slurmd daemons ran a task

@@ -66,8 +66,29 @@ def export_slurm_environment() -> dict[str, str]:
         os.environ.setdefault("SUBMITIT_EXECUTOR", "slurm")
     env = TorchDistributedEnvironment()
     env.export(set_cuda_visible_devices=False)
+    os.environ["MASTER_ADDR"] = _reachable_address(os.environ["MASTER_ADDR"])
     keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     return {key: os.environ[key] for key in keys}
+
+
+def _reachable_address(node: str) -> str:
+    """The node itself when its name resolves, else SLURM's NodeAddr for it (node names need
+    not be DNS names)."""
+    import socket
+    import subprocess
+
+    try:
+        socket.getaddrinfo(node, None)
+        return node
+    except socket.gaierror:
+        pass
+    out = subprocess.run(
+        ["scontrol", "show", "node", "-o", node], capture_output=True, text=True, timeout=30
+    ).stdout
+    for field in out.split():
+        if field.startswith("NodeAddr="):
+            return field.split("=", 1)[1]
+    return node
 
 
 def resolve_parallelism(wanted: str, info: DistInfo) -> str:

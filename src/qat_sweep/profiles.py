@@ -78,8 +78,8 @@ class LaunchProfile:
 
     @property
     def world_size(self) -> int:
-        """Processes of one run: one per GPU (one in all on CPU or locally)."""
-        return max(1, self.gpus) if self.kind == "slurm" else 1
+        """Processes of one run: one task per GPU (or per node on CPU); one in all locally."""
+        return self.tasks_per_node * self.nodes if self.kind == "slurm" else 1
 
     def for_run(self, model: str, subgrid: str) -> LaunchProfile:
         """This profile with the first `resources` entry that selects the run applied."""
