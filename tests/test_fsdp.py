@@ -64,20 +64,28 @@ def loss_rows(record_dir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def fsdp_reference(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> dict:
-    """One uninterrupted two-rank FSDP run and the same run in one process."""
-    root = tmp_path_factory.mktemp("fsdp")
-    args = [*BASE, f"data.dir={demo_data}"]
-    single = train(compose_run([*args, f"paths.runs={root / 'one'}"]))
-    two = [*args, *FSDP, f"paths.runs={root / 'two'}"]
-    outcomes = finish(start_ranks(two))
-    assert all(code == 0 for code, _ in outcomes), outcomes[0][1][-3000:]
-    return {"single": single, "fsdp": read_record(run_dir(compose_run(two)))}
+def reference(tmp_path_factory: pytest.TempPathFactory, demo_data: Path):
+    """Uninterrupted runs, one per parallelism, each trained once for the module."""
+    root, cache = tmp_path_factory.mktemp("reference"), {}
+
+    def get(parallelism: str) -> dict:
+        if parallelism not in cache:
+            args = [*BASE, f"data.dir={demo_data}", f"paths.runs={root / parallelism}"]
+            if parallelism == "single":
+                cache[parallelism] = train(compose_run(args))
+            else:
+                args.append(f"train.parallelism={parallelism}")
+                outcomes = finish(start_ranks(args))
+                assert all(code == 0 for code, _ in outcomes), outcomes[0][1][-3000:]
+                cache[parallelism] = read_record(run_dir(compose_run(args)))
+        return cache[parallelism]
+
+    return get
 
 
 @pytest.mark.slow
-def test_two_fsdp_ranks_match_one_process(fsdp_reference: dict) -> None:
-    single, fsdp = fsdp_reference["single"], fsdp_reference["fsdp"]
+def test_two_fsdp_ranks_match_one_process(reference) -> None:
+    single, fsdp = reference("single"), reference("fsdp")
     assert fsdp["status"] == "completed", fsdp["error"]
     assert fsdp["metrics"]["parallelism"] == "fsdp" and fsdp["metrics"]["world_size"] == 2
     assert single["metrics"]["parallelism"] == "single"
@@ -89,10 +97,12 @@ def test_two_fsdp_ranks_match_one_process(fsdp_reference: dict) -> None:
 
 
 @pytest.mark.slow
-def test_fsdp_run_interrupted_by_sigterm_resumes_exactly(
-    tmp_path: Path, demo_data: Path, fsdp_reference: dict
+@pytest.mark.parametrize("parallelism", ["fsdp", "ddp"])
+def test_run_interrupted_by_sigterm_resumes_exactly(
+    tmp_path: Path, demo_data: Path, reference, parallelism: str
 ) -> None:
-    args = [*BASE, *FSDP, f"data.dir={demo_data}", f"paths.runs={tmp_path}"]
+    args = [*BASE, f"train.parallelism={parallelism}", f"data.dir={demo_data}"]
+    args.append(f"paths.runs={tmp_path}")
     record_dir = run_dir(compose_run(args))
     procs = start_ranks(args)
     deadline = time.monotonic() + 180
@@ -105,26 +115,26 @@ def test_fsdp_run_interrupted_by_sigterm_resumes_exactly(
     assert [code for code, _ in outcomes] == [143, 143], outcomes[0][1][-3000:]
     stopped_at = loss_rows(record_dir)[-1]["step"]
     assert 6 <= stopped_at < 20
-    # Sharded: each rank wrote its own file of the DCP checkpoint.
     (saved,) = (record_dir / "checkpoint").glob(f"step-{stopped_at:09d}")
+    # FSDP: each rank wrote its own shard; DDP: replicated tensors written once, split by rank.
     assert len(list(saved.glob("*.distcp"))) == 2
     outcomes = finish(start_ranks(args))
     assert all(code == 0 for code, _ in outcomes), outcomes[0][1][-3000:]
     assert f"resuming {record_dir.name} at step {stopped_at}" in outcomes[0][1]
-    resumed, reference = read_record(record_dir), fsdp_reference["fsdp"]
-    assert resumed["loss"] == pytest.approx(reference["loss"], abs=1e-6)
-    assert resumed["val_loss"] == pytest.approx(reference["val_loss"], abs=1e-6)
+    resumed, uninterrupted = read_record(record_dir), reference(parallelism)
+    assert resumed["loss"] == pytest.approx(uninterrupted["loss"], abs=1e-6)
+    assert resumed["val_loss"] == pytest.approx(uninterrupted["val_loss"], abs=1e-6)
     assert [r["step"] for r in loss_rows(record_dir)] == list(range(1, 21))
 
 
 @pytest.mark.slow
 def test_activation_checkpointing_changes_memory_not_the_loss(
-    tmp_path: Path, demo_data: Path, fsdp_reference: dict
+    tmp_path: Path, demo_data: Path, reference
 ) -> None:
     args = [*BASE, f"data.dir={demo_data}", f"paths.runs={tmp_path}"]
     record = train(compose_run([*args, "train.activation_checkpointing=true"]))
     assert record["metrics"]["activation_checkpointing"] is True
-    assert record["loss"] == pytest.approx(fsdp_reference["single"]["loss"], abs=1e-6)
+    assert record["loss"] == pytest.approx(reference("single")["loss"], abs=1e-6)
 
 
 def test_single_process_refuses_fsdp(tmp_path: Path, demo_data: Path) -> None:

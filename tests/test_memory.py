@@ -126,7 +126,7 @@ def test_estimate_bounds_cuda_max_memory_allocated(scheme: str) -> None:
     est = estimate_memory(
         cfg, quant, vocab_size=32_000, seq_len=cfg.seq_len, micro_batch_seqs=micro
     )
-    assert est.train_peak == pytest.approx(peak, rel=0.15), est.items()
+    assert max(est.train_peak, est.step_peak) == pytest.approx(peak, rel=0.15), est.items()
 
 
 # ----------------------------------------------------------------------------- sizing in plan
