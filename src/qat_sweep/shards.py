@@ -296,6 +296,12 @@ def finish(out: Path, plan: dict[str, Any]) -> dict[str, Any] | None:
         total = {s: sum(m[s]["tokens"] for m in markers if m) for s in SPLITS}
         if total["train"] == 0:
             raise ValueError(f"{out}: no training tokens were written")
+        if total["val"] == 0:
+            raise ValueError(
+                f"{out}: no document could be held out for validation (each part keeps at least "
+                f"one to train, and no part has two); split the corpus into more documents (files, "
+                f"or a .jsonl with one per line)"
+            )
         if total["val"] > total["train"]:
             raise ValueError(
                 f"{out}: {total['train'] + total['val']:,} tokens; a validation split of "
