@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from qat_sweep.config import parse_tokens
 from qat_sweep.shards import _chunks, ensure_plan, log, run_parts
 from qat_sweep.tokenfiles import MANIFEST, token_dtype
 
@@ -448,6 +447,12 @@ def _bool(value: str) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
+def _tokens(value: str) -> int:
+    from qat_sweep.config import parse_tokens  # Hydra: kept out of the workers' imports
+
+    return parse_tokens(value)
+
+
 def _paths(value: str) -> list[Path]:
     return [Path(v) for v in value.split(",") if v]
 
@@ -483,7 +488,7 @@ HF_KEYS: dict[str, Callable[[str], Any]] = {
     "tokenizer": str,
     "split": str,
     "text_field": str,
-    "max_tokens": parse_tokens,  # 250B, 2.5e11 or 250000000000
+    "max_tokens": _tokens,  # 250B, 2.5e11 or 250000000000
     "name": str,
     "streaming": _bool,
     "batch_docs": int,

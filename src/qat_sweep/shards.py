@@ -269,9 +269,11 @@ def run_parts(
             log(
                 f"part {part} done ({done}/{len(tasks)}): {n_tokens:,} tokens, {rate:,.0f} tokens/s"
             )
+        if pool is not None:
+            pool.close()
     finally:
         if pool is not None:
-            pool.terminate()
+            pool.terminate()  # a no-op after close, the end of the workers after an error
             pool.join()
     if tasks:
         elapsed = time.monotonic() - start
