@@ -141,6 +141,13 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert prepare.main([f"out={out}"]) == 2
     assert "missing required key(s): input" in capsys.readouterr().err
     assert prepare.main(["hf", "dataset=x"]) == 2
+    capsys.readouterr()
+    assert prepare.main(["check", "data=custom", f"data.dir={out}"]) == 0  # every token id
+    assert "every token id checked" in capsys.readouterr().out
+    part = out / "train" / "part-00000.npy"
+    part.write_bytes(part.read_bytes()[:-2] + b"\xff\xff")  # id 65535 in the last token
+    assert prepare.main(["check", "data=custom", f"data.dir={out}"]) == 1
+    assert "id 65535 at token" in capsys.readouterr().err
 
 
 def test_hf_without_extras_explains_install(tmp_path: Path) -> None:

@@ -430,6 +430,7 @@ USAGE = """usage:
   qat-sweep prepare input=PATH[,PATH...] out=DIR [vocab_size=4096] [val_fraction=0.005]
                     [tokenizer=FILE.json] [pattern=*.txt] [min_frequency=2] [part_mb=64]
                     [workers=K] [shards=K shard=I] [force=true]
+  qat-sweep prepare check data=NAME [data.KEY=VALUE ...] [paths.data=DIR]   (every token id)
   qat-sweep prepare demo [out=data/demo] [vocab_size=512] [max_bytes=N] [workers=K] [force=true]
   qat-sweep prepare hf dataset=NAME tokenizer=NAME out=DIR max_tokens=N [split=train]
                     [text_field=text] [name=CONFIG] [parts=P] [workers=K] [shards=K shard=I]
@@ -522,6 +523,24 @@ def parse_args(
     return parsed
 
 
+def check_data(overrides: list[str]) -> int:
+    """``prepare check data=NAME [data.key=value ...]``: every token id of a data config read
+    once (``data.check=full``), then what training will see."""
+    from omegaconf import OmegaConf
+
+    from qat_sweep.config import compose_run
+    from qat_sweep.data import open_data
+
+    data_cfg = OmegaConf.to_container(compose_run(overrides).data, resolve=True)
+    assert isinstance(data_cfg, dict)
+    data = open_data(data_cfg | {"check": "full"})
+    print(
+        f"{data.source}: {len(data.train):,} train + {len(data.val):,} validation tokens, "
+        f"vocab {data.vocab_size}, EOS {data.eos_id}: every token id checked"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``qat-sweep prepare``; ``argv`` is what follows the subcommand."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -529,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     try:
+        if args[:1] == ["check"]:
+            return check_data(args[1:])
         if args[:1] == ["demo"]:
             from qat_sweep.corpus import build_demo_corpus
 
