@@ -164,16 +164,17 @@ class TextJob:
     """Encodes the pieces of each part with the prepared directory's tokenizer."""
 
     parts: list[list[list[Any]]]
-    tokenizer_file: str
+    tokenizer_json: str  # the text, not a path: a rewritten file never meets a cached tokenizer
     eos_id: int
     dtype: str
 
     def documents(self, part: int) -> Iterator[np.ndarray]:
-        if self.tokenizer_file not in _TOKENIZERS:
-            tok = Tokenizer.from_file(self.tokenizer_file)
+        key = hashlib.sha256(self.tokenizer_json.encode()).hexdigest()
+        if key not in _TOKENIZERS:  # once per worker process
+            tok = Tokenizer.from_str(self.tokenizer_json)
             tok.encode_special_tokens = True  # literal "<|endoftext|>" in a document is text
-            _TOKENIZERS[self.tokenizer_file] = tok
-        tok = _TOKENIZERS[self.tokenizer_file]
+            _TOKENIZERS[key] = tok
+        tok = _TOKENIZERS[key]
         texts = (t for path, a, b in self.parts[part] for t in piece_documents(path, a, b))
         for chunk in _chunks(texts, ENCODE_CHUNK_DOCS):
             for enc in tok.encode_batch(chunk, add_special_tokens=False):
@@ -258,7 +259,8 @@ def prepare_files(
         }
 
     plan = ensure_plan(out, fingerprint, make_plan, force)
-    job = TextJob(plan["parts"], str(out / "tokenizer.json"), plan["eos_token_id"], plan["dtype"])
+    tok_json = (out / "tokenizer.json").read_text()
+    job = TextJob(plan["parts"], tok_json, plan["eos_token_id"], plan["dtype"])
     run_parts(out, plan, job, workers=workers, shards=shards, shard=shard)
     return out
 
