@@ -116,6 +116,11 @@ def test_held_out_blocks_partition_the_stream(tmp_path: Path) -> None:
     )
     # A read across the seam of two non-adjacent blocks is the two pieces joined.
     assert np.array_equal(train.read(195, 10), np.concatenate([tokens[195:200], tokens[300:305]]))
+    # A stream shorter than half a stride holds out its middle block, never the first.
+    short = HeldOutBlocks(files, block=len(tokens) // 5, stride=1000, val=True)
+    assert short.n_val == 1 and np.array_equal(short.read(0, 10), tokens[2 * short.block :][:10])
+    with pytest.raises(ValueError, match=r"1 block\(s\) of data\.val_block=.*too few"):
+        HeldOutBlocks(files, block=len(tokens), stride=1000, val=True)
 
 
 # ---- order ---------------------------------------------------------------------------------

@@ -72,10 +72,11 @@ def as_stream(tokens: TokenStream | np.ndarray) -> TokenStream:
 class HeldOutBlocks:
     """Train or validation view of one stream cut into blocks: every ``stride``-th block is val.
 
-    Validation blocks (block ``b`` with ``b % stride == stride // 2``) are spread evenly over the
-    whole concatenation, so they sample every file of a mix rather than its first documents, and
-    they are contiguous spans of ``block`` tokens, so most held-out documents are held out whole.
-    The mapping is arithmetic: O(1) memory at any size. Tokens after the last whole block train.
+    Validation blocks (block ``b`` with ``b % stride == offset``, ``offset`` half a stride or the
+    middle block of a short stream) are spread evenly over the whole concatenation, so they
+    sample every file of a mix and never start at its first documents, and they are contiguous
+    spans of ``block`` tokens, so most held-out documents are held out whole. The mapping is
+    arithmetic: O(1) memory at any size. Tokens after the last whole block train.
     """
 
     def __init__(self, base: TokenStream, block: int, stride: int, val: bool) -> None:
@@ -85,12 +86,12 @@ class HeldOutBlocks:
             )
         self.base, self.block, self.stride, self.val = base, block, stride, val
         self.n_blocks = len(base) // block
-        self.offset = stride // 2
-        self.n_val = max(0, (self.n_blocks - self.offset + stride - 1) // stride)
-        if self.n_val == 0:
+        self.offset = min(stride // 2, self.n_blocks // 2)
+        self.n_val = -(-(self.n_blocks - self.offset) // stride)
+        if self.n_blocks < 2 or 2 * self.n_val * block > len(base):
             raise ValueError(
-                f"{len(base):,} tokens make {self.n_blocks} block(s) of data.val_block={block}; "
-                f"holding out every {stride}th needs at least {self.offset + 1}: lower "
+                f"{len(base):,} tokens make {self.n_blocks} block(s) of data.val_block={block}: "
+                f"too few to hold one out for validation and train on the rest; lower "
                 f"data.val_block or give data.val_paths"
             )
         self.tail = len(base) - self.n_blocks * block
