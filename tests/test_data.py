@@ -333,4 +333,4 @@ def test_run_keys_cover_token_files_and_survive_moving_the_data_root(tmp_path: P
     inside = ["data.paths=[${paths.data}/tok/x.npy]"]
     assert key(*inside, "paths.data=/one") == key(*inside, "paths.data=/two")
     olmo = compose_run(["data=olmo2"])
-    assert olmo.data.mix.endswith("OLMoE-mix-0824.txt") and olmo.data.vocab_size == 100278
+    assert olmo.data.mix.endswith("olmo2-mix.txt") and olmo.data.vocab_size == 100278
