@@ -312,10 +312,10 @@ def _compose_problem(error: Exception) -> str:
 
 def _data_problem(data: dict[str, Any], load: bool) -> str | None:
     """Why a data config cannot feed a run: absent and not buildable, or corrupt (None: fine)."""
-    from qat_sweep.tokenfiles import data_problem
+    from qat_sweep.tokenfiles import data_problem, needs_build
 
     problem = data_problem(data)  # file names and sizes only
-    if problem is None and load and not data.get("build_if_missing"):
+    if problem is None and load and not needs_build(data):
         from qat_sweep.data import open_data  # torch: only on the launch path
 
         try:

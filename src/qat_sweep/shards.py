@@ -233,7 +233,11 @@ def run_parts(
     buffer_docs: int = 1 << 30,
 ) -> dict[str, Any] | None:
     """Write this task's incomplete parts (part ``p`` belongs to task ``p % shards``) with
-    ``workers`` processes, then the manifest if every part is done; returns it or None."""
+    ``workers`` processes, then the manifest if every part is done; returns it or None.
+
+    Workers are spawned, so a script calling this with ``workers > 1`` needs the usual
+    ``if __name__ == "__main__":`` guard (the console script has it).
+    """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if not 0 <= shard < shards:
