@@ -163,6 +163,39 @@ def test_hf_without_extras_explains_install(tmp_path: Path) -> None:
         pytest.skip("datasets and transformers are installed")
 
 
+@pytest.mark.slow
+def test_hf_dataset_parts_with_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The `hf` path on a local dataset directory and tokenizer (runs where `[hf]` is installed)."""
+    pytest.importorskip("datasets")
+    transformers = pytest.importorskip("transformers")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    corpus = tmp_path / "dataset"
+    corpus.mkdir()
+    for f in range(4):  # four source files: the dataset's four shards, one per part
+        docs = [
+            {"text": f"file {f} doc {i} " + "lorem ipsum " * (i % 13) + f"M{f}_{i}Z"}
+            for i in range(300)
+        ]
+        (corpus / f"part{f}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    bpe = prepare.train_bpe((d["text"] for d in docs), 300)
+    (tmp_path / "tokenizer.json").write_text(bpe.to_str())
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(tmp_path / "tokenizer.json"), eos_token=prepare.EOS_TOKEN
+    ).save_pretrained(tmp_path / "hf-tokenizer")
+    outs = [
+        prepare.prepare_hf(
+            str(corpus), str(tmp_path / "hf-tokenizer"), tmp_path / f"out{k}", max_tokens=10**6,
+            parts=4, workers=k, val_fraction=0.05, min_val_tokens=100,
+        )
+        for k in (1, 2)
+    ]  # fmt: skip
+    assert _files(outs[0]) == _files(outs[1])
+    text = "".join(bpe.decode(split.tolist()) for split in _splits(outs[0]))
+    marks = [m.split("Z")[0] for m in text.split("M")[1:]]
+    assert sorted(marks) == sorted(f"{f}_{i}" for f in range(4) for i in range(300))
+
+
 # ---- parallel, sharded, resumable ----------------------------------------------------------
 
 
