@@ -76,6 +76,7 @@ def test_token_files_concatenate_without_copying(tmp_path: Path) -> None:
     boundary = int(files.offsets[1])
     assert np.array_equal(files.read(boundary - 3, 7), tokens[boundary - 3 : boundary + 4])
     assert files.locate(boundary + 2) == (paths[1], 2)
+    assert len(files.read(len(tokens), 0)) == 0
     inside = files.read(5, 10)
     assert isinstance(inside, np.memmap) and not inside.flags.owndata  # a view of the file's map
 

@@ -111,6 +111,8 @@ class HeldOutBlocks:
     def read(self, start: int, n: int) -> np.ndarray:
         if start < 0 or start + n > len(self):
             raise IndexError(f"tokens [{start}, {start + n}) outside [0, {len(self)})")
+        if n == 0:
+            return self.base.read(0, 0)
         parts = []
         n_train_blocks = self.n_blocks - self.n_val
         while n > 0:

@@ -85,6 +85,8 @@ class TokenFiles:
         """Tokens ``[start, start + n)`` of the concatenation."""
         if start < 0 or start + n > len(self):
             raise IndexError(f"tokens [{start}, {start + n}) outside [0, {len(self)})")
+        if n == 0:
+            return np.empty(0, dtype=self.dtype)
         parts = []
         i = int(np.searchsorted(self.offsets, start, side="right")) - 1
         while n > 0:
