@@ -11,7 +11,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +22,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from qat_sweep.presets import CONF_DIR
+from qat_sweep.tokenfiles import data_identity
 
 # Config groups of conf/train.yaml: choosing one of these loads a file, everything else is a value.
 CONFIG_GROUPS = ("model", "quant", "data", "optim", "logger")
@@ -129,13 +129,8 @@ def _identity(resolved: dict[str, Any]) -> dict[str, Any]:
     }
     # Which corpus: its directory below paths.data (so moving paths.data keeps the keys), or
     # the directory itself when the run points elsewhere (two corpora never share a key).
-    data = resolved.get("data", {})
-    data_dir, root = str(data.get("dir", "")), str(resolved.get("paths", {}).get("data", ""))
-    inside = bool(root) and data_dir.startswith(root.rstrip("/") + "/")
-    identity["data"] = {
-        "name": data.get("name"),
-        "dir": os.path.relpath(data_dir, root) if inside else data_dir,
-    }
+    root = str(resolved.get("paths", {}).get("data", ""))
+    identity["data"] = data_identity(resolved.get("data", {}), root)
     identity["tokens"] = parse_tokens(identity["tokens"])
     return identity
 

@@ -14,14 +14,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qat_sweep.data import load_token_data
-from qat_sweep.prepare import log, prepare_files
+from qat_sweep.prepare import prepare_files
+from qat_sweep.shards import log
+from qat_sweep.tokenfiles import read_manifest
 
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2  # 2: OLMo-core token files in parts plus manifest.json
 # About 2.1 bytes per token at vocab 512: roughly 3.8M tokens.
 DEFAULT_MAX_BYTES = 8_000_000
 DEMO_VAL_FRACTION = 0.01
 DEMO_MIN_VAL_TOKENS = 8 * 513
+DEMO_PART_MB = 1.0  # eight parts: the demo exercises the same parallel path as a real corpus
 # Tests are repetitive and site-packages differs between machines; encodings/ is code-page
 # tables, not code.
 EXCLUDED_DIRS = frozenset(
@@ -64,6 +66,7 @@ def demo_settings(vocab_size: int, max_bytes: int) -> dict[str, Any]:
         "max_bytes": max_bytes,
         "val_fraction": DEMO_VAL_FRACTION,
         "min_val_tokens": DEMO_MIN_VAL_TOKENS,
+        "part_mb": DEMO_PART_MB,
     }
 
 
@@ -72,6 +75,7 @@ def build_demo_corpus(
     vocab_size: int = 512,
     max_bytes: int = DEFAULT_MAX_BYTES,
     force: bool = False,
+    workers: int = 1,
 ) -> Path:
     """Build (or reuse) the demo data directory; returns its path.
 
@@ -95,6 +99,9 @@ def build_demo_corpus(
             vocab_size=vocab_size,
             val_fraction=DEMO_VAL_FRACTION,
             min_val_tokens=DEMO_MIN_VAL_TOKENS,
+            part_mb=DEMO_PART_MB,
+            workers=workers,
+            force=True,  # the demo's own directory: other settings are rebuilt, not refused
             source=[f"python {settings['python']} stdlib {settings['stdlib']}"],
             extra={"demo": settings},
         )
@@ -104,6 +111,6 @@ def build_demo_corpus(
 
 def _built_with(out: Path, settings: dict[str, Any]) -> bool:
     try:
-        return load_token_data(out).meta.get("demo") == settings
+        return read_manifest(out).get("demo") == settings
     except (FileNotFoundError, ValueError):
         return False

@@ -1,263 +1,185 @@
-"""Token data directories and the deterministic batch order every run trains on.
+"""The tokens a run trains on and the deterministic batch order over them.
 
-A data directory holds ``train.bin`` and ``val.bin`` (flat token ids, read with ``np.memmap``),
-``meta.json`` and, when the project owns the tokenizer, ``tokenizer.json``. ``meta.json`` is written
-last and removed first on rewrite, so a directory with a readable, consistent ``meta.json`` is a
-complete one.
+Training reads token files in OLMo-core's format (``tokenfiles``): a prepared directory
+(``data.dir``, what ``qat-sweep prepare`` and the demo corpus write) or files named directly
+(``data=npy``: ``data.paths``/``data.mix``). Either way it is one code path: a train and a val
+token stream, windows of ``seq_len+1`` tokens over the concatenation.
 
-The batch order is a pure function of ``(seed, step)``: a resumed run and a BF16 run and its
-quantized twin see exactly the same sequences in the same order, which the paired delta in the
-scaling law relies on.
+The trainer's interface is two calls: ``BatchSchedule.batch(step, rank, world_size, micro,
+n_micro)`` (the inputs and targets of one rank's micro-batch of global step ``step``) and
+``val_batches(...)`` (the fixed validation batches). The order is a pure function of ``(seed,
+step)`` and the data: a resumed run, a BF16 run and its quantized twin see exactly the same
+sequences in the same order, which the paired delta in the scaling law relies on. It is a keyed
+Feistel permutation of window indices per epoch (``permutation``): O(1) memory at any scale.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import time
-from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-FORMAT_VERSION = 1
-SPLITS = ("train", "val")
-META_KEYS = ("format_version", "tokenizer", "vocab_size", "dtype", "n_tokens", "max_id", "eos_id")
-HOW_TO_CREATE = (
-    "create it with `qat-sweep prepare demo out=DIR` (offline demo corpus), "
-    "`qat-sweep prepare input=PATH out=DIR vocab_size=4096` (local text) or "
-    "`qat-sweep prepare hf dataset=... tokenizer=... out=DIR max_tokens=...`"
+from qat_sweep.permutation import FeistelPermutation, derive_key
+from qat_sweep.tokenfiles import (
+    HOW_TO_CREATE,
+    TokenFiles,
+    check_token_ids,
+    needs_build,
+    resolve_data,
+    token_dtype,
 )
 
+__all__ = [
+    "HOW_TO_CREATE",
+    "BatchSchedule",
+    "HeldOutBlocks",
+    "TokenData",
+    "check_token_budget",
+    "open_data",
+    "token_dtype",
+    "val_batches",
+]
 
-def token_dtype(vocab_size: int) -> np.dtype:
-    """Smallest unsigned dtype that holds every id: uint16 halves disk and page cache."""
-    if vocab_size <= 0:
-        raise ValueError(f"vocab_size must be positive, got {vocab_size}")
-    return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
+
+class TokenStream(Protocol):
+    """A flat sequence of token ids: a ``TokenFiles`` concatenation, a held-out view, an array."""
+
+    def __len__(self) -> int: ...
+
+    def read(self, start: int, n: int) -> np.ndarray: ...
+
+
+class ArrayTokens:
+    """An in-memory array as a token stream (tests, small corpora)."""
+
+    def __init__(self, tokens: np.ndarray) -> None:
+        self.tokens = tokens
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def read(self, start: int, n: int) -> np.ndarray:
+        return self.tokens[start : start + n]
+
+
+def as_stream(tokens: TokenStream | np.ndarray) -> TokenStream:
+    return ArrayTokens(tokens) if isinstance(tokens, np.ndarray) else tokens
+
+
+class HeldOutBlocks:
+    """Train or validation view of one stream cut into blocks: every ``stride``-th block is val.
+
+    Validation blocks (block ``b`` with ``b % stride == offset``, ``offset`` half a stride or the
+    middle block of a short stream) are spread evenly over the whole concatenation, so they
+    sample every file of a mix and never start at its first documents, and they are contiguous
+    spans of ``block`` tokens, so most held-out documents are held out whole. The mapping is
+    arithmetic: O(1) memory at any size. Tokens after the last whole block train.
+    """
+
+    def __init__(self, base: TokenStream, block: int, stride: int, val: bool) -> None:
+        if block <= 0 or stride < 2:
+            raise ValueError(
+                f"held-out blocks need block > 0 and stride >= 2, got {block}, {stride}"
+            )
+        self.base, self.block, self.stride, self.val = base, block, stride, val
+        self.n_blocks = len(base) // block
+        self.offset = min(stride // 2, self.n_blocks // 2)
+        self.n_val = -(-(self.n_blocks - self.offset) // stride)
+        if self.n_blocks < 2 or 2 * self.n_val * block > len(base):
+            raise ValueError(
+                f"{len(base):,} tokens make {self.n_blocks} block(s) of data.val_block={block}: "
+                f"too few to hold one out for validation and train on the rest; lower "
+                f"data.val_block or give data.val_paths"
+            )
+        self.tail = len(base) - self.n_blocks * block
+
+    def __len__(self) -> int:
+        if self.val:
+            return self.n_val * self.block
+        return (self.n_blocks - self.n_val) * self.block + self.tail
+
+    def _physical(self, b: int) -> int:
+        """Index in ``base`` of this view's block ``b``."""
+        if self.val:
+            return b * self.stride + self.offset
+        group, r = divmod(b, self.stride - 1)
+        return group * self.stride + r + (r >= self.offset)
+
+    def read(self, start: int, n: int) -> np.ndarray:
+        if start < 0 or start + n > len(self):
+            raise IndexError(f"tokens [{start}, {start + n}) outside [0, {len(self)})")
+        if n == 0:
+            return self.base.read(0, 0)
+        parts = []
+        n_train_blocks = self.n_blocks - self.n_val
+        while n > 0:
+            b, lo = divmod(start, self.block)
+            if not self.val and b >= n_train_blocks:  # the tail after the last whole block
+                p0, avail = self.n_blocks * self.block + (start - n_train_blocks * self.block), n
+            else:
+                p0, avail = self._physical(b) * self.block + lo, self.block - lo
+            take = min(n, avail)
+            parts.append(self.base.read(p0, take))
+            start, n = start + take, n - take
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 @dataclass(frozen=True)
 class TokenData:
-    """A loaded data directory: memory-mapped splits plus their metadata."""
+    """The train and validation streams of a data config, with their vocabulary."""
 
-    train: np.memmap
-    val: np.memmap
-    meta: dict[str, Any]
+    train: TokenStream
+    val: TokenStream
     vocab_size: int
-    path: Path
-
-    @property
-    def eos_id(self) -> int:
-        return int(self.meta["eos_id"])
+    eos_id: int
+    source: str  # names the directory, mix or files in messages
+    meta: dict[str, Any] = field(default_factory=dict)  # a prepared directory's manifest
 
 
-class TokenDataWriter:
-    """Appends token chunks to a data directory and commits it atomically.
+def open_data(cfg: Mapping[str, Any]) -> TokenData:
+    """Open the data a config names, checking it before any training step.
 
-    Chunks go to temporary files; ``commit`` renames them into place and writes ``meta.json`` last,
-    so readers never see a half-written directory as valid. Streaming corpora (billions of tokens)
-    are written chunk by chunk without holding them in memory.
+    Builds the demo corpus first when ``build_if_missing``; checks file sizes, a sample of token
+    ids (``check: full`` reads them all) and that validation has data.
     """
+    if needs_build(cfg):
+        from qat_sweep.corpus import build_demo_corpus
 
-    def __init__(
-        self,
-        out_dir: str | Path,
-        *,
-        vocab_size: int,
-        eos_id: int,
-        tokenizer: str,
-        source: list[str] | str,
-        tokenizer_json: str | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> None:
-        if not 0 <= eos_id < vocab_size:
-            raise ValueError(f"eos_id {eos_id} outside vocabulary of size {vocab_size}")
-        self.out_dir = Path(out_dir)
-        self.vocab_size = vocab_size
-        self.dtype = token_dtype(vocab_size)
-        self.eos_id = eos_id
-        self.tokenizer = tokenizer
-        self.source = source
-        self.tokenizer_json = tokenizer_json
-        self.extra = extra or {}
-        self.n_tokens = dict.fromkeys(SPLITS, 0)
-        self.max_id = -1
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._tmp = {s: self.out_dir / f".{s}.bin.tmp-{os.getpid()}" for s in SPLITS}
-        # Held open across append calls; closed by commit or abort.
-        self._files = {s: open(self._tmp[s], "wb") for s in SPLITS}  # noqa: SIM115
-
-    def append(self, split: str, ids: Iterable[int] | np.ndarray) -> None:
-        """Append token ids to ``split``; rejects ids the vocabulary cannot hold."""
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-        arr = np.asarray(ids)
-        if arr.size == 0:
-            return
-        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"token ids must be a flat integer array, got {arr.dtype} {arr.shape}")
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < 0 or hi >= self.vocab_size:
-            raise ValueError(
-                f"token id {hi if hi >= self.vocab_size else lo} outside [0, {self.vocab_size}) "
-                f"while writing {self.out_dir}"
-            )
-        self._files[split].write(arr.astype(self.dtype, copy=False).tobytes())
-        self.n_tokens[split] += int(arr.size)
-        self.max_id = max(self.max_id, hi)
-
-    def commit(self) -> Path:
-        """Move the splits into place and write ``meta.json``; returns the directory."""
-        for f in self._files.values():
-            f.close()
-        empty = [s for s in SPLITS if self.n_tokens[s] == 0]
-        if empty:
-            self.abort()
-            raise ValueError(f"refusing to write {self.out_dir}: split(s) {empty} are empty")
-        meta_path = self.out_dir / "meta.json"
-        meta_path.unlink(missing_ok=True)
-        for s in SPLITS:
-            os.replace(self._tmp[s], self.out_dir / f"{s}.bin")
-        tok_path = self.out_dir / "tokenizer.json"
-        if self.tokenizer_json is not None:
-            _atomic_write_text(tok_path, self.tokenizer_json)
-        else:
-            tok_path.unlink(missing_ok=True)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "tokenizer": self.tokenizer,
-            "vocab_size": self.vocab_size,
-            "dtype": self.dtype.name,
-            "n_tokens": dict(self.n_tokens),
-            "max_id": self.max_id,
-            "eos_id": self.eos_id,
-            "source": self.source,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            **self.extra,
-        }
-        _atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
-        return self.out_dir
-
-    def abort(self) -> None:
-        """Drop the temporary files, leaving any previous directory contents untouched."""
-        for s in SPLITS:
-            self._files[s].close()
-            self._tmp[s].unlink(missing_ok=True)
-
-    def __enter__(self) -> TokenDataWriter:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is not None:
-            self.abort()
+        build_demo_corpus(str(cfg["dir"]))  # locks, so runs started side by side build it once
+    spec = resolve_data(cfg)
+    check = str(cfg.get("check") or "sample")
+    if check not in ("sample", "full"):
+        raise ValueError(f"data.check={check!r}; allowed: sample, full")
+    train_files = TokenFiles(spec.train, spec.dtype)
+    check_token_ids(train_files, spec.vocab_size, spec.eos_id, full=check == "full")
+    if spec.val:
+        val_files = TokenFiles(spec.val, spec.dtype)
+        check_token_ids(val_files, spec.vocab_size, spec.eos_id, full=check == "full")
+        train, val = train_files, val_files
+    else:
+        stride = round(1 / spec.val_fraction)
+        train = HeldOutBlocks(train_files, spec.val_block, stride, val=False)
+        val = HeldOutBlocks(train_files, spec.val_block, stride, val=True)
+    return TokenData(train, val, spec.vocab_size, spec.eos_id, spec.source, spec.meta)
 
 
-def write_token_data(
-    out_dir: str | Path,
-    train: np.ndarray,
-    val: np.ndarray,
-    *,
-    vocab_size: int,
-    eos_id: int,
-    tokenizer: str,
-    source: list[str] | str,
-    tokenizer_json: str | None = None,
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """Write in-memory train/val token arrays as a data directory (atomically)."""
-    with TokenDataWriter(
-        out_dir,
-        vocab_size=vocab_size,
-        eos_id=eos_id,
-        tokenizer=tokenizer,
-        source=source,
-        tokenizer_json=tokenizer_json,
-        extra=extra,
-    ) as writer:
-        writer.append("train", train)
-        writer.append("val", val)
-        return writer.commit()
-
-
-def load_token_data(data_dir: str | Path) -> TokenData:
-    """Open a data directory, checking ``meta.json`` against the files before any training."""
-    path = Path(data_dir)
-    if not path.is_dir():
-        raise FileNotFoundError(f"token data directory {path} does not exist; {HOW_TO_CREATE}")
-    meta_path = path / "meta.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(
-            f"{meta_path} is missing (the directory is not a prepared corpus or its preparation "
-            f"did not finish); {HOW_TO_CREATE}"
-        )
-    meta = _read_meta(meta_path)
-    vocab_size = meta["vocab_size"]
-    dtype = token_dtype(vocab_size)
-    if meta["dtype"] != dtype.name:
+def check_token_budget(
+    data: TokenData, seq_len: int, sequences: int, max_epochs: float | None
+) -> float:
+    """Passes over the training windows that ``sequences`` make; an error above ``max_epochs``."""
+    n_windows = _n_windows(len(data.train), seq_len, "training")
+    epochs = sequences / n_windows
+    if max_epochs is not None and epochs > float(max_epochs):
         raise ValueError(
-            f"{meta_path}: dtype {meta['dtype']!r} but vocab_size {vocab_size} needs {dtype.name}"
+            f"the token budget ({sequences:,} sequences of {seq_len}) is {epochs:.2f} passes over "
+            f"the {n_windows * seq_len:,} training tokens of {data.source}; data.max_epochs="
+            f"{max_epochs} allows at most {float(max_epochs):g}. Lower tokens, add data, or raise "
+            f"data.max_epochs to repeat data (each pass visits the windows in a new order)"
         )
-    if not -1 < meta["max_id"] < vocab_size or not 0 <= meta["eos_id"] < vocab_size:
-        raise ValueError(
-            f"{meta_path}: token ids up to max_id={meta['max_id']} (eos_id={meta['eos_id']}) "
-            f"do not fit vocab_size={vocab_size}; the tokenizer and the model vocabulary disagree. "
-            f"Re-prepare the corpus: {HOW_TO_CREATE}"
-        )
-    splits = {}
-    for split in SPLITS:
-        bin_path = path / f"{split}.bin"
-        if not bin_path.is_file():
-            raise FileNotFoundError(f"{bin_path} is missing; {HOW_TO_CREATE}")
-        expected = meta["n_tokens"][split] * dtype.itemsize
-        actual = bin_path.stat().st_size
-        if actual != expected:
-            raise ValueError(
-                f"{bin_path} has {actual} bytes but meta.json says {meta['n_tokens'][split]} "
-                f"{dtype.name} tokens ({expected} bytes); the directory is corrupt, re-prepare it: "
-                f"{HOW_TO_CREATE}"
-            )
-        splits[split] = np.memmap(bin_path, dtype=dtype, mode="r")
-    return TokenData(splits["train"], splits["val"], meta, vocab_size, path)
-
-
-def _read_meta(meta_path: Path) -> dict[str, Any]:
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{meta_path} is not valid JSON ({e}); re-prepare: {HOW_TO_CREATE}") from e
-    if not isinstance(meta, dict):
-        raise ValueError(f"{meta_path} must hold a JSON object")
-    missing = [k for k in META_KEYS if k not in meta]
-    if missing:
-        raise ValueError(f"{meta_path} lacks key(s) {missing}; re-prepare: {HOW_TO_CREATE}")
-    if meta["format_version"] != FORMAT_VERSION:
-        raise ValueError(
-            f"{meta_path} has format_version {meta['format_version']}, this qat-sweep reads "
-            f"{FORMAT_VERSION}; re-prepare: {HOW_TO_CREATE}"
-        )
-    n_tokens = meta["n_tokens"]
-    if not isinstance(n_tokens, dict) or any(
-        not isinstance(n_tokens.get(s), int) or n_tokens[s] < 0 for s in SPLITS
-    ):
-        raise ValueError(
-            f"{meta_path}: n_tokens must map {SPLITS} to token counts, got {n_tokens!r}"
-        )
-    for key in ("vocab_size", "max_id", "eos_id"):
-        if not isinstance(meta[key], int):
-            raise ValueError(f"{meta_path}: {key} must be an integer, got {meta[key]!r}")
-    if meta["vocab_size"] <= 0:
-        raise ValueError(f"{meta_path}: vocab_size must be positive, got {meta['vocab_size']}")
-    return meta
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    return epochs
 
 
 def _n_windows(n_tokens: int, seq_len: int, what: str) -> int:
@@ -273,50 +195,48 @@ def _n_windows(n_tokens: int, seq_len: int, what: str) -> int:
 
 
 def _windows(
-    tokens: np.ndarray, seq_len: int, idx: np.ndarray
+    tokens: TokenStream, seq_len: int, idx: np.ndarray
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gather windows ``idx`` of ``seq_len+1`` tokens into inputs and next-token targets."""
     span = seq_len + 1
-    rows = np.stack([np.asarray(tokens[w * span : (w + 1) * span]) for w in idx.tolist()])
-    seqs = torch.from_numpy(rows.astype(np.int64))
+    rows = np.empty((len(idx), span), dtype=np.int64)
+    for row, w in zip(rows, idx.tolist(), strict=True):
+        row[:] = tokens.read(w * span, span)
+    seqs = torch.from_numpy(rows)
     return seqs[:, :-1].contiguous(), seqs[:, 1:].contiguous()
 
 
 class BatchSchedule:
     """Stateless data order: global sequence ``i = step*B + j`` maps to one fixed window.
 
-    The token stream is cut into non-overlapping windows of ``seq_len+1`` tokens; epoch ``e``
-    visits them in a permutation drawn from ``(seed, e)``. Nothing depends on what was read before,
-    so resuming at step ``s`` replays exactly the batches an uninterrupted run would see.
+    The training stream is cut into non-overlapping windows of ``seq_len+1`` tokens; epoch ``e``
+    visits them in the Feistel permutation keyed by ``(seed, e)``. Nothing depends on what was
+    read before, so resuming at step ``s`` replays exactly the batches an uninterrupted run sees.
     """
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, global_batch_seqs: int, seed: int) -> None:
+    def __init__(
+        self, tokens: TokenStream | np.ndarray, seq_len: int, global_batch_seqs: int, seed: int
+    ) -> None:
         if global_batch_seqs <= 0:
             raise ValueError(f"global_batch_seqs must be positive, got {global_batch_seqs}")
-        self.tokens = tokens
+        self.tokens = as_stream(tokens)
         self.seq_len = seq_len
         self.global_batch_seqs = global_batch_seqs
         self.seed = seed
-        self.n_windows = _n_windows(len(tokens), seq_len, "training")
-        self._perms: dict[int, np.ndarray] = {}
+        self.n_windows = _n_windows(len(self.tokens), seq_len, "training")
 
     def epochs_for(self, steps: int) -> float:
         """How many passes over the training windows ``steps`` optimizer steps make."""
         return steps * self.global_batch_seqs / self.n_windows
 
-    def permutation(self, epoch: int) -> np.ndarray:
-        """The window order of ``epoch``, seeded from ``(seed, epoch)`` only."""
-        if epoch not in self._perms:
-            if len(self._perms) >= 2:
-                self._perms.pop(min(self._perms))
-            rng = np.random.default_rng([self.seed, epoch])
-            self._perms[epoch] = rng.permutation(self.n_windows)
-        return self._perms[epoch]
+    def permutation(self, epoch: int) -> FeistelPermutation:
+        """The window order of ``epoch``, keyed by ``(seed, epoch)`` only."""
+        return FeistelPermutation(self.n_windows, derive_key(self.seed, epoch))
 
-    def batch(
+    def window_ids(
         self, step: int, rank: int = 0, world_size: int = 1, micro: int = 0, n_micro: int = 1
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and targets (int64, ``[B/(W*n_micro), seq_len]``) of one rank's micro-batch."""
+    ) -> np.ndarray:
+        """Indices of the windows in one rank's micro-batch of ``step`` (see ``batch``)."""
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
         if world_size <= 0 or n_micro <= 0:
@@ -333,16 +253,26 @@ class BatchSchedule:
         per_rank = self.global_batch_seqs // world_size
         per_micro = per_rank // n_micro
         start = step * self.global_batch_seqs + rank * per_rank + micro * per_micro
-        seq_ids = np.arange(start, start + per_micro)
-        epochs, positions = np.divmod(seq_ids, self.n_windows)
-        windows = np.array(
-            [self.permutation(int(e))[p] for e, p in zip(epochs, positions, strict=True)]
-        )
-        return _windows(self.tokens, self.seq_len, windows)
+        epochs, positions = np.divmod(np.arange(start, start + per_micro), self.n_windows)
+        windows = np.empty(per_micro, dtype=np.int64)
+        for epoch in np.unique(epochs).tolist():
+            here = epochs == epoch
+            windows[here] = self.permutation(epoch)(positions[here])
+        return windows
+
+    def batch(
+        self, step: int, rank: int = 0, world_size: int = 1, micro: int = 0, n_micro: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets (int64, ``[B/(W*n_micro), seq_len]``) of one rank's micro-batch."""
+        ids = self.window_ids(step, rank, world_size, micro, n_micro)
+        return _windows(self.tokens, self.seq_len, ids)
 
 
 def val_batches(
-    val_tokens: np.ndarray, seq_len: int, batch_seqs: int, max_batches: int | None = None
+    val_tokens: TokenStream | np.ndarray,
+    seq_len: int,
+    batch_seqs: int,
+    max_batches: int | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Fixed validation batches of equal size, windows spread evenly over the whole split.
 
@@ -353,7 +283,8 @@ def val_batches(
         raise ValueError(
             f"batch_seqs and max_batches must be positive, got {batch_seqs}, {max_batches}"
         )
-    n_windows = _n_windows(len(val_tokens), seq_len, "validation")
+    stream = as_stream(val_tokens)
+    n_windows = _n_windows(len(stream), seq_len, "validation")
     if n_windows < batch_seqs:
         batch_seqs, n_batches = n_windows, 1
     else:
@@ -362,6 +293,6 @@ def val_batches(
             n_batches = min(n_batches, max_batches)
     chosen = np.linspace(0, n_windows - 1, n_batches * batch_seqs).round().astype(np.int64)
     return [
-        _windows(val_tokens, seq_len, chosen[b * batch_seqs : (b + 1) * batch_seqs])
+        _windows(stream, seq_len, chosen[b * batch_seqs : (b + 1) * batch_seqs])
         for b in range(n_batches)
     ]

@@ -315,22 +315,17 @@ def _compose_problem(error: Exception) -> str:
 
 def _data_problem(data: dict[str, Any], load: bool) -> str | None:
     """Why a data config cannot feed a run: absent and not buildable, or corrupt (None: fine)."""
-    data_dir = Path(str(data["dir"]))
-    if not (data_dir / "meta.json").exists():
-        if data.get("build_if_missing"):
-            return None  # built by the first run that needs it (under a lock)
-        return (
-            f"data {data['name']!r}: {data_dir} is not prepared "
-            f"(qat-sweep prepare ...: see conf/data/{data['name']}.yaml)"
-        )
-    if load:
-        from qat_sweep.data import load_token_data  # torch: only on the launch path
+    from qat_sweep.tokenfiles import data_problem, needs_build
+
+    problem = data_problem(data)  # file names and sizes only
+    if problem is None and load and not needs_build(data):
+        from qat_sweep.data import open_data  # torch: only on the launch path
 
         try:
-            load_token_data(data_dir)
+            open_data(data)  # also samples token ids
         except (ValueError, FileNotFoundError) as e:
             return f"data {data['name']!r}: {e}"
-    return None
+    return problem
 
 
 def data_problems(runs: list[PlannedRun], load: bool = False) -> dict[str, str]:

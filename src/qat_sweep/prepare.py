@@ -1,26 +1,30 @@
-"""Turn text into a token data directory (``qat-sweep prepare``).
+"""Turn text into a prepared token directory (``qat-sweep prepare``).
 
 Local text gets a byte-level BPE trained on the corpus itself (``tokenizers``, offline); full-scale
 corpora such as OLMo2-Mix stream from the Hugging Face hub with their released tokenizer. Both
-paths append EOS after every document and hold out whole documents for validation, so validation
-loss measures generalisation to unseen documents rather than to unseen windows of seen ones.
+append EOS after every document, write OLMo-core token files in parts (``shards``: parallel with
+``workers=K``, split across SLURM array tasks with ``shards=K shard=I``, resumable), shuffle
+documents and hold out whole documents for validation, so validation loss measures
+generalisation to unseen documents rather than to unseen windows of seen ones.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import math
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from qat_sweep.config import parse_tokens
-from qat_sweep.data import TokenDataWriter, token_dtype, write_token_data
+from qat_sweep.shards import _chunks, ensure_plan, log, run_parts
+from qat_sweep.tokenfiles import MANIFEST, token_dtype
 
 EOS_TOKEN = "<|endoftext|>"
 EOS_CANDIDATES = (EOS_TOKEN, "<|end_of_text|>", "</s>", "<eos>", "<|eos|>")
@@ -28,28 +32,11 @@ DEFAULT_VOCAB_SIZE = 4096
 DEFAULT_VAL_FRACTION = 0.005
 # Eight sequences of the paper's 2048 context: enough for a stable held-out loss.
 DEFAULT_MIN_VAL_TOKENS = 8 * 2049
+DEFAULT_PART_MB = 64.0  # of text per part: ~16M tokens, a few seconds of one core
 ENCODE_CHUNK_DOCS = 256
-
-
-def log(message: str) -> None:
-    """Progress goes to stderr so stdout stays clean for scripts."""
-    print(f"[prepare] {message}", file=sys.stderr, flush=True)
-
-
-class Progress:
-    """Rate-limited progress lines for long tokenisation passes."""
-
-    def __init__(self, what: str, every_s: float = 5.0) -> None:
-        self.what = what
-        self.every_s = every_s
-        self.start = self.last = time.monotonic()
-
-    def update(self, docs: int, tokens: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self.last >= self.every_s:
-            self.last = now
-            rate = tokens / max(now - self.start, 1e-9)
-            log(f"{self.what}: {docs:,} documents, {tokens:,} tokens ({rate:,.0f} tokens/s)")
+HF_PART_TOKENS = 1_000_000_000
+HF_SHUFFLE_DOCS = 50_000
+GZ_SUFFIXES = (".jsonl.gz", ".json.gz")
 
 
 def find_text_files(inputs: Iterable[str | Path], pattern: str = "*.txt") -> list[Path]:
@@ -69,20 +56,75 @@ def find_text_files(inputs: Iterable[str | Path], pattern: str = "*.txt") -> lis
     return files
 
 
+def _is_jsonl(path: Path) -> bool:
+    return path.suffix == ".jsonl" or path.name.endswith(GZ_SUFFIXES)
+
+
+def _text(line: bytes | str, where: str) -> str:
+    record = json.loads(line)
+    if "text" not in record:
+        raise ValueError(f"{where} has no 'text' field")
+    return record["text"]
+
+
+def piece_documents(path: str | Path, start: int = 0, end: int | None = None) -> Iterator[str]:
+    """Documents of bytes ``[start, end)`` of a file: a ``.jsonl`` (or ``.jsonl.gz``) line each
+    (``text`` field; a line belongs to the piece holding its first byte), any other file is one
+    document."""
+    path = Path(path)
+    if path.name.endswith(GZ_SUFFIXES):
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    yield _text(line, f"{path}:{n}")
+    elif path.suffix == ".jsonl":
+        with path.open("rb") as f:
+            if start:
+                f.seek(start - 1)
+                f.readline()  # the rest of a line that began in the previous piece
+            while end is None or f.tell() < end:
+                at = f.tell()
+                line = f.readline()
+                if not line:
+                    break
+                if line.strip():
+                    yield _text(line, f"{path} (byte {at})")
+    else:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        if text:
+            yield text
+
+
 def iter_documents(files: Iterable[Path]) -> Iterator[str]:
-    """Documents in file order: a ``.jsonl`` file holds one per line (``text`` field), any other
-    file is one document."""
+    """Every document of ``files`` in file order (what the tokenizer is trained on)."""
     for path in files:
-        if path.suffix == ".jsonl":
-            with path.open(encoding="utf-8") as f:
-                for n, line in enumerate(f, 1):
-                    if line.strip():
-                        record = json.loads(line)
-                        if "text" not in record:
-                            raise ValueError(f"{path}:{n} has no 'text' field")
-                        yield record["text"]
+        yield from piece_documents(path)
+
+
+def plan_parts(files: list[Path], part_bytes: int, seed: int) -> list[list[list[Any]]]:
+    """Pieces ``[path, start, end]`` grouped into parts of about ``part_bytes`` of text.
+
+    Large ``.jsonl`` files are cut into byte ranges (line-aligned when read), everything else is
+    one piece; pieces are shuffled with ``seed`` before grouping, so each part mixes the corpus.
+    """
+    pieces: list[list[Any]] = []
+    for path in files:
+        size = path.stat().st_size
+        if path.suffix == ".jsonl" and size > part_bytes:
+            pieces += [
+                [str(path), a, min(a + part_bytes, size)] for a in range(0, size, part_bytes)
+            ]
         else:
-            yield path.read_bytes().decode("utf-8", errors="replace")
+            pieces.append([str(path), 0, size])
+    parts: list[list[list[Any]]] = [[]]
+    filled = 0
+    for i in np.random.default_rng(seed).permutation(len(pieces)).tolist():
+        if filled >= part_bytes:
+            parts.append([])
+            filled = 0
+        parts[-1].append(pieces[i])
+        filled += pieces[i][2] - pieces[i][1]
+    return parts
 
 
 def train_bpe(documents: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
@@ -114,23 +156,29 @@ def find_eos_id(tokenizer: Tokenizer, eos_token: str | None = None) -> int:
     raise ValueError(f"tokenizer has none of the EOS tokens {candidates}; pass eos_token=...")
 
 
-def choose_val_documents(
-    doc_tokens: np.ndarray, val_fraction: float, min_val_tokens: int, seed: int = 0
-) -> np.ndarray:
-    """Boolean mask of held-out documents: a seeded random subset reaching the target size."""
-    total = int(doc_tokens.sum())
-    target = max(math.ceil(val_fraction * total), min_val_tokens)
-    if target > total // 2:
-        raise ValueError(
-            f"corpus has {total:,} tokens; a validation split of {target:,} tokens "
-            f"(val_fraction={val_fraction}, min_val_tokens={min_val_tokens}) would leave too "
-            "little for training; add text or lower min_val_tokens"
-        )
-    order = np.random.default_rng(seed).permutation(len(doc_tokens))
-    n_val = int(np.searchsorted(np.cumsum(doc_tokens[order]), target)) + 1
-    mask = np.zeros(len(doc_tokens), dtype=bool)
-    mask[order[:n_val]] = True
-    return mask
+_TOKENIZERS: dict[str, Tokenizer] = {}
+
+
+@dataclass(frozen=True)
+class TextJob:
+    """Encodes the pieces of each part with the prepared directory's tokenizer."""
+
+    parts: list[list[list[Any]]]
+    tokenizer_json: str  # the text, not a path: a rewritten file never meets a cached tokenizer
+    eos_id: int
+    dtype: str
+
+    def documents(self, part: int) -> Iterator[np.ndarray]:
+        key = hashlib.sha256(self.tokenizer_json.encode()).hexdigest()
+        if key not in _TOKENIZERS:  # once per worker process
+            tok = Tokenizer.from_str(self.tokenizer_json)
+            tok.encode_special_tokens = True  # literal "<|endoftext|>" in a document is text
+            _TOKENIZERS[key] = tok
+        tok = _TOKENIZERS[key]
+        texts = (t for path, a, b in self.parts[part] for t in piece_documents(path, a, b))
+        for chunk in _chunks(texts, ENCODE_CHUNK_DOCS):
+            for enc in tok.encode_batch(chunk, add_special_tokens=False):
+                yield np.array([*enc.ids, self.eos_id], dtype=self.dtype)
 
 
 def prepare_files(
@@ -144,83 +192,77 @@ def prepare_files(
     min_val_tokens: int = DEFAULT_MIN_VAL_TOKENS,
     min_frequency: int = 2,
     seed: int = 0,
+    part_mb: float = DEFAULT_PART_MB,
+    workers: int = 1,
+    shards: int = 1,
+    shard: int = 0,
+    force: bool = False,
     source: list[str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Tokenise ``files`` (trained or given tokenizer) and write the data directory.
+    """Tokenise ``files`` (trained or given tokenizer) into a prepared directory, in parts.
 
-    Text is streamed from disk twice (tokenizer training, encoding); the token ids of all
-    documents are held in memory to split off validation documents, which bounds this path to
-    corpora of a few hundred million tokens. Larger corpora go through ``prepare_hf``.
+    Resumes an interrupted preparation of the same inputs and settings; with ``shards > 1``
+    this call writes only its share and the last task to finish writes the manifest.
     """
-    start = time.monotonic()
-    n_bytes = sum(p.stat().st_size for p in files)
-    log(f"{len(files):,} files, {n_bytes / 1e6:,.1f} MB")
-    if tokenizer is not None:
-        tok = Tokenizer.from_file(str(tokenizer))
-        if vocab_size is not None and vocab_size != tok.get_vocab_size():
-            raise ValueError(
-                f"vocab_size={vocab_size} but tokenizer {tokenizer} has "
-                f"{tok.get_vocab_size()} tokens; drop vocab_size or the tokenizer"
-            )
-        description = f"tokenizers file {tokenizer}"
-    else:
-        vocab_size = vocab_size or DEFAULT_VOCAB_SIZE
-        tok = train_bpe(iter_documents(files), vocab_size, min_frequency)
-        description = f"byte-level BPE trained on the corpus (vocab {vocab_size})"
-        log(
-            f"trained byte-level BPE, {tok.get_vocab_size()} tokens, {time.monotonic() - start:.1f}s"
-        )
-    eos_id = find_eos_id(tok, eos_token)
-    # Literal "<|endoftext|>" inside a document is text, not a document boundary.
-    tok.encode_special_tokens = True
-    dtype = token_dtype(tok.get_vocab_size())
-    docs: list[np.ndarray] = []
-    progress = Progress("encoded")
-    n_tokens = 0
-    for chunk in _chunks(iter_documents(files), ENCODE_CHUNK_DOCS):
-        for enc in tok.encode_batch(chunk, add_special_tokens=False):
-            docs.append(np.array([*enc.ids, eos_id], dtype=dtype))
-            n_tokens += len(docs[-1])
-        progress.update(len(docs), n_tokens)
-    progress.update(len(docs), n_tokens, force=True)
-    train, val = _split(docs, val_fraction, min_val_tokens, seed)
-    out = write_token_data(
-        out_dir,
-        train,
-        val,
-        vocab_size=tok.get_vocab_size(),
-        eos_id=eos_id,
-        tokenizer=description,
-        source=source if source is not None else [str(p) for p in files],
-        tokenizer_json=tok.to_str(),
-        extra={
-            "split": {"val_fraction": val_fraction, "min_val_tokens": min_val_tokens, "seed": seed}
+    out = Path(out_dir)
+    _check_split(val_fraction)
+    part_bytes = max(1, int(part_mb * 1e6))
+    tok_text = Path(tokenizer).read_text() if tokenizer is not None else None
+    fingerprint = {
+        "kind": "text",
+        "inputs": [[str(p), p.stat().st_size] for p in files],
+        "vocab_size": vocab_size,
+        "tokenizer": hashlib.sha256(tok_text.encode()).hexdigest() if tok_text else None,
+        "eos_token": eos_token,
+        "min_frequency": min_frequency,
+        "val_fraction": val_fraction,
+        "min_val_tokens": min_val_tokens,
+        "seed": seed,
+        "part_bytes": part_bytes,
+        "extra": extra or {},
+    }
+
+    def make_plan() -> dict[str, Any]:
+        log(f"{len(files):,} files, {sum(p.stat().st_size for p in files) / 1e6:,.1f} MB")
+        if tok_text is not None:
+            tok = Tokenizer.from_str(tok_text)
+            if vocab_size is not None and vocab_size != tok.get_vocab_size():
+                raise ValueError(
+                    f"vocab_size={vocab_size} but tokenizer {tokenizer} has "
+                    f"{tok.get_vocab_size()} tokens; drop vocab_size or the tokenizer"
+                )
+            description = f"tokenizers file {tokenizer}"
+        else:
+            tok = train_bpe(iter_documents(files), vocab_size or DEFAULT_VOCAB_SIZE, min_frequency)
+            description = f"byte-level BPE trained on the corpus (vocab {tok.get_vocab_size()})"
+            log(f"trained byte-level BPE, {tok.get_vocab_size()} tokens")
+        (out / "tokenizer.json").write_text(tok.to_str())
+        vocab = tok.get_vocab_size()
+        parts = plan_parts(files, part_bytes, seed)
+        return {
+            "n_parts": len(parts),
+            "parts": parts,
+            "dtype": token_dtype(vocab).name,
+            "vocab_size": vocab,
+            "eos_token_id": find_eos_id(tok, eos_token),
+            "tokenizer": description,
+            "tokenizer_file": "tokenizer.json",
+            "seed": seed,
+            "val_fraction": val_fraction,
+            "min_val_tokens": min_val_tokens,
+            "source": source if source is not None else [str(p) for p in files],
+            "settings": {
+                k: fingerprint[k] for k in ("val_fraction", "min_val_tokens", "seed", "part_bytes")
+            },
+            "extra": extra or {},
         }
-        | (extra or {}),
-    )
-    log(
-        f"wrote {out}: {len(train):,} train + {len(val):,} val tokens "
-        f"in {time.monotonic() - start:.1f}s"
-    )
+
+    plan = ensure_plan(out, fingerprint, make_plan, force)
+    tok_json = (out / "tokenizer.json").read_text()
+    job = TextJob(plan["parts"], tok_json, plan["eos_token_id"], plan["dtype"])
+    run_parts(out, plan, job, workers=workers, shards=shards, shard=shard)
     return out
-
-
-def _split(
-    docs: list[np.ndarray], val_fraction: float, min_val_tokens: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Train and val token streams, documents kept in corpus order within each split."""
-    if len(docs) == 1:
-        raise ValueError(
-            "the corpus is a single document, so no document can be held out for validation; "
-            "split it into several files or a .jsonl with one document per line"
-        )
-    is_val = choose_val_documents(
-        np.array([len(d) for d in docs]), val_fraction, min_val_tokens, seed
-    )
-    train = np.concatenate([d for d, v in zip(docs, is_val, strict=True) if not v])
-    val = np.concatenate([d for d, v in zip(docs, is_val, strict=True) if v])
-    return train, val
 
 
 def prepare_text(
@@ -235,10 +277,13 @@ def prepare_text(
     min_val_tokens: int = DEFAULT_MIN_VAL_TOKENS,
     eos_token: str | None = None,
     seed: int = 0,
+    part_mb: float = DEFAULT_PART_MB,
+    workers: int = 1,
+    shards: int = 1,
+    shard: int = 0,
     force: bool = False,
 ) -> Path:
     """Prepare local text files and directories (searched recursively for ``pattern``)."""
-    _check_out(out_dir, force)
     return prepare_files(
         find_text_files(inputs, pattern),
         out_dir,
@@ -249,8 +294,44 @@ def prepare_text(
         min_val_tokens=min_val_tokens,
         min_frequency=min_frequency,
         seed=seed,
+        part_mb=part_mb,
+        workers=workers,
+        shards=shards,
+        shard=shard,
+        force=force,
         source=[str(Path(p)) for p in inputs],
     )
+
+
+@dataclass(frozen=True)
+class HFJob:
+    """Streams shard ``part`` of a Hugging Face dataset through its released tokenizer."""
+
+    dataset: str
+    name: str | None
+    split: str
+    text_field: str
+    tokenizer: str
+    streaming: bool
+    n_parts: int
+    part_tokens: int
+    batch_docs: int
+    eos_id: int
+    dtype: str
+
+    def documents(self, part: int) -> Iterator[np.ndarray]:
+        datasets, transformers = _import_hf()
+        tok = transformers.AutoTokenizer.from_pretrained(self.tokenizer)
+        rows = datasets.load_dataset(
+            self.dataset, self.name, split=self.split, streaming=self.streaming
+        ).shard(num_shards=self.n_parts, index=part)
+        n_tokens = 0
+        for texts in _chunks(_field(rows, self.text_field), self.batch_docs):
+            for ids in tok(texts, add_special_tokens=False)["input_ids"]:
+                yield np.array([*ids, self.eos_id], dtype=self.dtype)
+                n_tokens += len(ids) + 1
+            if n_tokens >= self.part_tokens:
+                return
 
 
 def prepare_hf(
@@ -266,50 +347,64 @@ def prepare_hf(
     val_fraction: float = DEFAULT_VAL_FRACTION,
     min_val_tokens: int = DEFAULT_MIN_VAL_TOKENS,
     batch_docs: int = 1000,
+    seed: int = 0,
+    parts: int | None = None,
+    workers: int = 1,
+    shards: int = 1,
+    shard: int = 0,
     force: bool = False,
 ) -> Path:
-    """Stream a Hugging Face dataset through a released tokenizer into a data directory.
+    """Stream a Hugging Face dataset through a released tokenizer into a prepared directory.
 
-    The first documents of the stream (until the validation target) form the validation split,
-    the following ones train, up to ``max_tokens`` in total (whole documents, so slightly more).
-    Example: ``dataset=allenai/olmo-mix-1124 tokenizer=allenai/OLMo-2-1124-7B``.
+    Part ``p`` of ``parts`` (default: one per 1B tokens) reads the dataset's shard ``p``, up to
+    ``max_tokens / parts`` tokens (whole documents, so slightly more), shuffled in buffers of
+    50k documents. Example: ``dataset=allenai/olmo-mix-1124 tokenizer=allenai/OLMo-2-1124-7B``.
     """
-    _check_out(out_dir, force)
-    datasets, transformers = _import_hf()
-    tok = transformers.AutoTokenizer.from_pretrained(tokenizer)
-    if tok.eos_token_id is None:
-        raise ValueError(f"tokenizer {tokenizer} defines no EOS token")
-    eos_id = int(tok.eos_token_id)
-    rows = datasets.load_dataset(dataset, name, split=split, streaming=streaming)
-    val_target = max(math.ceil(val_fraction * max_tokens), min_val_tokens)
-    progress = Progress(f"{dataset} -> {out_dir}", every_s=30.0)
-    n_docs = 0
-    with TokenDataWriter(
-        out_dir,
-        vocab_size=len(tok),
-        eos_id=eos_id,
-        tokenizer=f"transformers AutoTokenizer {tokenizer}",
-        source=f"{dataset}" + (f" ({name})" if name else "") + f" split={split}",
-        extra={"hf": {"dataset": dataset, "name": name, "split": split, "text_field": text_field}},
-    ) as writer:
-        for texts in _chunks(_field(rows, text_field), batch_docs):
-            encoded = tok(texts, add_special_tokens=False)["input_ids"]
-            chunk: dict[str, list[list[int]]] = {"val": [], "train": []}
-            n_val = writer.n_tokens["val"]
-            for ids in encoded:
-                in_val = n_val < val_target
-                n_val += (len(ids) + 1) * in_val
-                chunk["val" if in_val else "train"].append([*ids, eos_id])
-            for split_name, seqs in chunk.items():
-                if seqs:
-                    writer.append(split_name, np.concatenate(seqs))
-            n_docs += len(texts)
-            total = writer.n_tokens["train"] + writer.n_tokens["val"]
-            progress.update(n_docs, total)
-            if total >= max_tokens:
-                break
-        progress.update(n_docs, writer.n_tokens["train"] + writer.n_tokens["val"], force=True)
-        return writer.commit()
+    out = Path(out_dir)
+    _check_split(val_fraction)
+    n_parts = parts or max(1, math.ceil(max_tokens / HF_PART_TOKENS))
+    fingerprint = {
+        "kind": "hf",
+        **{"dataset": dataset, "name": name, "split": split, "text_field": text_field},
+        **{"tokenizer": tokenizer, "max_tokens": max_tokens, "parts": n_parts, "seed": seed},
+        **{"val_fraction": val_fraction, "min_val_tokens": min_val_tokens},
+    }
+
+    def make_plan() -> dict[str, Any]:
+        _, transformers = _import_hf()
+        tok = transformers.AutoTokenizer.from_pretrained(tokenizer)
+        if tok.eos_token_id is None:
+            raise ValueError(f"tokenizer {tokenizer} defines no EOS token")
+        return {
+            "n_parts": n_parts,
+            "part_tokens": math.ceil(max_tokens / n_parts),
+            "dtype": token_dtype(len(tok)).name,
+            "vocab_size": len(tok),
+            "eos_token_id": int(tok.eos_token_id),
+            "tokenizer": f"transformers AutoTokenizer {tokenizer}",
+            "tokenizer_file": None,
+            "seed": seed,
+            "val_fraction": val_fraction,
+            "min_val_tokens": min_val_tokens,
+            "source": f"{dataset}" + (f" ({name})" if name else "") + f" split={split}",
+            "settings": fingerprint,
+            "extra": {"hf": {"dataset": dataset, "name": name, "split": split}},
+        }
+
+    plan = ensure_plan(out, fingerprint, make_plan, force)
+    job = HFJob(
+        dataset, name, split, text_field, tokenizer, streaming, n_parts,
+        plan["part_tokens"], batch_docs, plan["eos_token_id"], plan["dtype"],
+    )  # fmt: skip
+    run_parts(
+        out, plan, job, workers=workers, shards=shards, shard=shard, buffer_docs=HF_SHUFFLE_DOCS
+    )
+    return out
+
+
+def _check_split(val_fraction: float) -> None:
+    if not 0 < val_fraction <= 0.5:
+        raise ValueError(f"val_fraction={val_fraction} must lie in (0, 0.5]")
 
 
 def _field(rows: Iterable[dict[str, Any]], text_field: str) -> Iterator[str]:
@@ -331,32 +426,19 @@ def _import_hf() -> tuple[Any, Any]:
     return datasets, transformers
 
 
-def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _check_out(out_dir: str | Path, force: bool) -> None:
-    if (Path(out_dir) / "meta.json").exists() and not force:
-        raise FileExistsError(
-            f"{out_dir} already holds token data; pass force=true to overwrite it"
-        )
-
-
 # ---- command line -------------------------------------------------------------------------
 
 USAGE = """usage:
   qat-sweep prepare input=PATH[,PATH...] out=DIR [vocab_size=4096] [val_fraction=0.005]
-                    [tokenizer=FILE.json] [pattern=*.txt] [min_frequency=2] [force=true]
-  qat-sweep prepare demo [out=data/demo] [vocab_size=512] [max_bytes=N] [force=true]
+                    [tokenizer=FILE.json] [pattern=*.txt] [min_frequency=2] [part_mb=64]
+                    [workers=K] [shards=K shard=I] [force=true]
+  qat-sweep prepare check data=NAME [data.KEY=VALUE ...] [paths.data=DIR]   (every token id)
+  qat-sweep prepare demo [out=data/demo] [vocab_size=512] [max_bytes=N] [workers=K] [force=true]
   qat-sweep prepare hf dataset=NAME tokenizer=NAME out=DIR max_tokens=N [split=train]
-                    [text_field=text] [name=CONFIG] [streaming=true] [force=true]"""
+                    [text_field=text] [name=CONFIG] [parts=P] [workers=K] [shards=K shard=I]
+
+Run the same command again to resume an interrupted preparation. workers=K uses K processes;
+shards=K shard=I writes only the I-th of K slices (one SLURM array task each, see README)."""
 
 
 def _bool(value: str) -> bool:
@@ -368,15 +450,24 @@ def _bool(value: str) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
+def _tokens(value: str) -> int:
+    from qat_sweep.config import parse_tokens  # Hydra: kept out of the workers' imports
+
+    return parse_tokens(value)
+
+
 def _paths(value: str) -> list[Path]:
     return [Path(v) for v in value.split(",") if v]
 
 
+_PARALLEL: dict[str, Callable[[str], Any]] = {"workers": int, "shards": int, "shard": int}
 _COMMON: dict[str, Callable[[str], Any]] = {
     "out": Path,
     "val_fraction": float,
     "min_val_tokens": int,
+    "seed": int,
     "force": _bool,
+    **_PARALLEL,
 }
 TEXT_KEYS: dict[str, Callable[[str], Any]] = {
     "input": _paths,
@@ -385,7 +476,7 @@ TEXT_KEYS: dict[str, Callable[[str], Any]] = {
     "pattern": str,
     "min_frequency": int,
     "eos_token": str,
-    "seed": int,
+    "part_mb": float,
     **_COMMON,
 }
 DEMO_KEYS: dict[str, Callable[[str], Any]] = {
@@ -393,16 +484,18 @@ DEMO_KEYS: dict[str, Callable[[str], Any]] = {
     "vocab_size": int,
     "max_bytes": int,
     "force": _bool,
+    "workers": int,
 }
 HF_KEYS: dict[str, Callable[[str], Any]] = {
     "dataset": str,
     "tokenizer": str,
     "split": str,
     "text_field": str,
-    "max_tokens": parse_tokens,  # 250B, 2.5e11 or 250000000000
+    "max_tokens": _tokens,  # 250B, 2.5e11 or 250000000000
     "name": str,
     "streaming": _bool,
     "batch_docs": int,
+    "parts": int,
     **_COMMON,
 }
 
@@ -432,6 +525,24 @@ def parse_args(
     return parsed
 
 
+def check_data(overrides: list[str]) -> int:
+    """``prepare check data=NAME [data.key=value ...]``: every token id of a data config read
+    once (``data.check=full``), then what training will see."""
+    from omegaconf import OmegaConf
+
+    from qat_sweep.config import compose_run
+    from qat_sweep.data import open_data
+
+    data_cfg = OmegaConf.to_container(compose_run(overrides).data, resolve=True)
+    assert isinstance(data_cfg, dict)
+    data = open_data(data_cfg | {"check": "full"})
+    print(
+        f"{data.source}: {len(data.train):,} train + {len(data.val):,} validation tokens, "
+        f"vocab {data.vocab_size}, EOS {data.eos_id}: every token id checked"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``qat-sweep prepare``; ``argv`` is what follows the subcommand."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -439,23 +550,27 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     try:
+        if args[:1] == ["check"]:
+            return check_data(args[1:])
         if args[:1] == ["demo"]:
             from qat_sweep.corpus import build_demo_corpus
 
             opts = parse_args(args[1:], DEMO_KEYS, ())
-            build_demo_corpus(opts.pop("out", Path("data/demo")), **opts)
+            out = build_demo_corpus(opts.pop("out", Path("data/demo")), **opts)
         elif args[:1] == ["hf"]:
             opts = parse_args(args[1:], HF_KEYS, ("dataset", "tokenizer", "out", "max_tokens"))
-            prepare_hf(opts.pop("dataset"), opts.pop("tokenizer"), opts.pop("out"), **opts)
+            out = prepare_hf(opts.pop("dataset"), opts.pop("tokenizer"), opts.pop("out"), **opts)
         else:
             opts = parse_args(args, TEXT_KEYS, ("input", "out"))
-            prepare_text(opts.pop("input"), opts.pop("out"), **opts)
+            out = prepare_text(opts.pop("input"), opts.pop("out"), **opts)
     except UsageError as e:
         print(f"qat-sweep prepare: {e}\n{USAGE}", file=sys.stderr)
         return 2
     except (OSError, ValueError, ImportError) as e:
         print(f"qat-sweep prepare: error: {e}", file=sys.stderr)
         return 1
+    if (out / MANIFEST).is_file():
+        print(out)
     return 0
 
 

@@ -33,7 +33,7 @@ from qat_sweep.checkpoint import (
     set_rng_state,
 )
 from qat_sweep.config import compose_run, parse_tokens, run_dir, twin_key
-from qat_sweep.data import BatchSchedule, TokenData, load_token_data, val_batches
+from qat_sweep.data import BatchSchedule, TokenData, check_token_budget, open_data, val_batches
 from qat_sweep.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -108,12 +108,7 @@ class RunSetup:
 
 
 def _ensure_data(cfg: DictConfig) -> TokenData:
-    data_dir = Path(cfg.data.dir)
-    if cfg.data.get("build_if_missing") and not (data_dir / "meta.json").exists():
-        from qat_sweep.corpus import build_demo_corpus
-
-        build_demo_corpus(data_dir)  # locks, so runs started side by side build it once
-    return load_token_data(data_dir)
+    return open_data(cfg.data)  # builds the demo corpus if needed; checks files and token ids
 
 
 def validate_run(cfg: DictConfig) -> RunSetup:
@@ -128,7 +123,7 @@ def validate_run(cfg: DictConfig) -> RunSetup:
     if vocab < data.vocab_size:
         raise ValueError(
             f"model.vocab_size={vocab} is smaller than the data's vocabulary "
-            f"({data.vocab_size} tokens in {cfg.data.dir}); set model.vocab_size=null to take it "
+            f"({data.vocab_size} tokens in {data.source}); set model.vocab_size=null to take it "
             f"from the data"
         )
     validate_model(model_cfg, quant, vocab)  # every G against every layer, before any tensor
@@ -142,6 +137,7 @@ def validate_run(cfg: DictConfig) -> RunSetup:
             f"{seq_len} tokens = {tokens_per_step}); raise tokens or lower optim.batch_seqs"
         )
     total_steps = tokens // tokens_per_step
+    check_token_budget(data, seq_len, total_steps * global_batch, cfg.data.get("max_epochs"))
     warmup = min(
         int(cfg.optim.warmup_steps),
         max(1, int(cfg.optim.warmup_max_fraction * total_steps)),
@@ -349,7 +345,7 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
     if epochs > 1 and dist_info.is_main:
         print(
             f"[qat-sweep] warning: {setup.tokens:,} tokens are {epochs:.2f} passes over the "
-            f"{cfg.data.dir} training split: data repeats",
+            f"{setup.data.source} training split: data repeats",
             file=sys.stderr,
         )
     smoothed = SmoothedLoss(setup.smoothing_window)
