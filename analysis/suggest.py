@@ -1,0 +1,426 @@
+"""`qat-sweep suggest`: the next runs that most shrink a target's predicted interval per GPU-hour.
+
+Criterion (c-optimal, linearised at the fitted law): the variance of log delta-hat at each
+target under the estimator `fit` uses, least squares in log space (the Huber fit's behaviour
+for residuals inside its threshold), with the delta method for each run's gap noise:
+Var(log gap_i) = 2 sigma^2 / delta_i^2, and the covariance sigma^2 / (delta_i delta_j) between
+runs sharing one BF16 twin. The variance is the sandwich c' H^-1 M H^-1 c with H = X'X and
+M = X' Sigma X. Runs are chosen greedily, each step taking the candidate with the largest drop
+in the summed target variance per GPU-hour (its BF16 twin's cost included when the twin is not
+done or chosen yet), until K runs or the budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from qat_sweep.analysis import simulate as sim
+from qat_sweep.analysis.collect import InputError
+from qat_sweep.analysis.design import noise_level, split_cli
+from qat_sweep.analysis.laws import DELTA_PARAMS, delta_loss
+
+Z95 = 1.959964
+WHAT = {"gamma_N": "n_params", "gamma_D": "tokens", "gamma_G": "G"}
+
+
+def features(n, d, g) -> np.ndarray:
+    """Rows [1, log D, log log2 G, -log N]: the delta law is linear in these (log space)."""
+    n, d, g = (np.atleast_1d(np.asarray(v, float)) for v in (n, d, g))
+    return np.column_stack([np.ones_like(n), np.log(d), np.log(np.log2(g)), -np.log(n)])
+
+
+@dataclass
+class Runs:
+    """Design rows of one setting: features, predicted delta, twin cell id."""
+
+    x: np.ndarray
+    delta: np.ndarray
+    cell: np.ndarray
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, law: dict[str, float]) -> Runs:
+        n, d, g = frame["n_params"], frame["tokens"], frame["G"]
+        return cls(features(n, d, g), delta_loss(law, n, d, g), cell_keys(frame))
+
+
+def cell_keys(frame: pd.DataFrame) -> np.ndarray:
+    """The BF16 twin cell of each row: (N, D, LR, seed), as collect pairs them."""
+    cols = (frame[c].astype(float) for c in ("n_params", "tokens", "lr", "seed"))
+    return np.array(
+        ["|".join(f"{v:.8g}" for v in vals) for vals in zip(*cols, strict=True)], dtype=object
+    )
+
+
+@dataclass
+class TargetState:
+    """H = X'X, M / sigma^2 = sum x x'/delta^2 + sum_cells s s' with s = sum x/delta."""
+
+    c: np.ndarray
+    h: np.ndarray
+    m_diag: np.ndarray
+    cell_sums: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, c: np.ndarray, done: Runs) -> TargetState:
+        state = cls(c, np.zeros((4, 4)), np.zeros((4, 4)))
+        for i in range(len(done.delta)):
+            state.add(done.x[i], done.delta[i], done.cell[i])
+        return state
+
+    def add(self, x: np.ndarray, delta: float, cell: str) -> None:
+        self.h += np.outer(x, x)
+        self.m_diag += np.outer(x, x) / delta**2
+        self.cell_sums[cell] = self.cell_sums.get(cell, np.zeros(4)) + x / delta
+
+    def meat(self) -> np.ndarray:
+        return self.m_diag + sum(
+            (np.outer(s, s) for s in self.cell_sums.values()), np.zeros((4, 4))
+        )
+
+    def variance(self, sigma: float) -> float:
+        """Var(log delta-hat at the target); inf while the design cannot identify it."""
+        if np.linalg.cond(self.h) > 1e12:
+            return float("inf")
+        hinv_c = np.linalg.solve(self.h, self.c)
+        return float(sigma**2 * hinv_c @ self.meat() @ hinv_c)
+
+    def variance_with(self, xs: np.ndarray, deltas: np.ndarray, cells: np.ndarray, sigma: float):
+        """Var after adding each candidate alone (vectorised over candidates)."""
+        h = self.h + np.einsum("ji,jk->jik", xs, xs)
+        base_meat = self.meat()
+        old = np.stack([self.cell_sums.get(c, np.zeros(4)) for c in cells])
+        new = old + xs / deltas[:, None]
+        meat = (
+            base_meat
+            + np.einsum("ji,jk->jik", xs, xs) / deltas[:, None, None] ** 2
+            + np.einsum("ji,jk->jik", new, new)
+            - np.einsum("ji,jk->jik", old, old)
+        )
+        ok = np.linalg.cond(h) < 1e12
+        out = np.full(len(xs), np.inf)
+        if ok.any():
+            hinv_c = np.linalg.solve(h[ok], np.broadcast_to(self.c, (ok.sum(), 4))[..., None])[
+                ..., 0
+            ]
+            out[ok] = sigma**2 * np.einsum("ji,jik,jk->j", hinv_c, meat[ok], hinv_c)
+        return out
+
+
+def rel_width(variance: float | np.ndarray) -> np.ndarray:
+    """Width of the 95% interval of delta relative to delta, from Var(log delta-hat)."""
+    sd = np.sqrt(variance)
+    return np.exp(Z95 * sd) - np.exp(-Z95 * sd)
+
+
+@dataclass
+class Choice:
+    """The greedy batch: candidate rows in order, each with its cost and expected gain."""
+
+    order: list[int]
+    twins: list[int | None]
+    cost: list[float]
+    width_before: list[float]
+    width_after: list[float]
+    start_width: float
+    target_widths: list[tuple[float, float]]  # per target: before, after the batch
+
+
+def choose(
+    laws: dict[str, dict[str, float]],
+    done: pd.DataFrame,
+    candidates: pd.DataFrame,
+    targets: list[sim.Target],
+    sigma: float,
+    k: int | None = None,
+    budget: float | None = None,
+    done_cells: set[str] | None = None,
+    eligible: np.ndarray | None = None,
+) -> Choice:
+    """Greedy c-optimal batch of `eligible` QAT rows of `candidates` (columns gpu_hours and
+    twin, the row of the run's BF16 twin); `done_cells` are cells whose twin costs nothing."""
+    states: dict[int, TargetState] = {}
+    cand_runs: dict[str, Runs] = {}
+    for t, target in enumerate(targets):
+        law = laws[target.fit_key]
+        mine = done[done["fit_key"] == target.fit_key]
+        c = features(target.n_params, target.tokens, target.G)[0]
+        states[t] = TargetState.start(c, Runs.of(mine, law))
+        cand_runs[target.fit_key] = Runs.of(candidates, law)
+    ready = set(done_cells or ())  # BF16 twin cells already done or chosen
+    cell_of = cell_keys(candidates)
+    quant = (candidates["scheme"] != "bf16").to_numpy() & (candidates["twin"] >= 0).to_numpy()
+    if eligible is not None:
+        quant &= eligible
+    total = lambda: sum(s.variance(sigma) for s in states.values())  # noqa: E731
+    first = [float(rel_width(s.variance(sigma))) for s in states.values()]
+    out = Choice([], [], [], [], [], float(rel_width(total())), [])
+    left = budget if budget is not None else np.inf
+    chosen = np.zeros(len(candidates), bool)
+    while (k is None or len(out.order) < k) and left > 0:
+        cost = candidates["gpu_hours"].to_numpy().copy()
+        twin_cost = candidates["gpu_hours"].to_numpy()[np.maximum(candidates["twin"], 0)]
+        cost += np.where([c in ready for c in cell_of], 0.0, twin_cost)
+        before = total()
+        after = np.zeros(len(candidates))
+        for t, state in states.items():
+            mine = (candidates["fit_key"] == targets[t].fit_key).to_numpy()
+            runs = cand_runs[targets[t].fit_key]
+            var = np.full(len(candidates), state.variance(sigma))
+            var[mine] = state.variance_with(runs.x[mine], runs.delta[mine], runs.cell[mine], sigma)
+            after += var
+        gain = before - after
+        if not np.isfinite(before):  # not yet identified: any run that identifies it wins
+            gain = np.where(np.isfinite(after), 1.0, 0.0)
+        score = np.where(quant & ~chosen & (cost <= left) & (gain > 0), gain / cost, -np.inf)
+        best = int(np.argmax(score))
+        if not np.isfinite(score[best]):
+            break
+        chosen[best] = True
+        for t, state in states.items():
+            if targets[t].fit_key == candidates["fit_key"].iat[best]:
+                runs = cand_runs[targets[t].fit_key]
+                state.add(runs.x[best], runs.delta[best], runs.cell[best])
+        twin = int(candidates["twin"].iat[best])
+        out.twins.append(None if cell_of[best] in ready else twin)
+        ready.add(cell_of[best])
+        out.order.append(best)
+        out.cost.append(float(cost[best]))
+        out.width_before.append(float(rel_width(before)))
+        out.width_after.append(float(rel_width(total())))
+        left -= cost[best]
+    last = [float(rel_width(s.variance(sigma))) for s in states.values()]
+    out.target_widths = list(zip(first, last, strict=True))
+    return out
+
+
+# ---------------------------------------------------------------- the command
+
+
+def fitted_laws(
+    result: dict[str, Any], targets: list[sim.Target], done: pd.DataFrame, grid: pd.DataFrame
+) -> dict[str, dict[str, float]]:
+    """Delta laws of the targets' settings; InputError naming the runs that would identify them."""
+    laws = {}
+    for target in targets:
+        fit = result["delta"].get(target.fit_key)
+        if fit is None:
+            raise InputError(
+                f"target {target.label}: the fit has no delta law for {target.fit_key}; "
+                f"fitted: {', '.join(result['delta']) or 'none'}"
+            )
+        missing = [p for p in DELTA_PARAMS if fit["params"].get(p) is None]
+        if missing:
+            raise InputError(_identify_message(target, fit, missing, done, grid))
+        laws[target.fit_key] = {p: float(fit["params"][p]) for p in DELTA_PARAMS}
+    return laws
+
+
+def _identify_message(target, fit, missing, done, grid) -> str:
+    mine = grid[(grid["fit_key"] == target.fit_key) & grid["open"]]
+    have = done[done["fit_key"] == target.fit_key]
+    lines = [
+        f"target {target.label}: {', '.join(missing)} of {target.fit_key} not identifiable in "
+        f"this fit ({'; '.join(fit.get('notes', [])) or 'see its notes'}), so there is no "
+        "interval to shrink yet."
+    ]
+    for name in missing:
+        column = WHAT[name]
+        useful = mine[~mine[column].isin(set(have[column]))]
+        values = ", ".join(f"{v:.4g}" for v in sorted(useful[column].unique())[:6])
+        keys = useful.sort_values("gpu_hours")["run_key"].head(3).tolist()
+        lines.append(
+            f"  {name}: runs at another {column} identify it; this sweep has {len(useful)} not "
+            f"done ({column} = {values or 'none'})"
+            + (f"; cheapest: {', '.join(keys)}" if keys else "")
+        )
+    lines.append("run some of them, fit again, then suggest")
+    return "\n".join(lines)
+
+
+def done_table(fit_dir: Path, grid: pd.DataFrame) -> pd.DataFrame:
+    """Runs whose information is in hand: the fit's usable rows plus completed/running plan rows."""
+    path = fit_dir / "runs.csv"
+    if not path.is_file():
+        raise InputError(f"no runs.csv in {fit_dir}; run `qat-sweep fit` first")
+    table = pd.read_csv(path, dtype={"group_size": str})
+    table = table[(table["excluded"].fillna("") == "") & ~table["holdout"].astype(bool)]
+    table = table.assign(fit_key=table["scheme"] + "/" + table["format"])
+    cols = ["run_key", "n_params", "tokens", "G", "lr", "seed", "scheme", "fit_key"]
+    busy = grid["status"].isin(["completed", "running"]) & ~grid["run_key"].isin(table["run_key"])
+    return pd.concat([table[cols], grid.loc[busy, cols]], ignore_index=True)
+
+
+def sweep_file(spec: Any, rows: list[dict[str, Any]], extra: list[str]) -> dict[str, Any]:
+    """A sweep file holding exactly `rows`, one sub-grid each, named like the original sweep so
+    its runs land in the same run directories (and `fit sweep=NAME` sees them)."""
+    shared = [*spec.overrides, *extra]
+    subgrids = {}
+    for i, row in enumerate(rows):
+        axes = {}
+        for override in row["overrides"]:
+            key, _, value = override.partition("=")
+            if key != "sweep_name" and override not in shared:
+                axes[key] = value
+        subgrids[f"next{i:02d}"] = axes
+    return {"name": spec.name, "overrides": shared, "twins": True, "subgrids": subgrids}
+
+
+PLAN_COLUMNS = (
+    "run_key", "model", "n_params", "tokens", "scheme", "format", "group_size", "lr", "seed",
+    "status", "overrides", "subgrid", "gpu_hours",
+)  # fmt: skip
+
+
+def _row(grid: pd.DataFrame, i: int) -> dict[str, Any]:
+    row = {c: grid[c].iat[i] for c in PLAN_COLUMNS}
+    row["group_size"] = None if row["scheme"] == "bf16" else row["group_size"]
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qat-sweep suggest",
+        description="The next runs that most shrink the targets' predicted intervals per "
+        "GPU-hour: suggest --fit DIR sweep=NAME --target '...' [--k K] [--budget GPU_HOURS]",
+    )
+    p.add_argument("--fit", type=Path, required=True, help="a `qat-sweep fit` output directory")
+    p.add_argument("--target", action="append", required=True,
+                   help="'model=973M tokens=200B scheme=w4a4 format=int4 group_size=128'")  # fmt: skip
+    p.add_argument("--k", type=int, help="how many runs (default 10 without --budget)")
+    p.add_argument("--budget", type=float, help="GPU-hours to spend, BF16 twins included")
+    p.add_argument("--noise", type=float, help="SD of a run's final loss (default: from the fit)")
+    p.add_argument(
+        "--out", type=Path, help="sweep file directory (default reports/<sweep>/suggest)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return p
+
+
+def suggest(argv: list[str]) -> dict[str, Any]:
+    """Choose the runs and write the sweep file; InputError on bad input."""
+    import yaml
+    from qat_sweep.analysis.predict import SavedFit
+
+    from qat_sweep.grid import PlanError, load_sweep
+
+    args, extra = _parser().parse_known_args(argv)
+    sweep, mfu, peak, overrides = split_cli(extra, "suggest")
+    if args.k is not None and args.k < 1:
+        raise InputError(f"--k {args.k}: need at least 1")
+    if args.budget is not None and args.budget <= 0:
+        raise InputError(f"--budget {args.budget}: need a positive number of GPU-hours")
+    targets = [sim.parse_target(t) for t in args.target]
+    saved = SavedFit.load(args.fit)
+    noise = noise_level(args.noise, sim.load_prior(str(args.fit)))
+    grid = sim.grid_runs(sweep, overrides, mfu, peak)
+    grid["twin"] = sim.twin_index(grid)
+    done = done_table(args.fit, grid)
+    grid["open"] = (
+        grid["status"].isin(["missing", "failed"])
+        & ~grid["holdout"]
+        & ~grid["run_key"].isin(done["run_key"])
+    )
+    wanted = sorted({t.fit_key for t in targets})
+    if not (grid["open"] & grid["fit_key"].isin(wanted)).any():
+        raise InputError(
+            f"sweep {sweep} has no remaining runs of {', '.join(wanted)}: all "
+            f"{int(grid['fit_key'].isin(wanted).sum())} are done, running or held out"
+        )
+    laws = fitted_laws(saved.result, targets, done, grid)
+    ready = set(cell_keys(done[done["scheme"] == "bf16"])) | set(
+        cell_keys(grid[(grid["scheme"] == "bf16") & ~grid["open"]])
+    )
+    k = args.k if args.k is not None or args.budget is not None else 10
+    pick = choose(laws, done, grid, targets, noise, k, args.budget, ready, grid["open"].to_numpy())
+    if not pick.order:
+        raise InputError(
+            "no remaining run shrinks the targets' intervals"
+            + (f" within {args.budget:g} GPU-hours" if args.budget else "")
+        )
+    rows = []
+    for i, twin in zip(pick.order, pick.twins, strict=True):
+        rows.append({**_row(grid, i), "twin_key": grid["run_key"].iat[int(grid["twin"].iat[i])]})
+        if twin is not None:
+            rows.append({**_row(grid, twin), "twin_of": grid["run_key"].iat[i]})
+    for row, before, after, cost in zip(
+        [r for r in rows if "twin_of" not in r],
+        pick.width_before,
+        pick.width_after,
+        pick.cost,
+        strict=True,
+    ):
+        row["expected_gain"] = {
+            "rel_width_before": before, "rel_width_after": after,
+            "gpu_hours_with_twin": cost, "gain_per_gpu_hour": (before - after) / cost,
+        }  # fmt: skip
+    try:
+        spec = load_sweep(sweep)
+    except PlanError as err:
+        raise InputError(str(err)) from err
+    out = args.out or Path("reports") / spec.name / "suggest"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{spec.name}.yaml"
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(sweep_file(spec, rows, overrides), sort_keys=False))
+    tmp.replace(path)
+    return {
+        "sweep": sweep,
+        "fit": str(args.fit),
+        "criterion": "c-optimal: linearised Var(log delta-hat) of the targets under fit's "
+        "log-space least squares (sandwich, shared BF16 twins), greedy per GPU-hour",
+        "noise": noise,
+        "targets": [
+            {"target": t.label, "rel_width_now": b, "rel_width_after": a}
+            for t, (b, a) in zip(targets, pick.target_widths, strict=True)
+        ],
+        "runs": rows,
+        "gpu_hours": float(sum(pick.cost)),
+        "sweep_file": str(path),
+        "launch": f"qat-sweep launch sweep={path} launcher=PROFILE",
+    }
+
+
+def format_suggestion(res: dict[str, Any]) -> str:
+    lines = [f"criterion: {res['criterion']}; loss noise {res['noise']:.3g} per run"]
+    for t in res["targets"]:
+        lines.append(
+            f"target {t['target']}: expected 95% interval of delta now +-{50 * t['rel_width_now']:.1f}%, "
+            f"after these runs +-{50 * t['rel_width_after']:.1f}%"
+        )
+    lines += ["", f"{'run_key':<58} {'N':>7} {'D':>6} {'scheme':<10} {'G':>7} {'GPU-h':>8} "
+              f"{'width after':>11} {'gain/GPU-h':>10}"]  # fmt: skip
+    for r in res["runs"]:
+        gain = r.get("expected_gain")
+        tail = (
+            f"{100 * gain['rel_width_after']:>10.1f}% {100 * gain['gain_per_gpu_hour']:>9.3g}%"
+            if gain
+            else f"{'(BF16 twin)':>22}"
+        )
+        lines.append(
+            f"{r['run_key']:<58} {r['n_params'] / 1e6:>6.0f}M {r['tokens'] / 1e9:>5.0f}B "
+            f"{r['scheme']:<10} {r['group_size'] or '-'!s:>7} {r['gpu_hours']:>8,.0f} {tail}"
+        )
+    lines += [
+        "",
+        f"total {len(res['runs'])} runs, {res['gpu_hours']:,.0f} GPU-hours; sweep file: {res['sweep_file']}",
+        f"launch them: {res['launch']}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """`qat-sweep suggest`; returns the exit code."""
+    try:
+        res = suggest(argv)
+    except InputError as err:
+        print(f"qat-sweep suggest: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(res, indent=1) if "--json" in argv else format_suggestion(res))
+    return 0
