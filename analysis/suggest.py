@@ -1,11 +1,9 @@
 """`qat-sweep suggest`: the next runs that most shrink a target's predicted interval per GPU-hour.
 
 Criterion (c-optimal, linearised at the fitted law): the variance of log delta-hat at each
-target under the estimator `fit` uses, least squares in log space (the Huber fit's behaviour
-for residuals inside its threshold), with the delta method for each run's gap noise:
-Var(log gap_i) = 2 sigma^2 / delta_i^2, and the covariance sigma^2 / (delta_i delta_j) between
-runs sharing one BF16 twin. The variance is the sandwich c' H^-1 M H^-1 c with H = X'X and
-M = X' Sigma X. Runs are chosen greedily, each step taking the candidate with the largest drop
+target under the estimator `fit` uses, Huber regression in log space, as the M-estimator
+sandwich c' A^-1 B A^-1 c (TargetState), with the delta method for each run's gap noise and the
+covariance between runs that share one BF16 twin. Runs are chosen greedily, each step taking the candidate with the largest drop
 in the summed target variance per GPU-hour (its BF16 twin's cost included when the twin is not
 done or chosen yet), until K runs or the budget.
 """
@@ -25,6 +23,7 @@ from qat_sweep.analysis import simulate as sim
 from qat_sweep.analysis.collect import InputError
 from qat_sweep.analysis.design import noise_level, split_cli
 from qat_sweep.analysis.laws import DELTA_PARAMS, delta_loss
+from scipy.special import erf
 
 Z95 = 1.959964
 WHAT = {"gamma_N": "n_params", "gamma_D": "tokens", "gamma_G": "G"}
@@ -60,56 +59,90 @@ def cell_keys(frame: pd.DataFrame) -> np.ndarray:
 
 @dataclass
 class TargetState:
-    """H = X'X, M / sigma^2 = sum x x'/delta^2 + sum_cells s s' with s = sum x/delta."""
+    """The runs of one target's setting and the linearised variance of its Huber fit.
+
+    Per run, the log gap's noise is s = sqrt(2) sigma / delta (delta method, twin and run
+    independent); with the fit's threshold c (1.345 x the typical s, floor 0.01 as in fit),
+    Huber's psi has slope a = P(|r| < c) and variance b = E[min(r, c)^2]. The estimator's
+    variance is the sandwich A^-1 B A^-1 with A = sum a x x' and B = sum (b - a^2 sigma^2 /
+    delta^2) x x' + sigma^2 sum_cells t t', t = sum a x / delta over the runs sharing a twin.
+    """
 
     c: np.ndarray
-    h: np.ndarray
-    m_diag: np.ndarray
-    cell_sums: dict[str, np.ndarray] = field(default_factory=dict)
+    sigma: float
+    x: list[np.ndarray] = field(default_factory=list)
+    delta: list[float] = field(default_factory=list)
+    cell: list[str] = field(default_factory=list)
 
     @classmethod
-    def start(cls, c: np.ndarray, done: Runs) -> TargetState:
-        state = cls(c, np.zeros((4, 4)), np.zeros((4, 4)))
+    def start(cls, c: np.ndarray, done: Runs, sigma: float) -> TargetState:
+        state = cls(c, sigma)
         for i in range(len(done.delta)):
             state.add(done.x[i], done.delta[i], done.cell[i])
         return state
 
     def add(self, x: np.ndarray, delta: float, cell: str) -> None:
-        self.h += np.outer(x, x)
-        self.m_diag += np.outer(x, x) / delta**2
-        self.cell_sums[cell] = self.cell_sums.get(cell, np.zeros(4)) + x / delta
+        self.x.append(x)
+        self.delta.append(float(delta))
+        self.cell.append(cell)
 
-    def meat(self) -> np.ndarray:
-        return self.m_diag + sum(
-            (np.outer(s, s) for s in self.cell_sums.values()), np.zeros((4, 4))
-        )
+    def _huber(self, delta: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        s = np.sqrt(2.0) * self.sigma / np.asarray(delta, float)
+        u = threshold / s
+        p = erf(u / np.sqrt(2.0))
+        b = s**2 * (p - np.sqrt(2.0 / np.pi) * u * np.exp(-(u**2) / 2)) + threshold**2 * (1 - p)
+        return p, b
 
-    def variance(self, sigma: float) -> float:
+    def _sums(self):
+        delta = np.array(self.delta)
+        threshold = max(1.345 * float(np.median(np.sqrt(2.0) * self.sigma / delta)), 0.01)
+        a, b = self._huber(delta, threshold)
+        x = np.array(self.x)
+        outer = np.einsum("ni,nj->nij", x, x)
+        big_a = np.einsum("n,nij->ij", a, outer)
+        big_b = np.einsum("n,nij->ij", b - self.sigma**2 * a**2 / delta**2, outer)
+        cells: dict[str, np.ndarray] = {}
+        for xi, ai, di, ci in zip(x, a, delta, self.cell, strict=True):
+            cells[ci] = cells.get(ci, np.zeros(4)) + ai * xi / di
+        return threshold, big_a, big_b, cells
+
+    def variance(self) -> float:
         """Var(log delta-hat at the target); inf while the design cannot identify it."""
-        if np.linalg.cond(self.h) > 1e12:
+        if len(self.x) < 4:
             return float("inf")
-        hinv_c = np.linalg.solve(self.h, self.c)
-        return float(sigma**2 * hinv_c @ self.meat() @ hinv_c)
-
-    def variance_with(self, xs: np.ndarray, deltas: np.ndarray, cells: np.ndarray, sigma: float):
-        """Var after adding each candidate alone (vectorised over candidates)."""
-        h = self.h + np.einsum("ji,jk->jik", xs, xs)
-        base_meat = self.meat()
-        old = np.stack([self.cell_sums.get(c, np.zeros(4)) for c in cells])
-        new = old + xs / deltas[:, None]
-        meat = (
-            base_meat
-            + np.einsum("ji,jk->jik", xs, xs) / deltas[:, None, None] ** 2
-            + np.einsum("ji,jk->jik", new, new)
-            - np.einsum("ji,jk->jik", old, old)
+        _, big_a, big_b, cells = self._sums()
+        if np.linalg.cond(big_a) > 1e12:
+            return float("inf")
+        meat = big_b + self.sigma**2 * sum(
+            (np.outer(t, t) for t in cells.values()), np.zeros((4, 4))
         )
-        ok = np.linalg.cond(h) < 1e12
+        ainv_c = np.linalg.solve(big_a, self.c)
+        return float(ainv_c @ meat @ ainv_c)
+
+    def variance_with(self, xs: np.ndarray, deltas: np.ndarray, cells: np.ndarray) -> np.ndarray:
+        """Var after adding each candidate alone (vectorised over candidates)."""
         out = np.full(len(xs), np.inf)
+        if len(self.x) < 3 or not len(xs):
+            return out
+        threshold, big_a, big_b, sums = self._sums()
+        a, b = self._huber(deltas, threshold)
+        outer = np.einsum("ji,jk->jik", xs, xs)
+        new_a = big_a + a[:, None, None] * outer
+        old = np.stack([sums.get(c, np.zeros(4)) for c in cells])
+        new = old + a[:, None] * xs / deltas[:, None]
+        cell_meat = self.sigma**2 * sum((np.outer(t, t) for t in sums.values()), np.zeros((4, 4)))
+        meat = (
+            big_b
+            + cell_meat
+            + (b - self.sigma**2 * a**2 / deltas**2)[:, None, None] * outer
+            + self.sigma**2
+            * (np.einsum("ji,jk->jik", new, new) - np.einsum("ji,jk->jik", old, old))
+        )
+        ok = np.linalg.cond(new_a) < 1e12
         if ok.any():
-            hinv_c = np.linalg.solve(h[ok], np.broadcast_to(self.c, (ok.sum(), 4))[..., None])[
-                ..., 0
-            ]
-            out[ok] = sigma**2 * np.einsum("ji,jik,jk->j", hinv_c, meat[ok], hinv_c)
+            rhs = np.broadcast_to(self.c, (int(ok.sum()), 4))[..., None]
+            ainv_c = np.linalg.solve(new_a[ok], rhs)[..., 0]
+            out[ok] = np.einsum("ji,jik,jk->j", ainv_c, meat[ok], ainv_c)
         return out
 
 
@@ -151,15 +184,15 @@ def choose(
         law = laws[target.fit_key]
         mine = done[done["fit_key"] == target.fit_key]
         c = features(target.n_params, target.tokens, target.G)[0]
-        states[t] = TargetState.start(c, Runs.of(mine, law))
+        states[t] = TargetState.start(c, Runs.of(mine, law), sigma)
         cand_runs[target.fit_key] = Runs.of(candidates, law)
     ready = set(done_cells or ())  # BF16 twin cells already done or chosen
     cell_of = cell_keys(candidates)
     quant = (candidates["scheme"] != "bf16").to_numpy() & (candidates["twin"] >= 0).to_numpy()
     if eligible is not None:
         quant &= eligible
-    total = lambda: sum(s.variance(sigma) for s in states.values())  # noqa: E731
-    first = [float(rel_width(s.variance(sigma))) for s in states.values()]
+    total = lambda: sum(s.variance() for s in states.values())  # noqa: E731
+    first = [float(rel_width(s.variance())) for s in states.values()]
     out = Choice([], [], [], [], [], float(rel_width(total())), [])
     left = budget if budget is not None else np.inf
     chosen = np.zeros(len(candidates), bool)
@@ -172,8 +205,8 @@ def choose(
         for t, state in states.items():
             mine = (candidates["fit_key"] == targets[t].fit_key).to_numpy()
             runs = cand_runs[targets[t].fit_key]
-            var = np.full(len(candidates), state.variance(sigma))
-            var[mine] = state.variance_with(runs.x[mine], runs.delta[mine], runs.cell[mine], sigma)
+            var = np.full(len(candidates), state.variance())
+            var[mine] = state.variance_with(runs.x[mine], runs.delta[mine], runs.cell[mine])
             after += var
         gain = before - after
         if not np.isfinite(before):  # not yet identified: any run that identifies it wins
@@ -195,7 +228,7 @@ def choose(
         out.width_before.append(float(rel_width(before)))
         out.width_after.append(float(rel_width(total())))
         left -= cost[best]
-    last = [float(rel_width(s.variance(sigma))) for s in states.values()]
+    last = [float(rel_width(s.variance())) for s in states.values()]
     out.target_widths = list(zip(first, last, strict=True))
     return out
 
