@@ -195,8 +195,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def noise_level(value: float | None, prior: sim.Prior) -> float:
-    noise = value if value is not None else (prior.noise or sim.DEFAULT_NOISE)
+def noise_level(value: float | None, default: float | None) -> float:
+    noise = value if value is not None else (default or sim.DEFAULT_NOISE)
     if not 0 <= noise < 1:
         raise InputError(f"--noise {noise}: need 0 <= SD < 1 (a loss SD, e.g. 0.01)")
     return noise
@@ -213,7 +213,7 @@ def main(argv: list[str]) -> int:
             raise InputError(f"--cell-noise {args.cell_noise}: need >= 0")
         targets = [sim.parse_target(t) for t in args.target]
         prior = sim.load_prior(args.prior)
-        noise = noise_level(args.noise, prior)
+        noise = noise_level(args.noise, prior.noise)
         runs = sim.drop_runs(sim.grid_runs(sweep, overrides, mfu, peak), args.drop)
         res = {"sweep": sweep, "drops": args.drop}
         res |= run_design(runs, prior, noise, args.sims, args.seed, targets, args.cell_noise)

@@ -99,10 +99,15 @@ def load_prior(spec: str | None) -> Prior:
     unfitted = sorted(set(fallback.delta) - set(result.get("delta", {})))
     if unfitted:
         prior.notes.append(f"not in the prior fit, taken from the paper: {', '.join(unfitted)}")
-    sd = base.get("resid_log_sd")
-    if sd:  # log residual x typical loss = loss noise of one run
-        prior.noise = float(sd) * float(base["params"]["E"] + 0.5)
+    prior.noise = fit_noise(result)
     return prior
+
+
+def fit_noise(result: dict[str, Any]) -> float | None:
+    """A run's loss noise implied by a fit: BF16 log-residual SD x a typical loss (E + 0.5)."""
+    base = result["base"]
+    sd, e = base.get("resid_log_sd"), base["params"].get("E")
+    return float(sd) * (float(e) + 0.5) if sd and e is not None else None
 
 
 # ---------------------------------------------------------------- the grid

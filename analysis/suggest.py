@@ -283,7 +283,7 @@ def done_table(fit_dir: Path, grid: pd.DataFrame) -> pd.DataFrame:
     if not path.is_file():
         raise InputError(f"no runs.csv in {fit_dir}; run `qat-sweep fit` first")
     table = pd.read_csv(path, dtype={"group_size": str})
-    table = table[(table["excluded"].fillna("") == "") & ~table["holdout"].astype(bool)]
+    table = table[table["excluded"].isna() & ~table["holdout"].astype(bool)]  # '' reads as NaN
     table = table.assign(fit_key=table["scheme"] + "/" + table["format"])
     cols = ["run_key", "n_params", "tokens", "G", "lr", "seed", "scheme", "fit_key"]
     busy = grid["status"].isin(["completed", "running"]) & ~grid["run_key"].isin(table["run_key"])
@@ -351,7 +351,7 @@ def suggest(argv: list[str]) -> dict[str, Any]:
         raise InputError(f"--budget {args.budget}: need a positive number of GPU-hours")
     targets = [sim.parse_target(t) for t in args.target]
     saved = SavedFit.load(args.fit)
-    noise = noise_level(args.noise, sim.load_prior(str(args.fit)))
+    noise = noise_level(args.noise, sim.fit_noise(saved.result))
     grid = sim.grid_runs(sweep, overrides, mfu, peak)
     grid["twin"] = sim.twin_index(grid)
     done = done_table(args.fit, grid)
