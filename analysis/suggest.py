@@ -23,9 +23,10 @@ from qat_sweep.analysis import simulate as sim
 from qat_sweep.analysis.collect import InputError
 from qat_sweep.analysis.design import noise_level, split_cli
 from qat_sweep.analysis.laws import DELTA_PARAMS, delta_loss
-from scipy.special import erf
+from scipy.special import ndtri
 
 Z95 = 1.959964
+NORMAL_QUANTILES = ndtri((np.arange(256) + 0.5) / 256)  # a run's gap noise, in SDs
 WHAT = {"gamma_N": "n_params", "gamma_D": "tokens", "gamma_G": "G"}
 
 
@@ -86,21 +87,36 @@ class TargetState:
         self.delta.append(float(delta))
         self.cell.append(cell)
 
-    def _huber(self, delta: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    def _log_gap_error(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """r = log(gap / delta) at fixed normal quantiles of the gap noise, and which are kept
+        (fit excludes non-positive gaps): the log of a noisy gap is far from Gaussian."""
         s = np.sqrt(2.0) * self.sigma / np.asarray(delta, float)
-        u = threshold / s
-        p = erf(u / np.sqrt(2.0))
-        b = s**2 * (p - np.sqrt(2.0 / np.pi) * u * np.exp(-(u**2) / 2)) + threshold**2 * (1 - p)
-        return p, b
+        ratio = 1.0 + s[:, None] * NORMAL_QUANTILES[None, :]
+        kept = ratio > 0
+        return np.log(np.where(kept, ratio, 1.0)), kept
+
+    def _huber(self, delta: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per run: slope a = E[psi'] and variance b = Var[psi] of Huber's psi, over kept gaps."""
+        r, kept = self._log_gap_error(delta)
+        a = np.mean(kept & (np.abs(r) < threshold), axis=1)
+        psi = np.where(kept, np.clip(r, -threshold, threshold), 0.0)
+        return a, psi.var(axis=1)
+
+    def _threshold(self, delta: np.ndarray) -> float:
+        """fit's Huber threshold: 1.345 x MAD-sigma of the residuals (floor 0.01), pooled."""
+        r, kept = self._log_gap_error(delta)
+        r = r[kept]
+        mad = np.median(np.abs(r - np.median(r))) * 1.4826 if r.size else 0.0
+        return max(1.345 * float(mad), 0.01)
 
     def _sums(self):
         delta = np.array(self.delta)
-        threshold = max(1.345 * float(np.median(np.sqrt(2.0) * self.sigma / delta)), 0.01)
+        threshold = self._threshold(delta)
         a, b = self._huber(delta, threshold)
         x = np.array(self.x)
         outer = np.einsum("ni,nj->nij", x, x)
         big_a = np.einsum("n,nij->ij", a, outer)
-        big_b = np.einsum("n,nij->ij", b - self.sigma**2 * a**2 / delta**2, outer)
+        big_b = np.einsum("n,nij->ij", np.maximum(b - self.sigma**2 * a**2 / delta**2, 0), outer)
         cells: dict[str, np.ndarray] = {}
         for xi, ai, di, ci in zip(x, a, delta, self.cell, strict=True):
             cells[ci] = cells.get(ci, np.zeros(4)) + ai * xi / di
@@ -134,7 +150,7 @@ class TargetState:
         meat = (
             big_b
             + cell_meat
-            + (b - self.sigma**2 * a**2 / deltas**2)[:, None, None] * outer
+            + np.maximum(b - self.sigma**2 * a**2 / deltas**2, 0)[:, None, None] * outer
             + self.sigma**2
             * (np.einsum("ji,jk->jik", new, new) - np.einsum("ji,jk->jik", old, old))
         )
