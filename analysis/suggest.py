@@ -422,8 +422,8 @@ def suggest(argv: list[str]) -> dict[str, Any]:
     return {
         "sweep": sweep,
         "fit": str(args.fit),
-        "criterion": "c-optimal: linearised Var(log delta-hat) of the targets under fit's "
-        "log-space least squares (sandwich, shared BF16 twins), greedy per GPU-hour",
+        "criterion": "c-optimal: linearised Var(log delta-hat) at the targets of fit's Huber "
+        "regression in log space (M-estimator sandwich, shared BF16 twins), greedy per GPU-hour",
         "noise": noise,
         "targets": [
             {"target": t.label, "rel_width_now": b, "rel_width_after": a}
@@ -440,8 +440,8 @@ def format_suggestion(res: dict[str, Any]) -> str:
     lines = [f"criterion: {res['criterion']}; loss noise {res['noise']:.3g} per run"]
     for t in res["targets"]:
         lines.append(
-            f"target {t['target']}: expected 95% interval of delta now +-{50 * t['rel_width_now']:.1f}%, "
-            f"after these runs +-{50 * t['rel_width_after']:.1f}%"
+            f"target {t['target']}: expected 95% interval width of delta now "
+            f"{100 * t['rel_width_now']:.1f}% of delta, after these runs {100 * t['rel_width_after']:.1f}%"
         )
     lines += ["", f"{'run_key':<58} {'N':>7} {'D':>6} {'scheme':<10} {'G':>7} {'GPU-h':>8} "
               f"{'width after':>11} {'gain/GPU-h':>10}"]  # fmt: skip

@@ -286,3 +286,14 @@ def test_decide_bad_input_exits_2(paper_fit, argv, message, capsys):
     assert cli_main(["decide", "--fit", str(paper_fit), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_design_prior_from_a_fit(paper_fit, capsys):
+    """--prior DIR simulates from that fit's law, with its residuals as the default noise."""
+    saved = SavedFit.load(paper_fit)
+    argv = ["design", "sweep=paper", "--prior", str(paper_fit), "--sims", "10", "--json"]
+    res = _json(capsys, argv)
+    assert res["prior"]["source"].startswith("fit ")
+    assert res["noise"] == pytest.approx(sim.fit_noise(saved.result)) and res["noise"] > 0
+    fitted = saved.result["delta"]["w4a4/int4"]["params"]["gamma_G"]
+    assert res["params"]["w4a4/int4"]["gamma_G"]["truth"] == pytest.approx(fitted)
