@@ -211,10 +211,10 @@ def main() -> None:
     )
     print(f"bench time {time.perf_counter() - start:.1f} s")
     if args.plot:
-        plot(curves, full_width, full_cost, args.plot)
+        plot(curves, full_width, full_cost, _cost(grid, np.ones(len(grid), bool)), args.plot)
 
 
-def plot(curves, full_width: float, full_cost: float, path: Path) -> None:
+def plot(curves, full_width: float, full_cost: float, own_cost: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -239,6 +239,7 @@ def plot(curves, full_width: float, full_cost: float, path: Path) -> None:
             label="random, equal cost" if i == 0 else None,
         )
     ax.plot([full_cost], [full_width * 100], "k*", markersize=14, label="full paper grid")
+    ax.plot([own_cost], [full_width * 100], "kD", label="its W4A4 runs + twins only")
     ax.axhline(full_width * 100, color="k", lw=0.8, ls=":")
     ax.axvline(full_cost / 2, color="gray", lw=0.8, ls=":", label="half the full grid's GPU-hours")
     ax.set_xscale("log")

@@ -226,13 +226,10 @@ class Refits:
 
 def twin_index(runs: pd.DataFrame) -> np.ndarray:
     """Row of each run's BF16 twin (same N, D, LR, seed), -1 for none or for BF16 rows."""
-    bf16 = runs[runs["scheme"] == "bf16"]
-    where = {tuple(r): i for i, r in zip(bf16.index, bf16[list(TWIN_KEY)].to_numpy(), strict=True)}
-    out = np.full(len(runs), -1)
-    for i, key in enumerate(runs[list(TWIN_KEY)].to_numpy()):
-        if runs["scheme"].iat[i] != "bf16":
-            out[i] = where.get(tuple(key), -1)
-    return out
+    keys = [tuple(k) for k in runs[list(TWIN_KEY)].to_numpy()]
+    is_bf16 = (runs["scheme"] == "bf16").to_numpy()
+    where = {keys[i]: i for i in np.flatnonzero(is_bf16)}  # positions, whatever the index
+    return np.array([-1 if b else where.get(k, -1) for k, b in zip(keys, is_bf16, strict=True)])
 
 
 def _base_refits(runs: pd.DataFrame, fitted: np.ndarray, losses: np.ndarray, truth: np.ndarray):
@@ -287,6 +284,7 @@ def refit_many(
     The base law's warm start is fit_base on `start_losses` (the noiseless truth; default the
     mean over replicates).
     """
+    runs = runs.reset_index(drop=True)  # row i is column i of losses
     fitted = ~runs["holdout"].to_numpy(bool)
     start = losses.mean(axis=0) if start_losses is None else start_losses
     base, base_ok = _base_refits(runs, fitted, losses, start)

@@ -181,6 +181,21 @@ class Choice:
     target_widths: list[tuple[float, float]]  # per target: before, after the batch
 
 
+def _total_with(states, targets, runs, candidates, rows) -> float:
+    """Summed target variance if `rows` of the candidates were added together."""
+    total = 0.0
+    for t, state in states.items():
+        key = targets[t].fit_key
+        trial = TargetState(
+            state.c, state.sigma, list(state.x), list(state.delta), list(state.cell)
+        )
+        for i in rows:
+            if candidates["fit_key"].iat[i] == key:
+                trial.add(runs[key].x[i], runs[key].delta[i], runs[key].cell[i])
+        total += trial.variance()
+    return total
+
+
 def choose(
     laws: dict[str, dict[str, float]],
     done: pd.DataFrame,
@@ -193,17 +208,23 @@ def choose(
     eligible: np.ndarray | None = None,
 ) -> Choice:
     """Greedy c-optimal batch of `eligible` QAT rows of `candidates` (columns gpu_hours and
-    twin, the row of the run's BF16 twin); `done_cells` are cells whose twin costs nothing."""
+    twin, the row of the run's BF16 twin); `done_cells` are cells whose twin costs nothing.
+
+    Each step weighs single runs against whole new cells (every open run of one (N, D, LR)
+    cell with its twin): one run alone rarely pays for a twin that several would share.
+    """
     states: dict[int, TargetState] = {}
-    cand_runs: dict[str, Runs] = {}
+    runs: dict[str, Runs] = {}
     for t, target in enumerate(targets):
         law = laws[target.fit_key]
         mine = done[done["fit_key"] == target.fit_key]
         c = features(target.n_params, target.tokens, target.G)[0]
         states[t] = TargetState.start(c, Runs.of(mine, law), sigma)
-        cand_runs[target.fit_key] = Runs.of(candidates, law)
+        runs[target.fit_key] = Runs.of(candidates, law)
     ready = set(done_cells or ())  # BF16 twin cells already done or chosen
     cell_of = cell_keys(candidates)
+    hours = candidates["gpu_hours"].to_numpy()
+    twin_hours = hours[np.maximum(candidates["twin"].to_numpy(), 0)]
     quant = (candidates["scheme"] != "bf16").to_numpy() & (candidates["twin"] >= 0).to_numpy()
     if eligible is not None:
         quant &= eligible
@@ -213,37 +234,52 @@ def choose(
     left = budget if budget is not None else np.inf
     chosen = np.zeros(len(candidates), bool)
     while (k is None or len(out.order) < k) and left > 0:
-        cost = candidates["gpu_hours"].to_numpy().copy()
-        twin_cost = candidates["gpu_hours"].to_numpy()[np.maximum(candidates["twin"], 0)]
-        cost += np.where([c in ready for c in cell_of], 0.0, twin_cost)
+        new_cell = np.array([c not in ready for c in cell_of])
+        cost = hours + np.where(new_cell, twin_hours, 0.0)
         before = total()
         after = np.zeros(len(candidates))
         for t, state in states.items():
             mine = (candidates["fit_key"] == targets[t].fit_key).to_numpy()
-            runs = cand_runs[targets[t].fit_key]
+            r = runs[targets[t].fit_key]
             var = np.full(len(candidates), state.variance())
-            var[mine] = state.variance_with(runs.x[mine], runs.delta[mine], runs.cell[mine])
+            var[mine] = state.variance_with(r.x[mine], r.delta[mine], r.cell[mine])
             after += var
         gain = before - after
         if not np.isfinite(before):  # not yet identified: any run that identifies it wins
             gain = np.where(np.isfinite(after), 1.0, 0.0)
-        score = np.where(quant & ~chosen & (cost <= left) & (gain > 0), gain / cost, -np.inf)
-        best = int(np.argmax(score))
-        if not np.isfinite(score[best]):
+        open_ = quant & ~chosen
+        score = np.where(open_ & (cost <= left) & (gain > 0), gain / cost, -np.inf)
+        pick, best = [int(np.argmax(score))], float(np.max(score))
+        room = np.inf if k is None else k - len(out.order)
+        for cell in {cell_of[i] for i in np.flatnonzero(open_ & new_cell)}:
+            rows = np.flatnonzero(open_ & (cell_of == cell))
+            rows = rows[np.argsort(-np.where(np.isfinite(score[rows]), score[rows], -1e300))]
+            rows = rows[: int(min(room, len(rows)))]
+            while len(rows) > 1 and hours[rows].sum() + twin_hours[rows[0]] > left:
+                rows = rows[:-1]
+            if len(rows) < 2 or not np.isfinite(before):
+                continue
+            cell_gain = before - _total_with(states, targets, runs, candidates, rows)
+            cell_score = cell_gain / (hours[rows].sum() + twin_hours[rows[0]])
+            if cell_gain > 0 and cell_score > best:
+                pick, best = [int(i) for i in rows], cell_score
+        if not np.isfinite(best):
             break
-        chosen[best] = True
-        for t, state in states.items():
-            if targets[t].fit_key == candidates["fit_key"].iat[best]:
-                runs = cand_runs[targets[t].fit_key]
-                state.add(runs.x[best], runs.delta[best], runs.cell[best])
-        twin = int(candidates["twin"].iat[best])
-        out.twins.append(None if cell_of[best] in ready else twin)
-        ready.add(cell_of[best])
-        out.order.append(best)
-        out.cost.append(float(cost[best]))
-        out.width_before.append(float(rel_width(before)))
-        out.width_after.append(float(rel_width(total())))
-        left -= cost[best]
+        for i in pick:
+            width_before = float(rel_width(total()))
+            for t, state in states.items():
+                key = targets[t].fit_key
+                if key == candidates["fit_key"].iat[i]:
+                    state.add(runs[key].x[i], runs[key].delta[i], runs[key].cell[i])
+            twin_new = cell_of[i] not in ready
+            out.twins.append(int(candidates["twin"].iat[i]) if twin_new else None)
+            ready.add(cell_of[i])
+            chosen[i] = True
+            out.order.append(i)
+            out.cost.append(float(hours[i] + (twin_hours[i] if twin_new else 0.0)))
+            out.width_before.append(width_before)
+            out.width_after.append(float(rel_width(total())))
+            left -= out.cost[-1]
     last = [float(rel_width(s.variance())) for s in states.values()]
     out.target_widths = list(zip(first, last, strict=True))
     return out
