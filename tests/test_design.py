@@ -167,22 +167,40 @@ def test_design_unknown_sweep_exits_2(capsys):
 
 
 @pytest.fixture(scope="module")
-def seed_fit(paper_runs, tmp_path_factory) -> Path:
-    return _fit_dir(paper_runs, bench.seed_mask(paper_runs.assign(twin=sim.twin_index(paper_runs))),
-                    tmp_path_factory.mktemp("seedfit"))  # fmt: skip
+def seed_sweep(paper_runs, tmp_path_factory) -> tuple[Path, str]:
+    """Records of the seed design in a runs root, fitted with `fit sweep=paper`: the real flow."""
+    from qat_sweep.analysis.synth import table_to_records
+
+    from qat_sweep.record import write_json_atomic
+
+    tmp = tmp_path_factory.mktemp("seedsweep")
+    mask = bench.seed_mask(paper_runs.assign(twin=sim.twin_index(paper_runs)))
+    mask &= paper_runs["fit_key"].isin(["w4a4/int4", "bf16/bf16"]).to_numpy()
+    part = paper_runs[mask].reset_index(drop=True)
+    loss = sim.true_losses(sim.paper_prior(), part)
+    loss += np.random.default_rng(0).normal(0, 0.005, len(part))
+    for record in table_to_records(_table(part, loss), sweep="paper"):
+        write_json_atomic(tmp / "runs" / "paper" / record["run_key"] / "result.json", record)
+    root = f"paths.runs={tmp / 'runs'}"
+    argv = ["sweep=paper", root, "--out", str(tmp / "fit"), "--bootstrap", "0", "--no-plots"]
+    assert fit_main(argv) == 0
+    return tmp / "fit", root
 
 
-def test_suggest_writes_exactly_its_runs(seed_fit, tmp_path, capsys):
+def test_suggest_writes_exactly_its_runs(seed_sweep, tmp_path, capsys):
     from qat_sweep.grid import plan_sweep
 
+    fit, root = seed_sweep
     out = tmp_path / "next"
-    res = _json(capsys, ["suggest", "--fit", str(seed_fit), "sweep=paper", "--target", TARGET,
+    res = _json(capsys, ["suggest", "--fit", str(fit), "sweep=paper", root, "--target", TARGET,
                          "--k", "3", "--out", str(out), "--json"])  # fmt: skip
     quant = [r for r in res["runs"] if "twin_of" not in r]
     assert len(quant) == 3 and all(r["scheme"] == "w4a4" and r["format"] == "int4" for r in quant)
-    done = set(pd.read_csv(seed_fit / "runs.csv")["run_key"])
+    statuses = {r.run_key: r.status for r in plan_sweep("paper", [root], strict=False)}
+    done = {k for k, v in statuses.items() if v == "completed"}
+    assert len(done) == 12  # the seed design's records: 8 W4A4 runs + 4 twins
     keys = {r["run_key"] for r in res["runs"]}
-    assert not keys & done
+    assert not keys & done and all(r["status"] == "missing" for r in res["runs"])
     for r in quant:  # every QAT run comes with its BF16 twin, unless that twin is done
         assert r["twin_key"] in keys | done
     widths = [r["expected_gain"]["rel_width_after"] for r in quant]
@@ -191,11 +209,12 @@ def test_suggest_writes_exactly_its_runs(seed_fit, tmp_path, capsys):
     )
     planned = plan_sweep(res["sweep_file"], strict=False)  # the written sweep file, re-planned
     assert {r.run_key for r in planned} == keys | {r["twin_key"] for r in quant}
-    assert {r.run_dir.parent.name for r in planned} == {"paper"}  # same run directories
+    assert {str(r.run_dir.parent) for r in planned} == {root.split("=", 1)[1] + "/paper"}
 
 
-def test_suggest_budget(seed_fit, tmp_path, capsys):
-    res = _json(capsys, ["suggest", "--fit", str(seed_fit), "sweep=paper", "--target", TARGET,
+def test_suggest_budget(seed_sweep, tmp_path, capsys):
+    fit, root = seed_sweep
+    res = _json(capsys, ["suggest", "--fit", str(fit), "sweep=paper", root, "--target", TARGET,
                          "--budget", "500", "--out", str(tmp_path), "--json"])  # fmt: skip
     assert 0 < res["gpu_hours"] <= 500
     assert res["gpu_hours"] == pytest.approx(sum(r["gpu_hours"] for r in res["runs"]))
