@@ -316,3 +316,20 @@ def test_design_prior_from_a_fit(paper_fit, capsys):
     assert res["noise"] == pytest.approx(sim.fit_noise(saved.result)) and res["noise"] > 0
     fitted = saved.result["delta"]["w4a4/int4"]["params"]["gamma_G"]
     assert res["params"]["w4a4/int4"]["gamma_G"]["truth"] == pytest.approx(fitted)
+
+
+def test_suggest_two_targets_and_a_budget_too_small(seed_sweep, tmp_path, capsys):
+    fit, root = seed_sweep
+    small = "model=74M tokens=10B scheme=w4a4 format=int4 group_size=64"
+    base = ["suggest", "--fit", str(fit), "sweep=paper", root, "--out", str(tmp_path)]
+    res = _json(capsys, [*base, "--target", TARGET, "--target", small, "--k", "2", "--json"])
+    assert [t["target"] for t in res["targets"]] == [
+        "973M/200B w4a4/int4 G=128",
+        "74M/10B w4a4/int4 G=64",
+    ]
+    assert all(t["rel_width_after"] < t["rel_width_now"] for t in res["targets"])
+    assert cli_main([*base, "--target", TARGET, "--budget", "1"]) == 2
+    assert (
+        "no remaining run shrinks the targets' intervals within 1 GPU-hours"
+        in capsys.readouterr().err
+    )
