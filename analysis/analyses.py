@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from qat_sweep.analysis import paper
+from qat_sweep.analysis.cells import cell_values
 from qat_sweep.analysis.collect import SITES
 from qat_sweep.analysis.fit import LawFit
 
@@ -17,8 +18,14 @@ MATCH = ["n_params", "tokens", "G", "lr", "seed"]
 MAIN = ("w4a4/int4", "w4a16/int4", "w16a4/int4")
 
 
+def _by_cell(frame: pd.DataFrame) -> pd.DataFrame:
+    """N and D replaced by their cells, so measured counts of one cell match and group."""
+    n_cell, d_cell = cell_values(frame)
+    return frame.assign(n_params=n_cell, tokens=d_cell)
+
+
 def _delta_of(quant: pd.DataFrame, key: str, name: str) -> pd.DataFrame:
-    part = quant[quant["fit_key"] == key]
+    part = _by_cell(quant[quant["fit_key"] == key])
     return part[[*MATCH, "group_size", "delta"]].rename(columns={"delta": name})
 
 
@@ -66,7 +73,7 @@ def decomposition(quant: pd.DataFrame) -> dict[str, Any]:
 
 def _growth(quant: pd.DataFrame, key: str, column: str) -> float | None:
     """Mean relative change of delta from the smallest to the largest value of `column`."""
-    part = quant[quant["fit_key"] == key]
+    part = _by_cell(quant[quant["fit_key"] == key])
     others = [c for c in ("n_params", "tokens", "group_size") if c != column]
     changes = []
     for _, group in _cell_means(part, column, others).groupby(others):
@@ -162,7 +169,7 @@ def site_metrics(table: pd.DataFrame) -> dict[str, Any]:
         c
         for c in table.columns
         if c.split("_")[-1] in SITES
-        and c.rsplit("_", 1)[0] in ("kurtosis", "act_rel_err", "weight_rel_err")
+        and c.rsplit("_", 1)[0] in ("kurtosis", "act_nmse", "weight_nmse")
     ]
     usable = table[table["excluded"] == ""]
     if not cols or usable[cols].isna().all().all():
@@ -196,7 +203,7 @@ def trends(quant: pd.DataFrame) -> dict[str, Any]:
     """Does delta fall with N, rise with D and with G, per setting, from the data alone."""
     out: dict[str, Any] = {}
     for key in sorted(quant["fit_key"].unique()):
-        part = quant[quant["fit_key"] == key]
+        part = _by_cell(quant[quant["fit_key"] == key])
         entry: dict[str, Any] = {}
         for column, label in (("n_params", "N"), ("tokens", "D"), ("G", "G")):
             entry[label] = _direction(part, column)

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from qat_sweep.analysis.cells import cell_values
 from qat_sweep.analysis.fit import (
     BASE_BOUNDS,
     D_UNIT,
+    MIN_CELLS,
     N_UNIT,
     LawFit,
     base_model_log,
@@ -18,7 +20,10 @@ from qat_sweep.analysis.fit import (
 )
 from qat_sweep.analysis.laws import BASE_PARAMS, DELTA_PARAMS
 
-MIN_CELLS = 4  # below this a cell bootstrap is degenerate; resample runs instead
+EXPONENTS = ("alpha", "beta", "gamma_N", "gamma_D", "gamma_G")
+SCALES = ("A", "B", "k")  # positive multipliers: judged by the ratio of their interval's ends
+WIDE_EXPONENT = 2.0  # an exponent's 95% interval wider than this says nothing about it
+WIDE_RATIO = 100.0  # a multiplier's interval spanning two orders of magnitude, likewise
 
 
 def cell_weights(cells: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -109,6 +114,35 @@ def percentile_ci(samples: np.ndarray) -> list[list[float] | None]:
     return out
 
 
+def intervals(fit: LawFit, names: tuple[str, ...], draws: np.ndarray) -> dict[str, list | None]:
+    """95% percentile intervals that contain their point estimate, flagged where they say
+    nothing (an exponent's interval wider than WIDE_EXPONENT, a multiplier's than WIDE_RATIO)."""
+    out: dict[str, list | None] = {}
+    for name, ci in zip(names, percentile_ci(draws), strict=True):
+        point = fit.params.get(name)
+        if ci is None or point is None:
+            out[name] = None
+            continue
+        lo, hi = min(ci[0], point), max(ci[1], point)
+        if max(ci[0] - point, point - ci[1]) > 1e-9 * (1 + abs(point)):
+            fit.notes.append(
+                f"the bootstrap interval of {name} [{ci[0]:.4g}, {ci[1]:.4g}] lay beside its "
+                f"estimate {point:.4g} (skewed or bound-limited resamples): extended to it"
+            )
+            fit.interval_flags.setdefault(name, "bootstrap interval extended to the estimate")
+        wide = None
+        if name in EXPONENTS and hi - lo > WIDE_EXPONENT:
+            wide = f"not identifiable: its 95% interval spans {hi - lo:.2g} in the exponent"
+        elif name in SCALES and (lo <= 0 or hi / lo > WIDE_RATIO):
+            wide = "not identifiable: its 95% interval " + (
+                f"spans {np.log10(hi / lo):.1f} orders of magnitude" if lo > 0 else "reaches 0"
+            )
+        if wide and not fit.interval_flags.get(name, "").startswith("not identifiable"):
+            fit.interval_flags[name] = wide
+        out[name] = [float(lo), float(hi)]
+    return out
+
+
 def bootstrap(
     bf16: pd.DataFrame,
     quant: pd.DataFrame,
@@ -117,17 +151,22 @@ def bootstrap(
     n_boot: int,
     seed: int,
 ) -> None:
-    """Fill `boot` and `ci95` of every fit (in place) from shared cell resamples."""
+    """Fill `boot` and `ci95` of every fit (in place) from shared cell resamples.
+
+    Every refit obeys the point fit's bounds and ties; fits the grid cannot give intervals
+    (exact fits, fewer cells than parameters) get none, with the reason in `interval_flags`.
+    """
     if n_boot <= 0:
         return
     rng = np.random.default_rng(seed)
     rows = pd.concat([bf16, quant], ignore_index=True)
-    weights = cell_weights(rows[["n_params", "tokens"]].to_numpy(), n_boot, rng)
+    weights = cell_weights(np.column_stack(cell_values(rows)), n_boot, rng)
     w_base, w_quant = weights[:, : len(bf16)], weights[:, len(bf16) :]
-    if "theta" in base.internal:
+    if "theta" in base.internal and not base.identifiability.get("exact_fit"):
         tied = base.internal["tied"]
         x_n, x_d = bf16["n_params"].to_numpy() / N_UNIT, bf16["tokens"].to_numpy() / D_UNIT
-        ok = _spans(bf16["n_params"].to_numpy(), w_base) & _spans(bf16["tokens"].to_numpy(), w_base)
+        n_cell, d_cell = cell_values(bf16)
+        ok = _spans(n_cell, w_base) & _spans(d_cell, w_base)
         theta = base_lm_batch(
             base.internal["theta"],
             x_n,
@@ -139,31 +178,39 @@ def bootstrap(
         )
         base.boot = base_raw(theta, tied)
         base.boot[~ok] = np.nan
-        base.ci95 = dict(zip(BASE_PARAMS, percentile_ci(base.boot), strict=True))
+        base.ci95 = intervals(base, BASE_PARAMS, base.boot)
+    elif "theta" in base.internal:
+        base.ci95 = dict.fromkeys(BASE_PARAMS)
     for key, fit in deltas.items():
         if "coef" not in fit.internal:
             continue
+        design = fit.internal["design"]
+        mode = fit.identifiability.get("intervals", "cells")
+        if mode == "none":
+            fit.ci95 = dict.fromkeys(DELTA_PARAMS)
+            continue
         mask = (quant["fit_key"] == key).to_numpy()
         part = quant[mask]
-        if fit.n_cells >= MIN_CELLS:
+        if mode == "cells" and fit.n_cells >= MIN_CELLS:
             w = w_quant[:, mask]
         else:
             w = row_weights(len(part), n_boot, rng)
             fit.notes.append(
                 f"only {fit.n_cells} (N, D) cells: bootstrap resamples runs, not cells"
             )
-        design = fit.internal["design"]
         x = design.matrix(part["n_params"], part["tokens"], part["G"])
-        coef = huber_irls(x, np.log(part["delta"].to_numpy()), w, fit.f_scale, fit.internal["coef"])
+        lower, upper = design.bounds()
+        coef = huber_irls(
+            x, np.log(part["delta"].to_numpy()), w, fit.f_scale, fit.internal["coef"],
+            lower=lower, upper=upper,
+        )  # fmt: skip
         fit.boot = design.to_raw(coef)
-        fit.ci95 = {
-            p: (ci if p == "k" or p in design.columns else None)
-            for p, ci in zip(DELTA_PARAMS, percentile_ci(fit.boot), strict=True)
-        }
+        fit.boot[~np.isfinite(coef).all(axis=1)] = np.nan  # singular resample: no draw at all
+        fit.ci95 = intervals(fit, DELTA_PARAMS, fit.boot)
 
 
 def _spans(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Resamples that still contain at least two distinct values of a regressor."""
+    """Resamples that still contain at least two distinct values (cells) of a regressor."""
     codes = pd.factorize(values)[0]
     present = np.stack(
         [np.bincount(codes, weights=w, minlength=codes.max() + 1) > 0 for w in weights]

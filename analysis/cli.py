@@ -25,10 +25,21 @@ FIT_OVERRIDES = {"sweep", "paths.runs"}
 PREDICT_OVERRIDES = {"model", "n_params", "hidden_size", "tokens", "scheme", "format", "group_size"}
 
 
-def _split(argv: list[str], allowed: set[str]) -> tuple[dict[str, str], list[str]]:
+def _split(
+    argv: list[str], allowed: set[str], parser: argparse.ArgumentParser
+) -> tuple[dict[str, str], list[str]]:
+    """key=value overrides apart from --flags; a flag's own value (--holdout 'loss >= 3') stays."""
+    takes_value = {
+        option
+        for action in parser._actions
+        if action.nargs != 0
+        for option in action.option_strings
+    }
     overrides, rest = {}, []
-    for arg in argv:
-        if "=" in arg and not arg.startswith("-"):
+    for i, arg in enumerate(argv):
+        if i and argv[i - 1] in takes_value:
+            rest.append(arg)
+        elif "=" in arg and not arg.startswith("-"):
             key, value = arg.split("=", 1)
             if key not in allowed:
                 raise InputError(f"unknown override {key}= (allowed: {', '.join(sorted(allowed))})")
@@ -127,9 +138,14 @@ def fit_main(argv: list[str]) -> int:
     # intervals come from the bootstrap, so those warnings only bury the summary.
     warnings.filterwarnings("ignore", category=RuntimeWarning, module="lmfit")
     try:
-        overrides, rest = _split(argv, FIT_OVERRIDES)
-        args = _fit_parser().parse_args(rest)
+        parser = _fit_parser()
+        overrides, rest = _split(argv, FIT_OVERRIDES, parser)
+        args = parser.parse_args(rest)
+        if not args.huber_base > 0:
+            raise InputError(f"--huber-base must be > 0, got {args.huber_base}")
         rows, skipped, source, out = _load_source(args, overrides)
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {out} exists and is not a directory")
         table = pair_deltas(build_table(rows))
         settings = Settings(
             bootstrap=args.bootstrap, seed=args.seed, tied=not args.free_beta, joint=args.joint,
@@ -148,7 +164,7 @@ def fit_main(argv: list[str]) -> int:
     if args.wandb:
         from qat_sweep.analysis.wandb_log import log_fit
 
-        log_fit(args.wandb, outcome.result, outcome.table, figures)
+        log_fit(args.wandb, outcome.result, outcome.table, figures, out_dir=out)
     print(summary_text(outcome.result, out, fit_path))
     return 0
 
@@ -156,16 +172,19 @@ def fit_main(argv: list[str]) -> int:
 def summary_text(res: dict[str, Any], out: Path, fit_path: Path) -> str:
     """What the fit command prints: where the report is, parameters with 95% intervals."""
 
-    def fmt(params: dict[str, Any], ci: dict[str, Any]) -> str:
+    def fmt(fit: dict[str, Any]) -> str:
         parts = []
-        for name, value in params.items():
+        flags = fit.get("interval_flags") or {}
+        for name, value in fit["params"].items():
             if value is None:
                 parts.append(f"{name}=not identifiable")
                 continue
-            interval = ci.get(name)
+            interval = fit["ci95"].get(name)
+            flag = flags.get(name, "")
             parts.append(
                 f"{name}={value:.4g}"
                 + (f" [{interval[0]:.4g}, {interval[1]:.4g}]" if interval else "")
+                + (" (not identifiable)" if flag.startswith("not identifiable") else "")
             )
         return ", ".join(parts)
 
@@ -173,9 +192,9 @@ def summary_text(res: dict[str, Any], out: Path, fit_path: Path) -> str:
         f"report: {(out / 'report.html').resolve()}",
         f"fit:    {fit_path.resolve()}",
         f"runs:   {res['n_runs']['usable']} usable, {len(res['excluded'])} excluded",
-        f"bf16   {fmt(res['base']['params'], res['base']['ci95'])}",
+        f"bf16   {fmt(res['base'])}",
     ]
-    lines += [f"{key:<17}{fmt(f['params'], f['ci95'])}" for key, f in res["delta"].items()]
+    lines += [f"{key:<17}{fmt(f)}" for key, f in res["delta"].items()]
     return "\n".join(lines)
 
 
@@ -193,8 +212,10 @@ def _predict_parser() -> argparse.ArgumentParser:
 def _resolve_model(overrides: dict[str, str]) -> tuple[float, float | None]:
     from qat_sweep.analysis.predict import parse_count
 
-    n_params = parse_count(overrides["n_params"]) if "n_params" in overrides else None
-    hidden = float(overrides["hidden_size"]) if "hidden_size" in overrides else None
+    n_params = parse_count(overrides["n_params"], "n_params") if "n_params" in overrides else None
+    hidden = (
+        parse_count(overrides["hidden_size"], "hidden_size") if "hidden_size" in overrides else None
+    )
     if "model" in overrides and (n_params is None or hidden is None):
         try:
             from qat_sweep.presets import load_preset
@@ -209,6 +230,16 @@ def _resolve_model(overrides: dict[str, str]) -> tuple[float, float | None]:
     return n_params, hidden
 
 
+def _group_size(text: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 2 and value == int(value)):
+        raise InputError(f"group_size={text}: allowed an integer >= 2 or channel")
+    return int(value)
+
+
 def predict_main(argv: list[str]) -> int:
     """Run `qat-sweep predict`; returns the process exit code."""
     import json
@@ -216,8 +247,9 @@ def predict_main(argv: list[str]) -> int:
     from qat_sweep.analysis.predict import SavedFit, format_prediction, parse_count, predict_point
 
     try:
-        overrides, rest = _split(argv, PREDICT_OVERRIDES)
-        args = _predict_parser().parse_args(rest)
+        parser = _predict_parser()
+        overrides, rest = _split(argv, PREDICT_OVERRIDES, parser)
+        args = parser.parse_args(rest)
         if "tokens" not in overrides:
             raise InputError("tokens= is required (e.g. tokens=20B)")
         n_params, hidden = _resolve_model(overrides)
@@ -229,13 +261,13 @@ def predict_main(argv: list[str]) -> int:
             raise InputError(
                 "group_size= is required for a quantized scheme (an integer or channel)"
             )
-        group_value: Any = group if group in (None, "channel") else int(float(group))
+        group_value: Any = group if group in (None, "channel") else _group_size(group)
         if group_value == "channel" and hidden is None:
             raise InputError("group_size=channel needs hidden_size= or model=")
         pred = predict_point(
             SavedFit.load(args.fit),
             n_params,
-            parse_count(overrides["tokens"]),
+            parse_count(overrides["tokens"], "tokens"),
             key,
             group_value,
             hidden,

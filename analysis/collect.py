@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from qat_sweep.analysis.cells import snap
 from qat_sweep.analysis.laws import group_value
 
 REQUIRED = ("model", "n_params", "tokens", "scheme", "format", "group_size", "lr", "seed", "loss")
@@ -29,10 +30,12 @@ RECORD_FIELDS = (
     "holdout",
     "twin_key",
 )
-RUN_KEY = ("n_params", "tokens", "scheme", "format", "group_size", "lr", "seed")
-TWIN_KEY = ("n_params", "tokens", "lr", "seed")
+# N and D compare by cell (analysis/cells.py), so measured counts still pair and deduplicate.
+RUN_KEY = ("N_cell", "D_cell", "scheme", "format", "group_size", "lr", "seed")
+TWIN_KEY = ("N_cell", "D_cell", "lr", "seed")
 SITES = ("qkv", "o", "fc1", "fc2")
-SITE_METRICS = ("kurtosis", "act_rel_err", "weight_rel_err")
+SITE_METRICS = ("kurtosis", "act_nmse", "weight_nmse")
+LEGACY_METRICS = {"act_nmse": "act_rel_err", "weight_nmse": "weight_rel_err"}  # before issue 12
 
 
 class InputError(ValueError):
@@ -40,13 +43,13 @@ class InputError(ValueError):
 
 
 def quant_columns(metrics: Mapping[str, Any] | None) -> dict[str, float]:
-    """Flatten metrics.quant.sites into columns like kurtosis_fc2 / act_rel_err_qkv."""
+    """Flatten metrics.quant.sites into columns like kurtosis_fc2 / act_nmse_qkv."""
     sites = ((metrics or {}).get("quant") or {}).get("sites") or {}
     out: dict[str, float] = {}
     for site in SITES:
         values = sites.get(site) or {}
         for metric in SITE_METRICS:
-            value = values.get(metric)
+            value = values.get(metric, values.get(LEGACY_METRICS.get(metric, "")))
             out[f"{metric}_{site}"] = float(value) if value is not None else float("nan")
     return out
 
@@ -138,6 +141,7 @@ def fetch_wandb(path: str) -> list[dict[str, Any]]:
 
 
 def _normalise_group(value: Any) -> Any:
+    """An int, 'channel' or None; anything unreadable comes back as its text (then excluded)."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
         return None
     text = str(value).strip()
@@ -145,7 +149,17 @@ def _normalise_group(value: Any) -> Any:
         return "channel"
     if text.lower() in ("none", "nan", "null"):
         return None
-    return int(float(text))
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return int(number) if np.isfinite(number) and number == int(number) else text
+
+
+def _group_of(group_size: Any, hidden_size: float) -> float:
+    if isinstance(group_size, str) and group_size != "channel":
+        return float("nan")
+    return group_value(group_size, hidden_size)
 
 
 def build_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -170,8 +184,9 @@ def build_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     table["group_size"] = [_normalise_group(v) for v in table["group_size"]]
     table["holdout"] = table["holdout"].map(_truthy)
     table["G"] = [
-        group_value(g, h) for g, h in zip(table["group_size"], table["hidden_size"], strict=True)
+        _group_of(g, h) for g, h in zip(table["group_size"], table["hidden_size"], strict=True)
     ]
+    table["N_cell"], table["D_cell"] = snap(table["n_params"]), snap(table["tokens"])
     table["fit_key"] = table["scheme"] + "/" + table["format"]
     table["excluded"] = [_row_problem(r) for r in table.itertuples()]
     _mark_duplicates(table)
@@ -185,19 +200,24 @@ def _truthy(value: Any) -> bool:
 
 
 def _row_problem(row: Any) -> str:
+    """Why a row cannot enter a fit ('' if it can); checked before any fitting."""
     if row.status != "completed":
         return f"status {row.status}"
-    if not np.isfinite(row.loss):
-        return "non-finite loss"
-    if not (np.isfinite(row.n_params) and np.isfinite(row.tokens)):
-        return "missing n_params or tokens"
+    for column in ("loss", "n_params", "tokens"):
+        value = getattr(row, column)
+        if not np.isfinite(value):
+            return f"{column} missing or not a finite number"
+        if value <= 0:
+            return f"{column} = {value:g}: must be > 0"
     if row.scheme != "bf16":
+        if isinstance(row.group_size, str) and row.group_size != "channel":
+            return f"group_size {row.group_size!r}: allowed an integer >= 2 or channel"
         if row.group_size == "channel" and not np.isfinite(row.hidden_size):
             return "per-channel group without hidden_size (G = hidden size)"
         if not np.isfinite(row.G):
             return "missing group_size"
-        if row.G <= 1:
-            return "group size 1: log2(G) = 0"
+        if row.G < 2:
+            return f"group size {row.G:g}: must be >= 2 (log2 G > 0)"
     return ""
 
 
@@ -241,7 +261,7 @@ def pair_deltas(table: pd.DataFrame) -> pd.DataFrame:
                 table.loc[index, "excluded"] = (
                     f"no BF16 twin ({row['twin_key']})"
                     if exact
-                    else "no BF16 twin (same n_params, tokens, lr, seed)"
+                    else "no BF16 twin (same N and D cells, lr, seed)"
                 )
             continue
         table.loc[index, ["bf16_loss", "delta"]] = [base, row["loss"] - base]
@@ -258,7 +278,7 @@ def read_table(path: Path) -> list[dict[str, Any]]:
         raw = pd.read_csv(path, dtype={"group_size": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise InputError(f"cannot read table {path}: {err}") from err
-    derived = ["G", "fit_key", "excluded", "bf16_loss", "delta"]
+    derived = ["G", "fit_key", "excluded", "bf16_loss", "delta", "N_cell", "D_cell"]
     return raw.drop(columns=[c for c in derived if c in raw.columns]).to_dict("records")
 
 

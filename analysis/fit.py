@@ -8,12 +8,15 @@ optimum is found without luck; the delta law is linear in log space, so a robust
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 import lmfit
 import numpy as np
 import pandas as pd
+from qat_sweep.analysis import identify
+from qat_sweep.analysis.cells import cell_values, count_cells
 from qat_sweep.analysis.laws import BASE_PARAMS, DELTA_PARAMS
 from scipy.optimize import nnls
 from scipy.special import huber
@@ -25,6 +28,9 @@ BASE_BOUNDS["beta"] = BASE_BOUNDS["alpha"]
 GAMMA_BOUND = 3.0
 DELTA_COLUMNS = ("gamma_D", "gamma_G", "gamma_N")
 SAME_COST = 1e-6  # relative tolerance for "this start reached the best cost"
+# On a bound: within 1e-6 of the bound's own magnitude (or of the value's), and a bound at 0 is
+# hit below 1e-9, which is 0 at the scale of every parameter here (A, B in normalised units).
+BOUND_RTOL, BOUND_ATOL = 1e-6, 1e-9
 
 
 @dataclass
@@ -48,6 +54,10 @@ class LawFit:
     boot: np.ndarray | None = None
     stats: dict[str, float] = field(default_factory=dict)
     internal: dict[str, Any] = field(default_factory=dict)
+    identifiability: dict[str, Any] = field(default_factory=dict)
+    outliers: list[dict[str, Any]] = field(default_factory=list)
+    # parameter -> why its interval is missing or not to be trusted (exact fit, spans decades...)
+    interval_flags: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -62,6 +72,9 @@ class LawFit:
             "starts": {"n": self.n_starts, "frac_reached_best": self.frac_best},
             "huber_f_scale": self.f_scale,
             "not_identifiable": self.not_identifiable,
+            "identifiability": self.identifiability,
+            "interval_flags": self.interval_flags,
+            "outliers": self.outliers,
             "notes": self.notes,
             "resid_log_sd": float(np.std(self.resid)) if self.resid.size else None,
         }
@@ -79,16 +92,23 @@ def robust_scale(resid: np.ndarray, floor: float) -> float:
     return float(max(1.345 * mad, floor))
 
 
+def on_bound(value: float, bound: float) -> bool:
+    """Is `value` at `bound`, measured on the scale of the value and the bound themselves."""
+    if not np.isfinite(bound):
+        return False
+    return abs(value - bound) <= BOUND_RTOL * max(abs(bound), abs(value)) + BOUND_ATOL
+
+
 def _hits(params: lmfit.Parameters, names: tuple[str, ...]) -> list[str]:
-    hits = []
-    for name in names:
-        p = params[name]
-        if not p.vary:
-            continue
-        span = max(abs(p.max - p.min), 1.0) if np.isfinite(p.max - p.min) else 1.0
-        if abs(p.value - p.min) < 1e-6 * span or abs(p.max - p.value) < 1e-6 * span:
-            hits.append(name)
-    return hits
+    return [
+        name
+        for name in names
+        if params[name].vary
+        and (
+            on_bound(params[name].value, params[name].min)
+            or on_bound(params[name].value, params[name].max)
+        )
+    ]
 
 
 # ---------------------------------------------------------------- BF16 base law
@@ -136,21 +156,24 @@ def fit_base(
     bf16: pd.DataFrame, tied: bool = True, f_scale: float = 1e-3, starts: int = 8
 ) -> LawFit:
     """BF16 law L = A/N^alpha + B/D^beta + E (alpha = beta unless tied is False)."""
-    n_cells = len(bf16[["n_params", "tokens"]].drop_duplicates())
+    n_cells = count_cells(bf16)
     names = BASE_PARAMS
     fit = LawFit("base", dict.fromkeys(names), len(bf16), n_cells, np.nan, False, f_scale, 0, 0.0)
+    n_cell, d_cell = cell_values(bf16)
+    n_free = 4 if tied else 5
     need_n = 2 if tied else 3
     short = []
-    if bf16["n_params"].nunique() < need_n:
-        short.append(f"{bf16['n_params'].nunique()} distinct N (need {need_n})")
-    if bf16["tokens"].nunique() < 2:
-        short.append(f"{bf16['tokens'].nunique()} distinct D (need 2)")
-    if len(bf16) < 6 - int(tied):
-        short.append(f"{len(bf16)} runs")
+    if len(set(n_cell)) < need_n:
+        short.append(f"{len(set(n_cell))} distinct N (need {need_n})")
+    if len(set(d_cell)) < 2:
+        short.append(f"{len(set(d_cell))} distinct D (need 2)")
+    if n_cells < n_free:
+        short.append(f"{n_cells} (N, D) cells for {n_free} parameters")
     if short:
         fit.not_identifiable = list(names)
         fit.notes.append("BF16 law not identifiable: " + ", ".join(short))
         return fit
+    fit.identifiability = base_identifiability(n_cell, d_cell, n_cells, n_free, fit)
     x_n, x_d = bf16["n_params"].to_numpy() / N_UNIT, bf16["tokens"].to_numpy() / D_UNIT
     loss = bf16["loss"].to_numpy()
     results = []
@@ -190,7 +213,50 @@ def fit_base(
     pred = np.exp(best.residual) * loss
     fit.stats["r2"] = float(1 - np.sum((pred - loss) ** 2) / np.sum((loss - loss.mean()) ** 2))
     fit.internal = {"theta": theta, "tied": tied}
+    fit.outliers = identify.outliers(fit.resid, identify.run_keys(bf16), "log_loss_residual")
     return fit
+
+
+def base_identifiability(
+    n_cell: np.ndarray, d_cell: np.ndarray, n_cells: int, n_free: int, fit: LawFit
+) -> dict[str, Any]:
+    """Can the cells separate the N term from the D term? Flags A/B (and exponents) if not."""
+    cells = np.unique(np.column_stack([np.log(n_cell), np.log(d_cell)]), axis=0)
+    v, _ = identify.independent_variation(cells, 1)
+    separable = v >= identify.V_MIN
+    exact = n_cells <= n_free
+    report = {
+        "design": ["log N", "log D"],
+        "condition": identify.condition(cells),
+        "n_cells": n_cells,
+        "n_params": n_free,
+        "N_vs_D": {"independent_variation": v, "separable": bool(separable)},
+        "exact_fit": exact,
+        "refit": None,
+    }
+    if exact:
+        fit.interval_flags.update(
+            dict.fromkeys(
+                BASE_PARAMS, f"not identifiable: exact fit ({n_cells} cells, {n_free} parameters)"
+            )
+        )
+        fit.notes.append(
+            f"BF16 law is an exact fit ({n_cells} cells for {n_free} parameters): no intervals"
+        )
+    if not separable:
+        ratio = np.exp(cells[:, 1] - cells[:, 0])
+        why = (
+            f"not identifiable: D/N hardly varies ({ratio.min():.3g} to {ratio.max():.3g}), so only "
+            "A/N^alpha + B/D^beta along that line is determined"
+        )
+        split = ("A", "B") if n_free == 4 else ("A", "B", "alpha", "beta")
+        fit.interval_flags.update(dict.fromkeys(split, why))
+        fit.notes.append(
+            f"A and B {why}; the split between them is one of many equivalent ones (not refitted: "
+            "the BF16 law keeps both terms). Runs at other tokens per parameter for the same "
+            "model size (e.g. D/N = 20 and 400) would separate them."
+        )
+    return report
 
 
 # ---------------------------------------------------------------- delta law (log-linear)
@@ -208,6 +274,11 @@ class DeltaDesign:
         raw = _raw_columns(n, d, g)
         cols = [raw[c] - m for c, m in zip(self.columns, self.means, strict=True)]
         return np.column_stack([np.ones(len(np.atleast_1d(n))), *cols])
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Box of [c0, gammas...] shared by the point fit and every bootstrap refit."""
+        lower = np.array([-np.inf] + [-GAMMA_BOUND] * len(self.columns))
+        return lower, -lower
 
     def to_raw(self, coef: np.ndarray) -> np.ndarray:
         """[c0, gammas...] (batched) -> raw columns in DELTA_PARAMS order, 0 for dropped ones."""
@@ -244,6 +315,53 @@ def delta_design(rows: pd.DataFrame, terms: tuple[str, ...] = DELTA_COLUMNS) -> 
     return DeltaDesign(tuple(kept), dropped, means)
 
 
+def _box_wls(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, lower: np.ndarray, upper: np.ndarray
+) -> np.ndarray:
+    """Batched argmin_c sum_n w_bn (x_n c - y_n)^2 subject to lower <= c <= upper.
+
+    The box optimum is the feasible face optimum of lowest cost, so rows whose free solution is
+    infeasible try every face (free, at lower, at upper per bounded coefficient): 27 faces for
+    the three exponents of the delta law.
+    """
+    b, p = w.shape[0], x.shape[1]
+    bounded = [j for j in range(p) if np.isfinite(lower[j]) or np.isfinite(upper[j])]
+    best = np.full((b, p), np.nan)
+    best_cost = np.full(b, np.inf)
+    todo = np.ones(b, bool)
+    faces = [()] + [f for f in itertools.product((0, -1, 1), repeat=len(bounded)) if any(f)]
+    for face in faces:
+        if not todo.any():
+            break
+        fixed = {
+            j: (lower[j] if s < 0 else upper[j]) for j, s in zip(bounded, face, strict=False) if s
+        }
+        if not all(np.isfinite(v) for v in fixed.values()):
+            continue
+        free = [j for j in range(p) if j not in fixed]
+        rows = np.flatnonzero(todo)
+        c = np.zeros((len(rows), p))
+        target = y.astype(float).copy()
+        for j, v in fixed.items():
+            c[:, j] = v
+            target = target - x[:, j] * v
+        if free:
+            xf = x[:, free]
+            wr = w[rows]
+            hess = np.einsum("bn,ni,nj->bij", wr, xf, xf) + 1e-12 * np.eye(len(free))
+            grad = np.einsum("bn,ni,n->bi", wr, xf, target)
+            c[:, free] = (np.linalg.pinv(hess) @ grad[..., None])[..., 0]
+        tol = 1e-12 * (1 + np.abs(c))
+        feasible = np.all((c >= lower - tol) & (c <= upper + tol), axis=1)
+        cost = np.einsum("bn,bn->b", w[rows], (c @ x.T - y) ** 2)
+        take = feasible & (cost < best_cost[rows])
+        best[rows[take]] = np.clip(c[take], lower, upper)
+        best_cost[rows[take]] = cost[take]
+        if not face:  # free optimum feasible: that row is done
+            todo[rows[feasible]] = False
+    return best
+
+
 def huber_irls(
     x: np.ndarray,
     y: np.ndarray,
@@ -251,19 +369,24 @@ def huber_irls(
     f_scale: float,
     coef0: np.ndarray,
     iters: int = 100,
+    lower: np.ndarray | None = None,
+    upper: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Batched robust linear fit: one Huber regression per row of `weights` (bootstrap counts).
+    """Batched robust linear fit: one Huber regression per row of `weights` (bootstrap counts),
+    within the box [lower, upper] (the point fit's bounds; default unbounded).
 
-    Resamples whose weighted design is singular come back as NaN.
+    Huber IRLS is a majorise-minimise scheme, so solving each reweighted step inside the box
+    converges to the box-constrained Huber optimum. Resamples whose weighted design is singular
+    come back as NaN.
     """
-    coef = np.tile(coef0, (weights.shape[0], 1)).astype(float)
     p = x.shape[1]
+    lower = np.full(p, -np.inf) if lower is None else np.asarray(lower, float)
+    upper = np.full(p, np.inf) if upper is None else np.asarray(upper, float)
+    coef = np.clip(np.tile(coef0, (weights.shape[0], 1)).astype(float), lower, upper)
     for _ in range(iters):
         resid = coef @ x.T - y
         w = weights * np.minimum(1.0, f_scale / np.maximum(np.abs(resid), 1e-300))
-        hess = np.einsum("bn,ni,nj->bij", w, x, x) + 1e-12 * np.eye(p)
-        grad = np.einsum("bn,ni,n->bi", w, x, y)
-        new = (np.linalg.pinv(hess) @ grad[..., None])[..., 0]  # singular resamples: NaN below
+        new = _box_wls(x, y, w, lower, upper)
         done = np.nanmax(np.abs(new - coef)) < 1e-10
         coef = new
         if done:
@@ -274,6 +397,66 @@ def huber_irls(
     return coef
 
 
+MIN_CELLS = 4  # below this a cell bootstrap is degenerate; resample runs instead
+
+
+def separate_exponents(
+    rows: pd.DataFrame, y: np.ndarray, design: DeltaDesign, terms: tuple[str, ...]
+) -> tuple[DeltaDesign, dict[str, Any]]:
+    """Drop, one at a time, the exponents this grid cannot separate; report every decision."""
+    raw = _raw_columns(rows["n_params"], rows["tokens"], rows["G"])
+    decisions: dict[str, dict[str, Any]] = {}
+    for name, why in design.dropped.items():
+        decisions[name] = {
+            "separable": False,
+            "why": why,
+            "action": "refit without it (fixed at 0)",
+        }
+    kept = list(design.columns)
+    while kept:
+        report = identify.exponent_report(raw, tuple(kept), y)
+        worst = identify.worst_exponent(report)
+        if worst is None:
+            break
+        entry = report[worst]
+        partner = entry["moves_with"]
+        decisions[worst] = {
+            **entry,
+            "separable": False,
+            "why": identify.why_not(worst, entry),
+            "action": "refit without it (fixed at 0)"
+            + (f"; {partner} and k absorb its effect along this grid" if partner else ""),
+        }
+        kept.remove(worst)
+        design.dropped[worst] = decisions[worst]["why"]
+    final = identify.exponent_report(raw, tuple(kept), y)
+    for name in kept:
+        decisions[name] = {**final[name], "action": "fitted"}
+    for name, entry in decisions.items():
+        if not entry["separable"]:
+            entry["runs_to_separate"] = identify.SEPARATE_BY.get(name, "")
+    varying = [t for t in terms if np.ptp(raw[t]) > 1e-9]  # a constant column has no condition
+    columns = np.column_stack([raw[t] for t in varying]) if varying else np.zeros((len(y), 0))
+    new = DeltaDesign(tuple(kept), design.dropped, np.array([raw[c].mean() for c in kept]))
+    n_params = 1 + len(kept)
+    points = identify.design_points(rows)
+    n_cells = count_cells(rows)
+    intervals = "cells" if n_cells >= max(MIN_CELLS, n_params) else "runs"
+    if points <= n_params or n_cells < n_params:
+        intervals = "none"
+    report = {
+        "design": ["log N", "log D", "log log2 G"],
+        "condition": identify.condition(np.unique(columns, axis=0)),
+        "n_points": points,
+        "n_cells": n_cells,
+        "n_params": n_params,
+        "exact_fit": points <= n_params,
+        "intervals": intervals,
+        "exponents": {t: decisions[t] for t in terms if t in decisions},
+    }
+    return new, report
+
+
 def fit_delta(
     rows: pd.DataFrame,
     name: str,
@@ -281,19 +464,38 @@ def fit_delta(
     terms: tuple[str, ...] = DELTA_COLUMNS,
     seed: int = 0,
 ) -> LawFit:
-    """delta = k D^gamma_D (log2 G)^gamma_G / N^gamma_N on paired gaps, Huber in log space."""
-    design = delta_design(rows, terms)
-    n_cells = len(rows[["n_params", "tokens"]].drop_duplicates())
-    x = design.matrix(rows["n_params"], rows["tokens"], rows["G"])
+    """delta = k D^gamma_D (log2 G)^gamma_G / N^gamma_N on paired gaps, Huber in log space.
+
+    Exponents the grid cannot separate (identify.py) are reported and left out of the refit.
+    """
     y = np.log(rows["delta"].to_numpy())
+    design, ident = separate_exponents(rows, y, delta_design(rows, terms), terms)
+    n_cells = ident["n_cells"]
+    x = design.matrix(rows["n_params"], rows["tokens"], rows["G"])
+    lower, upper = design.bounds()
     ols = np.linalg.lstsq(x, y, rcond=None)[0]
     scale = f_scale if f_scale is not None else robust_scale(x @ ols - y, floor=0.01)
-    init = huber_irls(x, y, np.ones((1, len(y))), scale, ols)[0]
+    init = huber_irls(x, y, np.ones((1, len(y))), scale, ols, lower=lower, upper=upper)[0]
     fit = LawFit(name, {}, len(rows), n_cells, np.nan, False, scale, 0, 0.0)
+    fit.identifiability = ident
     fit.not_identifiable = sorted(design.dropped)
-    fit.notes = [f"{c} not identifiable: {why}" for c, why in sorted(design.dropped.items())]
-    if len(rows) <= x.shape[1]:
-        fit.notes.append(f"only {len(rows)} paired runs for {x.shape[1]} parameters: exact fit")
+    exponents = ident["exponents"]
+    fit.notes = [
+        f"{c} not identifiable: {why}; {exponents.get(c, {}).get('action', 'refit without it')}. "
+        f"{identify.separate_by(c)}."
+        for c, why in sorted(design.dropped.items())
+    ]
+    n_params = x.shape[1]
+    if ident["exact_fit"]:
+        fit.notes.append(
+            f"exact fit: {ident['n_points']} distinct (N, D, G) points for {n_params} parameters"
+        )
+        why = f"not identifiable: exact fit ({ident['n_points']} points, {n_params} parameters)"
+        fit.interval_flags.update(dict.fromkeys(["k", *design.columns], why))
+    elif n_cells < n_params:
+        why = f"not identifiable: {n_cells} (N, D) cells for {n_params} parameters"
+        fit.interval_flags.update(dict.fromkeys(["k", *design.columns], why))
+        fit.notes.append(f"intervals {why}")
     rng = np.random.default_rng(seed)
     starts = [init, ols] + [init + rng.normal(0, 0.3, init.shape) for _ in range(3)]
     results = []
@@ -328,6 +530,7 @@ def fit_delta(
     actual = rows["delta"].to_numpy()
     fit.stats["rel_error"] = float(np.mean(np.abs(pred - actual) / actual))
     fit.internal = {"design": design, "coef": coef}
+    fit.outliers = identify.outliers(fit.resid, identify.run_keys(rows), "log_delta_residual")
     # The paper's law has every exponent > 0; the fit lets the data say otherwise, out loud.
     fit.notes += [
         f"{p} = {fit.params[p]:.3g} <= 0: against the law's sign (paper: {p} > 0)"

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from qat_sweep.analysis import analyses, paper, validate
 from qat_sweep.analysis.bootstrap import bootstrap
+from qat_sweep.analysis.cells import cell_values
 from qat_sweep.analysis.collect import InputError, excluded_list
 from qat_sweep.analysis.fit import LawFit, fit_base, fit_delta, fit_joint
 from qat_sweep.analysis.predict import BOOT_FILE, SavedFit, bootstrap_key, predict_point
@@ -70,7 +71,9 @@ def _apply_holdout(table: pd.DataFrame, query: str | None) -> pd.DataFrame:
 
 def _best_lr(bf16: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """Base law on the best learning rate per (N, D, seed): the Chinchilla envelope."""
-    best = bf16.sort_values("loss").drop_duplicates(["n_params", "tokens", "seed"]).sort_index()
+    n_cell, d_cell = cell_values(bf16)
+    ranked = bf16.assign(_n=n_cell, _d=d_cell).sort_values("loss")
+    best = ranked.drop_duplicates(["_n", "_d", "seed"]).sort_index().drop(columns=["_n", "_d"])
     return best, len(bf16) - len(best)
 
 
@@ -190,9 +193,40 @@ def write_outputs(outcome: FitOutcome, out: Path) -> Path:
     columns = [c for c in TABLE_COLUMNS if c in outcome.table.columns]
     extra = [c for c in outcome.table.columns if c not in columns and c != "fit_key"]
     outcome.table[columns + extra].to_csv(out / "runs.csv", index=False)
+    check_intervals(outcome.result)
     path = out / "fit.json"
     write_json_atomic(path, _clean(outcome.result))
     return path
+
+
+def check_intervals(result: dict[str, Any]) -> None:
+    """Every interval written contains its estimate, and every PI its CI (else a bug: raise)."""
+    bad = []
+
+    def inside(label: str, value: Any, lo_hi: Any) -> None:
+        if value is None or lo_hi is None:
+            return
+        lo, hi = lo_hi
+        slack = 1e-9 * (1 + abs(value))
+        if not lo - slack <= value <= hi + slack:
+            bad.append(f"{label}: {value} outside [{lo}, {hi}]")
+
+    fits = {"base": result["base"], **{f"delta {k}": f for k, f in result["delta"].items()}}
+    for label, fit in fits.items():
+        for name, value in fit["params"].items():
+            inside(f"{label} {name}", value, fit["ci95"].get(name))
+    for row in result.get("predictions", []):
+        for name in ("bf16_loss", "delta", "qat_loss", "eff_multiplier"):
+            item = row.get(name) or {}
+            label = (
+                f"prediction {row['model']} D/N={row['tokens_per_param']} {row['setting']} {name}"
+            )
+            inside(label, item.get("value"), item.get("ci95"))
+            inside(label, item.get("value"), item.get("pi95"))
+            for end in item.get("ci95") or []:
+                inside(f"{label} CI end", end, item.get("pi95"))
+    if bad:
+        raise AssertionError("intervals that exclude their estimate: " + "; ".join(bad))
 
 
 def _clean(value: Any) -> Any:

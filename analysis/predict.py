@@ -20,12 +20,16 @@ BOOT_FILE = "bootstrap.npz"
 _SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
 
 
-def parse_count(text: str) -> float:
-    """'20e9', '20B', '100M', '1.5T', '20_000' -> float."""
+def parse_count(text: str, name: str = "count") -> float:
+    """'20e9', '20B', '100M', '1.5T', '20_000' -> a finite float > 0 (InputError naming `name`)."""
     match = re.fullmatch(r"\s*([0-9_.]+(?:[eE][+-]?\d+)?)\s*([kKmMbBgGtT]?)\s*", str(text))
-    if not match:
-        raise InputError(f"cannot read a count from {text!r} (use 20e9, 20B or 100M)")
-    return float(match.group(1).replace("_", "")) * _SUFFIX[match.group(2).upper()]
+    try:
+        value = float(match.group(1).replace("_", "")) * _SUFFIX[match.group(2).upper()]
+    except (AttributeError, ValueError):  # no match, or digits like '.' that are no number
+        raise InputError(f"{name}={text}: not a count (use 20e9, 20B or 100M)") from None
+    if not (np.isfinite(value) and value > 0):
+        raise InputError(f"{name}={text}: must be a finite number > 0")
+    return value
 
 
 def bootstrap_key(fit_key: str) -> str:
@@ -44,22 +48,73 @@ class SavedFit:
         path = directory / "fit.json"
         if not path.is_file():
             raise InputError(f"no fit.json in {directory}; run `qat-sweep fit` first")
-        result = json.loads(path.read_text())
         boot = directory / BOOT_FILE
-        draws = dict(np.load(boot)) if boot.is_file() else {}
+        try:
+            result = json.loads(path.read_text())
+            draws = dict(np.load(boot)) if boot.is_file() else {}
+        except (OSError, ValueError, EOFError) as err:  # truncated or foreign files
+            raise InputError(f"cannot read the fit in {directory}: {err}") from err
+        if not isinstance(result, dict) or not {"base", "delta"} <= set(result):
+            raise InputError(f"{path} is not a qat-sweep fit.json (no base/delta)")
         return cls(result, draws)
 
 
-def _interval(samples: np.ndarray) -> list[float] | None:
+def _interval(samples: np.ndarray, point: float) -> list[float] | None:
+    """95% percentile interval of the finite samples, widened to contain the point."""
     samples = samples[np.isfinite(samples)]
-    return (
-        [float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))]
-        if samples.size
-        else None
-    )
+    if not samples.size:
+        return None
+    lo, hi = np.percentile(samples, [2.5, 97.5])
+    return [float(min(lo, point)), float(max(hi, point))]
+
+
+def _quantity(
+    point: float, boot: np.ndarray, noisy: np.ndarray | None, caveats: list[str]
+) -> dict[str, Any]:
+    """value, ci95 and pi95 with point in CI in PI (a PI adds scatter to the CI, so it is at
+    least as wide; Monte Carlo error alone could make it narrower), plus any caveats."""
+    item: dict[str, Any] = {"value": float(point), "ci95": _interval(boot, point)}
+    if noisy is not None:
+        pi = _interval(noisy, point)
+        ci = item["ci95"]
+        item["pi95"] = [min(pi[0], ci[0]), max(pi[1], ci[1])] if pi and ci else pi
+    caveats = list(caveats)
+    for name in ("ci95", "pi95"):
+        lo_hi = item.get(name)
+        if lo_hi and (lo_hi[0] <= 0 or lo_hi[1] / lo_hi[0] > WIDE_RATIO):
+            caveats.append(f"{name} spans more than two orders of magnitude: not identifiable")
+            break
+    if item["ci95"] is None:
+        caveats.append("no bootstrap interval (none drawn, or the fit cannot give one)")
+    if caveats:
+        item["caveats"] = caveats
+    return item
+
+
+def _fit_caveats(label: str, fit: dict[str, Any]) -> list[str]:
+    """Interval caveats a fit carries (exact fit, too few cells, intervals spanning decades)."""
+    flags = fit.get("interval_flags") or {}
+    by_reason: dict[str, list[str]] = {}
+    for name, why in flags.items():
+        by_reason.setdefault(why, []).append(name)
+    out = [f"{label} {', '.join(names)}: {why}" for why, names in by_reason.items()]
+    if (fit.get("identifiability") or {}).get("exact_fit"):
+        out.append(f"{label} is an exact fit: its intervals carry no information")
+    return out
 
 
 EXTRAPOLATION_WARN = 10.0  # beyond 10x the fitted N or D, say so next to the number
+WIDE_RATIO = 100.0  # a predicted interval whose ends differ by 100x is flagged
+
+
+def _positive(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (np.isfinite(number) and number > 0):
+        raise InputError(f"{name}={value!r}: must be a finite number > 0")
+    return number
 
 
 def predict_point(
@@ -71,7 +126,14 @@ def predict_point(
     hidden_size: float | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """BF16 loss, delta and QAT loss with 95% confidence and prediction intervals."""
+    """BF16 loss, delta and QAT loss with 95% confidence and prediction intervals.
+
+    Every interval contains its point and every PI its CI; quantities whose fit cannot give
+    trustworthy intervals (not identifiable, exact fit) carry `caveats`, also in `warnings`.
+    """
+    n_params, tokens = _positive("n_params", n_params), _positive("tokens", tokens)
+    if hidden_size is not None:
+        hidden_size = _positive("hidden_size", hidden_size)
     rng = np.random.default_rng(seed)
     base = saved.result["base"]
     out: dict[str, Any] = {
@@ -91,13 +153,10 @@ def predict_point(
         d = dict(zip(BASE_PARAMS, draws_b.T, strict=True))
         boot_base = d["A"] / n_params ** d["alpha"] + d["B"] / tokens ** d["beta"] + d["E"]
     else:
-        boot_base = np.array([point_base])
+        boot_base = np.array([np.nan])
     noise_b = rng.choice(saved.draws.get("resid__base", np.zeros(1)), size=boot_base.shape)
-    out["bf16_loss"] = {
-        "value": float(point_base),
-        "ci95": _interval(boot_base),
-        "pi95": _interval(boot_base * np.exp(noise_b)),
-    }
+    base_caveats = _fit_caveats("BF16 law", base)
+    out["bf16_loss"] = _quantity(point_base, boot_base, boot_base * np.exp(noise_b), base_caveats)
     for column, value in (("n_params", n_params), ("tokens", tokens)):
         largest = base.get("range", {}).get(column, [None, None])[1]
         if largest and value > EXTRAPOLATION_WARN * largest:
@@ -106,6 +165,7 @@ def predict_point(
                 f"({largest:.3g}): an extrapolation"
             )
     if fit_key is None or fit_key.startswith("bf16/"):
+        out["warnings"] += out["bf16_loss"].get("caveats", [])
         return out
     fit = saved.result["delta"].get(fit_key)
     if fit is None:
@@ -113,8 +173,8 @@ def predict_point(
             f"no delta fit for {fit_key}; fitted: {', '.join(saved.result['delta']) or 'none'}"
         )
     g = group_value(group_size, hidden_size)
-    if not np.isfinite(g) or g <= 1:
-        raise InputError("group_size must be an integer > 1, or channel with hidden_size")
+    if not np.isfinite(g) or g < 2:
+        raise InputError("group_size must be an integer >= 2, or channel with hidden_size")
     dp = fit["params"]
     for name in fit.get("not_identifiable", []):
         out["warnings"].append(f"{name} not identifiable from the fitted grid: treated as 0")
@@ -122,9 +182,7 @@ def predict_point(
         _delta(np.array([[dp[p] or 0.0 for p in DELTA_PARAMS]]), n_params, tokens, g)[0]
     )
     draws_d = saved.draws.get(bootstrap_key(fit_key))
-    boot_delta = (
-        _delta(draws_d, n_params, tokens, g) if draws_d is not None else np.array([point_delta])
-    )
+    boot_delta = _delta(draws_d, n_params, tokens, g) if draws_d is not None else np.array([np.nan])
     noise_d = rng.choice(
         saved.draws.get("resid__" + bootstrap_key(fit_key), np.zeros(1)), size=boot_delta.shape
     )
@@ -133,27 +191,26 @@ def predict_point(
     noisy_qat = boot_base[:size] * np.exp(noise_b[:size]) + boot_delta[:size] * np.exp(
         noise_d[:size]
     )
-    out["delta"] = {
-        "value": point_delta,
-        "ci95": _interval(boot_delta),
-        "pi95": _interval(boot_delta * np.exp(noise_d)),
-    }
-    out["qat_loss"] = {
-        "value": point_base + point_delta,
-        "ci95": _interval(boot_qat),
-        "pi95": _interval(noisy_qat),
-    }
+    delta_caveats = _fit_caveats(f"delta law {fit_key}", fit)
+    out["delta"] = _quantity(point_delta, boot_delta, boot_delta * np.exp(noise_d), delta_caveats)
+    out["qat_loss"] = _quantity(
+        point_base + point_delta, boot_qat, noisy_qat, base_caveats + delta_caveats
+    )
     eff = _eff(bp["A"], bp["alpha"], n_params, point_delta)
     if draws_b is not None:
         boot_eff = _eff(draws_b[:size, 0], draws_b[:size, 1], n_params, boot_delta[:size])
     else:
-        boot_eff = np.array([eff])
-    out["eff_multiplier"] = {"value": float(eff), "ci95": _interval(boot_eff)}
+        boot_eff = np.array([np.nan])
+    out["eff_multiplier"] = _quantity(eff, boot_eff, None, base_caveats + delta_caveats)
+    for key in ("bf16_loss", "delta", "qat_loss", "eff_multiplier"):
+        out["warnings"] += [c for c in out[key].get("caveats", []) if c not in out["warnings"]]
     return out
 
 
 def _delta(draws: np.ndarray, n: float, d: float, g: float) -> np.ndarray:
-    k, g_n, g_d, g_g = (np.nan_to_num(c) for c in draws.T)
+    """delta per draw; a dropped exponent (None / 0) contributes nothing, a NaN draw stays NaN."""
+    k = draws[:, 0]
+    g_n, g_d, g_g = (np.nan_to_num(c) for c in draws[:, 1:].T)
     return k * d**g_d * np.log2(g) ** g_g / n**g_n
 
 
@@ -184,5 +241,5 @@ def format_prediction(pred: dict[str, Any]) -> str:
     ):
         if key in pred:
             lines.append(line(label, pred[key]))
-    lines += [f"warning: {w}" for w in pred["warnings"]]
+    lines += [f"warning: {w}" for w in pred["warnings"]]  # caveats of every interval included
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 from qat_sweep.analysis import paper
+from qat_sweep.analysis.identify import OUTLIER_Z
 from qat_sweep.analysis.laws import BASE_PARAMS, DELTA_PARAMS
 
 EXPECTED = {"N": "falls", "D": "rises", "G": "rises"}
@@ -46,13 +47,45 @@ def _pct(value: Any) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
+def _ci_of(fit: dict[str, Any], name: str) -> str:
+    """The interval with its flag: an interval the grid cannot support never stands alone."""
+    flag = (fit.get("interval_flags") or {}).get(name)
+    text = _ci(fit["ci95"].get(name))
+    return f"{text} ({flag})" if flag else text
+
+
+def _identifiability(fit: dict[str, Any]) -> list[str]:
+    """The design's condition; the exponents it cannot separate are in the fit's notes."""
+    ident = fit.get("identifiability") or {}
+    if not ident:
+        return []
+    lines = [
+        f"Design in ({', '.join(ident['design'])}) over the fitted cells: condition number "
+        f"{_f(ident['condition'], 3)}, {ident['n_cells']} cells, {ident['n_params']} parameters"
+        + (", exact fit (no intervals)" if ident.get("exact_fit") else "")
+        + "."
+    ]
+    return lines
+
+
+def _outliers(fit: dict[str, Any]) -> list[str]:
+    found = fit.get("outliers") or []
+    if not found:
+        return []
+    runs = ", ".join(f"{o['run_key']} (z = {o['robust_z']:.1f})" for o in found)
+    return [
+        f"Outliers (robust residual beyond {OUTLIER_Z:g} robust sd; kept, the Huber loss limits "
+        f"their weight): {runs}."
+    ]
+
+
 def base_section(res: dict[str, Any]) -> Section:
     base = res["base"]
     rows = [
         {
             "param": p,
             "ours": _f(base["params"].get(p)),
-            "95% CI": _ci(base["ci95"].get(p)),
+            "95% CI": _ci_of(base, p),
             "paper": _f(paper.BASE[p]),
         }
         for p in BASE_PARAMS
@@ -64,6 +97,8 @@ def base_section(res: dict[str, Any]) -> Section:
         f"{_pct(base['starts']['frac_reached_best'])} of {base['starts']['n']} grid starts reached the best cost; "
         f"bound hits: {', '.join(base['bound_hits']) or 'none'}.",
         *base["notes"],
+        *_identifiability(base),
+        *_outliers(base),
     ]
     return Section(
         "BF16 law  L = A/N^alpha + B/D^beta + E", text, [("", pd.DataFrame(rows))], ["loss_vs_D"]
@@ -79,13 +114,14 @@ def delta_section(res: dict[str, Any]) -> Section:
             rows.append({
                 "setting": key, "param": p,
                 "ours": _f(value) if value is not None else "not identifiable",
-                "95% CI": _ci(fit["ci95"].get(p)), "paper": _f(ref.get(p)),
+                "95% CI": _ci_of(fit, p), "paper": _f(ref.get(p)),
             })  # fmt: skip
         text.append(
-            f"{key}: {fit['n_runs']} runs, {fit['n_cells']} cells, relative error {_pct(fit.get('rel_error'))}, "
+            f"{key}: {fit['n_runs']} runs, {fit['n_cells']} cells, mean |relative error| of delta {_pct(fit.get('rel_error'))}, "
             f"converged {fit['converged']}, {_pct(fit['starts']['frac_reached_best'])} of starts at the best cost, "
             f"bound hits: {', '.join(fit['bound_hits']) or 'none'}. " + " ".join(fit["notes"])
         )
+        text += [f"{key}: {line}" for line in _identifiability(fit) + _outliers(fit)]
     if not rows:
         text.append("No quantized runs with a BF16 twin: no delta law fitted.")
     joint = res.get("joint")
@@ -133,7 +169,7 @@ def validation_section(res: dict[str, Any]) -> Section:
             out_rows.append({"check": label, "setting": key, "runs": d.get("n_test", ""),
                              "rel. error of delta": _pct(d["rel_error"]) if "rel_error" in d else d["note"]})  # fmt: skip
     text = [
-        "Relative error = mean |predicted - actual| / actual of delta (paper Table 2 metric), in sample. "
+        "Mean |relative error| = mean |predicted - actual| / actual of delta (paper Table 2 metric), in sample. "
         "N-only: delta = k_G / N^gamma fitted separately for each granularity (the earlier laws); "
         "without D: our law with gamma_D = 0 (paper Table 4 ablation).",
         "Out of sample: refit without the largest N (or D) and predict it; runs flagged holdout are never fitted.",
@@ -221,7 +257,7 @@ def analyses_section(res: dict[str, Any]) -> Section:
         frame = pd.DataFrame(sites["mean_per_setting"]).T.map(lambda v: _f(v, 3))
         tables.append(
             (
-                "Per-site kurtosis and relative quantization error (means; paper FC2 kurtosis 123 BF16, 89 W4A4)",
+                "Per-site kurtosis and quantization NMSE ||x_hat - x||^2 / ||x||^2 (means; paper FC2 kurtosis 123 BF16, 89 W4A4)",
                 frame.reset_index(names="setting"),
             )
         )

@@ -120,8 +120,8 @@ def table_to_records(table: pd.DataFrame, sweep: str = "synthetic") -> list[dict
         sites = {
             s: {
                 "kurtosis": 120.0 if s == "fc2" else 4.0,
-                "act_rel_err": 0.1 if quantized else None,
-                "weight_rel_err": 0.08 if quantized else None,
+                "act_nmse": 0.1 if quantized else None,
+                "weight_nmse": 0.08 if quantized else None,
                 "act_bits": 4 if quantized else None,
                 "weight_bits": 4 if quantized else None,
             }

@@ -1,6 +1,8 @@
 """Out-of-sample checks and the paper's Table 2 / Table 4 comparison of delta laws.
 
-Relative error is the paper's metric: mean |predicted - actual| / actual over paired runs.
+The metric is the paper's: mean |predicted - actual| / actual over paired runs
+(`mean_abs_rel_error`; fit.json keeps the key `rel_error`). It is not the quantizer's NMSE.
+N and D are compared by cell (analysis/cells.py), so measured counts hold out together.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from qat_sweep.analysis import paper
+from qat_sweep.analysis.cells import cell_values
 from qat_sweep.analysis.fit import LawFit, fit_base, fit_delta, fit_n_only, predict_delta_rows
 from qat_sweep.analysis.laws import bf16_loss
 
 
-def relative_error(pred: np.ndarray, actual: np.ndarray) -> float | None:
+def mean_abs_rel_error(pred: np.ndarray, actual: np.ndarray) -> float | None:
+    """mean |pred - actual| / |actual| over finite pairs (None if there are none)."""
     ok = np.isfinite(pred) & np.isfinite(actual)
     return float(np.mean(np.abs(pred[ok] - actual[ok]) / np.abs(actual[ok]))) if ok.any() else None
 
@@ -29,7 +33,7 @@ def compare_laws(quant: pd.DataFrame, deltas: dict[str, LawFit]) -> dict[str, An
         no_d = fit_delta(part, key, terms=("gamma_G", "gamma_N"))
         out[key] = {
             "ours": fit.stats.get("rel_error"),
-            "n_only": relative_error(n_only, actual),
+            "n_only": mean_abs_rel_error(n_only, actual),
             "no_d": no_d.stats.get("rel_error"),
             "n_only_params_per_G": per_g,
             "paper": paper.REL_ERROR.get(key),
@@ -57,7 +61,7 @@ def _predict_split(
             pred = bf16_loss(base.params, test_b["n_params"], test_b["tokens"])
             result["bf16"] = {
                 "n_test": len(test_b),
-                "loss_rel_error": relative_error(pred, test_b["loss"].to_numpy()),
+                "loss_rel_error": mean_abs_rel_error(pred, test_b["loss"].to_numpy()),
                 "loss_mean_abs_error": float(np.mean(np.abs(pred - test_b["loss"].to_numpy()))),
             }
     deltas: dict[str, Any] = {}
@@ -75,17 +79,22 @@ def _predict_split(
         pred = predict_delta_rows(fit, test)
         deltas[key] = {
             "n_test": len(test),
-            "rel_error": relative_error(pred, test["delta"].to_numpy()),
+            "rel_error": mean_abs_rel_error(pred, test["delta"].to_numpy()),
         }
     result["delta"] = deltas
     return result
 
 
 def _extrapolated(train: pd.DataFrame, test: pd.DataFrame) -> list[str]:
-    """Exponents a test set needs: those whose regressor takes unseen values."""
+    """Exponents a test set needs: those whose regressor takes unseen values (cells)."""
+    (train_n, train_d), (test_n, test_d) = cell_values(train), cell_values(test)
     needed = []
-    for col, name in (("n_params", "gamma_N"), ("tokens", "gamma_D"), ("G", "gamma_G")):
-        if not set(test[col]) <= set(train[col]):
+    for seen, new, name in (
+        (train_n, test_n, "gamma_N"),
+        (train_d, test_d, "gamma_D"),
+        (train["G"].to_numpy(), test["G"].to_numpy(), "gamma_G"),
+    ):
+        if not set(new) <= set(seen):
             needed.append(name)
     return needed
 
@@ -94,17 +103,19 @@ def leave_largest_out(
     bf16: pd.DataFrame, quant: pd.DataFrame, column: str, tied: bool, f_scale: float
 ) -> dict[str, Any]:
     """Fit without the largest N (or D) and predict those runs."""
-    values = sorted(set(bf16[column]) | set(quant[column]))
+    axis = 0 if column == "n_params" else 1
+    cells_b, cells_q = cell_values(bf16)[axis], cell_values(quant)[axis]
+    values = sorted(set(cells_b) | set(cells_q))
     if len(values) < 3:
         return {"note": f"{len(values)} distinct {column} values: need 3 to leave the largest out"}
     largest = values[-1]
     split = {
         "held_out": float(largest),
         **_predict_split(
-            bf16[bf16[column] < largest],
-            quant[quant[column] < largest],
-            bf16[bf16[column] == largest],
-            quant[quant[column] == largest],
+            bf16[cells_b < largest],
+            quant[cells_q < largest],
+            bf16[cells_b == largest],
+            quant[cells_q == largest],
             tied,
             f_scale,
         ),
@@ -121,7 +132,7 @@ def holdout_check(
     out: dict[str, Any] = {"n_test": len(hold_b) + len(hold_q)}
     if len(hold_b) and base.params.get("A") is not None:
         pred = bf16_loss(base.params, hold_b["n_params"], hold_b["tokens"])
-        out["bf16"] = {"loss_rel_error": relative_error(pred, hold_b["loss"].to_numpy())}
+        out["bf16"] = {"loss_rel_error": mean_abs_rel_error(pred, hold_b["loss"].to_numpy())}
     out["delta"] = {}
     for key, test in hold_q.groupby("fit_key"):
         fit = deltas.get(key)
@@ -131,6 +142,6 @@ def holdout_check(
         pred = predict_delta_rows(fit, test)
         out["delta"][key] = {
             "n_test": len(test),
-            "rel_error": relative_error(pred, test["delta"].to_numpy()),
+            "rel_error": mean_abs_rel_error(pred, test["delta"].to_numpy()),
         }
     return out

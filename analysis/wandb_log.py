@@ -1,43 +1,131 @@
-"""Optional mirror of a fit to wandb. A wandb problem never fails the fit: it becomes a warning."""
+"""Optional mirror of a fit to wandb. A wandb problem never fails the fit: it becomes a warning.
+
+The fit becomes one `fit` run (parameters with 95% intervals, the run table, every plot) in
+the sweep's group, and each quantized run of the sweep gets `fit/predicted_delta` and
+`fit/residual` in its own summary, so the dashboard can plot measured against predicted delta.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from qat_sweep.analysis.laws import delta_loss
+
+
+def predicted_deltas(result: dict[str, Any], table: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per quantized run: the fitted law's delta and the residual (measured - predicted).
+
+    `table` is the fit's run table (`runs.csv`: run_key, scheme, format, n_params, tokens, G,
+    delta); runs whose setting has no delta fit, or that lack G or a measured delta, are left out.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for row in table.itertuples(index=False):
+        fit = result.get("delta", {}).get(f"{row.scheme}/{row.format}")
+        if row.scheme == "bf16" or fit is None or fit["params"].get("k") is None:
+            continue
+        predicted = float(delta_loss(fit["params"], row.n_params, row.tokens, row.G))
+        if math.isfinite(predicted) and math.isfinite(row.delta):
+            out[str(row.run_key)] = {
+                "fit/predicted_delta": predicted,
+                "fit/residual": float(row.delta) - predicted,
+            }
+    return out
+
+
+def fit_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The law's parameters and their 95% intervals as flat summary keys."""
+    parts = {"base": result["base"], **{f"delta/{k}": v for k, v in result["delta"].items()}}
+    summary: dict[str, Any] = {}
+    for prefix, fit in parts.items():
+        for name, value in fit["params"].items():
+            summary[f"{prefix}/{name}"] = value
+            interval = (fit.get("ci95") or {}).get(name)
+            if interval:
+                summary[f"{prefix}/{name}_ci95_lo"], summary[f"{prefix}/{name}_ci95_hi"] = interval
+        if "rel_error" in fit:
+            summary[f"{prefix}/rel_error"] = fit["rel_error"]
+    return summary
 
 
 def log_fit(
-    target: str, result: dict[str, Any], table: pd.DataFrame, figures: dict[str, Path]
+    target: str,
+    result: dict[str, Any],
+    table: pd.DataFrame,
+    figures: dict[str, Path],
+    out_dir: Path | None = None,
+    sweep: str | None = None,
 ) -> bool:
-    """Log the parameters, tables and plots to a `fit` run in ENTITY/PROJECT (respects WANDB_MODE)."""
+    """Log the fit to a `fit` run in ENTITY/PROJECT (respects WANDB_MODE), then write each
+    quantized run's predicted delta into that run's summary (online only; offline runs get it
+    from `qat-sweep sync`). The run's local files go to `<out_dir>/wandb`, beside the fit's
+    outputs, where `qat-sweep sync` finds an offline fit run to upload."""
+    sweep = sweep or _single_sweep(table)
     try:
         import wandb
 
         entity, _, project = target.partition("/")
+        project = project or entity
         mode = os.environ.get("WANDB_MODE") or (
             "online" if os.environ.get("WANDB_API_KEY") else "offline"
         )
         run = wandb.init(
-            entity=entity or None, project=project or entity, job_type="fit", mode=mode, reinit=True
+            entity=entity or None,
+            project=project,
+            job_type="fit",
+            group=sweep,  # the sweep workspace filters on the group
+            name=f"fit-{sweep}" if sweep else None,
+            config={"sweep": sweep, "settings": result.get("settings")},
+            mode=mode,
+            dir=str(out_dir) if out_dir is not None else None,
+            reinit="finish_previous",
         )
-        summary: dict[str, Any] = {f"base/{k}": v for k, v in result["base"]["params"].items()}
-        for key, fit in result["delta"].items():
-            summary.update({f"delta/{key}/{k}": v for k, v in fit["params"].items()})
-            summary[f"delta/{key}/rel_error"] = fit.get("rel_error")
-        run.summary.update(summary)
-        clean = table.astype(str)
+        run.summary.update(fit_summary(result))
+        images = [wandb.Image(str(path), caption=name) for name, path in figures.items()]
         run.log(
             {
-                "runs": wandb.Table(dataframe=clean),
-                **{f"plots/{name}": wandb.Image(str(path)) for name, path in figures.items()},
+                "runs": wandb.Table(dataframe=table.astype(str)),
+                **({"plots": images} if images else {}),  # one media key: one workspace panel
             }
         )
         run.finish()
+        if mode == "online" and sweep:
+            write_predictions(entity or None, project, sweep, predicted_deltas(result, table))
         return True
     except Exception as err:  # any wandb failure (network, auth, version) must not lose the fit
         print(f"warning: wandb logging to {target} failed: {err}", file=sys.stderr)
         return False
+
+
+def _single_sweep(table: pd.DataFrame) -> str | None:
+    """The sweep all rows of the table come from, when there is exactly one."""
+    sweeps = table["sweep"].dropna().unique() if "sweep" in table else []
+    return str(sweeps[0]) if len(sweeps) == 1 else None
+
+
+def write_predictions(
+    entity: str | None, project: str, sweep: str, values: dict[str, dict[str, float]]
+) -> None:
+    """`fit/*` values into the summaries of the sweep's runs on the server."""
+    from qat_sweep import wandb_api
+    from qat_sweep.tracking import wandb_id
+
+    entity = entity or wandb_api.default_entity()
+    failed = 0
+    for run_key, summary in values.items():
+        try:
+            wandb_api.update_summary(f"{entity}/{project}/{wandb_id(sweep, run_key)}", summary)
+        except Exception:  # a run that was never synced: `qat-sweep sync` writes it later
+            failed += 1
+    print(
+        f"wandb: fit/predicted_delta written to {len(values) - failed} run(s)"
+        + (
+            f", {failed} not found (sync them, then `qat-sweep sync sweep={sweep}`)"
+            if failed
+            else ""
+        )
+    )

@@ -186,3 +186,105 @@ def test_module_entry_point_with_plots(fitted, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "report:" in proc.stdout and len(list((out / "plots").glob("*.png"))) >= 8
+
+
+BAD_ROWS = {
+    "loss": (-1.0, "loss = -1: must be > 0"),
+    "tokens": (0.0, "tokens = 0: must be > 0"),
+    "n_params": (float("nan"), "n_params missing or not a finite number"),
+    "group_size": ("abc", "group_size 'abc': allowed an integer >= 2 or channel"),
+}
+
+
+def test_bad_rows_are_excluded_by_name_before_fitting(tmp_path):
+    table = synthetic_table(seed=2)
+    table["group_size"] = table["group_size"].astype(object)
+    quant = table.index[(table["scheme"] == "w4a4") & ~table["holdout"]]
+    bad = dict(zip(sorted(BAD_ROWS), quant, strict=False))
+    for column, row in bad.items():
+        table.loc[row, column] = BAD_ROWS[column][0]
+    table.loc[table.index[table["scheme"] == "w16a4"][0], "group_size"] = 1
+    table.to_csv(tmp_path / "t.csv", index=False)
+    argv = ["--table", str(tmp_path / "t.csv"), "--out", str(tmp_path / "o"), "--bootstrap", "0"]
+    assert fit_main([*argv, "--no-plots"]) == 0
+    excluded = {e["run_key"]: e["reason"] for e in json.loads((tmp_path / "o" / "fit.json").read_text())["excluded"]}  # fmt: skip
+    for column, row in bad.items():
+        assert excluded[table.loc[row, "run_key"]] == BAD_ROWS[column][1]
+    assert "group size 1: must be >= 2 (log2 G > 0)" in excluded.values()
+
+
+def test_a_table_with_nothing_usable_exits_2_without_traceback(tmp_path):
+    table = synthetic_table().head(8).assign(tokens=-5.0)
+    table.to_csv(tmp_path / "t.csv", index=False)
+    cmd = [sys.executable, "-m", "qat_sweep.analysis.cli", "fit", "--table", str(tmp_path / "t.csv"),
+           "--out", str(tmp_path / "o")]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "no usable runs" in proc.stderr and "tokens = -5: must be > 0" in proc.stderr
+
+
+@pytest.mark.parametrize("query", ["n_params >= 9e8", "model == '973M' and scheme != 'x'"])
+def test_holdout_takes_any_pandas_query(fitted, tmp_path, query):
+    out = tmp_path / "o"
+    argv = ["--table", str(fitted / "runs.csv"), "--holdout", query, "--out", str(out), "--bootstrap", "0"]  # fmt: skip
+    assert fit_main([*argv, "--no-plots"]) == 0
+    res = json.loads((out / "fit.json").read_text())
+    assert res["n_runs"]["holdout"] == 12 and res["settings"]["holdout"] == query
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("n_params=0", "n_params=0: must be a finite number > 0"),
+        ("n_params=.", "n_params=.: not a count"),
+        ("tokens=0", "tokens=0: must be a finite number > 0"),
+        ("tokens=-5", "tokens=-5: not a count"),
+        ("group_size=abc", "group_size=abc: allowed an integer >= 2 or channel"),
+        ("group_size=1", "group_size=1: allowed an integer >= 2 or channel"),
+        ("hidden_size=abc", "hidden_size=abc: not a count"),
+    ],
+)
+def test_predict_refuses_bad_values(fitted, override, message, capsys):
+    good = {
+        "n_params": "1e9",
+        "tokens": "20B",
+        "scheme": "w4a4",
+        "format": "int4",
+        "group_size": "128",
+    }
+    key = override.split("=")[0]
+    argv = ["--fit", str(fitted), *(f"{k}={v}" for k, v in good.items() if k != key), override]
+    assert predict_main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_prediction_interval_contains_confidence_interval_and_point(fitted, capsys):
+    from qat_sweep.analysis.predict import SavedFit, predict_point
+
+    saved = SavedFit.load(fitted)
+    for n, d, g in ((1e8, 2e9, 32), (7e9, 140e9, 128), (7e10, 1.4e12, 256)):
+        pred = predict_point(saved, n, d, "w4a4/int4", g)
+        for name in ("bf16_loss", "delta", "qat_loss"):
+            item = pred[name]
+            (clo, chi), (plo, phi) = item["ci95"], item["pi95"]
+            assert plo <= clo <= item["value"] <= chi <= phi, (name, item)
+        lo, hi = pred["eff_multiplier"]["ci95"]
+        assert lo <= pred["eff_multiplier"]["value"] <= hi
+    # A setting fitted from one (N, D) cell: its intervals carry the caveat, in text and JSON.
+    argv = ["--fit", str(fitted), "n_params=3e8", "tokens=50B", "scheme=w4a4", "format=fp4", "group_size=64"]  # fmt: skip
+    assert predict_main([*argv, "--json"]) == 0
+    pred = json.loads(capsys.readouterr().out)
+    assert pred["delta"]["ci95"] is None and pred["delta"]["caveats"]
+    assert any("not identifiable" in c for c in pred["delta"]["caveats"])
+    assert predict_main(argv) == 0
+    assert "warning: delta law w4a4/fp4" in capsys.readouterr().out
+
+
+def test_unreadable_fit_and_out_file_exit_2(fitted, tmp_path, capsys):
+    (tmp_path / "fit.json").write_text("{truncated")
+    argv = ["n_params=1e9", "tokens=20B"]
+    assert predict_main(["--fit", str(tmp_path), *argv]) == 2
+    assert "cannot read the fit" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert fit_main(["--table", str(fitted / "runs.csv"), "--out", str(tmp_path / "file")]) == 2
+    assert "not a directory" in capsys.readouterr().err

@@ -24,8 +24,8 @@ def _record(**over):
         "model": "74M", "n_params": 74.3e6, "n_params_total": 1e8, "hidden_size": 768,
         "tokens": 10e9, "scheme": "bf16", "format": "bf16", "group_size": None, "lr": 1.5e-3,
         "seed": 0, "loss": 3.0, "val_loss": 3.1,
-        "metrics": {"quant": {"sites": {"fc2": {"kurtosis": 120.0, "act_rel_err": 0.1,
-                    "weight_rel_err": None, "act_bits": 4, "weight_bits": None}}, "layers": {}},
+        "metrics": {"quant": {"sites": {"fc2": {"kurtosis": 120.0, "act_nmse": 0.1,
+                    "weight_nmse": None, "act_bits": 4, "weight_bits": None}}, "layers": {}},
                     "tokens_per_s": 1000.0},
         "config": {}, "versions": {}, "slurm": None, "wandb": None,
     }  # fmt: skip
@@ -95,7 +95,7 @@ def test_quality_control_reasons():
     assert reasons["q_fail"] == "status failed" and reasons["q_div"] == "status diverged"
     assert reasons["q_notwin"].startswith("no BF16 twin")
     assert "hidden_size" in reasons["q_chan"]
-    assert reasons["q_nan"] == "non-finite loss"
+    assert reasons["q_nan"] == "loss missing or not a finite number"
     assert len(excluded_list(table, [])) == 7
 
 

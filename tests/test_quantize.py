@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from qat_sweep.quantize import fake_quantize, kurtosis, relative_error
+from qat_sweep.quantize import fake_quantize, kurtosis, nmse
 
 # Independent reference: (divisor, integer code range) or the E2M1 level list.
 INT_SPECS = {"int4": (8.0, -8, 7), "int4_sym": (7.0, -7, 7), "int8": (127.0, -127, 127)}
@@ -152,10 +152,10 @@ def test_ste_gradient_is_identity_except_where_clipped(fmt: str) -> None:
     grad_out = gaussian(16, 64, seed=1)
     fake_quantize(x, fmt, 16).backward(grad_out)
     if fmt == "int4":
-        # u = x / (absmax / 8) above 7.5 rounds past 7 (e.g. a positive maximum, u = 8).
+        # u = x / (absmax / 8) from 7.5 up rounds past 7 (e.g. a positive maximum, u = 8).
         xg = x.detach().reshape(16, 4, 16)
         u = xg / (xg.abs().amax(-1, keepdim=True) / 8)
-        clipped = (u > 7.5).reshape(16, 64)
+        clipped = (u >= 7.5).reshape(16, 64)
         assert clipped.any()
     else:
         clipped = torch.zeros(16, 64, dtype=torch.bool)
@@ -169,6 +169,52 @@ def test_ste_gradient_zero_where_clip_factor_clips() -> None:
     assert out.tolist() == [[7.0, 7.0, 7.0, -7.0, -7.0, 3.0]]
     # 7.4 rounds to the code 7 itself; 7.6 and 14 would round past 7: those codes were clipped.
     assert x.grad.tolist() == [[0.0, 1.0, 0.0, 1.0, 0.0, 1.0]]
+
+
+# Exact tie points u (scale 1): (u, gradient passes?) under ties-to-even on the unbounded grid.
+TIES = {
+    "int4": [(7.5, False), (-7.5, True), (-8.5, True), (6.5, True), (7.0, True), (-9.0, False)],
+    "int4_sym": [(7.5, False), (-7.5, False), (6.5, True), (-6.5, True), (7.0, True)],
+    "int8": [(127.5, False), (-127.5, False), (126.5, True), (-126.5, True), (127.0, True)],
+    "fp4": [(7.0, False), (-7.0, False), (5.0, True), (6.0, True), (6.5, True), (-6.99, True)],
+}
+
+
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+def test_ste_gradient_at_exact_ties_with_lac(fmt: str) -> None:
+    """clip 0.5 and an absmax of 2 x divisor make the scale exactly 1, so u = x bit for bit."""
+    divisor = 6.0 if fmt == "fp4" else INT_SPECS[fmt][0]
+    values, passes = zip(*TIES[fmt], strict=True)
+    x = torch.tensor([[2 * divisor, *values]], requires_grad=True)
+    clip = torch.tensor([0.5], requires_grad=True)
+    fake_quantize(x, fmt, x.shape[1], clip=clip).sum().backward()
+    # 2 x divisor rounds far outside the range: clipped, no gradient.
+    assert x.grad[0].tolist() == [0.0, *(1.0 if p else 0.0 for p in passes)]
+    # Agrees with OmniQuant's clamp(round_ste(u)) written with plain autograd.
+    _check_against_round_ste(x.detach(), clip.detach(), fmt, x.grad, clip.grad)
+
+
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+def test_ste_gradient_at_exact_ties_without_lac(fmt: str) -> None:
+    """AbsMax alone: only int4 (s = absmax / 8, codes up to 7) can clip, from u = 7.5 up."""
+    divisor = 6.0 if fmt == "fp4" else INT_SPECS[fmt][0]
+    half = {"int4": 7.5, "int4_sym": 6.5, "int8": 126.5, "fp4": 5.0}[fmt]
+    x = torch.tensor([[divisor, half, -half, -divisor, 1.5]], requires_grad=True)  # scale 1
+    fake_quantize(x, fmt, 5).sum().backward()
+    expected = [0.0, 0.0, 1.0, 1.0, 1.0] if fmt == "int4" else [1.0] * 5
+    assert x.grad[0].tolist() == expected
+
+
+def _check_against_round_ste(x, clip, fmt, grad_x, grad_clip) -> None:
+    lo, hi = (-6.0, 6.0) if fmt == "fp4" else INT_SPECS[fmt][1:]
+    divisor = 6.0 if fmt == "fp4" else INT_SPECS[fmt][0]
+    x_ref, clip_ref = x.clone().requires_grad_(), clip.clone().requires_grad_()
+    scale = x_ref.detach().abs().amax(-1, keepdim=True) / divisor * clip_ref
+    u = x_ref / scale
+    code = (u + (_ref_unbounded_grid(u.detach(), fmt) - u).detach()).clamp(lo, hi)
+    (code * scale).sum().backward()
+    torch.testing.assert_close(grad_x, x_ref.grad, rtol=0, atol=0)
+    torch.testing.assert_close(grad_clip, clip_ref.grad)
 
 
 @pytest.mark.parametrize("fmt", ALL_FORMATS)
@@ -198,7 +244,7 @@ def _ref_unbounded_grid(u: torch.Tensor, fmt: str) -> torch.Tensor:
     if fmt != "fp4":
         return torch.round(u)
     e2m1 = torch.from_numpy(ref_e2m1(u.numpy()).astype(np.float32))
-    return torch.where(u.abs() > 7, torch.sign(u) * 8, e2m1)
+    return torch.where(u.abs() >= 7, torch.sign(u) * 8, e2m1)  # 7 ties to 8 (even mantissa)
 
 
 def test_bf16_input_gives_fp32_result_cast() -> None:
@@ -221,7 +267,7 @@ def test_bf16_input_gives_fp32_result_cast() -> None:
 )
 def test_normalised_mse_on_gaussian_data(fmt: str, group: int, expected: float) -> None:
     x = gaussian(2**21)
-    assert relative_error(x, fake_quantize(x, fmt, group)) == pytest.approx(expected, rel=0.03)
+    assert nmse(x, fake_quantize(x, fmt, group)) == pytest.approx(expected, rel=0.03)
 
 
 @pytest.mark.parametrize("fmt", ALL_FORMATS)
@@ -247,11 +293,11 @@ def test_errors_name_the_bad_value() -> None:
         fake_quantize(x, "int4", 10, clip=torch.ones(3))
 
 
-def test_relative_error_and_kurtosis_against_numpy() -> None:
+def test_nmse_and_kurtosis_against_numpy() -> None:
     x = gaussian(1000) ** 3
     x_hat = x + 0.1
     expected = np.sum((x_hat.numpy() - x.numpy()) ** 2) / np.sum(x.numpy() ** 2)
-    assert relative_error(x, x_hat) == pytest.approx(expected, rel=1e-5)
+    assert nmse(x, x_hat) == pytest.approx(expected, rel=1e-5)
     xn = x.numpy().astype(np.float64)
     pearson = np.mean((xn - xn.mean()) ** 4) / np.var(xn) ** 2
     assert kurtosis(x) == pytest.approx(pearson, rel=1e-4)

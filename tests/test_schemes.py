@@ -199,9 +199,9 @@ def test_site_stats_shape_and_values() -> None:
     assert set(stats["layers"]) == {f"blocks.{i}.{s}" for i in range(3) for s in SITES}
     for site, values in stats["sites"].items():
         assert values["kurtosis"] > 1.0
-        assert 0 < values["act_rel_err"] < 0.2 and 0 < values["weight_rel_err"] < 0.2
+        assert 0 < values["act_nmse"] < 0.2 and 0 < values["weight_nmse"] < 0.2
         assert values["weight_bits"] == 4 and values["act_bits"] == (8 if site == "fc2" else 4)
-    assert stats["sites"]["fc2"]["act_rel_err"] < stats["sites"]["fc1"]["act_rel_err"]
+    assert stats["sites"]["fc2"]["act_nmse"] < stats["sites"]["fc1"]["act_nmse"]
     layer_mean = sum(stats["layers"][f"blocks.{i}.o"]["kurtosis"] for i in range(3)) / 3
     assert stats["sites"]["o"]["kurtosis"] == pytest.approx(layer_mean)
 
@@ -215,6 +215,6 @@ def test_site_stats_null_where_unquantized(scheme: str) -> None:
     weights, acts = EXPECTED_BITS[scheme]["qkv"]
     for values in [*stats["sites"].values(), *stats["layers"].values()]:
         assert values["kurtosis"] is not None
-        assert (values["weight_rel_err"] is None) == (weights == 16)
-        assert (values["act_rel_err"] is None) == (acts == 16)
+        assert (values["weight_nmse"] is None) == (weights == 16)
+        assert (values["act_nmse"] is None) == (acts == 16)
         assert (values["weight_bits"], values["act_bits"]) == (weights, acts)

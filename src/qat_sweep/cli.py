@@ -20,6 +20,10 @@ commands:
   prepare   tokenize a corpus: prepare input=PATH out=DIR | prepare demo | prepare hf ...
   bench     forward+backward time per scheme: bench model=1M batch=8 seq_len=128
   demo      the embedded end-to-end loop: demo sweep, fit and report on this machine
+  sync      upload a sweep's offline wandb runs, then write delta and fit summaries:
+            sync sweep=NAME [--dry-run]
+  wandb-workspace  save a wandb workspace of a sweep and print its URL:
+            wandb-workspace sweep=NAME --entity E --project P
 """
 
 
@@ -54,6 +58,8 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "prepare": _lazy("qat_sweep.prepare", "main"),
     "bench": _lazy("qat_sweep.bench", "main"),
     "demo": _lazy("qat_sweep.demo", "main"),
+    "sync": _lazy("qat_sweep.sync", "sync_main"),
+    "wandb-workspace": _lazy("qat_sweep.workspace", "workspace_main"),
 }
 
 

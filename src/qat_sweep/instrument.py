@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from qat_sweep.model import Transformer
-from qat_sweep.quantize import kurtosis, relative_error
+from qat_sweep.quantize import kurtosis, nmse
 from qat_sweep.schemes import SITES, ActQuantizer, QuantLinear, format_bits
 
 # Where each site's (shared) input quantizer and its linears live inside a block.
@@ -24,13 +24,13 @@ SITE_MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "fc1": ("mlp.act_fc1", ("mlp.gate", "mlp.up")),
     "fc2": ("mlp.act_fc2", ("mlp.down",)),
 }
-STATS: tuple[str, ...] = ("kurtosis", "act_rel_err", "weight_rel_err", "act_bits", "weight_bits")
+STATS: tuple[str, ...] = ("kurtosis", "act_nmse", "weight_nmse", "act_bits", "weight_bits")
 
 
 def site_stats(model: Transformer, idx: Tensor) -> dict[str, dict[str, dict[str, Any]]]:
     """One no-grad forward on ``idx``; stats per layer (``blocks.{i}.{site}``) and per site.
 
-    Per-site values are means over layers; ``act_rel_err`` / ``weight_rel_err`` are
+    Per-site values are means over layers; ``act_nmse`` / ``weight_nmse`` are
     ||x_hat - x||^2 / ||x||^2 and None where the site's input / weights are not quantized.
     A torch.compile'd model is unwrapped first: hooks need the eager modules.
     """
@@ -60,13 +60,13 @@ def _weight_stats(act_module: nn.Module, linears: list[nn.Module]) -> dict[str, 
     quantized = [m for m in linears if isinstance(m, QuantLinear)]
     weight_err = None
     if quantized:
-        errors = [relative_error(m.weight, m.quantized_weight()) for m in quantized]
+        errors = [nmse(m.weight, m.quantized_weight()) for m in quantized]
         weight_err = _finite(sum(errors) / len(errors))
     act_fmt = act_module.fmt if isinstance(act_module, ActQuantizer) else None
     return {
         "kurtosis": None,
-        "act_rel_err": None,
-        "weight_rel_err": weight_err,
+        "act_nmse": None,
+        "weight_nmse": weight_err,
         "act_bits": format_bits(act_fmt),
         "weight_bits": format_bits(quantized[0].fmt if quantized else None),
     }
@@ -77,7 +77,7 @@ def _input_hook(record: dict[str, Any]):
         x = inputs[0]
         record["kurtosis"] = _finite(kurtosis(x))
         if isinstance(module, ActQuantizer):
-            record["act_rel_err"] = _finite(relative_error(x, output))
+            record["act_nmse"] = _finite(nmse(x, output))
 
     return hook
 

@@ -17,9 +17,10 @@ from torch import Tensor
 class QuantFormat:
     """A symmetric format: scale = absmax / divisor, codes clamped to [qmin, qmax].
 
-    ``clip_margin`` is half the gap to the next level an unbounded grid would have: a scaled
-    value beyond ``qmax + clip_margin`` would round to a code outside the range, so its code
-    was clipped and the STE passes no gradient there.
+    ``clip_margin`` is half the gap to the next level an unbounded grid would have (0.5 for
+    integers, 1 for E2M1, whose next level would be 8). A scaled value that rounds (ties to
+    even) to a code outside [qmin, qmax] on that unbounded grid had its code clipped, and the
+    STE passes no gradient there: ``code_in_range``.
     """
 
     name: str
@@ -70,6 +71,19 @@ def resolve_group_size(group_size: GroupSize, shape: torch.Size | tuple[int, ...
     return group_size
 
 
+def code_in_range(u: Tensor, fmt: QuantFormat) -> Tensor:
+    """True where ``u`` rounds, ties to even, to a code inside [qmin, qmax] on the unbounded grid.
+
+    Ties are exact: int4 sends 7.5 to 8 (clipped) but -8.5 to -8 (kept); int4_sym sends +-7.5
+    to +-8, int8 +-127.5 to +-128; E2M1 sends |u| = 7, midway between 6 and 8, to the even
+    mantissa, 8. Those codes were clipped, so their gradient is zero.
+    """
+    if fmt.floating:
+        return u.abs() < fmt.qmax + fmt.clip_margin
+    rounded = torch.round(u)
+    return (rounded >= fmt.qmin) & (rounded <= fmt.qmax)
+
+
 def round_to_grid(u: Tensor, fmt: QuantFormat) -> Tensor:
     """Rounds already clamped, scaled values to the format's codes (ties to even)."""
     if not fmt.floating:
@@ -99,7 +113,7 @@ class _FakeQuantize(torch.autograd.Function):
         scale = base_scale * clip.float().unsqueeze(-1) if clip is not None else base_scale
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         u = xg / safe
-        inside = (u >= fmt.qmin - fmt.clip_margin) & (u <= fmt.qmax + fmt.clip_margin)
+        inside = code_in_range(u, fmt)
         code = round_to_grid(u.clamp(fmt.qmin, fmt.qmax), fmt)
         out = (code * scale).reshape(shape).to(x.dtype)
         if clip is not None and ctx.needs_input_grad[1]:
@@ -141,8 +155,9 @@ def fake_quantize(x: Tensor, fmt: str, group_size: GroupSize, clip: Tensor | Non
     return _FakeQuantize.apply(x, clip, spec, g)
 
 
-def relative_error(x: Tensor, x_hat: Tensor) -> float:
-    """||x_hat - x||^2 / ||x||^2 in fp32 (0 when both are zero, inf when only x is)."""
+def nmse(x: Tensor, x_hat: Tensor) -> float:
+    """Normalised squared error ||x_hat - x||^2 / ||x||^2 in fp32 (0 when both are zero, inf
+    when only x is). Not the analysis' mean absolute relative error of delta."""
     xf = x.detach().float()
     err = (x_hat.detach().float() - xf).square().sum()
     ref = xf.square().sum()

@@ -2,6 +2,10 @@
 
 A run counts as done only when a valid record with status `completed` exists; anything else
 (no file, a half-written file, a failed run) means the run is not done.
+
+Beyond REQUIRED_KEYS a record carries `twin_key` (its BF16 twin's run_key), `subgrid` and
+`holdout` (its place in the sweep's plan; null / false for a run trained outside a plan) and
+`finished`; readers treat them as optional, as records written before them lack them.
 """
 
 from __future__ import annotations

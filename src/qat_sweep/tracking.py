@@ -2,6 +2,12 @@
 
 wandb never fails a run: any wandb error is reported once as a warning and logging goes on
 into `metrics.jsonl`, which is what the analysis reads.
+
+For dashboards each wandb run carries its identity flat in the config (`run_identity`) and a
+`final/*` summary from its record (`final_summary`), including the gap to its BF16 twin
+(`final/delta`) once both records exist: whichever of the pair finishes second writes it
+(an online BF16 twin updates its quantized twins through `wandb_api`; offline runs leave that
+to `qat-sweep sync`, which recomputes every summary from the records anyway).
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import re
 import warnings
 from pathlib import Path
 from typing import Any
+
+from qat_sweep.record import RECORD_NAME, read_record
 
 METRICS_NAME = "metrics.jsonl"
 _WANDB_FORBIDDEN = re.compile(r"[:;,#?/'\s]")
@@ -60,6 +68,100 @@ def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def group_elems(group_size: Any, hidden_size: Any) -> int | None:
+    """G as a number: the group size, or the reduction dimension (hidden size) per channel."""
+    try:
+        return int(hidden_size if str(group_size) == "channel" else group_size)
+    except (TypeError, ValueError):  # BF16 (no group), or a config that failed to build
+        return None
+
+
+def run_identity(record: dict[str, Any]) -> dict[str, Any]:
+    """Flat config keys for W&B's run table, scatter and parallel-coordinates panels.
+
+    `group_size` is a label (`"32"`, `"channel"`, None for BF16) so panels can colour and
+    group by it; `group_elems` is the number the law's log2(G) uses.
+    """
+    group = record.get("group_size")
+    return {
+        "n_params": record.get("n_params"),  # non-embedding, the law's N
+        "n_params_total": record.get("n_params_total"),
+        "hidden_size": record.get("hidden_size"),
+        "tokens": record.get("tokens"),
+        "scheme": record.get("scheme"),
+        "format": record.get("format"),
+        "group_size": None if group is None else str(group),
+        "group_elems": group_elems(group, record.get("hidden_size")),
+        "lr": record.get("lr"),
+        "seed": record.get("seed"),
+        "run_key": record.get("run_key"),
+        "twin_key": record.get("twin_key"),
+        "sweep": record.get("sweep"),
+        "subgrid": record.get("subgrid"),
+        "holdout": bool(record.get("holdout")),
+    }
+
+
+def wandb_config(record: dict[str, Any]) -> dict[str, Any]:
+    """The wandb config of a run: the nested resolved config plus the flat identity."""
+    return {**(record.get("config") or {}), **run_identity(record)}
+
+
+def twin_record(record: dict[str, Any], sweep_dir: Path) -> dict[str, Any] | None:
+    """The completed record of a quantized run's BF16 twin in the same sweep, if any."""
+    twin = record.get("twin_key")
+    if record.get("scheme") == "bf16" or not twin:
+        return None
+    found = read_record(Path(sweep_dir) / str(twin))
+    return found if found is not None and found["status"] == "completed" else None
+
+
+def quantized_twins(record: dict[str, Any], sweep_dir: Path) -> list[dict[str, Any]]:
+    """Completed quantized records of the sweep whose BF16 twin is `record`."""
+    if record.get("scheme") != "bf16":
+        return []
+    found = []
+    for path in sorted(Path(sweep_dir).glob(f"*/{RECORD_NAME}")):
+        other = read_record(path.parent)
+        if (
+            other is not None
+            and other["status"] == "completed"
+            and other.get("scheme") != "bf16"
+            and other.get("twin_key") == record["run_key"]
+        ):
+            found.append(other)
+    return found
+
+
+def final_summary(record: dict[str, Any], twin: dict[str, Any] | None) -> dict[str, Any]:
+    """`final/*` summary keys of a run from its record (and its completed BF16 twin's)."""
+    metrics = record.get("metrics") or {}
+    summary: dict[str, Any] = {
+        "final/loss": record.get("loss"),  # smoothed final training loss: the paper's metric
+        "final/val_loss": record.get("val_loss"),
+        "final/tokens_trained": metrics.get("tokens_trained"),
+        "final/mfu": metrics.get("mfu"),
+        "final/status": record.get("status"),
+    }
+    completed = record.get("status") == "completed" and record.get("loss") is not None
+    if completed and twin is not None and record.get("scheme") != "bf16":
+        summary["final/bf16_loss"] = twin["loss"]
+        summary["final/delta"] = record["loss"] - twin["loss"]
+    return summary
+
+
+def wandb_path(
+    record: dict[str, Any], entity: str | None = None, project: str | None = None
+) -> str | None:
+    """`entity/project/id` of a record's wandb run, the arguments overriding the record's
+    (None: the run had no wandb run, or no entity is known)."""
+    info = record.get("wandb") or {}
+    entity = entity or info.get("entity")
+    if not info.get("id") or not entity:
+        return None
+    return f"{entity}/{project or info.get('project') or 'qat-sweep'}/{info['id']}"
+
+
 class Tracker:
     """Appends metric rows to metrics.jsonl and mirrors them to a wandb run."""
 
@@ -101,6 +203,7 @@ class Tracker:
             self.wandb_info = {
                 "id": self.wandb_run.id,
                 "project": self.wandb_run.project,
+                "entity": self.wandb_run.entity or None,
                 "mode": mode,
                 "dir": str(Path(self.wandb_run.dir).parent),
             }
@@ -124,6 +227,7 @@ class Tracker:
     def finish(self, summary: dict[str, Any], exit_code: int = 0) -> None:
         if not self.enabled:
             return
+        self.enabled = False  # once: a failure after a completed finish must not finish again
         self._file.close()
         if self.wandb_run is not None:
             try:
@@ -131,3 +235,38 @@ class Tracker:
                 self.wandb_run.finish(exit_code=exit_code)
             except Exception as exc:
                 warnings.warn(f"wandb finish failed: {exc}", stacklevel=2)
+
+    def finish_run(self, record: dict[str, Any]) -> None:
+        """Finish a completed run with its `final/*` summary; call after its record is written.
+
+        Writing the record first makes the pair's second finisher see both records, so at
+        least one of the two writes `final/delta`. Never raises: the run is already done.
+        """
+        if not self.enabled:
+            return
+        summary: dict[str, Any] = {"loss": record.get("loss"), "val_loss": record.get("val_loss")}
+        online = (self.wandb_info or {}).get("mode") == "online"
+        others: list[dict[str, Any]] = []
+        try:
+            summary |= final_summary(record, twin_record(record, self.run_dir.parent))
+            if online:  # offline twins cannot be edited; `qat-sweep sync` writes their delta
+                others = quantized_twins(record, self.run_dir.parent)
+        except Exception as exc:  # unreadable neighbours: the sync step fills delta in later
+            warnings.warn(f"wandb final summary incomplete: {exc}", stacklevel=2)
+        self.finish(summary)
+        if others:
+            self._update_twins(record, others)
+
+    def _update_twins(self, bf16: dict[str, Any], quantized: list[dict[str, Any]]) -> None:
+        """This BF16 run finished after its quantized twins: write their deltas online."""
+        from qat_sweep import wandb_api
+
+        entity = (self.wandb_info or {}).get("entity")
+        for other in quantized:
+            path = wandb_path(other, entity)
+            if path is None:
+                continue
+            try:
+                wandb_api.update_summary(path, _clean(final_summary(other, bf16)))
+            except Exception as exc:
+                warnings.warn(f"wandb summary of twin {path} not updated: {exc}", stacklevel=2)
