@@ -23,6 +23,7 @@ from qat_sweep.analysis.laws import DELTA_PARAMS, group_value
 from qat_sweep.analysis.predict import (
     EXTRAPOLATION_WARN,
     SavedFit,
+    _fit_caveats,
     bootstrap_key,
     predict_point,
 )
@@ -56,13 +57,23 @@ def _interval(values: np.ndarray) -> list[float | None] | None:
 
 
 def _draws(saved: SavedFit, fit_key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(point, draws) of a delta law as rows [k, gamma_N, gamma_D, gamma_G]; unidentified = 0."""
+    """(point, draws) of a delta law as rows [k, gamma_N, gamma_D, gamma_G]; unidentified = 0.
+
+    No draws (none saved, or a fit that cannot give intervals) is an empty array, never the
+    point alone: decisions then have no interval rather than a zero-width one."""
     fit = saved.result["delta"][fit_key]
     point = np.array([[fit["params"].get(p) or 0.0 for p in DELTA_PARAMS]])
-    draws = saved.draws.get(bootstrap_key(fit_key))
-    draws = np.nan_to_num(draws, nan=0.0) if draws is not None else point
-    draws = draws[draws[:, 0] > 0]  # a resample without a usable fit has k = 0 / NaN
-    return point, draws
+    draws = saved.draws.get(bootstrap_key(fit_key), np.zeros((0, len(DELTA_PARAMS))))
+    draws = draws[np.isfinite(draws[:, 0]) & (draws[:, 0] > 0)]  # singular resamples are NaN
+    return point, np.nan_to_num(draws, nan=0.0)
+
+
+def _caveats(saved: SavedFit, keys: tuple[str, ...], draws: int) -> list[str]:
+    """The fits' interval caveats (identify.py / bootstrap flags), as predict words them."""
+    out = [c for k in keys for c in _fit_caveats(f"delta law {k}", saved.result["delta"][k])]
+    if not draws:
+        out.append("no bootstrap interval (none drawn, or the fit cannot give one)")  # as predict
+    return out
 
 
 def _log_delta(rows: np.ndarray, n: float, d: float, g) -> np.ndarray:
@@ -99,7 +110,9 @@ def best_group(saved: SavedFit, q: Question) -> dict[str, Any]:
     grid = values[fits]
     choice = allowed[int(np.argmin(_log_delta(point, q.n_params, q.tokens, grid)[0]))]
     picks = np.argmin(_log_delta(draws, q.n_params, q.tokens, grid), axis=1)
-    shares = {str(g): float(np.mean(picks == i)) for i, g in enumerate(allowed)}
+    shares = {
+        str(g): float(np.mean(picks == i)) if len(draws) else None for i, g in enumerate(allowed)
+    }
     pred = predict_point(saved, q.n_params, q.tokens, q.fit_key, choice, hidden)
     return {
         "bits_budget": q.bits,
@@ -129,7 +142,8 @@ def tokens_to_tolerance(saved: SavedFit, q: Question) -> dict[str, Any]:
     value = float(solve(point)[0])
     boot = solve(draws)
     warnings = _range_warnings(saved, "tokens", value, "tokens at the tolerance")
-    never = float(np.mean(~np.isfinite(boot) | (boot > 1e300)))
+    warnings += _caveats(saved, (q.fit_key,), len(draws))
+    never = float(np.mean(~np.isfinite(boot) | (boot > 1e300))) if len(boot) else 0.0
     if never:
         warnings.append(f"in {100 * never:.0f}% of draws delta does not grow with D")
     return {
@@ -171,12 +185,17 @@ def crossover(saved: SavedFit, q: Question) -> dict[str, Any]:
         _log_delta(d_fp[:size], q.n_params, q.tokens, [g])
     )
     int4_finer = (p_int[0, 3] - p_fp[0, 3]) > 0  # INT4's delta grows faster with G
-    warnings = [
-        f"{k}: {', '.join(n for n in ('gamma_N', 'gamma_D') if saved.result['delta'][k]['params'].get(n) is None)}"
-        " not identifiable (one N or D): the crossover holds only at the fitted cell"
-        for k in keys
-        if any(saved.result["delta"][k]["params"].get(n) is None for n in ("gamma_N", "gamma_D"))
-    ]
+    warnings = []
+    for k in keys:  # identify.py's reasons for exponents fit left out (treated as 0)
+        fit = saved.result["delta"][k]
+        exponents = (fit.get("identifiability") or {}).get("exponents", {})
+        for name in fit.get("not_identifiable", []):
+            why = exponents.get(name, {}).get("why", "left out of the fit")
+            where = "the fitted cell" if name != "gamma_G" else "the fitted group sizes"
+            warnings.append(
+                f"{k}: {name} not identifiable ({why}), treated as 0: the crossover holds only at {where}"
+            )
+    warnings += _caveats(saved, keys, size)
     if not 2 <= value <= 1e6:
         warnings.append("no crossover between G = 2 and 1e6: one format is better throughout")
     return {
@@ -287,7 +306,8 @@ def format_decisions(res: dict[str, Any]) -> str:
         f"N = {res['n_params']:.4g}, D = {res['tokens']:.4g}, setting {res['setting']}",
         f"best group size under {bg['bits_budget']:g} bits/weight ({bg['scale_bits']:g}-bit scales): "
         f"G = {bg['group_size']} ({bg['bits_per_weight']:.3f} bits), chosen by "
-        f"{100 * bg['share_of_draws']:.0f}% of bootstrap draws; delta {bg['delta']['value']:.4f} "
+        + (f"{100 * bg['share_of_draws']:.0f}% of bootstrap draws" if bg["share_of_draws"] is not None else "no bootstrap draws")
+        + f"; delta {bg['delta']['value']:.4f} "
         f"{_ci(bg['delta'])}, QAT loss {bg['qat_loss']['value']:.4f} {_ci(bg['qat_loss'])}",
         f"tokens at which delta reaches {tt['tolerance']:g} (G = {tt['group_size']}): "
         + (f"{tt['tokens']:.3g} ({tt['tokens_per_param']:.3g} per parameter) {_ci(tt, '{:.3g}')}" if tt["tokens"] else "never (delta does not grow with D)"),

@@ -50,10 +50,14 @@ def split_cli(extra: list[str], command: str) -> tuple[str, float, float, list[s
 
 
 def _param_rows(truth: dict[str, float], est: np.ndarray, ok: np.ndarray, names) -> dict:
+    """Per parameter: expected interval over identified estimates, the identified share, and
+    the share of fitted sweeps in which fit left it out (identify.py: not separable)."""
+    fitted = np.isfinite(est[:, 0])
     out = {}
     for j, name in enumerate(names):
         item = sim.interval(np.where(ok[:, j], est[:, j], np.nan), truth.get(name))
         item["identified"] = float(ok[:, j].mean())
+        item["left_out"] = float(np.mean(~np.isfinite(est[fitted, j]))) if fitted.any() else 1.0
         out[name] = item
     return out
 
@@ -71,13 +75,21 @@ def target_intervals(target: sim.Target, refits: sim.Refits, prior: sim.Prior) -
     base = dict(zip(BASE_PARAMS, refits.base.T, strict=True))
     qat = bf16_loss(base, n, d) + delta
     true_qat = float(bf16_loss(prior.base, n, d)) + truth
-    ok = refits.delta_ok[target.fit_key].mean(axis=0)
-    warnings = [
-        f"{p} identified in {100 * rate:.0f}% of simulated fits; where not, treated as 0 (as "
-        "predict does), so this interval is biased"
-        for p, rate in zip(DELTA_PARAMS[1:], ok[1:], strict=True)
-        if rate < 1
-    ]
+    fitted = np.isfinite(refits.delta[target.fit_key][:, 0])
+    est, ok = refits.delta[target.fit_key][fitted], refits.delta_ok[target.fit_key][fitted]
+    warnings = []
+    for j, p in enumerate(DELTA_PARAMS[1:], start=1):
+        left_out = float(np.mean(~np.isfinite(est[:, j]))) if len(est) else 1.0
+        on_bound = float(np.mean(np.isfinite(est[:, j]) & ~ok[:, j])) if len(est) else 0.0
+        if left_out:
+            warnings.append(
+                f"{p} left out as not identifiable in {100 * left_out:.0f}% of simulated fits "
+                "and treated as 0 there (as predict does), so this interval is biased"
+            )
+        if on_bound:
+            warnings.append(
+                f"{p} on its +-{sim.GAMMA_BOUND:g} bound in {100 * on_bound:.0f}% of simulated fits"
+            )
     return {
         "warnings": warnings,
         "target": target.label,
@@ -145,7 +157,7 @@ def format_design(res: dict[str, Any]) -> str:
         *[f"note: {n}" for n in res["prior"]["notes"]],
         "",
         f"{'setting':<18} {'param':<8} {'truth':>9} {'expected 95% interval':>26} "
-        f"{'width':>9} {'identified':>10} {'excludes 0':>10}",
+        f"{'width':>9} {'identified':>10} {'left out':>8} {'excludes 0':>10}",
     ]
     for key, params in res["params"].items():
         for name, item in params.items():
@@ -156,7 +168,7 @@ def format_design(res: dict[str, Any]) -> str:
             zero = ("yes" if item.get("excludes_zero") else "NO") if ci else "-"
             lines.append(
                 f"{key:<18} {name:<8} {_g(item['truth']):>9} {span:>26} {_g(item['width'], 3):>9} "
-                f"{100 * item['identified']:>9.0f}% {zero:>10}"
+                f"{100 * item['identified']:>9.0f}% {100 * item['left_out']:>7.0f}% {zero:>10}"
             )
     for t in res["targets"]:
         lines.append("")

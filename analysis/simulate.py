@@ -1,14 +1,13 @@
 """Simulated sweeps: every run's final loss drawn from a prior law plus noise, refitted in bulk.
 
 The refit is `fit`'s estimator (pipeline.run_fit): held-out runs left out, BF16 twins paired on
-(N, D, LR, seed), non-positive gaps excluded, the base law on the best LR per (N, D, seed) with
-Huber 1e-3 on log residuals and alpha tied to beta, each delta law by Huber regression in log
-space with its threshold from the MAD of the OLS residuals and the gammas bounded to +-3. Only
-the solvers are the fast ones fit already has: batched Levenberg-Marquardt for the base law
-(bootstrap.base_lm_batch, warm-started at the noiseless fit) and IRLS for the delta law
-(fit.huber_irls, which reaches the unique minimum of that convex problem, the one lmfit refines).
-A replicate whose design changes (a level lost to excluded gaps) or whose estimate leaves the
-bounds is refitted by fit_delta itself.
+(N cell, D cell, LR, seed), non-positive gaps excluded, the base law on the best LR per (N cell,
+D cell, seed) with Huber 1e-3 on log residuals and alpha tied to beta, each delta law by Huber
+regression in log space on the exponents identify.py keeps for that replicate's gaps, with its
+threshold from the MAD of the OLS residuals and the gammas boxed to +-3. Only the solvers are
+the fast ones fit already has: batched Levenberg-Marquardt for the base law
+(bootstrap.base_lm_batch, warm-started at the noiseless fit) and fit.delta_start's box IRLS for
+the delta law (the unique minimum of that convex problem in the box, the one lmfit refines).
 """
 
 from __future__ import annotations
@@ -22,18 +21,19 @@ import numpy as np
 import pandas as pd
 from qat_sweep.analysis import paper
 from qat_sweep.analysis.bootstrap import base_lm_batch
+from qat_sweep.analysis.cells import snap
 from qat_sweep.analysis.collect import TWIN_KEY, InputError
 from qat_sweep.analysis.fit import (
     BASE_BOUNDS,
     D_UNIT,
+    DELTA_COLUMNS,
     GAMMA_BOUND,
     N_UNIT,
     base_raw,
-    delta_design,
+    delta_start,
     fit_base,
     fit_delta,
-    huber_irls,
-    robust_scale,
+    on_bound,
 )
 from qat_sweep.analysis.laws import BASE_PARAMS, DELTA_PARAMS, bf16_loss, delta_loss, group_value
 from qat_sweep.analysis.predict import parse_count
@@ -135,10 +135,11 @@ def grid_runs(
 
 
 def with_coordinates(runs: pd.DataFrame) -> pd.DataFrame:
-    """Add G (the value inside log2 G) and fit_key, as collect.build_table does."""
+    """Add G (the value inside log2 G), the (N, D) cells and fit_key, as collect.build_table does."""
     runs = runs.reset_index(drop=True).copy()
     runs["n_params"] = runs["n_params"].astype(float)
     runs["tokens"] = runs["tokens"].astype(float)
+    runs["N_cell"], runs["D_cell"] = snap(runs["n_params"]), snap(runs["tokens"])
     runs["G"] = [
         group_value(g, h) for g, h in zip(runs["group_size"], runs["hidden_size"], strict=True)
     ]
@@ -148,7 +149,7 @@ def with_coordinates(runs: pd.DataFrame) -> pd.DataFrame:
 
 def _matches(runs: pd.DataFrame, key: str, value: str) -> np.ndarray:
     if key == "tokens":
-        return np.isclose(runs["tokens"], parse_count(value))
+        return np.isclose(runs["tokens"], parse_count(value, key))
     if key in ("lr", "seed"):
         return np.isclose(runs[key].astype(float), float(value))
     return (runs[key].astype(str) == value).to_numpy()
@@ -233,13 +234,14 @@ def twin_index(runs: pd.DataFrame) -> np.ndarray:
 
 
 def _base_refits(runs: pd.DataFrame, fitted: np.ndarray, losses: np.ndarray, truth: np.ndarray):
-    """Base law of every replicate on the best-LR BF16 run per (N, D, seed)."""
+    """Base law of every replicate on the best-LR BF16 run per (N cell, D cell, seed)."""
     n_sims = losses.shape[0]
     est, ok = np.full((n_sims, len(BASE_PARAMS)), np.nan), np.zeros((n_sims, 5), bool)
     bf16 = runs[fitted & (runs["scheme"] == "bf16").to_numpy()]
     if bf16.empty:
         return est, ok
-    cells = bf16.groupby(["n_params", "tokens", "seed"], sort=True).indices
+    # pipeline._best_lr groups by cells; a plan gives every run of a cell the same N and D
+    cells = bf16.groupby(["N_cell", "D_cell", "seed"], sort=True).indices
     cell_rows = [bf16.index[idx] for idx in cells.values()]
     best = np.stack([losses[:, rows].min(axis=1) for rows in cell_rows], axis=1)
     frame = pd.DataFrame(list(cells), columns=["n_params", "tokens", "seed"])
@@ -252,27 +254,30 @@ def _base_refits(runs: pd.DataFrame, fitted: np.ndarray, losses: np.ndarray, tru
         start.internal["theta"], x_n, x_d, np.log(best), np.ones_like(best), True, BASE_F_SCALE
     )
     est = base_raw(theta, True)
+    hit = np.vectorize(on_bound)
     names = ("A", "B", "E", "alpha")
-    on_bound = np.zeros((n_sims, len(names)), bool)
-    for j, name in enumerate(names):
-        lo, hi = BASE_BOUNDS[name]
-        span = max(hi - lo, 1.0)
-        on_bound[:, j] = (theta[:, j] - lo < 1e-6 * span) | (hi - theta[:, j] < 1e-6 * span)
+    bound = np.column_stack(
+        [hit(theta[:, j], BASE_BOUNDS[n][0]) | hit(theta[:, j], BASE_BOUNDS[n][1])
+         for j, n in enumerate(names)]
+    )  # fmt: skip
     # BASE_PARAMS order is A, alpha, B, beta, E; beta is alpha (tied)
-    ok = np.isfinite(est) & ~on_bound[:, [0, 3, 1, 3, 2]]
+    ok = np.isfinite(est) & ~bound[:, [0, 3, 1, 3, 2]]
     return est, ok
 
 
-def _delta_replicate(part: pd.DataFrame, x, y, design, mask) -> tuple[np.ndarray, bool]:
-    """One replicate's delta law: fast path if the design is unchanged, else fit_delta."""
-    if mask.all() or delta_design(part[mask], design.columns).columns == design.columns:
-        xm, ym = x[mask], y[mask]
-        ols = np.linalg.lstsq(xm, ym, rcond=None)[0]
-        scale = robust_scale(xm @ ols - ym, floor=0.01)
-        coef = huber_irls(xm, ym, np.ones((1, len(ym))), scale, ols)[0]
-        if np.all(np.isfinite(coef)) and np.all(np.abs(coef[1:]) < GAMMA_BOUND):
-            return design.to_raw(coef)[0], False
-    fit = fit_delta(part[mask].assign(delta=np.exp(y[mask])).reset_index(drop=True), "sim")
+def _delta_replicate(
+    part: pd.DataFrame, y: np.ndarray, mask: np.ndarray
+) -> tuple[np.ndarray, bool]:
+    """One replicate's delta law as fit_delta fits it (fit.delta_start: the exponents
+    identify.py keeps for these gaps, the box IRLS optimum lmfit refines), NaN for exponents
+    left out; fit_delta itself where the IRLS has no finite answer."""
+    rows = part if mask.all() else part[mask].reset_index(drop=True)
+    design, _, _, _, _, coef = delta_start(rows, y[mask], None, DELTA_COLUMNS)
+    if np.all(np.isfinite(coef)):
+        raw = design.to_raw(coef)[0]
+        raw[[DELTA_PARAMS.index(c) for c in DELTA_COLUMNS if c not in design.columns]] = np.nan
+        return raw, False
+    fit = fit_delta(rows.assign(delta=np.exp(y[mask])), "sim")
     return np.array([np.nan if v is None else v for v in fit.params.values()]), True
 
 
@@ -295,20 +300,17 @@ def refit_many(
         rows = np.flatnonzero(quant & (runs["fit_key"] == key).to_numpy())
         part = runs.iloc[rows].reset_index(drop=True)
         gaps = losses[:, rows] - losses[:, twins[rows]]
-        design = delta_design(part)
-        x = design.matrix(part["n_params"], part["tokens"], part["G"])
         est = np.full((losses.shape[0], len(DELTA_PARAMS)), np.nan)
-        ok = np.zeros_like(est, bool)
         for s in range(losses.shape[0]):
             mask = gaps[s] > 0
             if mask.sum() < 2:  # pipeline skips settings with fewer than two paired runs
                 continue
             y = np.log(np.where(mask, gaps[s], 1.0))
-            est[s], exact = _delta_replicate(part, x, y, design, mask)
+            est[s], exact = _delta_replicate(part, y, mask)
             out.exact_refits += exact
-        kept = np.array([p == "k" or p in design.columns for p in DELTA_PARAMS])
-        est[:, ~kept] = np.nan  # not in the design: fit reports it as not identifiable
-        ok = np.isfinite(est) & kept & (np.abs(np.nan_to_num(est)) < GAMMA_BOUND - 1e-6)
+        # identified: fitted (fit reports a left-out exponent as None) and off the +-3 box
+        at_bound = np.vectorize(on_bound)(np.abs(np.nan_to_num(est)), GAMMA_BOUND)
+        ok = np.isfinite(est) & ~at_bound
         ok[:, 0] = np.isfinite(est[:, 0])
         out.delta[key], out.delta_ok[key] = est, ok
     return out
@@ -372,8 +374,14 @@ def parse_target(text: str) -> Target:
                 f"--target {text!r}: {part!r} is not key=value with key one of {', '.join(TARGET_KEYS)}"
             )
         fields[key] = value
-    n_params = parse_count(fields["n_params"]) if "n_params" in fields else None
-    hidden = float(fields["hidden_size"]) if "hidden_size" in fields else None
+    try:
+        n_params = parse_count(fields["n_params"], "n_params") if "n_params" in fields else None
+        hidden = (
+            parse_count(fields["hidden_size"], "hidden_size") if "hidden_size" in fields else None
+        )
+        tokens = parse_count(fields["tokens"], "tokens") if "tokens" in fields else None
+    except InputError as err:
+        raise InputError(f"--target {text!r}: {err}") from None
     if "model" in fields:
         from qat_sweep.presets import load_preset
 
@@ -383,9 +391,8 @@ def parse_target(text: str) -> Target:
             raise InputError(f"--target {text!r}: {err}") from err
         n_params = n_params or float(preset.n_params)
         hidden = hidden or float(preset.hidden_size)
-    if n_params is None or "tokens" not in fields:
+    if n_params is None or tokens is None:
         raise InputError(f"--target {text!r}: give model= (or n_params=) and tokens=")
-    tokens = parse_count(fields["tokens"])
     for name, value in (("n_params", n_params), ("tokens", tokens)):
         lo, hi = SENSIBLE[name]
         if not lo <= value <= hi:

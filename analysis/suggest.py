@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from qat_sweep.analysis import identify
 from qat_sweep.analysis import simulate as sim
+from qat_sweep.analysis.cells import cell_values, snap
 from qat_sweep.analysis.collect import InputError
 from qat_sweep.analysis.design import noise_level, split_cli
 from qat_sweep.analysis.laws import DELTA_PARAMS, delta_loss
@@ -28,6 +30,7 @@ from scipy.special import ndtri
 Z95 = 1.959964
 NORMAL_QUANTILES = ndtri((np.arange(256) + 0.5) / 256)  # a run's gap noise, in SDs
 WHAT = {"gamma_N": "n_params", "gamma_D": "tokens", "gamma_G": "G"}
+FEATURE_OF = {"gamma_D": 0, "gamma_G": 1, "gamma_N": 2}  # column of features()[:, 1:]
 
 
 def features(n, d, g) -> np.ndarray:
@@ -51,8 +54,8 @@ class Runs:
 
 
 def cell_keys(frame: pd.DataFrame) -> np.ndarray:
-    """The BF16 twin cell of each row: (N, D, LR, seed), as collect pairs them."""
-    cols = (frame[c].astype(float) for c in ("n_params", "tokens", "lr", "seed"))
+    """The BF16 twin cell of each row: (N cell, D cell, LR, seed), as collect pairs them."""
+    cols = (*cell_values(frame), *(frame[c].astype(float) for c in ("lr", "seed")))
     return np.array(
         ["|".join(f"{v:.8g}" for v in vals) for vals in zip(*cols, strict=True)], dtype=object
     )
@@ -308,21 +311,32 @@ def fitted_laws(
 
 
 def _identify_message(target, fit, missing, done, grid) -> str:
+    """Why fit left the exponents out (identify.py's report) and which open runs of this sweep
+    give their regressor variation of its own, cheapest first."""
+    report = (fit.get("identifiability") or {}).get("exponents", {})
     mine = grid[(grid["fit_key"] == target.fit_key) & grid["open"]]
     have = done[done["fit_key"] == target.fit_key]
     lines = [
         f"target {target.label}: {', '.join(missing)} of {target.fit_key} not identifiable in "
-        f"this fit ({'; '.join(fit.get('notes', [])) or 'see its notes'}), so there is no "
-        "interval to shrink yet."
+        "this fit, so there is no interval to shrink yet."
     ]
+    base = features(have["n_params"], have["tokens"], have["G"])[:, 1:]
+    extra = features(mine["n_params"], mine["tokens"], mine["G"])[:, 1:]
     for name in missing:
+        entry = report.get(name, {})
+        j = FEATURE_OF[name]
+        now = identify.independent_variation(base, j)[0] if len(base) > 1 else 0.0
+        gain = np.array(
+            [identify.independent_variation(np.vstack([base, row]), j)[0] for row in extra]
+        )
+        useful = mine[gain > now + 1e-9] if len(mine) else mine
         column = WHAT[name]
-        useful = mine[~mine[column].isin(set(have[column]))]
         values = ", ".join(f"{v:.4g}" for v in sorted(useful[column].unique())[:6])
         keys = useful.sort_values("gpu_hours")["run_key"].head(3).tolist()
         lines.append(
-            f"  {name}: runs at another {column} identify it; this sweep has {len(useful)} not "
-            f"done ({column} = {values or 'none'})"
+            f"  {name}: {entry.get('why', 'left out of the fit')}. "
+            f"{identify.separate_by(name) or f'Runs at another {column} would separate it'}; "
+            f"this sweep has {len(useful)} such runs not done ({column} = {values or 'none'})"
             + (f"; cheapest: {', '.join(keys)}" if keys else "")
         )
     lines.append("run some of them, fit again, then suggest")
@@ -330,7 +344,9 @@ def _identify_message(target, fit, missing, done, grid) -> str:
 
 
 def done_table(fit_dir: Path, grid: pd.DataFrame) -> pd.DataFrame:
-    """Runs whose information is in hand: the fit's usable rows plus completed/running plan rows."""
+    """Runs whose information is in hand: the fit's usable rows plus completed/running plan rows.
+
+    Gives `grid` and the result N_cell/D_cell columns snapped together."""
     path = fit_dir / "runs.csv"
     if not path.is_file():
         raise InputError(f"no runs.csv in {fit_dir}; run `qat-sweep fit` first")
@@ -339,7 +355,13 @@ def done_table(fit_dir: Path, grid: pd.DataFrame) -> pd.DataFrame:
     table = table.assign(fit_key=table["scheme"] + "/" + table["format"])
     cols = ["run_key", "n_params", "tokens", "G", "lr", "seed", "scheme", "fit_key"]
     busy = grid["status"].isin(["completed", "running"]) & ~grid["run_key"].isin(table["run_key"])
-    return pd.concat([table[cols], grid.loc[busy, cols]], ignore_index=True)
+    done = pd.concat([table[cols], grid.loc[busy, cols]], ignore_index=True)
+    # one set of (N, D) cells for the fit's records and the plan, so twins match across both
+    both = pd.concat([grid[["n_params", "tokens"]], done[["n_params", "tokens"]]])
+    n_cell, d_cell = snap(both["n_params"]), snap(both["tokens"])
+    grid["N_cell"], grid["D_cell"] = n_cell[: len(grid)], d_cell[: len(grid)]
+    done["N_cell"], done["D_cell"] = n_cell[len(grid) :], d_cell[len(grid) :]
+    return done
 
 
 def sweep_file(spec: Any, rows: list[dict[str, Any]], extra: list[str]) -> dict[str, Any]:
@@ -405,8 +427,8 @@ def suggest(argv: list[str]) -> dict[str, Any]:
     saved = SavedFit.load(args.fit)
     noise = noise_level(args.noise, sim.fit_noise(saved.result))
     grid = sim.grid_runs(sweep, overrides, mfu, peak)
-    grid["twin"] = sim.twin_index(grid)
     done = done_table(args.fit, grid)
+    grid["twin"] = sim.twin_index(grid)
     grid["open"] = (
         grid["status"].isin(["missing", "failed"])
         & ~grid["holdout"]

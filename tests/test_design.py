@@ -143,7 +143,8 @@ def test_linearised_criterion_matches_simulation(paper_runs):
     [
         (["--drop", "tokens=7B"], "matches no run"),
         (["--drop", "colour=red"], "key one of"),
-        (["--target", "model=973M tokens=-5"], "cannot read a count"),
+        (["--target", "model=973M tokens=-5"], "tokens=-5: not a count"),
+        (["--target", "model=973M tokens=0"], "tokens=0: must be a finite number > 0"),
         (["--target", "model=973M tokens=1e20"], "outside any sensible range"),
         (["--target", "n_params=1e15 tokens=20B"], "outside any sensible range"),
         (["--target", "model=973M tokens=20B group_size=1"], "need 1 < G"),
@@ -227,7 +228,9 @@ def test_suggest_not_identifiable_says_which_runs(paper_runs, tmp_path, capsys):
     assert cli_main(["suggest", "--fit", str(fit), "sweep=paper", "--target", TARGET]) == 2
     err = capsys.readouterr().err
     assert "gamma_D of w4a4/int4 not identifiable" in err
-    assert "runs at another tokens identify it" in err and "D20B_w4a4" in err
+    # identify.py's reason and advice, then this sweep's open runs that vary D on their own
+    assert "gamma_D: single D value in the data" in err and "would separate gamma_D" in err
+    assert "63 such runs not done (tokens = 2e+10, 5e+10, 1e+11)" in err and "D20B_w4a4" in err
 
 
 def test_suggest_no_remaining_runs(paper_runs, tmp_path, capsys):
@@ -284,10 +287,26 @@ def test_decide_solves_its_equations(paper_fit, capsys):
                   for k in ("w4a4/int4", "w4a4/fp4")}  # fmt: skip
         a, b = (delta_loss(params[k], res["n_params"], 100e9, cx["group_size"]) for k in params)
         assert a == pytest.approx(b, rel=1e-6)
+    # FP4 is one (N, D) cell: fit gives it no intervals, so the crossover has none either
+    assert cx["ci95"] is None and cx["int4_minus_fp4_at_G"]["ci95"] is None
+    assert any("1 (N, D) cells for 2 parameters" in w for w in cx["warnings"])
+    assert any("gamma_N not identifiable (single N value" in w for w in cx["warnings"])
     eff = res["eff_multiplier"]
     assert eff["ci95"][0] <= eff["value"] <= eff["ci95"][1] < 1
     assert "## Decisions" in (paper_fit / "report.md").read_text()
     assert saved.result["decisions"] and saved.result["decisions"][0]["setting"]
+
+
+def test_decide_without_draws_gives_no_interval(paper_fit):
+    """A fit without bootstrap draws: point decisions, no zero-width intervals, a caveat."""
+    from qat_sweep.analysis.decide import Question, decisions
+
+    saved = SavedFit.load(paper_fit)
+    res = decisions(SavedFit(saved.result, {}), Question(595e6, 100e9, 1536, "w4a4/int4"))
+    bg, tt = res["best_group_size"], res["tokens_to_tolerance"]
+    assert bg["group_size"] == "64" and bg["share_of_draws"] is None
+    assert tt["tokens"] > 0 and tt["ci95"] is None and res["eff_multiplier"]["ci95"] is None
+    assert "no bootstrap interval (none drawn, or the fit cannot give one)" in tt["warnings"]
 
 
 @pytest.mark.parametrize(
