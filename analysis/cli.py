@@ -131,7 +131,7 @@ def _load_source(
 
 def fit_main(argv: list[str]) -> int:
     """Run `qat-sweep fit`; returns the process exit code."""
-    from qat_sweep.analysis import plots, report
+    from qat_sweep.analysis import decide, plots, report
     from qat_sweep.analysis.pipeline import Settings, run_fit, write_outputs
 
     # lmfit's plain-least-squares stderr takes sqrt of a negative covariance on flat fits; our
@@ -156,6 +156,7 @@ def fit_main(argv: list[str]) -> int:
     except InputError as err:
         print(f"qat-sweep fit: error: {err}", file=sys.stderr)
         return 2
+    outcome.result["decisions"] = decide.report_decisions(outcome)  # issue 15: report section
     fit_path = write_outputs(outcome, out)
     figures = {} if args.no_plots else plots.make_all(outcome, out / "plots")
     report.write_markdown(outcome.result, figures, out / "report.md")

@@ -457,6 +457,20 @@ def separate_exponents(
     return new, report
 
 
+def delta_start(
+    rows: pd.DataFrame, y: np.ndarray, f_scale: float | None, terms: tuple[str, ...]
+) -> tuple[DeltaDesign, dict[str, Any], np.ndarray, np.ndarray, float, np.ndarray]:
+    """The delta fit up to lmfit: identifiable design, x, OLS, Huber threshold and the box IRLS
+    optimum that lmfit refines. Shared with simulate.py's bulk refits, so both fit one estimator."""
+    design, ident = separate_exponents(rows, y, delta_design(rows, terms), terms)
+    x = design.matrix(rows["n_params"], rows["tokens"], rows["G"])
+    lower, upper = design.bounds()
+    ols = np.linalg.lstsq(x, y, rcond=None)[0]
+    scale = f_scale if f_scale is not None else robust_scale(x @ ols - y, floor=0.01)
+    init = huber_irls(x, y, np.ones((1, len(y))), scale, ols, lower=lower, upper=upper)[0]
+    return design, ident, x, ols, scale, init
+
+
 def fit_delta(
     rows: pd.DataFrame,
     name: str,
@@ -469,13 +483,8 @@ def fit_delta(
     Exponents the grid cannot separate (identify.py) are reported and left out of the refit.
     """
     y = np.log(rows["delta"].to_numpy())
-    design, ident = separate_exponents(rows, y, delta_design(rows, terms), terms)
+    design, ident, x, ols, scale, init = delta_start(rows, y, f_scale, terms)
     n_cells = ident["n_cells"]
-    x = design.matrix(rows["n_params"], rows["tokens"], rows["G"])
-    lower, upper = design.bounds()
-    ols = np.linalg.lstsq(x, y, rcond=None)[0]
-    scale = f_scale if f_scale is not None else robust_scale(x @ ols - y, floor=0.01)
-    init = huber_irls(x, y, np.ones((1, len(y))), scale, ols, lower=lower, upper=upper)[0]
     fit = LawFit(name, {}, len(rows), n_cells, np.nan, False, scale, 0, 0.0)
     fit.identifiability = ident
     fit.not_identifiable = sorted(design.dropped)

@@ -291,6 +291,39 @@ def predictions_section(res: dict[str, Any]) -> Section:
     return Section("Predictions", text, [("", pd.DataFrame(rows))], ["effective_params"])
 
 
+def decisions_section(res: dict[str, Any]) -> Section:
+    """Issue 15: decide's quantities (analysis/decide.py) at the largest fitted (N, D) and 7B."""
+    rows = []
+    for d in res.get("decisions") or []:
+        bg, tt, cx, eff = (
+            d[k]
+            for k in ("best_group_size", "tokens_to_tolerance", "int4_vs_fp4", "eff_multiplier")
+        )
+        cross = "n/a"
+        if cx["available"]:
+            cross = (
+                f"G = {_f(cx['group_size'], 3)} {_ci(cx['ci95'])}" if cx["group_size"] else "none"
+            )
+        rows.append({
+            "setting": d["setting"], "N": _f(d["n_params"], 3), "D": _f(d["tokens"], 3),
+            f"best G at {_f(bg['bits_budget'])} bits": f"{bg['group_size']} ({_pct(bg['share_of_draws'])} of draws)",
+            f"D where delta = {_f(tt['tolerance'])} (G={tt['group_size']})": f"{_f(tt['tokens'], 3)} {_ci(tt['ci95'])}",
+            "INT4 = FP4 at": cross,
+            "eff. multiplier": f"{_f(eff['value'], 3)} {_ci(eff.get('ci95'))}",
+            "warnings": "; ".join(dict.fromkeys(bg["warnings"] + tt["warnings"] + cx.get("warnings", []))),
+        })  # fmt: skip
+    text = [
+        "Per setting: the group size minimising loss within a memory budget of 4 + 16/G bits per "
+        "weight, the tokens at which delta reaches the tolerance, the G at which INT4 and FP4 "
+        "delta cross (where both are fitted) and the effective parameter multiplier; brackets are "
+        "95% intervals over the bootstrap draws (n/a as an upper end: some draws never get there). "
+        "`qat-sweep decide` asks at any point."
+    ]
+    if not rows:
+        text = ["No decisions: no fully identified delta law (or no BF16 law)."]
+    return Section("Decisions", text, [("", pd.DataFrame(rows))] if rows else [])
+
+
 def excluded_section(res: dict[str, Any]) -> Section:
     rows = pd.DataFrame(res["excluded"], columns=["run_key", "reason"])
     text = [
@@ -304,7 +337,8 @@ def excluded_section(res: dict[str, Any]) -> Section:
 def build_sections(res: dict[str, Any]) -> list[Section]:
     return [
         base_section(res), delta_section(res), validation_section(res), trends_section(res),
-        analyses_section(res), predictions_section(res), excluded_section(res),
+        analyses_section(res), predictions_section(res), decisions_section(res),
+        excluded_section(res),
     ]  # fmt: skip
 
 

@@ -14,6 +14,9 @@ commands:
   status    completed / running / failed / missing runs: status sweep=NAME [--json]
   fit       fit the scaling law: fit (sweep=NAME | --runs DIR | --table FILE.csv) --out DIR
   predict   a fitted law's prediction: predict --fit DIR model=... tokens=... scheme=...
+  design    expected intervals of a grid before running it: design sweep=NAME [--target ...]
+  suggest   the next runs worth their GPU-hours: suggest --fit DIR sweep=NAME --target ...
+  decide    decisions from a fitted law: decide --fit DIR model=... tokens=... scheme=...
   prepare   tokenize a corpus: prepare input=PATH out=DIR | prepare demo | prepare hf ...
   bench     forward+backward time per scheme: bench model=1M batch=8 seq_len=128
   demo      the embedded end-to-end loop: demo sweep, fit and report on this machine
@@ -49,6 +52,9 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "status": _lazy("qat_sweep.dispatch", "status_main"),
     "fit": _lazy("qat_sweep.analysis.cli", "fit_main"),
     "predict": _lazy("qat_sweep.analysis.cli", "predict_main"),
+    "design": _lazy("qat_sweep.analysis.design", "main"),
+    "suggest": _lazy("qat_sweep.analysis.suggest", "main"),
+    "decide": _lazy("qat_sweep.analysis.decide", "main"),
     "prepare": _lazy("qat_sweep.prepare", "main"),
     "bench": _lazy("qat_sweep.bench", "main"),
     "demo": _lazy("qat_sweep.demo", "main"),

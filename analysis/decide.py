@@ -1,0 +1,338 @@
+"""`qat-sweep decide`: the decisions people make from a fitted law, each with a bootstrap interval.
+
+For a model size and token budget: the group size that minimises loss under a memory budget in
+bits per weight (4 + scale bits / G), the token count at which delta exceeds a tolerance, the
+INT4-vs-FP4 crossover group size where both formats are fitted, and the effective parameter
+multiplier. Every quantity is computed per bootstrap draw of the saved fit (bootstrap.npz), so
+its interval comes from the same resamples as the fit's own; extrapolations are flagged as
+`predict` flags them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qat_sweep.analysis.collect import InputError
+from qat_sweep.analysis.laws import DELTA_PARAMS, group_value
+from qat_sweep.analysis.predict import (
+    EXTRAPOLATION_WARN,
+    SavedFit,
+    _fit_caveats,
+    bootstrap_key,
+    predict_point,
+)
+
+GROUP_CANDIDATES = (16, 32, 64, 128, 256, 512, 1024)
+DEFAULT_BITS, DEFAULT_SCALE_BITS, DEFAULT_TOLERANCE, DEFAULT_G = 4.25, 16, 0.05, 128
+REPORT_POINT_7B = (7e9, 140e9, 4096)  # 7B at 20 tokens per parameter, hidden 4096
+
+
+@dataclass(frozen=True)
+class Question:
+    """Where the decisions are asked: model size, tokens, setting, and the budgets."""
+
+    n_params: float
+    tokens: float
+    hidden_size: float | None
+    fit_key: str
+    group_size: int | str = DEFAULT_G
+    bits: float = DEFAULT_BITS
+    scale_bits: float = DEFAULT_SCALE_BITS
+    tolerance: float = DEFAULT_TOLERANCE
+
+
+def _interval(values: np.ndarray) -> list[float | None] | None:
+    """95% percentile interval; an end beyond every finite draw (never happens) is None."""
+    values = values[~np.isnan(values)]
+    if not values.size:
+        return None
+    ends = np.percentile(np.where(np.isfinite(values), values, 1e308), [2.5, 97.5])
+    return [float(v) if v < 1e300 else None for v in ends]
+
+
+def _draws(saved: SavedFit, fit_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(point, draws) of a delta law as rows [k, gamma_N, gamma_D, gamma_G]; unidentified = 0.
+
+    No draws (none saved, or a fit that cannot give intervals) is an empty array, never the
+    point alone: decisions then have no interval rather than a zero-width one."""
+    fit = saved.result["delta"][fit_key]
+    point = np.array([[fit["params"].get(p) or 0.0 for p in DELTA_PARAMS]])
+    draws = saved.draws.get(bootstrap_key(fit_key), np.zeros((0, len(DELTA_PARAMS))))
+    draws = draws[np.isfinite(draws[:, 0]) & (draws[:, 0] > 0)]  # singular resamples are NaN
+    return point, np.nan_to_num(draws, nan=0.0)
+
+
+def _caveats(saved: SavedFit, keys: tuple[str, ...], draws: int) -> list[str]:
+    """The fits' interval caveats (identify.py / bootstrap flags), as predict words them."""
+    out = [c for k in keys for c in _fit_caveats(f"delta law {k}", saved.result["delta"][k])]
+    if not draws:
+        out.append("no bootstrap interval (none drawn, or the fit cannot give one)")  # as predict
+    return out
+
+
+def _log_delta(rows: np.ndarray, n: float, d: float, g) -> np.ndarray:
+    g = np.asarray(g, float)
+    k, g_n, g_d, g_g = (rows[:, i : i + 1] for i in range(4))
+    return np.log(k) + g_d * np.log(d) + g_g * np.log(np.log2(g))[None, :] - g_n * np.log(n)
+
+
+def _range_warnings(saved: SavedFit, column: str, value: float, label: str) -> list[str]:
+    lo, hi = saved.result["base"].get("range", {}).get(column, [None, None])
+    if hi and np.isfinite(value) and value > EXTRAPOLATION_WARN * hi:
+        return [f"{label} {value:.3g} is {value / hi:,.0f}x the largest fitted {column} ({hi:.3g})"]
+    if lo and np.isfinite(value) and value < lo / EXTRAPOLATION_WARN:
+        return [f"{label} {value:.3g} is below a tenth of the smallest fitted {column} ({lo:.3g})"]
+    return []
+
+
+def best_group(saved: SavedFit, q: Question) -> dict[str, Any]:
+    """The G minimising delta (hence loss) among those with 4 + scale_bits / G <= bits."""
+    hidden = q.hidden_size
+    options: list[int | str] = [g for g in GROUP_CANDIDATES if hidden is None or g < hidden]
+    options += ["channel"] if hidden else []
+    values = np.array([group_value(g, hidden) for g in options])
+    bits = 4 + q.scale_bits / values
+    fits = bits <= q.bits + 1e-12
+    if not fits.any():
+        smallest = 4 + q.scale_bits / values.max()
+        raise InputError(
+            f"no group size fits {q.bits:g} bits per weight with {q.scale_bits:g}-bit scales "
+            f"(per-channel needs {smallest:.3f}); allowed: --bits > 4"
+        )
+    allowed = [g for g, ok in zip(options, fits, strict=True) if ok]
+    point, draws = _draws(saved, q.fit_key)
+    grid = values[fits]
+    choice = allowed[int(np.argmin(_log_delta(point, q.n_params, q.tokens, grid)[0]))]
+    picks = np.argmin(_log_delta(draws, q.n_params, q.tokens, grid), axis=1)
+    shares = {
+        str(g): float(np.mean(picks == i)) if len(draws) else None for i, g in enumerate(allowed)
+    }
+    pred = predict_point(saved, q.n_params, q.tokens, q.fit_key, choice, hidden)
+    return {
+        "bits_budget": q.bits,
+        "scale_bits": q.scale_bits,
+        "allowed": [str(g) for g in allowed],
+        "group_size": str(choice),
+        "bits_per_weight": float(4 + q.scale_bits / group_value(choice, hidden)),
+        "share_of_draws": shares[str(choice)],
+        "draw_shares": shares,
+        "delta": pred["delta"],
+        "qat_loss": pred["qat_loss"],
+        "warnings": pred["warnings"],
+    }
+
+
+def tokens_to_tolerance(saved: SavedFit, q: Question) -> dict[str, Any]:
+    """D at which delta(N, D, G) reaches the tolerance: D = (tol N^gN / (k log2(G)^gG))^(1/gD)."""
+    g = group_value(q.group_size, q.hidden_size)
+    point, draws = _draws(saved, q.fit_key)
+
+    def solve(rows: np.ndarray) -> np.ndarray:
+        rest = np.log(q.tolerance) - _log_delta(rows, q.n_params, 1.0, [g])[:, 0]  # D = 1
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_d = np.where(rows[:, 2] > 0, rest / rows[:, 2], np.inf)  # gD <= 0: never
+        return np.exp(np.minimum(log_d, 700.0))
+
+    value = float(solve(point)[0])
+    boot = solve(draws)
+    warnings = _range_warnings(saved, "tokens", value, "tokens at the tolerance")
+    warnings += _caveats(saved, (q.fit_key,), len(draws))
+    never = float(np.mean(~np.isfinite(boot) | (boot > 1e300))) if len(boot) else 0.0
+    if never:
+        warnings.append(f"in {100 * never:.0f}% of draws delta does not grow with D")
+    return {
+        "tolerance": q.tolerance,
+        "group_size": str(q.group_size),
+        "tokens": value if value < 1e300 else None,
+        "tokens_per_param": value / q.n_params if value < 1e300 else None,
+        "ci95": _interval(np.where(boot > 1e300, np.inf, boot)),
+        "warnings": warnings,
+    }
+
+
+def crossover(saved: SavedFit, q: Question) -> dict[str, Any]:
+    """G at which INT4 and FP4 delta are equal at (N, D), where both formats are fitted."""
+    scheme = q.fit_key.split("/")[0]
+    keys = (f"{scheme}/int4", f"{scheme}/fp4")
+    missing = [k for k in keys if k not in saved.result["delta"]]
+    if missing:
+        return {"available": False, "missing": f"no delta fit for {', '.join(missing)}"}
+    (p_int, d_int), (p_fp, d_fp) = (_draws(saved, k) for k in keys)
+    size = min(len(d_int), len(d_fp))
+
+    def solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        # log delta_int - log delta_fp = c + dgG * log log2 G: zero at log log2 G = -c / dgG
+        c = _log_delta(a, q.n_params, q.tokens, [2.0])[:, 0]  # G = 2: log log2 G = 0
+        c -= _log_delta(b, q.n_params, q.tokens, [2.0])[:, 0]
+        slope = a[:, 3] - b[:, 3]
+        with np.errstate(divide="ignore", over="ignore"):
+            return np.exp2(np.exp(np.clip(-c / slope, -50, 50)))
+
+    value = float(solve(p_int, p_fp)[0])
+    boot = solve(d_int[:size], d_fp[:size])
+    boot[boot > 1e6] = np.inf  # beyond any real group size: no crossover in that draw
+    g = group_value(q.group_size, q.hidden_size)
+    diff_point = np.exp(_log_delta(p_int, q.n_params, q.tokens, [g])) - np.exp(
+        _log_delta(p_fp, q.n_params, q.tokens, [g])
+    )
+    diff = np.exp(_log_delta(d_int[:size], q.n_params, q.tokens, [g])) - np.exp(
+        _log_delta(d_fp[:size], q.n_params, q.tokens, [g])
+    )
+    int4_finer = (p_int[0, 3] - p_fp[0, 3]) > 0  # INT4's delta grows faster with G
+    warnings = []
+    for k in keys:  # identify.py's reasons for exponents fit left out (treated as 0)
+        fit = saved.result["delta"][k]
+        exponents = (fit.get("identifiability") or {}).get("exponents", {})
+        for name in fit.get("not_identifiable", []):
+            why = exponents.get(name, {}).get("why", "left out of the fit")
+            where = "the fitted cell" if name != "gamma_G" else "the fitted group sizes"
+            warnings.append(
+                f"{k}: {name} not identifiable ({why}), treated as 0: the crossover holds only at {where}"
+            )
+    warnings += _caveats(saved, keys, size)
+    if not 2 <= value <= 1e6:
+        warnings.append("no crossover between G = 2 and 1e6: one format is better throughout")
+    return {
+        "available": True,
+        "group_size": value if 2 <= value <= 1e6 else None,
+        "ci95": _interval(boot),
+        "better_below": "int4" if int4_finer else "fp4",
+        "int4_minus_fp4_at_G": {
+            "group_size": str(q.group_size),
+            "value": float(diff_point[0, 0]),
+            "ci95": _interval(diff[:, 0]),
+        },
+        "warnings": warnings,
+    }
+
+
+def decisions(saved: SavedFit, q: Question) -> dict[str, Any]:
+    """All four decisions at one question."""
+    if q.fit_key not in saved.result["delta"]:
+        raise InputError(
+            f"no delta fit for {q.fit_key}; fitted: {', '.join(saved.result['delta']) or 'none'}"
+        )
+    if not 0 < q.tolerance < 10:
+        raise InputError(f"--tolerance {q.tolerance}: need a loss gap between 0 and 10")
+    pred = predict_point(saved, q.n_params, q.tokens, q.fit_key, q.group_size, q.hidden_size)
+    return {
+        "n_params": q.n_params,
+        "tokens": q.tokens,
+        "setting": q.fit_key,
+        "best_group_size": best_group(saved, q),
+        "tokens_to_tolerance": tokens_to_tolerance(saved, q),
+        "int4_vs_fp4": crossover(saved, q),
+        "eff_multiplier": {
+            "group_size": str(q.group_size),
+            **pred["eff_multiplier"],
+            "warnings": pred["warnings"],
+        },
+    }
+
+
+def report_decisions(outcome: Any) -> list[dict[str, Any]]:
+    """Decisions for the report: every fully identified setting at the largest fitted (N, D)
+    and at 7B / 140B tokens (an extrapolation, flagged)."""
+    from qat_sweep.analysis.pipeline import bootstrap_arrays
+
+    res = outcome.result
+    if res["base"]["params"].get("A") is None:
+        return []
+    saved = SavedFit(res, bootstrap_arrays(outcome))
+    table = outcome.table
+    n_max, d_max = res["base"]["range"]["n_params"][1], res["base"]["range"]["tokens"][1]
+    hidden = table.loc[table["n_params"] == n_max, "hidden_size"].dropna()
+    points = [(n_max, d_max, float(hidden.iloc[0]) if len(hidden) else None), REPORT_POINT_7B]
+    rows = []
+    for key, fit in res["delta"].items():
+        if key.endswith("/fp4") or any(fit["params"].get(p) is None for p in DELTA_PARAMS):
+            continue
+        for n, d, h in points:
+            try:
+                rows.append(decisions(saved, Question(n, d, h, key)))
+            except InputError:  # e.g. a per-channel point without a hidden size: skip it
+                continue
+    return rows
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qat-sweep decide",
+        description="Decisions from a fitted law: decide --fit DIR (model=NAME | n_params=N "
+        "[hidden_size=H]) tokens=D [scheme=w4a4 format=int4 group_size=128]",
+    )
+    p.add_argument("--fit", type=Path, required=True, help="a `qat-sweep fit` output directory")
+    p.add_argument("--bits", type=float, default=DEFAULT_BITS, help="memory budget, bits/weight")
+    p.add_argument("--scale-bits", type=float, default=DEFAULT_SCALE_BITS, help="bits per scale")
+    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="delta tolerance")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return p
+
+
+def question(argv: list[str]) -> tuple[argparse.Namespace, Question]:
+    from qat_sweep.analysis.simulate import parse_target
+
+    args, extra = _parser().parse_known_args(argv)
+    bad = [a for a in extra if "=" not in a or a.startswith("-")]
+    if bad:
+        raise InputError(f"unexpected argument(s) {bad} (see qat-sweep decide --help)")
+    target = parse_target(" ".join(extra))  # same keys, checks and ranges as design/suggest
+    if args.scale_bits <= 0:
+        raise InputError(f"--scale-bits {args.scale_bits}: need > 0")
+    q = Question(
+        target.n_params, target.tokens, target.hidden_size, target.fit_key, target.group_size,
+        args.bits, args.scale_bits, args.tolerance,
+    )  # fmt: skip
+    return args, q
+
+
+def _ci(item: dict[str, Any] | None, fmt: str = "{:.4g}") -> str:
+    ci = (item or {}).get("ci95")
+    ends = [fmt.format(v) if v is not None else "never" for v in ci] if ci else None
+    return f"[{ends[0]}, {ends[1]}]" if ends else "n/a"
+
+
+def format_decisions(res: dict[str, Any]) -> str:
+    bg, tt, cx, eff = (
+        res[k] for k in ("best_group_size", "tokens_to_tolerance", "int4_vs_fp4", "eff_multiplier")
+    )
+    lines = [
+        f"N = {res['n_params']:.4g}, D = {res['tokens']:.4g}, setting {res['setting']}",
+        f"best group size under {bg['bits_budget']:g} bits/weight ({bg['scale_bits']:g}-bit scales): "
+        f"G = {bg['group_size']} ({bg['bits_per_weight']:.3f} bits), chosen by "
+        + (f"{100 * bg['share_of_draws']:.0f}% of bootstrap draws" if bg["share_of_draws"] is not None else "no bootstrap draws")
+        + f"; delta {bg['delta']['value']:.4f} "
+        f"{_ci(bg['delta'])}, QAT loss {bg['qat_loss']['value']:.4f} {_ci(bg['qat_loss'])}",
+        f"tokens at which delta reaches {tt['tolerance']:g} (G = {tt['group_size']}): "
+        + (f"{tt['tokens']:.3g} ({tt['tokens_per_param']:.3g} per parameter) {_ci(tt, '{:.3g}')}" if tt["tokens"] else "never (delta does not grow with D)"),
+        "INT4 vs FP4: "
+        + (
+            (f"crossover at G = {cx['group_size']:.3g} {_ci(cx, '{:.3g}')}, {cx['better_below']} better below it; "
+             if cx["group_size"] else "no crossover; ")
+            + f"INT4 - FP4 at G = {cx['int4_minus_fp4_at_G']['group_size']}: "
+            f"{cx['int4_minus_fp4_at_G']['value']:+.4f} {_ci(cx['int4_minus_fp4_at_G'])}"
+            if cx["available"] else f"not available ({cx['missing']})"
+        ),
+        f"effective parameter multiplier (G = {eff['group_size']}): {eff['value']:.3f} {_ci(eff, '{:.3f}')}",
+    ]  # fmt: skip
+    warnings = [*bg["warnings"], *tt["warnings"], *cx.get("warnings", [])]
+    lines += [f"warning: {w}" for w in dict.fromkeys(warnings)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """`qat-sweep decide`; returns the exit code."""
+    try:
+        args, q = question(argv)
+        res = decisions(SavedFit.load(args.fit), q)
+    except InputError as err:
+        print(f"qat-sweep decide: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(res, indent=1) if args.json else format_decisions(res))
+    return 0
