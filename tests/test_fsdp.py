@@ -151,9 +151,13 @@ def test_two_node_slurm_environment_composes_one_process_group(
     """What task 3 of a 2-node x 2-GPU SLURM job exports for torch.distributed."""
     if not any(Path(d, "scontrol").exists() for d in os.environ.get("PATH", "").split(os.pathsep)):
         pytest.skip("scontrol (SLURM client) is needed to expand the node list")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)  # as under a plain srun
+    # export_slurm_environment writes os.environ itself: register every key it sets with
+    # monkeypatch (setenv, then delenv) so none of them leaks into later tests' SLURM jobs.
+    exported = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                "MASTER_PORT", "SUBMITIT_EXECUTOR")  # fmt: skip
+    for key in exported:
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)  # SUBMITIT_EXECUTOR unset: as under a plain srun
     slurm = {
         "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_NUM_NODES": "2",
         "SLURM_NTASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NODEID": "1",
