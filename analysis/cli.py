@@ -21,32 +21,10 @@ from qat_sweep.analysis.collect import (
     read_table,
 )
 
+from qat_sweep.common import split_overrides
+
 FIT_OVERRIDES = {"sweep", "paths.runs"}
 PREDICT_OVERRIDES = {"model", "n_params", "hidden_size", "tokens", "scheme", "format", "group_size"}
-
-
-def _split(
-    argv: list[str], allowed: set[str], parser: argparse.ArgumentParser
-) -> tuple[dict[str, str], list[str]]:
-    """key=value overrides apart from --flags; a flag's own value (--holdout 'loss >= 3') stays."""
-    takes_value = {
-        option
-        for action in parser._actions
-        if action.nargs != 0
-        for option in action.option_strings
-    }
-    overrides, rest = {}, []
-    for i, arg in enumerate(argv):
-        if i and argv[i - 1] in takes_value:
-            rest.append(arg)
-        elif "=" in arg and not arg.startswith("-"):
-            key, value = arg.split("=", 1)
-            if key not in allowed:
-                raise InputError(f"unknown override {key}= (allowed: {', '.join(sorted(allowed))})")
-            overrides[key] = value
-        else:
-            rest.append(arg)
-    return overrides, rest
 
 
 def _fit_parser() -> argparse.ArgumentParser:
@@ -139,7 +117,7 @@ def fit_main(argv: list[str]) -> int:
     warnings.filterwarnings("ignore", category=RuntimeWarning, module="lmfit")
     try:
         parser = _fit_parser()
-        overrides, rest = _split(argv, FIT_OVERRIDES, parser)
+        overrides, rest = split_overrides(argv, FIT_OVERRIDES, parser)
         args = parser.parse_args(rest)
         if not args.huber_base > 0:
             raise InputError(f"--huber-base must be > 0, got {args.huber_base}")
@@ -210,7 +188,7 @@ def _predict_parser() -> argparse.ArgumentParser:
 
 
 def _resolve_model(overrides: dict[str, str]) -> tuple[float, float | None]:
-    from qat_sweep.analysis.predict import parse_count
+    from qat_sweep.common import parse_count
 
     n_params = parse_count(overrides["n_params"], "n_params") if "n_params" in overrides else None
     hidden = (
@@ -244,11 +222,13 @@ def predict_main(argv: list[str]) -> int:
     """Run `qat-sweep predict`; returns the process exit code."""
     import json
 
-    from qat_sweep.analysis.predict import SavedFit, format_prediction, parse_count, predict_point
+    from qat_sweep.analysis.predict import SavedFit, format_prediction, predict_point
+
+    from qat_sweep.common import parse_count
 
     try:
         parser = _predict_parser()
-        overrides, rest = _split(argv, PREDICT_OVERRIDES, parser)
+        overrides, rest = split_overrides(argv, PREDICT_OVERRIDES, parser)
         args = parser.parse_args(rest)
         if "tokens" not in overrides:
             raise InputError("tokens= is required (e.g. tokens=20B)")

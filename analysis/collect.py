@@ -17,6 +17,8 @@ import pandas as pd
 from qat_sweep.analysis.cells import snap
 from qat_sweep.analysis.laws import group_value
 
+from qat_sweep.common import InputError as InputError  # the analysis's bad input: exit 2
+
 REQUIRED = ("model", "n_params", "tokens", "scheme", "format", "group_size", "lr", "seed", "loss")
 OPTIONAL = ("val_loss", "hidden_size")
 RECORD_FIELDS = (
@@ -36,10 +38,6 @@ TWIN_KEY = ("N_cell", "D_cell", "lr", "seed")
 SITES = ("qkv", "o", "fc1", "fc2")
 SITE_METRICS = ("kurtosis", "act_nmse", "weight_nmse")
 LEGACY_METRICS = {"act_nmse": "act_rel_err", "weight_nmse": "weight_rel_err"}  # before issue 12
-
-
-class InputError(ValueError):
-    """Bad or unusable input; the CLI turns it into exit code 2 with this message."""
 
 
 def quant_columns(metrics: Mapping[str, Any] | None) -> dict[str, float]:

@@ -20,22 +20,19 @@ from qat_sweep.analysis import simulate as sim
 from qat_sweep.analysis.collect import InputError
 from qat_sweep.analysis.laws import BASE_PARAMS, DELTA_PARAMS, bf16_loss
 
+from qat_sweep.common import split_overrides
+
 COST_OPTIONS = ("mfu", "peak_tflops")
 
 
 def split_cli(extra: list[str], command: str) -> tuple[str, float, float, list[str]]:
     """sweep=NAME, mfu=, peak_tflops= and train overrides out of the leftover arguments."""
-    sweep, options, overrides = None, {}, []
-    for arg in extra:
-        key, sep, value = arg.partition("=")
-        if not sep or arg.startswith("-"):
-            raise InputError(f"unexpected argument {arg!r} (see qat-sweep {command} --help)")
-        if key == "sweep":
-            sweep = value
-        elif key in COST_OPTIONS:
-            options[key] = value
-        else:
-            overrides.append(arg)
+    pairs, rest = split_overrides(extra)
+    if rest:
+        raise InputError(f"unexpected argument {rest[0]!r} (see qat-sweep {command} --help)")
+    sweep = pairs.pop("sweep", None)
+    options = {k: pairs.pop(k) for k in COST_OPTIONS if k in pairs}
+    overrides = [f"{k}={v}" for k, v in pairs.items()]
     if not sweep:
         from qat_sweep.grid import available_sweeps
 

@@ -7,7 +7,6 @@ fit's own log-residual scatter, i.e. where a single new run would land.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,19 +16,6 @@ from qat_sweep.analysis.collect import InputError
 from qat_sweep.analysis.laws import BASE_PARAMS, DELTA_PARAMS, group_value
 
 BOOT_FILE = "bootstrap.npz"
-_SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
-
-
-def parse_count(text: str, name: str = "count") -> float:
-    """'20e9', '20B', '100M', '1.5T', '20_000' -> a finite float > 0 (InputError naming `name`)."""
-    match = re.fullmatch(r"\s*([0-9_.]+(?:[eE][+-]?\d+)?)\s*([kKmMbBgGtT]?)\s*", str(text))
-    try:
-        value = float(match.group(1).replace("_", "")) * _SUFFIX[match.group(2).upper()]
-    except (AttributeError, ValueError):  # no match, or digits like '.' that are no number
-        raise InputError(f"{name}={text}: not a count (use 20e9, 20B or 100M)") from None
-    if not (np.isfinite(value) and value > 0):
-        raise InputError(f"{name}={text}: must be a finite number > 0")
-    return value
 
 
 def bootstrap_key(fit_key: str) -> str:

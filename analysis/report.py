@@ -16,6 +16,8 @@ from qat_sweep.analysis import paper
 from qat_sweep.analysis.identify import OUTLIER_Z
 from qat_sweep.analysis.laws import BASE_PARAMS, DELTA_PARAMS
 
+from qat_sweep.common import write_atomic
+
 EXPECTED = {"N": "falls", "D": "rises", "G": "rises"}
 PAPER_CHANGE = {
     "N": paper.FINDINGS["delta_change_with_n"],
@@ -367,7 +369,7 @@ def write_markdown(res: dict[str, Any], figures: dict[str, Path], path: Path) ->
         out += [
             f"![{name}](plots/{figures[name].name})\n" for name in sec.figures if name in figures
         ]
-    path.write_text("\n".join(out))
+    write_atomic(path, "\n".join(out))
 
 
 CSS = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -391,4 +393,4 @@ def write_html(res: dict[str, Any], figures: dict[str, Path], path: Path) -> Non
                     f'<figure><img alt="{name}" src="data:image/png;base64,{data}"><figcaption>{name}</figcaption></figure>'
                 )
     page = f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>QAT scaling-law fit</title><style>{CSS}</style></head><body>{"".join(body)}</body></html>'
-    path.write_text(page)
+    write_atomic(path, page)

@@ -36,8 +36,9 @@ from qat_sweep.analysis.fit import (
     on_bound,
 )
 from qat_sweep.analysis.laws import BASE_PARAMS, DELTA_PARAMS, bf16_loss, delta_loss, group_value
-from qat_sweep.analysis.predict import parse_count
 from qat_sweep.analysis.synth import Truth
+
+from qat_sweep.common import parse_count
 
 BASE_F_SCALE = 1e-3  # pipeline.Settings.base_f_scale: what `fit` uses unless told otherwise
 DEFAULT_NOISE = 0.01

@@ -27,6 +27,8 @@ from qat_sweep.analysis.design import noise_level, split_cli
 from qat_sweep.analysis.laws import DELTA_PARAMS, delta_loss
 from scipy.special import ndtri
 
+from qat_sweep.common import write_atomic
+
 Z95 = 1.959964
 NORMAL_QUANTILES = ndtri((np.arange(256) + 0.5) / 256)  # a run's gap noise, in SDs
 WHAT = {"gamma_N": "n_params", "gamma_D": "tokens", "gamma_G": "G"}
@@ -474,9 +476,7 @@ def suggest(argv: list[str]) -> dict[str, Any]:
     out = args.out or Path("reports") / spec.name / "suggest"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{spec.name}.yaml"
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(sweep_file(spec, rows, overrides), sort_keys=False))
-    tmp.replace(path)
+    write_atomic(path, yaml.safe_dump(sweep_file(spec, rows, overrides), sort_keys=False))
     return {
         "sweep": sweep,
         "fit": str(args.fit),
