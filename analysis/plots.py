@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from qat_sweep.analysis import paper
 from qat_sweep.analysis.fit import LawFit, predict_delta_rows
 from qat_sweep.analysis.laws import bf16_loss, delta_loss
 
@@ -153,7 +154,12 @@ def decomposition(result: dict[str, Any], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(5, 4.5))
     ax.scatter(pts["sum"], pts["w4a4"], s=12)
     xs = np.array([min(pts["sum"]), max(pts["sum"])])
-    ax.plot(xs, result["k_prime"] * xs, "r-", label=f"k' = {result['k_prime']:.3f} (paper 0.906)")
+    ax.plot(
+        xs,
+        result["k_prime"] * xs,
+        "r-",
+        label=f"k' = {result['k_prime']:.3f} (paper {paper.FINDINGS['decomposition_k']})",
+    )
     ax.set(
         xlabel="delta_W4A16 + delta_W16A4", ylabel="delta_W4A4", title="Decomposition of W4A4 error"
     )

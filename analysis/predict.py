@@ -13,7 +13,14 @@ from typing import Any
 
 import numpy as np
 from qat_sweep.analysis.collect import InputError
-from qat_sweep.analysis.laws import BASE_PARAMS, DELTA_PARAMS, group_value
+from qat_sweep.analysis.laws import (
+    BASE_PARAMS,
+    DELTA_PARAMS,
+    bf16_loss,
+    delta_loss,
+    effective_multiplier,
+    group_value,
+)
 
 BOOT_FILE = "bootstrap.npz"
 
@@ -133,11 +140,11 @@ def predict_point(
             "the BF16 law is not identifiable in this fit: " + "; ".join(base.get("notes", []))
         )
     bp = base["params"]
-    point_base = bp["A"] / n_params ** bp["alpha"] + bp["B"] / tokens ** bp["beta"] + bp["E"]
+    point_base = float(bf16_loss(bp, n_params, tokens))
     draws_b = saved.draws.get("base")
     if draws_b is not None:
-        d = dict(zip(BASE_PARAMS, draws_b.T, strict=True))
-        boot_base = d["A"] / n_params ** d["alpha"] + d["B"] / tokens ** d["beta"] + d["E"]
+        boot_draws = dict(zip(BASE_PARAMS, draws_b.T, strict=True))
+        boot_base = bf16_loss(boot_draws, n_params, tokens)
     else:
         boot_base = np.array([np.nan])
     noise_b = rng.choice(saved.draws.get("resid__base", np.zeros(1)), size=boot_base.shape)
@@ -182,9 +189,11 @@ def predict_point(
     out["qat_loss"] = _quantity(
         point_base + point_delta, boot_qat, noisy_qat, base_caveats + delta_caveats
     )
-    eff = _eff(bp["A"], bp["alpha"], n_params, point_delta)
+    eff = float(effective_multiplier(bp, n_params, point_delta))
     if draws_b is not None:
-        boot_eff = _eff(draws_b[:size, 0], draws_b[:size, 1], n_params, boot_delta[:size])
+        boot_eff = effective_multiplier(
+            {"A": draws_b[:size, 0], "alpha": draws_b[:size, 1]}, n_params, boot_delta[:size]
+        )
     else:
         boot_eff = np.array([np.nan])
     out["eff_multiplier"] = _quantity(eff, boot_eff, None, base_caveats + delta_caveats)
@@ -194,15 +203,12 @@ def predict_point(
 
 
 def _delta(draws: np.ndarray, n: float, d: float, g: float) -> np.ndarray:
-    """delta per draw; a dropped exponent (None / 0) contributes nothing, a NaN draw stays NaN."""
-    k = draws[:, 0]
-    g_n, g_d, g_g = (np.nan_to_num(c) for c in draws[:, 1:].T)
-    return k * d**g_d * np.log2(g) ** g_g / n**g_n
-
-
-def _eff(a, alpha, n, delta):
-    with np.errstate(divide="ignore", invalid="ignore"):  # A = 0 resamples: no multiplier (NaN)
-        return (a / (a + delta * n**alpha)) ** (1.0 / alpha)
+    """delta per draw row (DELTA_PARAMS order); a dropped exponent (0 / NaN) contributes
+    nothing, a NaN k stays NaN."""
+    k, *gammas = draws.T
+    exponents = dict(zip(DELTA_PARAMS[1:], map(np.nan_to_num, gammas), strict=True))
+    with np.errstate(divide="ignore"):  # k = 0 (a fit without k): delta 0
+        return delta_loss({"k": k, **exponents}, n, d, g)
 
 
 def format_prediction(pred: dict[str, Any]) -> str:

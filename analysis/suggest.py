@@ -24,7 +24,7 @@ from qat_sweep.analysis import simulate as sim
 from qat_sweep.analysis.cells import cell_values, snap
 from qat_sweep.analysis.collect import InputError
 from qat_sweep.analysis.design import noise_level, split_cli
-from qat_sweep.analysis.laws import DELTA_PARAMS, delta_loss
+from qat_sweep.analysis.laws import DELTA_PARAMS, delta_loss, delta_regressors
 from scipy.special import ndtri
 
 from qat_sweep.common import write_atomic
@@ -37,8 +37,8 @@ FEATURE_OF = {"gamma_D": 0, "gamma_G": 1, "gamma_N": 2}  # column of features()[
 
 def features(n, d, g) -> np.ndarray:
     """Rows [1, log D, log log2 G, -log N]: the delta law is linear in these (log space)."""
-    n, d, g = (np.atleast_1d(np.asarray(v, float)) for v in (n, d, g))
-    return np.column_stack([np.ones_like(n), np.log(d), np.log(np.log2(g)), -np.log(n)])
+    r = delta_regressors(*(np.atleast_1d(np.asarray(v, float)) for v in (n, d, g)))
+    return np.column_stack([np.ones_like(r["gamma_N"]), r["gamma_D"], r["gamma_G"], r["gamma_N"]])
 
 
 @dataclass
