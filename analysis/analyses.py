@@ -15,7 +15,6 @@ from qat_sweep.analysis.collect import SITES
 from qat_sweep.analysis.fit import LawFit
 
 MATCH = ["n_params", "tokens", "G", "lr", "seed"]
-MAIN = ("w4a4/int4", "w4a16/int4", "w16a4/int4")
 
 
 def _by_cell(frame: pd.DataFrame) -> pd.DataFrame:
@@ -35,10 +34,6 @@ def _matched(quant: pd.DataFrame, **keys: str) -> pd.DataFrame:
     for frame in frames[1:]:
         merged = merged.merge(frame.drop(columns="group_size"), on=MATCH)
     return merged
-
-
-def _g_label(g: Any) -> str:
-    return str(g)
 
 
 def decomposition(quant: pd.DataFrame) -> dict[str, Any]:
@@ -85,7 +80,7 @@ def _growth(quant: pd.DataFrame, key: str, column: str) -> float | None:
 
 def _cell_means(part: pd.DataFrame, column: str, others: list[str]) -> pd.DataFrame:
     """Average over learning rates and seeds; G orders by its value (channel = hidden size)."""
-    keys = [*others, column] if column != "G" else [*others, "G"]
+    keys = [*others, column]
     frame = part.assign(group_size=part["group_size"].astype(str))
     if column == "G":
         frame = frame.assign(group_size="all")
@@ -135,7 +130,7 @@ def fc2_effect(quant: pd.DataFrame) -> dict[str, Any]:
         per_g = both.groupby("group_size", sort=False)["reduction"].mean()
         out[scheme] = {
             "available": True,
-            "reduction_per_G": {_g_label(g): float(v) for g, v in per_g.items()},
+            "reduction_per_G": {str(g): float(v) for g, v in per_g.items()},
         }
     out["paper"] = {
         "w4a4": {
@@ -158,7 +153,7 @@ def int4_vs_fp4(quant: pd.DataFrame) -> dict[str, Any]:
     per_g = both.groupby("group_size", sort=False)["diff"].mean()
     return {
         "available": True,
-        "int4_minus_fp4_per_G": {_g_label(g): float(v) for g, v in per_g.items()},
+        "int4_minus_fp4_per_G": {str(g): float(v) for g, v in per_g.items()},
         "paper_channel_int4_minus_fp4": paper.FINDINGS["channel_int4_minus_fp4"],
     }
 

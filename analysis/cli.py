@@ -63,16 +63,6 @@ def _fit_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _sweep_holdout(sweep: str) -> set[str]:
-    """Run keys the sweep file holds out (its `holdout:` sub-grids and their twins)."""
-    from qat_sweep.grid import PlanError, holdout_keys
-
-    try:
-        return holdout_keys(sweep)
-    except PlanError:  # records of a sweep file that is gone or changed: nothing held out
-        return set()
-
-
 def _load_source(
     args: argparse.Namespace, overrides: dict[str, str]
 ) -> tuple[Any, list[dict[str, str]], str, Path]:
@@ -83,10 +73,7 @@ def _load_source(
         raise InputError("give exactly one of sweep=NAME, --runs DIR, --table FILE.csv")
     if "sweep" in overrides:
         root = Path(overrides.get("paths.runs", "runs")) / overrides["sweep"]
-        rows, skipped = load_records(root)
-        held = _sweep_holdout(overrides["sweep"])
-        for row in rows:
-            row["holdout"] = row.get("holdout") or row.get("run_key") in held
+        rows, skipped = load_records(root)  # each record says whether plan held it out
         return (
             rows,
             skipped,

@@ -22,7 +22,7 @@ import pandas as pd
 from qat_sweep.analysis import paper
 from qat_sweep.analysis.bootstrap import base_lm_batch
 from qat_sweep.analysis.cells import snap
-from qat_sweep.analysis.collect import TWIN_KEY, InputError
+from qat_sweep.analysis.collect import TWIN_COLUMNS, InputError, twin_index
 from qat_sweep.analysis.fit import (
     BASE_BOUNDS,
     D_UNIT,
@@ -118,19 +118,18 @@ def grid_runs(
     sweep: str, overrides: list[str] | None = None, mfu: float = 0.4, peak_tflops: float = 312.0
 ) -> pd.DataFrame:
     """A sweep's planned runs as a table (one row per run, twins included) with GPU-hours."""
-    from qat_sweep.grid import PlanError, holdout_keys, plan_sweep
+    from qat_sweep.grid import PlanError, plan_sweep
     from qat_sweep.presets import model_config_from
 
     try:
         planned = plan_sweep(sweep, overrides or [], strict=False)
-        held = holdout_keys(sweep, overrides or [])
     except PlanError as err:
         raise InputError(str(err)) from err
     rows = []
     for run in planned:
         row = run.row(mfu, peak_tflops)
         row["hidden_size"] = model_config_from(run.config["model"]).hidden_size
-        row["holdout"] = run.run_key in held
+        row["holdout"] = bool(run.config["holdout"])  # plan's membership, as in the record
         rows.append({c: row[c] for c in GRID_COLUMNS})
     return with_coordinates(pd.DataFrame(rows))
 
@@ -204,7 +203,7 @@ def draw_losses(
     base = true_losses(prior, runs)
     out = base + rng.normal(0.0, noise, (n_sims, len(runs)))
     if cell_noise > 0:
-        codes = pd.factorize(pd.Series(list(zip(*(runs[c] for c in TWIN_KEY), strict=True))))[0]
+        codes = pd.factorize(pd.Series(list(zip(*(runs[c] for c in TWIN_COLUMNS), strict=True))))[0]
         out += rng.normal(0.0, cell_noise, (n_sims, codes.max() + 1))[:, codes]
     return out
 
@@ -224,14 +223,6 @@ class Refits:
     delta: dict[str, np.ndarray]
     delta_ok: dict[str, np.ndarray]
     exact_refits: int = 0  # replicates that needed fit_delta itself
-
-
-def twin_index(runs: pd.DataFrame) -> np.ndarray:
-    """Row of each run's BF16 twin (same N, D, LR, seed), -1 for none or for BF16 rows."""
-    keys = [tuple(k) for k in runs[list(TWIN_KEY)].to_numpy()]
-    is_bf16 = (runs["scheme"] == "bf16").to_numpy()
-    where = {keys[i]: i for i in np.flatnonzero(is_bf16)}  # positions, whatever the index
-    return np.array([-1 if b else where.get(k, -1) for k, b in zip(keys, is_bf16, strict=True)])
 
 
 def _base_refits(runs: pd.DataFrame, fitted: np.ndarray, losses: np.ndarray, truth: np.ndarray):

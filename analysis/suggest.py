@@ -22,7 +22,7 @@ import pandas as pd
 from qat_sweep.analysis import identify
 from qat_sweep.analysis import simulate as sim
 from qat_sweep.analysis.cells import cell_values, snap
-from qat_sweep.analysis.collect import InputError
+from qat_sweep.analysis.collect import InputError, twin_index
 from qat_sweep.analysis.design import noise_level, split_cli
 from qat_sweep.analysis.laws import DELTA_PARAMS, delta_loss, delta_regressors
 from scipy.special import ndtri
@@ -430,7 +430,7 @@ def suggest(argv: list[str]) -> dict[str, Any]:
     noise = noise_level(args.noise, sim.fit_noise(saved.result))
     grid = sim.grid_runs(sweep, overrides, mfu, peak)
     done = done_table(args.fit, grid)
-    grid["twin"] = sim.twin_index(grid)
+    grid["twin"] = twin_index(grid)
     grid["open"] = (
         grid["status"].isin(["missing", "failed"])
         & ~grid["holdout"]

@@ -108,7 +108,6 @@ def synthetic_table(
     if outliers:
         table.loc[rng.choice(quant, outliers, replace=False), "loss"] += 0.2
     table["run_key"] = [f"run{i:04d}" for i in range(len(table))]
-    table["group_size"] = [g if g is not None else None for g in table["group_size"]]
     return table
 
 

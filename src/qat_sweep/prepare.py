@@ -57,10 +57,6 @@ def find_text_files(inputs: Iterable[str | Path], pattern: str = "*.txt") -> lis
     return files
 
 
-def _is_jsonl(path: Path) -> bool:
-    return path.suffix == ".jsonl" or path.name.endswith(GZ_SUFFIXES)
-
-
 def _text(line: bytes | str, where: str) -> str:
     record = json.loads(line)
     if "text" not in record:
