@@ -14,6 +14,8 @@ from qat_sweep.analysis.cells import cell_values
 from qat_sweep.analysis.collect import SITES
 from qat_sweep.analysis.fit import LawFit
 
+from qat_sweep.common import finite_or_none
+
 MATCH = ["n_params", "tokens", "G", "lr", "seed"]
 
 
@@ -106,13 +108,12 @@ def ratio_r(quant: pd.DataFrame) -> dict[str, Any]:
             "min": float(both["R"].min()),
             "max": float(both["R"].max()),
             "frac_above_1": float(np.mean(both["R"] > 1)),
-            "grid": {str(c): {f"{i:g}": _num(v) for i, v in grid[c].items()} for c in grid.columns},
+            "grid": {
+                str(c): {f"{i:g}": finite_or_none(v) for i, v in grid[c].items()}
+                for c in grid.columns
+            },
         }
     return out
-
-
-def _num(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
 
 
 def fc2_effect(quant: pd.DataFrame) -> dict[str, Any]:
@@ -176,7 +177,7 @@ def site_metrics(table: pd.DataFrame) -> dict[str, Any]:
     return {
         "available": True,
         "mean_per_setting": {
-            k: {c: _num(v) for c, v in row.items()} for k, row in means.iterrows()
+            k: {c: finite_or_none(v) for c, v in row.items()} for k, row in means.iterrows()
         },
         "paper_fc2_kurtosis": {
             "bf16": paper.FINDINGS["fc2_kurtosis_bf16"],

@@ -94,15 +94,15 @@ def base_lm_batch(
     return theta
 
 
+def percentile_95(samples: np.ndarray) -> list[float] | None:
+    """95% percentile interval of the finite samples (None: no usable sample)."""
+    samples = samples[np.isfinite(samples)]
+    return [float(v) for v in np.percentile(samples, [2.5, 97.5])] if samples.size else None
+
+
 def percentile_ci(samples: np.ndarray) -> list[list[float] | None]:
     """95% percentile interval per column (None where no resample was usable)."""
-    out: list[list[float] | None] = []
-    for col in samples.T:
-        col = col[np.isfinite(col)]
-        out.append(
-            [float(np.percentile(col, 2.5)), float(np.percentile(col, 97.5))] if col.size else None
-        )
-    return out
+    return [percentile_95(col) for col in samples.T]
 
 
 def intervals(fit: LawFit, names: tuple[str, ...], draws: np.ndarray) -> dict[str, list | None]:

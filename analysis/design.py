@@ -33,16 +33,14 @@ def split_cli(extra: list[str], command: str) -> tuple[str, float, float, list[s
     sweep = pairs.pop("sweep", None)
     options = {k: pairs.pop(k) for k in COST_OPTIONS if k in pairs}
     overrides = [f"{k}={v}" for k, v in pairs.items()]
-    if not sweep:
-        from qat_sweep.grid import available_sweeps
+    from qat_sweep.grid import PlanError, _cost_options, available_sweeps
 
+    if not sweep:
         raise InputError(f"missing sweep=NAME; available sweeps: {', '.join(available_sweeps())}")
     try:
-        mfu, peak = float(options.get("mfu", 0.4)), float(options.get("peak_tflops", 312.0))
-    except ValueError as err:
-        raise InputError(f"mfu and peak_tflops must be numbers: {err}") from err
-    if not 0 < mfu <= 1 or peak <= 0:
-        raise InputError(f"need 0 < mfu <= 1 and peak_tflops > 0, got mfu={mfu} peak={peak}")
+        mfu, peak = _cost_options(options)  # plan's own check of the same options
+    except PlanError as err:
+        raise InputError(str(err)) from err
     return sweep, mfu, peak, overrides
 
 

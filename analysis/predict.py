@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from qat_sweep.analysis.bootstrap import percentile_95
 from qat_sweep.analysis.collect import InputError
 from qat_sweep.analysis.laws import (
     BASE_PARAMS,
@@ -54,11 +55,8 @@ class SavedFit:
 
 def _interval(samples: np.ndarray, point: float) -> list[float] | None:
     """95% percentile interval of the finite samples, widened to contain the point."""
-    samples = samples[np.isfinite(samples)]
-    if not samples.size:
-        return None
-    lo, hi = np.percentile(samples, [2.5, 97.5])
-    return [float(min(lo, point)), float(max(hi, point))]
+    ends = percentile_95(samples)
+    return [float(min(ends[0], point)), float(max(ends[1], point))] if ends else None
 
 
 def _quantity(

@@ -27,7 +27,7 @@ from qat_sweep.analysis.design import noise_level, split_cli
 from qat_sweep.analysis.laws import DELTA_PARAMS, delta_loss, delta_regressors
 from scipy.special import ndtri
 
-from qat_sweep.common import write_atomic
+from qat_sweep.common import json_safe, write_atomic
 
 Z95 = 1.959964
 NORMAL_QUANTILES = ndtri((np.arange(256) + 0.5) / 256)  # a run's gap noise, in SDs
@@ -390,7 +390,7 @@ PLAN_COLUMNS = (
 def _row(grid: pd.DataFrame, i: int) -> dict[str, Any]:
     row = {c: grid[c].iat[i] for c in PLAN_COLUMNS}
     row["group_size"] = None if row["scheme"] == "bf16" else row["group_size"]
-    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+    return json_safe(row)
 
 
 def _parser() -> argparse.ArgumentParser:

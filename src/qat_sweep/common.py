@@ -73,9 +73,12 @@ def json_safe(value: Any) -> Any:
         return [json_safe(v) for v in value]
     if hasattr(value, "tolist") and not isinstance(value, str | bytes):  # numpy, without numpy
         return json_safe(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return finite_or_none(value) if isinstance(value, float) else value
+
+
+def finite_or_none(value: float) -> float | None:
+    """A number JSON and wandb can hold: NaN and infinities become None."""
+    return float(value) if math.isfinite(value) else None
 
 
 # --- counts: one grammar for tokens, parameters and hidden sizes on every command line ---
