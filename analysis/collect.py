@@ -18,6 +18,7 @@ from qat_sweep.analysis.cells import snap
 from qat_sweep.analysis.laws import group_value
 
 from qat_sweep.common import InputError as InputError  # the analysis's bad input: exit 2
+from qat_sweep.common import parse_bool
 
 REQUIRED = ("model", "n_params", "tokens", "scheme", "format", "group_size", "lr", "seed", "loss")
 OPTIONAL = ("val_loss", "hidden_size")
@@ -195,9 +196,11 @@ def build_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def _truthy(value: Any) -> bool:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    """A table's holdout cell: the CLI's booleans; empty or anything else is False."""
+    try:
+        return parse_bool(value)
+    except InputError:  # None, NaN, ''
         return False
-    return str(value).strip().lower() in ("1", "true", "yes", "y")
 
 
 def _row_problem(row: Any) -> str:

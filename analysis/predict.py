@@ -139,12 +139,8 @@ def predict_point(
         )
     bp = base["params"]
     point_base = float(bf16_loss(bp, n_params, tokens))
-    draws_b = saved.draws.get("base")
-    if draws_b is not None:
-        boot_draws = dict(zip(BASE_PARAMS, draws_b.T, strict=True))
-        boot_base = bf16_loss(boot_draws, n_params, tokens)
-    else:
-        boot_base = np.array([np.nan])
+    draws_b = saved.draws.get("base", np.full((1, len(BASE_PARAMS)), np.nan))  # none: NaN
+    boot_base = bf16_loss(dict(zip(BASE_PARAMS, draws_b.T, strict=True)), n_params, tokens)
     noise_b = rng.choice(saved.draws.get("resid__base", np.zeros(1)), size=boot_base.shape)
     base_caveats = _fit_caveats("BF16 law", base)
     out["bf16_loss"] = _quantity(point_base, boot_base, boot_base * np.exp(noise_b), base_caveats)
@@ -188,12 +184,8 @@ def predict_point(
         point_base + point_delta, boot_qat, noisy_qat, base_caveats + delta_caveats
     )
     eff = float(effective_multiplier(bp, n_params, point_delta))
-    if draws_b is not None:
-        boot_eff = effective_multiplier(
-            {"A": draws_b[:size, 0], "alpha": draws_b[:size, 1]}, n_params, boot_delta[:size]
-        )
-    else:
-        boot_eff = np.array([np.nan])
+    boot_b = dict(zip(BASE_PARAMS, draws_b[:size].T, strict=True))
+    boot_eff = effective_multiplier(boot_b, n_params, boot_delta[:size])
     out["eff_multiplier"] = _quantity(eff, boot_eff, None, base_caveats + delta_caveats)
     for key in ("bf16_loss", "delta", "qat_loss", "eff_multiplier"):
         out["warnings"] += [c for c in out[key].get("caveats", []) if c not in out["warnings"]]
