@@ -30,7 +30,8 @@ class InputError(ValueError):
 
 @contextmanager
 def atomic_open(path: Path | str, mode: str = "w") -> Iterator[IO[Any]]:
-    """A file that replaces ``path`` only once the block finishes; readers never see half of it.
+    """A file that replaces ``path`` only once the block finishes; readers never see half of it,
+    and once it returns the new content and the rename are on disk.
 
     The temp name (``.<name>.<random>.tmp``) is unique, so concurrent writers never share one;
     on an exception it is removed and ``path`` keeps its old content.
@@ -47,6 +48,15 @@ def atomic_open(path: Path | str, mode: str = "w") -> Iterator[IO[Any]]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)  # the rename itself survives a crash
+
+
+def fsync_dir(path: Path | str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def stale_temps(path: Path | str) -> list[Path]:

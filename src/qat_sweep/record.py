@@ -22,7 +22,7 @@ from qat_sweep.common import write_json_atomic as write_json_atomic  # the recor
 
 SCHEMA = 1
 RECORD_NAME = "result.json"
-STATUSES = ("completed", "failed", "diverged")
+RECORD_STATUSES = ("completed", "failed", "diverged")
 REQUIRED_KEYS = (
     "schema",
     "run_key",
@@ -56,8 +56,8 @@ def record_problems(record: Any) -> list[str]:
     problems = [f"missing key {key!r}" for key in REQUIRED_KEYS if key not in record]
     if record.get("schema") != SCHEMA:
         problems.append(f"schema {record.get('schema')!r} != {SCHEMA}")
-    if record.get("status") not in STATUSES:
-        problems.append(f"status {record.get('status')!r} not in {STATUSES}")
+    if record.get("status") not in RECORD_STATUSES:
+        problems.append(f"status {record.get('status')!r} not in {RECORD_STATUSES}")
     if record.get("status") == "completed":
         loss = record.get("loss")
         if not isinstance(loss, int | float) or not math.isfinite(loss):
