@@ -38,7 +38,7 @@ from qat_sweep.analysis.fit import (
 from qat_sweep.analysis.laws import BASE_PARAMS, DELTA_PARAMS, bf16_loss, delta_loss, group_value
 from qat_sweep.analysis.synth import Truth
 
-from qat_sweep.common import parse_count
+from qat_sweep.common import parse_count, split_overrides
 
 BASE_F_SCALE = 1e-3  # pipeline.Settings.base_f_scale: what `fit` uses unless told otherwise
 DEFAULT_NOISE = 0.01
@@ -155,17 +155,23 @@ def _matches(runs: pd.DataFrame, key: str, value: str) -> np.ndarray:
     return (runs[key].astype(str) == value).to_numpy()
 
 
+def _fields(flag: str, text: str, allowed: tuple[str, ...]) -> dict[str, str]:
+    """The `key=value` words of a --target or --drop string, keys from `allowed`."""
+    try:
+        fields, rest = split_overrides(text.split(), set(allowed))
+    except InputError as err:
+        raise InputError(f"{flag} {text!r}: {err}") from None
+    if rest:
+        raise InputError(f"{flag} {text!r}: {rest[0]!r} is not key=value")
+    return fields
+
+
 def drop_runs(runs: pd.DataFrame, drops: list[str]) -> pd.DataFrame:
     """Remove runs matching every `key=value` of a drop ("tokens=100B", "model=74M scheme=w4a16")."""
     keep = np.ones(len(runs), bool)
     for drop in drops:
         hit = np.ones(len(runs), bool)
-        for part in drop.split():
-            key, sep, value = part.partition("=")
-            if not sep or key not in DROP_KEYS:
-                raise InputError(
-                    f"--drop {drop!r}: {part!r} is not key=value with key one of {', '.join(DROP_KEYS)}"
-                )
+        for key, value in _fields("--drop", drop, DROP_KEYS).items():
             hit &= _matches(runs, key, value)
         if not hit.any():
             raise InputError(f"--drop {drop!r} matches no run of this sweep")
@@ -358,14 +364,7 @@ class Target:
 
 def parse_target(text: str) -> Target:
     """'model=973M tokens=200B scheme=w4a4 format=int4 group_size=128' -> Target (InputError)."""
-    fields: dict[str, str] = {}
-    for part in text.split():
-        key, sep, value = part.partition("=")
-        if not sep or key not in TARGET_KEYS:
-            raise InputError(
-                f"--target {text!r}: {part!r} is not key=value with key one of {', '.join(TARGET_KEYS)}"
-            )
-        fields[key] = value
+    fields = _fields("--target", text, TARGET_KEYS)
     try:
         n_params = parse_count(fields["n_params"], "n_params") if "n_params" in fields else None
         hidden = (

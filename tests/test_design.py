@@ -146,7 +146,7 @@ def test_linearised_criterion_matches_simulation(paper_runs):
     "argv, message",
     [
         (["--drop", "tokens=7B"], "matches no run"),
-        (["--drop", "colour=red"], "key one of"),
+        (["--drop", "colour=red"], "unknown key 'colour' in 'colour=red'; allowed: "),
         (["--target", "model=973M tokens=-5"], "tokens=-5: not a count"),
         (["--target", "model=973M tokens=0"], "tokens=0: must be a finite number > 0"),
         (["--target", "model=973M tokens=1e20"], "outside any sensible range"),
