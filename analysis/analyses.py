@@ -14,8 +14,9 @@ from qat_sweep.analysis.cells import cell_values
 from qat_sweep.analysis.collect import SITES
 from qat_sweep.analysis.fit import LawFit
 
+from qat_sweep.common import finite_or_none
+
 MATCH = ["n_params", "tokens", "G", "lr", "seed"]
-MAIN = ("w4a4/int4", "w4a16/int4", "w16a4/int4")
 
 
 def _by_cell(frame: pd.DataFrame) -> pd.DataFrame:
@@ -35,10 +36,6 @@ def _matched(quant: pd.DataFrame, **keys: str) -> pd.DataFrame:
     for frame in frames[1:]:
         merged = merged.merge(frame.drop(columns="group_size"), on=MATCH)
     return merged
-
-
-def _g_label(g: Any) -> str:
-    return str(g)
 
 
 def decomposition(quant: pd.DataFrame) -> dict[str, Any]:
@@ -85,7 +82,7 @@ def _growth(quant: pd.DataFrame, key: str, column: str) -> float | None:
 
 def _cell_means(part: pd.DataFrame, column: str, others: list[str]) -> pd.DataFrame:
     """Average over learning rates and seeds; G orders by its value (channel = hidden size)."""
-    keys = [*others, column] if column != "G" else [*others, "G"]
+    keys = [*others, column]
     frame = part.assign(group_size=part["group_size"].astype(str))
     if column == "G":
         frame = frame.assign(group_size="all")
@@ -111,13 +108,12 @@ def ratio_r(quant: pd.DataFrame) -> dict[str, Any]:
             "min": float(both["R"].min()),
             "max": float(both["R"].max()),
             "frac_above_1": float(np.mean(both["R"] > 1)),
-            "grid": {str(c): {f"{i:g}": _num(v) for i, v in grid[c].items()} for c in grid.columns},
+            "grid": {
+                str(c): {f"{i:g}": finite_or_none(v) for i, v in grid[c].items()}
+                for c in grid.columns
+            },
         }
     return out
-
-
-def _num(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
 
 
 def fc2_effect(quant: pd.DataFrame) -> dict[str, Any]:
@@ -135,7 +131,7 @@ def fc2_effect(quant: pd.DataFrame) -> dict[str, Any]:
         per_g = both.groupby("group_size", sort=False)["reduction"].mean()
         out[scheme] = {
             "available": True,
-            "reduction_per_G": {_g_label(g): float(v) for g, v in per_g.items()},
+            "reduction_per_G": {str(g): float(v) for g, v in per_g.items()},
         }
     out["paper"] = {
         "w4a4": {
@@ -158,7 +154,7 @@ def int4_vs_fp4(quant: pd.DataFrame) -> dict[str, Any]:
     per_g = both.groupby("group_size", sort=False)["diff"].mean()
     return {
         "available": True,
-        "int4_minus_fp4_per_G": {_g_label(g): float(v) for g, v in per_g.items()},
+        "int4_minus_fp4_per_G": {str(g): float(v) for g, v in per_g.items()},
         "paper_channel_int4_minus_fp4": paper.FINDINGS["channel_int4_minus_fp4"],
     }
 
@@ -181,7 +177,7 @@ def site_metrics(table: pd.DataFrame) -> dict[str, Any]:
     return {
         "available": True,
         "mean_per_setting": {
-            k: {c: _num(v) for c, v in row.items()} for k, row in means.iterrows()
+            k: {c: finite_or_none(v) for c, v in row.items()} for k, row in means.iterrows()
         },
         "paper_fc2_kurtosis": {
             "bf16": paper.FINDINGS["fc2_kurtosis_bf16"],

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from qat_sweep.analysis import simulate as sim
+from qat_sweep.analysis.collect import twin_index
 from qat_sweep.analysis.laws import DELTA_PARAMS
 from qat_sweep.analysis.suggest import cell_keys, choose
 
@@ -46,7 +47,7 @@ def candidate_grid(fit_key: str = "w4a4/int4") -> pd.DataFrame:
     grid = sim.grid_runs("paper")
     keep = ~grid["holdout"] & ((grid["fit_key"] == fit_key) | (grid["scheme"] == "bf16"))
     grid = grid[keep].reset_index(drop=True)
-    grid["twin"] = sim.twin_index(grid)
+    grid["twin"] = twin_index(grid)
     return grid
 
 

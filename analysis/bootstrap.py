@@ -14,11 +14,15 @@ from qat_sweep.analysis.fit import (
     MIN_CELLS,
     N_UNIT,
     LawFit,
-    base_model_log,
     base_raw,
     huber_irls,
 )
-from qat_sweep.analysis.laws import BASE_PARAMS, DELTA_PARAMS
+from qat_sweep.analysis.laws import (
+    BASE_PARAMS,
+    DELTA_PARAMS,
+    log_bf16_jacobian,
+    log_bf16_theta,
+)
 
 EXPONENTS = ("alpha", "beta", "gamma_N", "gamma_D", "gamma_G")
 SCALES = ("A", "B", "k")  # positive multipliers: judged by the ratio of their interval's ends
@@ -41,19 +45,6 @@ def row_weights(n_rows: int, n_boot: int, rng: np.random.Generator) -> np.ndarra
     return np.stack([np.bincount(row, minlength=n_rows) for row in draws]).astype(float)
 
 
-def _base_jacobian(theta, x_n, x_d, tied):
-    alpha = theta[:, 3:4]
-    beta = alpha if tied else theta[:, 4:5]
-    term_n, term_d = x_n**-alpha, x_d**-beta
-    pred = np.maximum(theta[:, 0:1] * term_n + theta[:, 1:2] * term_d + theta[:, 2:3], 1e-12)
-    d_alpha = -theta[:, 0:1] * term_n * np.log(x_n)
-    d_beta = -theta[:, 1:2] * term_d * np.log(x_d)
-    cols = [term_n, term_d, np.ones_like(pred), d_alpha + d_beta if tied else d_alpha]
-    if not tied:
-        cols.append(d_beta)
-    return np.log(pred), np.stack(cols, axis=-1) / pred[..., None]
-
-
 def base_lm_batch(
     theta0: np.ndarray,
     x_n: np.ndarray,
@@ -72,7 +63,7 @@ def base_lm_batch(
     lam = np.full(weights.shape[0], 1e-3)
 
     def cost_of(th):
-        r = base_model_log(th, x_n, x_d, tied) - log_loss
+        r = log_bf16_theta(th, x_n, x_d, tied) - log_loss
         a = np.abs(r)
         return np.sum(
             weights * np.where(a <= f_scale, 0.5 * r**2, f_scale * (a - 0.5 * f_scale)), axis=1
@@ -81,7 +72,7 @@ def base_lm_batch(
     cost = cost_of(theta)
     eye = np.eye(len(names))
     for _ in range(iters):
-        log_pred, jac = _base_jacobian(theta, x_n, x_d, tied)
+        log_pred, jac = log_bf16_jacobian(theta, x_n, x_d, tied)
         resid = log_pred - log_loss
         w = weights * np.minimum(1.0, f_scale / np.maximum(np.abs(resid), 1e-300))
         hess = np.einsum("bn,bni,bnj->bij", w, jac, jac)
@@ -103,15 +94,15 @@ def base_lm_batch(
     return theta
 
 
+def percentile_95(samples: np.ndarray) -> list[float] | None:
+    """95% percentile interval of the finite samples (None: no usable sample)."""
+    samples = samples[np.isfinite(samples)]
+    return [float(v) for v in np.percentile(samples, [2.5, 97.5])] if samples.size else None
+
+
 def percentile_ci(samples: np.ndarray) -> list[list[float] | None]:
     """95% percentile interval per column (None where no resample was usable)."""
-    out: list[list[float] | None] = []
-    for col in samples.T:
-        col = col[np.isfinite(col)]
-        out.append(
-            [float(np.percentile(col, 2.5)), float(np.percentile(col, 97.5))] if col.size else None
-        )
-    return out
+    return [percentile_95(col) for col in samples.T]
 
 
 def intervals(fit: LawFit, names: tuple[str, ...], draws: np.ndarray) -> dict[str, list | None]:

@@ -21,32 +21,10 @@ from qat_sweep.analysis.collect import (
     read_table,
 )
 
+from qat_sweep.common import split_overrides
+
 FIT_OVERRIDES = {"sweep", "paths.runs"}
 PREDICT_OVERRIDES = {"model", "n_params", "hidden_size", "tokens", "scheme", "format", "group_size"}
-
-
-def _split(
-    argv: list[str], allowed: set[str], parser: argparse.ArgumentParser
-) -> tuple[dict[str, str], list[str]]:
-    """key=value overrides apart from --flags; a flag's own value (--holdout 'loss >= 3') stays."""
-    takes_value = {
-        option
-        for action in parser._actions
-        if action.nargs != 0
-        for option in action.option_strings
-    }
-    overrides, rest = {}, []
-    for i, arg in enumerate(argv):
-        if i and argv[i - 1] in takes_value:
-            rest.append(arg)
-        elif "=" in arg and not arg.startswith("-"):
-            key, value = arg.split("=", 1)
-            if key not in allowed:
-                raise InputError(f"unknown override {key}= (allowed: {', '.join(sorted(allowed))})")
-            overrides[key] = value
-        else:
-            rest.append(arg)
-    return overrides, rest
 
 
 def _fit_parser() -> argparse.ArgumentParser:
@@ -85,16 +63,6 @@ def _fit_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _sweep_holdout(sweep: str) -> set[str]:
-    """Run keys the sweep file holds out (its `holdout:` sub-grids and their twins)."""
-    from qat_sweep.grid import PlanError, holdout_keys
-
-    try:
-        return holdout_keys(sweep)
-    except PlanError:  # records of a sweep file that is gone or changed: nothing held out
-        return set()
-
-
 def _load_source(
     args: argparse.Namespace, overrides: dict[str, str]
 ) -> tuple[Any, list[dict[str, str]], str, Path]:
@@ -105,10 +73,7 @@ def _load_source(
         raise InputError("give exactly one of sweep=NAME, --runs DIR, --table FILE.csv")
     if "sweep" in overrides:
         root = Path(overrides.get("paths.runs", "runs")) / overrides["sweep"]
-        rows, skipped = load_records(root)
-        held = _sweep_holdout(overrides["sweep"])
-        for row in rows:
-            row["holdout"] = row.get("holdout") or row.get("run_key") in held
+        rows, skipped = load_records(root)  # each record says whether plan held it out
         return (
             rows,
             skipped,
@@ -139,7 +104,7 @@ def fit_main(argv: list[str]) -> int:
     warnings.filterwarnings("ignore", category=RuntimeWarning, module="lmfit")
     try:
         parser = _fit_parser()
-        overrides, rest = _split(argv, FIT_OVERRIDES, parser)
+        overrides, rest = split_overrides(argv, FIT_OVERRIDES, parser)
         args = parser.parse_args(rest)
         if not args.huber_base > 0:
             raise InputError(f"--huber-base must be > 0, got {args.huber_base}")
@@ -210,7 +175,7 @@ def _predict_parser() -> argparse.ArgumentParser:
 
 
 def _resolve_model(overrides: dict[str, str]) -> tuple[float, float | None]:
-    from qat_sweep.analysis.predict import parse_count
+    from qat_sweep.common import parse_count
 
     n_params = parse_count(overrides["n_params"], "n_params") if "n_params" in overrides else None
     hidden = (
@@ -244,11 +209,13 @@ def predict_main(argv: list[str]) -> int:
     """Run `qat-sweep predict`; returns the process exit code."""
     import json
 
-    from qat_sweep.analysis.predict import SavedFit, format_prediction, parse_count, predict_point
+    from qat_sweep.analysis.predict import SavedFit, format_prediction, predict_point
+
+    from qat_sweep.common import parse_count
 
     try:
         parser = _predict_parser()
-        overrides, rest = _split(argv, PREDICT_OVERRIDES, parser)
+        overrides, rest = split_overrides(argv, PREDICT_OVERRIDES, parser)
         args = parser.parse_args(rest)
         if "tokens" not in overrides:
             raise InputError("tokens= is required (e.g. tokens=20B)")

@@ -17,6 +17,9 @@ import pandas as pd
 from qat_sweep.analysis.cells import snap
 from qat_sweep.analysis.laws import group_value
 
+from qat_sweep.common import InputError as InputError  # the analysis's bad input: exit 2
+from qat_sweep.common import parse_bool
+
 REQUIRED = ("model", "n_params", "tokens", "scheme", "format", "group_size", "lr", "seed", "loss")
 OPTIONAL = ("val_loss", "hidden_size")
 RECORD_FIELDS = (
@@ -27,19 +30,18 @@ RECORD_FIELDS = (
     *REQUIRED,
     *OPTIONAL,
     "n_params_total",
+    "subgrid",
     "holdout",
     "twin_key",
 )
-# N and D compare by cell (analysis/cells.py), so measured counts still pair and deduplicate.
-RUN_KEY = ("N_cell", "D_cell", "scheme", "format", "group_size", "lr", "seed")
-TWIN_KEY = ("N_cell", "D_cell", "lr", "seed")
+# Table columns that identify a run, and those a run shares with its BF16 twin, for tables
+# without run_key / twin_key (config.run_key() and twin_key() make those). N and D compare by
+# cell (analysis/cells.py), so measured counts still pair and deduplicate.
+RUN_COLUMNS = ("N_cell", "D_cell", "scheme", "format", "group_size", "lr", "seed")
+TWIN_COLUMNS = ("N_cell", "D_cell", "lr", "seed")
 SITES = ("qkv", "o", "fc1", "fc2")
 SITE_METRICS = ("kurtosis", "act_nmse", "weight_nmse")
 LEGACY_METRICS = {"act_nmse": "act_rel_err", "weight_nmse": "weight_rel_err"}  # before issue 12
-
-
-class InputError(ValueError):
-    """Bad or unusable input; the CLI turns it into exit code 2 with this message."""
 
 
 def quant_columns(metrics: Mapping[str, Any] | None) -> dict[str, float]:
@@ -194,9 +196,11 @@ def build_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def _truthy(value: Any) -> bool:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    """A table's holdout cell: the CLI's booleans; empty or anything else is False."""
+    try:
+        return parse_bool(value)
+    except InputError:  # None, NaN, ''
         return False
-    return str(value).strip().lower() in ("1", "true", "yes", "y")
 
 
 def _row_problem(row: Any) -> str:
@@ -228,7 +232,7 @@ def _mark_duplicates(table: pd.DataFrame) -> None:
     data...), so runs that differ only there are not duplicates of each other.
     """
     usable = table[table["excluded"] == ""]
-    columns = [*RUN_KEY, "twin_key"]
+    columns = [*RUN_COLUMNS, "twin_key"]
     keys = ["|".join(map(str, vals)) for vals in usable[columns].itertuples(index=False)]
     order = usable.assign(_key=keys).sort_values("run_key")
     first = order.drop_duplicates("_key")
@@ -238,35 +242,54 @@ def _mark_duplicates(table: pd.DataFrame) -> None:
             table.loc[index, "excluded"] = f"duplicate of {keep}"
 
 
+def twin_index(table: pd.DataFrame, usable: np.ndarray | None = None) -> np.ndarray:
+    """Position of each quantized row's BF16 twin; -1 for none and for BF16 rows.
+
+    A row that names its twin (`twin_key`, as records do) pairs with exactly that run; other
+    rows pair on TWIN_COLUMNS. Only BF16 rows marked in `usable` (default: all) are twins.
+    """
+    is_bf16 = (table["scheme"] == "bf16").to_numpy()
+    twins = np.flatnonzero(is_bf16 if usable is None else is_bf16 & usable)
+    columns = [tuple(k) for k in table[list(TWIN_COLUMNS)].to_numpy()]
+    by_columns = {columns[i]: i for i in twins}
+    run_keys = table["run_key"].to_numpy() if "run_key" in table else np.full(len(table), None)
+    by_run_key = {run_keys[i]: i for i in twins}
+    names = table["twin_key"].to_numpy() if "twin_key" in table else np.full(len(table), None)
+    return np.array(
+        [
+            -1
+            if is_bf16[i]
+            else by_run_key.get(names[i], -1)
+            if _names_twin(names[i])
+            else by_columns.get(columns[i], -1)
+            for i in range(len(table))
+        ],
+        dtype=int,
+    )
+
+
+def _names_twin(twin_key: Any) -> bool:
+    return isinstance(twin_key, str) and twin_key != ""
+
+
 def pair_deltas(table: pd.DataFrame) -> pd.DataFrame:
     """Give each usable quantized row its BF16 twin's loss and delta; mark unpaired/negative."""
-    twins = table[(table["scheme"] == "bf16") & (table["excluded"] == "")]
-    twin_loss = {tuple(r[k] for k in TWIN_KEY): r["loss"] for _, r in twins.iterrows()}
-    by_run_key = dict(zip(twins["run_key"], twins["loss"], strict=True))
     table = table.copy()
-    table["bf16_loss"] = np.nan
-    table["delta"] = np.nan
-    for index, row in table.iterrows():
-        if row["scheme"] == "bf16":
+    twin = twin_index(table, (table["excluded"] == "").to_numpy())
+    loss = table["loss"].to_numpy()
+    table["bf16_loss"] = np.where(twin >= 0, loss[twin], np.nan)
+    table["delta"] = table["loss"] - table["bf16_loss"]
+    for index, row, t in zip(table.index, table.itertuples(), twin, strict=True):
+        if row.scheme == "bf16" or row.excluded != "":
             continue
-        # Records name their exact twin (twin_key); plain tables pair on the DESIGN.md columns.
-        exact = isinstance(row["twin_key"], str) and row["twin_key"] != ""
-        base = (
-            by_run_key.get(row["twin_key"])
-            if exact
-            else twin_loss.get(tuple(row[k] for k in TWIN_KEY))
-        )
-        if base is None:
-            if row["excluded"] == "":
-                table.loc[index, "excluded"] = (
-                    f"no BF16 twin ({row['twin_key']})"
-                    if exact
-                    else "no BF16 twin (same N and D cells, lr, seed)"
-                )
-            continue
-        table.loc[index, ["bf16_loss", "delta"]] = [base, row["loss"] - base]
-        if row["excluded"] == "" and row["loss"] - base <= 0:
-            table.loc[index, "excluded"] = f"non-positive gap {row['loss'] - base:.4g}"
+        if t < 0:
+            table.loc[index, "excluded"] = (
+                f"no BF16 twin ({row.twin_key})"
+                if _names_twin(row.twin_key)
+                else "no BF16 twin (same N and D cells, lr, seed)"
+            )
+        elif row.delta <= 0:
+            table.loc[index, "excluded"] = f"non-positive gap {row.delta:.4g}"
     return table
 
 

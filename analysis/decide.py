@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 from qat_sweep.analysis.collect import InputError
-from qat_sweep.analysis.laws import DELTA_PARAMS, group_value
+from qat_sweep.analysis.laws import DELTA_PARAMS, group_value, log_delta
 from qat_sweep.analysis.predict import (
     EXTRAPOLATION_WARN,
     SavedFit,
@@ -77,9 +77,9 @@ def _caveats(saved: SavedFit, keys: tuple[str, ...], draws: int) -> list[str]:
 
 
 def _log_delta(rows: np.ndarray, n: float, d: float, g) -> np.ndarray:
-    g = np.asarray(g, float)
-    k, g_n, g_d, g_g = (rows[:, i : i + 1] for i in range(4))
-    return np.log(k) + g_d * np.log(d) + g_g * np.log(np.log2(g))[None, :] - g_n * np.log(n)
+    """log delta for each row of parameters (DELTA_PARAMS order) at each G: (rows, len(g))."""
+    params = dict(zip(DELTA_PARAMS, (rows[:, i : i + 1] for i in range(4)), strict=True))
+    return log_delta(params, n, d, np.asarray(g, float)[None, :])
 
 
 def _range_warnings(saved: SavedFit, column: str, value: float, label: str) -> list[str]:

@@ -20,32 +20,27 @@ from qat_sweep.analysis import simulate as sim
 from qat_sweep.analysis.collect import InputError
 from qat_sweep.analysis.laws import BASE_PARAMS, DELTA_PARAMS, bf16_loss
 
+from qat_sweep.common import split_overrides
+
 COST_OPTIONS = ("mfu", "peak_tflops")
 
 
 def split_cli(extra: list[str], command: str) -> tuple[str, float, float, list[str]]:
     """sweep=NAME, mfu=, peak_tflops= and train overrides out of the leftover arguments."""
-    sweep, options, overrides = None, {}, []
-    for arg in extra:
-        key, sep, value = arg.partition("=")
-        if not sep or arg.startswith("-"):
-            raise InputError(f"unexpected argument {arg!r} (see qat-sweep {command} --help)")
-        if key == "sweep":
-            sweep = value
-        elif key in COST_OPTIONS:
-            options[key] = value
-        else:
-            overrides.append(arg)
-    if not sweep:
-        from qat_sweep.grid import available_sweeps
+    pairs, rest = split_overrides(extra)
+    if rest:
+        raise InputError(f"unexpected argument {rest[0]!r} (see qat-sweep {command} --help)")
+    sweep = pairs.pop("sweep", None)
+    options = {k: pairs.pop(k) for k in COST_OPTIONS if k in pairs}
+    overrides = [f"{k}={v}" for k, v in pairs.items()]
+    from qat_sweep.grid import PlanError, _cost_options, available_sweeps
 
+    if not sweep:
         raise InputError(f"missing sweep=NAME; available sweeps: {', '.join(available_sweeps())}")
     try:
-        mfu, peak = float(options.get("mfu", 0.4)), float(options.get("peak_tflops", 312.0))
-    except ValueError as err:
-        raise InputError(f"mfu and peak_tflops must be numbers: {err}") from err
-    if not 0 < mfu <= 1 or peak <= 0:
-        raise InputError(f"need 0 < mfu <= 1 and peak_tflops > 0, got mfu={mfu} peak={peak}")
+        mfu, peak = _cost_options(options)  # plan's own check of the same options
+    except PlanError as err:
+        raise InputError(str(err)) from err
     return sweep, mfu, peak, overrides
 
 

@@ -17,7 +17,14 @@ import numpy as np
 import pandas as pd
 from qat_sweep.analysis import identify
 from qat_sweep.analysis.cells import cell_values, count_cells
-from qat_sweep.analysis.laws import BASE_PARAMS, DELTA_PARAMS
+from qat_sweep.analysis.laws import (
+    BASE_PARAMS,
+    DELTA_PARAMS,
+    LOSS_FLOOR,
+    bf16_loss,
+    delta_regressors,
+    log_bf16_loss,
+)
 from scipy.optimize import nnls
 from scipy.special import huber
 
@@ -114,15 +121,6 @@ def _hits(params: lmfit.Parameters, names: tuple[str, ...]) -> list[str]:
 # ---------------------------------------------------------------- BF16 base law
 
 
-def base_model_log(theta: np.ndarray, x_n: np.ndarray, x_d: np.ndarray, tied: bool) -> np.ndarray:
-    """log L for normalised parameters theta = [A, B, E, alpha(, beta)] (rows may be batched)."""
-    theta = np.atleast_2d(theta)
-    alpha = theta[:, 3:4]
-    beta = alpha if tied else theta[:, 4:5]
-    pred = theta[:, 0:1] * x_n**-alpha + theta[:, 1:2] * x_d**-beta + theta[:, 2:3]
-    return np.log(np.maximum(pred, 1e-12))
-
-
 def base_raw(theta: np.ndarray, tied: bool) -> np.ndarray:
     """Normalised [A, B, E, alpha(, beta)] -> raw-unit columns in BASE_PARAMS order."""
     theta = np.atleast_2d(theta)
@@ -193,8 +191,7 @@ def fit_base(
             )
 
         def resid(p, x_n=x_n, x_d=x_d, loss=loss):
-            pred = p["A"] * x_n ** -p["alpha"] + p["B"] * x_d ** -p["beta"] + p["E"]
-            return np.log(np.maximum(pred, 1e-12)) - np.log(loss)
+            return log_bf16_loss(p.valuesdict(), x_n, x_d) - np.log(loss)
 
         out = lmfit.Minimizer(resid, params).minimize(
             method="least_squares", loss="huber", f_scale=f_scale
@@ -292,8 +289,7 @@ class DeltaDesign:
 
 
 def _raw_columns(n, d, g) -> dict[str, np.ndarray]:
-    n, d, g = (np.atleast_1d(np.asarray(x, float)) for x in (n, d, g))
-    return {"gamma_D": np.log(d), "gamma_G": np.log(np.log2(g)), "gamma_N": -np.log(n)}
+    return delta_regressors(*(np.atleast_1d(np.asarray(x, float)) for x in (n, d, g)))
 
 
 def delta_design(rows: pd.DataFrame, terms: tuple[str, ...] = DELTA_COLUMNS) -> DeltaDesign:
@@ -612,14 +608,14 @@ def fit_joint(
     }
 
     def resid(p):
-        pred = p["A"] * x_n ** -p["alpha"] + p["B"] * x_d ** -p["beta"] + p["E"]
+        pred = bf16_loss(p.valuesdict(), x_n, x_d)
         for key, (mask, mat) in mats.items():
             cols = deltas[key].internal["design"].columns
             coef = np.array(
                 [p[f"{tags[key]}_c0"].value] + [p[f"{tags[key]}_{c}"].value for c in cols]
             )
             pred = pred + mask * np.exp(mat @ coef)
-        return np.log(np.maximum(pred, 1e-12)) - np.log(loss)
+        return np.log(np.maximum(pred, LOSS_FLOOR)) - np.log(loss)
 
     out = lmfit.Minimizer(resid, params).minimize(
         method="least_squares", loss="huber", f_scale=f_scale

@@ -19,7 +19,7 @@ from qat_sweep.analysis.collect import InputError, excluded_list
 from qat_sweep.analysis.fit import LawFit, fit_base, fit_delta, fit_joint
 from qat_sweep.analysis.predict import BOOT_FILE, SavedFit, bootstrap_key, predict_point
 
-from qat_sweep.record import write_json_atomic
+from qat_sweep.common import atomic_open, json_safe, write_json_atomic
 
 SCHEMA = 1
 PREDICTION_SIZES = {"1B": (1e9, 2048), "7B": (7e9, 4096), "70B": (70e9, 8192)}
@@ -188,14 +188,16 @@ def write_outputs(outcome: FitOutcome, out: Path) -> Path:
     """fit.json, bootstrap.npz and runs.csv; returns the fit.json path."""
     out.mkdir(parents=True, exist_ok=True)
     arrays = bootstrap_arrays(outcome)
-    np.savez(out / BOOT_FILE, **arrays)
+    with atomic_open(out / BOOT_FILE, "wb") as f:
+        np.savez(f, **arrays)
     outcome.result["predictions"] = prediction_table(SavedFit(outcome.result, arrays))
     columns = [c for c in TABLE_COLUMNS if c in outcome.table.columns]
     extra = [c for c in outcome.table.columns if c not in columns and c != "fit_key"]
-    outcome.table[columns + extra].to_csv(out / "runs.csv", index=False)
+    with atomic_open(out / "runs.csv") as f:
+        outcome.table[columns + extra].to_csv(f, index=False)
     check_intervals(outcome.result)
     path = out / "fit.json"
-    write_json_atomic(path, _clean(outcome.result))
+    write_json_atomic(path, json_safe(outcome.result))
     return path
 
 
@@ -227,20 +229,3 @@ def check_intervals(result: dict[str, Any]) -> None:
                 inside(f"{label} CI end", end, item.get("pi95"))
     if bad:
         raise AssertionError("intervals that exclude their estimate: " + "; ".join(bad))
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: numpy scalars to Python, NaN/inf to null."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _clean(value.tolist())
-    if isinstance(value, (np.floating, float)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value

@@ -11,10 +11,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from qat_sweep.analysis import paper
 from qat_sweep.analysis.fit import LawFit, predict_delta_rows
 from qat_sweep.analysis.laws import bf16_loss, delta_loss
 
-from qat_sweep.config import format_tokens
+from qat_sweep.common import format_count
 
 DPI = 90
 
@@ -33,7 +34,7 @@ def loss_vs_tokens(bf16: pd.DataFrame, base: LawFit, path: Path) -> Path | None:
     d_grid = np.geomspace(bf16["tokens"].min() / 1.5, bf16["tokens"].max() * 1.5, 80)
     for i, (n, part) in enumerate(bf16.groupby("n_params")):
         color = f"C{i % 10}"
-        ax.scatter(part["tokens"], part["loss"], color=color, label=f"N = {format_tokens(int(n))}")
+        ax.scatter(part["tokens"], part["loss"], color=color, label=f"N = {format_count(int(n))}")
         if base.params.get("A") is not None:
             ax.plot(d_grid, bf16_loss(base.params, n, d_grid), color=color, lw=1)
     ax.set(
@@ -79,7 +80,7 @@ def delta_trend(
         for i, (s, grp) in enumerate(part.groupby(part[series].astype(str), sort=False)):
             grp = grp.sort_values(column)
             color = f"C{i % 10}"
-            name = f"G={s}" if series == "group_size" else f"N={format_tokens(int(float(s)))}"
+            name = f"G={s}" if series == "group_size" else f"N={format_count(int(float(s)))}"
             ax.scatter(grp[column], grp["delta"], color=color, s=14, label=name)
             ax.plot(grp[column], predict_delta_rows(deltas[key], grp), color=color, lw=1)
         ax.set(
@@ -153,7 +154,12 @@ def decomposition(result: dict[str, Any], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(5, 4.5))
     ax.scatter(pts["sum"], pts["w4a4"], s=12)
     xs = np.array([min(pts["sum"]), max(pts["sum"])])
-    ax.plot(xs, result["k_prime"] * xs, "r-", label=f"k' = {result['k_prime']:.3f} (paper 0.906)")
+    ax.plot(
+        xs,
+        result["k_prime"] * xs,
+        "r-",
+        label=f"k' = {result['k_prime']:.3f} (paper {paper.FINDINGS['decomposition_k']})",
+    )
     ax.set(
         xlabel="delta_W4A16 + delta_W16A4", ylabel="delta_W4A4", title="Decomposition of W4A4 error"
     )
@@ -179,9 +185,7 @@ def ratio_heatmap(result: dict[str, Any], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def contours(
-    deltas: dict[str, LawFit], bf16: pd.DataFrame, path: Path, g: float = 128
-) -> Path | None:
+def contours(deltas: dict[str, LawFit], path: Path, g: float = 128) -> Path | None:
     keys = [
         k
         for k, f in deltas.items()
@@ -272,7 +276,7 @@ def make_all(outcome: Any, plots_dir: Path) -> dict[str, Path]:
         "residuals": residuals(outcome.base, outcome.bf16, quant, deltas, plots_dir / "residuals.png"),
         "decomposition": decomposition(an["decomposition"], plots_dir / "decomposition.png"),
         "ratio_R": ratio_heatmap(an["ratio_R"], plots_dir / "ratio_R.png"),
-        "contours": contours(deltas, outcome.bf16, plots_dir / "contours.png"),
+        "contours": contours(deltas, plots_dir / "contours.png"),
         "fc2_8bit": bars_per_group(
             {k: v.get("reduction_per_G", {}) for k, v in an["fc2_8bit"].items() if k != "paper"},
             "delta reduction with 8-bit FC2 input", "1 - delta_fc2a8 / delta", plots_dir / "fc2_8bit.png",

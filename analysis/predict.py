@@ -7,29 +7,23 @@ fit's own log-residual scatter, i.e. where a single new run would land.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from qat_sweep.analysis.bootstrap import percentile_95
 from qat_sweep.analysis.collect import InputError
-from qat_sweep.analysis.laws import BASE_PARAMS, DELTA_PARAMS, group_value
+from qat_sweep.analysis.laws import (
+    BASE_PARAMS,
+    DELTA_PARAMS,
+    bf16_loss,
+    delta_loss,
+    effective_multiplier,
+    group_value,
+)
 
 BOOT_FILE = "bootstrap.npz"
-_SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
-
-
-def parse_count(text: str, name: str = "count") -> float:
-    """'20e9', '20B', '100M', '1.5T', '20_000' -> a finite float > 0 (InputError naming `name`)."""
-    match = re.fullmatch(r"\s*([0-9_.]+(?:[eE][+-]?\d+)?)\s*([kKmMbBgGtT]?)\s*", str(text))
-    try:
-        value = float(match.group(1).replace("_", "")) * _SUFFIX[match.group(2).upper()]
-    except (AttributeError, ValueError):  # no match, or digits like '.' that are no number
-        raise InputError(f"{name}={text}: not a count (use 20e9, 20B or 100M)") from None
-    if not (np.isfinite(value) and value > 0):
-        raise InputError(f"{name}={text}: must be a finite number > 0")
-    return value
 
 
 def bootstrap_key(fit_key: str) -> str:
@@ -61,11 +55,8 @@ class SavedFit:
 
 def _interval(samples: np.ndarray, point: float) -> list[float] | None:
     """95% percentile interval of the finite samples, widened to contain the point."""
-    samples = samples[np.isfinite(samples)]
-    if not samples.size:
-        return None
-    lo, hi = np.percentile(samples, [2.5, 97.5])
-    return [float(min(lo, point)), float(max(hi, point))]
+    ends = percentile_95(samples)
+    return [float(min(ends[0], point)), float(max(ends[1], point))] if ends else None
 
 
 def _quantity(
@@ -147,13 +138,9 @@ def predict_point(
             "the BF16 law is not identifiable in this fit: " + "; ".join(base.get("notes", []))
         )
     bp = base["params"]
-    point_base = bp["A"] / n_params ** bp["alpha"] + bp["B"] / tokens ** bp["beta"] + bp["E"]
-    draws_b = saved.draws.get("base")
-    if draws_b is not None:
-        d = dict(zip(BASE_PARAMS, draws_b.T, strict=True))
-        boot_base = d["A"] / n_params ** d["alpha"] + d["B"] / tokens ** d["beta"] + d["E"]
-    else:
-        boot_base = np.array([np.nan])
+    point_base = float(bf16_loss(bp, n_params, tokens))
+    draws_b = saved.draws.get("base", np.full((1, len(BASE_PARAMS)), np.nan))  # none: NaN
+    boot_base = bf16_loss(dict(zip(BASE_PARAMS, draws_b.T, strict=True)), n_params, tokens)
     noise_b = rng.choice(saved.draws.get("resid__base", np.zeros(1)), size=boot_base.shape)
     base_caveats = _fit_caveats("BF16 law", base)
     out["bf16_loss"] = _quantity(point_base, boot_base, boot_base * np.exp(noise_b), base_caveats)
@@ -196,11 +183,9 @@ def predict_point(
     out["qat_loss"] = _quantity(
         point_base + point_delta, boot_qat, noisy_qat, base_caveats + delta_caveats
     )
-    eff = _eff(bp["A"], bp["alpha"], n_params, point_delta)
-    if draws_b is not None:
-        boot_eff = _eff(draws_b[:size, 0], draws_b[:size, 1], n_params, boot_delta[:size])
-    else:
-        boot_eff = np.array([np.nan])
+    eff = float(effective_multiplier(bp, n_params, point_delta))
+    boot_b = dict(zip(BASE_PARAMS, draws_b[:size].T, strict=True))
+    boot_eff = effective_multiplier(boot_b, n_params, boot_delta[:size])
     out["eff_multiplier"] = _quantity(eff, boot_eff, None, base_caveats + delta_caveats)
     for key in ("bf16_loss", "delta", "qat_loss", "eff_multiplier"):
         out["warnings"] += [c for c in out[key].get("caveats", []) if c not in out["warnings"]]
@@ -208,15 +193,12 @@ def predict_point(
 
 
 def _delta(draws: np.ndarray, n: float, d: float, g: float) -> np.ndarray:
-    """delta per draw; a dropped exponent (None / 0) contributes nothing, a NaN draw stays NaN."""
-    k = draws[:, 0]
-    g_n, g_d, g_g = (np.nan_to_num(c) for c in draws[:, 1:].T)
-    return k * d**g_d * np.log2(g) ** g_g / n**g_n
-
-
-def _eff(a, alpha, n, delta):
-    with np.errstate(divide="ignore", invalid="ignore"):  # A = 0 resamples: no multiplier (NaN)
-        return (a / (a + delta * n**alpha)) ** (1.0 / alpha)
+    """delta per draw row (DELTA_PARAMS order); a dropped exponent (0 / NaN) contributes
+    nothing, a NaN k stays NaN."""
+    k, *gammas = draws.T
+    exponents = dict(zip(DELTA_PARAMS[1:], map(np.nan_to_num, gammas), strict=True))
+    with np.errstate(divide="ignore"):  # k = 0 (a fit without k): delta 0
+        return delta_loss({"k": k, **exponents}, n, d, g)
 
 
 def format_prediction(pred: dict[str, Any]) -> str:

@@ -16,6 +16,8 @@ from qat_sweep.analysis import paper
 from qat_sweep.analysis.identify import OUTLIER_Z
 from qat_sweep.analysis.laws import BASE_PARAMS, DELTA_PARAMS
 
+from qat_sweep.common import write_atomic
+
 EXPECTED = {"N": "falls", "D": "rises", "G": "rises"}
 PAPER_CHANGE = {
     "N": paper.FINDINGS["delta_change_with_n"],
@@ -226,11 +228,11 @@ def analyses_section(res: dict[str, Any]) -> Section:
     text, tables = [], []
     dec = an["decomposition"]
     if dec.get("available"):
-        g = dec["growth_with_D"]
+        g, ref = dec["growth_with_D"], paper.FINDINGS
         text.append(
             f"Decomposition: delta_W4A4 = {dec['k_prime']:.3f} x (delta_W4A16 + delta_W16A4) over {dec['n']} cells "
-            f"(paper 0.906), relative error {_pct(dec['rel_error'])}. Growth with D: weight error {_pct(g['weight'])} "
-            f"(paper +43%), activation error {_pct(g['act'])} (paper +12%)."
+            f"(paper {ref['decomposition_k']}), relative error {_pct(dec['rel_error'])}. Growth with D: weight error {_pct(g['weight'])} "
+            f"(paper +{ref['weight_growth_with_d']:.0%}), activation error {_pct(g['act'])} (paper +{ref['act_growth_with_d']:.0%})."
         )
     else:
         text.append("Decomposition: not available, " + dec["missing"] + ".")
@@ -257,7 +259,8 @@ def analyses_section(res: dict[str, Any]) -> Section:
         frame = pd.DataFrame(sites["mean_per_setting"]).T.map(lambda v: _f(v, 3))
         tables.append(
             (
-                "Per-site kurtosis and quantization NMSE ||x_hat - x||^2 / ||x||^2 (means; paper FC2 kurtosis 123 BF16, 89 W4A4)",
+                "Per-site kurtosis and quantization NMSE ||x_hat - x||^2 / ||x||^2 (means; paper FC2 kurtosis "
+                f"{paper.FINDINGS['fc2_kurtosis_bf16']:g} BF16, {paper.FINDINGS['fc2_kurtosis_w4a4']:g} W4A4)",
                 frame.reset_index(names="setting"),
             )
         )
@@ -367,7 +370,7 @@ def write_markdown(res: dict[str, Any], figures: dict[str, Path], path: Path) ->
         out += [
             f"![{name}](plots/{figures[name].name})\n" for name in sec.figures if name in figures
         ]
-    path.write_text("\n".join(out))
+    write_atomic(path, "\n".join(out))
 
 
 CSS = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -391,4 +394,4 @@ def write_html(res: dict[str, Any], figures: dict[str, Path], path: Path) -> Non
                     f'<figure><img alt="{name}" src="data:image/png;base64,{data}"><figcaption>{name}</figcaption></figure>'
                 )
     page = f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>QAT scaling-law fit</title><style>{CSS}</style></head><body>{"".join(body)}</body></html>'
-    path.write_text(page)
+    write_atomic(path, page)

@@ -22,7 +22,7 @@ import pandas as pd
 from qat_sweep.analysis import paper
 from qat_sweep.analysis.bootstrap import base_lm_batch
 from qat_sweep.analysis.cells import snap
-from qat_sweep.analysis.collect import TWIN_KEY, InputError
+from qat_sweep.analysis.collect import TWIN_COLUMNS, InputError, twin_index
 from qat_sweep.analysis.fit import (
     BASE_BOUNDS,
     D_UNIT,
@@ -36,8 +36,9 @@ from qat_sweep.analysis.fit import (
     on_bound,
 )
 from qat_sweep.analysis.laws import BASE_PARAMS, DELTA_PARAMS, bf16_loss, delta_loss, group_value
-from qat_sweep.analysis.predict import parse_count
 from qat_sweep.analysis.synth import Truth
+
+from qat_sweep.common import parse_count, split_overrides
 
 BASE_F_SCALE = 1e-3  # pipeline.Settings.base_f_scale: what `fit` uses unless told otherwise
 DEFAULT_NOISE = 0.01
@@ -117,19 +118,18 @@ def grid_runs(
     sweep: str, overrides: list[str] | None = None, mfu: float = 0.4, peak_tflops: float = 312.0
 ) -> pd.DataFrame:
     """A sweep's planned runs as a table (one row per run, twins included) with GPU-hours."""
-    from qat_sweep.grid import PlanError, holdout_keys, plan_sweep
+    from qat_sweep.grid import PlanError, plan_sweep
     from qat_sweep.presets import model_config_from
 
     try:
         planned = plan_sweep(sweep, overrides or [], strict=False)
-        held = holdout_keys(sweep, overrides or [])
     except PlanError as err:
         raise InputError(str(err)) from err
     rows = []
     for run in planned:
         row = run.row(mfu, peak_tflops)
         row["hidden_size"] = model_config_from(run.config["model"]).hidden_size
-        row["holdout"] = run.run_key in held
+        row["holdout"] = bool(run.config["holdout"])  # plan's membership, as in the record
         rows.append({c: row[c] for c in GRID_COLUMNS})
     return with_coordinates(pd.DataFrame(rows))
 
@@ -155,17 +155,23 @@ def _matches(runs: pd.DataFrame, key: str, value: str) -> np.ndarray:
     return (runs[key].astype(str) == value).to_numpy()
 
 
+def _fields(flag: str, text: str, allowed: tuple[str, ...]) -> dict[str, str]:
+    """The `key=value` words of a --target or --drop string, keys from `allowed`."""
+    try:
+        fields, rest = split_overrides(text.split(), set(allowed))
+    except InputError as err:
+        raise InputError(f"{flag} {text!r}: {err}") from None
+    if rest:
+        raise InputError(f"{flag} {text!r}: {rest[0]!r} is not key=value")
+    return fields
+
+
 def drop_runs(runs: pd.DataFrame, drops: list[str]) -> pd.DataFrame:
     """Remove runs matching every `key=value` of a drop ("tokens=100B", "model=74M scheme=w4a16")."""
     keep = np.ones(len(runs), bool)
     for drop in drops:
         hit = np.ones(len(runs), bool)
-        for part in drop.split():
-            key, sep, value = part.partition("=")
-            if not sep or key not in DROP_KEYS:
-                raise InputError(
-                    f"--drop {drop!r}: {part!r} is not key=value with key one of {', '.join(DROP_KEYS)}"
-                )
+        for key, value in _fields("--drop", drop, DROP_KEYS).items():
             hit &= _matches(runs, key, value)
         if not hit.any():
             raise InputError(f"--drop {drop!r} matches no run of this sweep")
@@ -203,7 +209,7 @@ def draw_losses(
     base = true_losses(prior, runs)
     out = base + rng.normal(0.0, noise, (n_sims, len(runs)))
     if cell_noise > 0:
-        codes = pd.factorize(pd.Series(list(zip(*(runs[c] for c in TWIN_KEY), strict=True))))[0]
+        codes = pd.factorize(pd.Series(list(zip(*(runs[c] for c in TWIN_COLUMNS), strict=True))))[0]
         out += rng.normal(0.0, cell_noise, (n_sims, codes.max() + 1))[:, codes]
     return out
 
@@ -223,14 +229,6 @@ class Refits:
     delta: dict[str, np.ndarray]
     delta_ok: dict[str, np.ndarray]
     exact_refits: int = 0  # replicates that needed fit_delta itself
-
-
-def twin_index(runs: pd.DataFrame) -> np.ndarray:
-    """Row of each run's BF16 twin (same N, D, LR, seed), -1 for none or for BF16 rows."""
-    keys = [tuple(k) for k in runs[list(TWIN_KEY)].to_numpy()]
-    is_bf16 = (runs["scheme"] == "bf16").to_numpy()
-    where = {keys[i]: i for i in np.flatnonzero(is_bf16)}  # positions, whatever the index
-    return np.array([-1 if b else where.get(k, -1) for k, b in zip(keys, is_bf16, strict=True)])
 
 
 def _base_refits(runs: pd.DataFrame, fitted: np.ndarray, losses: np.ndarray, truth: np.ndarray):
@@ -366,14 +364,7 @@ class Target:
 
 def parse_target(text: str) -> Target:
     """'model=973M tokens=200B scheme=w4a4 format=int4 group_size=128' -> Target (InputError)."""
-    fields: dict[str, str] = {}
-    for part in text.split():
-        key, sep, value = part.partition("=")
-        if not sep or key not in TARGET_KEYS:
-            raise InputError(
-                f"--target {text!r}: {part!r} is not key=value with key one of {', '.join(TARGET_KEYS)}"
-            )
-        fields[key] = value
+    fields = _fields("--target", text, TARGET_KEYS)
     try:
         n_params = parse_count(fields["n_params"], "n_params") if "n_params" in fields else None
         hidden = (

@@ -22,10 +22,12 @@ import pandas as pd
 from qat_sweep.analysis import identify
 from qat_sweep.analysis import simulate as sim
 from qat_sweep.analysis.cells import cell_values, snap
-from qat_sweep.analysis.collect import InputError
+from qat_sweep.analysis.collect import InputError, twin_index
 from qat_sweep.analysis.design import noise_level, split_cli
-from qat_sweep.analysis.laws import DELTA_PARAMS, delta_loss
+from qat_sweep.analysis.laws import DELTA_PARAMS, delta_loss, delta_regressors
 from scipy.special import ndtri
+
+from qat_sweep.common import json_safe, write_atomic
 
 Z95 = 1.959964
 NORMAL_QUANTILES = ndtri((np.arange(256) + 0.5) / 256)  # a run's gap noise, in SDs
@@ -35,8 +37,8 @@ FEATURE_OF = {"gamma_D": 0, "gamma_G": 1, "gamma_N": 2}  # column of features()[
 
 def features(n, d, g) -> np.ndarray:
     """Rows [1, log D, log log2 G, -log N]: the delta law is linear in these (log space)."""
-    n, d, g = (np.atleast_1d(np.asarray(v, float)) for v in (n, d, g))
-    return np.column_stack([np.ones_like(n), np.log(d), np.log(np.log2(g)), -np.log(n)])
+    r = delta_regressors(*(np.atleast_1d(np.asarray(v, float)) for v in (n, d, g)))
+    return np.column_stack([np.ones_like(r["gamma_N"]), r["gamma_D"], r["gamma_G"], r["gamma_N"]])
 
 
 @dataclass
@@ -388,7 +390,7 @@ PLAN_COLUMNS = (
 def _row(grid: pd.DataFrame, i: int) -> dict[str, Any]:
     row = {c: grid[c].iat[i] for c in PLAN_COLUMNS}
     row["group_size"] = None if row["scheme"] == "bf16" else row["group_size"]
-    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+    return json_safe(row)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -428,7 +430,7 @@ def suggest(argv: list[str]) -> dict[str, Any]:
     noise = noise_level(args.noise, sim.fit_noise(saved.result))
     grid = sim.grid_runs(sweep, overrides, mfu, peak)
     done = done_table(args.fit, grid)
-    grid["twin"] = sim.twin_index(grid)
+    grid["twin"] = twin_index(grid)
     grid["open"] = (
         grid["status"].isin(["missing", "failed"])
         & ~grid["holdout"]
@@ -474,9 +476,7 @@ def suggest(argv: list[str]) -> dict[str, Any]:
     out = args.out or Path("reports") / spec.name / "suggest"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{spec.name}.yaml"
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(sweep_file(spec, rows, overrides), sort_keys=False))
-    tmp.replace(path)
+    write_atomic(path, yaml.safe_dump(sweep_file(spec, rows, overrides), sort_keys=False))
     return {
         "sweep": sweep,
         "fit": str(args.fit),

@@ -15,6 +15,8 @@ import pandas as pd
 from qat_sweep.analysis import paper
 from qat_sweep.analysis.laws import bf16_loss, delta_loss, group_value
 
+from qat_sweep.common import json_safe
+
 PRESETS: dict[str, tuple[float, int]] = {
     "74M": (74.3e6, 768),
     "145M": (144.7e6, 1024),
@@ -108,7 +110,6 @@ def synthetic_table(
     if outliers:
         table.loc[rng.choice(quant, outliers, replace=False), "loss"] += 0.2
     table["run_key"] = [f"run{i:04d}" for i in range(len(table))]
-    table["group_size"] = [g if g is not None else None for g in table["group_size"]]
     return table
 
 
@@ -140,16 +141,10 @@ def table_to_records(table: pd.DataFrame, sweep: str = "synthetic") -> list[dict
                 "versions": {},
                 "slurm": None,
                 "wandb": None,
-                **{k: _plain(v) for k, v in row.items()},
+                **json_safe(row),
             }
         )
     return records
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def perturbed_truth(rng: np.random.Generator, base: Mapping[str, float] | None = None) -> Truth:

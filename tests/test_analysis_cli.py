@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 from qat_sweep.analysis.cli import fit_main, predict_main
-from qat_sweep.analysis.predict import parse_count
 from qat_sweep.analysis.synth import synthetic_table, table_to_records
+
+from qat_sweep.common import parse_count
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def test_fit_is_idempotent_from_its_own_table(fitted, tmp_path):
         (["--runs", "EMPTY", "--out", "X"], "no result.json"),
         (["--table", "MISSINGCOL", "--out", "X"], "required columns"),
         (["--table", "NOFILE", "--out", "X"], "not found"),
-        (["foo=bar", "--out", "X"], "unknown override"),
+        (["foo=bar", "--out", "X"], "unknown key 'foo' in 'foo=bar'"),
         (["--table", "MISSINGCOL"], "--out"),
     ],
 )

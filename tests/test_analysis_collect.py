@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from qat_sweep.analysis.collect import (
     InputError,
@@ -13,6 +14,7 @@ from qat_sweep.analysis.collect import (
     load_records,
     pair_deltas,
     read_table,
+    twin_index,
     wandb_run_to_row,
 )
 from qat_sweep.analysis.synth import synthetic_table, table_to_records
@@ -137,3 +139,40 @@ def test_synthetic_records_load(tmp_path):
         _write(tmp_path, record, record["run_key"])
     rows, skipped = load_records(tmp_path)
     assert len(rows) == 30 and not skipped
+
+
+def test_twins_pair_by_named_twin_key_before_columns():
+    """One pairing for fit, simulate and suggest: a record's twin_key wins over the columns."""
+    bf16_a = _record(run_key="bf16-a", twin_key="bf16-a", loss=3.0)
+    bf16_b = _record(run_key="bf16-b", twin_key="bf16-b", loss=3.2)  # other data, same columns
+    named = _record(run_key="q1", scheme="w4a4", format="int4", group_size=32, loss=3.3,
+                    twin_key="bf16-b")  # fmt: skip
+    unnamed = _record(run_key="q2", scheme="w4a4", format="int4", group_size=64, loss=3.25)
+    missing = _record(run_key="q3", scheme="w4a4", format="int4", group_size=128, twin_key="gone")
+    table = build_table([bf16_a, bf16_b, named, unnamed, missing])
+    twins = twin_index(table)
+    assert twins.tolist() == [-1, -1, 1, 1, -1]  # unnamed: the last BF16 row of its columns
+    assert twin_index(table, np.array([True, False, True, True, True])).tolist()[2:] == [-1, 0, -1]
+    paired = pair_deltas(table).set_index("run_key")
+    assert paired.loc["q1", "delta"] == pytest.approx(0.1)
+    assert paired.loc["q3", "excluded"] == "no BF16 twin (gone)"
+
+
+def test_fit_takes_holdout_from_the_records_without_planning(tmp_path, monkeypatch):
+    """The sweep file is gone: fit still keeps the records' holdout runs out (no re-plan)."""
+    from qat_sweep.analysis.cli import fit_main
+
+    from qat_sweep import grid
+
+    def no_plan(*args, **kwargs):
+        raise AssertionError("fit planned the sweep")
+
+    monkeypatch.setattr(grid, "plan_sweep", no_plan)
+    table = synthetic_table(seed=3)
+    for record in table_to_records(table, sweep="gone"):
+        _write(tmp_path / "gone", record, record["run_key"])
+    out = tmp_path / "report"
+    argv = ["sweep=gone", f"paths.runs={tmp_path}", "--out", str(out), "--bootstrap", "0"]
+    assert fit_main([*argv, "--no-plots"]) == 0
+    res = json.loads((out / "fit.json").read_text())
+    assert res["n_runs"]["holdout"] == int(table["holdout"].sum()) > 0

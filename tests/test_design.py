@@ -13,7 +13,7 @@ import pytest
 from qat_sweep.analysis import bench_suggest as bench
 from qat_sweep.analysis import simulate as sim
 from qat_sweep.analysis.cli import fit_main
-from qat_sweep.analysis.collect import build_table, pair_deltas
+from qat_sweep.analysis.collect import build_table, pair_deltas, twin_index
 from qat_sweep.analysis.laws import DELTA_PARAMS, delta_loss
 from qat_sweep.analysis.pipeline import Settings, run_fit
 from qat_sweep.analysis.predict import SavedFit, predict_point
@@ -146,7 +146,7 @@ def test_linearised_criterion_matches_simulation(paper_runs):
     "argv, message",
     [
         (["--drop", "tokens=7B"], "matches no run"),
-        (["--drop", "colour=red"], "key one of"),
+        (["--drop", "colour=red"], "unknown key 'colour' in 'colour=red'; allowed: "),
         (["--target", "model=973M tokens=-5"], "tokens=-5: not a count"),
         (["--target", "model=973M tokens=0"], "tokens=0: must be a finite number > 0"),
         (["--target", "model=973M tokens=1e20"], "outside any sensible range"),
@@ -179,7 +179,7 @@ def seed_sweep(paper_runs, tmp_path_factory) -> tuple[Path, str]:
     from qat_sweep.record import write_json_atomic
 
     tmp = tmp_path_factory.mktemp("seedsweep")
-    mask = bench.seed_mask(paper_runs.assign(twin=sim.twin_index(paper_runs)))
+    mask = bench.seed_mask(paper_runs.assign(twin=twin_index(paper_runs)))
     mask &= paper_runs["fit_key"].isin(["w4a4/int4", "bf16/bf16"]).to_numpy()
     part = paper_runs[mask].reset_index(drop=True)
     loss = sim.true_losses(sim.paper_prior(), part)
@@ -226,7 +226,7 @@ def test_suggest_budget(seed_sweep, tmp_path, capsys):
 
 
 def test_suggest_not_identifiable_says_which_runs(paper_runs, tmp_path, capsys):
-    mask = bench.seed_mask(paper_runs.assign(twin=sim.twin_index(paper_runs)))
+    mask = bench.seed_mask(paper_runs.assign(twin=twin_index(paper_runs)))
     mask &= (paper_runs["tokens"] == 10e9).to_numpy()  # one D: gamma_D cannot be fitted
     fit = _fit_dir(paper_runs, mask, tmp_path / "fit")
     assert cli_main(["suggest", "--fit", str(fit), "sweep=paper", "--target", TARGET]) == 2

@@ -29,6 +29,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from qat_sweep.common import atomic_open, fsync_dir
 from qat_sweep.distributed import DistInfo, any_rank, barrier
 
 CHECKPOINT_DIR = "checkpoint"
@@ -72,14 +73,6 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]), reverse=True)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -105,13 +98,10 @@ def save_checkpoint(
         no_dist=not dist.is_initialized(),
     )
     if info.is_main:
-        with open(tmp / TRAIN_STATE, "wb") as f:
+        with atomic_open(tmp / TRAIN_STATE, "wb") as f:
             torch.save(train_state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        os.replace(tmp, final)  # the step directory appears whole, or not at all
+        fsync_dir(final.parent)
         for old in complete_checkpoints(run_dir)[max(1, keep) :]:
             shutil.rmtree(old, ignore_errors=True)
     barrier(info)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +20,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from qat_sweep.common import format_count as format_tokens
+from qat_sweep.common import parse_tokens as parse_tokens  # re-exported: plan and train parse here
 from qat_sweep.presets import CONF_DIR
 from qat_sweep.tokenfiles import data_identity
 
@@ -33,34 +34,6 @@ _EXECUTION_KEYS = ("paths", "logger", "eval", "checkpoint", "sweep_name", "run_k
 _EXECUTION_KEYS += ("subgrid", "holdout")  # plan membership: a run's place, not its result
 _EXECUTION_TRAIN_KEYS = ("micro_batch_seqs", "device", "compile", "threads")
 _EXECUTION_TRAIN_KEYS += ("parallelism", "activation_checkpointing")
-
-_TOKEN_SUFFIX = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
-
-
-def parse_tokens(value: Any) -> int:
-    """Token budget from an int, a float like 2e6 or a string like '20B' / '500M' / '1.5M'."""
-    if isinstance(value, bool):
-        raise ValueError(f"tokens={value!r}: expected a token count such as 2000000, 2M or 20B")
-    if isinstance(value, int | float):
-        number = float(value)
-    else:
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMBT]?)\s*", str(value))
-        if not match:
-            raise ValueError(
-                f"tokens={value!r}: expected a token count such as 2000000, 2e6, 2M or 20B"
-            )
-        number = float(match.group(1)) * _TOKEN_SUFFIX.get(match.group(2), 1.0)
-    if not math.isfinite(number) or number < 1 or number != round(number):
-        raise ValueError(f"tokens={value!r}: must be a positive whole number of tokens")
-    return round(number)
-
-
-def format_tokens(tokens: int) -> str:
-    """Short human form used in run keys: 10000000000 -> '10B', 2500000 -> '2.5M'."""
-    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if tokens >= scale:
-            return f"{tokens / scale:.4g}{suffix}"
-    return str(tokens)
 
 
 def _format_lr(lr: float) -> str:

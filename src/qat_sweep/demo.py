@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from qat_sweep.analysis.cli import fit_main
+from qat_sweep.common import split_overrides
 from qat_sweep.corpus import build_demo_corpus
 from qat_sweep.dispatch import launch_main, status_main
 from qat_sweep.grid import plan_main
@@ -23,16 +24,6 @@ scaling law and writes the report to <paths.reports>/<sweep>/report.html.
 """
 
 
-def _option(argv: list[str], key: str, default: str) -> tuple[str, list[str]]:
-    rest, value = [], default
-    for arg in argv:
-        if arg.startswith(f"{key}="):
-            value = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-    return value, rest
-
-
 def _step(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
 
@@ -41,13 +32,13 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE)
         return 0
-    sweep, argv = _option(argv, "sweep", "demo")
-    launcher, argv = _option(argv, "launcher", "local")
-    bootstrap, argv = _option(argv, "--bootstrap", "1000")
-    data_root, _ = _option(argv, "paths.data", "data")
-    runs_root, _ = _option(argv, "paths.runs", "runs")
-    reports_root, _ = _option(argv, "paths.reports", "reports")
-    overrides = [a for a in argv if not a.startswith("paths.reports=")]
+    options, rest = split_overrides(argv)
+    sweep, launcher = options.pop("sweep", "demo"), options.pop("launcher", "local")
+    reports_root = options.pop("paths.reports", "reports")
+    data_root, runs_root = options.get("paths.data", "data"), options.get("paths.runs", "runs")
+    flags = [a for a in rest if a.startswith("--bootstrap=")]
+    bootstrap = flags[-1].partition("=")[2] if flags else "1000"
+    overrides = [f"{k}={v}" for k, v in options.items()] + [a for a in rest if a not in flags]
     started = time.monotonic()
 
     _step("1/4 demo corpus (Python stdlib sources, local byte-level BPE: no download)")

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from qat_sweep.common import InputError, parse_bool, parse_keys, parse_tokens
 from qat_sweep.shards import _chunks, ensure_plan, log, run_parts
 from qat_sweep.tokenfiles import MANIFEST, token_dtype
 
@@ -54,10 +55,6 @@ def find_text_files(inputs: Iterable[str | Path], pattern: str = "*.txt") -> lis
     if not files:
         raise FileNotFoundError(f"no files matching {pattern!r} under {[str(i) for i in inputs]}")
     return files
-
-
-def _is_jsonl(path: Path) -> bool:
-    return path.suffix == ".jsonl" or path.name.endswith(GZ_SUFFIXES)
 
 
 def _text(line: bytes | str, where: str) -> str:
@@ -441,21 +438,6 @@ Run the same command again to resume an interrupted preparation. workers=K uses 
 shards=K shard=I writes only the I-th of K slices (one SLURM array task each, see README)."""
 
 
-def _bool(value: str) -> bool:
-    lowered = value.lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise ValueError(f"expected true or false, got {value!r}")
-
-
-def _tokens(value: str) -> int:
-    from qat_sweep.config import parse_tokens  # Hydra: kept out of the workers' imports
-
-    return parse_tokens(value)
-
-
 def _paths(value: str) -> list[Path]:
     return [Path(v) for v in value.split(",") if v]
 
@@ -466,7 +448,7 @@ _COMMON: dict[str, Callable[[str], Any]] = {
     "val_fraction": float,
     "min_val_tokens": int,
     "seed": int,
-    "force": _bool,
+    "force": parse_bool,
     **_PARALLEL,
 }
 TEXT_KEYS: dict[str, Callable[[str], Any]] = {
@@ -483,7 +465,7 @@ DEMO_KEYS: dict[str, Callable[[str], Any]] = {
     "out": Path,
     "vocab_size": int,
     "max_bytes": int,
-    "force": _bool,
+    "force": parse_bool,
     "workers": int,
 }
 HF_KEYS: dict[str, Callable[[str], Any]] = {
@@ -491,38 +473,13 @@ HF_KEYS: dict[str, Callable[[str], Any]] = {
     "tokenizer": str,
     "split": str,
     "text_field": str,
-    "max_tokens": _tokens,  # 250B, 2.5e11 or 250000000000
+    "max_tokens": parse_tokens,  # 250B, 2.5e11 or 250000000000
     "name": str,
-    "streaming": _bool,
+    "streaming": parse_bool,
     "batch_docs": int,
     "parts": int,
     **_COMMON,
 }
-
-
-class UsageError(ValueError):
-    """A malformed command line; reported with the usage text."""
-
-
-def parse_args(
-    args: list[str], spec: dict[str, Callable[[str], Any]], required: tuple[str, ...]
-) -> dict[str, Any]:
-    """Parse ``key=value`` arguments against ``spec``, naming any unknown or missing keys."""
-    parsed: dict[str, Any] = {}
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise UsageError(f"expected key=value, got {arg!r}")
-        if key not in spec:
-            raise UsageError(f"unknown key {key!r}; allowed: {', '.join(sorted(spec))}")
-        try:
-            parsed[key] = spec[key](value)
-        except ValueError as e:
-            raise UsageError(f"bad value for {key}: {e}") from e
-    missing = [k for k in required if k not in parsed]
-    if missing:
-        raise UsageError(f"missing required key(s): {', '.join(missing)}")
-    return parsed
 
 
 def check_data(overrides: list[str]) -> int:
@@ -555,15 +512,15 @@ def main(argv: list[str] | None = None) -> int:
         if args[:1] == ["demo"]:
             from qat_sweep.corpus import build_demo_corpus
 
-            opts = parse_args(args[1:], DEMO_KEYS, ())
+            opts = parse_keys(args[1:], DEMO_KEYS, ())
             out = build_demo_corpus(opts.pop("out", Path("data/demo")), **opts)
         elif args[:1] == ["hf"]:
-            opts = parse_args(args[1:], HF_KEYS, ("dataset", "tokenizer", "out", "max_tokens"))
+            opts = parse_keys(args[1:], HF_KEYS, ("dataset", "tokenizer", "out", "max_tokens"))
             out = prepare_hf(opts.pop("dataset"), opts.pop("tokenizer"), opts.pop("out"), **opts)
         else:
-            opts = parse_args(args, TEXT_KEYS, ("input", "out"))
+            opts = parse_keys(args, TEXT_KEYS, ("input", "out"))
             out = prepare_text(opts.pop("input"), opts.pop("out"), **opts)
-    except UsageError as e:
+    except InputError as e:
         print(f"qat-sweep prepare: {e}\n{USAGE}", file=sys.stderr)
         return 2
     except (OSError, ValueError, ImportError) as e:

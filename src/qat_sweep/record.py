@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from qat_sweep.common import write_json_atomic as write_json_atomic  # the record's writer
+
 SCHEMA = 1
 RECORD_NAME = "result.json"
-STATUSES = ("completed", "failed", "diverged")
+RECORD_STATUSES = ("completed", "failed", "diverged")
 REQUIRED_KEYS = (
     "schema",
     "run_key",
@@ -49,23 +49,6 @@ REQUIRED_KEYS = (
 )
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temp file in the same directory, fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, allow_nan=False, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def record_problems(record: Any) -> list[str]:
     """What makes `record` not a valid run record (empty list: valid)."""
     if not isinstance(record, dict):
@@ -73,8 +56,8 @@ def record_problems(record: Any) -> list[str]:
     problems = [f"missing key {key!r}" for key in REQUIRED_KEYS if key not in record]
     if record.get("schema") != SCHEMA:
         problems.append(f"schema {record.get('schema')!r} != {SCHEMA}")
-    if record.get("status") not in STATUSES:
-        problems.append(f"status {record.get('status')!r} not in {STATUSES}")
+    if record.get("status") not in RECORD_STATUSES:
+        problems.append(f"status {record.get('status')!r} not in {RECORD_STATUSES}")
     if record.get("status") == "completed":
         loss = record.get("loss")
         if not isinstance(loss, int | float) or not math.isfinite(loss):

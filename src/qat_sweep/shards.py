@@ -28,12 +28,13 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from qat_sweep.common import atomic_open, stale_temps, write_json_atomic
 from qat_sweep.tokenfiles import FORMAT, FORMAT_VERSION, MANIFEST, SPLITS
 
 PLAN = "plan.json"
@@ -71,15 +72,6 @@ def marker_path(out: Path, part: int) -> Path:
     return out / "done" / f"part-{part:05d}.json"
 
 
-def write_json_atomic(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(value, indent=1) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def read_marker(out: Path, part: int, dtype: np.dtype) -> dict[str, Any] | None:
     """The part's marker if the part is complete (files present with the marked sizes)."""
     try:
@@ -113,14 +105,12 @@ def write_part(
     rng = np.random.default_rng([seed, part])
     paths = {s: part_path(out, s, part) for s in SPLITS}
     for path in paths.values():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        for stale in stale_temps(path):
             stale.unlink(missing_ok=True)  # left by a killed run of this part
-    tmp = {s: p.with_name(f".{p.name}.tmp-{os.getpid()}") for s, p in paths.items()}
     hashes = {s: hashlib.sha256() for s in SPLITS}
     tokens, docs = dict.fromkeys(SPLITS, 0), dict.fromkeys(SPLITS, 0)
-    files = {s: open(tmp[s], "wb") for s in SPLITS}  # noqa: SIM115 (closed below)
-    try:
+    with ExitStack() as stack:
+        files = {s: stack.enter_context(atomic_open(paths[s], "wb")) for s in SPLITS}
         for k, block in enumerate(_chunks(documents, buffer_docs)):
             order = rng.permutation(len(block))
             ends = np.cumsum([len(block[j]) for j in order])
@@ -135,14 +125,6 @@ def write_part(
                 hashes[split].update(data)
                 tokens[split] += len(data) // dtype.itemsize
                 docs[split] += len(picked)
-        for f in files.values():
-            f.flush()
-            os.fsync(f.fileno())
-    finally:
-        for f in files.values():
-            f.close()
-    for split in SPLITS:
-        os.replace(tmp[split], paths[split])
     marker = {
         "part": part,
         **{
@@ -155,8 +137,7 @@ def write_part(
             for s in SPLITS
         },
     }
-    marker_path(out, part).parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(marker_path(out, part), marker)
+    write_json_atomic(marker_path(out, part), marker, indent=1)
     return marker
 
 
@@ -205,7 +186,7 @@ def ensure_plan(
                 else:
                     target.unlink(missing_ok=True)
         plan = make_plan() | {"fingerprint": fingerprint}
-        write_json_atomic(out / PLAN, plan)
+        write_json_atomic(out / PLAN, plan, indent=1)
         return plan
 
 
@@ -335,6 +316,6 @@ def finish(out: Path, plan: dict[str, Any]) -> dict[str, Any] | None:
         }
         if (out / MANIFEST).is_file() and json.loads((out / MANIFEST).read_text()) == manifest:
             return manifest
-        write_json_atomic(out / MANIFEST, manifest)
+        write_json_atomic(out / MANIFEST, manifest, indent=1)
     log(f"wrote {out / MANIFEST}: {total['train']:,} train + {total['val']:,} val tokens")
     return manifest

@@ -18,6 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from qat_sweep import wandb_api
+from qat_sweep.common import InputError, split_overrides
 from qat_sweep.record import RECORD_NAME, read_record
 from qat_sweep.tracking import final_summary, twin_record, wandb_path
 
@@ -89,16 +90,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _parse(argv: list[str]) -> tuple[str, Path, argparse.Namespace]:
-    options = {}
-    rest = []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and not arg.startswith("-"):
-            if key not in ("sweep", "paths.runs"):
-                raise SyncError(f"unknown argument {arg!r}; usage: {USAGE}")
-            options[key] = value
-        else:
-            rest.append(arg)
+    options, rest = split_overrides(argv, {"sweep", "paths.runs"}, _parser())
     args = _parser().parse_args(rest)
     if not options.get("sweep"):
         raise SyncError(f"missing sweep=NAME; usage: {USAGE}")
@@ -125,7 +117,7 @@ def sync_main(argv: list[str]) -> int:
             raise SyncError(f"--fit {args.fit}: no fit.json there (a `qat-sweep fit` --out DIR)")
         if not args.dry_run and not wandb_api.has_api_key():
             raise SyncError("no wandb API key: run `wandb login` or set WANDB_API_KEY first")
-    except SyncError as err:
+    except (SyncError, InputError) as err:
         print(f"qat-sweep sync: error: {err}", file=sys.stderr)
         return 2
     fit_dir = args.fit or Path("reports") / sweep

@@ -13,13 +13,13 @@ to `qat-sweep sync`, which recomputes every summary from the records anyway).
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import warnings
 from pathlib import Path
 from typing import Any
 
+from qat_sweep.common import json_safe, write_atomic
 from qat_sweep.record import RECORD_NAME, read_record
 
 METRICS_NAME = "metrics.jsonl"
@@ -43,9 +43,7 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
                 kept.append(line)
         except json.JSONDecodeError:
             continue  # a torn last line from a killed process
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
-    os.replace(tmp, path)
+    write_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
 def resolve_wandb_mode(mode: str) -> str:
@@ -59,13 +57,6 @@ def resolve_wandb_mode(mode: str) -> str:
         warnings.warn("no wandb API key found: logging wandb offline", stacklevel=2)
         return "offline"
     return "online"
-
-
-def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-        for k, v in metrics.items()
-    }
 
 
 def group_elems(group_size: Any, hidden_size: Any) -> int | None:
@@ -214,7 +205,7 @@ class Tracker:
     def log(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        row = _clean(row)
+        row = json_safe(row)
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         if self.wandb_run is not None:
@@ -231,7 +222,7 @@ class Tracker:
         self._file.close()
         if self.wandb_run is not None:
             try:
-                self.wandb_run.summary.update(_clean(summary))
+                self.wandb_run.summary.update(json_safe(summary))
                 self.wandb_run.finish(exit_code=exit_code)
             except Exception as exc:
                 warnings.warn(f"wandb finish failed: {exc}", stacklevel=2)
@@ -267,6 +258,6 @@ class Tracker:
             if path is None:
                 continue
             try:
-                wandb_api.update_summary(path, _clean(final_summary(other, bf16)))
+                wandb_api.update_summary(path, json_safe(final_summary(other, bf16)))
             except Exception as exc:
                 warnings.warn(f"wandb summary of twin {path} not updated: {exc}", stacklevel=2)

@@ -16,6 +16,7 @@ import wandb_workspaces.reports.v2 as wr
 import wandb_workspaces.workspaces as ws
 from wandb_workspaces import expr
 
+from qat_sweep.common import split_overrides
 from qat_sweep.grid import PlanError, PlannedRun, plan_sweep
 from qat_sweep.tracking import group_elems, wandb_id
 
@@ -168,10 +169,9 @@ def workspace_main(argv: list[str]) -> int:
     """Run `qat-sweep wandb-workspace`; returns the process exit code."""
     from qat_sweep import wandb_api
 
-    flags = [a for a in argv if a.startswith("-") or "=" not in a]
-    pairs = [a for a in argv if a not in flags]
-    sweep = next((a.split("=", 1)[1] for a in pairs if a.startswith("sweep=")), None)
-    overrides = [a for a in pairs if not a.startswith("sweep=")]
+    pairs, flags = split_overrides(argv, None, _parser())
+    sweep = pairs.pop("sweep", None)
+    overrides = [f"{k}={v}" for k, v in pairs.items()]
     try:
         args = _parser().parse_args(flags)
         if not sweep:

@@ -1,0 +1,193 @@
+"""Small helpers every layer shares: atomic files, counts, ``key=value`` arguments, JSON values.
+
+Kept free of torch, numpy and Hydra so that plan, prepare's workers and the analysis can all
+import it cheaply. Each helper is the one implementation of its job in the tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import IO, Any
+
+
+class InputError(ValueError):
+    """Bad input (an argument, a file): the message names the key, the value and what is
+    allowed; every command turns it into exit code 2 with that message."""
+
+
+# --- files: written under a unique temp name beside the target, fsynced, renamed over it ---
+
+
+@contextmanager
+def atomic_open(path: Path | str, mode: str = "w") -> Iterator[IO[Any]]:
+    """A file that replaces ``path`` only once the block finishes; readers never see half of it,
+    and once it returns the new content and the rename are on disk.
+
+    The temp name (``.<name>.<random>.tmp``) is unique, so concurrent writers never share one;
+    on an exception it is removed and ``path`` keeps its old content.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)  # the rename itself survives a crash
+
+
+def fsync_dir(path: Path | str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def stale_temps(path: Path | str) -> list[Path]:
+    """Temp files `atomic_open` left beside ``path`` when its process was killed."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+
+
+def write_atomic(path: Path | str, data: str | bytes) -> None:
+    with atomic_open(path, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+
+
+def write_json_atomic(path: Path | str, obj: Any, indent: int = 2) -> None:
+    """JSON with NaN refused (use `json_safe` first for float data), written atomically."""
+    write_atomic(path, json.dumps(obj, indent=indent, allow_nan=False, default=str) + "\n")
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON values: numpy scalars and arrays to Python, NaN and infinities to None."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, str | bytes):  # numpy, without numpy
+        return json_safe(value.tolist())
+    return finite_or_none(value) if isinstance(value, float) else value
+
+
+def finite_or_none(value: float) -> float | None:
+    """A number JSON and wandb can hold: NaN and infinities become None."""
+    return float(value) if math.isfinite(value) else None
+
+
+# --- counts: one grammar for tokens, parameters and hidden sizes on every command line ---
+
+_COUNT = re.compile(r"\s*([0-9_.]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMbBgGtT]?)\s*")
+_SCALE = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+COUNT_EXAMPLES = "2000000, 2e6, 2_000_000, 2M or 20B"
+
+
+def _count(value: Any, name: str) -> Decimal:
+    """The exact count in ``value`` (an int, a float or text like '1.5M'), finite and > 0."""
+    match = None if isinstance(value, bool) else _COUNT.fullmatch(str(value))
+    try:
+        digits, suffix = match.groups() if match else ("", "")
+        number = Decimal(digits.replace("_", "")) * _SCALE[suffix.upper()]
+    except InvalidOperation:  # no match, or digits like '.' that are no number
+        raise InputError(f"{name}={value}: not a count (use e.g. {COUNT_EXAMPLES})") from None
+    if not number > 0:
+        raise InputError(f"{name}={value}: must be a finite number > 0")
+    return number
+
+
+def parse_count(value: Any, name: str = "count") -> float:
+    """'20e9', '20B', '100M', '1.5T', '20_000' (K/M/B/G/T in either case) -> a float > 0."""
+    return float(_count(value, name))
+
+
+def parse_tokens(value: Any, name: str = "tokens") -> int:
+    """A token budget: a count (same grammar as `parse_count`) that is a whole number."""
+    number = _count(value, name)
+    if number != number.to_integral_value():
+        raise InputError(f"{name}={value}: must be a whole number of tokens")
+    return int(number)
+
+
+def format_count(count: float) -> str:
+    """Short form of a count (run keys, plot labels): 10000000000 -> '10B', 2500000 -> '2.5M'."""
+    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.4g}{suffix}"
+    return str(count)
+
+
+# --- command-line words ---
+
+
+def parse_bool(value: Any) -> bool:
+    lowered = str(value).strip().lower()
+    if lowered in ("true", "1", "yes", "y"):
+        return True
+    if lowered in ("false", "0", "no", "n"):
+        return False
+    raise InputError(f"expected true or false, got {value!r}")
+
+
+def split_overrides(
+    argv: list[str], allowed: set[str] | None = None, parser: argparse.ArgumentParser | None = None
+) -> tuple[dict[str, str], list[str]]:
+    """``key=value`` words apart from the rest (--flags and their values).
+
+    A word right after one of ``parser``'s flags that takes a value stays that flag's own
+    (``--holdout 'loss >= 3'``). With ``allowed``, any other key is a InputError.
+    """
+    takes_value = {
+        option
+        for action in (parser._actions if parser else [])
+        if action.nargs != 0
+        for option in action.option_strings
+    }
+    overrides: dict[str, str] = {}
+    rest: list[str] = []
+    for i, arg in enumerate(argv):
+        key, sep, value = arg.partition("=")
+        if not sep or arg.startswith("-") or (i and argv[i - 1] in takes_value):
+            rest.append(arg)
+            continue
+        if allowed is not None and key not in allowed:
+            raise InputError(
+                f"unknown key {key!r} in {arg!r}; allowed: {', '.join(sorted(allowed))}"
+            )
+        overrides[key] = value
+    return overrides, rest
+
+
+def parse_keys(
+    args: list[str], spec: Mapping[str, Callable[[str], Any]], required: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Only ``key=value`` words, each converted by ``spec[key]``; unknown or missing keys named."""
+    words = [a for a in args if "=" not in a or a.startswith("-")]
+    if words:
+        raise InputError(f"expected key=value, got {words[0]!r}")
+    raw, _ = split_overrides(args, set(spec))
+    parsed: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            parsed[key] = spec[key](value)
+        except ValueError as err:
+            raise InputError(f"bad value for {key}: {err}") from err
+    missing = [k for k in required if k not in parsed]
+    if missing:
+        raise InputError(f"missing required key(s): {', '.join(missing)}")
+    return parsed

@@ -1,0 +1,85 @@
+"""The shared helpers: one count grammar, atomic writes, key=value words."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qat_sweep.common import (
+    InputError,
+    atomic_open,
+    format_count,
+    json_safe,
+    parse_count,
+    parse_keys,
+    parse_tokens,
+    split_overrides,
+    stale_temps,
+    write_json_atomic,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [("20B", 20 * 10**9), ("20b", 20 * 10**9), ("2e6", 2 * 10**6), ("1.1M", 1_100_000),
+     ("20_000", 20_000), (" 500K ", 500_000), ("1G", 10**9), (2e6, 2 * 10**6), (7, 7)],
+)  # fmt: skip
+def test_train_plan_and_predict_share_one_grammar(text: object, tokens: int) -> None:
+    assert parse_tokens(text) == tokens and parse_count(text) == float(tokens)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("-5", "tokens=-5: not a count"), (".", "tokens=.: not a count"), (True, "not a count"),
+     ("inf", "not a count"), ("0", "tokens=0: must be a finite number > 0"),
+     ("0.5", "tokens=0.5: must be a whole number")],
+)  # fmt: skip
+def test_bad_counts_name_key_and_value(text: object, message: str) -> None:
+    with pytest.raises(InputError, match=message.replace(".", r"\.")):
+        parse_tokens(text)
+    assert parse_count("1.5T", "n") == 1.5e12
+    with pytest.raises(InputError, match="hidden_size=x: not a count"):
+        parse_count("x", "hidden_size")
+
+
+def test_format_count_round_trips_run_key_labels() -> None:
+    for n in (74_000_000, 2_500_000, 10**10, 123):
+        assert parse_tokens(format_count(n)) == n
+    assert format_count(10**10) == "10B" and format_count(2_500_000) == "2.5M"
+
+
+def test_atomic_write_keeps_old_content_on_failure(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "result.json"
+    write_json_atomic(path, {"a": 1})
+    with pytest.raises(RuntimeError), atomic_open(path) as f:
+        f.write("{half")
+        raise RuntimeError("killed")
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert not stale_temps(path) and [p.name for p in path.parent.iterdir()] == ["result.json"]
+    with pytest.raises(ValueError):  # NaN is refused, json_safe turns it into null first
+        write_json_atomic(path, {"a": float("nan")})
+    write_json_atomic(path, json_safe({"a": np.float32(np.nan), "b": np.arange(2), "c": (1.5,)}))
+    assert json.loads(path.read_text()) == {"a": None, "b": [0, 1], "c": [1.5]}
+
+
+def test_split_overrides_keeps_flag_values_and_names_unknown_keys() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--holdout")
+    parser.add_argument("--json", action="store_true")
+    argv = ["sweep=paper", "--holdout", "model == '973M'", "--json", "a=b=c"]
+    assert split_overrides(argv, None, parser) == (
+        {"sweep": "paper", "a": "b=c"},
+        ["--holdout", "model == '973M'", "--json"],
+    )
+    with pytest.raises(InputError, match=r"unknown key 'bogus' in 'bogus=1'; allowed: sweep"):
+        split_overrides(["bogus=1"], {"sweep"})
+    assert parse_keys(["n=3"], {"n": int}) == {"n": 3}
+    for argv, message in ((["x"], "expected key=value"), (["n=a"], "bad value for n"),
+                          ([], "missing required key")):  # fmt: skip
+        with pytest.raises(InputError, match=message):
+            parse_keys(argv, {"n": int}, ("n",))
