@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from qat_sweep.bench import flops_per_token, main, parse_args, peak_flops
+from qat_sweep.bench import main, parse_args
+from qat_sweep.flops import flops_per_token, mfu, peak_flops
 from qat_sweep.presets import load_preset
 
 

@@ -1,10 +1,12 @@
-"""Throughput of each precision scheme relative to BF16, measured side by side in one process.
+"""Step time of each precision scheme relative to BF16, measured side by side in one process.
 
+What is timed is the trainer's own step: the same model build (padded vocabulary), the same
+per-block compilation (``compile=auto`` as in ``train``), the same AdamW (fused on CUDA), the
+same micro-batched ``recipe.train_step`` and batches arriving through the same prefetcher
+(synthetic tokens, stateless in (seed, step)); with one device the trainer wraps nothing either.
 Schemes are interleaved within every repetition (in a rotating order) so clock drift and
-thermal effects hit all of them equally; warm-up steps are excluded and medians reported.
-FLOPs per token (PaLM convention, no causal-mask discount):
-``6 * (N + V * d) + 12 * n_layers * seq_len * d``, where N is the non-embedding parameter
-count, V * d the lm_head and the last term the attention score and value matmuls.
+thermal effects hit all of them equally; warm-up steps (compilation) are excluded and medians
+reported. FLOPs and MFU come from ``qat_sweep.flops``.
 """
 
 from __future__ import annotations
@@ -14,26 +16,27 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from qat_sweep.model import Transformer, build_model
+from qat_sweep.config import compose_run
+from qat_sweep.flops import flops_per_token, mfu, peak_flops
+from qat_sweep.model import build_model, compile_blocks, compile_enabled
+from qat_sweep.prefetch import Prefetcher
 from qat_sweep.presets import PAPER_PRESETS, ModelConfig, load_preset
+from qat_sweep.recipe import make_optimizer, train_step
 from qat_sweep.schemes import SCHEMES, QuantConfig
 
-# Dense BF16 tensor-core peaks (no sparsity), matched against torch.cuda.get_device_name().
-PEAK_BF16_FLOPS: dict[str, float] = {"A100": 312e12, "H100": 989e12, "H200": 989e12}
-# H100 PCIe/NVL have lower peaks that are not tabled: MFU unknown rather than wrong.
-_UNTABLED_VARIANTS = ("H100 PCIe", "H100 NVL")
 OLMO2_VOCAB = 100278  # PAPER.md: the OLMo-2 tokenizer is the natural full-scale default
 SMALL_VOCAB = 4096  # the demo's local BPE size
 
 DEFAULTS: dict[str, str] = {
     "model": "1M",
-    "batch": "8",
+    "batch": "8",  # sequences per step on this device
+    "micro_batch": "",  # empty: the whole batch in one micro-batch (train.micro_batch_seqs)
     "seq_len": "",  # empty: the preset's seq_len
     "steps": "10",
     "warmup": "3",
@@ -42,7 +45,7 @@ DEFAULTS: dict[str, str] = {
     "group_size": "32",
     "act_quantizer": "auto",
     "vocab_size": "",  # empty: the preset's, else OLMo-2 size for paper presets, 4096 otherwise
-    "compile": "false",
+    "compile": "auto",  # as train.compile: auto = on CUDA, off on CPU
     "device": "auto",
     "seed": "0",
     "json": "",  # a path, or '-' for stdout
@@ -53,6 +56,7 @@ DEFAULTS: dict[str, str] = {
 class BenchSettings:
     model: ModelConfig
     batch: int
+    micro_batch: int
     seq_len: int
     steps: int
     warmup: int
@@ -89,9 +93,15 @@ def parse_args(argv: list[str]) -> BenchSettings:
     else:
         vocab = model.vocab_size or (OLMO2_VOCAB if model.name in PAPER_PRESETS else SMALL_VOCAB)
     group = raw["group_size"]
+    device = _device(raw["device"])
+    batch = _int("batch", raw["batch"])
+    micro = _int("micro_batch", raw["micro_batch"]) if raw["micro_batch"] else batch
+    if batch % micro:
+        raise ValueError(f"bench: batch={batch} is not a multiple of micro_batch={micro}")
     return BenchSettings(
         model=model,
-        batch=_int("batch", raw["batch"]),
+        batch=batch,
+        micro_batch=micro,
         seq_len=_int("seq_len", raw["seq_len"]) if raw["seq_len"] else model.seq_len,
         steps=_int("steps", raw["steps"]),
         warmup=_int("warmup", raw["warmup"], minimum=0),
@@ -100,8 +110,8 @@ def parse_args(argv: list[str]) -> BenchSettings:
         group_size=group if group == "channel" else _int("group_size", group),
         act_quantizer=raw["act_quantizer"],
         vocab_size=vocab,
-        compile=_bool("compile", raw["compile"]),
-        device=_device(raw["device"]),
+        compile=_compile(raw["compile"], device),
+        device=device,
         seed=_int("seed", raw["seed"], minimum=0),
         json=raw["json"],
     )
@@ -117,10 +127,11 @@ def _int(key: str, value: str, minimum: int = 1) -> int:
     return number
 
 
-def _bool(key: str, value: str) -> bool:
-    if value.lower() not in ("true", "false", "1", "0"):
-        raise ValueError(f"bench: {key}={value!r} must be true or false")
-    return value.lower() in ("true", "1")
+def _compile(value: str, device: torch.device) -> bool:
+    try:
+        return compile_enabled(value, device.type)
+    except ValueError:
+        raise ValueError(f"bench: compile={value!r}; allowed: auto, true, false") from None
 
 
 def _device(value: str) -> torch.device:
@@ -131,47 +142,63 @@ def _device(value: str) -> torch.device:
     return torch.device(value)
 
 
-def flops_per_token(model: ModelConfig, seq_len: int, vocab_size: int) -> float:
-    """Training FLOPs per token: 6 (N + V d) + 12 L T d (see the module docstring)."""
-    d = model.hidden_size
-    return 6.0 * (model.n_params + vocab_size * d) + 12.0 * model.n_layers * seq_len * d
+@dataclass
+class SchemeStep:
+    """One scheme's model, optimizer and batch stream, stepped exactly as the trainer does."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    batches: Prefetcher
+    autocast: bool
+    grad_clip: float
+
+    def __call__(self) -> None:
+        batch = self.batches.next()
+        train_step(
+            self.model,
+            self.optimizer,
+            batch.micro_batches,
+            grad_clip=self.grad_clip,
+            autocast=self.autocast,
+        )
+
+    def state_bytes(self) -> int:
+        """Parameters plus optimizer state: what stays allocated between steps."""
+        tensors = list(self.model.parameters())
+        for state in self.optimizer.state.values():
+            tensors += [v for v in state.values() if isinstance(v, Tensor)]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def peak_flops(device: torch.device) -> float | None:
-    """The device's dense BF16 peak, or None when it is not in the table (MFU then null)."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    if any(variant in name for variant in _UNTABLED_VARIANTS):
-        return None
-    return next((peak for marker, peak in PEAK_BF16_FLOPS.items() if marker in name), None)
-
-
-def _make_step(settings: BenchSettings, scheme: str) -> Callable[[], None]:
-    """Builds one scheme's model and optimizer and returns a closure doing one training step."""
+def _make_step(settings: BenchSettings, scheme: str, n_steps: int) -> SchemeStep:
+    """Builds one scheme's model and optimizer as `train` does, fed by the trainer's prefetcher."""
     quant = None
     if scheme != "bf16":
         quant = QuantConfig(scheme, settings.format, settings.group_size, settings.act_quantizer)
+    optim = compose_run([f"model={settings.model.name}", "logger=none"]).optim
     torch.manual_seed(settings.seed)
-    model: Transformer = build_model(settings.model, quant, settings.vocab_size)
-    model = model.to(settings.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
-    forward = torch.compile(model) if settings.compile else model
-    generator = torch.Generator().manual_seed(settings.seed)
-    shape = (settings.batch, settings.seq_len + 1)
-    tokens = torch.randint(0, settings.vocab_size, shape, generator=generator).to(settings.device)
-    idx, targets = tokens[:, :-1], tokens[:, 1:]
-    cuda = settings.device.type == "cuda"
+    model = build_model(settings.model, quant, settings.vocab_size).to(settings.device)
+    if settings.compile:
+        compile_blocks(model)
+    model.train()
+    optimizer = make_optimizer(model, optim)
+    n_micro = settings.batch // settings.micro_batch
+    shape = (settings.micro_batch, settings.seq_len + 1)
 
-    def step() -> None:
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
-        with autocast:
-            loss = forward(idx, targets)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def batch_for(step: int, micro: int) -> tuple[Tensor, Tensor]:
+        generator = torch.Generator().manual_seed(
+            settings.seed * 1_000_003 + step * n_micro + micro
+        )
+        tokens = torch.randint(0, settings.vocab_size, shape, generator=generator)
+        return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
 
-    return step
+    return SchemeStep(
+        model=model,
+        optimizer=optimizer,
+        batches=Prefetcher(batch_for, n_micro, 0, n_steps, settings.device),
+        autocast=settings.device.type == "cuda",
+        grad_clip=float(optim.grad_clip),
+    )
 
 
 def run(settings: BenchSettings) -> dict[str, Any]:
@@ -181,41 +208,53 @@ def run(settings: BenchSettings) -> dict[str, Any]:
             f"bench: seq_len={settings.seq_len} exceeds the {settings.model.name} preset's "
             f"seq_len {settings.model.seq_len}"
         )
-    steps = {scheme: _make_step(settings, scheme) for scheme in settings.schemes}
+    n_steps = settings.warmup + settings.steps
+    steps = {scheme: _make_step(settings, scheme, n_steps) for scheme in settings.schemes}
     times: dict[str, list[float]] = {scheme: [] for scheme in settings.schemes}
+    first: dict[str, float] = {}
+    peak_bytes: dict[str, int] = dict.fromkeys(settings.schemes, 0)
     n = len(settings.schemes)
-    for rep in range(settings.warmup + settings.steps):
-        order = [settings.schemes[(rep + k) % n] for k in range(n)]
-        for scheme in order:
-            elapsed = _time(steps[scheme], settings.device)
-            if rep >= settings.warmup:
-                times[scheme].append(elapsed)
+    try:
+        for rep in range(n_steps):
+            order = [settings.schemes[(rep + k) % n] for k in range(n)]
+            for scheme in order:
+                elapsed, transient = _time(steps[scheme], settings.device)
+                peak_bytes[scheme] = max(peak_bytes[scheme], transient)
+                first.setdefault(scheme, elapsed)
+                if rep >= settings.warmup:
+                    times[scheme].append(elapsed)
+    finally:
+        for step in steps.values():
+            step.batches.close()
     tokens_per_step = settings.batch * settings.seq_len
     flops = flops_per_token(settings.model, settings.seq_len, settings.vocab_size)
     peak = peak_flops(settings.device)
     base = statistics.median(times["bf16"])
+    cuda = settings.device.type == "cuda"
     results = []
     for scheme in settings.schemes:
         median = statistics.median(times[scheme])
         tokens_per_s = tokens_per_step / median
+        memory = peak_bytes[scheme] + steps[scheme].state_bytes() if cuda else None
         results.append(
             {
                 "scheme": scheme,
                 "median_s": median,
                 "rel_to_bf16": median / base,
                 "tokens_per_s": tokens_per_s,
-                "mfu": flops * tokens_per_s / peak if peak else None,
+                "mfu": mfu(tokens_per_s, flops, peak),
+                "peak_memory_gb": memory / 1e9 if memory is not None else None,
+                "first_step_s": first[scheme],  # includes compilation
                 "times_s": times[scheme],
             }
         )
-    device_name = (
-        torch.cuda.get_device_name(settings.device) if settings.device.type == "cuda" else "cpu"
-    )
+    device_name = torch.cuda.get_device_name(settings.device) if cuda else "cpu"
     return {
         "model": settings.model.name,
         "n_params": settings.model.n_params,
         "vocab_size": settings.vocab_size,
         "batch": settings.batch,
+        "micro_batch": settings.micro_batch,
         "seq_len": settings.seq_len,
         "steps": settings.steps,
         "warmup": settings.warmup,
@@ -231,30 +270,46 @@ def run(settings: BenchSettings) -> dict[str, Any]:
     }
 
 
-def _time(step: Callable[[], None], device: torch.device) -> float:
-    if device.type == "cuda":
+def _time(step: Callable[[], None], device: torch.device) -> tuple[float, int]:
+    """Seconds of one step and, on CUDA, the bytes it allocated beyond what was live before.
+
+    The other schemes' models share the device, so a scheme's peak memory is reported as this
+    transient peak plus its own parameters and optimizer state.
+    """
+    cuda = device.type == "cuda"
+    if cuda:
         torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
     start = time.perf_counter()
     step()
-    if device.type == "cuda":
+    if cuda:
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    transient = torch.cuda.max_memory_allocated(device) - before if cuda else 0
+    return elapsed, transient
 
 
 def format_table(result: dict[str, Any]) -> str:
     """A plain-text table of the result, one row per scheme."""
+    micro = f" (micro {result['micro_batch']})" if result["micro_batch"] != result["batch"] else ""
     header = (
         f"bench {result['model']} (N={result['n_params']:,}, vocab {result['vocab_size']}) "
-        f"batch={result['batch']} seq_len={result['seq_len']} {result['format']} "
-        f"G={result['group_size']} compile={result['compile']} on {result['device']}, "
-        f"median of {result['steps']} steps"
+        f"batch={result['batch']}{micro} seq_len={result['seq_len']} {result['format']} "
+        f"G={result['group_size']} act={result['act_quantizer']} compile={result['compile']} "
+        f"on {result['device']}, median of {result['steps']} steps"
     )
-    lines = [header, f"{'scheme':<14}{'ms/step':>10}{'vs bf16':>9}{'tokens/s':>12}{'MFU':>8}"]
+    lines = [
+        header,
+        f"{'scheme':<14}{'ms/step':>10}{'vs bf16':>9}{'tokens/s':>12}{'MFU':>8}{'peak GB':>9}",
+    ]
     for row in result["results"]:
-        mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "-"
+        mfu_text = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "-"
+        memory = row["peak_memory_gb"]
+        memory_text = f"{memory:.1f}" if memory is not None else "-"
         lines.append(
             f"{row['scheme']:<14}{1000 * row['median_s']:>10.1f}{row['rel_to_bf16']:>8.2f}x"
-            f"{row['tokens_per_s']:>12,.0f}{mfu:>8}"
+            f"{row['tokens_per_s']:>12,.0f}{mfu_text:>8}{memory_text:>9}"
         )
     return "\n".join(lines)
 

@@ -7,14 +7,12 @@ again resumes from the checkpoint, or returns at once when the record says `comp
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import signal
 import sys
 import time
 import traceback
-import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +23,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
-from qat_sweep.bench import flops_per_token, peak_flops
 from qat_sweep.checkpoint import (
     load_checkpoint,
     remove_checkpoint,
@@ -41,8 +38,9 @@ from qat_sweep.distributed import (
     setup_distributed,
     teardown_distributed,
 )
+from qat_sweep.flops import flops_per_token, mfu, peak_flops
 from qat_sweep.instrument import site_stats
-from qat_sweep.model import Transformer, build_model
+from qat_sweep.model import Transformer, build_model, compile_blocks, compile_enabled
 from qat_sweep.model import validate as validate_model
 from qat_sweep.preemption import (
     Preempted,
@@ -51,8 +49,9 @@ from qat_sweep.preemption import (
     restore_signal_handlers,
     stop_signal,
 )
+from qat_sweep.prefetch import Prefetcher
 from qat_sweep.presets import CONF_DIR, ModelConfig, model_config_from
-from qat_sweep.recipe import SmoothedLoss, lr_multiplier, make_optimizer
+from qat_sweep.recipe import SmoothedLoss, lr_multiplier, make_optimizer, train_step
 from qat_sweep.record import (
     RECORD_NAME,
     SCHEMA,
@@ -310,13 +309,14 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
     if dist_info.is_main:
         truncate_metrics(out_dir, step)  # rows after the checkpoint (or of a failed try) go
 
-    train_model: torch.nn.Module = model
+    compiled = compile_enabled(cfg.train.compile, device)
+    if compiled:
+        compile_blocks(model)  # per block, before wrapping
+    ddp: DistributedDataParallel | None = None
     if dist_info.world_size > 1:
-        train_model = DistributedDataParallel(
+        ddp = DistributedDataParallel(
             model, device_ids=[dist_info.local_rank] if device == "cuda" else None
         )
-    if cfg.train.compile:
-        train_model = torch.compile(train_model)
 
     record = _base_record(cfg, setup)
     tracker = Tracker(
@@ -364,19 +364,62 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
             )
 
     def eval_row(at_step: int) -> dict[str, Any]:
-        val = evaluate(model, eval_batches, dev, autocast)
-        stats = site_stats(model, eval_batches[0][0][:4].to(dev))
+        with torch.compiler.set_stance("force_eager"):  # no recompiles for eval shapes; hooks
+            val = evaluate(model, eval_batches, dev, autocast)
+            stats = site_stats(model, eval_batches[0][0][:4].to(dev))
         row = {"step": at_step, "tokens": at_step * tokens_per_step, "val_loss": val}
         for site, values in stats["sites"].items():
             for name in ("kurtosis", "act_rel_err", "weight_rel_err"):
                 row[f"quant/{site}/{name}"] = values[name]
         return row | {"_stats": stats}
 
+    # Steps whose loss and gradient norm are still on the device: they are read in one host
+    # sync at the progress, eval and checkpoint steps (and the last), not every step.
+    pending: list[tuple[int, torch.Tensor, torch.Tensor, float, int]] = []
+
+    def settle() -> list[dict[str, Any]]:
+        """The pending steps' rows: losses averaged over ranks, divergence checked, smoothed."""
+        nonlocal last_loss
+        if not pending:
+            return []
+        losses = all_reduce_mean(torch.stack([p[1] for p in pending]), dist_info).tolist()
+        norms = torch.stack([p[2] for p in pending]).tolist()
+        rows = []
+        for (at, _, _, lr, crc), loss, norm in zip(pending, losses, norms, strict=True):
+            if not math.isfinite(loss) or loss > float(cfg.train.max_loss):
+                pending.clear()
+                for row in rows:
+                    tracker.log(row)
+                raise Diverged(f"training loss {loss} at step {at} (limit {cfg.train.max_loss})")
+            rows.append(
+                {
+                    "step": at,
+                    "tokens": at * tokens_per_step,
+                    "loss": loss,
+                    "loss_smoothed": smoothed.update(loss),
+                    "lr": lr,
+                    "grad_norm": norm,
+                    "batch_crc": crc,
+                }
+            )
+            last_loss = loss
+        pending.clear()
+        return rows
+
+    def batch_for(at_step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return schedule.batch(at_step, dist_info.rank, dist_info.world_size, micro, n_micro)
+
+    batches = Prefetcher(batch_for, n_micro, step, setup.total_steps, dev)
     try:
         model.train()
         while step < setup.total_steps:
-            if any_rank(stop_signal() is not None, dist_info):
+            # Agreeing on a stop is a collective: with several ranks, only where nothing is pending.
+            if (dist_info.world_size == 1 or not pending) and any_rank(
+                stop_signal() is not None, dist_info
+            ):
                 signum = stop_signal() or signal.SIGTERM  # ranks that saw none follow rank 0
+                for row in settle():
+                    tracker.log(row)
                 save(step)
                 if dist_info.world_size > 1:
                     torch.distributed.barrier()  # no rank exits while rank 0 still writes
@@ -388,57 +431,45 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
             )
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_sum = torch.zeros((), device=dev)
-            batch_crc = 0  # fingerprint of the data: BF16 and QAT twins must see the same batches
-            for m in range(n_micro):
-                x, y = schedule.batch(step, dist_info.rank, dist_info.world_size, m, n_micro)
-                batch_crc = zlib.crc32(x.numpy().tobytes(), batch_crc)
-                sync = m == n_micro - 1 or dist_info.world_size == 1
-                ctx = contextlib.nullcontext() if sync else train_model.no_sync()
-                with ctx, torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                    loss = train_model(x.to(dev), y.to(dev)) / n_micro
-                    loss.backward()
-                loss_sum += loss.detach()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), float(cfg.optim.grad_clip)
+            batch = batches.next()
+            loss, grad_norm = train_step(
+                model,
+                optimizer,
+                batch.micro_batches,
+                grad_clip=float(cfg.optim.grad_clip),
+                autocast=autocast,
+                wrapped=ddp,
             )
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
             step += 1
-            last_loss = float(all_reduce_mean(loss_sum, dist_info))
-            if not math.isfinite(last_loss) or last_loss > float(cfg.train.max_loss):
-                raise Diverged(
-                    f"training loss {last_loss} at step {step} (limit {cfg.train.max_loss})"
-                )
-            smooth = smoothed.update(last_loss)
+            pending.append((step, loss, grad_norm, lr, batch.crc))
             window_tokens += tokens_per_step
-            row = {
-                "step": step,
-                "tokens": step * tokens_per_step,
-                "loss": last_loss,
-                "loss_smoothed": smooth,
-                "lr": lr,
-                "grad_norm": float(grad_norm),
-                "batch_crc": batch_crc,
-            }
-            if step % progress_every == 0 or step == setup.total_steps:
+            at_progress = step % progress_every == 0 or step == setup.total_steps
+            at_eval = step % setup.eval_every == 0 and step < setup.total_steps
+            at_checkpoint = step % setup.checkpoint_every == 0 and step < setup.total_steps
+            if not (at_progress or at_eval or at_checkpoint):
+                continue
+            rows = settle()
+            row = rows[-1]
+            if at_progress:
                 now = time.perf_counter()
                 tokens_per_s = window_tokens / max(now - t_window, 1e-9)
                 t_window, window_tokens = now, 0
                 row["tokens_per_s"] = tokens_per_s
-                row["mfu"] = tokens_per_s * flops_token / peak if peak else None
+                row["mfu"] = mfu(tokens_per_s, flops_token, peak, dist_info.world_size)
                 if dist_info.is_main:
                     eta = (setup.total_steps - step) * tokens_per_step / max(tokens_per_s, 1e-9)
                     print(
                         f"[{cfg.run_key}] step {step}/{setup.total_steps} "
                         f"tokens {step * tokens_per_step:.3g}/{setup.tokens:.3g} loss {last_loss:.4f} "
-                        f"(smoothed {smooth:.4f}) {tokens_per_s:,.0f} tok/s ETA {eta:,.0f}s",
+                        f"(smoothed {row['loss_smoothed']:.4f}) {tokens_per_s:,.0f} tok/s "
+                        f"ETA {eta:,.0f}s",
                         flush=True,
                     )
-            if step % setup.eval_every == 0 and step < setup.total_steps:
+            if at_eval:
                 row.update({k: v for k, v in eval_row(step).items() if k != "_stats"})
-            tracker.log(row)
-            if step % setup.checkpoint_every == 0 and step < setup.total_steps:
+            for settled in rows:
+                tracker.log(settled)
+            if at_checkpoint:
                 save(step)
 
         final = eval_row(step)
@@ -454,8 +485,9 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
         record["metrics"] = {
             "tokens_per_s": setup.total_steps * tokens_per_step / max(elapsed, 1e-9),
             "tokens_per_s_last": tokens_per_s,
-            "mfu": tokens_per_s * flops_token / peak if peak else None,
+            "mfu": mfu(tokens_per_s, flops_token, peak, dist_info.world_size),
             "flops_per_token": flops_token,
+            "compiled": compiled,
             "train_loss_last": last_loss,
             "steps": setup.total_steps,
             "tokens_trained": setup.total_steps * tokens_per_step,
@@ -480,6 +512,7 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
         tracker.finish({}, exit_code=1)
         raise
     finally:
+        batches.close()
         restore_signal_handlers(previous_handlers)
         teardown_distributed()
 
