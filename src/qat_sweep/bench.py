@@ -45,7 +45,7 @@ DEFAULTS: dict[str, str] = {
     "group_size": "32",
     "act_quantizer": "auto",
     "vocab_size": "",  # empty: the preset's, else OLMo-2 size for paper presets, 4096 otherwise
-    "compile": "auto",  # as train.compile: auto = on CUDA, off on CPU
+    "compile": "auto",  # as train.compile (auto = on CUDA, off on CPU), or both
     "device": "auto",
     "seed": "0",
     "json": "",  # a path, or '-' for stdout
@@ -65,7 +65,7 @@ class BenchSettings:
     group_size: int | str
     act_quantizer: str
     vocab_size: int
-    compile: bool
+    compile: tuple[bool, ...]  # one entry, or (True, False) for compile=both
     device: torch.device
     seed: int
     json: str
@@ -127,11 +127,13 @@ def _int(key: str, value: str, minimum: int = 1) -> int:
     return number
 
 
-def _compile(value: str, device: torch.device) -> bool:
+def _compile(value: str, device: torch.device) -> tuple[bool, ...]:
+    if value == "both":
+        return (True, False)
     try:
-        return compile_enabled(value, device.type)
+        return (compile_enabled(value, device.type),)
     except ValueError:
-        raise ValueError(f"bench: compile={value!r}; allowed: auto, true, false") from None
+        raise ValueError(f"bench: compile={value!r}; allowed: auto, true, false, both") from None
 
 
 def _device(value: str) -> torch.device:
@@ -170,7 +172,7 @@ class SchemeStep:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _make_step(settings: BenchSettings, scheme: str, n_steps: int) -> SchemeStep:
+def _make_step(settings: BenchSettings, scheme: str, compiled: bool, n_steps: int) -> SchemeStep:
     """Builds one scheme's model and optimizer as `train` does, fed by the trainer's prefetcher."""
     quant = None
     if scheme != "bf16":
@@ -178,7 +180,7 @@ def _make_step(settings: BenchSettings, scheme: str, n_steps: int) -> SchemeStep
     optim = compose_run([f"model={settings.model.name}", "logger=none"]).optim
     torch.manual_seed(settings.seed)
     model = build_model(settings.model, quant, settings.vocab_size).to(settings.device)
-    if settings.compile:
+    if compiled:
         compile_blocks(model)
     model.train()
     optimizer = make_optimizer(model, optim)
@@ -209,43 +211,44 @@ def run(settings: BenchSettings) -> dict[str, Any]:
             f"seq_len {settings.model.seq_len}"
         )
     n_steps = settings.warmup + settings.steps
-    steps = {scheme: _make_step(settings, scheme, n_steps) for scheme in settings.schemes}
-    times: dict[str, list[float]] = {scheme: [] for scheme in settings.schemes}
-    first: dict[str, float] = {}
-    peak_bytes: dict[str, int] = dict.fromkeys(settings.schemes, 0)
-    n = len(settings.schemes)
+    variants = [(scheme, c) for c in settings.compile for scheme in settings.schemes]
+    steps = {v: _make_step(settings, *v, n_steps) for v in variants}
+    times: dict[tuple[str, bool], list[float]] = {v: [] for v in variants}
+    first: dict[tuple[str, bool], float] = {}
+    peak_bytes = dict.fromkeys(variants, 0)
+    n = len(variants)
     try:
         for rep in range(n_steps):
-            order = [settings.schemes[(rep + k) % n] for k in range(n)]
-            for scheme in order:
-                elapsed, transient = _time(steps[scheme], settings.device)
-                peak_bytes[scheme] = max(peak_bytes[scheme], transient)
-                first.setdefault(scheme, elapsed)
+            for variant in [variants[(rep + k) % n] for k in range(n)]:
+                elapsed, transient = _time(steps[variant], settings.device)
+                peak_bytes[variant] = max(peak_bytes[variant], transient)
+                first.setdefault(variant, elapsed)
                 if rep >= settings.warmup:
-                    times[scheme].append(elapsed)
+                    times[variant].append(elapsed)
     finally:
         for step in steps.values():
             step.batches.close()
     tokens_per_step = settings.batch * settings.seq_len
     flops = flops_per_token(settings.model, settings.seq_len, settings.vocab_size)
     peak = peak_flops(settings.device)
-    base = statistics.median(times["bf16"])
     cuda = settings.device.type == "cuda"
     results = []
-    for scheme in settings.schemes:
-        median = statistics.median(times[scheme])
+    for scheme, compiled in variants:
+        median = statistics.median(times[scheme, compiled])
+        base = statistics.median(times["bf16", compiled])
         tokens_per_s = tokens_per_step / median
-        memory = peak_bytes[scheme] + steps[scheme].state_bytes() if cuda else None
+        memory = peak_bytes[scheme, compiled] + steps[scheme, compiled].state_bytes()
         results.append(
             {
                 "scheme": scheme,
+                "compile": compiled,
                 "median_s": median,
-                "rel_to_bf16": median / base,
+                "rel_to_bf16": median / base,  # BF16 with the same compile setting
                 "tokens_per_s": tokens_per_s,
                 "mfu": mfu(tokens_per_s, flops, peak),
-                "peak_memory_gb": memory / 1e9 if memory is not None else None,
-                "first_step_s": first[scheme],  # includes compilation
-                "times_s": times[scheme],
+                "peak_memory_gb": memory / 1e9 if cuda else None,
+                "first_step_s": first[scheme, compiled],  # includes compilation
+                "times_s": times[scheme, compiled],
             }
         )
     device_name = torch.cuda.get_device_name(settings.device) if cuda else "cpu"
@@ -261,7 +264,7 @@ def run(settings: BenchSettings) -> dict[str, Any]:
         "format": settings.format,
         "group_size": settings.group_size,
         "act_quantizer": settings.act_quantizer,
-        "compile": settings.compile,
+        "compile": "both" if len(settings.compile) > 1 else settings.compile[0],
         "device": device_name,
         "threads": torch.get_num_threads(),
         "flops_per_token": flops,
@@ -301,14 +304,15 @@ def format_table(result: dict[str, Any]) -> str:
     )
     lines = [
         header,
-        f"{'scheme':<14}{'ms/step':>10}{'vs bf16':>9}{'tokens/s':>12}{'MFU':>8}{'peak GB':>9}",
+        f"{'scheme':<14}{'compiled':>9}{'ms/step':>10}{'vs bf16':>9}{'tokens/s':>12}{'MFU':>8}"
+        f"{'peak GB':>9}",
     ]
     for row in result["results"]:
         mfu_text = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "-"
         memory = row["peak_memory_gb"]
         memory_text = f"{memory:.1f}" if memory is not None else "-"
         lines.append(
-            f"{row['scheme']:<14}{1000 * row['median_s']:>10.1f}{row['rel_to_bf16']:>8.2f}x"
+            f"{row['scheme']:<14}{'yes' if row['compile'] else 'no':>9}{1000 * row['median_s']:>10.1f}{row['rel_to_bf16']:>8.2f}x"
             f"{row['tokens_per_s']:>12,.0f}{mfu_text:>8}{memory_text:>9}"
         )
     return "\n".join(lines)
