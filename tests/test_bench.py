@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from qat_sweep.bench import main, parse_args
-from qat_sweep.flops import flops_per_token, mfu, peak_flops
+from qat_sweep.flops import flops_per_token, peak_flops
 from qat_sweep.presets import load_preset
 
 
 def test_defaults_and_bf16_always_measured() -> None:
     settings = parse_args(["model=0.2M", "schemes=w4a4,w16a4", "group_size=channel"])
     assert settings.schemes == ("bf16", "w4a4", "w16a4")
-    assert settings.group_size == "channel" and settings.seq_len == 128
+    assert settings.group_sizes == ("channel",) and settings.seq_len == 128
     assert settings.vocab_size == 4096
     assert parse_args(["model=74M"]).vocab_size == 100278
 
@@ -29,7 +29,7 @@ def test_defaults_and_bf16_always_measured() -> None:
         ("schemes=bf16,w2a2", r"\['w2a2'\]"),
         ("model=3M", "'3M'"),
         ("steps=ten", "steps='ten'"),
-        ("compile=maybe", "compile='maybe'"),
+        ("compile=maybe", "compile='maybe'; allowed: auto, true, false, both"),
         ("device=tpu", "device='tpu'"),
     ],
 )
@@ -57,16 +57,26 @@ def test_no_peak_on_cpu() -> None:
 def test_tiny_run_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     torch.set_num_threads(1)
     out = tmp_path / "bench.json"
-    args = ["model=0.2M", "batch=2", "seq_len=16", "steps=2", "warmup=1", "schemes=w4a4"]
+    args = ["model=0.2M", "batch=2", "micro_batch=1", "seq_len=16", "steps=2", "warmup=1"]
+    args += ["schemes=w4a4", "group_size=16,channel", "compile=false"]
     assert main([*args, "vocab_size=64", f"json={out}"]) == 0
     table = capsys.readouterr().out
-    assert "w4a4" in table and "vs bf16" in table
+    assert "w4a4" in table and "vs bf16" in table and "(micro 1)" in table
     result = json.loads(out.read_text())
-    rows = {row["scheme"]: row for row in result["results"]}
-    assert set(rows) == {"bf16", "w4a4"}
-    assert rows["bf16"]["rel_to_bf16"] == 1.0 and rows["w4a4"]["mfu"] is None
+    rows = {(row["scheme"], row["group_size"]): row for row in result["results"]}
+    assert set(rows) == {("bf16", None), ("w4a4", 16), ("w4a4", "channel")}
+    assert rows["w4a4", "channel"]["act_quantizer"] == "lac"  # the paper's rule for channel
+    assert rows["w4a4", 16]["act_quantizer"] == "absmax"
+    assert rows["bf16", None]["rel_to_bf16"] == 1.0 and rows["w4a4", 16]["mfu"] is None
     assert all(len(row["times_s"]) == 2 and row["median_s"] > 0 for row in rows.values())
-    assert result["n_params"] == load_preset("0.2M").n_params
+    assert result["n_params"] == load_preset("0.2M").n_params and result["micro_batch"] == 1
+
+
+def test_micro_batch_must_divide_the_batch() -> None:
+    with pytest.raises(ValueError, match="batch=6 is not a multiple of micro_batch=4"):
+        parse_args(["batch=6", "micro_batch=4"])
+    assert parse_args(["compile=both"]).compile == (True, False)
+    assert parse_args(["compile=auto", "device=cpu"]).compile == (False,)
 
 
 def test_bad_seq_len_for_preset() -> None:

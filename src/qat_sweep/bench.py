@@ -42,7 +42,7 @@ DEFAULTS: dict[str, str] = {
     "warmup": "3",
     "schemes": "bf16,w4a4,w4a16,w16a4,w4a4_fc2a8",
     "format": "int4",
-    "group_size": "32",
+    "group_size": "32",  # or a list: 128,channel (each quantized scheme once per G)
     "act_quantizer": "auto",
     "vocab_size": "",  # empty: the preset's, else OLMo-2 size for paper presets, 4096 otherwise
     "compile": "auto",  # as train.compile (auto = on CUDA, off on CPU), or both
@@ -62,7 +62,7 @@ class BenchSettings:
     warmup: int
     schemes: tuple[str, ...]
     format: str
-    group_size: int | str
+    group_sizes: tuple[int | str, ...]
     act_quantizer: str
     vocab_size: int
     compile: tuple[bool, ...]  # one entry, or (True, False) for compile=both
@@ -92,7 +92,11 @@ def parse_args(argv: list[str]) -> BenchSettings:
         vocab = _int("vocab_size", raw["vocab_size"])
     else:
         vocab = model.vocab_size or (OLMO2_VOCAB if model.name in PAPER_PRESETS else SMALL_VOCAB)
-    group = raw["group_size"]
+    groups = tuple(
+        g if g == "channel" else _int("group_size", g) for g in raw["group_size"].split(",") if g
+    )
+    if not groups:
+        raise ValueError("bench: group_size is empty; give an integer, channel or a list")
     device = _device(raw["device"])
     batch = _int("batch", raw["batch"])
     micro = _int("micro_batch", raw["micro_batch"]) if raw["micro_batch"] else batch
@@ -107,7 +111,7 @@ def parse_args(argv: list[str]) -> BenchSettings:
         warmup=_int("warmup", raw["warmup"], minimum=0),
         schemes=schemes,
         format=raw["format"],
-        group_size=group if group == "channel" else _int("group_size", group),
+        group_sizes=groups,
         act_quantizer=raw["act_quantizer"],
         vocab_size=vocab,
         compile=_compile(raw["compile"], device),
@@ -144,9 +148,18 @@ def _device(value: str) -> torch.device:
     return torch.device(value)
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One timed configuration: scheme, group size (None for BF16) and compile setting."""
+
+    scheme: str
+    group_size: int | str | None
+    compiled: bool
+
+
 @dataclass
 class SchemeStep:
-    """One scheme's model, optimizer and batch stream, stepped exactly as the trainer does."""
+    """One variant's model, optimizer and batch stream, stepped exactly as the trainer does."""
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -172,15 +185,19 @@ class SchemeStep:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _make_step(settings: BenchSettings, scheme: str, compiled: bool, n_steps: int) -> SchemeStep:
-    """Builds one scheme's model and optimizer as `train` does, fed by the trainer's prefetcher."""
-    quant = None
-    if scheme != "bf16":
-        quant = QuantConfig(scheme, settings.format, settings.group_size, settings.act_quantizer)
+def _quant(settings: BenchSettings, variant: Variant) -> QuantConfig | None:
+    if variant.scheme == "bf16":
+        return None
+    return QuantConfig(variant.scheme, settings.format, variant.group_size, settings.act_quantizer)
+
+
+def _make_step(settings: BenchSettings, variant: Variant, n_steps: int) -> SchemeStep:
+    """Builds one variant's model and optimizer as `train` does, fed by the trainer's prefetcher."""
+    quant = _quant(settings, variant)
     optim = compose_run([f"model={settings.model.name}", "logger=none"]).optim
     torch.manual_seed(settings.seed)
     model = build_model(settings.model, quant, settings.vocab_size).to(settings.device)
-    if compiled:
+    if variant.compiled:
         compile_blocks(model)
     model.train()
     optimizer = make_optimizer(model, optim)
@@ -211,10 +228,15 @@ def run(settings: BenchSettings) -> dict[str, Any]:
             f"seq_len {settings.model.seq_len}"
         )
     n_steps = settings.warmup + settings.steps
-    variants = [(scheme, c) for c in settings.compile for scheme in settings.schemes]
-    steps = {v: _make_step(settings, *v, n_steps) for v in variants}
-    times: dict[tuple[str, bool], list[float]] = {v: [] for v in variants}
-    first: dict[tuple[str, bool], float] = {}
+    variants = [
+        Variant(scheme, group, compiled)
+        for compiled in settings.compile
+        for scheme in settings.schemes
+        for group in ((None,) if scheme == "bf16" else settings.group_sizes)
+    ]
+    steps = {v: _make_step(settings, v, n_steps) for v in variants}
+    times: dict[Variant, list[float]] = {v: [] for v in variants}
+    first: dict[Variant, float] = {}
     peak_bytes = dict.fromkeys(variants, 0)
     n = len(variants)
     try:
@@ -233,22 +255,25 @@ def run(settings: BenchSettings) -> dict[str, Any]:
     peak = peak_flops(settings.device)
     cuda = settings.device.type == "cuda"
     results = []
-    for scheme, compiled in variants:
-        median = statistics.median(times[scheme, compiled])
-        base = statistics.median(times["bf16", compiled])
+    for v in variants:
+        median = statistics.median(times[v])
+        base = statistics.median(times[Variant("bf16", None, v.compiled)])
         tokens_per_s = tokens_per_step / median
-        memory = peak_bytes[scheme, compiled] + steps[scheme, compiled].state_bytes()
+        memory = peak_bytes[v] + steps[v].state_bytes()
+        quant = _quant(settings, v)
         results.append(
             {
-                "scheme": scheme,
-                "compile": compiled,
+                "scheme": v.scheme,
+                "group_size": v.group_size,
+                "act_quantizer": quant.resolved_act_quantizer if quant else None,
+                "compile": v.compiled,
                 "median_s": median,
                 "rel_to_bf16": median / base,  # BF16 with the same compile setting
                 "tokens_per_s": tokens_per_s,
                 "mfu": mfu(tokens_per_s, flops, peak),
                 "peak_memory_gb": memory / 1e9 if cuda else None,
-                "first_step_s": first[scheme, compiled],  # includes compilation
-                "times_s": times[scheme, compiled],
+                "first_step_s": first[v],  # includes compilation
+                "times_s": times[v],
             }
         )
     device_name = torch.cuda.get_device_name(settings.device) if cuda else "cpu"
@@ -262,7 +287,7 @@ def run(settings: BenchSettings) -> dict[str, Any]:
         "steps": settings.steps,
         "warmup": settings.warmup,
         "format": settings.format,
-        "group_size": settings.group_size,
+        "group_sizes": list(settings.group_sizes),
         "act_quantizer": settings.act_quantizer,
         "compile": "both" if len(settings.compile) > 1 else settings.compile[0],
         "device": device_name,
@@ -294,27 +319,30 @@ def _time(step: Callable[[], None], device: torch.device) -> tuple[float, int]:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """A plain-text table of the result, one row per scheme."""
+    """A plain-text table of the result, one row per variant."""
     micro = f" (micro {result['micro_batch']})" if result["micro_batch"] != result["batch"] else ""
     header = (
         f"bench {result['model']} (N={result['n_params']:,}, vocab {result['vocab_size']}) "
         f"batch={result['batch']}{micro} seq_len={result['seq_len']} {result['format']} "
-        f"G={result['group_size']} act={result['act_quantizer']} compile={result['compile']} "
         f"on {result['device']}, median of {result['steps']} steps"
     )
-    lines = [
-        header,
-        f"{'scheme':<14}{'compiled':>9}{'ms/step':>10}{'vs bf16':>9}{'tokens/s':>12}{'MFU':>8}"
-        f"{'peak GB':>9}",
-    ]
+    columns = ("scheme", "G", "act", "compiled", "ms/step", "vs bf16", "tokens/s", "MFU", "peak GB")
+    widths = (12, 8, 7, 9, 10, 9, 12, 8, 9)
+    lines = [header, "".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True))]
     for row in result["results"]:
-        mfu_text = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "-"
         memory = row["peak_memory_gb"]
-        memory_text = f"{memory:.1f}" if memory is not None else "-"
-        lines.append(
-            f"{row['scheme']:<14}{'yes' if row['compile'] else 'no':>9}{1000 * row['median_s']:>10.1f}{row['rel_to_bf16']:>8.2f}x"
-            f"{row['tokens_per_s']:>12,.0f}{mfu_text:>8}{memory_text:>9}"
+        cells = (
+            row["scheme"],
+            "-" if row["group_size"] is None else str(row["group_size"]),
+            row["act_quantizer"] or "-",
+            "yes" if row["compile"] else "no",
+            f"{1000 * row['median_s']:.1f}",
+            f"{row['rel_to_bf16']:.2f}x",
+            f"{row['tokens_per_s']:,.0f}",
+            f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "-",
+            f"{memory:.1f}" if memory is not None else "-",
         )
+        lines.append("".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
     return "\n".join(lines)
 
 
