@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,3 +84,35 @@ def test_micro_batch_must_divide_the_batch() -> None:
 
 def test_bad_seq_len_for_preset() -> None:
     assert main(["model=0.2M", "seq_len=4096", "steps=1"]) == 2
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_scaled_down_on_cpu(tmp_path: Path) -> None:
+    script = Path(__file__).parents[1] / "scripts" / "gpu-check"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--cpu", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert result["mode"] == "cpu"
+    variants = {
+        (r["scheme"], r["group_size"], r["act_quantizer"], r["compile"]) for r in result["bench"]
+    }
+    assert variants == {
+        (scheme, group, act, compiled)
+        for compiled in (True, False)
+        for scheme, group, act in (
+            ("bf16", None, None),
+            ("w4a4", 32, "absmax"),
+            ("w4a4", "channel", "lac"),
+        )
+    }
+    trained = result["train"]
+    record = json.loads(Path(trained["record"]).read_text())
+    assert record["status"] == "completed" and record["metrics"]["steps"] == 10
+    assert record["scheme"] == "w4a4" and record["loss"] == trained["loss"]
+    assert record["config"]["train"]["micro_batch_seqs"] == 8
+    assert "bench 0.2M w4a4 G=channel lac compiled" in proc.stdout and "MFU" in proc.stdout
+    assert len(result["targets"]) == 2  # compiled W4A4 vs BF16 per G; MFU only on a GPU
