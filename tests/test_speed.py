@@ -13,7 +13,7 @@ from test_train import TINY, metrics_rows
 
 from qat_sweep.config import compose_run, run_dir
 from qat_sweep.flops import mfu
-from qat_sweep.model import build_model, compile_enabled, padded_vocab
+from qat_sweep.model import build_model, compile_blocks, compile_enabled, padded_vocab
 from qat_sweep.prefetch import Prefetcher
 from qat_sweep.presets import load_preset
 from qat_sweep.quantize import fake_quantize
@@ -181,3 +181,31 @@ def test_mfu_is_per_gpu() -> None:
     assert mfu(1000.0, 6e9, 1e15) == pytest.approx(6e-3)
     assert mfu(1000.0, 6e9, 1e15, world_size=4) == pytest.approx(1.5e-3)
     assert mfu(1000.0, 6e9, None) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("quant", [None, LAC], ids=["bf16", "w4a4-lac"])
+def test_cuda_fast_path_trains_like_the_eager_one(quant: QuantConfig | None) -> None:
+    """Compiled blocks, fused AdamW, pinned prefetch and bf16 autocast against eager foreach."""
+
+    def source(step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = torch.randint(0, 1000, (4, 129), generator=torch.Generator().manual_seed(micro))
+        return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+
+    losses = {}
+    for fast in (True, False):
+        torch.manual_seed(0)
+        model = build_model(load_preset("1M"), quant, vocab_size=1000).cuda()
+        if fast:
+            compile_blocks(model)
+        optimizer = make_optimizer(model, OPTIM, fused=fast)
+        assert optimizer.defaults["fused"] is fast
+        with Prefetcher(source, n_micro=2, start=0, stop=8, device="cuda") as batches:
+            losses[fast] = [
+                train_step(model, optimizer, batches.next().micro_batches, grad_clip=1.0,
+                           autocast=True)[0].item()
+                for _ in range(8)
+            ]  # fmt: skip
+    assert losses[True][-1] < losses[True][0] - 0.5  # the fixed batches are being learnt
+    assert losses[True] == pytest.approx(losses[False], abs=2e-2)  # bf16 autocast: loose

@@ -15,7 +15,7 @@ commands:
   fit       fit the scaling law: fit (sweep=NAME | --runs DIR | --table FILE.csv) --out DIR
   predict   a fitted law's prediction: predict --fit DIR model=... tokens=... scheme=...
   prepare   tokenize a corpus: prepare input=PATH out=DIR | prepare demo | prepare hf ...
-  bench     forward+backward time per scheme: bench model=1M batch=8 seq_len=128
+  bench     the trainer's step time per scheme vs BF16: bench model=1M batch=8 compile=both
   demo      the embedded end-to-end loop: demo sweep, fit and report on this machine
 """
 
