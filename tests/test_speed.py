@@ -10,6 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from test_train import TINY, metrics_rows
+from torch._dynamo.utils import counters
 
 from qat_sweep.config import compose_run, run_dir
 from qat_sweep.flops import mfu
@@ -58,7 +59,11 @@ def test_compiled_run_reaches_the_eager_loss(
     # equal compiled and eager). The shapes are those scripts/gpu-check compiles on CPU.
     short = "tokens=10240"
     eager = _short_run(tmp_path, demo_data, "eager", *quant, short, "train.compile=false")
+    torch._dynamo.reset()  # a fresh dynamo cache: the graphs below are this run's
+    counters.clear()
     compiled = _short_run(tmp_path, demo_data, "compiled", *quant, short, "train.compile=true")
+    assert counters["stats"]["unique_graphs"] == 2  # one block graph for every layer, the loss
+    assert not counters["graph_break"]
     assert compiled["run_key"] == eager["run_key"]  # an execution setting, not a new run
     assert compiled["metrics"]["compiled"] and not eager["metrics"]["compiled"]
     assert compiled["loss"] == pytest.approx(eager["loss"], abs=1e-4)

@@ -184,14 +184,15 @@ class Transformer(nn.Module):
         x = self.embed(idx)
         for block in self.blocks:
             x = block(x, cos, sin)
-        return self.head(x, targets)
-
-    def head(self, x: Tensor, targets: Tensor | None = None) -> Tensor:
-        """Final norm and lm_head; the fp32 cross-entropy over the real vocabulary with targets."""
-        logits = self.lm_head(self.norm(x))[..., : self.vocab_size]
+        logits = self.lm_head(self.norm(x))
         if targets is None:
-            return logits
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+            return logits[..., : self.vocab_size]
+        return self.loss(logits, targets)
+
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Mean fp32 cross-entropy over the real vocabulary (the padded columns are dropped)."""
+        real = logits[..., : self.vocab_size].float()
+        return F.cross_entropy(real.flatten(0, 1), targets.flatten())
 
 
 def compile_enabled(setting: object, device_type: str) -> bool:
@@ -203,16 +204,18 @@ def compile_enabled(setting: object, device_type: str) -> bool:
 
 
 def compile_blocks(model: Transformer) -> Transformer:
-    """torch.compile each block and the loss head in place, before any DDP/FSDP wrapping.
+    """torch.compile each block's forward and the loss, in place, before DDP/FSDP wrapping.
 
     Per-block compilation (as torchtitan does) traces one block graph that every layer reuses
-    and fuses the fake quantizer's elementwise chain; ``Module.compile`` keeps parameter
-    names, so checkpoints move freely between compiled and eager runs. ``fullgraph`` makes a
-    graph break an error instead of a silent slowdown.
+    and fuses the fake quantizer's elementwise chain; the loss fuses the fp32 upcast of the
+    logits into the cross-entropy. Only forwards are compiled, not module calls: module hooks
+    (FSDP's all-gathers, activation checkpointing) stay outside the graphs, and parameter
+    names do not change, so checkpoints move freely between compiled and eager runs.
+    ``fullgraph`` makes a graph break an error instead of a silent slowdown.
     """
     for block in model.blocks:
-        block.compile(fullgraph=True)
-    model.head = torch.compile(model.head, fullgraph=True)
+        block.forward = torch.compile(block.forward, fullgraph=True)
+    model.loss = torch.compile(model.loss, fullgraph=True)
     return model
 
 
