@@ -76,6 +76,8 @@ class PlannedRun:
     error: str | None = None
     job_id: str | None = None
     log: str | None = None
+    sizing: Any = None  # sizing.RunSizing once sized for a launch profile
+    resources: Any = None  # the profile.LaunchProfile shape it runs with
 
     @property
     def flops(self) -> float:
@@ -108,6 +110,7 @@ class PlannedRun:
             "error": self.error,
             "job_id": self.job_id,
             "log": self.log,
+            **(self.sizing.row() if self.sizing is not None else {}),
         }
 
 
@@ -622,8 +625,11 @@ def _fmt_group(group_size: Any) -> str:
 
 def plan_table(runs: list[PlannedRun], mfu: float, peak_tflops: float) -> str:
     """Human table grouped by sub-grid, with compute estimates and totals."""
+    sized = any(r.sizing is not None for r in runs)
     header = f"{'run_key':<58} {'preset':>6} {'N':>9} {'D':>7} {'scheme':<11} {'format':<8}"
-    header += f" {'G':>7} {'LR':>8} {'FLOPs':>9} {'GPU-h':>8} status"
+    header += f" {'G':>7} {'LR':>8} {'FLOPs':>9} {'GPU-h':>8}"
+    header += f" {'micro':>5} {'par':>6} {'GPUs':>4} {'GB/GPU':>6} {'wall-h':>7} {'seg':>3}" * sized
+    header += " status"
     lines = []
     for sub in dict.fromkeys(r.subgrid for r in runs):
         group = [r for r in runs if r.subgrid == sub]
@@ -634,7 +640,7 @@ def plan_table(runs: list[PlannedRun], mfu: float, peak_tflops: float) -> str:
                 f"{r.run_key:<58} {r.model:>6} {r.n_params / 1e6:>8.1f}M "
                 f"{format_tokens(r.tokens):>7} {r.scheme:<11} {r.format:<8} "
                 f"{_fmt_group(r.group_size):>7} {r.lr:>8.2g} {r.flops:>9.2e} "
-                f"{_hours(r.gpu_hours(mfu, peak_tflops)):>8} {r.status}"
+                f"{_hours(r.gpu_hours(mfu, peak_tflops)):>8}{_sizing_cells(r)} {r.status}"
             )
     counts = Counter(r.status for r in runs)
     total = sum(r.gpu_hours(mfu, peak_tflops) for r in runs)
@@ -646,7 +652,27 @@ def plan_table(runs: list[PlannedRun], mfu: float, peak_tflops: float) -> str:
         f"at mfu={mfu} x {peak_tflops} TFLOP/s",
         "status: " + ", ".join(f"{s} {counts[s]}" for s in STATUSES if counts[s]),
     ]
+    if sized:
+        timed = [r.sizing for r in runs if r.sizing is not None and r.sizing.wall_h is not None]
+        lines.insert(
+            -1,
+            f"sized: {_hours(sum(s.wall_h * s.gpus for s in timed))} GPU-hours of wall clock "
+            f"({_hours(sum(s.wall_h for s in timed))} run-hours, {sum(s.segments for s in timed)} "
+            f"time-limit segments), peak memory per GPU up to "
+            f"{max(r.sizing.memory_gb for r in runs if r.sizing):.1f} GB",
+        )
     return "\n".join(lines[1:])
+
+
+def _sizing_cells(run: PlannedRun) -> str:
+    s = run.sizing
+    if s is None:
+        return ""
+    wall = "-" if s.wall_h is None else _hours(s.wall_h)
+    return (
+        f" {s.micro_batch_seqs:>5} {s.parallelism:>6} {s.gpus:>4} {s.memory_gb:>6.1f} "
+        f"{wall:>7} {s.segments or '-':>3}"
+    )
 
 
 STATUSES = ("completed", "running", "pending", "failed", "missing")
@@ -657,13 +683,26 @@ def _hours(hours: float) -> str:
 
 
 def plan_main(argv: list[str]) -> int:
-    """``qat-sweep plan sweep=NAME [--json] [mfu=0.4] [peak_tflops=312] [overrides...]``."""
+    """``qat-sweep plan sweep=NAME [launcher=PROFILE] [--json] [mfu=0.4] [peak_tflops=312] ...``.
+
+    With ``launcher=`` every run is sized for the profile's GPUs (``qat_sweep.sizing``).
+    """
     try:
         sweep, options, flags, overrides = parse_cli(argv, ("--json",))
         mfu, peak = _cost_options(options)
+        profile = None
+        if "launcher" in options:
+            from qat_sweep.profiles import load_profile
+            from qat_sweep.sizing import size_sweep
+
+            profile = load_profile(options["launcher"])
+            overrides = [*overrides, *profile.train_overrides()]
+            peak = profile.peak / 1e12 if profile.peak and "peak_tflops" not in options else peak
         runs = plan_sweep(sweep, overrides, strict=False)
+        if profile is not None:
+            size_sweep(runs, profile, mfu)
         missing_data = list(data_problems(runs).values())
-    except PlanError as e:
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if "--json" in flags:

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
+
+from qat_sweep.distributed import full_norm, no_grad_sync
 
 
 def lr_multiplier(step: int, total: int, warmup: int, optim: DictConfig) -> float:
@@ -69,20 +70,19 @@ def train_step(
     """One optimizer step over a rank's micro-batches; the mean loss and the gradient norm.
 
     Both come back as device tensors: reading them is the caller's (rare) host sync.
-    ``wrapped`` is the DDP module the forward goes through; gradients are all-reduced on the
-    last micro-batch only.
+    ``wrapped`` is the module the forward goes through (DDP, or the model itself); DDP
+    all-reduces gradients on the last micro-batch only.
     """
     forward = wrapped or model
     n_micro = len(micro_batches)
     loss_sum = torch.zeros((), device=micro_batches[0][0].device)
     for m, (x, y) in enumerate(micro_batches):
-        last = m == n_micro - 1
-        sync = contextlib.nullcontext() if last or wrapped is None else wrapped.no_sync()
+        sync = no_grad_sync(forward, m == n_micro - 1)
         with sync, torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             loss = forward(x, y) / n_micro
             loss.backward()
         loss_sum += loss.detach()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    grad_norm = full_norm(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum, grad_norm

@@ -7,6 +7,7 @@ again resumes from the checkpoint, or returns at once when the record says `comp
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -21,10 +22,9 @@ from typing import Any
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.nn.parallel import DistributedDataParallel
 
 from qat_sweep.checkpoint import (
-    load_checkpoint,
+    load_latest,
     remove_checkpoint,
     rng_state,
     save_checkpoint,
@@ -33,10 +33,16 @@ from qat_sweep.checkpoint import (
 from qat_sweep.config import compose_run, parse_tokens, run_dir, twin_key
 from qat_sweep.data import BatchSchedule, TokenData, load_token_data, val_batches
 from qat_sweep.distributed import (
+    DistInfo,
     all_reduce_mean,
-    any_rank,
+    any_ranks,
+    apply_activation_checkpointing,
+    barrier,
+    resolve_parallelism,
     setup_distributed,
     teardown_distributed,
+    unsharded,
+    wrap_model,
 )
 from qat_sweep.flops import flops_per_token, mfu, peak_flops
 from qat_sweep.instrument import site_stats
@@ -143,6 +149,11 @@ def validate_run(cfg: DictConfig) -> RunSetup:
     every = lambda value: int(value) or max(1, total_steps // 10)  # noqa: E731
     if cfg.optim.schedule not in ("cosine", "wsd"):
         raise ValueError(f"optim.schedule={cfg.optim.schedule!r}; allowed: cosine, wsd")
+    if float(cfg.checkpoint.every_minutes) < 0 or int(cfg.checkpoint.every_steps) < 0:
+        raise ValueError(
+            f"checkpoint.every_minutes={cfg.checkpoint.every_minutes} and checkpoint.every_steps="
+            f"{cfg.checkpoint.every_steps}: both must be >= 0 (0 = off)"
+        )
     return RunSetup(
         model_cfg=model_cfg,
         quant=quant,
@@ -154,7 +165,7 @@ def validate_run(cfg: DictConfig) -> RunSetup:
         total_steps=total_steps,
         warmup_steps=warmup,
         eval_every=every(cfg.eval.every_steps),
-        checkpoint_every=every(cfg.checkpoint.every_steps),
+        checkpoint_every=int(cfg.checkpoint.every_steps),
         smoothing_window=window,
     )
 
@@ -228,15 +239,63 @@ def _base_record(cfg: DictConfig, setup: RunSetup | None) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate(model: Transformer, batches: list, device: str, autocast: bool) -> float:
+def evaluate(
+    model: Transformer, batches: list, device: str, autocast: bool, micro: int | None = None
+) -> float:
+    """Mean loss over the batches, each run in equal chunks of ``micro`` sequences (same mean)."""
     was_training = model.training
     model.eval()
     losses = []
     for x, y in batches:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            losses.append(float(model(x.to(device), y.to(device))))
+        for xs, ys in zip(x.split(micro or len(x)), y.split(micro or len(y)), strict=True):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                losses.append(float(model(xs.to(device), ys.to(device))))
     model.train(was_training)
     return sum(losses) / len(losses)
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How this process runs the step: parallelism and micro-batches (not the run identity)."""
+
+    parallelism: str
+    micro: int
+    eval_micro: int
+    activation_checkpointing: bool
+
+
+def _execution(cfg: DictConfig, setup: RunSetup, info: DistInfo, device: str) -> Execution:
+    """The configured parallelism and micro-batches; on CUDA, unset ones sized to the GPU."""
+    parallelism = resolve_parallelism(str(cfg.train.get("parallelism") or "auto"), info)
+    if setup.global_batch % info.world_size:
+        raise ValueError(
+            f"global batch {setup.global_batch} does not split into {info.world_size} ranks"
+        )
+    per_rank = setup.global_batch // info.world_size
+    eval_seqs = int(cfg.eval.batch_seqs)
+    micro, eval_micro = cfg.train.micro_batch_seqs, cfg.eval.get("micro_batch_seqs")
+    checkpointing = bool(cfg.train.get("activation_checkpointing"))
+    wanted = str(cfg.train.get("parallelism") or "auto")
+    if device == "cuda" and (micro is None or (wanted == "auto" and info.world_size > 1)):
+        from qat_sweep.sizing import fit_on_device
+
+        fitted = fit_on_device(
+            setup.model_cfg, setup.quant, vocab_size=setup.vocab_size, seq_len=setup.seq_len,
+            per_rank=per_rank, eval_batch_seqs=eval_seqs, world_size=info.world_size,
+            parallelism=wanted if info.world_size > 1 else "single",
+            activation_checkpointing=checkpointing,
+            device_bytes=torch.cuda.get_device_properties(info.device).total_memory,
+        )  # fmt: skip
+        parallelism = fitted[0] if wanted == "auto" else parallelism
+        micro = fitted[1] if micro is None else micro
+        eval_micro = fitted[2] if eval_micro is None else eval_micro
+    micro, eval_micro = int(micro or per_rank), int(eval_micro or eval_seqs)
+    if per_rank % micro or eval_seqs % eval_micro:
+        raise ValueError(
+            f"train.micro_batch_seqs={micro} must divide the per-rank batch of {per_rank} "
+            f"sequences and eval.micro_batch_seqs={eval_micro} the eval batch of {eval_seqs}"
+        )
+    return Execution(parallelism, micro, eval_micro, checkpointing)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -269,17 +328,17 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
     dist_info = setup_distributed(device)
     dev = dist_info.device
     autocast = device == "cuda" and str(cfg.train.autocast_bf16) in ("auto", "true", "True")
-    per_rank = setup.global_batch // dist_info.world_size
-    micro = int(cfg.train.micro_batch_seqs or per_rank)
-    if setup.global_batch % dist_info.world_size or per_rank % micro:
-        raise ValueError(
-            f"global batch {setup.global_batch} does not split into {dist_info.world_size} ranks "
-            f"x micro-batches of {micro} sequences"
-        )
-    n_micro = per_rank // micro
+    execution = _execution(cfg, setup, dist_info, device)
+    n_micro = setup.global_batch // dist_info.world_size // execution.micro
 
     torch.manual_seed(int(cfg.seed))  # same init for BF16 and QAT twins
     model = build_model(setup.model_cfg, setup.quant, vocab_size=setup.vocab_size).to(dev)
+    if execution.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    compiled = compile_enabled(cfg.train.compile, device)
+    if compiled:
+        compile_blocks(model)  # per block, after activation checkpointing, before wrapping
+    train_model = wrap_model(model, execution.parallelism, dist_info)  # FSDP shards in place
     optimizer = make_optimizer(model, cfg.optim)
     schedule = BatchSchedule(setup.data.train, setup.seq_len, setup.global_batch, int(cfg.seed))
     eval_batches = val_batches(
@@ -295,12 +354,10 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
     smoothed = SmoothedLoss(setup.smoothing_window)
     step, wall_before = 0, 0.0
 
-    checkpoint = load_checkpoint(out_dir)
+    checkpoint, moved_aside = load_latest(out_dir, model, optimizer, dist_info)
     if checkpoint is not None:
         if checkpoint["run_key"] != cfg.run_key:
             raise ValueError(f"checkpoint in {out_dir} belongs to run {checkpoint['run_key']}")
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
         smoothed = SmoothedLoss(setup.smoothing_window, *checkpoint["smoothed"])
         step, wall_before = checkpoint["step"], checkpoint["wall_s"]
         set_rng_state(checkpoint["rng"])
@@ -308,15 +365,6 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
             print(f"[qat-sweep] resuming {cfg.run_key} at step {step}/{setup.total_steps}")
     if dist_info.is_main:
         truncate_metrics(out_dir, step)  # rows after the checkpoint (or of a failed try) go
-
-    compiled = compile_enabled(cfg.train.compile, device)
-    if compiled:
-        compile_blocks(model)  # per block, before wrapping
-    ddp: DistributedDataParallel | None = None
-    if dist_info.world_size > 1:
-        ddp = DistributedDataParallel(
-            model, device_ids=[dist_info.local_rank] if device == "cuda" else None
-        )
 
     record = _base_record(cfg, setup)
     tracker = Tracker(
@@ -348,25 +396,34 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
     tokens_per_s, last_loss = float("nan"), float("nan")
     progress_every = int(cfg.logger.progress_every_steps)
 
+    every_s = float(cfg.checkpoint.every_minutes) * 60
+    last_save = [time.monotonic()]
+
     def save(at_step: int) -> None:
-        if dist_info.is_main:
-            save_checkpoint(
-                out_dir,
-                {
-                    "run_key": str(cfg.run_key),
-                    "step": at_step,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "smoothed": (smoothed.value, smoothed.weight),
-                    "rng": rng_state(),
-                    "wall_s": wall_before + time.perf_counter() - t_start,
-                },
-            )
+        if at_step == 0:
+            return  # nothing trained yet: a fresh start is the same run
+        state = {
+            "run_key": str(cfg.run_key),
+            "step": at_step,
+            "smoothed": (smoothed.value, smoothed.weight),
+            "rng": rng_state(),
+            "wall_s": wall_before + time.perf_counter() - t_start,
+        }
+        keep = int(cfg.checkpoint.get("keep", 2))
+        save_checkpoint(out_dir, at_step, model, optimizer, state, dist_info, keep=keep)
+        last_save[0] = time.monotonic()
+
+    def stop_or_save_due() -> tuple[bool, bool]:
+        """One collective per step: a signal on any rank, or the wall-clock save is due."""
+        due = every_s > 0 and time.monotonic() - last_save[0] >= every_s
+        return any_ranks((stop_signal() is not None, due), dist_info)
 
     def eval_row(at_step: int) -> dict[str, Any]:
         with torch.compiler.set_stance("force_eager"):  # no recompiles for eval shapes; hooks
-            val = evaluate(model, eval_batches, dev, autocast)
-            stats = site_stats(model, eval_batches[0][0][:4].to(dev))
+            val = evaluate(model, eval_batches, dev, autocast, execution.eval_micro)
+            fsdp = execution.parallelism == "fsdp"
+            with unsharded(model) if fsdp else contextlib.nullcontext():
+                stats = site_stats(model, eval_batches[0][0][:4].to(dev))
         row = {"step": at_step, "tokens": at_step * tokens_per_step, "val_loss": val}
         for site, values in stats["sites"].items():
             for name in ("kurtosis", "act_rel_err", "weight_rel_err"):
@@ -413,19 +470,6 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
     try:
         model.train()
         while step < setup.total_steps:
-            # Agreeing on a stop is a collective: with several ranks, only where nothing is pending.
-            if (dist_info.world_size == 1 or not pending) and any_rank(
-                stop_signal() is not None, dist_info
-            ):
-                signum = stop_signal() or signal.SIGTERM  # ranks that saw none follow rank 0
-                for row in settle():
-                    tracker.log(row)
-                save(step)
-                if dist_info.world_size > 1:
-                    torch.distributed.barrier()  # no rank exits while rank 0 still writes
-                if dist_info.is_main:
-                    requeue_slurm_job(signum)
-                raise Preempted(signum)
             lr = float(cfg.optim.lr) * lr_multiplier(
                 step, setup.total_steps, setup.warmup_steps, cfg.optim
             )
@@ -438,15 +482,22 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
                 batch.micro_batches,
                 grad_clip=float(cfg.optim.grad_clip),
                 autocast=autocast,
-                wrapped=ddp,
+                wrapped=train_model,
             )
             step += 1
             pending.append((step, loss, grad_norm, lr, batch.crc))
             window_tokens += tokens_per_step
             at_progress = step % progress_every == 0 or step == setup.total_steps
             at_eval = step % setup.eval_every == 0 and step < setup.total_steps
-            at_checkpoint = step % setup.checkpoint_every == 0 and step < setup.total_steps
-            if not (at_progress or at_eval or at_checkpoint):
+            every_steps = setup.checkpoint_every and step % setup.checkpoint_every == 0
+            at_checkpoint = bool(every_steps) and step < setup.total_steps
+            boundary = at_progress or at_eval or at_checkpoint
+            # Agreeing on a stop or a due save is a collective: with several ranks, only at the
+            # boundaries (one process decides every step, at no cost).
+            stop = save_due = False
+            if boundary or dist_info.world_size == 1:
+                stop, save_due = stop_or_save_due()
+            if not (boundary or stop or save_due):
                 continue
             rows = settle()
             row = rows[-1]
@@ -465,12 +516,20 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
                         f"ETA {eta:,.0f}s",
                         flush=True,
                     )
+            # Save before evaluating: an evaluation must never delay a due checkpoint.
+            if stop or save_due or at_checkpoint:
+                save(step)
+            if stop:
+                for settled in rows:
+                    tracker.log(settled)
+                barrier(dist_info)  # no rank exits while another still writes
+                if dist_info.is_main:
+                    requeue_slurm_job(stop_signal() or signal.SIGTERM)  # others follow rank 0
+                raise Preempted(stop_signal() or signal.SIGTERM)
             if at_eval:
                 row.update({k: v for k, v in eval_row(step).items() if k != "_stats"})
             for settled in rows:
                 tracker.log(settled)
-            if at_checkpoint:
-                save(step)
 
         final = eval_row(step)
         stats = final.pop("_stats")
@@ -498,6 +557,10 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
                 "window_steps": setup.smoothing_window,
             },
             "world_size": dist_info.world_size,
+            "parallelism": execution.parallelism,
+            "micro_batch_seqs": execution.micro,
+            "activation_checkpointing": execution.activation_checkpointing,
+            "corrupt_checkpoints": moved_aside,
             "wall_s": elapsed,
             "device": dev,
             "quant": stats,
