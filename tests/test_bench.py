@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from qat_sweep.bench import flops_per_token, main, parse_args, peak_flops
+from qat_sweep.bench import main, parse_args
+from qat_sweep.flops import flops_per_token, peak_flops
 from qat_sweep.presets import load_preset
 
 
 def test_defaults_and_bf16_always_measured() -> None:
     settings = parse_args(["model=0.2M", "schemes=w4a4,w16a4", "group_size=channel"])
     assert settings.schemes == ("bf16", "w4a4", "w16a4")
-    assert settings.group_size == "channel" and settings.seq_len == 128
+    assert settings.group_sizes == ("channel",) and settings.seq_len == 128
     assert settings.vocab_size == 4096
     assert parse_args(["model=74M"]).vocab_size == 100278
 
@@ -28,7 +32,7 @@ def test_defaults_and_bf16_always_measured() -> None:
         ("schemes=bf16,w2a2", r"\['w2a2'\]"),
         ("model=3M", "'3M'"),
         ("steps=ten", "steps='ten'"),
-        ("compile=maybe", "compile='maybe'"),
+        ("compile=maybe", "compile='maybe'; allowed: auto, true, false, both"),
         ("device=tpu", "device='tpu'"),
     ],
 )
@@ -56,17 +60,59 @@ def test_no_peak_on_cpu() -> None:
 def test_tiny_run_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     torch.set_num_threads(1)
     out = tmp_path / "bench.json"
-    args = ["model=0.2M", "batch=2", "seq_len=16", "steps=2", "warmup=1", "schemes=w4a4"]
+    args = ["model=0.2M", "batch=2", "micro_batch=1", "seq_len=16", "steps=2", "warmup=1"]
+    args += ["schemes=w4a4", "group_size=16,channel", "compile=false"]
     assert main([*args, "vocab_size=64", f"json={out}"]) == 0
     table = capsys.readouterr().out
-    assert "w4a4" in table and "vs bf16" in table
+    assert "w4a4" in table and "vs bf16" in table and "(micro 1)" in table
     result = json.loads(out.read_text())
-    rows = {row["scheme"]: row for row in result["results"]}
-    assert set(rows) == {"bf16", "w4a4"}
-    assert rows["bf16"]["rel_to_bf16"] == 1.0 and rows["w4a4"]["mfu"] is None
+    rows = {(row["scheme"], row["group_size"]): row for row in result["results"]}
+    assert set(rows) == {("bf16", None), ("w4a4", 16), ("w4a4", "channel")}
+    assert rows["w4a4", "channel"]["act_quantizer"] == "lac"  # the paper's rule for channel
+    assert rows["w4a4", 16]["act_quantizer"] == "absmax"
+    assert rows["bf16", None]["rel_to_bf16"] == 1.0 and rows["w4a4", 16]["mfu"] is None
     assert all(len(row["times_s"]) == 2 and row["median_s"] > 0 for row in rows.values())
-    assert result["n_params"] == load_preset("0.2M").n_params
+    assert result["n_params"] == load_preset("0.2M").n_params and result["micro_batch"] == 1
+
+
+def test_micro_batch_must_divide_the_batch() -> None:
+    with pytest.raises(ValueError, match="batch=6 is not a multiple of micro_batch=4"):
+        parse_args(["batch=6", "micro_batch=4"])
+    assert parse_args(["compile=both"]).compile == (True, False)
+    assert parse_args(["compile=auto", "device=cpu"]).compile == (False,)
 
 
 def test_bad_seq_len_for_preset() -> None:
     assert main(["model=0.2M", "seq_len=4096", "steps=1"]) == 2
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_scaled_down_on_cpu(tmp_path: Path) -> None:
+    script = Path(__file__).parents[1] / "scripts" / "gpu-check"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--cpu", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert result["mode"] == "cpu"
+    variants = {
+        (r["scheme"], r["group_size"], r["act_quantizer"], r["compile"]) for r in result["bench"]
+    }
+    assert variants == {
+        (scheme, group, act, compiled)
+        for compiled in (True, False)
+        for scheme, group, act in (
+            ("bf16", None, None),
+            ("w4a4", 32, "absmax"),
+            ("w4a4", "channel", "lac"),
+        )
+    }
+    trained = result["train"]
+    record = json.loads(Path(trained["record"]).read_text())
+    assert record["status"] == "completed" and record["metrics"]["steps"] == 10
+    assert record["scheme"] == "w4a4" and record["loss"] == trained["loss"]
+    assert record["config"]["train"]["micro_batch_seqs"] == 8
+    assert "bench 0.2M w4a4 G=channel lac compiled" in proc.stdout and "MFU" in proc.stdout
+    assert len(result["targets"]) == 2  # compiled W4A4 vs BF16 per G; MFU only on a GPU

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from qat_sweep import presets
-from qat_sweep.model import Transformer, allowed_group_sizes, build_model
+from qat_sweep.model import Transformer, allowed_group_sizes, build_model, padded_vocab
 from qat_sweep.presets import available_presets, load_preset, model_config_from
 from qat_sweep.schemes import QuantConfig
 
@@ -72,7 +72,7 @@ def test_model_n_params_matches_config(name: str) -> None:
     model = build_model(cfg, QuantConfig("w4a4", "int4", 32), vocab_size=VOCAB)
     assert model.n_params == cfg.n_params
     total = sum(p.numel() for n, p in model.named_parameters() if "clip_logit" not in n)
-    assert total == cfg.n_params_total(VOCAB)
+    assert total == cfg.n_params_total(padded_vocab(VOCAB))  # embedding rows padded to 128
 
 
 def test_unknown_preset_names_value_and_allowed() -> None:

@@ -1,10 +1,12 @@
-"""Throughput of each precision scheme relative to BF16, measured side by side in one process.
+"""Step time of each precision scheme relative to BF16, measured side by side in one process.
 
+What is timed is the trainer's own step: the same model build (padded vocabulary), the same
+per-block compilation (``compile=auto`` as in ``train``), the same AdamW (fused on CUDA), the
+same micro-batched ``recipe.train_step`` and batches arriving through the same prefetcher
+(synthetic tokens, stateless in (seed, step)); with one device the trainer wraps nothing either.
 Schemes are interleaved within every repetition (in a rotating order) so clock drift and
-thermal effects hit all of them equally; warm-up steps are excluded and medians reported.
-FLOPs per token (PaLM convention, no causal-mask discount):
-``6 * (N + V * d) + 12 * n_layers * seq_len * d``, where N is the non-embedding parameter
-count, V * d the lm_head and the last term the attention score and value matmuls.
+thermal effects hit all of them equally; warm-up steps (compilation) are excluded and medians
+reported. FLOPs and MFU come from ``qat_sweep.flops``.
 """
 
 from __future__ import annotations
@@ -14,35 +16,36 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from qat_sweep.model import Transformer, build_model
+from qat_sweep.config import compose_run
+from qat_sweep.flops import flops_per_token, mfu, peak_flops
+from qat_sweep.model import build_model, compile_blocks, compile_enabled
+from qat_sweep.prefetch import Prefetcher
 from qat_sweep.presets import PAPER_PRESETS, ModelConfig, load_preset
+from qat_sweep.recipe import make_optimizer, train_step
 from qat_sweep.schemes import SCHEMES, QuantConfig
 
-# Dense BF16 tensor-core peaks (no sparsity), matched against torch.cuda.get_device_name().
-PEAK_BF16_FLOPS: dict[str, float] = {"A100": 312e12, "H100": 989e12, "H200": 989e12}
-# H100 PCIe/NVL have lower peaks that are not tabled: MFU unknown rather than wrong.
-_UNTABLED_VARIANTS = ("H100 PCIe", "H100 NVL")
 OLMO2_VOCAB = 100278  # PAPER.md: the OLMo-2 tokenizer is the natural full-scale default
 SMALL_VOCAB = 4096  # the demo's local BPE size
 
 DEFAULTS: dict[str, str] = {
     "model": "1M",
-    "batch": "8",
+    "batch": "8",  # sequences per step on this device
+    "micro_batch": "",  # empty: the whole batch in one micro-batch (train.micro_batch_seqs)
     "seq_len": "",  # empty: the preset's seq_len
     "steps": "10",
     "warmup": "3",
     "schemes": "bf16,w4a4,w4a16,w16a4,w4a4_fc2a8",
     "format": "int4",
-    "group_size": "32",
+    "group_size": "32",  # or a list: 128,channel (each quantized scheme once per G)
     "act_quantizer": "auto",
     "vocab_size": "",  # empty: the preset's, else OLMo-2 size for paper presets, 4096 otherwise
-    "compile": "false",
+    "compile": "auto",  # as train.compile (auto = on CUDA, off on CPU), or both
     "device": "auto",
     "seed": "0",
     "json": "",  # a path, or '-' for stdout
@@ -53,15 +56,16 @@ DEFAULTS: dict[str, str] = {
 class BenchSettings:
     model: ModelConfig
     batch: int
+    micro_batch: int
     seq_len: int
     steps: int
     warmup: int
     schemes: tuple[str, ...]
     format: str
-    group_size: int | str
+    group_sizes: tuple[int | str, ...]
     act_quantizer: str
     vocab_size: int
-    compile: bool
+    compile: tuple[bool, ...]  # one entry, or (True, False) for compile=both
     device: torch.device
     seed: int
     json: str
@@ -88,20 +92,30 @@ def parse_args(argv: list[str]) -> BenchSettings:
         vocab = _int("vocab_size", raw["vocab_size"])
     else:
         vocab = model.vocab_size or (OLMO2_VOCAB if model.name in PAPER_PRESETS else SMALL_VOCAB)
-    group = raw["group_size"]
+    groups = tuple(
+        g if g == "channel" else _int("group_size", g) for g in raw["group_size"].split(",") if g
+    )
+    if not groups:
+        raise ValueError("bench: group_size is empty; give an integer, channel or a list")
+    device = _device(raw["device"])
+    batch = _int("batch", raw["batch"])
+    micro = _int("micro_batch", raw["micro_batch"]) if raw["micro_batch"] else batch
+    if batch % micro:
+        raise ValueError(f"bench: batch={batch} is not a multiple of micro_batch={micro}")
     return BenchSettings(
         model=model,
-        batch=_int("batch", raw["batch"]),
+        batch=batch,
+        micro_batch=micro,
         seq_len=_int("seq_len", raw["seq_len"]) if raw["seq_len"] else model.seq_len,
         steps=_int("steps", raw["steps"]),
         warmup=_int("warmup", raw["warmup"], minimum=0),
         schemes=schemes,
         format=raw["format"],
-        group_size=group if group == "channel" else _int("group_size", group),
+        group_sizes=groups,
         act_quantizer=raw["act_quantizer"],
         vocab_size=vocab,
-        compile=_bool("compile", raw["compile"]),
-        device=_device(raw["device"]),
+        compile=_compile(raw["compile"], device),
+        device=device,
         seed=_int("seed", raw["seed"], minimum=0),
         json=raw["json"],
     )
@@ -117,10 +131,13 @@ def _int(key: str, value: str, minimum: int = 1) -> int:
     return number
 
 
-def _bool(key: str, value: str) -> bool:
-    if value.lower() not in ("true", "false", "1", "0"):
-        raise ValueError(f"bench: {key}={value!r} must be true or false")
-    return value.lower() in ("true", "1")
+def _compile(value: str, device: torch.device) -> tuple[bool, ...]:
+    if value == "both":
+        return (True, False)
+    try:
+        return (compile_enabled(value, device.type),)
+    except ValueError:
+        raise ValueError(f"bench: compile={value!r}; allowed: auto, true, false, both") from None
 
 
 def _device(value: str) -> torch.device:
@@ -131,47 +148,76 @@ def _device(value: str) -> torch.device:
     return torch.device(value)
 
 
-def flops_per_token(model: ModelConfig, seq_len: int, vocab_size: int) -> float:
-    """Training FLOPs per token: 6 (N + V d) + 12 L T d (see the module docstring)."""
-    d = model.hidden_size
-    return 6.0 * (model.n_params + vocab_size * d) + 12.0 * model.n_layers * seq_len * d
+@dataclass(frozen=True)
+class Variant:
+    """One timed configuration: scheme, group size (None for BF16) and compile setting."""
+
+    scheme: str
+    group_size: int | str | None
+    compiled: bool
 
 
-def peak_flops(device: torch.device) -> float | None:
-    """The device's dense BF16 peak, or None when it is not in the table (MFU then null)."""
-    if device.type != "cuda":
+@dataclass
+class SchemeStep:
+    """One variant's model, optimizer and batch stream, stepped exactly as the trainer does."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    batches: Prefetcher
+    autocast: bool
+    grad_clip: float
+
+    def __call__(self) -> None:
+        batch = self.batches.next()
+        train_step(
+            self.model,
+            self.optimizer,
+            batch.micro_batches,
+            grad_clip=self.grad_clip,
+            autocast=self.autocast,
+        )
+
+    def state_bytes(self) -> int:
+        """Parameters plus optimizer state: what stays allocated between steps."""
+        tensors = list(self.model.parameters())
+        for state in self.optimizer.state.values():
+            tensors += [v for v in state.values() if isinstance(v, Tensor)]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _quant(settings: BenchSettings, variant: Variant) -> QuantConfig | None:
+    if variant.scheme == "bf16":
         return None
-    name = torch.cuda.get_device_name(device)
-    if any(variant in name for variant in _UNTABLED_VARIANTS):
-        return None
-    return next((peak for marker, peak in PEAK_BF16_FLOPS.items() if marker in name), None)
+    return QuantConfig(variant.scheme, settings.format, variant.group_size, settings.act_quantizer)
 
 
-def _make_step(settings: BenchSettings, scheme: str) -> Callable[[], None]:
-    """Builds one scheme's model and optimizer and returns a closure doing one training step."""
-    quant = None
-    if scheme != "bf16":
-        quant = QuantConfig(scheme, settings.format, settings.group_size, settings.act_quantizer)
+def _make_step(settings: BenchSettings, variant: Variant, n_steps: int) -> SchemeStep:
+    """Builds one variant's model and optimizer as `train` does, fed by the trainer's prefetcher."""
+    quant = _quant(settings, variant)
+    optim = compose_run([f"model={settings.model.name}", "logger=none"]).optim
     torch.manual_seed(settings.seed)
-    model: Transformer = build_model(settings.model, quant, settings.vocab_size)
-    model = model.to(settings.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
-    forward = torch.compile(model) if settings.compile else model
-    generator = torch.Generator().manual_seed(settings.seed)
-    shape = (settings.batch, settings.seq_len + 1)
-    tokens = torch.randint(0, settings.vocab_size, shape, generator=generator).to(settings.device)
-    idx, targets = tokens[:, :-1], tokens[:, 1:]
-    cuda = settings.device.type == "cuda"
+    model = build_model(settings.model, quant, settings.vocab_size).to(settings.device)
+    if variant.compiled:
+        compile_blocks(model)
+    model.train()
+    optimizer = make_optimizer(model, optim)
+    n_micro = settings.batch // settings.micro_batch
+    shape = (settings.micro_batch, settings.seq_len + 1)
 
-    def step() -> None:
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
-        with autocast:
-            loss = forward(idx, targets)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def batch_for(step: int, micro: int) -> tuple[Tensor, Tensor]:
+        generator = torch.Generator().manual_seed(
+            settings.seed * 1_000_003 + step * n_micro + micro
+        )
+        tokens = torch.randint(0, settings.vocab_size, shape, generator=generator)
+        return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
 
-    return step
+    return SchemeStep(
+        model=model,
+        optimizer=optimizer,
+        batches=Prefetcher(batch_for, n_micro, 0, n_steps, settings.device),
+        autocast=settings.device.type == "cuda",
+        grad_clip=float(optim.grad_clip),
+    )
 
 
 def run(settings: BenchSettings) -> dict[str, Any]:
@@ -181,48 +227,69 @@ def run(settings: BenchSettings) -> dict[str, Any]:
             f"bench: seq_len={settings.seq_len} exceeds the {settings.model.name} preset's "
             f"seq_len {settings.model.seq_len}"
         )
-    steps = {scheme: _make_step(settings, scheme) for scheme in settings.schemes}
-    times: dict[str, list[float]] = {scheme: [] for scheme in settings.schemes}
-    n = len(settings.schemes)
-    for rep in range(settings.warmup + settings.steps):
-        order = [settings.schemes[(rep + k) % n] for k in range(n)]
-        for scheme in order:
-            elapsed = _time(steps[scheme], settings.device)
-            if rep >= settings.warmup:
-                times[scheme].append(elapsed)
+    n_steps = settings.warmup + settings.steps
+    variants = [
+        Variant(scheme, group, compiled)
+        for compiled in settings.compile
+        for scheme in settings.schemes
+        for group in ((None,) if scheme == "bf16" else settings.group_sizes)
+    ]
+    steps = {v: _make_step(settings, v, n_steps) for v in variants}
+    times: dict[Variant, list[float]] = {v: [] for v in variants}
+    first: dict[Variant, float] = {}
+    peak_bytes = dict.fromkeys(variants, 0)
+    n = len(variants)
+    try:
+        for rep in range(n_steps):
+            for variant in [variants[(rep + k) % n] for k in range(n)]:
+                elapsed, transient = _time(steps[variant], settings.device)
+                peak_bytes[variant] = max(peak_bytes[variant], transient)
+                first.setdefault(variant, elapsed)
+                if rep >= settings.warmup:
+                    times[variant].append(elapsed)
+    finally:
+        for step in steps.values():
+            step.batches.close()
     tokens_per_step = settings.batch * settings.seq_len
     flops = flops_per_token(settings.model, settings.seq_len, settings.vocab_size)
     peak = peak_flops(settings.device)
-    base = statistics.median(times["bf16"])
+    cuda = settings.device.type == "cuda"
     results = []
-    for scheme in settings.schemes:
-        median = statistics.median(times[scheme])
+    for v in variants:
+        median = statistics.median(times[v])
+        base = statistics.median(times[Variant("bf16", None, v.compiled)])
         tokens_per_s = tokens_per_step / median
+        memory = peak_bytes[v] + steps[v].state_bytes()
+        quant = _quant(settings, v)
         results.append(
             {
-                "scheme": scheme,
+                "scheme": v.scheme,
+                "group_size": v.group_size,
+                "act_quantizer": quant.resolved_act_quantizer if quant else None,
+                "compile": v.compiled,
                 "median_s": median,
-                "rel_to_bf16": median / base,
+                "rel_to_bf16": median / base,  # BF16 with the same compile setting
                 "tokens_per_s": tokens_per_s,
-                "mfu": flops * tokens_per_s / peak if peak else None,
-                "times_s": times[scheme],
+                "mfu": mfu(tokens_per_s, flops, peak),
+                "peak_memory_gb": memory / 1e9 if cuda else None,
+                "first_step_s": first[v],  # includes compilation
+                "times_s": times[v],
             }
         )
-    device_name = (
-        torch.cuda.get_device_name(settings.device) if settings.device.type == "cuda" else "cpu"
-    )
+    device_name = torch.cuda.get_device_name(settings.device) if cuda else "cpu"
     return {
         "model": settings.model.name,
         "n_params": settings.model.n_params,
         "vocab_size": settings.vocab_size,
         "batch": settings.batch,
+        "micro_batch": settings.micro_batch,
         "seq_len": settings.seq_len,
         "steps": settings.steps,
         "warmup": settings.warmup,
         "format": settings.format,
-        "group_size": settings.group_size,
+        "group_sizes": list(settings.group_sizes),
         "act_quantizer": settings.act_quantizer,
-        "compile": settings.compile,
+        "compile": "both" if len(settings.compile) > 1 else settings.compile[0],
         "device": device_name,
         "threads": torch.get_num_threads(),
         "flops_per_token": flops,
@@ -231,31 +298,51 @@ def run(settings: BenchSettings) -> dict[str, Any]:
     }
 
 
-def _time(step: Callable[[], None], device: torch.device) -> float:
-    if device.type == "cuda":
+def _time(step: Callable[[], None], device: torch.device) -> tuple[float, int]:
+    """Seconds of one step and, on CUDA, the bytes it allocated beyond what was live before.
+
+    The other schemes' models share the device, so a scheme's peak memory is reported as this
+    transient peak plus its own parameters and optimizer state.
+    """
+    cuda = device.type == "cuda"
+    if cuda:
         torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
     start = time.perf_counter()
     step()
-    if device.type == "cuda":
+    if cuda:
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    transient = torch.cuda.max_memory_allocated(device) - before if cuda else 0
+    return elapsed, transient
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """A plain-text table of the result, one row per scheme."""
+    """A plain-text table of the result, one row per variant."""
+    micro = f" (micro {result['micro_batch']})" if result["micro_batch"] != result["batch"] else ""
     header = (
         f"bench {result['model']} (N={result['n_params']:,}, vocab {result['vocab_size']}) "
-        f"batch={result['batch']} seq_len={result['seq_len']} {result['format']} "
-        f"G={result['group_size']} compile={result['compile']} on {result['device']}, "
-        f"median of {result['steps']} steps"
+        f"batch={result['batch']}{micro} seq_len={result['seq_len']} {result['format']} "
+        f"on {result['device']}, median of {result['steps']} steps"
     )
-    lines = [header, f"{'scheme':<14}{'ms/step':>10}{'vs bf16':>9}{'tokens/s':>12}{'MFU':>8}"]
+    columns = ("scheme", "G", "act", "compiled", "ms/step", "vs bf16", "tokens/s", "MFU", "peak GB")
+    widths = (12, 8, 7, 9, 10, 9, 12, 8, 9)
+    lines = [header, "".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True))]
     for row in result["results"]:
-        mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "-"
-        lines.append(
-            f"{row['scheme']:<14}{1000 * row['median_s']:>10.1f}{row['rel_to_bf16']:>8.2f}x"
-            f"{row['tokens_per_s']:>12,.0f}{mfu:>8}"
+        memory = row["peak_memory_gb"]
+        cells = (
+            row["scheme"],
+            "-" if row["group_size"] is None else str(row["group_size"]),
+            row["act_quantizer"] or "-",
+            "yes" if row["compile"] else "no",
+            f"{1000 * row['median_s']:.1f}",
+            f"{row['rel_to_bf16']:.2f}x",
+            f"{row['tokens_per_s']:,.0f}",
+            f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "-",
+            f"{memory:.1f}" if memory is not None else "-",
         )
+        lines.append("".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
     return "\n".join(lines)
 
 

@@ -2,7 +2,9 @@
 
 Quantization enters only through the block linears and the four per-block input quantizers of
 ``schemes``; scheme ``bf16`` builds exactly the modules of ``quant=None``, so it is bitwise the
-plain model. Embeddings and lm_head are never quantized and are untied.
+plain model. Embeddings and lm_head are never quantized and are untied; their vocabulary rows
+are padded to a multiple of ``VOCAB_MULTIPLE`` (tensor-core friendly shapes), the padded rows
+start at zero and the loss and logits cover the real vocabulary only.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from qat_sweep.quantize import get_format
 from qat_sweep.schemes import QuantConfig, make_act_quantizer, make_linear
 
 INIT_STD = 0.02
+VOCAB_MULTIPLE = 128
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
@@ -117,10 +120,21 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
+def padded_vocab(vocab_size: int, multiple: int = VOCAB_MULTIPLE) -> int:
+    """Rows of the embedding and lm_head: the vocabulary rounded up to ``multiple``."""
+    return -(-vocab_size // multiple) * multiple
+
+
 class Transformer(nn.Module):
     """Decoder-only LM: logits, or the mean fp32 cross-entropy when targets are given."""
 
-    def __init__(self, cfg: ModelConfig, quant: QuantConfig | None, vocab_size: int):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        quant: QuantConfig | None,
+        vocab_size: int,
+        vocab_multiple: int = VOCAB_MULTIPLE,
+    ):
         super().__init__()
         self.config = cfg
         self.quant = quant
@@ -129,18 +143,31 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, quant) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, vocab_size, bias=False)
+        # Built at the real size, then padded: the random stream does not see the padding.
+        rows = padded_vocab(vocab_size, vocab_multiple)
+        self.embed.weight = _pad_rows(self.embed.weight, rows)
+        self.lm_head.weight = _pad_rows(self.lm_head.weight, rows)
+        self.embed.num_embeddings = self.lm_head.out_features = rows
         cos, sin = rope_tables(cfg.head_dim, cfg.seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """Normal(0, 0.02) everywhere; o and down (residual outputs) get 0.02 / sqrt(2 L)."""
+        """Normal(0, 0.02) everywhere; o and down (residual outputs) get 0.02 / sqrt(2 L).
+
+        Only the real vocabulary rows are drawn (padded rows are zero), so the random stream,
+        and with it the whole run, is the same whatever the padding.
+        """
         residual_std = INIT_STD / math.sqrt(2 * self.config.n_layers)
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 is_residual_out = name.endswith((".attn.o", ".mlp.down"))
-                nn.init.normal_(module.weight, std=residual_std if is_residual_out else INIT_STD)
+                weight = module.weight
+                if module is self.embed or module is self.lm_head:
+                    nn.init.zeros_(weight[self.vocab_size :])
+                    weight = weight[: self.vocab_size]
+                nn.init.normal_(weight, std=residual_std if is_residual_out else INIT_STD)
 
     @property
     def n_params(self) -> int:
@@ -159,8 +186,42 @@ class Transformer(nn.Module):
             x = block(x, cos, sin)
         logits = self.lm_head(self.norm(x))
         if targets is None:
-            return logits
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+            return logits[..., : self.vocab_size]
+        return self.loss(logits, targets)
+
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Mean fp32 cross-entropy over the real vocabulary (the padded columns are dropped)."""
+        real = logits[..., : self.vocab_size].float()
+        return F.cross_entropy(real.flatten(0, 1), targets.flatten())
+
+
+def compile_enabled(setting: object, device_type: str) -> bool:
+    """``train.compile``: ``auto`` compiles on CUDA (where it pays) and not on CPU."""
+    value = str(setting).lower()
+    if value not in ("auto", "true", "false"):
+        raise ValueError(f"train.compile={setting!r}; allowed: auto, true, false")
+    return device_type == "cuda" if value == "auto" else value == "true"
+
+
+def compile_blocks(model: Transformer) -> Transformer:
+    """torch.compile each block's forward and the loss, in place, before DDP/FSDP wrapping.
+
+    Per-block compilation (as torchtitan does) traces one block graph that every layer reuses
+    and fuses the fake quantizer's elementwise chain; the loss fuses the fp32 upcast of the
+    logits into the cross-entropy. Only forwards are compiled, not module calls: module hooks
+    (FSDP's all-gathers, activation checkpointing) stay outside the graphs, and parameter
+    names do not change, so checkpoints move freely between compiled and eager runs.
+    ``fullgraph`` makes a graph break an error instead of a silent slowdown.
+    """
+    for block in model.blocks:
+        block.forward = torch.compile(block.forward, fullgraph=True)
+    model.loss = torch.compile(model.loss, fullgraph=True)
+    return model
+
+
+def _pad_rows(weight: Tensor, rows: int) -> nn.Parameter:
+    padding = weight.new_zeros(rows - weight.shape[0], weight.shape[1])
+    return nn.Parameter(torch.cat([weight.detach(), padding]))
 
 
 def _weight_format(quant: QuantConfig | None, site: str) -> str | None:
@@ -204,8 +265,11 @@ def validate(cfg: ModelConfig, quant: QuantConfig | None, vocab_size: int | None
 
 
 def build_model(
-    model_cfg: ModelConfig, quant: QuantConfig | None, vocab_size: int | None = None
+    model_cfg: ModelConfig,
+    quant: QuantConfig | None,
+    vocab_size: int | None = None,
+    vocab_multiple: int = VOCAB_MULTIPLE,
 ) -> Transformer:
     """Validates the combination, then builds the (fake-)quantized model on the current device."""
     vocab = validate(model_cfg, quant, vocab_size)
-    return Transformer(model_cfg, quant, vocab)
+    return Transformer(model_cfg, quant, vocab, vocab_multiple)

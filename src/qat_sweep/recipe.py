@@ -1,11 +1,16 @@
-"""The training recipe of PAPER.md section 3: LR schedules, AdamW groups, the smoothed loss."""
+"""The training recipe of PAPER.md section 3: LR schedules, AdamW groups, the optimizer step
+(gradient accumulation over micro-batches) and the smoothed loss."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from omegaconf import DictConfig
+from torch import Tensor
+
+from qat_sweep.distributed import full_norm, no_grad_sync
 
 
 def lr_multiplier(step: int, total: int, warmup: int, optim: DictConfig) -> float:
@@ -23,8 +28,14 @@ def lr_multiplier(step: int, total: int, warmup: int, optim: DictConfig) -> floa
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: torch.nn.Module, optim: DictConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on the linear weights only (not on norms and embeddings)."""
+def make_optimizer(
+    model: torch.nn.Module, optim: DictConfig, fused: bool | None = None
+) -> torch.optim.AdamW:
+    """AdamW with weight decay on the linear weights only (not on norms and embeddings).
+
+    The fused kernel on CUDA (one launch for all parameters), the foreach one elsewhere; both
+    compute the same update. ``fused`` overrides the choice.
+    """
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -35,9 +46,46 @@ def make_optimizer(model: torch.nn.Module, optim: DictConfig) -> torch.optim.Ada
         {"params": decay, "weight_decay": float(optim.weight_decay)},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    if fused is None:
+        fused = all(p.is_cuda for group in groups for p in group["params"])
     return torch.optim.AdamW(
-        groups, lr=float(optim.lr), betas=tuple(optim.betas), eps=float(optim.eps), fused=False
+        groups,
+        lr=float(optim.lr),
+        betas=tuple(optim.betas),
+        eps=float(optim.eps),
+        fused=fused,
+        foreach=not fused,
     )
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: Sequence[tuple[Tensor, Tensor]],
+    *,
+    grad_clip: float,
+    autocast: bool,
+    wrapped: torch.nn.Module | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One optimizer step over a rank's micro-batches; the mean loss and the gradient norm.
+
+    Both come back as device tensors: reading them is the caller's (rare) host sync.
+    ``wrapped`` is the module the forward goes through (DDP, or the model itself); DDP
+    all-reduces gradients on the last micro-batch only.
+    """
+    forward = wrapped or model
+    n_micro = len(micro_batches)
+    loss_sum = torch.zeros((), device=micro_batches[0][0].device)
+    for m, (x, y) in enumerate(micro_batches):
+        sync = no_grad_sync(forward, m == n_micro - 1)
+        with sync, torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            loss = forward(x, y) / n_micro
+            loss.backward()
+        loss_sum += loss.detach()
+    grad_norm = full_norm(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, grad_norm
 
 
 class SmoothedLoss:

@@ -78,7 +78,7 @@ def divisors(n: int) -> list[int]:
 
 def flops_per_token(config: dict[str, Any], vocab: int) -> float:
     """Training FLOPs per token as bench and train count them."""
-    from qat_sweep.bench import flops_per_token as count
+    from qat_sweep.flops import flops_per_token as count
 
     return count(model_config_from(config["model"]), int(config["train"]["seq_len"]), vocab)
 

@@ -14,7 +14,6 @@ import signal
 import sys
 import time
 import traceback
-import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +23,6 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from qat_sweep.bench import flops_per_token, peak_flops
 from qat_sweep.checkpoint import (
     load_latest,
     remove_checkpoint,
@@ -40,16 +38,15 @@ from qat_sweep.distributed import (
     any_ranks,
     apply_activation_checkpointing,
     barrier,
-    full_norm,
-    no_grad_sync,
     resolve_parallelism,
     setup_distributed,
     teardown_distributed,
     unsharded,
     wrap_model,
 )
+from qat_sweep.flops import flops_per_token, mfu, peak_flops
 from qat_sweep.instrument import site_stats
-from qat_sweep.model import Transformer, build_model
+from qat_sweep.model import Transformer, build_model, compile_blocks, compile_enabled
 from qat_sweep.model import validate as validate_model
 from qat_sweep.preemption import (
     Preempted,
@@ -58,8 +55,9 @@ from qat_sweep.preemption import (
     restore_signal_handlers,
     stop_signal,
 )
+from qat_sweep.prefetch import Prefetcher
 from qat_sweep.presets import CONF_DIR, ModelConfig, model_config_from
-from qat_sweep.recipe import SmoothedLoss, lr_multiplier, make_optimizer
+from qat_sweep.recipe import SmoothedLoss, lr_multiplier, make_optimizer, train_step
 from qat_sweep.record import (
     RECORD_NAME,
     SCHEMA,
@@ -335,6 +333,9 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
     model = build_model(setup.model_cfg, setup.quant, vocab_size=setup.vocab_size).to(dev)
     if execution.activation_checkpointing:
         apply_activation_checkpointing(model)
+    compiled = compile_enabled(cfg.train.compile, device)
+    if compiled:
+        compile_blocks(model)  # per block, after activation checkpointing, before wrapping
     train_model = wrap_model(model, execution.parallelism, dist_info)  # FSDP shards in place
     optimizer = make_optimizer(model, cfg.optim)
     schedule = BatchSchedule(setup.data.train, setup.seq_len, setup.global_batch, int(cfg.seed))
@@ -362,9 +363,6 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
             print(f"[qat-sweep] resuming {cfg.run_key} at step {step}/{setup.total_steps}")
     if dist_info.is_main:
         truncate_metrics(out_dir, step)  # rows after the checkpoint (or of a failed try) go
-
-    if cfg.train.compile:
-        train_model = torch.compile(train_model)
 
     record = _base_record(cfg, setup)
     tracker = Tracker(
@@ -419,16 +417,54 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
         return any_ranks((stop_signal() is not None, due), dist_info)
 
     def eval_row(at_step: int) -> dict[str, Any]:
-        val = evaluate(model, eval_batches, dev, autocast, execution.eval_micro)
-        weights = unsharded(model) if execution.parallelism == "fsdp" else contextlib.nullcontext()
-        with weights:
-            stats = site_stats(model, eval_batches[0][0][:4].to(dev))
+        with torch.compiler.set_stance("force_eager"):  # no recompiles for eval shapes; hooks
+            val = evaluate(model, eval_batches, dev, autocast, execution.eval_micro)
+            fsdp = execution.parallelism == "fsdp"
+            with unsharded(model) if fsdp else contextlib.nullcontext():
+                stats = site_stats(model, eval_batches[0][0][:4].to(dev))
         row = {"step": at_step, "tokens": at_step * tokens_per_step, "val_loss": val}
         for site, values in stats["sites"].items():
             for name in ("kurtosis", "act_nmse", "weight_nmse"):
                 row[f"quant/{site}/{name}"] = values[name]
         return row | {"_stats": stats}
 
+    # Steps whose loss and gradient norm are still on the device: they are read in one host
+    # sync at the progress, eval and checkpoint steps (and the last), not every step.
+    pending: list[tuple[int, torch.Tensor, torch.Tensor, float, int]] = []
+
+    def settle() -> list[dict[str, Any]]:
+        """The pending steps' rows: losses averaged over ranks, divergence checked, smoothed."""
+        nonlocal last_loss
+        if not pending:
+            return []
+        losses = all_reduce_mean(torch.stack([p[1] for p in pending]), dist_info).tolist()
+        norms = torch.stack([p[2] for p in pending]).tolist()
+        rows = []
+        for (at, _, _, lr, crc), loss, norm in zip(pending, losses, norms, strict=True):
+            if not math.isfinite(loss) or loss > float(cfg.train.max_loss):
+                pending.clear()
+                for row in rows:
+                    tracker.log(row)
+                raise Diverged(f"training loss {loss} at step {at} (limit {cfg.train.max_loss})")
+            rows.append(
+                {
+                    "step": at,
+                    "tokens": at * tokens_per_step,
+                    "loss": loss,
+                    "loss_smoothed": smoothed.update(loss),
+                    "lr": lr,
+                    "grad_norm": norm,
+                    "batch_crc": crc,
+                }
+            )
+            last_loss = loss
+        pending.clear()
+        return rows
+
+    def batch_for(at_step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return schedule.batch(at_step, dist_info.rank, dist_info.world_size, micro, n_micro)
+
+    batches = Prefetcher(batch_for, n_micro, step, setup.total_steps, dev)
     try:
         model.train()
         while step < setup.total_steps:
@@ -437,66 +473,61 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
             )
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_sum = torch.zeros((), device=dev)
-            batch_crc = 0  # fingerprint of the data: BF16 and QAT twins must see the same batches
-            for m in range(n_micro):
-                x, y = schedule.batch(step, dist_info.rank, dist_info.world_size, m, n_micro)
-                batch_crc = zlib.crc32(x.numpy().tobytes(), batch_crc)
-                ctx = no_grad_sync(train_model, m == n_micro - 1)
-                with ctx, torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                    loss = train_model(x.to(dev), y.to(dev)) / n_micro
-                    loss.backward()
-                loss_sum += loss.detach()
-            grad_norm = full_norm(
-                torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg.optim.grad_clip))
+            batch = batches.next()
+            loss, grad_norm = train_step(
+                model,
+                optimizer,
+                batch.micro_batches,
+                grad_clip=float(cfg.optim.grad_clip),
+                autocast=autocast,
+                wrapped=train_model,
             )
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
             step += 1
-            last_loss = float(all_reduce_mean(loss_sum, dist_info))
-            if not math.isfinite(last_loss) or last_loss > float(cfg.train.max_loss):
-                raise Diverged(
-                    f"training loss {last_loss} at step {step} (limit {cfg.train.max_loss})"
-                )
-            smooth = smoothed.update(last_loss)
+            pending.append((step, loss, grad_norm, lr, batch.crc))
             window_tokens += tokens_per_step
-            row = {
-                "step": step,
-                "tokens": step * tokens_per_step,
-                "loss": last_loss,
-                "loss_smoothed": smooth,
-                "lr": lr,
-                "grad_norm": float(grad_norm),
-                "batch_crc": batch_crc,
-            }
-            if step % progress_every == 0 or step == setup.total_steps:
+            at_progress = step % progress_every == 0 or step == setup.total_steps
+            at_eval = step % setup.eval_every == 0 and step < setup.total_steps
+            every_steps = setup.checkpoint_every and step % setup.checkpoint_every == 0
+            at_checkpoint = bool(every_steps) and step < setup.total_steps
+            boundary = at_progress or at_eval or at_checkpoint
+            # Agreeing on a stop or a due save is a collective: with several ranks, only at the
+            # boundaries (one process decides every step, at no cost).
+            stop = save_due = False
+            if boundary or dist_info.world_size == 1:
+                stop, save_due = stop_or_save_due()
+            if not (boundary or stop or save_due):
+                continue
+            rows = settle()
+            row = rows[-1]
+            if at_progress:
                 now = time.perf_counter()
                 tokens_per_s = window_tokens / max(now - t_window, 1e-9)
                 t_window, window_tokens = now, 0
                 row["tokens_per_s"] = tokens_per_s
-                row["mfu"] = tokens_per_s * flops_token / peak if peak else None
+                row["mfu"] = mfu(tokens_per_s, flops_token, peak, dist_info.world_size)
                 if dist_info.is_main:
                     eta = (setup.total_steps - step) * tokens_per_step / max(tokens_per_s, 1e-9)
                     print(
                         f"[{cfg.run_key}] step {step}/{setup.total_steps} "
                         f"tokens {step * tokens_per_step:.3g}/{setup.tokens:.3g} loss {last_loss:.4f} "
-                        f"(smoothed {smooth:.4f}) {tokens_per_s:,.0f} tok/s ETA {eta:,.0f}s",
+                        f"(smoothed {row['loss_smoothed']:.4f}) {tokens_per_s:,.0f} tok/s "
+                        f"ETA {eta:,.0f}s",
                         flush=True,
                     )
             # Save before evaluating: an evaluation must never delay a due checkpoint.
-            stop, save_due = stop_or_save_due()
-            every_steps = setup.checkpoint_every and step % setup.checkpoint_every == 0
-            if stop or save_due or (every_steps and step < setup.total_steps):
+            if stop or save_due or at_checkpoint:
                 save(step)
             if stop:
-                tracker.log(row)
+                for settled in rows:
+                    tracker.log(settled)
                 barrier(dist_info)  # no rank exits while another still writes
                 if dist_info.is_main:
                     requeue_slurm_job(stop_signal() or signal.SIGTERM)  # others follow rank 0
                 raise Preempted(stop_signal() or signal.SIGTERM)
-            if step % setup.eval_every == 0 and step < setup.total_steps:
+            if at_eval:
                 row.update({k: v for k, v in eval_row(step).items() if k != "_stats"})
-            tracker.log(row)
+            for settled in rows:
+                tracker.log(settled)
 
         final = eval_row(step)
         stats = final.pop("_stats")
@@ -511,8 +542,9 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
         record["metrics"] = {
             "tokens_per_s": setup.total_steps * tokens_per_step / max(elapsed, 1e-9),
             "tokens_per_s_last": tokens_per_s,
-            "mfu": tokens_per_s * flops_token / peak if peak else None,
+            "mfu": mfu(tokens_per_s, flops_token, peak, dist_info.world_size),
             "flops_per_token": flops_token,
+            "compiled": compiled,
             "train_loss_last": last_loss,
             "steps": setup.total_steps,
             "tokens_trained": setup.total_steps * tokens_per_step,
@@ -542,6 +574,7 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
         tracker.finish({"final/status": status}, exit_code=1)
         raise
     finally:
+        batches.close()
         restore_signal_handlers(previous_handlers)
         teardown_distributed()
 
