@@ -54,20 +54,26 @@ def _losses(model: torch.nn.Module, optimizer: torch.optim.Optimizer, steps: int
 def test_compiled_run_reaches_the_eager_loss(
     tmp_path: Path, demo_data: Path, quant: list[str]
 ) -> None:
-    # 5 steps: a last-bit difference in a reduction can move a value across a 4-bit rounding
-    # boundary, and each such flip grows with the steps (the fake quantizer itself is bitwise
-    # equal compiled and eager). The shapes are those scripts/gpu-check compiles on CPU.
-    short = "tokens=10240"
-    eager = _short_run(tmp_path, demo_data, "eager", *quant, short, "train.compile=false")
+    # 5 steps: a last-bit difference in a reduction (RMSNorm, matmul) can move a value across
+    # a 4-bit rounding boundary, and each such flip grows with the steps (the fake quantizer
+    # itself is bitwise equal compiled and eager). The shapes are those scripts/gpu-check
+    # compiles on CPU. Losses are logged every step to compare step 1 (same weights).
+    short = ["tokens=10240", "logger.progress_every_steps=1"]
+    eager = _short_run(tmp_path, demo_data, "eager", *quant, *short, "train.compile=false")
     torch._dynamo.reset()  # a fresh dynamo cache: the graphs below are this run's
     counters.clear()
-    compiled = _short_run(tmp_path, demo_data, "compiled", *quant, short, "train.compile=true")
+    compiled = _short_run(tmp_path, demo_data, "compiled", *quant, *short, "train.compile=true")
     assert counters["stats"]["unique_graphs"] == 2  # one block graph for every layer, the loss
     assert not counters["graph_break"]
     assert compiled["run_key"] == eager["run_key"]  # an execution setting, not a new run
     assert compiled["metrics"]["compiled"] and not eager["metrics"]["compiled"]
-    assert compiled["loss"] == pytest.approx(eager["loss"], abs=1e-4)
-    assert compiled["val_loss"] == pytest.approx(eager["val_loss"], abs=1e-4)
+    first = [r["loss"] for r in (eager["rows"][0], compiled["rows"][0])]
+    assert first[1] == pytest.approx(first[0], abs=1e-4)  # step 1: same weights, same batch
+    # BF16 stays within 1e-4 to the end. Under W4A4 rounding flips compound: measured here
+    # 2.4e-5 at step 1 and 6.6e-4 at step 5 (demo corpus); twins share the compile setting.
+    final = 1e-4 if not quant else 2e-3
+    assert compiled["loss"] == pytest.approx(eager["loss"], abs=final)
+    assert compiled["val_loss"] == pytest.approx(eager["val_loss"], abs=final)
     if quant:
         assert compiled["config"]["quant"]["group_size"] == "channel"  # LAC by the paper's rule
 
