@@ -9,6 +9,7 @@ callable is a plain function call that resumes from the run's checkpoint when re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -24,10 +25,12 @@ from qat_sweep.grid import (
     STATUSES,
     PlanError,
     PlannedRun,
+    attach_status,
     manifest_dir,
     parse_cli,
     plan_sweep,
 )
+from qat_sweep.locks import LockHeld, describe_holder, launch_lock
 from qat_sweep.profiles import (
     LaunchProfile,
     check_against_cluster,
@@ -37,8 +40,11 @@ from qat_sweep.profiles import (
     max_array_size,
 )
 from qat_sweep.record import read_record, write_json_atomic
+from qat_sweep.status import status_rows, status_table, watch
 
 LAUNCH_FLAGS = ("--dry-run", "--print-hydra-overrides")
+LAUNCH_LOCK_WAIT_S = 120.0  # a second launch waits this long for the first to finish submitting
+EXIT_LOCKED = 75  # EX_TEMPFAIL: another launch holds the sweep; try again later
 
 
 class TrainRun:
@@ -50,7 +56,11 @@ class TrainRun:
     def __call__(self) -> dict[str, Any]:
         from qat_sweep.train import train_from_overrides
 
-        record = train_from_overrides(self.overrides)
+        try:
+            record = train_from_overrides(self.overrides)
+        except LockHeld as held:  # another trainer has this run: its record is the one that counts
+            print(f"[qat-sweep] not started: {held}", file=sys.stderr)
+            return {"status": "not started", "error": str(held)}
         return {k: record.get(k) for k in ("run_key", "status", "loss", "error")}
 
 
@@ -185,16 +195,43 @@ def launch_main(argv: list[str]) -> int:
         if "launcher" not in options:
             raise PlanError("missing launcher=PROFILE (a file in launchers/, e.g. launcher=local)")
         profile = load_profile(options["launcher"])
+        check_against_cluster(profile)  # --print-hydra-overrides too: the same profile, same limits
         if "--print-hydra-overrides" in flags:
             print(" ".join(hydra_launcher_overrides(profile)))
             return 0
-        check_against_cluster(profile)
         runs = plan_sweep(sweep, [*overrides, *profile.train_overrides()], strict=True)
-        todo = to_launch(runs)
-        arrays = chunks(todo, max_array_size(profile)) if profile.kind == "slurm" else []
     except PlanError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ValueError as e:
+        print(f"error: {e}\nnothing was launched.", file=sys.stderr)
+        return 2
+    if "--dry-run" in flags:
+        return _launch(runs, profile, sweep, argv, flags)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(
+                launch_lock(runs[0].run_dir.parent, LAUNCH_LOCK_WAIT_S, on_wait=_say_waiting)
+            )
+        except LockHeld as held:
+            print(
+                f"error: another launch of sweep {sweep!r} is still running "
+                f"({describe_holder(held.holder)}); nothing was launched. Try again when it "
+                "ends (a launch that died has already released its lock).",
+                file=sys.stderr,
+            )
+            return EXIT_LOCKED
+        return _launch(runs, profile, sweep, argv, flags)
+
+
+def _launch(
+    runs: list[PlannedRun], profile: LaunchProfile, sweep: str, argv: list[str], flags: set[str]
+) -> int:
+    """Status under the launch lock (a launch that just ended changed it), then submit."""
+    attach_status(runs)
+    try:
+        todo = to_launch(runs)
+        arrays = chunks(todo, max_array_size(profile)) if profile.kind == "slurm" else []
     except ValueError as e:
         print(f"error: {e}\nnothing was launched.", file=sys.stderr)
         return 2
@@ -224,34 +261,30 @@ def launch_main(argv: list[str]) -> int:
     return 1 if manifest["failed"] else 0
 
 
-def status_table(runs: list[PlannedRun]) -> str:
-    """Counts, then every run that is not completed, then the failures with reason and log."""
-    counts = {s: sum(r.status == s for r in runs) for s in STATUSES}
-    lines = [f"{len(runs)} runs: " + ", ".join(f"{s} {n}" for s, n in counts.items())]
-    open_runs = [r for r in runs if r.status != "completed"]
-    if open_runs:
-        lines += ["", f"{'status':<9} {'run_key':<58} {'sub-grid':<18} job"]
-        lines += [
-            f"{r.status:<9} {r.run_key:<58} {r.subgrid:<18} {r.job_id or '-'}" for r in open_runs
-        ]
-    failed = [r for r in runs if r.status == "failed"]
-    if failed:
-        lines += ["", "failed runs:"]
-        for r in failed:
-            lines += [f"  {r.run_key}: {r.error}", f"    log: {r.log or '-'}"]
-    return "\n".join(lines)
+def _say_waiting(held: LockHeld) -> None:
+    print(f"waiting up to {LAUNCH_LOCK_WAIT_S:.0f} s: {held}", flush=True)
 
 
 def status_main(argv: list[str]) -> int:
-    """``qat-sweep status sweep=NAME [--json] [overrides...]``."""
+    """``qat-sweep status sweep=NAME [--json] [--watch[=SECONDS]] [overrides...]``."""
     try:
-        sweep, _, flags, overrides = parse_cli(argv, ("--json",))
+        sweep, options, flags, overrides = parse_cli(argv, ("--json", "--watch"))
+        every = float(options.get("--watch") or 10)
+        if not every > 0:
+            raise PlanError(f"--watch={options['--watch']}: give a refresh period in seconds > 0")
         runs = plan_sweep(sweep, overrides, strict=False)
-    except PlanError as e:
+    except ValueError as e:  # PlanError, or a --watch value that is not a number
         print(f"error: {e}", file=sys.stderr)
         return 2
     if "--json" in flags:
-        print(json.dumps([r.row() for r in runs], indent=1))
+        print(json.dumps(status_rows(runs), indent=1))
+    elif "--watch" in flags:
+
+        def refreshed() -> str:
+            attach_status(runs)
+            return status_table(runs)
+
+        watch(refreshed, every)
     else:
         print(status_table(runs))
     return 0

@@ -32,8 +32,9 @@ from qat_sweep.config import (
     plan_config,
     twin_key,
 )
+from qat_sweep.locks import is_held, run_lock_path
 from qat_sweep.presets import CONF_DIR, ModelConfig, available_presets, model_config_from
-from qat_sweep.record import read_record
+from qat_sweep.record import read_record, unreadable_record
 
 SWEEP_DIR: Path = CONF_DIR / "sweep"
 SWEEP_KEYS = ("name", "overrides", "twins", "subgrids", "holdout")
@@ -76,6 +77,7 @@ class PlannedRun:
     error: str | None = None
     job_id: str | None = None
     log: str | None = None
+    reason: str | None = None  # why the scheduler keeps it pending (squeue %r)
 
     @property
     def flops(self) -> float:
@@ -448,6 +450,7 @@ def attach_status(runs: list[PlannedRun]) -> None:
     jobs = job_states(runs[0].run_dir.parent, [r.run_key for r in runs])
     for run in runs:
         job = jobs.get(run.run_key)
+        run.status, run.error, run.job_id, run.log, run.reason = "missing", None, None, None, None
         if job is not None:
             run.job_id, run.log = job.job_id, job.log
         record = read_record(run.run_dir)
@@ -455,6 +458,11 @@ def attach_status(runs: list[PlannedRun]) -> None:
             run.status = "completed"
         elif job is not None and job.state in ("running", "pending"):
             run.status = job.state  # a retry in the queue outranks the failed record it replaces
+            run.reason = job.detail
+        elif is_held(run_lock_path(run.run_dir)):
+            run.status = "running"  # a trainer holds it: started by hand, or its job is unknown
+        elif unreadable := unreadable_record(run.run_dir):
+            run.status, run.error = "failed", unreadable
         elif record is not None:
             run.status, run.error = "failed", f"{record['status']}: {record.get('error')}"
         elif job is not None and job.state == "failed":
@@ -472,7 +480,7 @@ class JobState:
     job_id: str | None
     log: str | None
     state: str  # running | pending | failed | local | unknown
-    detail: str | None = None
+    detail: str | None = None  # why it failed, or why it is pending
 
 
 _PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED"}
@@ -508,21 +516,39 @@ def job_states(sweep_dir: Path, run_keys: list[str]) -> dict[str, JobState]:
     for key, (manifest, job) in latest.items():
         log = job.get("stderr") or job.get("log")
         if manifest.get("kind") == "slurm":
-            state = states.get(job["job_id"])
-            out[key] = JobState(job["job_id"], log, *_slurm_state(job["job_id"], state, log))
+            state, reason = states.get(job["job_id"], (None, None))
+            out[key] = JobState(job["job_id"], log, *_slurm_state(job["job_id"], state, reason))
         else:
             out[key] = JobState(job.get("job_id"), log, *_local_state(manifest, job, log))
     return out
 
 
-def _slurm_state(job_id: str, state: str | None, log: str | None) -> tuple[str, str | None]:
+def _slurm_state(job_id: str, state: str | None, reason: str | None) -> tuple[str, str | None]:
     if state is None:
         return "unknown", None
     if state in _PENDING:
-        return "pending", None
+        return "pending", _pending_reason(reason)
     if state in _RUNNING:
         return "running", None
-    return "failed", f"SLURM job {job_id} ended {state} without a run record; log: {log}"
+    return "failed", f"SLURM job {job_id} ended {state} without a run record"
+
+
+# squeue's reason codes a user meets most, in words (others are shown as SLURM spells them)
+_REASONS = {
+    "BeginTime": "requeued: SLURM holds a requeued job ~2 min before it may start again",
+    "Resources": "waiting for free resources",
+    "Priority": "higher-priority jobs go first",
+    "JobArrayTaskLimit": "the array's parallelism limit (array_parallelism) is reached",
+    "QOSMaxJobsPerUserLimit": "the QOS's jobs-per-user limit is reached",
+    "ReqNodeNotAvail": "the requested nodes are unavailable (down, drained or reserved)",
+    "PartitionTimeLimit": "timeout_min exceeds the partition's MaxTime: it will never start",
+}
+
+
+def _pending_reason(reason: str | None) -> str | None:
+    if not reason or reason == "None":
+        return None
+    return f"{reason}: {_REASONS[reason]}" if reason in _REASONS else reason
 
 
 def _local_state(
@@ -530,7 +556,7 @@ def _local_state(
 ) -> tuple[str, str | None]:
     code = job.get("exit_code")
     if code is not None and code != 0:
-        return "failed", f"local run exited with code {code} without a run record; log: {log}"
+        return "failed", f"local run exited with code {code} without a run record"
     if code is None and manifest.get("host") == socket.gethostname() and _alive(manifest["pid"]):
         return "local", None
     return "unknown", None
@@ -544,8 +570,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def slurm_job_states(job_ids: list[str]) -> dict[str, str]:
-    """SLURM state per job id (``123_4`` array tasks or ``123``) from squeue, then sacct.
+def slurm_job_states(job_ids: list[str]) -> dict[str, tuple[str, str | None]]:
+    """SLURM (state, pending reason) per job id (``123_4`` or ``123``) from squeue, then sacct.
 
     squeue forgets jobs after MinJobAge; sacct may be missing (no accounting): both are
     tolerated, an unknown job simply has no state.
@@ -553,7 +579,7 @@ def slurm_job_states(job_ids: list[str]) -> dict[str, str]:
     if not job_ids or shutil.which("squeue") is None:
         return {}
     arrays = sorted({j.split("_")[0] for j in job_ids})
-    found = _query(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(arrays), "-o", "%i|%T"])
+    found = _query(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(arrays), "-o", "%i|%T|%r"])
     unknown = sorted({j.split("_")[0] for j in job_ids if j not in found})
     if unknown and shutil.which("sacct") is not None:
         sacct = ["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(unknown)]
@@ -561,16 +587,16 @@ def slurm_job_states(job_ids: list[str]) -> dict[str, str]:
     return found
 
 
-def _query(command: list[str]) -> dict[str, str]:
+def _query(command: list[str]) -> dict[str, tuple[str, str | None]]:
     try:
         out = subprocess.run(command, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return {}
     states = {}
     for line in out.stdout.splitlines():
-        job_id, _, state = line.partition("|")
+        job_id, state, reason = ([*line.split("|"), "", ""])[:3]
         if job_id and state and job_id.strip() != "JobID":
-            states[job_id.strip()] = state.split()[0].rstrip("+")
+            states[job_id.strip()] = (state.split()[0].rstrip("+"), reason.strip() or None)
     return states
 
 
