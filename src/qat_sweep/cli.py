@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -23,6 +24,15 @@ commands:
 def _train(argv: list[str]) -> int:
     from qat_sweep import train
 
+    # A single run is checked as `plan` checks it, before Hydra composes it; Hydra's own flags
+    # (-m, --cfg, hydra.* / hydra/launcher=...) go straight to Hydra.
+    if not any(arg.startswith(("-", "hydra")) for arg in argv):
+        from qat_sweep.grid import override_problems
+
+        problems = override_problems(argv, has_cuda=train.torch.cuda.is_available())
+        if problems:
+            print("error: " + "\n  ".join(["this run cannot start:", *problems]), file=sys.stderr)
+            return 2
     # Hydra parses sys.argv itself, so -m, --cfg job, hydra/launcher=... all work as usual.
     sys.argv = ["qat-sweep train", *argv]
     train.main()
@@ -64,7 +74,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(USAGE, file=sys.stderr)
         return 2
-    return COMMANDS[command](rest)
+    try:
+        return COMMANDS[command](rest)
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+        # A bad input a subcommand did not word itself; QAT_SWEEP_DEBUG=1 shows the traceback.
+        if os.environ.get("QAT_SWEEP_DEBUG") == "1":
+            raise
+        print(f"qat-sweep {command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from qat_sweep.profiles import (
     hydra_launcher_overrides,
     load_profile,
     max_array_size,
+    placement,
 )
 from qat_sweep.record import read_record, write_json_atomic
 from qat_sweep.status import status_rows, status_table, watch
@@ -62,6 +63,18 @@ class TrainRun:
             print(f"[qat-sweep] not started: {held}", file=sys.stderr)
             return {"status": "not started", "error": str(held)}
         return {k: record.get(k) for k in ("run_key", "status", "loss", "error")}
+
+
+def _check_local_devices(runs: list[PlannedRun]) -> None:
+    """train.device=cuda on this machine needs a CUDA device (checked once, not per job)."""
+    if any(r.config["train"]["device"] == "cuda" for r in runs):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise PlanError(
+                "train.device='cuda' but this machine has no CUDA device (launcher kind local); "
+                "use train.device=cpu or auto\nnothing was launched."
+            )
 
 
 def to_launch(runs: list[PlannedRun]) -> list[PlannedRun]:
@@ -199,7 +212,10 @@ def launch_main(argv: list[str]) -> int:
         if "--print-hydra-overrides" in flags:
             print(" ".join(hydra_launcher_overrides(profile)))
             return 0
-        runs = plan_sweep(sweep, [*overrides, *profile.train_overrides()], strict=True)
+        extra = [*overrides, *profile.train_overrides()]
+        runs = plan_sweep(sweep, extra, strict=True, **placement(profile))
+        if profile.kind == "local":
+            _check_local_devices(runs)
     except PlanError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -30,6 +30,8 @@ from qat_sweep.config import (
     format_tokens,
     parse_tokens,
     plan_config,
+    resolve_tree,
+    run_key,
     twin_key,
 )
 from qat_sweep.locks import is_held, run_lock_path
@@ -270,6 +272,128 @@ def allowed_group_sizes(model: ModelConfig) -> list[int | str]:
     return [g for g in range(2, common + 1) if common % g == 0] + ["channel"]
 
 
+DEVICES = ("auto", "cpu", "cuda")
+SCHEDULES = ("cosine", "wsd")
+
+
+def _number(value: Any, integer: bool = False) -> float | None:
+    """``value`` as a number (None if it is not one: strings, bools, lists)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if integer and (not math.isfinite(value) or value != int(value)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+# (key, integer?, test, what is allowed): the value checks the trainer needs before step 1
+_VALUE_CHECKS: tuple[tuple[str, bool, Any, str], ...] = (
+    ("seed", True, lambda v: v >= 0, "a whole number >= 0"),
+    ("optim.lr", False, lambda v: v > 0, "a number > 0"),
+    ("optim.batch_seqs", True, lambda v: v >= 1, "a whole number of sequences >= 1"),
+    ("optim.warmup_steps", True, lambda v: v >= 0, "a whole number of steps >= 0"),
+    ("optim.warmup_max_fraction", False, lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
+    ("optim.grad_clip", False, lambda v: v > 0, "a number > 0"),
+    ("optim.weight_decay", False, lambda v: v >= 0, "a number >= 0"),
+    ("optim.eps", False, lambda v: v > 0, "a number > 0"),
+    ("optim.min_lr_ratio", False, lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
+    ("optim.decay_fraction", False, lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+    ("train.seq_len", True, lambda v: v >= 1, "a whole number of tokens >= 1"),
+    ("train.max_loss", False, lambda v: v > 0, "a number > 0"),
+    ("train.loss_smoothing.fraction", False, lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+    ("train.loss_smoothing.max_steps", True, lambda v: v >= 1, "a whole number >= 1"),
+    ("eval.batches", True, lambda v: v >= 1, "a whole number of batches >= 1"),
+    ("eval.batch_seqs", True, lambda v: v >= 1, "a whole number of sequences >= 1"),
+    ("eval.every_steps", True, lambda v: v >= 0, "a whole number of steps >= 0 (0 = ~10 evals)"),
+    ("checkpoint.every_steps", True, lambda v: v >= 0, "a whole number >= 0 (0 = ~10 saves)"),
+    ("logger.progress_every_steps", True, lambda v: v >= 1, "a whole number of steps >= 1"),
+)
+_MISSING = object()
+
+
+def _get(config: dict[str, Any], key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def config_problems(
+    config: dict[str, Any], world_size: int | None = None, gpus: int | None = None
+) -> list[str]:
+    """The trainer's start-of-run checks on a resolved config, torch- and data-free.
+
+    Shared by `plan`, `launch` (with the profile's ``world_size`` = tasks per run and ``gpus``
+    per node) and the trainer itself, so a value the trainer would refuse never reaches a job.
+    Messages name the key, the bad value and what is allowed, and never the run: the same
+    problem in many runs is reported once.
+    """
+    problems = []
+    for key, integer, test, allowed in _VALUE_CHECKS:
+        value = _get(config, key)
+        if value is _MISSING:
+            continue
+        number = _number(value, integer)
+        if number is None or not test(number):
+            problems.append(f"{key}={value!r}: must be {allowed}")
+    try:
+        tokens = parse_tokens(config.get("tokens"))
+    except ValueError as e:
+        problems.append(str(e))
+        tokens = None
+    betas = _get(config, "optim.betas")
+    if betas is not _MISSING and not (
+        isinstance(betas, list)
+        and len(betas) == 2
+        and all(_number(b) is not None and 0 <= b < 1 for b in betas)
+    ):
+        problems.append(f"optim.betas={betas!r}: must be two numbers in [0, 1), e.g. [0.9, 0.95]")
+    schedule = _get(config, "optim.schedule")
+    if schedule is not _MISSING and schedule not in SCHEDULES:
+        problems.append(f"optim.schedule={schedule!r}: allowed: {', '.join(SCHEDULES)}")
+    device = _get(config, "train.device")
+    if device is not _MISSING and device not in DEVICES:
+        problems.append(f"train.device={device!r}: allowed: {', '.join(DEVICES)}")
+    elif device == "cuda" and gpus == 0:
+        problems.append(
+            "train.device='cuda' but the launch profile gives each run no GPU "
+            "(gpus_per_node: 0); use train.device=cpu or auto, or a profile with GPUs"
+        )
+    batch = _number(_get(config, "optim.batch_seqs"), integer=True)
+    seq_len = _number(_get(config, "train.seq_len"), integer=True)
+    micro = _get(config, "train.micro_batch_seqs")
+    if micro is not None and micro is not _MISSING:
+        micro_n = _number(micro, integer=True)
+        if micro_n is None or micro_n < 1:
+            problems.append(
+                f"train.micro_batch_seqs={micro!r}: must be null (whole per-device batch) or a "
+                "whole number >= 1"
+            )
+        elif batch and batch >= 1:
+            per_rank = batch / (world_size or 1)
+            if per_rank != int(per_rank) or per_rank % micro_n:
+                ranks = f" per rank of {world_size}" if world_size and world_size > 1 else ""
+                divisors = [d for d in range(1, int(per_rank) + 1) if per_rank % d == 0]
+                problems.append(
+                    f"train.micro_batch_seqs={micro}: must divide the global batch of "
+                    f"{int(batch)} sequences{ranks} (optim.batch_seqs); allowed: "
+                    f"{', '.join(map(str, divisors)) or 'none: batch does not split evenly'}"
+                )
+    if world_size and world_size > 1 and batch and batch % world_size:
+        problems.append(
+            f"optim.batch_seqs={int(batch)}: the global batch must split evenly over the "
+            f"{world_size} ranks of a run (nodes x gpus_per_node)"
+        )
+    step_tokens = batch * seq_len if batch and seq_len and batch >= 1 and seq_len >= 1 else None
+    if tokens is not None and step_tokens and tokens < step_tokens:
+        problems.append(
+            f"tokens={tokens} is less than one global batch ({int(batch)} sequences x "
+            f"{int(seq_len)} tokens = {int(step_tokens)}); use tokens >= {int(step_tokens)}"
+        )
+    return problems
+
+
 def _run_problems(config: dict[str, Any]) -> list[str]:
     """What makes one composed run invalid, without touching data or allocating a model."""
     try:
@@ -293,14 +417,28 @@ def _run_problems(config: dict[str, Any]) -> list[str]:
             f"(hidden {model.hidden_size}, FFN {model.ffn_size}); allowed: "
             f"{', '.join(map(str, allowed_group_sizes(model)))}"
         )
-    tokens = parse_tokens(config["tokens"])
-    batch_seqs, seq_len = int(config["optim"]["batch_seqs"]), int(config["train"]["seq_len"])
-    if tokens < batch_seqs * seq_len:
-        problems.append(
-            f"tokens={tokens} is less than one global batch ({batch_seqs} sequences x "
-            f"{seq_len} tokens = {batch_seqs * seq_len}); use tokens >= {batch_seqs * seq_len}"
-        )
     return problems
+
+
+def override_problems(overrides: list[str], has_cuda: bool | None = None) -> list[str]:
+    """Why `qat-sweep train <overrides>` would be refused at its start (empty: it can run).
+
+    The checks of `plan` for one run: composition, values, model/quant and whether its data
+    is there or buildable; run by the train command before Hydra and the trainer start.
+    """
+    try:
+        tree = resolve_tree(compose_tree(overrides))
+        problems = config_problems(tree)
+        if problems:
+            return problems
+        config = {**tree, "run_key": run_key(tree)}
+        problems = _run_problems(config)
+    except (ValueError, HydraException) as e:
+        return [_compose_problem(e)]
+    if has_cuda is False and config["train"]["device"] == "cuda":
+        problems.append("train.device='cuda' but this machine has no CUDA device")
+    data = _data_problem(config["data"], load=False)
+    return problems + ([data] if data else [])
 
 
 def _compose_problem(error: Exception) -> str:
@@ -374,6 +512,8 @@ def plan_sweep(
     extra_overrides: list[str] | tuple[str, ...] = (),
     runs_root: str | Path | None = None,
     strict: bool = True,
+    world_size: int | None = None,
+    gpus: int | None = None,
 ) -> list[PlannedRun]:
     """Every run of sweep ``name``, validated, with its status; PlanError lists all problems.
 
@@ -381,37 +521,42 @@ def plan_sweep(
     ``strict`` (launch) adds the checks that need torch or read data: the trainer's own
     model/quant validation and loading each data directory; missing data is then an error.
     ``plan`` uses ``strict=False`` and only warns about data (a laptop without the corpus).
+    ``world_size`` (tasks per run) and ``gpus`` (per node) come from the launch profile.
     """
     spec = load_sweep(name)
     extra = list(extra_overrides)
     if runs_root is not None:
         extra.append(f"paths.runs={Path(runs_root).resolve()}")
     explicit = expand(spec, extra)
-    problems: list[str] = []
+    problems: dict[str, list[str]] = {}  # one entry per distinct problem: the runs it hits
     runs: list[PlannedRun] = []
     for sub, overrides in explicit:
+        point = overrides[1 + len(spec.overrides) : len(overrides) - len(extra)]
+        label = f"{sub} [{' '.join(point)}]"
         try:
-            config = plan_config(overrides)
-            key = config["run_key"]
-            run_problems = _run_problems(config)
+            tree = resolve_tree(compose_tree(overrides))
+            found = config_problems(tree, world_size, gpus)
+            if not found:
+                config = {**tree, "run_key": run_key(tree)}
+                label, found = f"{sub} {config['run_key']}", _run_problems(config)
         except (ValueError, HydraException) as e:
-            problems.append(f"{sub} [{' '.join(overrides[1:])}]: {_compose_problem(e)}")
-            continue
-        if run_problems:
-            problems += [f"{sub} {key}: {p}" for p in run_problems]
-            continue
-        runs.append(_planned(sub, overrides, config))
+            found = [_compose_problem(e)]
+        for problem in found:
+            problems.setdefault(problem, []).append(label)
+        if not found:
+            runs.append(_planned(sub, overrides, config))
     counts = Counter(r.run_key for r in runs)
     for key in sorted(k for k, n in counts.items() if n > 1):
         where = ", ".join(sorted({r.subgrid for r in runs if r.run_key == key}))
-        problems.append(f"duplicate run {key}: appears {counts[key]} times (sub-grids: {where})")
+        problems[f"duplicate run {key}: appears {counts[key]} times (sub-grids: {where})"] = []
     if spec.twins and not problems:
         runs += _twins(runs)
     if not problems and strict:
-        found = {**trainer_problems(runs), **data_problems(runs, load=True)}
-        problems += [
-            f"{r.subgrid} {r.run_key}: {found[r.run_key]}" for r in runs if r.run_key in found
-        ]
+        found_by_run = {**trainer_problems(runs), **data_problems(runs, load=True)}
+        for run in runs:
+            if run.run_key in found_by_run:
+                label = f"{run.subgrid} {run.run_key}"
+                problems.setdefault(found_by_run[run.run_key], []).append(label)
     if problems:
         raise PlanError(_problem_report(spec, len(explicit), problems))
     attach_status(runs)
@@ -432,11 +577,22 @@ def _twins(runs: list[PlannedRun]) -> list[PlannedRun]:
     return twins
 
 
-def _problem_report(spec: SweepSpec, n_runs: int, problems: list[str]) -> str:
-    listed = problems[:MAX_LISTED_PROBLEMS]
+def _problem_report(spec: SweepSpec, n_runs: int, problems: dict[str, list[str]]) -> str:
+    """One line per distinct problem, naming the run it hits or how many runs share it."""
+    listed = list(problems.items())[:MAX_LISTED_PROBLEMS]
     more = len(problems) - len(listed)
     lines = [f"sweep {spec.name!r} ({spec.path}): {len(problems)} problem(s) in {n_runs} runs:"]
-    lines += [f"  - {p}" for p in listed]
+    for problem, labels in listed:
+        if len(labels) == 1:
+            lines.append(f"  - {labels[0]}: {problem}")
+        elif labels:
+            shown = ", ".join(labels[:2]) + (
+                f" and {len(labels) - 2} more" if len(labels) > 2 else ""
+            )
+            runs = "all runs" if len(labels) >= n_runs else f"{len(labels)} runs"
+            lines.append(f"  - {problem} ({runs}: {shown})")
+        else:
+            lines.append(f"  - {problem}")
     if more:
         lines.append(f"  ... and {more} more")
     lines.append("nothing was launched.")
@@ -682,12 +838,24 @@ def _hours(hours: float) -> str:
     return f"{hours:,.0f}" if hours >= 10 else f"{hours:.2g}"
 
 
+def _profile_placement(options: dict[str, str]) -> dict[str, Any]:
+    """``launcher=PROFILE`` on `plan`: check each run against the ranks and GPUs it would get."""
+    if "launcher" not in options:
+        return {}
+    from qat_sweep.profiles import load_profile, placement
+
+    try:
+        return placement(load_profile(options["launcher"]))
+    except ValueError as e:
+        raise PlanError(str(e)) from e
+
+
 def plan_main(argv: list[str]) -> int:
     """``qat-sweep plan sweep=NAME [--json] [mfu=0.4] [peak_tflops=312] [overrides...]``."""
     try:
         sweep, options, flags, overrides = parse_cli(argv, ("--json",))
         mfu, peak = _cost_options(options)
-        runs = plan_sweep(sweep, overrides, strict=False)
+        runs = plan_sweep(sweep, overrides, strict=False, **_profile_placement(options))
         missing_data = list(data_problems(runs).values())
     except PlanError as e:
         print(f"error: {e}", file=sys.stderr)

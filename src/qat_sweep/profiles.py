@@ -137,6 +137,13 @@ def profile_from_dict(name: str, raw: dict[str, Any], source: str = "<dict>") ->
     return LaunchProfile(name=name, **values)
 
 
+def placement(profile: LaunchProfile) -> dict[str, int | None]:
+    """What a run gets from the profile: ranks (world size) and GPUs per node (None: unknown)."""
+    if profile.kind == "local":
+        return {"world_size": 1, "gpus": None}
+    return {"world_size": profile.nodes * profile.tasks_per_node, "gpus": profile.gpus_per_node}
+
+
 def executor_parameters(profile: LaunchProfile) -> dict[str, Any]:
     """``AutoExecutor.update_parameters`` arguments for a SLURM profile."""
     additional = dict(profile.additional_parameters)
@@ -228,10 +235,26 @@ class PartitionLimits:
 
 
 def _slurm_output(*args: str) -> str:
-    out = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ValueError(f"`{' '.join(args)}` could not run: {e}{_slurm_conf_hint()}") from e
     if out.returncode:
-        raise ValueError(f"`{' '.join(args)}` failed: {out.stderr.strip() or out.stdout.strip()}")
+        raise ValueError(
+            f"`{' '.join(args)}` failed: {out.stderr.strip() or out.stdout.strip()}"
+            f"{_slurm_conf_hint()}"
+        )
     return out.stdout
+
+
+def _slurm_conf_hint() -> str:
+    if os.environ.get("SLURM_CONF"):
+        return f" (SLURM_CONF={os.environ['SLURM_CONF']}: is that cluster up?)"
+    return (
+        "; SLURM_CONF is not set, so SLURM looked for /etc/slurm/slurm.conf and then DNS SRV "
+        "records: export SLURM_CONF=/path/to/slurm.conf (for the loopback test cluster: "
+        "`make cluster-up`, see README)"
+    )
 
 
 def partition_limits(partition: str | None) -> PartitionLimits:
@@ -243,7 +266,7 @@ def partition_limits(partition: str | None) -> PartitionLimits:
     else:
         rows = [r for r in rows if r[0].rstrip("*") == partition]
     if not rows:
-        names = {r[0].rstrip("*") for r in _slurm_output("sinfo", "-h", "-o", "%P").split()}
+        names = {name.rstrip("*") for name in _slurm_output("sinfo", "-h", "-o", "%P").split()}
         raise ValueError(
             f"partition {partition!r} does not exist on this cluster; "
             f"partitions: {', '.join(sorted(names))}"

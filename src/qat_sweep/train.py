@@ -41,6 +41,7 @@ from qat_sweep.distributed import (
     setup_distributed,
     teardown_distributed,
 )
+from qat_sweep.grid import config_problems
 from qat_sweep.instrument import site_stats
 from qat_sweep.locks import LockHeld, run_lock
 from qat_sweep.model import Transformer, build_model
@@ -113,6 +114,9 @@ def _ensure_data(cfg: DictConfig) -> TokenData:
 
 def validate_run(cfg: DictConfig) -> RunSetup:
     """Every check that can fail before a training step: raises ValueError naming the problem."""
+    problems = config_problems(OmegaConf.to_container(cfg, resolve=True))  # as plan/launch do
+    if problems:
+        raise ValueError("; ".join(problems))
     model_cfg = model_config_from(cfg.model)
     quant = quant_config_from(cfg.quant)
     try:
