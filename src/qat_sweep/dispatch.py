@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import socket
 import subprocess
@@ -281,15 +282,23 @@ def _say_waiting(held: LockHeld) -> None:
     print(f"waiting up to {LAUNCH_LOCK_WAIT_S:.0f} s: {held}", flush=True)
 
 
+def _watch_period(value: str | None) -> float:
+    try:
+        every = float(value or 10)
+    except ValueError:
+        every = math.nan
+    if not every > 0:
+        raise PlanError(f"--watch={value}: give the refresh period in seconds > 0, e.g. --watch=30")
+    return every
+
+
 def status_main(argv: list[str]) -> int:
     """``qat-sweep status sweep=NAME [--json] [--watch[=SECONDS]] [overrides...]``."""
     try:
         sweep, options, flags, overrides = parse_cli(argv, ("--json", "--watch"))
-        every = float(options.get("--watch") or 10)
-        if not every > 0:
-            raise PlanError(f"--watch={options['--watch']}: give a refresh period in seconds > 0")
+        every = _watch_period(options.get("--watch"))
         runs = plan_sweep(sweep, overrides, strict=False)
-    except ValueError as e:  # PlanError, or a --watch value that is not a number
+    except PlanError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if "--json" in flags:

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from qat_sweep.config import (
     CONFIG_GROUPS,
@@ -130,8 +132,8 @@ def load_sweep(name: str) -> SweepSpec:
         raise PlanError(
             f"unknown sweep {name!r}; available in {SWEEP_DIR}: {', '.join(available_sweeps())}"
         )
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     where = str(path)
+    raw = load_yaml(path, PlanError)
     if not isinstance(raw, dict):
         raise PlanError(f"{where}: a sweep file must be a mapping with keys {list(SWEEP_KEYS)}")
     unknown = sorted(k for k in raw if k not in SWEEP_KEYS and not str(k).startswith("_"))
@@ -441,8 +443,23 @@ def override_problems(overrides: list[str], has_cuda: bool | None = None) -> lis
     return problems + ([data] if data else [])
 
 
+def load_yaml(path: Path, error: type[Exception]) -> Any:
+    """A YAML file as plain data; ``error`` names the file and line of a syntax error."""
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise error(f"{where}: not valid YAML ({problem}); fix the file's syntax") from e
+    except (ValueError, HydraException, OmegaConfBaseException) as e:
+        raise error(f"{path}: {str(e).splitlines()[0]}") from e
+
+
 def _compose_problem(error: Exception) -> str:
     text = str(error).splitlines()[0]
+    if text.startswith("Error parsing override"):
+        return f"{text}: expected key=value (Hydra's override grammar), e.g. tokens=2M"
     if "model/" in text:
         return f"{text}; model presets: {', '.join(available_presets())}"
     if "quant/" in text:
@@ -813,7 +830,7 @@ def plan_table(runs: list[PlannedRun], mfu: float, peak_tflops: float) -> str:
         lines += ["", f"## {sub}: {len(group)} runs, {_hours(hours)} GPU-hours", header]
         for r in group:
             lines.append(
-                f"{r.run_key:<58} {r.model:>6} {r.n_params / 1e6:>8.1f}M "
+                f"{r.run_key:<58} {r.model:>6} {format_tokens(r.n_params):>9} "
                 f"{format_tokens(r.tokens):>7} {r.scheme:<11} {r.format:<8} "
                 f"{_fmt_group(r.group_size):>7} {r.lr:>8.2g} {r.flops:>9.2e} "
                 f"{_hours(r.gpu_hours(mfu, peak_tflops)):>8} {r.status}"

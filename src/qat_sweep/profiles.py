@@ -17,8 +17,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from qat_sweep.presets import CONF_DIR
 
 LAUNCHERS_DIR: Path = Path(os.environ.get("QAT_SWEEP_LAUNCHERS") or CONF_DIR.parent / "launchers")
@@ -89,7 +87,9 @@ def load_profile(name_or_path: str | Path) -> LaunchProfile:
             f"unknown launch profile {str(name_or_path)!r}; available in {LAUNCHERS_DIR}: "
             f"{', '.join(available_profiles()) or '(none)'}"
         )
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    from qat_sweep.grid import load_yaml
+
+    raw = load_yaml(path, ValueError)
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a launch profile must be a mapping of keys to values")
     return profile_from_dict(path.stem, raw, source=str(path))
