@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
+
+from qat_sweep.config_dirs import CONFIG_DIR_ENV
 
 USAGE = """usage: qat-sweep <command> [key=value ...]
 
@@ -18,6 +21,9 @@ commands:
   prepare   tokenize a corpus: prepare input=PATH out=DIR | prepare demo | prepare hf ...
   bench     forward+backward time per scheme: bench model=1M batch=8 seq_len=128
   demo      the embedded end-to-end loop: demo sweep, fit and report on this machine
+
+configs: the packaged conf/ and launchers/, overlaid by ./conf and ./launchers (or those of
+--config-dir=DIR); a file of yours with the same name wins.
 """
 
 
@@ -64,8 +70,30 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
 }
 
 
+def _take_config_dir(argv: list[str]) -> list[str] | None:
+    """Strip ``--config-dir=DIR`` (its conf/ and launchers/ overlay the packaged ones) into
+    QAT_SWEEP_CONFIG_DIR, which local and SLURM runs inherit. None: DIR is not a directory."""
+    rest = []
+    for arg in argv:
+        if arg.startswith("--config-dir="):
+            root = Path(arg.split("=", 1)[1]).expanduser().resolve()
+            if not root.is_dir():
+                return None
+            os.environ[CONFIG_DIR_ENV] = str(root)
+        else:
+            rest.append(arg)
+    return rest
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    given = _take_config_dir(sys.argv[1:] if argv is None else argv)
+    if given is None:
+        print(
+            "qat-sweep: --config-dir=DIR needs a directory (with conf/, launchers/)",
+            file=sys.stderr,
+        )
+        return 2
+    argv = given
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2

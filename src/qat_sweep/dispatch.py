@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from qat_sweep.config_dirs import CONFIG_DIR_ENV, user_root
 from qat_sweep.grid import (
     STATUSES,
     PlanError,
@@ -54,8 +55,10 @@ class TrainRun:
 
     def __init__(self, overrides: list[str]) -> None:
         self.overrides = list(overrides)
+        self.config_root = str(user_root())  # the launch's conf/ overlay, wherever the job runs
 
     def __call__(self) -> dict[str, Any]:
+        os.environ[CONFIG_DIR_ENV] = self.config_root
         from qat_sweep.train import train_from_overrides
 
         try:

@@ -36,11 +36,11 @@ from qat_sweep.config import (
     run_key,
     twin_key,
 )
+from qat_sweep.config_dirs import describe_dirs, options
 from qat_sweep.locks import is_held, run_lock_path
-from qat_sweep.presets import CONF_DIR, ModelConfig, available_presets, model_config_from
+from qat_sweep.presets import ModelConfig, available_presets, conf_dirs, model_config_from
 from qat_sweep.record import read_record, unreadable_record
 
-SWEEP_DIR: Path = CONF_DIR / "sweep"
 SWEEP_KEYS = ("name", "overrides", "twins", "subgrids", "holdout")
 TWIN_SUBGRID = "bf16_twins"
 MAX_LISTED_PROBLEMS = 60
@@ -122,15 +122,19 @@ class PlanError(ValueError):
 
 
 def available_sweeps() -> list[str]:
-    return sorted(p.stem for p in SWEEP_DIR.glob("*.yaml"))
+    return list(options(conf_dirs(), "sweep"))
 
 
 def load_sweep(name: str) -> SweepSpec:
-    """Parse and check ``conf/sweep/<name>.yaml`` (or a path to a sweep file)."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else SWEEP_DIR / f"{name}.yaml"
-    if not path.is_file():
+    """Parse and check ``conf/sweep/<name>.yaml`` (the user's conf/ first) or a sweep file path."""
+    if name.endswith((".yaml", ".yml")):
+        path: Path | None = Path(name)
+    else:
+        path = options(conf_dirs(), "sweep").get(name)
+    if path is None or not path.is_file():
         raise PlanError(
-            f"unknown sweep {name!r}; available in {SWEEP_DIR}: {', '.join(available_sweeps())}"
+            f"unknown sweep {name!r}; available in {describe_dirs(conf_dirs(), 'sweep')}: "
+            f"{', '.join(available_sweeps())}"
         )
     where = str(path)
     raw = load_yaml(path, PlanError)
@@ -261,7 +265,7 @@ def _planned(sub: str, overrides: list[str], config: dict[str, Any]) -> PlannedR
 
 def schemes() -> list[str]:
     """Scheme names: the files of conf/quant (each names its scheme)."""
-    return sorted(p.stem for p in (CONF_DIR / "quant").glob("*.yaml"))
+    return list(options(conf_dirs(), "quant"))
 
 
 def allowed_group_sizes(model: ModelConfig) -> list[int | str]:
@@ -880,6 +884,12 @@ def plan_main(argv: list[str]) -> int:
     if "--json" in flags:
         print(json.dumps([r.row(mfu, peak) for r in runs], indent=1))
     else:
+        print(f"sweep {sweep!r} from {load_sweep(sweep).path.resolve()}")
+        if "launcher" in options:
+            from qat_sweep.profiles import profile_path
+
+            source = profile_path(options["launcher"]).resolve()
+            print(f"launch profile {options['launcher']!r} from {source}")
         print(plan_table(runs, mfu, peak))
     if missing_data:
         print(f"warning: {len(missing_data)} run(s) cannot be launched yet:", file=sys.stderr)

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from qat_sweep.presets import CONF_DIR
+from qat_sweep.config_dirs import describe_dirs, options, search_dirs
 
-LAUNCHERS_DIR: Path = Path(os.environ.get("QAT_SWEEP_LAUNCHERS") or CONF_DIR.parent / "launchers")
 KINDS = ("local", "slurm")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
@@ -70,22 +69,24 @@ _STR_KEYS = ("partition", "account", "qos", "constraint", "exclude", "wandb_mode
 
 
 def available_profiles() -> list[str]:
-    return sorted(p.stem for p in LAUNCHERS_DIR.glob("*.yaml"))
+    return list(options(search_dirs("launchers")))
 
 
 def profile_path(name: str) -> Path:
-    return LAUNCHERS_DIR / f"{name}.yaml"
+    """The file of profile ``name``: ``launchers/<name>.yaml`` (the user's first) or a path."""
+    if Path(name).suffix in (".yaml", ".yml"):
+        return Path(name)
+    found = options(search_dirs("launchers")).get(name)
+    return found if found is not None else search_dirs("launchers")[-1] / f"{name}.yaml"
 
 
 def load_profile(name_or_path: str | Path) -> LaunchProfile:
     """A validated profile by name (``launchers/<name>.yaml``) or by path to a YAML file."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = profile_path(str(name_or_path))
+    path = profile_path(str(name_or_path))
     if not path.is_file():
         raise ValueError(
-            f"unknown launch profile {str(name_or_path)!r}; available in {LAUNCHERS_DIR}: "
-            f"{', '.join(available_profiles()) or '(none)'}"
+            f"unknown launch profile {str(name_or_path)!r}; available in "
+            f"{describe_dirs(search_dirs('launchers'))}: {', '.join(available_profiles()) or '(none)'}"
         )
     from qat_sweep.grid import load_yaml
 
