@@ -40,11 +40,11 @@ bench: venv
 # munge installed (bash .ci/system-deps.sh) and root. Then, in your shell:
 #   export SLURM_CONF=$(CLUSTER)/slurm.conf PATH=$(CLUSTER)/bin:$$PATH
 CLUSTER ?= /tmp/qat-sweep-slurm
-cluster-up: venv
-	$(BIN)/python tests/slurm_cluster.py start $(CLUSTER)
+cluster-up:
+	$(PYTHON) tests/slurm_cluster.py start $(CLUSTER)
 
 cluster-down:
-	$(BIN)/python tests/slurm_cluster.py stop $(CLUSTER)
+	$(PYTHON) tests/slurm_cluster.py stop $(CLUSTER)
 
 clean:
 	rm -rf runs reports .pytest_cache

@@ -27,6 +27,8 @@ FILES = {
     "profile_syntax.yaml": "kind: [local\n",
     "profile_kind.yaml": "kind: cloud\n",
     "profile_type.yaml": "kind: slurm\ncpus_per_task: many\n",
+    "three_gpus.yaml": "kind: slurm\ngpus_per_node: 3\n",
+    "no_gpu.yaml": "kind: slurm\ngpus_per_node: 0\n",
     "table.csv": "run_key,loss\nx,3.1\n",
     "notes.txt": "not a corpus",
 }
@@ -83,6 +85,16 @@ CASES = [
     ("plan-mfu-abc", ["plan", "sweep=demo", "mfu=abc"], "mfu and peak_tflops must be numbers"),
     ("plan-flag", ["plan", "sweep=demo", "--bogus"], "unknown option '--bogus'"),
     ("plan-launcher", ["plan", "sweep=demo", "launcher=nope"], "unknown launch profile 'nope'"),
+    (
+        "plan-ranks",
+        ["plan", "sweep={tmp}/tiny.yaml", "launcher={tmp}/three_gpus.yaml"],
+        "must split evenly over the 3 ranks",
+    ),
+    (
+        "plan-cuda-no-gpu",
+        ["plan", "sweep={tmp}/tiny.yaml", "launcher={tmp}/no_gpu.yaml", "train.device=cuda"],
+        "gives each run no GPU",
+    ),
     # launch: nothing submitted, no run directory
     ("launch-no-launcher", ["launch", "sweep={tmp}/tiny.yaml"], "missing launcher=PROFILE"),
     ("launch-profile", ["launch", "sweep={tmp}/tiny.yaml", "launcher=nope"], "'nope'"),
@@ -232,3 +244,13 @@ def test_cuda_on_a_machine_without_it_is_refused(case_dir: Path, capsys) -> None
     argv = ["launch", "sweep={tmp}/tiny.yaml", "launcher=local", "train.device=cuda"]
     code, output = _run(argv, case_dir, None, capsys)
     assert code == 2 and "no CUDA device" in output and "nothing was launched" in output
+
+
+def test_a_problem_shared_by_every_run_is_reported_once(case_dir: Path, capsys) -> None:
+    code, output = _run(
+        ["plan", "sweep=demo", "optim.lr=-1", "eval.batches=0"], case_dir, None, capsys
+    )
+    assert code == 2
+    assert "2 problem(s) in 33 runs" in output
+    assert "optim.lr=-1: must be a number > 0 (all runs: w4a4_int4 [" in output
+    assert output.count("optim.lr=-1") == 1 and output.count("eval.batches=0") == 1

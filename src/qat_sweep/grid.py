@@ -280,6 +280,7 @@ def allowed_group_sizes(model: ModelConfig) -> list[int | str]:
 
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("cosine", "wsd")
+PARALLELISMS = ("auto", "single", "ddp", "fsdp")  # train.parallelism (issue 9's trainer)
 
 
 def _number(value: Any, integer: bool = False) -> float | None:
@@ -310,7 +311,9 @@ _VALUE_CHECKS: tuple[tuple[str, bool, Any, str], ...] = (
     ("eval.batches", True, lambda v: v >= 1, "a whole number of batches >= 1"),
     ("eval.batch_seqs", True, lambda v: v >= 1, "a whole number of sequences >= 1"),
     ("eval.every_steps", True, lambda v: v >= 0, "a whole number of steps >= 0 (0 = ~10 evals)"),
-    ("checkpoint.every_steps", True, lambda v: v >= 0, "a whole number >= 0 (0 = ~10 saves)"),
+    ("checkpoint.every_steps", True, lambda v: v >= 0, "a whole number of steps >= 0"),
+    ("checkpoint.every_minutes", False, lambda v: v >= 0, "a number of minutes >= 0 (0 = off)"),
+    ("checkpoint.keep", True, lambda v: v >= 1, "a whole number of checkpoints >= 1"),
     ("logger.progress_every_steps", True, lambda v: v >= 1, "a whole number of steps >= 1"),
 )
 _MISSING = object()
@@ -358,6 +361,9 @@ def config_problems(
     schedule = _get(config, "optim.schedule")
     if schedule is not _MISSING and schedule not in SCHEDULES:
         problems.append(f"optim.schedule={schedule!r}: allowed: {', '.join(SCHEDULES)}")
+    parallelism = _get(config, "train.parallelism")
+    if parallelism is not _MISSING and parallelism not in PARALLELISMS:
+        problems.append(f"train.parallelism={parallelism!r}: allowed: {', '.join(PARALLELISMS)}")
     device = _get(config, "train.device")
     if device is not _MISSING and device not in DEVICES:
         problems.append(f"train.device={device!r}: allowed: {', '.join(DEVICES)}")
