@@ -252,5 +252,5 @@ def test_a_problem_shared_by_every_run_is_reported_once(case_dir: Path, capsys) 
     )
     assert code == 2
     assert "2 problem(s) in 33 runs" in output
-    assert "optim.lr=-1: must be a number > 0 (all runs: w4a4_int4 [" in output
+    assert "optim.lr=-1: must be a number > 0 (all 33 runs)" in output
     assert output.count("optim.lr=-1") == 1 and output.count("eval.batches=0") == 1

@@ -612,12 +612,13 @@ def _problem_report(spec: SweepSpec, n_runs: int, problems: dict[str, list[str]]
     for problem, labels in listed:
         if len(labels) == 1:
             lines.append(f"  - {labels[0]}: {problem}")
+        elif len(labels) >= n_runs:
+            lines.append(f"  - {problem} (all {len(labels)} runs)")
         elif labels:
             shown = ", ".join(labels[:2]) + (
                 f" and {len(labels) - 2} more" if len(labels) > 2 else ""
             )
-            runs = "all runs" if len(labels) >= n_runs else f"{len(labels)} runs"
-            lines.append(f"  - {problem} ({runs}: {shown})")
+            lines.append(f"  - {problem} ({len(labels)} runs: {shown})")
         else:
             lines.append(f"  - {problem}")
     if more:
