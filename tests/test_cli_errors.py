@@ -40,7 +40,7 @@ CASES = [
     ("train-tokens-abc", ["train", "tokens=abc"], "tokens='abc'"),
     ("train-tokens-negative", ["train", "tokens=-5"], "tokens=-5"),
     ("train-tokens-zero", ["train", "tokens=0"], "tokens=0"),
-    ("train-tokens-short", ["train", "tokens=100"], "less than one global batch"),
+    ("train-tokens-short", ["train", "tokens=100"], "smaller than one global batch"),
     ("train-seed-abc", ["train", "seed=abc"], "seed='abc'"),
     ("train-seed-negative", ["train", "seed=-1"], "seed=-1"),
     ("train-preset", ["train", "model=7B"], "model presets:"),

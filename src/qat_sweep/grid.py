@@ -400,7 +400,7 @@ def config_problems(
     step_tokens = batch * seq_len if batch and seq_len and batch >= 1 and seq_len >= 1 else None
     if tokens is not None and step_tokens and tokens < step_tokens:
         problems.append(
-            f"tokens={tokens} is less than one global batch ({int(batch)} sequences x "
+            f"tokens={tokens} is smaller than one global batch ({int(batch)} sequences x "
             f"{int(seq_len)} tokens = {int(step_tokens)}); use tokens >= {int(step_tokens)}"
         )
     return problems
