@@ -83,6 +83,13 @@ def test_second_trainer_is_refused_and_status_follows_a_run(
     assert info["total_steps"] == steps and 19 <= info["step"] < steps
     assert info["tokens"] == info["step"] * batch and info["tokens_per_s"] > 0
     assert info["eta_s"] > 0 and info["restarts"] == 0 and info["loss_smoothed"] > 0
+    capsys.readouterr()
+    assert status_main([f"sweep={sweep}", *overrides]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("1 runs: completed 0, running 1, pending 0, failed 0, missing 0; ")
+    assert "of the sweep's compute done; running runs end in " in table
+    assert f"step {info['step']}/{steps} (" in table and "tok/s, ETA " in table
+    assert "restarts 0" in table
 
     second = trainer(run.overrides)
     _, err = second.communicate(timeout=60)

@@ -133,10 +133,26 @@ def run_starts(run_dir: Path) -> int:
     return int(read_holder(run_lock_path(run_dir)).get("starts", 0))
 
 
+def process_rank() -> int:
+    """This process's rank before torch.distributed starts: torchrun's RANK or srun's PROCID."""
+    return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: Path, wait_s: float = 5.0) -> Iterator[dict[str, Any]]:
-    """One trainer per run directory: a second one raises LockHeld within ``wait_s``."""
-    with hold(run_lock_path(run_dir), f"run directory {run_dir}", wait_s) as holder:
+    """One trainer per run directory: a second one raises LockHeld within ``wait_s``.
+
+    Rank 0 holds the lock for its job; another rank only refuses when a live process of
+    another job holds it, so a refused job's ranks all leave instead of waiting for rank 0.
+    """
+    path, what = run_lock_path(run_dir), f"run directory {run_dir}"
+    if process_rank() != 0:
+        holder = read_holder(path)
+        if is_held(path) and holder.get("slurm_job") not in (None, _slurm_job()):
+            raise LockHeld(path, holder, what)
+        yield holder
+        return
+    with hold(path, what, wait_s) as holder:
         yield holder
 
 

@@ -252,10 +252,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     existing = read_record(out_dir)
     if existing is not None and existing["status"] == "completed":
         return existing
-    # One trainer per run directory (rank 0 holds it for its job): a second one raises LockHeld
-    # naming the holder, before it touches checkpoint or metrics.
-    main_rank = int(os.environ.get("RANK", "0")) == 0
-    with run_lock(out_dir) if main_rank else contextlib.nullcontext():
+    # One trainer per run directory: a second one raises LockHeld naming the holder, before it
+    # touches checkpoint or metrics.
+    with run_lock(out_dir):
         existing = read_record(out_dir)  # the previous holder may have just finished it
         if existing is not None and existing["status"] == "completed":
             return existing
@@ -268,7 +267,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             record["status"] = "diverged" if isinstance(exc, Diverged) else "failed"
             record["error"] = f"{type(exc).__name__}: {exc}"
             record["metrics"]["traceback"] = traceback.format_exc(limit=20)
-            if main_rank:
+            if int(os.environ.get("RANK", "0")) == 0:
                 write_json_atomic(out_dir / RECORD_NAME, record)
             print(
                 f"[qat-sweep] run {cfg.run_key} {record['status']}: {record['error']}",
