@@ -76,13 +76,17 @@ def fresh_python(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return python, Path(purelib)
 
 
-def qat(python: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def clean_env() -> dict[str, str]:
+    """Nothing of this checkout: no PYTHONPATH, no config-directory variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("QAT_SWEEP_")}
-    env["PYTHONPATH"] = ""
+    return {**env, "PYTHONPATH": ""}
+
+
+def qat(python: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(python), "-m", "qat_sweep.cli", *args],
         cwd=cwd,
-        env=env,
+        env=clean_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -97,6 +101,7 @@ def test_installed_package_plans_paper_and_user_configs(
     where = subprocess.run(
         [str(python), "-c", "import qat_sweep; print(qat_sweep.__file__)"],
         cwd=tmp_path,
+        env=clean_env(),
         capture_output=True,
         text=True,
         check=True,
