@@ -19,20 +19,24 @@ sys.path.insert(0, str(Path(__file__).parent))
 from slurm_cluster import SlurmCluster, missing_binaries, start_cluster
 
 
+def _require_slurm() -> None:
+    """Skip (or, with QAT_SWEEP_REQUIRE_SLURM=1, fail) where the loopback cluster cannot run."""
+    missing = missing_binaries()
+    reason = None
+    if missing:
+        reason = f"SLURM binaries missing: {', '.join(missing)} (run .ci/system-deps.sh)"
+    elif os.geteuid() != 0:
+        reason = "the loopback SLURM cluster runs its daemons as root (SlurmUser=root)"
+    if reason and os.environ.get("QAT_SWEEP_REQUIRE_SLURM") == "1":
+        pytest.fail(f"QAT_SWEEP_REQUIRE_SLURM=1 but {reason}")
+    if reason:
+        pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[SlurmCluster]:
     """One cluster per test session; its environment is applied to this process for its life."""
-    missing = missing_binaries()
-    if missing:
-        reason = f"SLURM binaries missing: {', '.join(missing)} (run .ci/system-deps.sh)"
-        if os.environ.get("QAT_SWEEP_REQUIRE_SLURM") == "1":
-            pytest.fail(f"QAT_SWEEP_REQUIRE_SLURM=1 but {reason}")
-        pytest.skip(reason)
-    if os.geteuid() != 0:
-        reason = "the loopback SLURM cluster runs its daemons as root (SlurmUser=root)"
-        if os.environ.get("QAT_SWEEP_REQUIRE_SLURM") == "1":
-            pytest.fail(f"QAT_SWEEP_REQUIRE_SLURM=1 but {reason}")
-        pytest.skip(reason)
+    _require_slurm()
     root = Path(tempfile.mkdtemp(prefix="qat-slurm-"))
     saved = {key: os.environ.get(key) for key in ("SLURM_CONF", "PATH")}
     cluster = start_cluster(root)
@@ -46,6 +50,18 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def slurm_two_nodes() -> Iterator[SlurmCluster]:
+    """A second cluster of two slurmd daemons (two node names on this host), only when asked;
+    tests point SLURM_CONF at it themselves (monkeypatch) so the session cluster is untouched."""
+    _require_slurm()
+    cluster = start_cluster(Path(tempfile.mkdtemp(prefix="qat-slurm2-")), nodes=2)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

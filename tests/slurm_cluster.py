@@ -1,10 +1,12 @@
-"""A private single-node SLURM cluster on loopback, for tests and local trials.
+"""A private SLURM cluster on loopback (one node, or two slurmd daemons), for tests and trials.
 
 Follows NOTES.md ("A real SLURM on one machine"): its own munged and key, a slurm.conf in a
 temp dir reached through ``SLURM_CONF``, free non-default ports, proctrack/linuxproc, no cgroups,
 two fake GPUs, and ``accounting_storage/none`` with a small ``sacct`` stand-in (first on ``PATH``)
 that answers submitit's state queries from ``squeue`` (``MinJobAge`` keeps finished jobs there).
-Daemons are stopped by the PIDs in their pid files, never by name.
+Daemons are stopped by the PIDs in their pid files, never by name. ``nodes=2`` starts two
+slurmd daemons on this host (nodes ``n1`` and ``n2``), each with its own port, spool, pid and
+log file, so multi-node jobs run for real.
 
 As a script: ``python tests/slurm_cluster.py start DIR`` prints the environment to export;
 ``python tests/slurm_cluster.py stop DIR`` stops it.
@@ -111,10 +113,12 @@ class SlurmCluster:
         return out.stdout
 
     def node_state(self) -> str:
+        """The nodes' common state (``idle`` once all are up), or their states joined by ','."""
         try:
-            return self.run("sinfo", "-h", "-N", "-o", "%T", timeout=10).strip()
+            states = self.run("sinfo", "-h", "-N", "-o", "%T", timeout=10).split()
         except (RuntimeError, subprocess.TimeoutExpired):
             return ""
+        return ",".join(sorted(set(states)))
 
     def stop(self) -> None:
         """Cancel the jobs, let their steps finish, then stop the daemons by their pid files.
@@ -128,8 +132,9 @@ class SlurmCluster:
                 _wait(lambda: not self._active_jobs(), 30, "jobs ended")
             except (RuntimeError, TimeoutError, subprocess.TimeoutExpired):
                 pass
-        for name in ("slurmd", "slurmctld", "munged"):
-            pid_file = self.root / "run" / f"{name}.pid"
+        pid_files = sorted((self.root / "run").glob("slurmd*.pid"))
+        pid_files += [self.root / "run" / f"{name}.pid" for name in ("slurmctld", "munged")]
+        for pid_file in pid_files:
             if not pid_file.exists():
                 continue
             try:
@@ -180,7 +185,40 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _slurm_conf(root: Path, ctld_port: int, slurmd_port: int, socket_path: Path) -> str:
+def node_names(count: int) -> list[str]:
+    """Node names: ``localhost`` alone, else ``n1``..``nN`` (all NodeAddr=127.0.0.1).
+
+    SLURM reads NodeName=localhost as this host's name, so several daemons need other names;
+    they do not resolve, as on clusters whose node names are not DNS names: jobs reach the
+    first node through its NodeAddr (qat_sweep.distributed asks scontrol).
+    """
+    return ["localhost"] if count == 1 else [f"n{i}" for i in range(1, count + 1)]
+
+
+def _node_lines(nodes: list[str], ports: list[int]) -> str:
+    """NodeName lines; several slurmd daemons on one host need one port each."""
+    if len(nodes) == 1:
+        return (
+            f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={NODE_CPUS} "
+            f"RealMemory={NODE_MEMORY_MB} Gres=gpu:2 State=UNKNOWN"
+        )
+    return "\n".join(
+        f"NodeName={name} NodeHostname=localhost NodeAddr=127.0.0.1 Port={port} "
+        f"CPUs={NODE_CPUS} RealMemory={NODE_MEMORY_MB} Gres=gpu:2 State=UNKNOWN"
+        for name, port in zip(nodes, ports, strict=True)
+    )
+
+
+def _slurm_conf(
+    root: Path,
+    ctld_port: int,
+    slurmd_port: int,
+    socket_path: Path,
+    nodes: list[str] | None = None,
+    node_ports: list[int] | None = None,
+) -> str:
+    nodes = nodes or ["localhost"]
+    per_node = "-%n" if len(nodes) > 1 else ""  # one spool, pid and log file per slurmd
     return f"""\
 ClusterName=qatsweep
 SlurmctldHost=localhost
@@ -192,11 +230,11 @@ AuthType=auth/munge
 AuthInfo=socket={socket_path}
 CredType=cred/munge
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={root}/spool{per_node.replace("-", "/")}
 SlurmctldPidFile={root}/run/slurmctld.pid
-SlurmdPidFile={root}/run/slurmd.pid
+SlurmdPidFile={root}/run/slurmd{per_node}.pid
 SlurmctldLogFile={root}/log/slurmctld.log
-SlurmdLogFile={root}/log/slurmd.log
+SlurmdLogFile={root}/log/slurmd{per_node}.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -211,17 +249,20 @@ SlurmdParameters=config_overrides
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 GresTypes=gpu
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={NODE_CPUS} RealMemory={NODE_MEMORY_MB} Gres=gpu:2 State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+{_node_lines(nodes, node_ports or [slurmd_port])}
+PartitionName=debug Nodes={",".join(nodes)} Default=YES MaxTime=INFINITE State=UP
 """
 
 
-def start_cluster(root: str | Path, deadline_s: float = 60) -> SlurmCluster:
-    """Write the configs under ``root`` and start munged, slurmctld and slurmd; wait until idle."""
+def start_cluster(root: str | Path, deadline_s: float = 60, nodes: int = 1) -> SlurmCluster:
+    """Write the configs under ``root`` and start munged, slurmctld and slurmd(s); wait until idle."""
     root = Path(root).resolve()
     cluster = SlurmCluster(root)
+    names = node_names(nodes)
     for sub in ("state", "spool", "run", "log", "bin", "munge", "dev"):
         (root / sub).mkdir(parents=True, exist_ok=True)
+    for name in names if nodes > 1 else []:
+        (root / "spool" / name).mkdir(exist_ok=True)
     os.chmod(root, 0o755)
     os.chmod(root / "munge", 0o755)  # munged refuses a socket directory that is not 0755
 
@@ -243,12 +284,16 @@ def start_cluster(root: str | Path, deadline_s: float = 60) -> SlurmCluster:
         check=True,
     )
 
-    ctld_port, slurmd_port = _free_ports(2)
-    cluster.conf.write_text(_slurm_conf(root, ctld_port, slurmd_port, socket_path))
+    ctld_port, slurmd_port, *node_ports = _free_ports(2 + len(names))
+    cluster.conf.write_text(
+        _slurm_conf(root, ctld_port, slurmd_port, socket_path, names, node_ports)
+    )
     for i in range(2):
         (root / "dev" / f"gpu{i}").touch()
     (root / "gres.conf").write_text(
-        "".join(f"NodeName=localhost Name=gpu File={root}/dev/gpu{i}\n" for i in range(2))
+        "".join(
+            f"NodeName={name} Name=gpu File={root}/dev/gpu{i}\n" for name in names for i in range(2)
+        )
     )
     sacct = cluster.bin_dir / "sacct"
     sacct.write_text(_SACCT_STAND_IN)
@@ -256,7 +301,8 @@ def start_cluster(root: str | Path, deadline_s: float = 60) -> SlurmCluster:
 
     env = {**os.environ, **cluster.env}
     subprocess.run(["slurmctld", "-i"], env=env, check=True)
-    subprocess.run(["slurmd", "-N", "localhost"], env=env, check=True)
+    for name in names:
+        subprocess.run(["slurmd", "-N", name], env=env, check=True)
     try:
         _wait(
             lambda: cluster.node_state() == "idle",

@@ -88,7 +88,7 @@ CASES = [
     (
         "plan-ranks",
         ["plan", "sweep={tmp}/tiny.yaml", "launcher={tmp}/three_gpus.yaml"],
-        "must split evenly over the 3 ranks",
+        "does not split over the 3 GPUs",
     ),
     (
         "plan-cuda-no-gpu",

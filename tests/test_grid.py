@@ -168,7 +168,9 @@ def test_missing_data_blocks_launch_but_not_plan(tmp_path: Path) -> None:
 
 
 def test_profiles_validate_and_map_to_hydra_launcher() -> None:
-    with pytest.raises(ValueError, match=r"unknown launch profile 'nope'.*ci, local, slurm"):
+    with pytest.raises(
+        ValueError, match=r"unknown launch profile 'nope'.*a100-80gb, ci, h100-80gb, local, slurm"
+    ):
         load_profile("nope")
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['gpus'\]"):
         profile_from_dict("x", {"kind": "slurm", "gpus": 2})

@@ -165,22 +165,39 @@ def test_failing_run_is_reported_with_reason_and_log(
     assert "failed 1" in out and row["run_key"] in out and "log: " in out
 
 
-def test_two_task_ddp_job_on_fake_gpus(
+def test_two_task_fsdp_job_on_fake_gpus(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], slurm_cluster
 ) -> None:
+    """Two SLURM tasks form one gloo process group from SLURM's variables and shard with FSDP."""
     profile = tmp_path / "two_gpus.yaml"
-    profile.write_text(
+    text = (
         (Path("launchers") / "ci.yaml").read_text().replace("gpus_per_node: 0", "gpus_per_node: 2")
     )
-    sweep, runs = sweep_file(tmp_path, "ddp", quant="bf16", twins=False), tmp_path / "runs"
+    profile.write_text(
+        text.replace("  - train.threads=1", "  - train.threads=1\n  - train.parallelism=fsdp")
+    )
+    sweep, runs = sweep_file(tmp_path, "fsdp", quant="bf16", twins=False), tmp_path / "runs"
     assert launch_main([f"sweep={sweep}", f"launcher={profile}", f"paths.runs={runs}"]) == 0
     (row,) = statuses(sweep, runs, capsys)
     script = next(Path(row["log"]).parent.glob("*_submission.sh")).read_text()
     assert "--gpus-per-node=2" in script and "--ntasks-per-node=2" in script
-    wait_for(all_done(sweep, runs, capsys), 240, "DDP run finished")
+    wait_for(all_done(sweep, runs, capsys), 240, "FSDP run finished")
     record = read_record(Path(row["run_dir"]))
     assert record["status"] == "completed", record["error"]
-    assert record["metrics"]["world_size"] == 2
+    assert record["metrics"]["world_size"] == 2 and record["metrics"]["parallelism"] == "fsdp"
+
+
+def test_resources_asking_for_more_nodes_than_the_partition_are_rejected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], count_sbatch: Path
+) -> None:
+    sweep, runs = sweep_file(tmp_path, "nodes"), tmp_path / "runs"
+    profile = tmp_path / "two_nodes.yaml"
+    extra = "resources:\n  - models: [0.2M]\n    nodes: 2\n"
+    profile.write_text((Path("launchers") / "ci.yaml").read_text() + extra)
+    assert launch_main([f"sweep={sweep}", f"launcher={profile}", f"paths.runs={runs}"]) == 2
+    err = capsys.readouterr().err
+    assert "nodes=2 > 1 nodes in the partition (allowed: 1..1)" in err
+    assert count_sbatch.read_text() == "" and not runs.exists()
 
 
 def test_over_large_profile_is_rejected(
@@ -202,3 +219,28 @@ def test_over_large_profile_is_rejected(
     assert "partition 'gpu' does not exist on this cluster; partitions: debug" in (
         capsys.readouterr().err
     )
+
+
+def test_two_node_job_trains_as_one_process_group(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    slurm_two_nodes,
+) -> None:
+    """nodes: 2 on two slurmd daemons: one task per node, rendezvous on the first node."""
+    for key, value in slurm_two_nodes.env.items():
+        monkeypatch.setenv(key, value)
+    profile = tmp_path / "two_nodes.yaml"
+    text = (Path("launchers") / "ci.yaml").read_text().replace("gpus_per_node: 0", "nodes: 2")
+    profile.write_text(text)
+    sweep, runs = sweep_file(tmp_path, "nodes2", quant="bf16", twins=False), tmp_path / "runs"
+    assert launch_main([f"sweep={sweep}", f"launcher={profile}", f"paths.runs={runs}"]) == 0
+    (row,) = statuses(sweep, runs, capsys)
+    script = next(Path(row["log"]).parent.glob("*_submission.sh")).read_text()
+    assert "--nodes=2" in script
+    wait_for(all_done(sweep, runs, capsys), 240, "two-node run finished")
+    record = read_record(Path(row["run_dir"]))
+    assert record["status"] == "completed", record["error"]
+    assert record["metrics"]["world_size"] == 2 and record["slurm"]["ntasks"] == "2"
+    nodelist = slurm_two_nodes.run("scontrol", "show", "hostnames", record["slurm"]["job_nodelist"])
+    assert len(nodelist.split()) == 2  # both slurmd daemons ran a task

@@ -32,6 +32,7 @@ CONFIG_GROUPS = ("model", "quant", "data", "optim", "logger")
 # a run resumed on another device, with another micro-batch or logger keeps its identity.
 _EXECUTION_KEYS = ("paths", "logger", "eval", "checkpoint", "sweep_name", "run_key", "hydra")
 _EXECUTION_TRAIN_KEYS = ("micro_batch_seqs", "device", "compile", "threads")
+_EXECUTION_TRAIN_KEYS += ("parallelism", "activation_checkpointing")
 
 _TOKEN_SUFFIX = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
 

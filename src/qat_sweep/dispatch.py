@@ -27,6 +27,7 @@ from qat_sweep.grid import (
     STATUSES,
     PlanError,
     PlannedRun,
+    _cost_options,
     attach_status,
     manifest_dir,
     parse_cli,
@@ -91,6 +92,27 @@ def chunks(runs: list[PlannedRun], size: int) -> list[list[PlannedRun]]:
     return [runs[i : i + size] for i in range(0, len(runs), size)]
 
 
+def resource_groups(
+    runs: list[PlannedRun], profile: LaunchProfile
+) -> list[tuple[LaunchProfile, list[PlannedRun]]]:
+    """Runs grouped by resource shape (nodes, GPUs, time, memory): one job array per shape."""
+    groups: dict[str, tuple[LaunchProfile, list[PlannedRun]]] = {}
+    for run in runs:
+        shape = run.resources or profile
+        key = json.dumps(executor_parameters(shape), sort_keys=True, default=str)
+        groups.setdefault(key, (shape, []))[1].append(run)
+    return list(groups.values())
+
+
+def job_arrays(
+    runs: list[PlannedRun], profile: LaunchProfile
+) -> list[tuple[LaunchProfile, list[PlannedRun]]]:
+    """The arrays a SLURM launch submits: per resource shape, chunks of MaxArraySize."""
+    size = max_array_size(profile)
+    groups = resource_groups(runs, profile)
+    return [(shape, chunk) for shape, group in groups for chunk in chunks(group, size)]
+
+
 def _write_manifest(sweep_dir: Path, manifest: dict[str, Any], name: str) -> Path:
     path = manifest_dir(sweep_dir) / name
     write_json_atomic(path, manifest)
@@ -124,11 +146,11 @@ def submit_slurm(
     sweep_dir = runs[0].run_dir.parent
     folder = Path(profile.folder) if profile.folder else sweep_dir / ".submitit"
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
-    executor.update_parameters(**executor_parameters(profile))
     manifest = _new_manifest(profile, sweep, argv)
     name = _manifest_name()
     try:
-        for chunk in chunks(runs, max_array_size(profile)):
+        for shape, chunk in job_arrays(runs, profile):
+            executor.update_parameters(**executor_parameters(shape))
             with executor.batch():
                 jobs = [executor.submit(TrainRun(run.overrides)) for run in chunk]
             manifest["arrays"].append(jobs[0].job_id.split("_")[0])
@@ -216,6 +238,7 @@ def launch_main(argv: list[str]) -> int:
         if "--print-hydra-overrides" in flags:
             print(" ".join(hydra_launcher_overrides(profile)))
             return 0
+        mfu = _cost_options(options)[0]
         extra = [*overrides, *profile.train_overrides()]
         runs = plan_sweep(sweep, extra, strict=True, **placement(profile))
         if profile.kind == "local":
@@ -227,7 +250,7 @@ def launch_main(argv: list[str]) -> int:
         print(f"error: {e}\nnothing was launched.", file=sys.stderr)
         return 2
     if "--dry-run" in flags:
-        return _launch(runs, profile, sweep, argv, flags)
+        return _launch(runs, profile, sweep, argv, flags, mfu)
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(
@@ -241,17 +264,25 @@ def launch_main(argv: list[str]) -> int:
                 file=sys.stderr,
             )
             return EXIT_LOCKED
-        return _launch(runs, profile, sweep, argv, flags)
+        return _launch(runs, profile, sweep, argv, flags, mfu)
 
 
 def _launch(
-    runs: list[PlannedRun], profile: LaunchProfile, sweep: str, argv: list[str], flags: set[str]
+    runs: list[PlannedRun],
+    profile: LaunchProfile,
+    sweep: str,
+    argv: list[str],
+    flags: set[str],
+    mfu: float,
 ) -> int:
-    """Status under the launch lock (a launch that just ended changed it), then submit."""
+    """Status under the launch lock (a launch that just ended changed it), size, then submit."""
     attach_status(runs)
     try:
         todo = to_launch(runs)
-        arrays = chunks(todo, max_array_size(profile)) if profile.kind == "slurm" else []
+        from qat_sweep.sizing import size_sweep  # torch: only on the launch path
+
+        size_sweep(todo, profile, mfu)
+        arrays = job_arrays(todo, profile) if profile.kind == "slurm" else []
     except ValueError as e:
         print(f"error: {e}\nnothing was launched.", file=sys.stderr)
         return 2
@@ -265,7 +296,7 @@ def _launch(
         return 0
     if "--dry-run" in flags:
         if profile.kind == "slurm":
-            sizes = ", ".join(str(len(a)) for a in arrays)
+            sizes = ", ".join(str(len(a)) for _, a in arrays)
             print(f"dry run: would submit {len(arrays)} job array(s) via sbatch (tasks: {sizes})")
         for run in todo:
             print(f"  {run.run_key}  {' '.join(run.overrides)}")

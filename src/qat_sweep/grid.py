@@ -82,6 +82,8 @@ class PlannedRun:
     job_id: str | None = None
     log: str | None = None
     reason: str | None = None  # why the scheduler keeps it pending (squeue %r)
+    sizing: Any = None  # sizing.RunSizing once sized for a launch profile
+    resources: Any = None  # the profile.LaunchProfile shape it runs with
 
     @property
     def flops(self) -> float:
@@ -114,6 +116,7 @@ class PlannedRun:
             "error": self.error,
             "job_id": self.job_id,
             "log": self.log,
+            **(self.sizing.row() if self.sizing is not None else {}),
         }
 
 
@@ -328,13 +331,12 @@ def _get(config: dict[str, Any], key: str) -> Any:
     return node
 
 
-def config_problems(
-    config: dict[str, Any], world_size: int | None = None, gpus: int | None = None
-) -> list[str]:
+def config_problems(config: dict[str, Any], gpus: int | None = None) -> list[str]:
     """The trainer's start-of-run checks on a resolved config, torch- and data-free.
 
-    Shared by `plan`, `launch` (with the profile's ``world_size`` = tasks per run and ``gpus``
-    per node) and the trainer itself, so a value the trainer would refuse never reaches a job.
+    Shared by `plan`, `launch` (with the profile's ``gpus`` per node) and the trainer itself,
+    so a value the trainer would refuse never reaches a job; how a batch splits over a run's
+    GPUs is checked per run by ``sizing.size_sweep``.
     Messages name the key, the bad value and what is allowed, and never the run: the same
     problem in many runs is reported once.
     """
@@ -382,21 +384,13 @@ def config_problems(
                 f"train.micro_batch_seqs={micro!r}: must be null (whole per-device batch) or a "
                 "whole number >= 1"
             )
-        elif batch and batch >= 1:
-            per_rank = batch / (world_size or 1)
-            if per_rank != int(per_rank) or per_rank % micro_n:
-                ranks = f" per rank of {world_size}" if world_size and world_size > 1 else ""
-                divisors = [d for d in range(1, int(per_rank) + 1) if per_rank % d == 0]
-                problems.append(
-                    f"train.micro_batch_seqs={micro}: must divide the global batch of "
-                    f"{int(batch)} sequences{ranks} (optim.batch_seqs); allowed: "
-                    f"{', '.join(map(str, divisors)) or 'none: batch does not split evenly'}"
-                )
-    if world_size and world_size > 1 and batch and batch % world_size:
-        problems.append(
-            f"optim.batch_seqs={int(batch)}: the global batch must split evenly over the "
-            f"{world_size} ranks of a run (nodes x gpus_per_node)"
-        )
+        elif batch and batch >= 1 and batch % micro_n:
+            divisors = [d for d in range(1, int(batch) + 1) if batch % d == 0]
+            problems.append(
+                f"train.micro_batch_seqs={micro}: must divide the global batch of "
+                f"{int(batch)} sequences (optim.batch_seqs); allowed: "
+                f"{', '.join(map(str, divisors))}"
+            )
     step_tokens = batch * seq_len if batch and seq_len and batch >= 1 and seq_len >= 1 else None
     if tokens is not None and step_tokens and tokens < step_tokens:
         problems.append(
@@ -539,7 +533,6 @@ def plan_sweep(
     extra_overrides: list[str] | tuple[str, ...] = (),
     runs_root: str | Path | None = None,
     strict: bool = True,
-    world_size: int | None = None,
     gpus: int | None = None,
 ) -> list[PlannedRun]:
     """Every run of sweep ``name``, validated, with its status; PlanError lists all problems.
@@ -548,7 +541,7 @@ def plan_sweep(
     ``strict`` (launch) adds the checks that need torch or read data: the trainer's own
     model/quant validation and loading each data directory; missing data is then an error.
     ``plan`` uses ``strict=False`` and only warns about data (a laptop without the corpus).
-    ``world_size`` (tasks per run) and ``gpus`` (per node) come from the launch profile.
+    ``gpus`` (per node) comes from the launch profile.
     """
     spec = load_sweep(name)
     extra = list(extra_overrides)
@@ -562,7 +555,7 @@ def plan_sweep(
         label = f"{sub} [{' '.join(point)}]"
         try:
             tree = resolve_tree(compose_tree(overrides))
-            found = config_problems(tree, world_size, gpus)
+            found = config_problems(tree, gpus)
             if not found:
                 config = {**tree, "run_key": run_key(tree)}
                 label, found = f"{sub} {config['run_key']}", _run_problems(config)
@@ -832,8 +825,11 @@ def _fmt_group(group_size: Any) -> str:
 
 def plan_table(runs: list[PlannedRun], mfu: float, peak_tflops: float) -> str:
     """Human table grouped by sub-grid, with compute estimates and totals."""
+    sized = any(r.sizing is not None for r in runs)
     header = f"{'run_key':<58} {'preset':>6} {'N':>9} {'D':>7} {'scheme':<11} {'format':<8}"
-    header += f" {'G':>7} {'LR':>8} {'FLOPs':>9} {'GPU-h':>8} status"
+    header += f" {'G':>7} {'LR':>8} {'FLOPs':>9} {'GPU-h':>8}"
+    header += f" {'micro':>5} {'par':>6} {'GPUs':>4} {'GB/GPU':>6} {'wall-h':>7} {'seg':>3}" * sized
+    header += " status"
     lines = []
     for sub in dict.fromkeys(r.subgrid for r in runs):
         group = [r for r in runs if r.subgrid == sub]
@@ -844,7 +840,7 @@ def plan_table(runs: list[PlannedRun], mfu: float, peak_tflops: float) -> str:
                 f"{r.run_key:<58} {r.model:>6} {format_tokens(r.n_params):>9} "
                 f"{format_tokens(r.tokens):>7} {r.scheme:<11} {r.format:<8} "
                 f"{_fmt_group(r.group_size):>7} {r.lr:>8.2g} {r.flops:>9.2e} "
-                f"{_hours(r.gpu_hours(mfu, peak_tflops)):>8} {r.status}"
+                f"{_hours(r.gpu_hours(mfu, peak_tflops)):>8}{_sizing_cells(r)} {r.status}"
             )
     counts = Counter(r.status for r in runs)
     total = sum(r.gpu_hours(mfu, peak_tflops) for r in runs)
@@ -856,7 +852,27 @@ def plan_table(runs: list[PlannedRun], mfu: float, peak_tflops: float) -> str:
         f"at mfu={mfu} x {peak_tflops} TFLOP/s",
         "status: " + ", ".join(f"{s} {counts[s]}" for s in STATUSES if counts[s]),
     ]
+    if sized:
+        timed = [r.sizing for r in runs if r.sizing is not None and r.sizing.wall_h is not None]
+        lines.insert(
+            -1,
+            f"sized: {_hours(sum(s.wall_h * s.gpus for s in timed))} GPU-hours of wall clock "
+            f"({_hours(sum(s.wall_h for s in timed))} run-hours, {sum(s.segments for s in timed)} "
+            f"time-limit segments), peak memory per GPU up to "
+            f"{max(r.sizing.memory_gb for r in runs if r.sizing):.1f} GB",
+        )
     return "\n".join(lines[1:])
+
+
+def _sizing_cells(run: PlannedRun) -> str:
+    s = run.sizing
+    if s is None:
+        return ""
+    wall = "-" if s.wall_h is None else _hours(s.wall_h)
+    return (
+        f" {s.micro_batch_seqs:>5} {s.parallelism:>6} {s.gpus:>4} {s.memory_gb:>6.1f} "
+        f"{wall:>7} {s.segments or '-':>3}"
+    )
 
 
 STATUSES = ("completed", "running", "pending", "failed", "missing")
@@ -866,26 +882,28 @@ def _hours(hours: float) -> str:
     return f"{hours:,.0f}" if hours >= 10 else f"{hours:.2g}"
 
 
-def _profile_placement(options: dict[str, str]) -> dict[str, Any]:
-    """``launcher=PROFILE`` on `plan`: check each run against the ranks and GPUs it would get."""
-    if "launcher" not in options:
-        return {}
-    from qat_sweep.profiles import load_profile, placement
-
-    try:
-        return placement(load_profile(options["launcher"]))
-    except ValueError as e:
-        raise PlanError(str(e)) from e
-
-
 def plan_main(argv: list[str]) -> int:
-    """``qat-sweep plan sweep=NAME [--json] [mfu=0.4] [peak_tflops=312] [overrides...]``."""
+    """``qat-sweep plan sweep=NAME [launcher=PROFILE] [--json] [mfu=0.4] [peak_tflops=312] ...``.
+
+    With ``launcher=`` every run is sized for the profile's GPUs (``qat_sweep.sizing``).
+    """
     try:
         sweep, options, flags, overrides = parse_cli(argv, ("--json",))
         mfu, peak = _cost_options(options)
-        runs = plan_sweep(sweep, overrides, strict=False, **_profile_placement(options))
+        profile = None
+        if "launcher" in options:
+            from qat_sweep.profiles import load_profile, placement
+            from qat_sweep.sizing import size_sweep
+
+            profile = load_profile(options["launcher"])
+            overrides = [*overrides, *profile.train_overrides()]
+            peak = profile.peak / 1e12 if profile.peak and "peak_tflops" not in options else peak
+        devices = placement(profile) if profile is not None else {}
+        runs = plan_sweep(sweep, overrides, strict=False, **devices)
+        if profile is not None:
+            size_sweep(runs, profile, mfu)
         missing_data = list(data_problems(runs).values())
-    except PlanError as e:
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if "--json" in flags:

@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,12 @@ from qat_sweep.config_dirs import describe_dirs, options, search_dirs
 
 KINDS = ("local", "slurm")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+# Dense BF16 tensor-core peaks (no sparsity) of the GPU types a profile may name.
+GPU_PEAK_TFLOPS: dict[str, float] = {"A100": 312.0, "H100": 989.0, "H200": 989.0}
+# What one entry of `resources` may change for the runs it selects (by model or sub-grid).
+RESOURCE_KEYS = ("nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min")
+RESOURCE_KEYS += ("partition", "constraint", "gpu_mem_gb", "gpu_type", "peak_tflops")
+RESOURCE_SELECTORS = ("models", "subgrids")
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,43 @@ class LaunchProfile:
     overrides: list[str] = field(default_factory=list)
     folder: str | None = None
     additional_parameters: dict[str, Any] = field(default_factory=dict)
+    gpu_mem_gb: float | None = None  # memory of one GPU: plan sizes every run to fit it
+    gpu_type: str | None = None  # A100 | H100 | H200: gives peak_tflops
+    peak_tflops: float | None = None  # dense BF16 peak of one GPU, for wall-clock estimates
+    resources: list[dict[str, Any]] = field(default_factory=list)  # per model / sub-grid
+
+    @property
+    def peak(self) -> float | None:
+        """Dense BF16 FLOP/s of one GPU (peak_tflops, else the named gpu_type's)."""
+        tflops = self.peak_tflops or GPU_PEAK_TFLOPS.get(self.gpu_type or "")
+        return tflops * 1e12 if tflops else None
+
+    @property
+    def gpus(self) -> int:
+        """GPUs one run uses (a local profile runs one process per run)."""
+        per_node = min(self.gpus_per_node, 1) if self.kind == "local" else self.gpus_per_node
+        return per_node * (self.nodes if self.kind == "slurm" else 1)
+
+    @property
+    def world_size(self) -> int:
+        """Processes of one run: one task per GPU (or per node on CPU); one in all locally."""
+        return self.tasks_per_node * self.nodes if self.kind == "slurm" else 1
+
+    def for_run(self, model: str, subgrid: str) -> LaunchProfile:
+        """This profile with the first `resources` entry that selects the run applied."""
+        for entry in self.resources:
+            models, subgrids = entry.get("models"), entry.get("subgrids")
+            if (models is None or model in models) and (subgrids is None or subgrid in subgrids):
+                values = {k: v for k, v in entry.items() if k in RESOURCE_KEYS}
+                return replace(self, resources=[], **values)
+        return replace(self, resources=[])
+
+    def resource_shapes(self) -> list[LaunchProfile]:
+        """Every distinct resource shape this profile can give a run (itself and each entry)."""
+        return [replace(self, resources=[])] + [
+            replace(self, resources=[], **{k: v for k, v in e.items() if k in RESOURCE_KEYS})
+            for e in self.resources
+        ]
 
     @property
     def tasks_per_node(self) -> int:
@@ -131,6 +174,13 @@ def profile_from_dict(name: str, raw: dict[str, Any], source: str = "<dict>") ->
     for key in ("env", "additional_parameters"):
         if not isinstance(raw.get(key, {}), dict):
             problems.append(f"{key} must be a mapping, got {raw[key]!r}")
+    problems += _gpu_problems(raw, "")
+    resources = raw.get("resources", [])
+    if not isinstance(resources, list) or not all(isinstance(e, dict) for e in resources):
+        problems.append(f"resources must be a list of mappings, got {resources!r}")
+        resources = []
+    for i, entry in enumerate(resources):
+        problems += _resource_problems(entry, f"resources[{i}].")
     if problems:
         raise ValueError(f"{source}: " + "; ".join(problems))
     values = {k: v for k, v in raw.items() if v is not None or k in ("mem_gb", "max_array_size")}
@@ -139,10 +189,57 @@ def profile_from_dict(name: str, raw: dict[str, Any], source: str = "<dict>") ->
 
 
 def placement(profile: LaunchProfile) -> dict[str, int | None]:
-    """What a run gets from the profile: ranks (world size) and GPUs per node (None: unknown)."""
-    if profile.kind == "local":
-        return {"world_size": 1, "gpus": None}
-    return {"world_size": profile.nodes * profile.tasks_per_node, "gpus": profile.gpus_per_node}
+    """What validation knows of a run's devices before sizing: GPUs per node (None: varies).
+
+    Ranks and micro-batches are chosen per run by ``sizing.size_sweep``, which checks them.
+    """
+    shapes = profile.resource_shapes()
+    gpus = {shape.gpus_per_node for shape in shapes}
+    return {"gpus": gpus.pop() if profile.kind == "slurm" and len(gpus) == 1 else None}
+
+
+def _gpu_problems(raw: dict[str, Any], where: str) -> list[str]:
+    problems = []
+    for key in ("gpu_mem_gb", "peak_tflops"):
+        value = raw.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+        ):
+            problems.append(f"{where}{key} must be a positive number or null, got {value!r}")
+    gpu = raw.get("gpu_type")
+    if gpu is not None and gpu not in GPU_PEAK_TFLOPS:
+        problems.append(
+            f"{where}gpu_type={gpu!r} is not a known GPU; allowed: {', '.join(GPU_PEAK_TFLOPS)} "
+            "(or set peak_tflops)"
+        )
+    return problems
+
+
+def _resource_problems(entry: dict[str, Any], where: str) -> list[str]:
+    """One `resources` entry: selectors (lists of names) and the keys it may change."""
+    unknown = sorted(set(entry) - set(RESOURCE_KEYS) - set(RESOURCE_SELECTORS))
+    problems = []
+    if unknown:
+        problems.append(
+            f"{where} unknown key(s) {unknown}; allowed: "
+            f"{', '.join(RESOURCE_SELECTORS + RESOURCE_KEYS)}"
+        )
+    if not any(k in entry for k in RESOURCE_SELECTORS):
+        problems.append(f"{where} needs `models:` and/or `subgrids:` (lists of names)")
+    for key in RESOURCE_SELECTORS:
+        value = entry.get(key)
+        if value is not None and (
+            not isinstance(value, list) or not all(isinstance(v, str) for v in value)
+        ):
+            problems.append(f"{where}{key} must be a list of names, got {value!r}")
+    for key in ("nodes", "gpus_per_node", "cpus_per_task", "timeout_min"):
+        value = entry.get(key)
+        minimum = 0 if key == "gpus_per_node" else 1
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < minimum
+        ):
+            problems.append(f"{where}{key} must be an integer >= {minimum}, got {value!r}")
+    return problems + _gpu_problems(entry, where)
 
 
 def executor_parameters(profile: LaunchProfile) -> dict[str, Any]:
@@ -314,7 +411,24 @@ def check_against_cluster(profile: LaunchProfile) -> PartitionLimits | None:
             f"launch profile {profile.name!r} is a SLURM profile but `sinfo` is not on PATH: "
             "launch from a SLURM login node (or use launcher=local)"
         )
+    shapes = profile.resource_shapes()
+    for shape in shapes[1:]:
+        if shape.partition != profile.partition:
+            check_against_cluster(shape)
+    shapes = [s for s in shapes if s.partition == profile.partition]
     limits = partition_limits(profile.partition)
+    problems = []
+    for shape in shapes:
+        problems += _over_limits(shape, limits)
+    if problems:
+        raise ValueError(
+            f"launch profile {profile.name!r} ({profile_path(profile.name)}) asks for more than "
+            f"partition {limits.name!r} offers: " + "; ".join(dict.fromkeys(problems))
+        )
+    return limits
+
+
+def _over_limits(profile: LaunchProfile, limits: PartitionLimits) -> list[str]:
     problems = []
     if profile.cpus_per_task * profile.tasks_per_node > limits.cpus:
         problems.append(
@@ -328,13 +442,11 @@ def check_against_cluster(profile: LaunchProfile) -> PartitionLimits | None:
     if limits.max_time_min is not None and profile.timeout_min > limits.max_time_min:
         problems.append(f"timeout_min={profile.timeout_min} > MaxTime {limits.max_time_min} min")
     if profile.nodes > limits.nodes:
-        problems.append(f"nodes={profile.nodes} > {limits.nodes} nodes in the partition")
-    if problems:
-        raise ValueError(
-            f"launch profile {profile.name!r} ({profile_path(profile.name)}) asks for more than "
-            f"partition {limits.name!r} offers: " + "; ".join(problems)
+        problems.append(
+            f"nodes={profile.nodes} > {limits.nodes} nodes in the partition "
+            f"(allowed: 1..{limits.nodes})"
         )
-    return limits
+    return problems
 
 
 def max_array_size(profile: LaunchProfile) -> int:

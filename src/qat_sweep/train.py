@@ -23,11 +23,10 @@ from typing import Any
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.nn.parallel import DistributedDataParallel
 
 from qat_sweep.bench import flops_per_token, peak_flops
 from qat_sweep.checkpoint import (
-    load_checkpoint,
+    load_latest,
     remove_checkpoint,
     rng_state,
     save_checkpoint,
@@ -36,10 +35,18 @@ from qat_sweep.checkpoint import (
 from qat_sweep.config import compose_run, parse_tokens, run_dir, twin_key
 from qat_sweep.data import BatchSchedule, TokenData, load_token_data, val_batches
 from qat_sweep.distributed import (
+    DistInfo,
     all_reduce_mean,
-    any_rank,
+    any_ranks,
+    apply_activation_checkpointing,
+    barrier,
+    full_norm,
+    no_grad_sync,
+    resolve_parallelism,
     setup_distributed,
     teardown_distributed,
+    unsharded,
+    wrap_model,
 )
 from qat_sweep.grid import config_problems
 from qat_sweep.instrument import site_stats
@@ -150,6 +157,11 @@ def validate_run(cfg: DictConfig) -> RunSetup:
     every = lambda value: int(value) or max(1, total_steps // 10)  # noqa: E731
     if cfg.optim.schedule not in ("cosine", "wsd"):
         raise ValueError(f"optim.schedule={cfg.optim.schedule!r}; allowed: cosine, wsd")
+    if float(cfg.checkpoint.every_minutes) < 0 or int(cfg.checkpoint.every_steps) < 0:
+        raise ValueError(
+            f"checkpoint.every_minutes={cfg.checkpoint.every_minutes} and checkpoint.every_steps="
+            f"{cfg.checkpoint.every_steps}: both must be >= 0 (0 = off)"
+        )
     return RunSetup(
         model_cfg=model_cfg,
         quant=quant,
@@ -161,7 +173,7 @@ def validate_run(cfg: DictConfig) -> RunSetup:
         total_steps=total_steps,
         warmup_steps=warmup,
         eval_every=every(cfg.eval.every_steps),
-        checkpoint_every=every(cfg.checkpoint.every_steps),
+        checkpoint_every=int(cfg.checkpoint.every_steps),
         smoothing_window=window,
     )
 
@@ -235,15 +247,63 @@ def _base_record(cfg: DictConfig, setup: RunSetup | None) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate(model: Transformer, batches: list, device: str, autocast: bool) -> float:
+def evaluate(
+    model: Transformer, batches: list, device: str, autocast: bool, micro: int | None = None
+) -> float:
+    """Mean loss over the batches, each run in equal chunks of ``micro`` sequences (same mean)."""
     was_training = model.training
     model.eval()
     losses = []
     for x, y in batches:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            losses.append(float(model(x.to(device), y.to(device))))
+        for xs, ys in zip(x.split(micro or len(x)), y.split(micro or len(y)), strict=True):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                losses.append(float(model(xs.to(device), ys.to(device))))
     model.train(was_training)
     return sum(losses) / len(losses)
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How this process runs the step: parallelism and micro-batches (not the run identity)."""
+
+    parallelism: str
+    micro: int
+    eval_micro: int
+    activation_checkpointing: bool
+
+
+def _execution(cfg: DictConfig, setup: RunSetup, info: DistInfo, device: str) -> Execution:
+    """The configured parallelism and micro-batches; on CUDA, unset ones sized to the GPU."""
+    parallelism = resolve_parallelism(str(cfg.train.get("parallelism") or "auto"), info)
+    if setup.global_batch % info.world_size:
+        raise ValueError(
+            f"global batch {setup.global_batch} does not split into {info.world_size} ranks"
+        )
+    per_rank = setup.global_batch // info.world_size
+    eval_seqs = int(cfg.eval.batch_seqs)
+    micro, eval_micro = cfg.train.micro_batch_seqs, cfg.eval.get("micro_batch_seqs")
+    checkpointing = bool(cfg.train.get("activation_checkpointing"))
+    wanted = str(cfg.train.get("parallelism") or "auto")
+    if device == "cuda" and (micro is None or (wanted == "auto" and info.world_size > 1)):
+        from qat_sweep.sizing import fit_on_device
+
+        fitted = fit_on_device(
+            setup.model_cfg, setup.quant, vocab_size=setup.vocab_size, seq_len=setup.seq_len,
+            per_rank=per_rank, eval_batch_seqs=eval_seqs, world_size=info.world_size,
+            parallelism=wanted if info.world_size > 1 else "single",
+            activation_checkpointing=checkpointing,
+            device_bytes=torch.cuda.get_device_properties(info.device).total_memory,
+        )  # fmt: skip
+        parallelism = fitted[0] if wanted == "auto" else parallelism
+        micro = fitted[1] if micro is None else micro
+        eval_micro = fitted[2] if eval_micro is None else eval_micro
+    micro, eval_micro = int(micro or per_rank), int(eval_micro or eval_seqs)
+    if per_rank % micro or eval_seqs % eval_micro:
+        raise ValueError(
+            f"train.micro_batch_seqs={micro} must divide the per-rank batch of {per_rank} "
+            f"sequences and eval.micro_batch_seqs={eval_micro} the eval batch of {eval_seqs}"
+        )
+    return Execution(parallelism, micro, eval_micro, checkpointing)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -283,17 +343,14 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
     dist_info = setup_distributed(device)
     dev = dist_info.device
     autocast = device == "cuda" and str(cfg.train.autocast_bf16) in ("auto", "true", "True")
-    per_rank = setup.global_batch // dist_info.world_size
-    micro = int(cfg.train.micro_batch_seqs or per_rank)
-    if setup.global_batch % dist_info.world_size or per_rank % micro:
-        raise ValueError(
-            f"global batch {setup.global_batch} does not split into {dist_info.world_size} ranks "
-            f"x micro-batches of {micro} sequences"
-        )
-    n_micro = per_rank // micro
+    execution = _execution(cfg, setup, dist_info, device)
+    n_micro = setup.global_batch // dist_info.world_size // execution.micro
 
     torch.manual_seed(int(cfg.seed))  # same init for BF16 and QAT twins
     model = build_model(setup.model_cfg, setup.quant, vocab_size=setup.vocab_size).to(dev)
+    if execution.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    train_model = wrap_model(model, execution.parallelism, dist_info)  # FSDP shards in place
     optimizer = make_optimizer(model, cfg.optim)
     schedule = BatchSchedule(setup.data.train, setup.seq_len, setup.global_batch, int(cfg.seed))
     eval_batches = val_batches(
@@ -309,12 +366,10 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
     smoothed = SmoothedLoss(setup.smoothing_window)
     step, wall_before = 0, 0.0
 
-    checkpoint = load_checkpoint(out_dir)
+    checkpoint, moved_aside = load_latest(out_dir, model, optimizer, dist_info)
     if checkpoint is not None:
         if checkpoint["run_key"] != cfg.run_key:
             raise ValueError(f"checkpoint in {out_dir} belongs to run {checkpoint['run_key']}")
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
         smoothed = SmoothedLoss(setup.smoothing_window, *checkpoint["smoothed"])
         step, wall_before = checkpoint["step"], checkpoint["wall_s"]
         set_rng_state(checkpoint["rng"])
@@ -323,11 +378,6 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
     if dist_info.is_main:
         truncate_metrics(out_dir, step)  # rows after the checkpoint (or of a failed try) go
 
-    train_model: torch.nn.Module = model
-    if dist_info.world_size > 1:
-        train_model = DistributedDataParallel(
-            model, device_ids=[dist_info.local_rank] if device == "cuda" else None
-        )
     if cfg.train.compile:
         train_model = torch.compile(train_model)
 
@@ -361,24 +411,33 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
     tokens_per_s, last_loss = float("nan"), float("nan")
     progress_every = int(cfg.logger.progress_every_steps)
 
+    every_s = float(cfg.checkpoint.every_minutes) * 60
+    last_save = [time.monotonic()]
+
     def save(at_step: int) -> None:
-        if dist_info.is_main:
-            save_checkpoint(
-                out_dir,
-                {
-                    "run_key": str(cfg.run_key),
-                    "step": at_step,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "smoothed": (smoothed.value, smoothed.weight),
-                    "rng": rng_state(),
-                    "wall_s": wall_before + time.perf_counter() - t_start,
-                },
-            )
+        if at_step == 0:
+            return  # nothing trained yet: a fresh start is the same run
+        state = {
+            "run_key": str(cfg.run_key),
+            "step": at_step,
+            "smoothed": (smoothed.value, smoothed.weight),
+            "rng": rng_state(),
+            "wall_s": wall_before + time.perf_counter() - t_start,
+        }
+        keep = int(cfg.checkpoint.get("keep", 2))
+        save_checkpoint(out_dir, at_step, model, optimizer, state, dist_info, keep=keep)
+        last_save[0] = time.monotonic()
+
+    def stop_or_save_due() -> tuple[bool, bool]:
+        """One collective per step: a signal on any rank, or the wall-clock save is due."""
+        due = every_s > 0 and time.monotonic() - last_save[0] >= every_s
+        return any_ranks((stop_signal() is not None, due), dist_info)
 
     def eval_row(at_step: int) -> dict[str, Any]:
-        val = evaluate(model, eval_batches, dev, autocast)
-        stats = site_stats(model, eval_batches[0][0][:4].to(dev))
+        val = evaluate(model, eval_batches, dev, autocast, execution.eval_micro)
+        weights = unsharded(model) if execution.parallelism == "fsdp" else contextlib.nullcontext()
+        with weights:
+            stats = site_stats(model, eval_batches[0][0][:4].to(dev))
         row = {"step": at_step, "tokens": at_step * tokens_per_step, "val_loss": val}
         for site, values in stats["sites"].items():
             for name in ("kurtosis", "act_rel_err", "weight_rel_err"):
@@ -388,14 +447,6 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
     try:
         model.train()
         while step < setup.total_steps:
-            if any_rank(stop_signal() is not None, dist_info):
-                signum = stop_signal() or signal.SIGTERM  # ranks that saw none follow rank 0
-                save(step)
-                if dist_info.world_size > 1:
-                    torch.distributed.barrier()  # no rank exits while rank 0 still writes
-                if dist_info.is_main:
-                    requeue_slurm_job(signum)
-                raise Preempted(signum)
             lr = float(cfg.optim.lr) * lr_multiplier(
                 step, setup.total_steps, setup.warmup_steps, cfg.optim
             )
@@ -406,14 +457,13 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
             for m in range(n_micro):
                 x, y = schedule.batch(step, dist_info.rank, dist_info.world_size, m, n_micro)
                 batch_crc = zlib.crc32(x.numpy().tobytes(), batch_crc)
-                sync = m == n_micro - 1 or dist_info.world_size == 1
-                ctx = contextlib.nullcontext() if sync else train_model.no_sync()
+                ctx = no_grad_sync(train_model, m == n_micro - 1)
                 with ctx, torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
                     loss = train_model(x.to(dev), y.to(dev)) / n_micro
                     loss.backward()
                 loss_sum += loss.detach()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), float(cfg.optim.grad_clip)
+            grad_norm = full_norm(
+                torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg.optim.grad_clip))
             )
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -448,11 +498,20 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
                         f"(smoothed {smooth:.4f}) {tokens_per_s:,.0f} tok/s ETA {eta:,.0f}s",
                         flush=True,
                     )
+            # Save before evaluating: an evaluation must never delay a due checkpoint.
+            stop, save_due = stop_or_save_due()
+            every_steps = setup.checkpoint_every and step % setup.checkpoint_every == 0
+            if stop or save_due or (every_steps and step < setup.total_steps):
+                save(step)
+            if stop:
+                tracker.log(row)
+                barrier(dist_info)  # no rank exits while another still writes
+                if dist_info.is_main:
+                    requeue_slurm_job(stop_signal() or signal.SIGTERM)  # others follow rank 0
+                raise Preempted(stop_signal() or signal.SIGTERM)
             if step % setup.eval_every == 0 and step < setup.total_steps:
                 row.update({k: v for k, v in eval_row(step).items() if k != "_stats"})
             tracker.log(row)
-            if step % setup.checkpoint_every == 0 and step < setup.total_steps:
-                save(step)
 
         final = eval_row(step)
         stats = final.pop("_stats")
@@ -479,6 +538,10 @@ def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
                 "window_steps": setup.smoothing_window,
             },
             "world_size": dist_info.world_size,
+            "parallelism": execution.parallelism,
+            "micro_batch_seqs": execution.micro,
+            "activation_checkpointing": execution.activation_checkpointing,
+            "corrupt_checkpoints": moved_aside,
             "wall_s": elapsed,
             "device": dev,
             "quant": stats,

@@ -1,0 +1,149 @@
+"""Checkpoints: unreadable ones moved aside, wall-clock cadence, bounded host memory on resume."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qat_sweep.checkpoint import CORRUPT_DIR, TRAIN_STATE, complete_checkpoints
+from qat_sweep.config import compose_run, run_dir
+from qat_sweep.record import RECORD_NAME
+from qat_sweep.train import train
+
+TINY = [
+    "model=0.2M",
+    "tokens=40960",  # 20 steps
+    "logger=none",
+    "eval.batches=2",
+    "eval.batch_seqs=8",
+    "train.threads=1",
+    "checkpoint.every_steps=4",
+    "checkpoint.keep_on_success=true",
+]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> tuple[list, dict]:
+    """A completed run that kept its two newest checkpoints (steps 12 and 16)."""
+    args = [*TINY, f"data.dir={demo_data}"]
+    root = tmp_path_factory.mktemp("ref")
+    record = train(compose_run([*args, f"paths.runs={root}"]))
+    assert record["status"] == "completed", record["error"]
+    return args, record, run_dir(compose_run([*args, f"paths.runs={root}"]))
+
+
+def copy_of(finished: tuple, tmp_path: Path) -> tuple[list, Path]:
+    args, _, source = finished
+    args = [*args, f"paths.runs={tmp_path}"]
+    target = run_dir(compose_run(args))
+    shutil.copytree(source, target)
+    (target / RECORD_NAME).unlink()  # as if the job died after its last checkpoint
+    return args, target
+
+
+@pytest.mark.slow
+def test_truncated_checkpoint_is_moved_aside_and_the_previous_one_resumes(
+    finished: tuple, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    args, target = copy_of(finished, tmp_path)
+    newest, previous = complete_checkpoints(target)
+    assert [newest.name, previous.name] == ["step-000000016", "step-000000012"]
+    (shard,) = newest.glob("*.distcp")
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # a torn copy
+    record = train(compose_run(args))
+    assert record["status"] == "completed", record["error"]
+    assert record["loss"] == pytest.approx(finished[1]["loss"], abs=1e-6)  # resumed exactly
+    (aside,) = record["metrics"]["corrupt_checkpoints"]
+    assert Path(aside).parent == target / CORRUPT_DIR and Path(aside).is_dir()  # kept
+    err = capfd.readouterr()
+    assert f"checkpoint {newest} cannot be read" in err.err and aside in err.err
+    assert f"resuming {target.name} at step 12" in err.out
+
+
+@pytest.mark.slow
+def test_empty_checkpoint_files_fall_back_to_a_fresh_start(
+    finished: tuple, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    args, target = copy_of(finished, tmp_path)
+    newest, previous = complete_checkpoints(target)
+    (newest / ".metadata").write_bytes(b"")
+    (previous / TRAIN_STATE).write_bytes(b"")
+    record = train(compose_run(args))
+    assert record["status"] == "completed", record["error"]
+    assert len(record["metrics"]["corrupt_checkpoints"]) == 2
+    assert "training from scratch" in capfd.readouterr().err
+    assert record["loss"] == pytest.approx(finished[1]["loss"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_wall_clock_saves_keep_the_newest_complete_checkpoints(
+    tmp_path: Path, demo_data: Path
+) -> None:
+    args = [
+        *TINY, "tokens=12288", "checkpoint.every_steps=0", "checkpoint.every_minutes=1e-6",
+        "checkpoint.keep=3", f"data.dir={demo_data}", f"paths.runs={tmp_path}",
+    ]  # fmt: skip
+    record = train(compose_run(args))
+    assert record["status"] == "completed", record["error"]
+    saved = complete_checkpoints(run_dir(compose_run(args)))
+    # Every step was due (6 steps); only the three newest remain, none half-written.
+    assert [p.name for p in saved] == [f"step-00000000{s}" for s in (6, 5, 4)]
+    assert not list((run_dir(compose_run(args)) / "checkpoint").glob("*.tmp"))
+
+
+RESUME_RSS = """
+import sys, torch
+from pathlib import Path
+from torch.distributed.checkpoint.state_dict import get_state_dict
+from qat_sweep.checkpoint import load_latest, save_checkpoint
+from qat_sweep.distributed import DistInfo
+from qat_sweep.model import build_model
+from qat_sweep.presets import load_preset
+
+def status(key):
+    line = next(l for l in open("/proc/self/status") if l.startswith(key))
+    return int(line.split()[1]) * 1024
+
+run, info = Path(sys.argv[1]), DistInfo(0, 1, 0)
+torch.manual_seed(0)
+model = build_model(load_preset("5M"), None, 4096)
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=False)
+if sys.argv[2] == "save":
+    x = torch.randint(0, 4096, (1, 64))
+    model(x, x).backward()
+    optimizer.step()
+    save_checkpoint(run, 1, model, optimizer, {"step": 1}, info)
+else:
+    get_state_dict(model, optimizer)  # the optimizer state a resuming run builds
+    open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+    before = status("VmRSS")
+    state, _ = load_latest(run, model, optimizer, info)
+    assert state["step"] == 1
+    print(status("VmHWM") - before)
+print(float(sum(p.double().sum() for p in model.parameters())))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_resume_holds_no_second_copy_of_the_state_in_host_memory(tmp_path: Path) -> None:
+    def run(mode: str) -> list[str]:
+        out = subprocess.run(
+            [sys.executable, "-c", RESUME_RSS, str(tmp_path), mode],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout.split()
+
+    (saved_sum,) = run("save")
+    peak_growth, loaded_sum = run("load")
+    assert loaded_sum == saved_sum  # the stepped weights came back
+    size = sum(f.stat().st_size for f in complete_checkpoints(tmp_path)[0].iterdir())
+    assert size > 80e6  # 7.9M parameters with AdamW states
+    # Bound: one layer's worth (a block's weights with their AdamW states, ~25 MB) plus slack,
+    # where loading the whole file first (torch.load) would add its full ~94 MB.
+    assert int(peak_growth) < 32e6, f"peak RSS grew {int(peak_growth) / 1e6:.1f} MB on resume"
