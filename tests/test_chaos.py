@@ -5,7 +5,7 @@ once, with the loss of an undisturbed run, each step logged once and no task bey
 plus the retries the faults caused.
 
 The truncated-checkpoint fault relies on the trainer moving a checkpoint it cannot read aside
-and resuming from the previous one (issue 9's checkpoint.py)."""
+(to checkpoint-corrupt/) and resuming from the previous one (issue 9's checkpoint.py)."""
 
 from __future__ import annotations
 
@@ -157,6 +157,9 @@ def test_faults_neither_lose_nor_double_work(
     assert not faults, f"faults not injected (runs too fast?): {faults}"
     if any(fault == "requeue" for fault, _ in applied):
         assert reasons_seen, "the requeued run was never shown pending with its reason"
+    for fault, key in applied:
+        if fault == "truncate":  # kept for inspection, out of the resume path
+            assert any((runs_root / "chaos" / key / "checkpoint-corrupt").rglob("*")), key
 
     logs = "".join(p.read_text() for p in runs_root.rglob("*_log.out"))
     for run in runs:
