@@ -4,6 +4,7 @@ configs (package data) and a researcher's conf/ and launchers/ in the working di
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import site
 import subprocess
@@ -47,8 +48,11 @@ def fresh_python(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("fresh")
     wheel_dir = root / "wheel"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    # This venv's setuptools builds it offline; a venv without one (Python >= 3.12) lets pip
+    # fetch the build backend as usual.
+    offline = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
     subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", str(REPO), "-w", str(wheel_dir)],
+        [*pip, "wheel", "--no-deps", *offline, str(REPO), "-w", str(wheel_dir)],
         check=True,
         capture_output=True,
     )
