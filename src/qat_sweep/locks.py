@@ -4,18 +4,20 @@ The kernel drops a ``flock`` when its holder exits, however it exits (``kill -9`
 slurmstepd tearing the job down), so a lock file left behind is never stale: the next process
 simply takes it. The holder writes who it is into the file (host, pid, SLURM job, since when,
 how many times the run was started) so a refused process can name it. ``flock`` works across
-nodes on NFSv4 and Lustre/GPFS mounts with locking enabled; on a filesystem without locks
-the open itself succeeds and the lock is only per node.
+nodes on NFSv4 and Lustre/GPFS mounts with locking enabled; a filesystem without locks gets a
+warning and no protection.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import socket
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -61,6 +63,10 @@ def _try_lock(handle: TextIO) -> bool:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
+    except OSError as e:  # a filesystem without locks (ENOLCK): go on, unprotected, and say so
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
+            raise
+        warnings.warn(f"{handle.name}: this filesystem has no file locks ({e})", stacklevel=3)
     return True
 
 
