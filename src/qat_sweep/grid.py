@@ -283,7 +283,7 @@ def allowed_group_sizes(model: ModelConfig) -> list[int | str]:
 
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("cosine", "wsd")
-PARALLELISMS = ("auto", "single", "ddp", "fsdp")  # train.parallelism (issue 9's trainer)
+PARALLELISMS = ("auto", "single", "ddp", "fsdp")  # = sizing.PARALLELISM_CHOICES, without torch
 
 
 def _number(value: Any, integer: bool = False) -> float | None:
@@ -365,7 +365,7 @@ def config_problems(config: dict[str, Any], gpus: int | None = None) -> list[str
         problems.append(f"optim.schedule={schedule!r}: allowed: {', '.join(SCHEDULES)}")
     parallelism = _get(config, "train.parallelism")
     if parallelism is not _MISSING and parallelism not in PARALLELISMS:
-        problems.append(f"train.parallelism={parallelism!r}: allowed: {', '.join(PARALLELISMS)}")
+        problems.append(f"train.parallelism={parallelism!r}; allowed: {', '.join(PARALLELISMS)}")
     device = _get(config, "train.device")
     if device is not _MISSING and device not in DEVICES:
         problems.append(f"train.device={device!r}: allowed: {', '.join(DEVICES)}")
@@ -387,7 +387,7 @@ def config_problems(config: dict[str, Any], gpus: int | None = None) -> list[str
         elif batch and batch >= 1 and batch % micro_n:
             divisors = [d for d in range(1, int(batch) + 1) if batch % d == 0]
             problems.append(
-                f"train.micro_batch_seqs={micro}: must divide the global batch of "
+                f"train.micro_batch_seqs={micro} does not divide the global batch of "
                 f"{int(batch)} sequences (optim.batch_seqs); allowed: "
                 f"{', '.join(map(str, divisors))}"
             )
