@@ -283,6 +283,9 @@ def _launch(
 
         size_sweep(todo, profile, mfu)
         arrays = job_arrays(todo, profile) if profile.kind == "slurm" else []
+    except PlanError as e:  # its message says that nothing was launched
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except ValueError as e:
         print(f"error: {e}\nnothing was launched.", file=sys.stderr)
         return 2
