@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv demo test test-fast lint bench clean cluster-up cluster-down
 
 $(BIN)/qat-sweep: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,16 @@ lint: venv
 
 bench: venv
 	$(BIN)/qat-sweep bench model=1M batch=8 seq_len=128 steps=10
+
+# A private single-node SLURM on loopback (the `ci` launch profile's cluster): needs SLURM and
+# munge installed (bash .ci/system-deps.sh) and root. Then, in your shell:
+#   export SLURM_CONF=$(CLUSTER)/slurm.conf PATH=$(CLUSTER)/bin:$$PATH
+CLUSTER ?= /tmp/qat-sweep-slurm
+cluster-up:
+	$(PYTHON) tests/slurm_cluster.py start $(CLUSTER)
+
+cluster-down:
+	$(PYTHON) tests/slurm_cluster.py stop $(CLUSTER)
 
 clean:
 	rm -rf runs reports .pytest_cache

@@ -81,5 +81,5 @@ def test_bad_launch_input_submits_nothing(
 
 
 def test_print_hydra_overrides(capsys: pytest.CaptureFixture[str]) -> None:
-    assert launch_main(["sweep=demo", "launcher=ci", "--print-hydra-overrides"]) == 0
-    assert "hydra/launcher=submitit_slurm" in capsys.readouterr().out
+    assert launch_main(["sweep=demo", "launcher=local", "--print-hydra-overrides"]) == 0
+    assert "hydra/launcher=submitit_local" in capsys.readouterr().out

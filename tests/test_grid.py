@@ -137,7 +137,7 @@ subgrids:
     assert "model/7B" in message and "model presets: " in message
     assert "quant/w3a3" in message and "schemes: bf16" in message
     assert "unknown format 'int3'" in message
-    assert "tokens=100 is less than one global batch" in message
+    assert "tokens=100 is smaller than one global batch" in message
 
 
 def test_duplicate_runs_are_rejected(tmp_path: Path) -> None:

@@ -208,6 +208,17 @@ def test_over_large_profile_is_rejected(
     err = capsys.readouterr().err
     assert "asks for more than partition 'debug' offers: mem_gb=64" in err
     assert count_sbatch.read_text() == "" and not runs.exists()
+    # The Hydra path checks the same profile against the same partition.
+    assert launch_main([f"sweep={sweep}", "launcher=slurm", "--print-hydra-overrides"]) == 2
+    assert "mem_gb=64" in capsys.readouterr().err
+    assert launch_main([f"sweep={sweep}", "launcher=ci", "--print-hydra-overrides"]) == 0
+    assert "hydra/launcher=submitit_slurm" in capsys.readouterr().out
+    profile = tmp_path / "elsewhere.yaml"
+    profile.write_text("kind: slurm\npartition: gpu\n")
+    assert launch_main([f"sweep={sweep}", f"launcher={profile}", "--dry-run"]) == 2
+    assert "partition 'gpu' does not exist on this cluster; partitions: debug" in (
+        capsys.readouterr().err
+    )
 
 
 def test_two_node_job_trains_as_one_process_group(

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
+
+from qat_sweep.config_dirs import CONFIG_DIR_ENV
 
 USAGE = """usage: qat-sweep <command> [key=value ...]
 
@@ -24,12 +28,27 @@ commands:
             sync sweep=NAME [--dry-run]
   wandb-workspace  save a wandb workspace of a sweep and print its URL:
             wandb-workspace sweep=NAME --entity E --project P
+
+configs: the packaged conf/ and launchers/, overlaid by ./conf and ./launchers (or those of
+--config-dir=DIR); a file of yours with the same name wins.
 """
 
 
 def _train(argv: list[str]) -> int:
     from qat_sweep import train
 
+    # A single run is checked as `plan` checks it, before Hydra composes it; Hydra's own flags
+    # (-m, --cfg, hydra.* / hydra/launcher=...) go straight to Hydra.
+    if not any(arg.startswith(("-", "hydra")) for arg in argv):
+        from qat_sweep.grid import override_problems
+
+        problems = override_problems(argv, has_cuda=train.torch.cuda.is_available())
+        if problems:
+            print("error: " + "\n  ".join(["this run cannot start:", *problems]), file=sys.stderr)
+            return 2
+        from hydra.core.global_hydra import GlobalHydra
+
+        GlobalHydra.instance().clear()  # the check composed with Hydra; hydra.main starts afresh
     # Hydra parses sys.argv itself, so -m, --cfg job, hydra/launcher=... all work as usual.
     sys.argv = ["qat-sweep train", *argv]
     train.main()
@@ -63,8 +82,30 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
 }
 
 
+def _take_config_dir(argv: list[str]) -> list[str] | None:
+    """Strip ``--config-dir=DIR`` (its conf/ and launchers/ overlay the packaged ones) into
+    QAT_SWEEP_CONFIG_DIR, which local and SLURM runs inherit. None: DIR is not a directory."""
+    rest = []
+    for arg in argv:
+        if arg.startswith("--config-dir="):
+            root = Path(arg.split("=", 1)[1]).expanduser().resolve()
+            if not root.is_dir():
+                return None
+            os.environ[CONFIG_DIR_ENV] = str(root)
+        else:
+            rest.append(arg)
+    return rest
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    given = _take_config_dir(sys.argv[1:] if argv is None else argv)
+    if given is None:
+        print(
+            "qat-sweep: --config-dir=DIR needs a directory (with conf/, launchers/)",
+            file=sys.stderr,
+        )
+        return 2
+    argv = given
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2
@@ -76,7 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(USAGE, file=sys.stderr)
         return 2
-    return COMMANDS[command](rest)
+    try:
+        return COMMANDS[command](rest)
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+        # A bad input a subcommand did not word itself; QAT_SWEEP_DEBUG=1 shows the traceback.
+        if os.environ.get("QAT_SWEEP_DEBUG") == "1":
+            raise
+        print(f"qat-sweep {command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from qat_sweep.common import format_count as format_tokens
 from qat_sweep.common import parse_tokens as parse_tokens  # re-exported: plan and train parse here
-from qat_sweep.presets import CONF_DIR
+from qat_sweep.config_dirs import find
+from qat_sweep.presets import conf_dirs
 from qat_sweep.tokenfiles import data_identity
 
 # Config groups of conf/train.yaml: choosing one of these loads a file, everything else is a value.
@@ -136,7 +137,8 @@ def twin_key(cfg: DictConfig | dict[str, Any]) -> str:
     """
     tree = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg
     assert isinstance(tree, dict)
-    return run_key({**tree, "quant": copy.deepcopy(_group_option("quant", "bf16"))})
+    bf16 = _group_option("quant", "bf16", tuple(conf_dirs()))
+    return run_key({**tree, "quant": copy.deepcopy(bf16)})
 
 
 def _run_key_resolver(*, _root_: DictConfig) -> str:
@@ -152,32 +154,36 @@ def run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.runs) / str(cfg.sweep_name) / str(cfg.run_key)
 
 
-def conf_dir() -> Path:
-    return Path(CONF_DIR)
+_hydra_dirs: tuple[Path, ...] | None = None  # the search path GlobalHydra was set up with
 
 
-def _ensure_hydra() -> None:
-    if not GlobalHydra.instance().is_initialized():
-        initialize_config_dir(config_dir=str(conf_dir()), version_base=None, job_name="qat_sweep")
+def _ensure_hydra(dirs: tuple[Path, ...]) -> None:
+    """Hydra over ``dirs``: the packaged conf is primary, the plugin puts the user's first."""
+    global _hydra_dirs
+    if GlobalHydra.instance().is_initialized() and _hydra_dirs in (None, dirs):
+        return  # ours, or set up by the caller (a Hydra app, a test)
+    GlobalHydra.instance().clear()
+    initialize_config_dir(config_dir=str(dirs[-1]), version_base=None, job_name="qat_sweep")
+    _hydra_dirs = dirs
 
 
 @lru_cache(maxsize=256)
-def _compose_groups(choices: tuple[str, ...]) -> dict[str, Any]:
-    _ensure_hydra()
+def _compose_groups(choices: tuple[str, ...], dirs: tuple[Path, ...]) -> dict[str, Any]:
+    _ensure_hydra(dirs)
     container = OmegaConf.to_container(compose(config_name="train", overrides=list(choices)))
     assert isinstance(container, dict)
     return container
 
 
 @lru_cache(maxsize=256)
-def _group_option(group: str, option: str) -> Any:
+def _group_option(group: str, option: str, dirs: tuple[Path, ...]) -> Any:
     """One group option's subtree; plain files are read directly, anything else via Hydra."""
-    path = conf_dir() / group / f"{option}.yaml"
-    if path.is_file():
+    path = find(list(dirs), f"{group}/{option}.yaml")
+    if path is not None:
         text = path.read_text()
         if "defaults" not in text and "@package" not in text:
             return OmegaConf.to_container(OmegaConf.load(path))
-    return _compose_groups((f"{group}={option}",))[group]
+    return _compose_groups((f"{group}={option}",), dirs)[group]
 
 
 @lru_cache(maxsize=4096)
@@ -214,9 +220,10 @@ def compose_tree(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
             choices.append(text)
         else:
             values.append(override)
-    tree = copy.deepcopy(_compose_groups(tuple(choices)))
+    dirs = tuple(conf_dirs())
+    tree = copy.deepcopy(_compose_groups(tuple(choices), dirs))
     for group, option in groups.items():
-        tree[group] = copy.deepcopy(_group_option(group, option))
+        tree[group] = copy.deepcopy(_group_option(group, option, dirs))
     for override in values:
         _set_value(tree, override.key_or_group, override.value(), override.input_line)
     return tree

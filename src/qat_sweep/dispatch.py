@@ -9,7 +9,9 @@ callable is a plain function call that resumes from the run's checkpoint when re
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import socket
 import subprocess
@@ -20,15 +22,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from qat_sweep.config_dirs import CONFIG_DIR_ENV, user_root
 from qat_sweep.grid import (
     STATUSES,
     PlanError,
     PlannedRun,
     _cost_options,
+    attach_status,
     manifest_dir,
     parse_cli,
     plan_sweep,
 )
+from qat_sweep.locks import LockHeld, describe_holder, launch_lock
 from qat_sweep.profiles import (
     LaunchProfile,
     check_against_cluster,
@@ -36,10 +41,14 @@ from qat_sweep.profiles import (
     hydra_launcher_overrides,
     load_profile,
     max_array_size,
+    placement,
 )
 from qat_sweep.record import read_record, write_json_atomic
+from qat_sweep.status import status_rows, status_table, watch
 
 LAUNCH_FLAGS = ("--dry-run", "--print-hydra-overrides")
+LAUNCH_LOCK_WAIT_S = 120.0  # a second launch waits this long for the first to finish submitting
+EXIT_LOCKED = 75  # EX_TEMPFAIL: another launch holds the sweep; try again later
 
 
 class TrainRun:
@@ -47,12 +56,30 @@ class TrainRun:
 
     def __init__(self, overrides: list[str]) -> None:
         self.overrides = list(overrides)
+        self.config_root = str(user_root())  # the launch's conf/ overlay, wherever the job runs
 
     def __call__(self) -> dict[str, Any]:
+        os.environ[CONFIG_DIR_ENV] = self.config_root
         from qat_sweep.train import train_from_overrides
 
-        record = train_from_overrides(self.overrides)
+        try:
+            record = train_from_overrides(self.overrides)
+        except LockHeld as held:  # another trainer has this run: its record is the one that counts
+            print(f"[qat-sweep] not started: {held}", file=sys.stderr)
+            return {"status": "not started", "error": str(held)}
         return {k: record.get(k) for k in ("run_key", "status", "loss", "error")}
+
+
+def _check_local_devices(runs: list[PlannedRun]) -> None:
+    """train.device=cuda on this machine needs a CUDA device (checked once, not per job)."""
+    if any(r.config["train"]["device"] == "cuda" for r in runs):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise PlanError(
+                "train.device='cuda' but this machine has no CUDA device (launcher kind local); "
+                "use train.device=cpu or auto\nnothing was launched."
+            )
 
 
 def to_launch(runs: list[PlannedRun]) -> list[PlannedRun]:
@@ -207,17 +234,56 @@ def launch_main(argv: list[str]) -> int:
         if "launcher" not in options:
             raise PlanError("missing launcher=PROFILE (a file in launchers/, e.g. launcher=local)")
         profile = load_profile(options["launcher"])
+        check_against_cluster(profile)  # --print-hydra-overrides too: the same profile, same limits
         if "--print-hydra-overrides" in flags:
             print(" ".join(hydra_launcher_overrides(profile)))
             return 0
-        check_against_cluster(profile)
-        runs = plan_sweep(sweep, [*overrides, *profile.train_overrides()], strict=True)
+        mfu = _cost_options(options)[0]
+        extra = [*overrides, *profile.train_overrides()]
+        runs = plan_sweep(sweep, extra, strict=True, **placement(profile))
+        if profile.kind == "local":
+            _check_local_devices(runs)
+    except PlanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"error: {e}\nnothing was launched.", file=sys.stderr)
+        return 2
+    if "--dry-run" in flags:
+        return _launch(runs, profile, sweep, argv, flags, mfu)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(
+                launch_lock(runs[0].run_dir.parent, LAUNCH_LOCK_WAIT_S, on_wait=_say_waiting)
+            )
+        except LockHeld as held:
+            print(
+                f"error: another launch of sweep {sweep!r} is still running "
+                f"({describe_holder(held.holder)}); nothing was launched. Try again when it "
+                "ends (a launch that died has already released its lock).",
+                file=sys.stderr,
+            )
+            return EXIT_LOCKED
+        return _launch(runs, profile, sweep, argv, flags, mfu)
+
+
+def _launch(
+    runs: list[PlannedRun],
+    profile: LaunchProfile,
+    sweep: str,
+    argv: list[str],
+    flags: set[str],
+    mfu: float,
+) -> int:
+    """Status under the launch lock (a launch that just ended changed it), size, then submit."""
+    attach_status(runs)
+    try:
         todo = to_launch(runs)
         from qat_sweep.sizing import size_sweep  # torch: only on the launch path
 
-        size_sweep(todo, profile, _cost_options(options)[0])
+        size_sweep(todo, profile, mfu)
         arrays = job_arrays(todo, profile) if profile.kind == "slurm" else []
-    except PlanError as e:
+    except PlanError as e:  # its message says that nothing was launched
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ValueError as e:
@@ -249,34 +315,38 @@ def launch_main(argv: list[str]) -> int:
     return 1 if manifest["failed"] else 0
 
 
-def status_table(runs: list[PlannedRun]) -> str:
-    """Counts, then every run that is not completed, then the failures with reason and log."""
-    counts = {s: sum(r.status == s for r in runs) for s in STATUSES}
-    lines = [f"{len(runs)} runs: " + ", ".join(f"{s} {n}" for s, n in counts.items())]
-    open_runs = [r for r in runs if r.status != "completed"]
-    if open_runs:
-        lines += ["", f"{'status':<9} {'run_key':<58} {'sub-grid':<18} job"]
-        lines += [
-            f"{r.status:<9} {r.run_key:<58} {r.subgrid:<18} {r.job_id or '-'}" for r in open_runs
-        ]
-    failed = [r for r in runs if r.status == "failed"]
-    if failed:
-        lines += ["", "failed runs:"]
-        for r in failed:
-            lines += [f"  {r.run_key}: {r.error}", f"    log: {r.log or '-'}"]
-    return "\n".join(lines)
+def _say_waiting(held: LockHeld) -> None:
+    print(f"waiting up to {LAUNCH_LOCK_WAIT_S:.0f} s: {held}", flush=True)
+
+
+def _watch_period(value: str | None) -> float:
+    try:
+        every = float(value or 10)
+    except ValueError:
+        every = math.nan
+    if not every > 0:
+        raise PlanError(f"--watch={value}: give the refresh period in seconds > 0, e.g. --watch=30")
+    return every
 
 
 def status_main(argv: list[str]) -> int:
-    """``qat-sweep status sweep=NAME [--json] [overrides...]``."""
+    """``qat-sweep status sweep=NAME [--json] [--watch[=SECONDS]] [overrides...]``."""
     try:
-        sweep, _, flags, overrides = parse_cli(argv, ("--json",))
+        sweep, options, flags, overrides = parse_cli(argv, ("--json", "--watch"))
+        every = _watch_period(options.get("--watch"))
         runs = plan_sweep(sweep, overrides, strict=False)
     except PlanError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if "--json" in flags:
-        print(json.dumps([r.row() for r in runs], indent=1))
+        print(json.dumps(status_rows(runs), indent=1))
+    elif "--watch" in flags:
+
+        def refreshed() -> str:
+            attach_status(runs)
+            return status_table(runs)
+
+        watch(refreshed, every)
     else:
         print(status_table(runs))
     return 0

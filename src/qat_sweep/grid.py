@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from qat_sweep.config import (
     CONFIG_GROUPS,
@@ -30,12 +32,15 @@ from qat_sweep.config import (
     format_tokens,
     parse_tokens,
     plan_config,
+    resolve_tree,
+    run_key,
     twin_key,
 )
-from qat_sweep.presets import CONF_DIR, ModelConfig, available_presets, model_config_from
-from qat_sweep.record import read_record
+from qat_sweep.config_dirs import describe_dirs, options
+from qat_sweep.locks import is_held, run_lock_path
+from qat_sweep.presets import ModelConfig, available_presets, conf_dirs, model_config_from
+from qat_sweep.record import read_record, unreadable_record
 
-SWEEP_DIR: Path = CONF_DIR / "sweep"
 SWEEP_KEYS = ("name", "overrides", "twins", "subgrids", "holdout")
 TWIN_SUBGRID = "bf16_twins"
 MAX_LISTED_PROBLEMS = 60
@@ -76,6 +81,7 @@ class PlannedRun:
     error: str | None = None
     job_id: str | None = None
     log: str | None = None
+    reason: str | None = None  # why the scheduler keeps it pending (squeue %r)
     sizing: Any = None  # sizing.RunSizing once sized for a launch profile
     resources: Any = None  # the profile.LaunchProfile shape it runs with
 
@@ -119,18 +125,22 @@ class PlanError(ValueError):
 
 
 def available_sweeps() -> list[str]:
-    return sorted(p.stem for p in SWEEP_DIR.glob("*.yaml"))
+    return list(options(conf_dirs(), "sweep"))
 
 
 def load_sweep(name: str) -> SweepSpec:
-    """Parse and check ``conf/sweep/<name>.yaml`` (or a path to a sweep file)."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else SWEEP_DIR / f"{name}.yaml"
-    if not path.is_file():
+    """Parse and check ``conf/sweep/<name>.yaml`` (the user's conf/ first) or a sweep file path."""
+    if name.endswith((".yaml", ".yml")):
+        path: Path | None = Path(name)
+    else:
+        path = options(conf_dirs(), "sweep").get(name)
+    if path is None or not path.is_file():
         raise PlanError(
-            f"unknown sweep {name!r}; available in {SWEEP_DIR}: {', '.join(available_sweeps())}"
+            f"unknown sweep {name!r}; available in {describe_dirs(conf_dirs(), 'sweep')}: "
+            f"{', '.join(available_sweeps())}"
         )
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     where = str(path)
+    raw = load_yaml(path, PlanError)
     if not isinstance(raw, dict):
         raise PlanError(f"{where}: a sweep file must be a mapping with keys {list(SWEEP_KEYS)}")
     unknown = sorted(k for k in raw if k not in SWEEP_KEYS and not str(k).startswith("_"))
@@ -258,7 +268,7 @@ def _planned(sub: str, overrides: list[str], config: dict[str, Any]) -> PlannedR
 
 def schemes() -> list[str]:
     """Scheme names: the files of conf/quant (each names its scheme)."""
-    return sorted(p.stem for p in (CONF_DIR / "quant").glob("*.yaml"))
+    return list(options(conf_dirs(), "quant"))
 
 
 def allowed_group_sizes(model: ModelConfig) -> list[int | str]:
@@ -269,6 +279,125 @@ def allowed_group_sizes(model: ModelConfig) -> list[int | str]:
     """
     common = math.gcd(model.hidden_size, model.ffn_size)
     return [g for g in range(2, common + 1) if common % g == 0] + ["channel"]
+
+
+DEVICES = ("auto", "cpu", "cuda")
+SCHEDULES = ("cosine", "wsd")
+PARALLELISMS = ("auto", "single", "ddp", "fsdp")  # = sizing.PARALLELISM_CHOICES, without torch
+
+
+def _number(value: Any, integer: bool = False) -> float | None:
+    """``value`` as a number (None if it is not one: strings, bools, lists)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if integer and (not math.isfinite(value) or value != int(value)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+# (key, integer?, test, what is allowed): the value checks the trainer needs before step 1
+_VALUE_CHECKS: tuple[tuple[str, bool, Any, str], ...] = (
+    ("seed", True, lambda v: v >= 0, "a whole number >= 0"),
+    ("optim.lr", False, lambda v: v > 0, "a number > 0"),
+    ("optim.batch_seqs", True, lambda v: v >= 1, "a whole number of sequences >= 1"),
+    ("optim.warmup_steps", True, lambda v: v >= 0, "a whole number of steps >= 0"),
+    ("optim.warmup_max_fraction", False, lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
+    ("optim.grad_clip", False, lambda v: v > 0, "a number > 0"),
+    ("optim.weight_decay", False, lambda v: v >= 0, "a number >= 0"),
+    ("optim.eps", False, lambda v: v > 0, "a number > 0"),
+    ("optim.min_lr_ratio", False, lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
+    ("optim.decay_fraction", False, lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+    ("train.seq_len", True, lambda v: v >= 1, "a whole number of tokens >= 1"),
+    ("train.max_loss", False, lambda v: v > 0, "a number > 0"),
+    ("train.loss_smoothing.fraction", False, lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+    ("train.loss_smoothing.max_steps", True, lambda v: v >= 1, "a whole number >= 1"),
+    ("eval.batches", True, lambda v: v >= 1, "a whole number of batches >= 1"),
+    ("eval.batch_seqs", True, lambda v: v >= 1, "a whole number of sequences >= 1"),
+    ("eval.every_steps", True, lambda v: v >= 0, "a whole number of steps >= 0 (0 = ~10 evals)"),
+    ("checkpoint.every_steps", True, lambda v: v >= 0, "a whole number of steps >= 0"),
+    ("checkpoint.every_minutes", False, lambda v: v >= 0, "a number of minutes >= 0 (0 = off)"),
+    ("checkpoint.keep", True, lambda v: v >= 1, "a whole number of checkpoints >= 1"),
+    ("logger.progress_every_steps", True, lambda v: v >= 1, "a whole number of steps >= 1"),
+)
+_MISSING = object()
+
+
+def _get(config: dict[str, Any], key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def config_problems(config: dict[str, Any], gpus: int | None = None) -> list[str]:
+    """The trainer's start-of-run checks on a resolved config, torch- and data-free.
+
+    Shared by `plan`, `launch` (with the profile's ``gpus`` per node) and the trainer itself,
+    so a value the trainer would refuse never reaches a job; how a batch splits over a run's
+    GPUs is checked per run by ``sizing.size_sweep``.
+    Messages name the key, the bad value and what is allowed, and never the run: the same
+    problem in many runs is reported once.
+    """
+    problems = []
+    for key, integer, test, allowed in _VALUE_CHECKS:
+        value = _get(config, key)
+        if value is _MISSING:
+            continue
+        number = _number(value, integer)
+        if number is None or not test(number):
+            problems.append(f"{key}={value!r}: must be {allowed}")
+    try:
+        tokens = parse_tokens(config.get("tokens"))
+    except ValueError as e:
+        problems.append(str(e))
+        tokens = None
+    betas = _get(config, "optim.betas")
+    if betas is not _MISSING and not (
+        isinstance(betas, list)
+        and len(betas) == 2
+        and all(_number(b) is not None and 0 <= b < 1 for b in betas)
+    ):
+        problems.append(f"optim.betas={betas!r}: must be two numbers in [0, 1), e.g. [0.9, 0.95]")
+    schedule = _get(config, "optim.schedule")
+    if schedule is not _MISSING and schedule not in SCHEDULES:
+        problems.append(f"optim.schedule={schedule!r}: allowed: {', '.join(SCHEDULES)}")
+    parallelism = _get(config, "train.parallelism")
+    if parallelism is not _MISSING and parallelism not in PARALLELISMS:
+        problems.append(f"train.parallelism={parallelism!r}; allowed: {', '.join(PARALLELISMS)}")
+    device = _get(config, "train.device")
+    if device is not _MISSING and device not in DEVICES:
+        problems.append(f"train.device={device!r}: allowed: {', '.join(DEVICES)}")
+    elif device == "cuda" and gpus == 0:
+        problems.append(
+            "train.device='cuda' but the launch profile gives each run no GPU "
+            "(gpus_per_node: 0); use train.device=cpu or auto, or a profile with GPUs"
+        )
+    batch = _number(_get(config, "optim.batch_seqs"), integer=True)
+    seq_len = _number(_get(config, "train.seq_len"), integer=True)
+    micro = _get(config, "train.micro_batch_seqs")
+    if micro is not None and micro is not _MISSING:
+        micro_n = _number(micro, integer=True)
+        if micro_n is None or micro_n < 1:
+            problems.append(
+                f"train.micro_batch_seqs={micro!r}: must be null (whole per-device batch) or a "
+                "whole number >= 1"
+            )
+        elif batch and batch >= 1 and batch % micro_n:
+            divisors = [d for d in range(1, int(batch) + 1) if batch % d == 0]
+            problems.append(
+                f"train.micro_batch_seqs={micro} does not divide the global batch of "
+                f"{int(batch)} sequences (optim.batch_seqs); allowed: "
+                f"{', '.join(map(str, divisors))}"
+            )
+    step_tokens = batch * seq_len if batch and seq_len and batch >= 1 and seq_len >= 1 else None
+    if tokens is not None and step_tokens and tokens < step_tokens:
+        problems.append(
+            f"tokens={tokens} is smaller than one global batch ({int(batch)} sequences x "
+            f"{int(seq_len)} tokens = {int(step_tokens)}); use tokens >= {int(step_tokens)}"
+        )
+    return problems
 
 
 def _run_problems(config: dict[str, Any]) -> list[str]:
@@ -294,18 +423,47 @@ def _run_problems(config: dict[str, Any]) -> list[str]:
             f"(hidden {model.hidden_size}, FFN {model.ffn_size}); allowed: "
             f"{', '.join(map(str, allowed_group_sizes(model)))}"
         )
-    tokens = parse_tokens(config["tokens"])
-    batch_seqs, seq_len = int(config["optim"]["batch_seqs"]), int(config["train"]["seq_len"])
-    if tokens < batch_seqs * seq_len:
-        problems.append(
-            f"tokens={tokens} is less than one global batch ({batch_seqs} sequences x "
-            f"{seq_len} tokens = {batch_seqs * seq_len}); use tokens >= {batch_seqs * seq_len}"
-        )
     return problems
+
+
+def override_problems(overrides: list[str], has_cuda: bool | None = None) -> list[str]:
+    """Why `qat-sweep train <overrides>` would be refused at its start (empty: it can run).
+
+    The checks of `plan` for one run: composition, values, model/quant and whether its data
+    is there or buildable; run by the train command before Hydra and the trainer start.
+    """
+    try:
+        tree = resolve_tree(compose_tree(overrides))
+        problems = config_problems(tree)
+        if problems:
+            return problems
+        config = {**tree, "run_key": run_key(tree)}
+        problems = _run_problems(config)
+    except (ValueError, HydraException) as e:
+        return [_compose_problem(e)]
+    if has_cuda is False and config["train"]["device"] == "cuda":
+        problems.append("train.device='cuda' but this machine has no CUDA device")
+    data = _data_problem(config["data"], load=False)
+    return problems + ([data] if data else [])
+
+
+def load_yaml(path: Path, error: type[Exception]) -> Any:
+    """A YAML file as plain data; ``error`` names the file and line of a syntax error."""
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise error(f"{where}: not valid YAML ({problem}); fix the file's syntax") from e
+    except (ValueError, HydraException, OmegaConfBaseException) as e:
+        raise error(f"{path}: {str(e).splitlines()[0]}") from e
 
 
 def _compose_problem(error: Exception) -> str:
     text = str(error).splitlines()[0]
+    if text.startswith("Error parsing override"):
+        return f"{text}: expected key=value (Hydra's override grammar), e.g. tokens=2M"
     if "model/" in text:
         return f"{text}; model presets: {', '.join(available_presets())}"
     if "quant/" in text:
@@ -370,6 +528,7 @@ def plan_sweep(
     extra_overrides: list[str] | tuple[str, ...] = (),
     runs_root: str | Path | None = None,
     strict: bool = True,
+    gpus: int | None = None,
 ) -> list[PlannedRun]:
     """Every run of sweep ``name``, validated, with its status; PlanError lists all problems.
 
@@ -377,37 +536,42 @@ def plan_sweep(
     ``strict`` (launch) adds the checks that need torch or read data: the trainer's own
     model/quant validation and loading each data directory; missing data is then an error.
     ``plan`` uses ``strict=False`` and only warns about data (a laptop without the corpus).
+    ``gpus`` (per node) comes from the launch profile.
     """
     spec = load_sweep(name)
     extra = list(extra_overrides)
     if runs_root is not None:
         extra.append(f"paths.runs={Path(runs_root).resolve()}")
     explicit = expand(spec, extra)
-    problems: list[str] = []
+    problems: dict[str, list[str]] = {}  # one entry per distinct problem: the runs it hits
     runs: list[PlannedRun] = []
     for sub, overrides in explicit:
+        point = overrides[1 + len(spec.overrides) : len(overrides) - len(extra)]
+        label = f"{sub} [{' '.join(point)}]"
         try:
-            config = plan_config(overrides)
-            key = config["run_key"]
-            run_problems = _run_problems(config)
+            tree = resolve_tree(compose_tree(overrides))
+            found = config_problems(tree, gpus)
+            if not found:
+                config = {**tree, "run_key": run_key(tree)}
+                label, found = f"{sub} {config['run_key']}", _run_problems(config)
         except (ValueError, HydraException) as e:
-            problems.append(f"{sub} [{' '.join(overrides[1:])}]: {_compose_problem(e)}")
-            continue
-        if run_problems:
-            problems += [f"{sub} {key}: {p}" for p in run_problems]
-            continue
-        runs.append(_planned(sub, overrides, config))
+            found = [_compose_problem(e)]
+        for problem in found:
+            problems.setdefault(problem, []).append(label)
+        if not found:
+            runs.append(_planned(sub, overrides, config))
     counts = Counter(r.run_key for r in runs)
     for key in sorted(k for k, n in counts.items() if n > 1):
         where = ", ".join(sorted({r.subgrid for r in runs if r.run_key == key}))
-        problems.append(f"duplicate run {key}: appears {counts[key]} times (sub-grids: {where})")
+        problems[f"duplicate run {key}: appears {counts[key]} times (sub-grids: {where})"] = []
     if spec.twins and not problems:
         runs += _twins(runs)
     if not problems and strict:
-        found = {**trainer_problems(runs), **data_problems(runs, load=True)}
-        problems += [
-            f"{r.subgrid} {r.run_key}: {found[r.run_key]}" for r in runs if r.run_key in found
-        ]
+        found_by_run = {**trainer_problems(runs), **data_problems(runs, load=True)}
+        for run in runs:
+            if run.run_key in found_by_run:
+                label = f"{run.subgrid} {run.run_key}"
+                problems.setdefault(found_by_run[run.run_key], []).append(label)
     if problems:
         raise PlanError(_problem_report(spec, len(explicit), problems))
     _add_membership(runs, spec.holdout)
@@ -442,11 +606,23 @@ def _twins(runs: list[PlannedRun]) -> list[PlannedRun]:
     return twins
 
 
-def _problem_report(spec: SweepSpec, n_runs: int, problems: list[str]) -> str:
-    listed = problems[:MAX_LISTED_PROBLEMS]
+def _problem_report(spec: SweepSpec, n_runs: int, problems: dict[str, list[str]]) -> str:
+    """One line per distinct problem, naming the run it hits or how many runs share it."""
+    listed = list(problems.items())[:MAX_LISTED_PROBLEMS]
     more = len(problems) - len(listed)
     lines = [f"sweep {spec.name!r} ({spec.path}): {len(problems)} problem(s) in {n_runs} runs:"]
-    lines += [f"  - {p}" for p in listed]
+    for problem, labels in listed:
+        if len(labels) == 1:
+            lines.append(f"  - {labels[0]}: {problem}")
+        elif len(labels) >= n_runs:
+            lines.append(f"  - {problem} (all {len(labels)} runs)")
+        elif labels:
+            shown = ", ".join(labels[:2]) + (
+                f" and {len(labels) - 2} more" if len(labels) > 2 else ""
+            )
+            lines.append(f"  - {problem} ({len(labels)} runs: {shown})")
+        else:
+            lines.append(f"  - {problem}")
     if more:
         lines.append(f"  ... and {more} more")
     lines.append("nothing was launched.")
@@ -460,6 +636,7 @@ def attach_status(runs: list[PlannedRun]) -> None:
     jobs = job_states(runs[0].run_dir.parent, [r.run_key for r in runs])
     for run in runs:
         job = jobs.get(run.run_key)
+        run.status, run.error, run.job_id, run.log, run.reason = "missing", None, None, None, None
         if job is not None:
             run.job_id, run.log = job.job_id, job.log
         record = read_record(run.run_dir)
@@ -467,6 +644,11 @@ def attach_status(runs: list[PlannedRun]) -> None:
             run.status = "completed"
         elif job is not None and job.state in ("running", "pending"):
             run.status = job.state  # a retry in the queue outranks the failed record it replaces
+            run.reason = job.detail
+        elif is_held(run_lock_path(run.run_dir)):
+            run.status = "running"  # a trainer holds it: started by hand, or its job is unknown
+        elif unreadable := unreadable_record(run.run_dir):
+            run.status, run.error = "failed", unreadable
         elif record is not None:
             run.status, run.error = "failed", f"{record['status']}: {record.get('error')}"
         elif job is not None and job.state == "failed":
@@ -484,7 +666,7 @@ class JobState:
     job_id: str | None
     log: str | None
     state: str  # running | pending | failed | local | unknown
-    detail: str | None = None
+    detail: str | None = None  # why it failed, or why it is pending
 
 
 _PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED"}
@@ -520,21 +702,39 @@ def job_states(sweep_dir: Path, run_keys: list[str]) -> dict[str, JobState]:
     for key, (manifest, job) in latest.items():
         log = job.get("stderr") or job.get("log")
         if manifest.get("kind") == "slurm":
-            state = states.get(job["job_id"])
-            out[key] = JobState(job["job_id"], log, *_slurm_state(job["job_id"], state, log))
+            state, reason = states.get(job["job_id"], (None, None))
+            out[key] = JobState(job["job_id"], log, *_slurm_state(job["job_id"], state, reason))
         else:
             out[key] = JobState(job.get("job_id"), log, *_local_state(manifest, job, log))
     return out
 
 
-def _slurm_state(job_id: str, state: str | None, log: str | None) -> tuple[str, str | None]:
+def _slurm_state(job_id: str, state: str | None, reason: str | None) -> tuple[str, str | None]:
     if state is None:
         return "unknown", None
     if state in _PENDING:
-        return "pending", None
+        return "pending", _pending_reason(reason)
     if state in _RUNNING:
         return "running", None
-    return "failed", f"SLURM job {job_id} ended {state} without a run record; log: {log}"
+    return "failed", f"SLURM job {job_id} ended {state} without a run record"
+
+
+# squeue's reason codes a user meets most, in words (others are shown as SLURM spells them)
+_REASONS = {
+    "BeginTime": "requeued: SLURM holds a requeued job ~2 min before it may start again",
+    "Resources": "waiting for free resources",
+    "Priority": "higher-priority jobs go first",
+    "JobArrayTaskLimit": "the array's parallelism limit (array_parallelism) is reached",
+    "QOSMaxJobsPerUserLimit": "the QOS's jobs-per-user limit is reached",
+    "ReqNodeNotAvail": "the requested nodes are unavailable (down, drained or reserved)",
+    "PartitionTimeLimit": "timeout_min exceeds the partition's MaxTime: it will never start",
+}
+
+
+def _pending_reason(reason: str | None) -> str | None:
+    if not reason or reason == "None":
+        return None
+    return f"{reason}: {_REASONS[reason]}" if reason in _REASONS else reason
 
 
 def _local_state(
@@ -542,7 +742,7 @@ def _local_state(
 ) -> tuple[str, str | None]:
     code = job.get("exit_code")
     if code is not None and code != 0:
-        return "failed", f"local run exited with code {code} without a run record; log: {log}"
+        return "failed", f"local run exited with code {code} without a run record"
     if code is None and manifest.get("host") == socket.gethostname() and _alive(manifest["pid"]):
         return "local", None
     return "unknown", None
@@ -556,8 +756,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def slurm_job_states(job_ids: list[str]) -> dict[str, str]:
-    """SLURM state per job id (``123_4`` array tasks or ``123``) from squeue, then sacct.
+def slurm_job_states(job_ids: list[str]) -> dict[str, tuple[str, str | None]]:
+    """SLURM (state, pending reason) per job id (``123_4`` or ``123``) from squeue, then sacct.
 
     squeue forgets jobs after MinJobAge; sacct may be missing (no accounting): both are
     tolerated, an unknown job simply has no state.
@@ -565,7 +765,7 @@ def slurm_job_states(job_ids: list[str]) -> dict[str, str]:
     if not job_ids or shutil.which("squeue") is None:
         return {}
     arrays = sorted({j.split("_")[0] for j in job_ids})
-    found = _query(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(arrays), "-o", "%i|%T"])
+    found = _query(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(arrays), "-o", "%i|%T|%r"])
     unknown = sorted({j.split("_")[0] for j in job_ids if j not in found})
     if unknown and shutil.which("sacct") is not None:
         sacct = ["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(unknown)]
@@ -573,16 +773,16 @@ def slurm_job_states(job_ids: list[str]) -> dict[str, str]:
     return found
 
 
-def _query(command: list[str]) -> dict[str, str]:
+def _query(command: list[str]) -> dict[str, tuple[str, str | None]]:
     try:
         out = subprocess.run(command, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return {}
     states = {}
     for line in out.stdout.splitlines():
-        job_id, _, state = line.partition("|")
+        job_id, state, reason = ([*line.split("|"), "", ""])[:3]
         if job_id and state and job_id.strip() != "JobID":
-            states[job_id.strip()] = state.split()[0].rstrip("+")
+            states[job_id.strip()] = (state.split()[0].rstrip("+"), reason.strip() or None)
     return states
 
 
@@ -646,7 +846,7 @@ def plan_table(runs: list[PlannedRun], mfu: float, peak_tflops: float) -> str:
         lines += ["", f"## {sub}: {len(group)} runs, {_hours(hours)} GPU-hours", header]
         for r in group:
             lines.append(
-                f"{r.run_key:<58} {r.model:>6} {r.n_params / 1e6:>8.1f}M "
+                f"{r.run_key:<58} {r.model:>6} {format_tokens(r.n_params):>9} "
                 f"{format_tokens(r.tokens):>7} {r.scheme:<11} {r.format:<8} "
                 f"{_fmt_group(r.group_size):>7} {r.lr:>8.2g} {r.flops:>9.2e} "
                 f"{_hours(r.gpu_hours(mfu, peak_tflops)):>8}{_sizing_cells(r)} {r.status}"
@@ -701,13 +901,14 @@ def plan_main(argv: list[str]) -> int:
         mfu, peak = _cost_options(options)
         profile = None
         if "launcher" in options:
-            from qat_sweep.profiles import load_profile
+            from qat_sweep.profiles import load_profile, placement
             from qat_sweep.sizing import size_sweep
 
             profile = load_profile(options["launcher"])
             overrides = [*overrides, *profile.train_overrides()]
             peak = profile.peak / 1e12 if profile.peak and "peak_tflops" not in options else peak
-        runs = plan_sweep(sweep, overrides, strict=False)
+        devices = placement(profile) if profile is not None else {}
+        runs = plan_sweep(sweep, overrides, strict=False, **devices)
         if profile is not None:
             size_sweep(runs, profile, mfu)
         missing_data = list(data_problems(runs).values())
@@ -717,6 +918,12 @@ def plan_main(argv: list[str]) -> int:
     if "--json" in flags:
         print(json.dumps([r.row(mfu, peak) for r in runs], indent=1))
     else:
+        print(f"sweep {sweep!r} from {load_sweep(sweep).path.resolve()}")
+        if "launcher" in options:
+            from qat_sweep.profiles import profile_path
+
+            source = profile_path(options["launcher"]).resolve()
+            print(f"launch profile {options['launcher']!r} from {source}")
         print(plan_table(runs, mfu, peak))
     if missing_data:
         print(f"warning: {len(missing_data)} run(s) cannot be launched yet:", file=sys.stderr)

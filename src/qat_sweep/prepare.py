@@ -525,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (OSError, ValueError, ImportError) as e:
         print(f"qat-sweep prepare: error: {e}", file=sys.stderr)
-        return 1
+        return 2
     if (out / MANIFEST).is_file():
         print(out)
     return 0

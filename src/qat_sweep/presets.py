@@ -7,7 +7,6 @@ linear layers), because that is the N the scaling law is fitted on.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +14,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR: Path = Path(
-    os.environ.get("QAT_SWEEP_CONF") or Path(__file__).resolve().parents[2] / "conf"
-)
+from qat_sweep.config_dirs import options, packaged_dir, user_dirs
+
+CONF_DIR: Path = packaged_dir("conf")  # the shipped configs; see qat_sweep.config_dirs
 
 # The paper's presets (PAPER.md section 2), in size order; everything else is a small preset.
 PAPER_PRESETS: tuple[str, ...] = ("74M", "145M", "297M", "595M", "973M", "2.8B")
@@ -129,9 +128,18 @@ def _as_int(key: str, value: Any) -> int:
     return int(value)
 
 
+def conf_dirs() -> list[Path]:
+    """The user's conf/ (working directory or --config-dir) first, then the packaged one."""
+    return [*user_dirs("conf"), CONF_DIR]
+
+
+def _preset_files() -> dict[str, Path]:
+    return options(conf_dirs(), "model")
+
+
 def available_presets() -> list[str]:
-    """Preset names from ``CONF_DIR/model``: paper presets in size order, then the rest by N."""
-    names = [p.stem for p in (CONF_DIR / "model").glob("*.yaml")]
+    """Preset names from ``conf/model``: paper presets in size order, then the rest by N."""
+    names = list(_preset_files())
     paper = [n for n in PAPER_PRESETS if n in names]
     others = sorted((n for n in names if n not in PAPER_PRESETS), key=lambda n: _load(n).n_params)
     return paper + others
@@ -146,7 +154,8 @@ def load_preset(name: str) -> ModelConfig:
 
 
 def _load(name: str) -> ModelConfig:
-    config = model_config_from(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"))
+    path = _preset_files()[name]
+    config = model_config_from(OmegaConf.load(path))
     if config.name != name:
-        raise ValueError(f"conf/model/{name}.yaml declares name {config.name!r}; they must match")
+        raise ValueError(f"{path} declares name {config.name!r}; they must match")
     return config

@@ -17,11 +17,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from qat_sweep.config_dirs import describe_dirs, options, search_dirs
 
-from qat_sweep.presets import CONF_DIR
-
-LAUNCHERS_DIR: Path = Path(os.environ.get("QAT_SWEEP_LAUNCHERS") or CONF_DIR.parent / "launchers")
 KINDS = ("local", "slurm")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 # Dense BF16 tensor-core peaks (no sparsity) of the GPU types a profile may name.
@@ -115,24 +112,28 @@ _STR_KEYS = ("partition", "account", "qos", "constraint", "exclude", "wandb_mode
 
 
 def available_profiles() -> list[str]:
-    return sorted(p.stem for p in LAUNCHERS_DIR.glob("*.yaml"))
+    return list(options(search_dirs("launchers")))
 
 
 def profile_path(name: str) -> Path:
-    return LAUNCHERS_DIR / f"{name}.yaml"
+    """The file of profile ``name``: ``launchers/<name>.yaml`` (the user's first) or a path."""
+    if Path(name).suffix in (".yaml", ".yml"):
+        return Path(name)
+    found = options(search_dirs("launchers")).get(name)
+    return found if found is not None else search_dirs("launchers")[-1] / f"{name}.yaml"
 
 
 def load_profile(name_or_path: str | Path) -> LaunchProfile:
     """A validated profile by name (``launchers/<name>.yaml``) or by path to a YAML file."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = profile_path(str(name_or_path))
+    path = profile_path(str(name_or_path))
     if not path.is_file():
         raise ValueError(
-            f"unknown launch profile {str(name_or_path)!r}; available in {LAUNCHERS_DIR}: "
-            f"{', '.join(available_profiles()) or '(none)'}"
+            f"unknown launch profile {str(name_or_path)!r}; available in "
+            f"{describe_dirs(search_dirs('launchers'))}: {', '.join(available_profiles()) or '(none)'}"
         )
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    from qat_sweep.grid import load_yaml
+
+    raw = load_yaml(path, ValueError)
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a launch profile must be a mapping of keys to values")
     return profile_from_dict(path.stem, raw, source=str(path))
@@ -185,6 +186,16 @@ def profile_from_dict(name: str, raw: dict[str, Any], source: str = "<dict>") ->
     values = {k: v for k, v in raw.items() if v is not None or k in ("mem_gb", "max_array_size")}
     values["env"] = {str(k): str(v) for k, v in values.get("env", {}).items()}
     return LaunchProfile(name=name, **values)
+
+
+def placement(profile: LaunchProfile) -> dict[str, int | None]:
+    """What validation knows of a run's devices before sizing: GPUs per node (None: varies).
+
+    Ranks and micro-batches are chosen per run by ``sizing.size_sweep``, which checks them.
+    """
+    shapes = profile.resource_shapes()
+    gpus = {shape.gpus_per_node for shape in shapes}
+    return {"gpus": gpus.pop() if profile.kind == "slurm" and len(gpus) == 1 else None}
 
 
 def _gpu_problems(raw: dict[str, Any], where: str) -> list[str]:
@@ -322,10 +333,26 @@ class PartitionLimits:
 
 
 def _slurm_output(*args: str) -> str:
-    out = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ValueError(f"`{' '.join(args)}` could not run: {e}{_slurm_conf_hint()}") from e
     if out.returncode:
-        raise ValueError(f"`{' '.join(args)}` failed: {out.stderr.strip() or out.stdout.strip()}")
+        raise ValueError(
+            f"`{' '.join(args)}` failed: {out.stderr.strip() or out.stdout.strip()}"
+            f"{_slurm_conf_hint()}"
+        )
     return out.stdout
+
+
+def _slurm_conf_hint() -> str:
+    if os.environ.get("SLURM_CONF"):
+        return f" (SLURM_CONF={os.environ['SLURM_CONF']}: is that cluster up?)"
+    return (
+        "; SLURM_CONF is not set, so SLURM looked for /etc/slurm/slurm.conf and then DNS SRV "
+        "records: export SLURM_CONF=/path/to/slurm.conf (for the loopback test cluster: "
+        "`make cluster-up`, see README)"
+    )
 
 
 def partition_limits(partition: str | None) -> PartitionLimits:
@@ -337,7 +364,7 @@ def partition_limits(partition: str | None) -> PartitionLimits:
     else:
         rows = [r for r in rows if r[0].rstrip("*") == partition]
     if not rows:
-        names = {r[0].rstrip("*") for r in _slurm_output("sinfo", "-h", "-o", "%P").split()}
+        names = {name.rstrip("*") for name in _slurm_output("sinfo", "-h", "-o", "%P").split()}
         raise ValueError(
             f"partition {partition!r} does not exist on this cluster; "
             f"partitions: {', '.join(sorted(names))}"

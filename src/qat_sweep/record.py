@@ -100,3 +100,20 @@ def software_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[package] = None
     return versions
+
+
+def unreadable_record(run_dir: Path) -> str | None:
+    """Why `run_dir` has a result.json that is not a valid record (None: absent or valid)."""
+    path = Path(run_dir) / RECORD_NAME
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        return f"{path} is unreadable ({e}); it will be rerun"
+    problems = record_problems(record)
+    return (
+        f"{path} is not a valid record ({'; '.join(problems)}); it will be rerun"
+        if problems
+        else None
+    )

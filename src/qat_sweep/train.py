@@ -45,7 +45,9 @@ from qat_sweep.distributed import (
     wrap_model,
 )
 from qat_sweep.flops import flops_per_token, mfu, peak_flops
+from qat_sweep.grid import config_problems
 from qat_sweep.instrument import site_stats
+from qat_sweep.locks import LockHeld, run_lock
 from qat_sweep.model import Transformer, build_model, compile_blocks, compile_enabled
 from qat_sweep.model import validate as validate_model
 from qat_sweep.preemption import (
@@ -78,6 +80,7 @@ __all__ = [
 ]
 
 EXIT_FAILED, EXIT_DIVERGED = 1, 3
+EXIT_LOCKED = 75  # EX_TEMPFAIL: another trainer holds the run directory
 
 
 class Diverged(RuntimeError):
@@ -111,6 +114,9 @@ def _ensure_data(cfg: DictConfig) -> TokenData:
 
 def validate_run(cfg: DictConfig) -> RunSetup:
     """Every check that can fail before a training step: raises ValueError naming the problem."""
+    problems = config_problems(OmegaConf.to_container(cfg, resolve=True))  # as plan/launch do
+    if problems:
+        raise ValueError("; ".join(problems))
     model_cfg = model_config_from(cfg.model)
     quant = quant_config_from(cfg.quant)
     try:
@@ -302,21 +308,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     existing = read_record(out_dir)
     if existing is not None and existing["status"] == "completed":
         return existing
-    setup: RunSetup | None = None
-    try:
-        setup = validate_run(cfg)
-        return _train(cfg, setup, out_dir)
-    except Exception as exc:  # Preempted is a SystemExit: it passes through to SLURM
-        record = _base_record(cfg, setup)
-        record["status"] = "diverged" if isinstance(exc, Diverged) else "failed"
-        record["error"] = f"{type(exc).__name__}: {exc}"
-        record["metrics"]["traceback"] = traceback.format_exc(limit=20)
-        if int(os.environ.get("RANK", "0")) == 0:
-            write_json_atomic(out_dir / RECORD_NAME, record)
-        print(
-            f"[qat-sweep] run {cfg.run_key} {record['status']}: {record['error']}", file=sys.stderr
-        )
-        return record
+    # One trainer per run directory: a second one raises LockHeld naming the holder, before it
+    # touches checkpoint or metrics.
+    with run_lock(out_dir):
+        existing = read_record(out_dir)  # the previous holder may have just finished it
+        if existing is not None and existing["status"] == "completed":
+            return existing
+        setup: RunSetup | None = None
+        try:
+            setup = validate_run(cfg)
+            return _train(cfg, setup, out_dir)
+        except Exception as exc:  # Preempted is a SystemExit: it passes through to SLURM
+            record = _base_record(cfg, setup)
+            record["status"] = "diverged" if isinstance(exc, Diverged) else "failed"
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            record["metrics"]["traceback"] = traceback.format_exc(limit=20)
+            if int(os.environ.get("RANK", "0")) == 0:
+                write_json_atomic(out_dir / RECORD_NAME, record)
+            print(
+                f"[qat-sweep] run {cfg.run_key} {record['status']}: {record['error']}",
+                file=sys.stderr,
+            )
+            return record
 
 
 def _train(cfg: DictConfig, setup: RunSetup, out_dir: Path) -> dict[str, Any]:
@@ -594,7 +607,11 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    record = train(cfg)
+    try:
+        record = train(cfg)
+    except LockHeld as held:
+        print(f"[qat-sweep] not started: {held}", file=sys.stderr)
+        sys.exit(EXIT_LOCKED)
     if int(os.environ.get("RANK", "0")) == 0:
         print(
             f"[qat-sweep] {record['run_key']}: {record['status']} loss={record['loss']} "
