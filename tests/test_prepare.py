@@ -131,7 +131,7 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     manifest = (out / "manifest.json").read_bytes()
     assert prepare.main(args) == 0  # the same command again: already complete, nothing redone
     assert (out / "manifest.json").read_bytes() == manifest
-    assert prepare.main([*args, "vocab_size=280"]) == 1  # other settings: refused
+    assert prepare.main([*args, "vocab_size=280"]) == 2  # other settings: refused (a user error)
     assert "force=true" in capsys.readouterr().err
     assert prepare.main([*args, "vocab_size=280", "force=true"]) == 0
     assert read_manifest(out)["vocab_size"] <= 280
