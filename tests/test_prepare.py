@@ -146,7 +146,7 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "every token id checked" in capsys.readouterr().out
     part = out / "train" / "part-00000.npy"
     part.write_bytes(part.read_bytes()[:-2] + b"\xff\xff")  # id 65535 in the last token
-    assert prepare.main(["check", "data=custom", f"data.dir={out}"]) == 1
+    assert prepare.main(["check", "data=custom", f"data.dir={out}"]) == 2
     assert "id 65535 at token" in capsys.readouterr().err
 
 
