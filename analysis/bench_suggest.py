@@ -3,7 +3,7 @@ interval for less, and beat random runs of equal cost?
 
 A hidden truth (HIDDEN, not Table 1) generates each run's loss once, when the loop "runs" it.
 From a small seed design the loop refits exactly as `fit` would (simulate.refit_many on the
-runs done), asks `suggest.choose` for the next batch and runs it. Every design on the way is
+runs done), asks `greedy.choose` for the next batch and runs it. Every design on the way is
 scored by the expected 95% interval width of delta at the target under the truth (design's
 metric: many simulated sweeps of that design, refitted), so designs are compared, not noise draws.
 
@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 from qat_sweep.analysis import simulate as sim
 from qat_sweep.analysis.collect import twin_index
+from qat_sweep.analysis.criterion import cell_keys
+from qat_sweep.analysis.greedy import choose
 from qat_sweep.analysis.laws import DELTA_PARAMS
-from qat_sweep.analysis.suggest import cell_keys, choose
 
 TARGET = "model=973M tokens=200B scheme=w4a4 format=int4 group_size=128"
 HIDDEN = {"k": 0.12, "gamma_N": 0.25, "gamma_D": 0.10, "gamma_G": 0.65}  # ours, hidden
@@ -222,23 +223,17 @@ def plot(curves, full_width: float, full_cost: float, own_cost: float, path: Pat
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (s, r) in enumerate(curves):
-        ax.plot(
-            s.gpu_hours,
-            np.array(s.width) * 100,
-            "o-",
-            color="C0",
-            alpha=0.7,
-            label="suggest" if i == 0 else None,
-        )
-        ax.plot(
-            r.gpu_hours,
-            np.array(r.width) * 100,
-            "s--",
-            color="C1",
-            alpha=0.7,
-            label="random, equal cost" if i == 0 else None,
-        )
+    styles = (("o-", "C0", "suggest"), ("s--", "C1", "random, equal cost"))
+    for i, pair in enumerate(curves):  # (suggest, random) per seed
+        for curve, (marker, color, label) in zip(pair, styles, strict=True):
+            ax.plot(
+                curve.gpu_hours,
+                np.array(curve.width) * 100,
+                marker,
+                color=color,
+                alpha=0.7,
+                label=label if i == 0 else None,
+            )
     ax.plot([full_cost], [full_width * 100], "k*", markersize=14, label="full paper grid")
     ax.plot([own_cost], [full_width * 100], "kD", label="its W4A4 runs + twins only")
     ax.axhline(full_width * 100, color="k", lw=0.8, ls=":")

@@ -8,15 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from qat_sweep.analysis.cells import cell_values
-from qat_sweep.analysis.fit import (
-    BASE_BOUNDS,
-    D_UNIT,
-    MIN_CELLS,
-    N_UNIT,
-    LawFit,
-    base_raw,
-    huber_irls,
-)
+from qat_sweep.analysis.delta_fit import MIN_CELLS, huber_irls
+from qat_sweep.analysis.fit import BASE_BOUNDS, D_UNIT, N_UNIT, LawFit, base_raw
 from qat_sweep.analysis.laws import (
     BASE_PARAMS,
     DELTA_PARAMS,

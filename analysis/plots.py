@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from qat_sweep.analysis import paper
-from qat_sweep.analysis.fit import LawFit, predict_delta_rows
+from qat_sweep.analysis.delta_fit import predict_delta_rows
+from qat_sweep.analysis.fit import LawFit
 from qat_sweep.analysis.laws import bf16_loss, delta_loss
 
 from qat_sweep.common import format_count

@@ -108,6 +108,19 @@ def _positive(name: str, value: Any) -> float:
     return number
 
 
+def _extrapolations(base: dict[str, Any], n_params: float, tokens: float) -> list[str]:
+    """Warnings for N or D far beyond the largest the BF16 law was fitted on."""
+    warnings = []
+    for column, value in (("n_params", n_params), ("tokens", tokens)):
+        largest = base.get("range", {}).get(column, [None, None])[1]
+        if largest and value > EXTRAPOLATION_WARN * largest:
+            warnings.append(
+                f"{column}={value:.3g} is {value / largest:,.0f}x the largest fitted "
+                f"({largest:.3g}): an extrapolation"
+            )
+    return warnings
+
+
 def predict_point(
     saved: SavedFit,
     n_params: float,
@@ -144,13 +157,7 @@ def predict_point(
     noise_b = rng.choice(saved.draws.get("resid__base", np.zeros(1)), size=boot_base.shape)
     base_caveats = _fit_caveats("BF16 law", base)
     out["bf16_loss"] = _quantity(point_base, boot_base, boot_base * np.exp(noise_b), base_caveats)
-    for column, value in (("n_params", n_params), ("tokens", tokens)):
-        largest = base.get("range", {}).get(column, [None, None])[1]
-        if largest and value > EXTRAPOLATION_WARN * largest:
-            out["warnings"].append(
-                f"{column}={value:.3g} is {value / largest:,.0f}x the largest fitted "
-                f"({largest:.3g}): an extrapolation"
-            )
+    out["warnings"] += _extrapolations(base, n_params, tokens)
     if fit_key is None or fit_key.startswith("bf16/"):
         out["warnings"] += out["bf16_loss"].get("caveats", [])
         return out

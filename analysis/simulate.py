@@ -23,18 +23,8 @@ from qat_sweep.analysis import paper
 from qat_sweep.analysis.bootstrap import base_lm_batch
 from qat_sweep.analysis.cells import snap
 from qat_sweep.analysis.collect import TWIN_COLUMNS, InputError, twin_index
-from qat_sweep.analysis.fit import (
-    BASE_BOUNDS,
-    D_UNIT,
-    DELTA_COLUMNS,
-    GAMMA_BOUND,
-    N_UNIT,
-    base_raw,
-    delta_start,
-    fit_base,
-    fit_delta,
-    on_bound,
-)
+from qat_sweep.analysis.delta_fit import DELTA_COLUMNS, GAMMA_BOUND, delta_start, fit_delta
+from qat_sweep.analysis.fit import BASE_BOUNDS, D_UNIT, N_UNIT, base_raw, fit_base, on_bound
 from qat_sweep.analysis.laws import BASE_PARAMS, DELTA_PARAMS, bf16_loss, delta_loss, group_value
 from qat_sweep.analysis.synth import Truth
 

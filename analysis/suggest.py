@@ -1,11 +1,8 @@
 """`qat-sweep suggest`: the next runs that most shrink a target's predicted interval per GPU-hour.
 
-Criterion (c-optimal, linearised at the fitted law): the variance of log delta-hat at each
-target under the estimator `fit` uses, Huber regression in log space, as the M-estimator
-sandwich c' A^-1 B A^-1 c (TargetState), with the delta method for each run's gap noise and the
-covariance between runs that share one BF16 twin. Runs are chosen greedily, each step taking the candidate with the largest drop
-in the summed target variance per GPU-hour (its BF16 twin's cost included when the twin is not
-done or chosen yet), until K runs or the budget.
+The criterion (c-optimal, the linearised variance of each target's log delta-hat) is in
+criterion.py, the greedy choice of the batch in greedy.py; this module reads the fit and the
+sweep, and writes the sweep file of the chosen runs.
 """
 
 from __future__ import annotations
@@ -13,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,273 +17,17 @@ import numpy as np
 import pandas as pd
 from qat_sweep.analysis import identify
 from qat_sweep.analysis import simulate as sim
-from qat_sweep.analysis.cells import cell_values, snap
+from qat_sweep.analysis.cells import snap
 from qat_sweep.analysis.collect import InputError, twin_index
+from qat_sweep.analysis.criterion import cell_keys, features
 from qat_sweep.analysis.design import noise_level, split_cli
-from qat_sweep.analysis.laws import DELTA_PARAMS, delta_loss, delta_regressors
-from scipy.special import ndtri
+from qat_sweep.analysis.greedy import Choice, choose
+from qat_sweep.analysis.laws import DELTA_PARAMS
 
 from qat_sweep.common import json_safe, write_atomic
 
-Z95 = 1.959964
-NORMAL_QUANTILES = ndtri((np.arange(256) + 0.5) / 256)  # a run's gap noise, in SDs
 WHAT = {"gamma_N": "n_params", "gamma_D": "tokens", "gamma_G": "G"}
 FEATURE_OF = {"gamma_D": 0, "gamma_G": 1, "gamma_N": 2}  # column of features()[:, 1:]
-
-
-def features(n, d, g) -> np.ndarray:
-    """Rows [1, log D, log log2 G, -log N]: the delta law is linear in these (log space)."""
-    r = delta_regressors(*(np.atleast_1d(np.asarray(v, float)) for v in (n, d, g)))
-    return np.column_stack([np.ones_like(r["gamma_N"]), r["gamma_D"], r["gamma_G"], r["gamma_N"]])
-
-
-@dataclass
-class Runs:
-    """Design rows of one setting: features, predicted delta, twin cell id."""
-
-    x: np.ndarray
-    delta: np.ndarray
-    cell: np.ndarray
-
-    @classmethod
-    def of(cls, frame: pd.DataFrame, law: dict[str, float]) -> Runs:
-        n, d, g = frame["n_params"], frame["tokens"], frame["G"]
-        return cls(features(n, d, g), delta_loss(law, n, d, g), cell_keys(frame))
-
-
-def cell_keys(frame: pd.DataFrame) -> np.ndarray:
-    """The BF16 twin cell of each row: (N cell, D cell, LR, seed), as collect pairs them."""
-    cols = (*cell_values(frame), *(frame[c].astype(float) for c in ("lr", "seed")))
-    return np.array(
-        ["|".join(f"{v:.8g}" for v in vals) for vals in zip(*cols, strict=True)], dtype=object
-    )
-
-
-@dataclass
-class TargetState:
-    """The runs of one target's setting and the linearised variance of its Huber fit.
-
-    Per run, the log gap's noise is s = sqrt(2) sigma / delta (delta method, twin and run
-    independent); with the fit's threshold c (1.345 x the typical s, floor 0.01 as in fit),
-    Huber's psi has slope a = P(|r| < c) and variance b = E[min(r, c)^2]. The estimator's
-    variance is the sandwich A^-1 B A^-1 with A = sum a x x' and B = sum (b - a^2 sigma^2 /
-    delta^2) x x' + sigma^2 sum_cells t t', t = sum a x / delta over the runs sharing a twin.
-    """
-
-    c: np.ndarray
-    sigma: float
-    x: list[np.ndarray] = field(default_factory=list)
-    delta: list[float] = field(default_factory=list)
-    cell: list[str] = field(default_factory=list)
-
-    @classmethod
-    def start(cls, c: np.ndarray, done: Runs, sigma: float) -> TargetState:
-        state = cls(c, sigma)
-        for i in range(len(done.delta)):
-            state.add(done.x[i], done.delta[i], done.cell[i])
-        return state
-
-    def add(self, x: np.ndarray, delta: float, cell: str) -> None:
-        self.x.append(x)
-        self.delta.append(float(delta))
-        self.cell.append(cell)
-
-    def _log_gap_error(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """r = log(gap / delta) at fixed normal quantiles of the gap noise, and which are kept
-        (fit excludes non-positive gaps): the log of a noisy gap is far from Gaussian."""
-        s = np.sqrt(2.0) * self.sigma / np.asarray(delta, float)
-        ratio = 1.0 + s[:, None] * NORMAL_QUANTILES[None, :]
-        kept = ratio > 0
-        return np.log(np.where(kept, ratio, 1.0)), kept
-
-    def _huber(self, delta: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-        """Per run: slope a = E[psi'] and variance b = Var[psi] of Huber's psi, over kept gaps."""
-        r, kept = self._log_gap_error(delta)
-        a = np.mean(kept & (np.abs(r) < threshold), axis=1)
-        psi = np.where(kept, np.clip(r, -threshold, threshold), 0.0)
-        return a, psi.var(axis=1)
-
-    def _threshold(self, delta: np.ndarray) -> float:
-        """fit's Huber threshold: 1.345 x MAD-sigma of the residuals (floor 0.01), pooled."""
-        r, kept = self._log_gap_error(delta)
-        r = r[kept]
-        mad = np.median(np.abs(r - np.median(r))) * 1.4826 if r.size else 0.0
-        return max(1.345 * float(mad), 0.01)
-
-    def _sums(self):
-        delta = np.array(self.delta)
-        threshold = self._threshold(delta)
-        a, b = self._huber(delta, threshold)
-        x = np.array(self.x)
-        outer = np.einsum("ni,nj->nij", x, x)
-        big_a = np.einsum("n,nij->ij", a, outer)
-        big_b = np.einsum("n,nij->ij", np.maximum(b - self.sigma**2 * a**2 / delta**2, 0), outer)
-        cells: dict[str, np.ndarray] = {}
-        for xi, ai, di, ci in zip(x, a, delta, self.cell, strict=True):
-            cells[ci] = cells.get(ci, np.zeros(4)) + ai * xi / di
-        return threshold, big_a, big_b, cells
-
-    def variance(self) -> float:
-        """Var(log delta-hat at the target); inf while the design cannot identify it."""
-        if len(self.x) < 4:
-            return float("inf")
-        _, big_a, big_b, cells = self._sums()
-        if np.linalg.cond(big_a) > 1e12:
-            return float("inf")
-        meat = big_b + self.sigma**2 * sum(
-            (np.outer(t, t) for t in cells.values()), np.zeros((4, 4))
-        )
-        ainv_c = np.linalg.solve(big_a, self.c)
-        return float(ainv_c @ meat @ ainv_c)
-
-    def variance_with(self, xs: np.ndarray, deltas: np.ndarray, cells: np.ndarray) -> np.ndarray:
-        """Var after adding each candidate alone (vectorised over candidates)."""
-        out = np.full(len(xs), np.inf)
-        if len(self.x) < 3 or not len(xs):
-            return out
-        threshold, big_a, big_b, sums = self._sums()
-        a, b = self._huber(deltas, threshold)
-        outer = np.einsum("ji,jk->jik", xs, xs)
-        new_a = big_a + a[:, None, None] * outer
-        old = np.stack([sums.get(c, np.zeros(4)) for c in cells])
-        new = old + a[:, None] * xs / deltas[:, None]
-        cell_meat = self.sigma**2 * sum((np.outer(t, t) for t in sums.values()), np.zeros((4, 4)))
-        meat = (
-            big_b
-            + cell_meat
-            + np.maximum(b - self.sigma**2 * a**2 / deltas**2, 0)[:, None, None] * outer
-            + self.sigma**2
-            * (np.einsum("ji,jk->jik", new, new) - np.einsum("ji,jk->jik", old, old))
-        )
-        ok = np.linalg.cond(new_a) < 1e12
-        if ok.any():
-            rhs = np.broadcast_to(self.c, (int(ok.sum()), 4))[..., None]
-            ainv_c = np.linalg.solve(new_a[ok], rhs)[..., 0]
-            out[ok] = np.einsum("ji,jik,jk->j", ainv_c, meat[ok], ainv_c)
-        return out
-
-
-def rel_width(variance: float | np.ndarray) -> np.ndarray:
-    """Width of the 95% interval of delta relative to delta, from Var(log delta-hat)."""
-    sd = np.sqrt(variance)
-    return np.exp(Z95 * sd) - np.exp(-Z95 * sd)
-
-
-@dataclass
-class Choice:
-    """The greedy batch: candidate rows in order, each with its cost and expected gain."""
-
-    order: list[int]
-    twins: list[int | None]
-    cost: list[float]
-    width_before: list[float]
-    width_after: list[float]
-    start_width: float
-    target_widths: list[tuple[float, float]]  # per target: before, after the batch
-
-
-def _total_with(states, targets, runs, candidates, rows) -> float:
-    """Summed target variance if `rows` of the candidates were added together."""
-    total = 0.0
-    for t, state in states.items():
-        key = targets[t].fit_key
-        trial = TargetState(
-            state.c, state.sigma, list(state.x), list(state.delta), list(state.cell)
-        )
-        for i in rows:
-            if candidates["fit_key"].iat[i] == key:
-                trial.add(runs[key].x[i], runs[key].delta[i], runs[key].cell[i])
-        total += trial.variance()
-    return total
-
-
-def choose(
-    laws: dict[str, dict[str, float]],
-    done: pd.DataFrame,
-    candidates: pd.DataFrame,
-    targets: list[sim.Target],
-    sigma: float,
-    k: int | None = None,
-    budget: float | None = None,
-    done_cells: set[str] | None = None,
-    eligible: np.ndarray | None = None,
-) -> Choice:
-    """Greedy c-optimal batch of `eligible` QAT rows of `candidates` (columns gpu_hours and
-    twin, the row of the run's BF16 twin); `done_cells` are cells whose twin costs nothing.
-
-    Each step weighs single runs against whole new cells (every open run of one (N, D, LR)
-    cell with its twin): one run alone rarely pays for a twin that several would share.
-    """
-    states: dict[int, TargetState] = {}
-    runs: dict[str, Runs] = {}
-    for t, target in enumerate(targets):
-        law = laws[target.fit_key]
-        mine = done[done["fit_key"] == target.fit_key]
-        c = features(target.n_params, target.tokens, target.G)[0]
-        states[t] = TargetState.start(c, Runs.of(mine, law), sigma)
-        runs[target.fit_key] = Runs.of(candidates, law)
-    ready = set(done_cells or ())  # BF16 twin cells already done or chosen
-    cell_of = cell_keys(candidates)
-    hours = candidates["gpu_hours"].to_numpy()
-    twin_hours = hours[np.maximum(candidates["twin"].to_numpy(), 0)]
-    quant = (candidates["scheme"] != "bf16").to_numpy() & (candidates["twin"] >= 0).to_numpy()
-    if eligible is not None:
-        quant &= eligible
-    total = lambda: sum(s.variance() for s in states.values())  # noqa: E731
-    first = [float(rel_width(s.variance())) for s in states.values()]
-    out = Choice([], [], [], [], [], float(rel_width(total())), [])
-    left = budget if budget is not None else np.inf
-    chosen = np.zeros(len(candidates), bool)
-    while (k is None or len(out.order) < k) and left > 0:
-        new_cell = np.array([c not in ready for c in cell_of])
-        cost = hours + np.where(new_cell, twin_hours, 0.0)
-        before = total()
-        after = np.zeros(len(candidates))
-        for t, state in states.items():
-            mine = (candidates["fit_key"] == targets[t].fit_key).to_numpy()
-            r = runs[targets[t].fit_key]
-            var = np.full(len(candidates), state.variance())
-            var[mine] = state.variance_with(r.x[mine], r.delta[mine], r.cell[mine])
-            after += var
-        gain = before - after
-        if not np.isfinite(before):  # not yet identified: any run that identifies it wins
-            gain = np.where(np.isfinite(after), 1.0, 0.0)
-        open_ = quant & ~chosen
-        score = np.where(open_ & (cost <= left) & (gain > 0), gain / cost, -np.inf)
-        pick, best = [int(np.argmax(score))], float(np.max(score))
-        room = np.inf if k is None else k - len(out.order)
-        for cell in {cell_of[i] for i in np.flatnonzero(open_ & new_cell)}:
-            rows = np.flatnonzero(open_ & (cell_of == cell))
-            rows = rows[np.argsort(-np.where(np.isfinite(score[rows]), score[rows], -1e300))]
-            rows = rows[: int(min(room, len(rows)))]
-            while len(rows) > 1 and hours[rows].sum() + twin_hours[rows[0]] > left:
-                rows = rows[:-1]
-            if len(rows) < 2 or not np.isfinite(before):
-                continue
-            cell_gain = before - _total_with(states, targets, runs, candidates, rows)
-            cell_score = cell_gain / (hours[rows].sum() + twin_hours[rows[0]])
-            if cell_gain > 0 and cell_score > best:
-                pick, best = [int(i) for i in rows], cell_score
-        if not np.isfinite(best):
-            break
-        for i in pick:
-            width_before = float(rel_width(total()))
-            for t, state in states.items():
-                key = targets[t].fit_key
-                if key == candidates["fit_key"].iat[i]:
-                    state.add(runs[key].x[i], runs[key].delta[i], runs[key].cell[i])
-            twin_new = cell_of[i] not in ready
-            out.twins.append(int(candidates["twin"].iat[i]) if twin_new else None)
-            ready.add(cell_of[i])
-            chosen[i] = True
-            out.order.append(i)
-            out.cost.append(float(hours[i] + (twin_hours[i] if twin_new else 0.0)))
-            out.width_before.append(width_before)
-            out.width_after.append(float(rel_width(total())))
-            left -= out.cost[-1]
-    last = [float(rel_width(s.variance())) for s in states.values()]
-    out.target_widths = list(zip(first, last, strict=True))
-    return out
 
 
 # ---------------------------------------------------------------- the command
@@ -393,6 +133,27 @@ def _row(grid: pd.DataFrame, i: int) -> dict[str, Any]:
     return json_safe(row)
 
 
+def _chosen_rows(grid: pd.DataFrame, pick: Choice) -> list[dict[str, Any]]:
+    """The chosen runs in order, each followed by its BF16 twin when that is new too."""
+    rows = []
+    for i, twin in zip(pick.order, pick.twins, strict=True):
+        rows.append({**_row(grid, i), "twin_key": grid["run_key"].iat[int(grid["twin"].iat[i])]})
+        if twin is not None:
+            rows.append({**_row(grid, twin), "twin_of": grid["run_key"].iat[i]})
+    for row, before, after, cost in zip(
+        [r for r in rows if "twin_of" not in r],
+        pick.width_before,
+        pick.width_after,
+        pick.cost,
+        strict=True,
+    ):
+        row["expected_gain"] = {
+            "rel_width_before": before, "rel_width_after": after,
+            "gpu_hours_with_twin": cost, "gain_per_gpu_hour": (before - after) / cost,
+        }  # fmt: skip
+    return rows
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qat-sweep suggest",
@@ -453,22 +214,7 @@ def suggest(argv: list[str]) -> dict[str, Any]:
             "no remaining run shrinks the targets' intervals"
             + (f" within {args.budget:g} GPU-hours" if args.budget else "")
         )
-    rows = []
-    for i, twin in zip(pick.order, pick.twins, strict=True):
-        rows.append({**_row(grid, i), "twin_key": grid["run_key"].iat[int(grid["twin"].iat[i])]})
-        if twin is not None:
-            rows.append({**_row(grid, twin), "twin_of": grid["run_key"].iat[i]})
-    for row, before, after, cost in zip(
-        [r for r in rows if "twin_of" not in r],
-        pick.width_before,
-        pick.width_after,
-        pick.cost,
-        strict=True,
-    ):
-        row["expected_gain"] = {
-            "rel_width_before": before, "rel_width_after": after,
-            "gpu_hours_with_twin": cost, "gain_per_gpu_hour": (before - after) / cost,
-        }  # fmt: skip
+    rows = _chosen_rows(grid, pick)
     try:
         spec = load_sweep(sweep)
     except PlanError as err:

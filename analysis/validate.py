@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 from qat_sweep.analysis import paper
 from qat_sweep.analysis.cells import cell_values
-from qat_sweep.analysis.fit import LawFit, fit_base, fit_delta, fit_n_only, predict_delta_rows
+from qat_sweep.analysis.delta_fit import fit_delta, fit_n_only, predict_delta_rows
+from qat_sweep.analysis.fit import LawFit, fit_base
 from qat_sweep.analysis.laws import bf16_loss
 
 

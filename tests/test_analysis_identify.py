@@ -8,7 +8,8 @@ import pytest
 from qat_sweep.analysis.bootstrap import WIDE_EXPONENT, WIDE_RATIO, bootstrap
 from qat_sweep.analysis.cells import CELL_RTOL, count_cells, snap
 from qat_sweep.analysis.collect import build_table, pair_deltas
-from qat_sweep.analysis.fit import GAMMA_BOUND, fit_base, fit_delta, huber_irls, on_bound
+from qat_sweep.analysis.delta_fit import GAMMA_BOUND, fit_delta, huber_irls
+from qat_sweep.analysis.fit import fit_base, on_bound
 from qat_sweep.analysis.identify import OUTLIER_Z
 from qat_sweep.analysis.pipeline import Settings, check_intervals, run_fit
 from qat_sweep.analysis.predict import SavedFit, predict_point

@@ -125,7 +125,7 @@ def sim_width(runs, noise):
 
 def test_linearised_criterion_matches_simulation(paper_runs):
     """suggest's variance of log delta-hat agrees with simulated refits (independent of it)."""
-    from qat_sweep.analysis.suggest import Runs, TargetState, features, rel_width
+    from qat_sweep.analysis.criterion import Runs, TargetState, features, rel_width
 
     target = sim.parse_target(TARGET)
     noise = 0.002

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from qat_sweep import prepare
+from qat_sweep import hf_corpus, prepare, text_corpus
 from qat_sweep.corpus import build_demo_corpus
 from qat_sweep.data import open_data, val_batches
 from qat_sweep.tokenfiles import read_manifest
@@ -50,7 +50,7 @@ def _files(out: Path) -> dict[str, bytes]:
 
 
 def test_prepare_text(tmp_path: Path) -> None:
-    out = prepare.prepare_text(
+    out = text_corpus.prepare_text(
         [_corpus(tmp_path)], tmp_path / "tok", vocab_size=300, val_fraction=0.1, min_val_tokens=10
     )
     train, val = _splits(out)
@@ -90,9 +90,9 @@ def test_prepare_text(tmp_path: Path) -> None:
 def test_prepare_is_deterministic_and_reuses_tokenizer(tmp_path: Path) -> None:
     corpus = _corpus(tmp_path)
     kw = {"val_fraction": 0.1, "min_val_tokens": 10}
-    a = prepare.prepare_text([corpus], tmp_path / "a", vocab_size=300, **kw)
-    b = prepare.prepare_text([corpus], tmp_path / "b", vocab_size=300, **kw)
-    c = prepare.prepare_text([corpus], tmp_path / "c", tokenizer=a / "tokenizer.json", **kw)
+    a = text_corpus.prepare_text([corpus], tmp_path / "a", vocab_size=300, **kw)
+    b = text_corpus.prepare_text([corpus], tmp_path / "b", vocab_size=300, **kw)
+    c = text_corpus.prepare_text([corpus], tmp_path / "c", tokenizer=a / "tokenizer.json", **kw)
     assert _files(a) == _files(b)
     for name in ("train/part-00000.npy", "val/part-00000.npy"):
         assert (a / name).read_bytes() == (c / name).read_bytes()
@@ -101,9 +101,9 @@ def test_prepare_is_deterministic_and_reuses_tokenizer(tmp_path: Path) -> None:
 def test_prepare_refuses_tiny_or_single_document_corpus(tmp_path: Path) -> None:
     corpus = _corpus(tmp_path)
     with pytest.raises(ValueError, match="too little for training"):
-        prepare.prepare_text([corpus], tmp_path / "a", vocab_size=300)
+        text_corpus.prepare_text([corpus], tmp_path / "a", vocab_size=300)
     with pytest.raises(ValueError, match="no document could be held out"):
-        prepare.prepare_text([corpus / "doc00.txt"], tmp_path / "b", vocab_size=300)
+        text_corpus.prepare_text([corpus / "doc00.txt"], tmp_path / "b", vocab_size=300)
 
 
 def test_jsonl_byte_ranges_keep_every_line_once(tmp_path: Path) -> None:
@@ -112,7 +112,7 @@ def test_jsonl_byte_ranges_keep_every_line_once(tmp_path: Path) -> None:
         for i in range(400)
     ]
     (tmp_path / "docs.jsonl").write_text("\n".join(lines) + "\n")
-    out = prepare.prepare_text(
+    out = text_corpus.prepare_text(
         [tmp_path / "docs.jsonl"], tmp_path / "tok", vocab_size=300, part_mb=0.003,
         val_fraction=0.05, min_val_tokens=10,
     )  # fmt: skip
@@ -156,7 +156,7 @@ def test_hf_without_extras_explains_install(tmp_path: Path) -> None:
         import transformers  # noqa: F401
     except ImportError:
         with pytest.raises(ImportError, match=r"pip install 'qat-sweep\[hf\]'"):
-            prepare.prepare_hf(
+            hf_corpus.prepare_hf(
                 "allenai/olmo-mix-1124", "allenai/OLMo-2-1124-7B", tmp_path, max_tokens=10
             )
     else:
@@ -178,13 +178,13 @@ def test_hf_dataset_parts_with_workers(tmp_path: Path, monkeypatch: pytest.Monke
             for i in range(300)
         ]
         (corpus / f"part{f}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    bpe = prepare.train_bpe((d["text"] for d in docs), 300)
+    bpe = text_corpus.train_bpe((d["text"] for d in docs), 300)
     (tmp_path / "tokenizer.json").write_text(bpe.to_str())
     transformers.PreTrainedTokenizerFast(
-        tokenizer_file=str(tmp_path / "tokenizer.json"), eos_token=prepare.EOS_TOKEN
+        tokenizer_file=str(tmp_path / "tokenizer.json"), eos_token=text_corpus.EOS_TOKEN
     ).save_pretrained(tmp_path / "hf-tokenizer")
     outs = [
-        prepare.prepare_hf(
+        hf_corpus.prepare_hf(
             str(corpus), str(tmp_path / "hf-tokenizer"), tmp_path / f"out{k}", max_tokens=10**6,
             parts=4, workers=k, val_fraction=0.05, min_val_tokens=100,
         )
@@ -209,7 +209,9 @@ def big_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     for i in range(40):
         docs = [{"text": " ".join(rng.choice(words, rng.integers(100, 540)))} for _ in range(50)]
         (root / "text" / f"f{i:02d}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    tok = prepare.train_bpe(prepare.iter_documents(sorted((root / "text").glob("f0*"))), 400)
+    tok = text_corpus.train_bpe(
+        text_corpus.iter_documents(sorted((root / "text").glob("f0*"))), 400
+    )
     (root / "tokenizer.json").write_text(tok.to_str())
     return root / "text", root / "tokenizer.json"
 

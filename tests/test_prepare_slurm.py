@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qat_sweep import prepare
+from qat_sweep import text_corpus
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -38,7 +38,7 @@ def test_array_tasks_prepare_one_corpus(tmp_path: Path, slurm_cluster) -> None:
     logs = "\n".join(p.read_text() for p in sorted(log.iterdir()))
     assert len(list(log.iterdir())) == 3 and "task 2/3" in logs
     assert (out / "manifest.json").is_file(), logs
-    single = prepare.prepare_text(
+    single = text_corpus.prepare_text(
         [corpus], tmp_path / "single", vocab_size=300, pattern="*.jsonl", part_mb=0.003,
         val_fraction=0.05, min_val_tokens=10,
     )  # fmt: skip

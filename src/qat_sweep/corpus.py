@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qat_sweep.prepare import prepare_files
 from qat_sweep.shards import log
+from qat_sweep.text_corpus import prepare_files
 from qat_sweep.tokenfiles import read_manifest
 
 CORPUS_VERSION = 2  # 2: OLMo-core token files in parts plus manifest.json

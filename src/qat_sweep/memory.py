@@ -100,6 +100,56 @@ def site_weights(model: ModelConfig) -> dict[str, int]:
     return {"qkv": d * d + 2 * kv * d, "o": d * d, "fc1": 2 * f * d, "fc2": f * d}
 
 
+def _quantizer_bytes(quant: QuantConfig | None, d: int, f: int) -> tuple[float, float]:
+    """Per token per block: the mask and LAC bytes that the quantized input sites save."""
+    masks, lac = 0.0, 0.0
+    for site, dim in (("qkv", d), ("o", d), ("fc1", d), ("fc2", f)):
+        _, quantized, lac_site = _site_quant(quant, site)
+        masks += MASK * dim if quantized else 0.0
+        lac += FP32 * dim if lac_site else 0.0
+    return masks, lac
+
+
+def _block_weights(
+    quant: QuantConfig | None, weights: dict[str, int], weight_copy: int, autocast: bool
+) -> float:
+    """Per block per forward: masks and quantized copies of the weights (or autocast's casts)."""
+    total = 0.0
+    for site, count in weights.items():
+        quantized_weight = _site_quant(quant, site)[0]
+        if quantized_weight:
+            total += (MASK + weight_copy) * count
+        elif autocast:
+            total += BF16 * count  # autocast's cached bf16 weight cast
+    return total
+
+
+def _training_state(
+    model: ModelConfig,
+    quant: QuantConfig | None,
+    vocab_size: int,
+    weights: dict[str, int],
+    rope: float,
+    fsdp_world: int | None,
+    bf16: bool,
+) -> dict[str, float]:
+    """Parameters, gradients and AdamW state per GPU (sharded ``fsdp_world`` ways under FSDP)."""
+    n_params = model.n_params_total(vocab_size) + _lac_params(model, quant)
+    param_bytes = FP32 * n_params / (1 if fsdp_world is None else fsdp_world)
+    state = {
+        "parameters": param_bytes,
+        "gradients": param_bytes,  # fp32; DDP buckets are views of them (gradient_as_bucket_view)
+        "optimizer": 2 * param_bytes,  # AdamW exp_avg, exp_avg_sq
+        "buffers": rope,
+    }
+    if fsdp_world is not None:
+        # unsharded copies of the unit in use and the prefetched one, one unit's gradients
+        unit = max(vocab_size * model.hidden_size, sum(weights.values()) + 2 * model.hidden_size)
+        p = BF16 if bf16 else FP32
+        state["fsdp_unsharded"] = 2 * unit * p + unit * (p + FP32 if p != FP32 else p)
+    return state
+
+
 def estimate_memory(
     model: ModelConfig,
     quant: QuantConfig | None,
@@ -132,10 +182,6 @@ def estimate_memory(
         # autocast casts an fp32 activation once per linear that reads it
         return consumers * BF16 if autocast and dtype_bytes == FP32 else dtype_bytes
 
-    def quantizer(dim: int, site: str) -> tuple[float, float]:
-        _, quantized, lac = _site_quant(quant, site)
-        return (MASK * dim if quantized else 0.0), (FP32 * dim if lac else 0.0)
-
     norm = (FP32 + resid) * d + FP32  # fp32 x (or its fp32 copy), the normalised x, rsqrt
     per_token = {  # bytes one block saves per token, by what saves it
         "norms": 2 * norm,
@@ -143,20 +189,11 @@ def estimate_memory(
         "attention": act * (2 * d + 2 * kv) + FP32 * h,  # q, k, v, output, logsumexp
         "mlp": 3 * act * f,  # gate and up outputs, silu output
     }
-    masks, lac = 0.0, 0.0
-    for site, dim in (("qkv", d), ("o", d), ("fc1", d), ("fc2", f)):
-        m, c = quantizer(dim, site)
-        masks, lac = masks + m, lac + c
+    masks, lac = _quantizer_bytes(quant, d, f)
     block_token = sum(per_token.values()) + masks + lac
 
     weights = site_weights(model)
-    block_weights = 0.0  # per block per forward: masks and quantized copies of the weights
-    for site, count in weights.items():
-        quantized_weight = _site_quant(quant, site)[0]
-        if quantized_weight:
-            block_weights += (MASK + weight_copy) * count
-        elif autocast:
-            block_weights += BF16 * count  # autocast's cached bf16 weight cast
+    block_weights = _block_weights(quant, weights, weight_copy, autocast)
 
     tokens = micro_batch_seqs * seq_len
     rope = 2 * seq_len * model.head_dim * FP32
@@ -175,32 +212,19 @@ def estimate_memory(
         "logits_and_head": head,
     }
 
-    n_params = model.n_params_total(V) + _lac_params(model, quant)
-    shard = world_size if fsdp else 1
-    param_bytes = FP32 * n_params / shard
-    state = {
-        "parameters": param_bytes,
-        "gradients": param_bytes,  # fp32; DDP buckets are views of them (gradient_as_bucket_view)
-        "optimizer": 2 * param_bytes,  # AdamW exp_avg, exp_avg_sq
-        "buffers": rope,
-    }
-    if fsdp:  # unsharded copies of the unit in use and the prefetched one, one unit's gradients
-        unit = max(V * d, sum(weights.values()) + 2 * d)
-        p = BF16 if bf16 else FP32
-        state["fsdp_unsharded"] = 2 * unit * p + unit * (p + FP32 if p != FP32 else p)
-
-    logits_copy = FP32 * V if act != FP32 else 0.0  # logits.float()
+    state = _training_state(model, quant, V, weights, rope, world_size if fsdp else None, bf16)
+    logits = act * V + (FP32 * V if act != FP32 else 0.0) + FP32 * V
     transient = {
         # around the loss: bf16 logits, their fp32 copy, the gradient of log_softmax
-        "loss": (act * V + logits_copy + FP32 * V) * tokens,
+        "loss": logits * tokens,
         "block": (QUANT_TEMPORARIES * f if quant and quant.scheme != "bf16" else 2 * act * f)
         * tokens,
         # foreach AdamW holds about one fp32 copy of the parameters it steps (fused: none)
-        "optimizer_step": param_bytes if device == "cuda" else 0.0,
+        "optimizer_step": state["parameters"] if device == "cuda" else 0.0,
     }
     eval_tokens = eval_batch_seqs * seq_len
     eval_items = {
-        "logits": (act * V + logits_copy + FP32 * V) * eval_tokens,
+        "logits": logits * eval_tokens,
         "activations": (2 * resid * d + QUANT_TEMPORARIES * f) * eval_tokens,
     }
     return MemoryEstimate(state=state, saved=saved, transient=transient, eval=eval_items)

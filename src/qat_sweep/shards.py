@@ -39,6 +39,9 @@ from qat_sweep.tokenfiles import FORMAT, FORMAT_VERSION, MANIFEST, SPLITS
 
 PLAN = "plan.json"
 LOCK = ".prepare.lock"
+DEFAULT_VAL_FRACTION = 0.005
+# Eight sequences of the paper's 2048 context: enough for a stable held-out loss.
+DEFAULT_MIN_VAL_TOKENS = 8 * 2049
 # Everything a preparation writes (and a replaced one removes), including the old format's files.
 OWNED = (
     PLAN,
@@ -56,6 +59,12 @@ OWNED = (
 def log(message: str) -> None:
     """Progress goes to stderr so stdout stays clean for scripts."""
     print(f"[prepare] {message}", file=sys.stderr, flush=True)
+
+
+def check_split(val_fraction: float) -> None:
+    """The held-out share write_part can honour while leaving documents to train on."""
+    if not 0 < val_fraction <= 0.5:
+        raise ValueError(f"val_fraction={val_fraction} must lie in (0, 0.5]")
 
 
 class PartJob(Protocol):
