@@ -24,15 +24,13 @@ from typing import Any
 
 from qat_sweep.config_dirs import CONFIG_DIR_ENV, user_root
 from qat_sweep.grid import (
-    STATUSES,
     PlanError,
     PlannedRun,
     _cost_options,
-    attach_status,
-    manifest_dir,
     parse_cli,
     plan_sweep,
 )
+from qat_sweep.jobs import STATUSES, attach_status, manifest_dir
 from qat_sweep.locks import LockHeld, describe_holder, launch_lock
 from qat_sweep.profiles import (
     LaunchProfile,

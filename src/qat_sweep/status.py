@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from qat_sweep.config import format_tokens
-from qat_sweep.grid import STATUSES, PlannedRun
+from qat_sweep.grid import PlannedRun
+from qat_sweep.jobs import STATUSES
 from qat_sweep.locks import run_starts
 from qat_sweep.tracking import METRICS_NAME
 
