@@ -10,13 +10,11 @@ import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from qat_sweep.locks import is_held, run_lock_path
 from qat_sweep.record import read_record, unreadable_record
-
-if TYPE_CHECKING:  # grid imports this module to attach the status it plans
-    from qat_sweep.grid import PlannedRun
+from qat_sweep.sweep import PlannedRun
 
 STATUSES = ("completed", "running", "pending", "failed", "missing")  # a planned run's job status
 

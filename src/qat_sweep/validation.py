@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hydra.errors import HydraException
 
 from qat_sweep.config import compose_tree, parse_tokens, resolve_tree, run_key
 from qat_sweep.config_dirs import options
 from qat_sweep.presets import ModelConfig, available_presets, conf_dirs, model_config_from
-
-if TYPE_CHECKING:
-    from qat_sweep.grid import PlannedRun
+from qat_sweep.sweep import PlannedRun
 
 QUANT_FORMATS = ("int4", "int4_sym", "fp4")  # DESIGN.md names; checked again by the trainer
 
