@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from qat_sweep.common import write_json_atomic
 from qat_sweep.config_dirs import CONFIG_DIR_ENV, user_root
 from qat_sweep.grid import _cost_options, parse_cli, plan_sweep
 from qat_sweep.jobs import STATUSES, attach_status, manifest_dir
@@ -35,7 +36,7 @@ from qat_sweep.profiles import (
     max_array_size,
     placement,
 )
-from qat_sweep.record import read_record, write_json_atomic
+from qat_sweep.record import read_record
 from qat_sweep.status import status_rows, status_table, watch
 from qat_sweep.sweep import PlanError, PlannedRun
 

@@ -26,6 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from qat_sweep.checkpoint import load_latest, remove_checkpoint, save_checkpoint
+from qat_sweep.common import write_json_atomic
 from qat_sweep.config import compose_run, run_dir
 from qat_sweep.data import BatchSchedule, val_batches
 from qat_sweep.distributed import (
@@ -52,7 +53,7 @@ from qat_sweep.preemption import (
 from qat_sweep.prefetch import Prefetcher
 from qat_sweep.presets import CONF_DIR
 from qat_sweep.recipe import SmoothedLoss, lr_multiplier, make_optimizer, mean_loss, train_step
-from qat_sweep.record import RECORD_NAME, read_record, write_json_atomic
+from qat_sweep.record import RECORD_NAME, read_record
 from qat_sweep.run_record import base_record, wandb_init
 from qat_sweep.run_setup import RunSetup, resolve_device, resolve_execution, validate_run
 from qat_sweep.tracking import Tracker, truncate_metrics
