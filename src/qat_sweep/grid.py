@@ -4,6 +4,9 @@ Every run is composed with ``qat_sweep.config.plan_config`` from the exact overr
 ``qat-sweep train`` would receive, so a plan row reproduces its run. All runs are validated
 before anything is launched and all problems are reported at once: a grid that fails on run 200
 of 289 after 199 submissions wastes a cluster day.
+
+The spec and its expansion live in ``sweep``, the checks in ``validation``, job state in ``jobs``;
+this module loads the file, plans the sweep and prints the ``qat-sweep plan`` table.
 """
 
 from __future__ import annotations
