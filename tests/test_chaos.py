@@ -21,9 +21,11 @@ from pathlib import Path
 import pytest
 
 from qat_sweep.dispatch import launch_main
-from qat_sweep.grid import PlannedRun, plan_sweep, read_manifests
+from qat_sweep.grid import plan_sweep
+from qat_sweep.jobs import read_manifests
 from qat_sweep.locks import is_held, read_holder, run_lock_path
 from qat_sweep.status import total_steps
+from qat_sweep.sweep import PlannedRun
 from qat_sweep.tracking import METRICS_NAME
 from qat_sweep.train import train_from_overrides
 

@@ -18,8 +18,9 @@ import torch
 from qat_sweep.config import compose_run, run_dir
 from qat_sweep.data import BatchSchedule, HeldOutBlocks, open_data, val_batches
 from qat_sweep.permutation import FeistelPermutation
+from qat_sweep.run_setup import validate_run
 from qat_sweep.tokenfiles import TokenFiles, data_problem
-from qat_sweep.train import train, validate_run
+from qat_sweep.train import train
 
 VOCAB, EOS = 1000, 999
 

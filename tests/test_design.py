@@ -176,7 +176,7 @@ def seed_sweep(paper_runs, tmp_path_factory) -> tuple[Path, str]:
     """Records of the seed design in a runs root, fitted with `fit sweep=paper`: the real flow."""
     from qat_sweep.analysis.synth import table_to_records
 
-    from qat_sweep.record import write_json_atomic
+    from qat_sweep.common import write_json_atomic
 
     tmp = tmp_path_factory.mktemp("seedsweep")
     mask = bench.seed_mask(paper_runs.assign(twin=twin_index(paper_runs)))

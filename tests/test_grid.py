@@ -11,9 +11,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from qat_sweep.config import compose_run, run_key
-from qat_sweep.grid import PlanError, load_sweep, plan_main, plan_sweep
+from qat_sweep.grid import load_sweep, plan_main, plan_sweep
 from qat_sweep.presets import CONF_DIR
 from qat_sweep.profiles import hydra_launcher_overrides, load_profile, profile_from_dict
+from qat_sweep.sweep import PlanError
 
 PAPER_SUBGRIDS = {
     "main_int4": 240,

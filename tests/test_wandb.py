@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 
 from qat_sweep import wandb_api
+from qat_sweep.common import write_json_atomic
 from qat_sweep.config import compose_run
-from qat_sweep.record import write_json_atomic
 from qat_sweep.sync import offline_files, sync_main
 from qat_sweep.tracking import Tracker, wandb_id
 from qat_sweep.train import train

@@ -40,7 +40,7 @@ def _train(argv: list[str]) -> int:
     # A single run is checked as `plan` checks it, before Hydra composes it; Hydra's own flags
     # (-m, --cfg, hydra.* / hydra/launcher=...) go straight to Hydra.
     if not any(arg.startswith(("-", "hydra")) for arg in argv):
-        from qat_sweep.grid import override_problems
+        from qat_sweep.validation import override_problems
 
         problems = override_problems(argv, has_cuda=train.torch.cuda.is_available())
         if problems:

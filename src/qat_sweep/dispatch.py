@@ -22,17 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from qat_sweep.common import write_json_atomic
 from qat_sweep.config_dirs import CONFIG_DIR_ENV, user_root
-from qat_sweep.grid import (
-    STATUSES,
-    PlanError,
-    PlannedRun,
-    _cost_options,
-    attach_status,
-    manifest_dir,
-    parse_cli,
-    plan_sweep,
-)
+from qat_sweep.grid import _cost_options, parse_cli, plan_sweep
+from qat_sweep.jobs import STATUSES, attach_status, manifest_dir
 from qat_sweep.locks import LockHeld, describe_holder, launch_lock
 from qat_sweep.profiles import (
     LaunchProfile,
@@ -43,8 +36,9 @@ from qat_sweep.profiles import (
     max_array_size,
     placement,
 )
-from qat_sweep.record import read_record, write_json_atomic
+from qat_sweep.record import read_record
 from qat_sweep.status import status_rows, status_table, watch
+from qat_sweep.sweep import PlanError, PlannedRun
 
 LAUNCH_FLAGS = ("--dry-run", "--print-hydra-overrides")
 LAUNCH_LOCK_WAIT_S = 120.0  # a second launch waits this long for the first to finish submitting

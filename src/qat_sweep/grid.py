@@ -4,20 +4,16 @@ Every run is composed with ``qat_sweep.config.plan_config`` from the exact overr
 ``qat-sweep train`` would receive, so a plan row reproduces its run. All runs are validated
 before anything is launched and all problems are reported at once: a grid that fails on run 200
 of 289 after 199 submissions wastes a cluster day.
+
+The spec and its expansion live in ``sweep``, the checks in ``validation``, job state in ``jobs``;
+this module loads the file, plans the sweep and prints the ``qat-sweep plan`` table.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
-import os
-import shutil
-import socket
-import subprocess
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,98 +26,32 @@ from qat_sweep.config import (
     CONFIG_GROUPS,
     compose_tree,
     format_tokens,
-    parse_tokens,
-    plan_config,
     resolve_tree,
     run_key,
     twin_key,
 )
 from qat_sweep.config_dirs import describe_dirs, options
-from qat_sweep.locks import is_held, run_lock_path
-from qat_sweep.presets import ModelConfig, available_presets, conf_dirs, model_config_from
-from qat_sweep.record import read_record, unreadable_record
+from qat_sweep.jobs import STATUSES, attach_status
+from qat_sweep.presets import conf_dirs
+from qat_sweep.sweep import (
+    PlanError,
+    PlannedRun,
+    SweepSpec,
+    add_membership,
+    add_twins,
+    expand,
+    planned_run,
+)
+from qat_sweep.validation import (
+    compose_problem,
+    config_problems,
+    data_problems,
+    run_problems,
+    trainer_problems,
+)
 
 SWEEP_KEYS = ("name", "overrides", "twins", "subgrids", "holdout")
-TWIN_SUBGRID = "bf16_twins"
 MAX_LISTED_PROBLEMS = 60
-SWEEP_KEY = "sweep_name"  # the train config key naming runs/<sweep_name>/ (`sweep` is this group)
-QUANT_FORMATS = ("int4", "int4_sym", "fp4")  # DESIGN.md names; checked again by the trainer
-
-
-@dataclass(frozen=True)
-class SweepSpec:
-    """A parsed sweep file: shared overrides plus named sub-grids of override axes."""
-
-    name: str
-    path: Path
-    overrides: list[str]
-    twins: bool
-    subgrids: dict[str, dict[str, list[Any]]]
-    holdout: tuple[str, ...] = ()  # sub-grids kept out of the fit and predicted from it
-
-
-@dataclass
-class PlannedRun:
-    """One run of a sweep: its identity, grid coordinates, overrides and current status."""
-
-    run_key: str
-    subgrid: str
-    model: str
-    n_params: int
-    tokens: int
-    scheme: str
-    format: str
-    group_size: int | str | None
-    lr: float
-    seed: int
-    overrides: list[str]
-    run_dir: Path
-    config: dict[str, Any] = field(repr=False)  # resolved, plain: cheap for 289 runs
-    status: str = "missing"
-    error: str | None = None
-    job_id: str | None = None
-    log: str | None = None
-    reason: str | None = None  # why the scheduler keeps it pending (squeue %r)
-    sizing: Any = None  # sizing.RunSizing once sized for a launch profile
-    resources: Any = None  # the profile.LaunchProfile shape it runs with
-
-    @property
-    def flops(self) -> float:
-        """Training compute estimate 6*N*D (N non-embedding)."""
-        return 6.0 * self.n_params * self.tokens
-
-    def gpu_hours(self, mfu: float, peak_tflops: float) -> float:
-        return self.flops / (mfu * peak_tflops * 1e12) / 3600.0
-
-    def row(self, mfu: float = 0.4, peak_tflops: float = 312.0) -> dict[str, Any]:
-        """The DESIGN.md plan row (``plan --json``)."""
-        return {
-            "run_key": self.run_key,
-            "model": self.model,
-            "n_params": self.n_params,
-            "tokens": self.tokens,
-            "scheme": self.scheme,
-            "format": self.format,
-            "group_size": None if self.scheme == "bf16" else self.group_size,
-            "lr": self.lr,
-            "seed": self.seed,
-            # DESIGN.md statuses; a queued run counts as running, its job_state says pending
-            "status": "running" if self.status == "pending" else self.status,
-            "job_state": self.status if self.status in ("running", "pending") else None,
-            "overrides": list(self.overrides),
-            "subgrid": self.subgrid,
-            "run_dir": str(self.run_dir),
-            "flops": self.flops,
-            "gpu_hours": self.gpu_hours(mfu, peak_tflops),
-            "error": self.error,
-            "job_id": self.job_id,
-            "log": self.log,
-            **(self.sizing.row() if self.sizing is not None else {}),
-        }
-
-
-class PlanError(ValueError):
-    """A sweep that cannot be launched; the message lists every offending run."""
 
 
 def available_sweeps() -> list[str]:
@@ -211,242 +141,6 @@ def _unknown_axis_keys(subgrids: dict[str, dict[str, list[Any]]]) -> list[str]:
     return problems
 
 
-def override_value(value: Any) -> str:
-    """A YAML value as it is written on the Hydra command line."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list | dict):
-        return json.dumps(value)
-    return str(value)
-
-
-def _is_quant_key(override: str) -> bool:
-    key = override.split("=", 1)[0].lstrip("+~")
-    return key == "quant" or key.startswith("quant.")
-
-
-def expand(spec: SweepSpec, extra: list[str]) -> list[tuple[str, list[str]]]:
-    """(sub-grid, overrides) of every explicit run, in file order (twins are added later)."""
-    shared = [f"{SWEEP_KEY}={spec.name}", *spec.overrides]
-    runs = []
-    for sub, axes in spec.subgrids.items():
-        keys = list(axes)
-        for values in itertools.product(*(axes[k] for k in keys)):
-            point = [f"{k}={override_value(v)}" for k, v in zip(keys, values, strict=True)]
-            runs.append((sub, [*shared, *point, *extra]))
-    return runs
-
-
-def _twin_overrides(overrides: list[str]) -> list[str]:
-    """The BF16 twin of a run: same overrides without the quant ones, quant=bf16."""
-    kept = [o for o in overrides if not _is_quant_key(o)]
-    return [*kept[:1], "quant=bf16", *kept[1:]]
-
-
-def _planned(sub: str, overrides: list[str], config: dict[str, Any]) -> PlannedRun:
-    model = model_config_from(config["model"])
-    quant = config["quant"]
-    scheme = str(quant["scheme"])
-    return PlannedRun(
-        run_key=config["run_key"],
-        subgrid=sub,
-        model=model.name,
-        n_params=model.n_params,
-        tokens=parse_tokens(config["tokens"]),
-        scheme=scheme,
-        format=str(quant["format"]),
-        group_size=None if scheme == "bf16" else quant["group_size"],
-        lr=float(config["optim"]["lr"]),
-        seed=int(config["seed"]),
-        overrides=overrides,
-        run_dir=Path(str(config["paths"]["runs"])) / str(config[SWEEP_KEY]) / config["run_key"],
-        config=config,
-    )
-
-
-def schemes() -> list[str]:
-    """Scheme names: the files of conf/quant (each names its scheme)."""
-    return list(options(conf_dirs(), "quant"))
-
-
-def allowed_group_sizes(model: ModelConfig) -> list[int | str]:
-    """G values dividing the reduction dim of every block linear (hidden and FFN), plus channel.
-
-    q, k, v, o, gate and up reduce over hidden_size, down over ffn_size; a torch-free mirror of
-    ``qat_sweep.model.allowed_group_sizes`` so planning 289 runs needs no torch import.
-    """
-    common = math.gcd(model.hidden_size, model.ffn_size)
-    return [g for g in range(2, common + 1) if common % g == 0] + ["channel"]
-
-
-DEVICES = ("auto", "cpu", "cuda")
-SCHEDULES = ("cosine", "wsd")
-PARALLELISMS = ("auto", "single", "ddp", "fsdp")  # = sizing.PARALLELISM_CHOICES, without torch
-
-
-def _number(value: Any, integer: bool = False) -> float | None:
-    """``value`` as a number (None if it is not one: strings, bools, lists)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if integer and (not math.isfinite(value) or value != int(value)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-# (key, integer?, test, what is allowed): the value checks the trainer needs before step 1
-_VALUE_CHECKS: tuple[tuple[str, bool, Any, str], ...] = (
-    ("seed", True, lambda v: v >= 0, "a whole number >= 0"),
-    ("optim.lr", False, lambda v: v > 0, "a number > 0"),
-    ("optim.batch_seqs", True, lambda v: v >= 1, "a whole number of sequences >= 1"),
-    ("optim.warmup_steps", True, lambda v: v >= 0, "a whole number of steps >= 0"),
-    ("optim.warmup_max_fraction", False, lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
-    ("optim.grad_clip", False, lambda v: v > 0, "a number > 0"),
-    ("optim.weight_decay", False, lambda v: v >= 0, "a number >= 0"),
-    ("optim.eps", False, lambda v: v > 0, "a number > 0"),
-    ("optim.min_lr_ratio", False, lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
-    ("optim.decay_fraction", False, lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
-    ("train.seq_len", True, lambda v: v >= 1, "a whole number of tokens >= 1"),
-    ("train.max_loss", False, lambda v: v > 0, "a number > 0"),
-    ("train.loss_smoothing.fraction", False, lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
-    ("train.loss_smoothing.max_steps", True, lambda v: v >= 1, "a whole number >= 1"),
-    ("eval.batches", True, lambda v: v >= 1, "a whole number of batches >= 1"),
-    ("eval.batch_seqs", True, lambda v: v >= 1, "a whole number of sequences >= 1"),
-    ("eval.every_steps", True, lambda v: v >= 0, "a whole number of steps >= 0 (0 = ~10 evals)"),
-    ("checkpoint.every_steps", True, lambda v: v >= 0, "a whole number of steps >= 0"),
-    ("checkpoint.every_minutes", False, lambda v: v >= 0, "a number of minutes >= 0 (0 = off)"),
-    ("checkpoint.keep", True, lambda v: v >= 1, "a whole number of checkpoints >= 1"),
-    ("logger.progress_every_steps", True, lambda v: v >= 1, "a whole number of steps >= 1"),
-)
-_MISSING = object()
-
-
-def _get(config: dict[str, Any], key: str) -> Any:
-    node: Any = config
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
-
-
-def config_problems(config: dict[str, Any], gpus: int | None = None) -> list[str]:
-    """The trainer's start-of-run checks on a resolved config, torch- and data-free.
-
-    Shared by `plan`, `launch` (with the profile's ``gpus`` per node) and the trainer itself,
-    so a value the trainer would refuse never reaches a job; how a batch splits over a run's
-    GPUs is checked per run by ``sizing.size_sweep``.
-    Messages name the key, the bad value and what is allowed, and never the run: the same
-    problem in many runs is reported once.
-    """
-    problems = []
-    for key, integer, test, allowed in _VALUE_CHECKS:
-        value = _get(config, key)
-        if value is _MISSING:
-            continue
-        number = _number(value, integer)
-        if number is None or not test(number):
-            problems.append(f"{key}={value!r}: must be {allowed}")
-    try:
-        tokens = parse_tokens(config.get("tokens"))
-    except ValueError as e:
-        problems.append(str(e))
-        tokens = None
-    betas = _get(config, "optim.betas")
-    if betas is not _MISSING and not (
-        isinstance(betas, list)
-        and len(betas) == 2
-        and all(_number(b) is not None and 0 <= b < 1 for b in betas)
-    ):
-        problems.append(f"optim.betas={betas!r}: must be two numbers in [0, 1), e.g. [0.9, 0.95]")
-    schedule = _get(config, "optim.schedule")
-    if schedule is not _MISSING and schedule not in SCHEDULES:
-        problems.append(f"optim.schedule={schedule!r}: allowed: {', '.join(SCHEDULES)}")
-    parallelism = _get(config, "train.parallelism")
-    if parallelism is not _MISSING and parallelism not in PARALLELISMS:
-        problems.append(f"train.parallelism={parallelism!r}; allowed: {', '.join(PARALLELISMS)}")
-    device = _get(config, "train.device")
-    if device is not _MISSING and device not in DEVICES:
-        problems.append(f"train.device={device!r}: allowed: {', '.join(DEVICES)}")
-    elif device == "cuda" and gpus == 0:
-        problems.append(
-            "train.device='cuda' but the launch profile gives each run no GPU "
-            "(gpus_per_node: 0); use train.device=cpu or auto, or a profile with GPUs"
-        )
-    batch = _number(_get(config, "optim.batch_seqs"), integer=True)
-    seq_len = _number(_get(config, "train.seq_len"), integer=True)
-    micro = _get(config, "train.micro_batch_seqs")
-    if micro is not None and micro is not _MISSING:
-        micro_n = _number(micro, integer=True)
-        if micro_n is None or micro_n < 1:
-            problems.append(
-                f"train.micro_batch_seqs={micro!r}: must be null (whole per-device batch) or a "
-                "whole number >= 1"
-            )
-        elif batch and batch >= 1 and batch % micro_n:
-            divisors = [d for d in range(1, int(batch) + 1) if batch % d == 0]
-            problems.append(
-                f"train.micro_batch_seqs={micro} does not divide the global batch of "
-                f"{int(batch)} sequences (optim.batch_seqs); allowed: "
-                f"{', '.join(map(str, divisors))}"
-            )
-    step_tokens = batch * seq_len if batch and seq_len and batch >= 1 and seq_len >= 1 else None
-    if tokens is not None and step_tokens and tokens < step_tokens:
-        problems.append(
-            f"tokens={tokens} is smaller than one global batch ({int(batch)} sequences x "
-            f"{int(seq_len)} tokens = {int(step_tokens)}); use tokens >= {int(step_tokens)}"
-        )
-    return problems
-
-
-def _run_problems(config: dict[str, Any]) -> list[str]:
-    """What makes one composed run invalid, without touching data or allocating a model."""
-    try:
-        model = model_config_from(config["model"])
-    except ValueError as e:
-        return [str(e)]
-    quant = config["quant"]
-    scheme, fmt, group = str(quant["scheme"]), str(quant["format"]), quant["group_size"]
-    problems = []
-    if scheme not in schemes():
-        problems.append(f"unknown scheme {scheme!r}; allowed: {', '.join(schemes())}")
-    elif scheme == "bf16" and (fmt != "bf16" or group is not None):
-        problems.append(
-            f"scheme bf16 takes format bf16 and group_size null, got {fmt!r}, {group!r}"
-        )
-    elif scheme != "bf16" and fmt not in QUANT_FORMATS:
-        problems.append(f"unknown format {fmt!r}; allowed: {', '.join(QUANT_FORMATS)}")
-    elif scheme != "bf16" and group not in allowed_group_sizes(model):
-        problems.append(
-            f"group size {group!r} does not divide every layer of model {model.name!r} "
-            f"(hidden {model.hidden_size}, FFN {model.ffn_size}); allowed: "
-            f"{', '.join(map(str, allowed_group_sizes(model)))}"
-        )
-    return problems
-
-
-def override_problems(overrides: list[str], has_cuda: bool | None = None) -> list[str]:
-    """Why `qat-sweep train <overrides>` would be refused at its start (empty: it can run).
-
-    The checks of `plan` for one run: composition, values, model/quant and whether its data
-    is there or buildable; run by the train command before Hydra and the trainer start.
-    """
-    try:
-        tree = resolve_tree(compose_tree(overrides))
-        problems = config_problems(tree)
-        if problems:
-            return problems
-        config = {**tree, "run_key": run_key(tree)}
-        problems = _run_problems(config)
-    except (ValueError, HydraException) as e:
-        return [_compose_problem(e)]
-    if has_cuda is False and config["train"]["device"] == "cuda":
-        problems.append("train.device='cuda' but this machine has no CUDA device")
-    data = _data_problem(config["data"], load=False)
-    return problems + ([data] if data else [])
-
-
 def load_yaml(path: Path, error: type[Exception]) -> Any:
     """A YAML file as plain data; ``error`` names the file and line of a syntax error."""
     try:
@@ -458,69 +152,6 @@ def load_yaml(path: Path, error: type[Exception]) -> Any:
         raise error(f"{where}: not valid YAML ({problem}); fix the file's syntax") from e
     except (ValueError, HydraException, OmegaConfBaseException) as e:
         raise error(f"{path}: {str(e).splitlines()[0]}") from e
-
-
-def _compose_problem(error: Exception) -> str:
-    text = str(error).splitlines()[0]
-    if text.startswith("Error parsing override"):
-        return f"{text}: expected key=value (Hydra's override grammar), e.g. tokens=2M"
-    if "model/" in text:
-        return f"{text}; model presets: {', '.join(available_presets())}"
-    if "quant/" in text:
-        return f"{text}; schemes: {', '.join(schemes())}"
-    return text
-
-
-def _data_problem(data: dict[str, Any], load: bool) -> str | None:
-    """Why a data config cannot feed a run: absent and not buildable, or corrupt (None: fine)."""
-    from qat_sweep.tokenfiles import data_problem, needs_build
-
-    problem = data_problem(data)  # file names and sizes only
-    if problem is None and load and not needs_build(data):
-        from qat_sweep.data import open_data  # torch: only on the launch path
-
-        try:
-            open_data(data)  # also samples token ids
-        except (ValueError, FileNotFoundError) as e:
-            return f"data {data['name']!r}: {e}"
-    return problem
-
-
-def data_problems(runs: list[PlannedRun], load: bool = False) -> dict[str, str]:
-    """Problems of the data each run needs, checked once per distinct data directory."""
-    checked: dict[str, str | None] = {}
-    problems = {}
-    for run in runs:
-        key = json.dumps(run.config["data"], sort_keys=True)
-        if key not in checked:
-            checked[key] = _data_problem(run.config["data"], load)
-        if checked[key] is not None:
-            problems[run.run_key] = checked[key]
-    return problems
-
-
-def trainer_problems(runs: list[PlannedRun]) -> dict[str, str]:
-    """The trainer's own model/quant checks, once per distinct (model, quant) pair.
-
-    Imports torch, so only ``launch`` runs it; ``plan`` relies on the torch-free checks above.
-    """
-    from qat_sweep.model import validate
-    from qat_sweep.schemes import quant_config_from
-
-    checked: dict[str, str | None] = {}
-    problems = {}
-    for run in runs:
-        key = json.dumps([run.config["model"], run.config["quant"]], sort_keys=True)
-        if key not in checked:
-            try:
-                model = model_config_from(run.config["model"])
-                validate(model, quant_config_from(run.config["quant"]), model.vocab_size or 1)
-                checked[key] = None
-            except ValueError as e:
-                checked[key] = str(e)
-        if checked[key] is not None:
-            problems[run.run_key] = checked[key]
-    return problems
 
 
 def plan_sweep(
@@ -553,19 +184,19 @@ def plan_sweep(
             found = config_problems(tree, gpus)
             if not found:
                 config = {**tree, "run_key": run_key(tree)}
-                label, found = f"{sub} {config['run_key']}", _run_problems(config)
+                label, found = f"{sub} {config['run_key']}", run_problems(config)
         except (ValueError, HydraException) as e:
-            found = [_compose_problem(e)]
+            found = [compose_problem(e)]
         for problem in found:
             problems.setdefault(problem, []).append(label)
         if not found:
-            runs.append(_planned(sub, overrides, config))
+            runs.append(planned_run(sub, overrides, config))
     counts = Counter(r.run_key for r in runs)
     for key in sorted(k for k, n in counts.items() if n > 1):
         where = ", ".join(sorted({r.subgrid for r in runs if r.run_key == key}))
         problems[f"duplicate run {key}: appears {counts[key]} times (sub-grids: {where})"] = []
     if spec.twins and not problems:
-        runs += _twins(runs)
+        runs += add_twins(runs)
     if not problems and strict:
         found_by_run = {**trainer_problems(runs), **data_problems(runs, load=True)}
         for run in runs:
@@ -574,36 +205,9 @@ def plan_sweep(
                 problems.setdefault(found_by_run[run.run_key], []).append(label)
     if problems:
         raise PlanError(_problem_report(spec, len(explicit), problems))
-    _add_membership(runs, spec.holdout)
+    add_membership(runs, spec.holdout)
     attach_status(runs)
     return runs
-
-
-def _add_membership(runs: list[PlannedRun], holdout: tuple[str, ...]) -> None:
-    """`subgrid=` and `holdout=` overrides: each run's record and wandb config say where it
-    belongs. Both keys stay out of run_key; the held-out set is `holdout_keys`'s (the holdout
-    sub-grids plus their BF16 twins)."""
-    held = [r for r in runs if r.subgrid in holdout]
-    held_keys = {r.run_key for r in held} | {twin_key(r.config) for r in held}
-    for run in runs:
-        flag = run.run_key in held_keys
-        membership = [f"subgrid={json.dumps(run.subgrid)}", f"holdout={override_value(flag)}"]
-        run.overrides = [*run.overrides, *membership]
-        run.config |= {"subgrid": run.subgrid, "holdout": flag}
-
-
-def _twins(runs: list[PlannedRun]) -> list[PlannedRun]:
-    """One BF16 twin per distinct non-quant cell, skipping cells that already have one."""
-    have = {r.run_key for r in runs}
-    cells = dict.fromkeys(tuple(_twin_overrides(r.overrides)) for r in runs if r.scheme != "bf16")
-    twins = []
-    for overrides in cells:
-        config = plan_config(list(overrides))
-        key = config["run_key"]
-        if key not in have:
-            have.add(key)
-            twins.append(_planned(TWIN_SUBGRID, list(overrides), config))
-    return twins
 
 
 def _problem_report(spec: SweepSpec, n_runs: int, problems: dict[str, list[str]]) -> str:
@@ -627,163 +231,6 @@ def _problem_report(spec: SweepSpec, n_runs: int, problems: dict[str, list[str]]
         lines.append(f"  ... and {more} more")
     lines.append("nothing was launched.")
     return "\n".join(lines)
-
-
-def attach_status(runs: list[PlannedRun]) -> None:
-    """Status from each run's record, then from the launch manifests and the scheduler."""
-    if not runs:
-        return
-    jobs = job_states(runs[0].run_dir.parent, [r.run_key for r in runs])
-    for run in runs:
-        job = jobs.get(run.run_key)
-        run.status, run.error, run.job_id, run.log, run.reason = "missing", None, None, None, None
-        if job is not None:
-            run.job_id, run.log = job.job_id, job.log
-        record = read_record(run.run_dir)
-        if record is not None and record["status"] == "completed":
-            run.status = "completed"
-        elif job is not None and job.state in ("running", "pending"):
-            run.status = job.state  # a retry in the queue outranks the failed record it replaces
-            run.reason = job.detail
-        elif is_held(run_lock_path(run.run_dir)):
-            run.status = "running"  # a trainer holds it: started by hand, or its job is unknown
-        elif unreadable := unreadable_record(run.run_dir):
-            run.status, run.error = "failed", unreadable
-        elif record is not None:
-            run.status, run.error = "failed", f"{record['status']}: {record.get('error')}"
-        elif job is not None and job.state == "failed":
-            run.status, run.error = "failed", job.detail
-        elif job is not None and job.state == "local" and run.run_dir.exists():
-            run.status = "running"
-        elif job is not None and job.state == "local":
-            run.status = "pending"
-
-
-@dataclass(frozen=True)
-class JobState:
-    """What the launch manifests and the scheduler say about one run."""
-
-    job_id: str | None
-    log: str | None
-    state: str  # running | pending | failed | local | unknown
-    detail: str | None = None  # why it failed, or why it is pending
-
-
-_PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED"}
-_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING"}
-
-
-def manifest_dir(sweep_dir: Path) -> Path:
-    return Path(sweep_dir) / ".launches"
-
-
-def read_manifests(sweep_dir: Path) -> list[dict[str, Any]]:
-    """All launch manifests of a sweep directory, oldest first (file names sort by time)."""
-    manifests = []
-    for path in sorted(manifest_dir(sweep_dir).glob("*.json")):
-        try:
-            manifests.append(json.loads(path.read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-    return manifests
-
-
-def job_states(sweep_dir: Path, run_keys: list[str]) -> dict[str, JobState]:
-    """Latest launch of each run (from the manifests) and its scheduler state."""
-    wanted = set(run_keys)
-    latest: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-    for manifest in read_manifests(sweep_dir):
-        for job in manifest.get("jobs", []):
-            if job.get("run_key") in wanted:
-                latest[job["run_key"]] = (manifest, job)
-    slurm_ids = sorted({j["job_id"] for m, j in latest.values() if m.get("kind") == "slurm"})
-    states = slurm_job_states(slurm_ids)
-    out = {}
-    for key, (manifest, job) in latest.items():
-        log = job.get("stderr") or job.get("log")
-        if manifest.get("kind") == "slurm":
-            state, reason = states.get(job["job_id"], (None, None))
-            out[key] = JobState(job["job_id"], log, *_slurm_state(job["job_id"], state, reason))
-        else:
-            out[key] = JobState(job.get("job_id"), log, *_local_state(manifest, job, log))
-    return out
-
-
-def _slurm_state(job_id: str, state: str | None, reason: str | None) -> tuple[str, str | None]:
-    if state is None:
-        return "unknown", None
-    if state in _PENDING:
-        return "pending", _pending_reason(reason)
-    if state in _RUNNING:
-        return "running", None
-    return "failed", f"SLURM job {job_id} ended {state} without a run record"
-
-
-# squeue's reason codes a user meets most, in words (others are shown as SLURM spells them)
-_REASONS = {
-    "BeginTime": "requeued: SLURM holds a requeued job ~2 min before it may start again",
-    "Resources": "waiting for free resources",
-    "Priority": "higher-priority jobs go first",
-    "JobArrayTaskLimit": "the array's parallelism limit (array_parallelism) is reached",
-    "QOSMaxJobsPerUserLimit": "the QOS's jobs-per-user limit is reached",
-    "ReqNodeNotAvail": "the requested nodes are unavailable (down, drained or reserved)",
-    "PartitionTimeLimit": "timeout_min exceeds the partition's MaxTime: it will never start",
-}
-
-
-def _pending_reason(reason: str | None) -> str | None:
-    if not reason or reason == "None":
-        return None
-    return f"{reason}: {_REASONS[reason]}" if reason in _REASONS else reason
-
-
-def _local_state(
-    manifest: dict[str, Any], job: dict[str, Any], log: str | None
-) -> tuple[str, str | None]:
-    code = job.get("exit_code")
-    if code is not None and code != 0:
-        return "failed", f"local run exited with code {code} without a run record"
-    if code is None and manifest.get("host") == socket.gethostname() and _alive(manifest["pid"]):
-        return "local", None
-    return "unknown", None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-def slurm_job_states(job_ids: list[str]) -> dict[str, tuple[str, str | None]]:
-    """SLURM (state, pending reason) per job id (``123_4`` or ``123``) from squeue, then sacct.
-
-    squeue forgets jobs after MinJobAge; sacct may be missing (no accounting): both are
-    tolerated, an unknown job simply has no state.
-    """
-    if not job_ids or shutil.which("squeue") is None:
-        return {}
-    arrays = sorted({j.split("_")[0] for j in job_ids})
-    found = _query(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(arrays), "-o", "%i|%T|%r"])
-    unknown = sorted({j.split("_")[0] for j in job_ids if j not in found})
-    if unknown and shutil.which("sacct") is not None:
-        sacct = ["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(unknown)]
-        found = {**_query(sacct), **found}
-    return found
-
-
-def _query(command: list[str]) -> dict[str, tuple[str, str | None]]:
-    try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    states = {}
-    for line in out.stdout.splitlines():
-        job_id, state, reason = ([*line.split("|"), "", ""])[:3]
-        if job_id and state and job_id.strip() != "JobID":
-            states[job_id.strip()] = (state.split()[0].rstrip("+"), reason.strip() or None)
-    return states
 
 
 def parse_cli(
@@ -882,9 +329,6 @@ def _sizing_cells(run: PlannedRun) -> str:
         f" {s.micro_batch_seqs:>5} {s.parallelism:>6} {s.gpus:>4} {s.memory_gb:>6.1f} "
         f"{wall:>7} {s.segments or '-':>3}"
     )
-
-
-STATUSES = ("completed", "running", "pending", "failed", "missing")
 
 
 def _hours(hours: float) -> str:

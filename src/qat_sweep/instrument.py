@@ -6,13 +6,13 @@ statistics let every run record show the same evidence at its evaluation points.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from qat_sweep.common import finite_or_none
 from qat_sweep.model import Transformer
 from qat_sweep.quantize import kurtosis, nmse
 from qat_sweep.schemes import SITES, ActQuantizer, QuantLinear, format_bits
@@ -61,7 +61,7 @@ def _weight_stats(act_module: nn.Module, linears: list[nn.Module]) -> dict[str, 
     weight_err = None
     if quantized:
         errors = [nmse(m.weight, m.quantized_weight()) for m in quantized]
-        weight_err = _finite(sum(errors) / len(errors))
+        weight_err = finite_or_none(sum(errors) / len(errors))
     act_fmt = act_module.fmt if isinstance(act_module, ActQuantizer) else None
     return {
         "kurtosis": None,
@@ -75,9 +75,9 @@ def _weight_stats(act_module: nn.Module, linears: list[nn.Module]) -> dict[str, 
 def _input_hook(record: dict[str, Any]):
     def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         x = inputs[0]
-        record["kurtosis"] = _finite(kurtosis(x))
+        record["kurtosis"] = finite_or_none(kurtosis(x))
         if isinstance(module, ActQuantizer):
-            record["act_nmse"] = _finite(nmse(x, output))
+            record["act_nmse"] = finite_or_none(nmse(x, output))
 
     return hook
 
@@ -97,7 +97,3 @@ def _average_over_layers(layers: dict[str, dict[str, Any]]) -> dict[str, dict[st
             mean = sum(found) / len(found) if found else None
             averaged[site][stat] = int(mean) if stat.endswith("_bits") and found else mean
     return averaged
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None

@@ -1,5 +1,5 @@
 """The training recipe of PAPER.md section 3: LR schedules, AdamW groups, the optimizer step
-(gradient accumulation over micro-batches) and the smoothed loss."""
+(gradient accumulation over micro-batches), the smoothed loss and the evaluation loss."""
 
 from __future__ import annotations
 
@@ -102,3 +102,19 @@ class SmoothedLoss:
 
     def get(self) -> float:
         return self.value / self.weight if self.weight else float("nan")
+
+
+@torch.no_grad()
+def mean_loss(
+    model: torch.nn.Module, batches: list, device: str, autocast: bool, micro: int | None = None
+) -> float:
+    """Mean loss over the batches, each run in equal chunks of ``micro`` sequences (same mean)."""
+    was_training = model.training
+    model.eval()
+    losses = []
+    for x, y in batches:
+        for xs, ys in zip(x.split(micro or len(x)), y.split(micro or len(y)), strict=True):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                losses.append(float(model(xs.to(device), ys.to(device))))
+    model.train(was_training)
+    return sum(losses) / len(losses)

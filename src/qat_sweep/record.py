@@ -18,8 +18,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from qat_sweep.common import write_json_atomic as write_json_atomic  # the record's writer
-
 SCHEMA = 1
 RECORD_NAME = "result.json"
 RECORD_STATUSES = ("completed", "failed", "diverged")

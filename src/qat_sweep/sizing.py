@@ -232,9 +232,9 @@ def fit_on_device(
 def size_sweep(runs: list[Any], profile: LaunchProfile, mfu: float) -> None:
     """Sizes every PlannedRun for its resource shape and appends the chosen overrides.
 
-    Raises grid.PlanError listing every run that cannot be sized: nothing is launched then.
+    Raises sweep.PlanError listing every run that cannot be sized: nothing is launched then.
     """
-    from qat_sweep.grid import PlanError
+    from qat_sweep.sweep import PlanError
 
     problems = []
     for run in runs:

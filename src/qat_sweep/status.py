@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from qat_sweep.config import format_tokens
-from qat_sweep.grid import STATUSES, PlannedRun
+from qat_sweep.jobs import STATUSES
 from qat_sweep.locks import run_starts
+from qat_sweep.sweep import PlannedRun
 from qat_sweep.tracking import METRICS_NAME
 
 _TAIL_BYTES = 64 * 1024  # enough rows to find the last tokens/s (every 10 steps by default)

@@ -17,7 +17,8 @@ import wandb_workspaces.workspaces as ws
 from wandb_workspaces import expr
 
 from qat_sweep.common import split_overrides
-from qat_sweep.grid import PlanError, PlannedRun, plan_sweep
+from qat_sweep.grid import plan_sweep
+from qat_sweep.sweep import PlanError, PlannedRun
 from qat_sweep.tracking import group_elems, wandb_id
 
 USAGE = "qat-sweep wandb-workspace sweep=NAME --entity E --project P [--name TITLE] [overrides...]"

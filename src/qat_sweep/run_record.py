@@ -1,0 +1,88 @@
+"""A run's record before training: the identity fields, tolerant of a config that fails to build."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from qat_sweep.config import parse_tokens, twin_key
+from qat_sweep.presets import model_config_from
+from qat_sweep.record import SCHEMA, software_versions
+from qat_sweep.run_setup import RunSetup
+from qat_sweep.tracking import wandb_config, wandb_id
+
+
+def _slurm_info() -> dict[str, Any] | None:
+    if "SLURM_JOB_ID" not in os.environ:
+        return None
+    keys = (
+        "SLURM_JOB_ID",
+        "SLURM_ARRAY_JOB_ID",
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_JOB_NODELIST",
+        "SLURM_RESTART_COUNT",
+        "SLURM_NTASKS",
+    )
+    return {key.removeprefix("SLURM_").lower(): os.environ.get(key) for key in keys}
+
+
+def _or_none(compute: Any) -> Any:
+    try:
+        return compute()
+    except Exception:  # a broken config must still yield a failure record
+        return None
+
+
+def base_record(cfg: DictConfig, setup: RunSetup | None) -> dict[str, Any]:
+    """The record's identity fields; every derived field tolerates a config that fails to build."""
+    quant = cfg.quant
+    model = _or_none(lambda: model_config_from(cfg.model))
+    group = quant.get("group_size") if quant.get("scheme") != "bf16" else None
+    config = _or_none(lambda: OmegaConf.to_container(cfg, resolve=True))
+    return {
+        "schema": SCHEMA,
+        "run_key": str(cfg.run_key),
+        "twin_key": _or_none(lambda: twin_key(cfg)),
+        "sweep": str(cfg.sweep_name),
+        "subgrid": cfg.get("subgrid"),
+        "holdout": bool(cfg.get("holdout")),
+        "status": "failed",
+        "error": None,
+        "model": model.name if model else str(cfg.model.get("name")),
+        "n_params": model.n_params if model else None,
+        "n_params_total": model.n_params_total(setup.vocab_size) if model and setup else None,
+        "hidden_size": model.hidden_size if model else None,
+        "tokens": parse_tokens(cfg.tokens),
+        "scheme": str(quant.get("scheme")),
+        "format": str(quant.get("format")) if quant.get("scheme") != "bf16" else "bf16",
+        "group_size": group if group in (None, "channel") else _or_none(lambda: int(group)),
+        "lr": _or_none(lambda: float(cfg.optim.lr)),
+        "seed": int(cfg.seed),
+        "loss": None,
+        "val_loss": None,
+        "metrics": {},
+        "config": config or OmegaConf.to_container(cfg, resolve=False),
+        "versions": software_versions(),
+        "slurm": _slurm_info(),
+        "wandb": None,
+    }
+
+
+def wandb_init(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
+    """wandb.init's arguments for the run: one id per run (resumes continue it), grouped by sweep."""
+    return {
+        "id": wandb_id(str(cfg.sweep_name), str(cfg.run_key)),
+        "name": str(cfg.run_key),
+        "group": str(cfg.sweep_name),
+        "job_type": str(cfg.quant.scheme),
+        "tags": [
+            f"N={record['model']}",
+            f"D={record['tokens']:.3g}",
+            f"G={record['group_size']}",
+            f"format={record['format']}",
+            *cfg.logger.wandb.tags,
+        ],
+        "config": wandb_config(record),
+    }
