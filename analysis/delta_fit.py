@@ -191,7 +191,7 @@ def separate_exponents(
         decisions[name] = {**final[name], "action": "fitted"}
     for name, entry in decisions.items():
         if not entry["separable"]:
-            entry["runs_to_separate"] = identify.SEPARATE_BY.get(name, "")
+            entry["runs_to_separate"] = identify.remedy(name, entry)
     varying = [t for t in terms if np.ptp(raw[t]) > 1e-9]  # a constant column has no condition
     columns = np.column_stack([raw[t] for t in varying]) if varying else np.zeros((len(y), 0))
     new = DeltaDesign(tuple(kept), design.dropped, np.array([raw[c].mean() for c in kept]))
@@ -248,7 +248,7 @@ def fit_delta(
     exponents = ident["exponents"]
     fit.notes = [
         f"{c} not identifiable: {why}; {exponents.get(c, {}).get('action', 'refit without it')}. "
-        f"{identify.separate_by(c)}."
+        f"{identify.remedy(c, exponents.get(c, {}))}."
         for c, why in sorted(design.dropped.items())
     ]
     n_params = x.shape[1]

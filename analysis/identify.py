@@ -36,6 +36,18 @@ def separate_by(name: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def remedy(name: str, entry: dict[str, Any]) -> str:
+    """What would identify an exponent: other runs when the grid ties it to another axis, more
+    seeds or a wider range when the grid varies it but the runs' noise leaves it loose."""
+    if entry.get("independent_variation", 0.0) < V_MIN:
+        return separate_by(name)
+    axis = AXIS.get(name, name)
+    return (
+        f"The grid already varies {axis} on its own; the runs' noise leaves {name} loose: "
+        f"more seeds per cell or a wider range of {axis} would pin it down"
+    )
+
+
 def robust_sd(resid: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(resid - np.median(resid)))) if resid.size else 0.0
 

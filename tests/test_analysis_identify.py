@@ -193,3 +193,22 @@ def test_check_intervals_refuses_an_interval_beside_its_estimate():
     outcome.result["delta"]["w4a4/int4"]["ci95"]["gamma_N"] = [4.73, 4.73]
     with pytest.raises(AssertionError, match="gamma_N"):
         check_intervals(outcome.result)
+
+
+def test_noisy_full_grid_asks_for_seeds_not_for_other_axes():
+    """N, D and G each vary on their own (a full 2 x 2 x 2 grid), but the runs' noise is far
+    above the gaps: an exponent left loose is blamed on the noise, and the advice is more seeds
+    or a wider range, not runs the grid already has."""
+    runs = []
+    for model in ("74M", "145M"):
+        for tokens in (10e9, 20e9):
+            runs.append(_run(model, tokens))
+            runs += [_run(model, tokens, "w4a4", "int4", g) for g in (32, 256)]
+    table = _table(runs, noise=0.03, cell_noise=0.0, seed=3)
+    outcome = run_fit(table, [], Settings(bootstrap=50))
+    exponents = outcome.result["delta"]["w4a4/int4"]["identifiability"]["exponents"]
+    loose = [e for e in exponents.values() if not e["separable"]]
+    assert loose, "at this noise some exponent must be left loose"
+    for entry in loose:
+        assert entry["independent_variation"] > 0.9  # the design separates every axis
+        assert "more seeds per cell" in entry["runs_to_separate"]
