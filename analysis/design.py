@@ -33,12 +33,12 @@ def split_cli(extra: list[str], command: str) -> tuple[str, float, float, list[s
     sweep = pairs.pop("sweep", None)
     options = {k: pairs.pop(k) for k in COST_OPTIONS if k in pairs}
     overrides = [f"{k}={v}" for k, v in pairs.items()]
-    from qat_sweep.grid import PlanError, _cost_options, available_sweeps
+    from qat_sweep.grid import PlanError, available_sweeps, cost_options
 
     if not sweep:
         raise InputError(f"missing sweep=NAME; available sweeps: {', '.join(available_sweeps())}")
     try:
-        mfu, peak = _cost_options(options)  # plan's own check of the same options
+        mfu, peak = cost_options(options)  # plan's own check of the same options
     except PlanError as err:
         raise InputError(str(err)) from err
     return sweep, mfu, peak, overrides

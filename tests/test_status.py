@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_train import run_cli
 
 from qat_sweep import dispatch
 from qat_sweep.dispatch import launch_main, status_main
@@ -42,14 +43,7 @@ def status_rows(sweep: str, extra: list[str], capsys) -> list[dict]:
 
 
 def trainer(overrides: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "qat_sweep.train", *overrides],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    return run_cli(overrides, env={"OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE)
 
 
 def wait_for(predicate, timeout_s: float, what: str) -> None:

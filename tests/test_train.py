@@ -41,12 +41,14 @@ def metrics_rows(record_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (record_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def run_cli(args: list[str], env: dict | None = None, **kwargs) -> subprocess.Popen:
+def run_cli(
+    args: list[str], env: dict | None = None, stderr: int = subprocess.STDOUT, **kwargs
+) -> subprocess.Popen:
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "qat_sweep.train", *args],
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=stderr,
         text=True,
         env=full_env,
         **kwargs,

@@ -24,7 +24,7 @@ from typing import Any
 
 from qat_sweep.common import write_json_atomic
 from qat_sweep.config_dirs import CONFIG_DIR_ENV, user_root
-from qat_sweep.grid import _cost_options, parse_cli, plan_sweep
+from qat_sweep.grid import cost_options, parse_cli, plan_sweep
 from qat_sweep.jobs import STATUSES, attach_status, manifest_dir
 from qat_sweep.locks import LockHeld, describe_holder, launch_lock
 from qat_sweep.profiles import (
@@ -232,7 +232,7 @@ def launch_main(argv: list[str]) -> int:
         if "--print-hydra-overrides" in flags:
             print(" ".join(hydra_launcher_overrides(profile)))
             return 0
-        mfu = _cost_options(options)[0]
+        mfu = cost_options(options)[0]
         extra = [*overrides, *profile.train_overrides()]
         runs = plan_sweep(sweep, extra, strict=True, **placement(profile))
         if profile.kind == "local":

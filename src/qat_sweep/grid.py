@@ -265,7 +265,7 @@ def parse_cli(
 CLI_OPTIONS = ("mfu", "peak_tflops", "launcher")
 
 
-def _cost_options(options: dict[str, str]) -> tuple[float, float]:
+def cost_options(options: dict[str, str]) -> tuple[float, float]:
     try:
         mfu, peak = float(options.get("mfu", 0.4)), float(options.get("peak_tflops", 312.0))
     except ValueError as e:
@@ -342,7 +342,7 @@ def plan_main(argv: list[str]) -> int:
     """
     try:
         sweep, options, flags, overrides = parse_cli(argv, ("--json",))
-        mfu, peak = _cost_options(options)
+        mfu, peak = cost_options(options)
         profile = None
         if "launcher" in options:
             from qat_sweep.profiles import load_profile, placement
