@@ -32,8 +32,9 @@ def test_defaults_and_bf16_always_measured() -> None:
         ("schemes=bf16,w2a2", r"\['w2a2'\]"),
         ("model=3M", "'3M'"),
         ("steps=ten", "steps='ten'"),
-        ("compile=maybe", "compile='maybe'; allowed: auto, true, false, both"),
-        ("device=tpu", "device='tpu'"),
+        ("compile=maybe", "compile='maybe': allowed: auto, true, false, both"),
+        ("device=tpu", "device='tpu': allowed: auto, cpu, cuda"),
+        ("warmup=-1", "warmup='-1': must be >= 0"),
     ],
 )
 def test_bad_arguments_are_named(arg: str, pattern: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from qat_sweep.common import (
     InputError,
@@ -14,8 +15,10 @@ from qat_sweep.common import (
     format_count,
     json_safe,
     parse_count,
+    parse_int,
     parse_keys,
     parse_tokens,
+    resolve_device,
     split_overrides,
     stale_temps,
     write_json_atomic,
@@ -79,7 +82,22 @@ def test_split_overrides_keeps_flag_values_and_names_unknown_keys() -> None:
     with pytest.raises(InputError, match=r"unknown key 'bogus' in 'bogus=1'; allowed: sweep"):
         split_overrides(["bogus=1"], {"sweep"})
     assert parse_keys(["n=3"], {"n": int}) == {"n": 3}
-    for argv, message in ((["x"], "expected key=value"), (["n=a"], "bad value for n"),
+    for argv, message in ((["x"], "expected key=value"), (["n=a"], "n='a': "),
                           ([], "missing required key")):  # fmt: skip
         with pytest.raises(InputError, match=message):
             parse_keys(argv, {"n": int}, ("n",))
+
+
+def test_int_words_and_the_one_device_grammar() -> None:
+    """bench and train share one device word set; an index is the rank's (local rank), not ours."""
+    assert parse_int("3") == 3 and parse_int("0", minimum=0) == 0
+    for word, message in (("3.5", "not an integer"), ("0", "must be >= 1"), ("", "not an integer")):
+        with pytest.raises(ValueError, match=message):
+            parse_int(word)
+    cuda = torch.cuda.is_available()
+    assert resolve_device("auto") == ("cuda" if cuda else "cpu") and resolve_device("cpu") == "cpu"
+    with pytest.raises(InputError, match=r"train.device='cuda:0': allowed: auto, cpu, cuda"):
+        resolve_device("cuda:0", "train.device")
+    if not cuda:
+        with pytest.raises(InputError, match="device=cuda but no CUDA device is available"):
+            resolve_device("cuda")

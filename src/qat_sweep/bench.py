@@ -17,11 +17,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from qat_sweep.common import InputError, parse_int, parse_keys, resolve_device, write_json_atomic
 from qat_sweep.config import compose_run
 from qat_sweep.flops import flops_per_token, mfu, peak_flops
 from qat_sweep.model import build_model, compile_blocks, compile_enabled
@@ -33,23 +35,46 @@ from qat_sweep.schemes import SCHEMES, QuantConfig
 OLMO2_VOCAB = 100278  # PAPER.md: the OLMo-2 tokenizer is the natural full-scale default
 SMALL_VOCAB = 4096  # the demo's local BPE size
 
-DEFAULTS: dict[str, str] = {
-    "model": "1M",
-    "batch": "8",  # sequences per step on this device
-    "micro_batch": "",  # empty: the whole batch in one micro-batch (train.micro_batch_seqs)
-    "seq_len": "",  # empty: the preset's seq_len
-    "steps": "10",
-    "warmup": "3",
-    "schemes": "bf16,w4a4,w4a16,w16a4,w4a4_fc2a8",
-    "format": "int4",
-    "group_size": "32",  # or a list: 128,channel (each quantized scheme once per G)
-    "act_quantizer": "auto",
-    "vocab_size": "",  # empty: the preset's, else OLMo-2 size for paper presets, 4096 otherwise
-    "compile": "auto",  # as train.compile (auto = on CUDA, off on CPU), or both
-    "device": "auto",
-    "seed": "0",
-    "json": "",  # a path, or '-' for stdout
+
+def _schemes(value: str) -> tuple[str, ...]:
+    schemes = tuple(s for s in value.split(",") if s)
+    unknown = [s for s in schemes if s not in SCHEMES]
+    if unknown:
+        raise ValueError(f"unknown schemes {unknown}; allowed: {', '.join(SCHEMES)}")
+    return schemes if "bf16" in schemes else ("bf16", *schemes)
+
+
+def _group_sizes(value: str) -> tuple[int | str, ...]:
+    groups = tuple(g if g == "channel" else parse_int(g) for g in value.split(",") if g)
+    if not groups:
+        raise ValueError("empty; give an integer, channel or a list")
+    return groups
+
+
+def _compile(value: str) -> str:
+    if value not in ("auto", "true", "false", "both"):
+        raise ValueError("allowed: auto, true, false, both")
+    return value
+
+
+KEYS: dict[str, Callable[[str], Any]] = {
+    "model": load_preset,  # default 1M
+    "batch": parse_int,  # sequences per step on this device (default 8)
+    "micro_batch": parse_int,  # default: the whole batch in one micro-batch
+    "seq_len": parse_int,  # default: the preset's
+    "steps": parse_int,  # default 10
+    "warmup": partial(parse_int, minimum=0),  # default 3
+    "schemes": _schemes,  # default bf16,w4a4,w4a16,w16a4,w4a4_fc2a8
+    "format": str,  # default int4
+    "group_size": _group_sizes,  # default 32; a list (128,channel) times each scheme per G
+    "act_quantizer": str,  # default auto
+    "vocab_size": parse_int,  # default: the preset's, else OLMo-2's for paper presets, else 4096
+    "compile": _compile,  # as train.compile (auto = on CUDA, off on CPU), or both
+    "device": str,  # auto, cpu or cuda (resolve_device)
+    "seed": partial(parse_int, minimum=0),
+    "json": str,  # a path, or '-' for stdout
 }
+DEFAULT_SCHEMES = "bf16,w4a4,w4a16,w16a4,w4a4_fc2a8"
 
 
 @dataclass(frozen=True)
@@ -72,80 +97,35 @@ class BenchSettings:
 
 
 def parse_args(argv: list[str]) -> BenchSettings:
-    """key=value arguments; ValueError naming any unknown key or malformed value."""
-    raw = dict(DEFAULTS)
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in DEFAULTS:
-            raise ValueError(
-                f"bench: bad argument {arg!r}; expected key=value with keys {list(DEFAULTS)}"
-            )
-        raw[key] = value
-    model = load_preset(raw["model"])
-    schemes = tuple(s for s in raw["schemes"].split(",") if s)
-    unknown = [s for s in schemes if s not in SCHEMES]
-    if unknown:
-        raise ValueError(f"bench: unknown schemes {unknown}; allowed: {', '.join(SCHEMES)}")
-    if "bf16" not in schemes:
-        schemes = ("bf16", *schemes)
-    if raw["vocab_size"]:
-        vocab = _int("vocab_size", raw["vocab_size"])
-    else:
-        vocab = model.vocab_size or (OLMO2_VOCAB if model.name in PAPER_PRESETS else SMALL_VOCAB)
-    groups = tuple(
-        g if g == "channel" else _int("group_size", g) for g in raw["group_size"].split(",") if g
+    """key=value arguments (`KEYS`); InputError naming any unknown key or malformed value."""
+    opts = parse_keys(argv, KEYS)
+    model = opts.get("model") or load_preset("1M")
+    device = torch.device(resolve_device(opts.get("device", "auto")))
+    vocab = opts.get("vocab_size") or (
+        model.vocab_size or (OLMO2_VOCAB if model.name in PAPER_PRESETS else SMALL_VOCAB)
     )
-    if not groups:
-        raise ValueError("bench: group_size is empty; give an integer, channel or a list")
-    device = _device(raw["device"])
-    batch = _int("batch", raw["batch"])
-    micro = _int("micro_batch", raw["micro_batch"]) if raw["micro_batch"] else batch
+    batch = opts.get("batch", 8)
+    micro = opts.get("micro_batch", batch)
     if batch % micro:
-        raise ValueError(f"bench: batch={batch} is not a multiple of micro_batch={micro}")
+        raise InputError(f"batch={batch} is not a multiple of micro_batch={micro}")
+    setting = opts.get("compile", "auto")
     return BenchSettings(
         model=model,
         batch=batch,
         micro_batch=micro,
-        seq_len=_int("seq_len", raw["seq_len"]) if raw["seq_len"] else model.seq_len,
-        steps=_int("steps", raw["steps"]),
-        warmup=_int("warmup", raw["warmup"], minimum=0),
-        schemes=schemes,
-        format=raw["format"],
-        group_sizes=groups,
-        act_quantizer=raw["act_quantizer"],
+        seq_len=opts.get("seq_len", model.seq_len),
+        steps=opts.get("steps", 10),
+        warmup=opts.get("warmup", 3),
+        schemes=opts.get("schemes") or _schemes(DEFAULT_SCHEMES),
+        format=opts.get("format", "int4"),
+        group_sizes=opts.get("group_size", (32,)),
+        act_quantizer=opts.get("act_quantizer", "auto"),
         vocab_size=vocab,
-        compile=_compile(raw["compile"], device),
+        compile=(True, False) if setting == "both" else (compile_enabled(setting, device.type),),
         device=device,
-        seed=_int("seed", raw["seed"], minimum=0),
-        json=raw["json"],
+        seed=opts.get("seed", 0),
+        json=opts.get("json", ""),
     )
-
-
-def _int(key: str, value: str, minimum: int = 1) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"bench: {key}={value!r} is not an integer") from None
-    if number < minimum:
-        raise ValueError(f"bench: {key}={number} must be >= {minimum}")
-    return number
-
-
-def _compile(value: str, device: torch.device) -> tuple[bool, ...]:
-    if value == "both":
-        return (True, False)
-    try:
-        return (compile_enabled(value, device.type),)
-    except ValueError:
-        raise ValueError(f"bench: compile={value!r}; allowed: auto, true, false, both") from None
-
-
-def _device(value: str) -> torch.device:
-    if value == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if value not in ("cpu", "cuda") and not value.startswith("cuda:"):
-        raise ValueError(f"bench: device={value!r}; allowed: auto, cpu, cuda, cuda:N")
-    return torch.device(value)
 
 
 @dataclass(frozen=True)
@@ -352,15 +332,14 @@ def main(argv: list[str]) -> int:
         settings = parse_args(argv)
         result = run(settings)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"qat-sweep bench: {err}", file=sys.stderr)
         return 2
     if settings.json == "-":
         print(json.dumps(result, indent=2))
         return 0
     print(format_table(result))
     if settings.json:
-        with open(settings.json, "w") as fh:
-            json.dump(result, fh, indent=2)
+        write_json_atomic(settings.json, result)
     return 0
 
 

@@ -135,6 +135,17 @@ def format_count(count: float) -> str:
 # --- command-line words ---
 
 
+def parse_int(value: Any, minimum: int = 1) -> int:
+    """A whole number >= ``minimum`` from a command-line word (for `parse_keys` specs)."""
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise ValueError("not an integer") from None
+    if number < minimum:
+        raise ValueError(f"must be >= {minimum}")
+    return number
+
+
 def parse_bool(value: Any) -> bool:
     lowered = str(value).strip().lower()
     if lowered in ("true", "1", "yes", "y"):
@@ -142,6 +153,23 @@ def parse_bool(value: Any) -> bool:
     if lowered in ("false", "0", "no", "n"):
         return False
     raise InputError(f"expected true or false, got {value!r}")
+
+
+# Which GPU a process uses is its local rank's (or CUDA_VISIBLE_DEVICES'), never an index here.
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(value: Any, key: str = "device") -> str:
+    """'cpu' or 'cuda' for a `DEVICES` word (auto: CUDA when there is one); InputError for any
+    other word, and for cuda on a machine without a CUDA device."""
+    if value not in DEVICES:
+        raise InputError(f"{key}={value!r}: allowed: {', '.join(DEVICES)}")
+    import torch  # here, not at the top: plan and the analysis import this module without torch
+
+    cuda = torch.cuda.is_available()
+    if value == "cuda" and not cuda:
+        raise InputError(f"{key}=cuda but no CUDA device is available")
+    return "cuda" if value == "cuda" or (value == "auto" and cuda) else "cpu"
 
 
 def split_overrides(
@@ -186,7 +214,7 @@ def parse_keys(
         try:
             parsed[key] = spec[key](value)
         except ValueError as err:
-            raise InputError(f"bad value for {key}: {err}") from err
+            raise InputError(f"{key}={value!r}: {err}") from err
     missing = [k for k in required if k not in parsed]
     if missing:
         raise InputError(f"missing required key(s): {', '.join(missing)}")

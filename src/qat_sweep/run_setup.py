@@ -108,17 +108,6 @@ def validate_run(cfg: DictConfig) -> RunSetup:
 # ----------------------------------------------------------------------------- the run
 
 
-def resolve_device(cfg: DictConfig) -> str:
-    wanted = str(cfg.train.device)
-    if wanted == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if wanted not in ("cpu", "cuda"):
-        raise ValueError(f"train.device={wanted!r}; allowed: auto, cpu, cuda")
-    if wanted == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device=cuda but no CUDA device is available")
-    return wanted
-
-
 @dataclass(frozen=True)
 class Execution:
     """How this process runs the step: parallelism and micro-batches (not the run identity)."""

@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from qat_sweep.checkpoint import load_latest, remove_checkpoint, save_checkpoint
-from qat_sweep.common import write_json_atomic
+from qat_sweep.common import resolve_device, write_json_atomic
 from qat_sweep.config import compose_run, run_dir
 from qat_sweep.data import BatchSchedule, val_batches
 from qat_sweep.distributed import (
@@ -55,7 +55,7 @@ from qat_sweep.presets import CONF_DIR
 from qat_sweep.recipe import SmoothedLoss, lr_multiplier, make_optimizer, mean_loss, train_step
 from qat_sweep.record import RECORD_NAME, read_record
 from qat_sweep.run_record import base_record, wandb_init
-from qat_sweep.run_setup import RunSetup, resolve_device, resolve_execution, validate_run
+from qat_sweep.run_setup import RunSetup, resolve_execution, validate_run
 from qat_sweep.tracking import Tracker, truncate_metrics
 from qat_sweep.train_state import TrainState
 
@@ -102,7 +102,7 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig, setup: RunSetup, out_dir: Path) -> None:
         self.cfg, self.setup, self.out_dir = cfg, setup, out_dir
-        self.device = resolve_device(cfg)
+        self.device = resolve_device(cfg.train.device, "train.device")
         if cfg.train.threads:
             torch.set_num_threads(int(cfg.train.threads))
         self.dist = setup_distributed(self.device)

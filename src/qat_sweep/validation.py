@@ -12,6 +12,7 @@ from typing import Any
 
 from hydra.errors import HydraException
 
+from qat_sweep.common import DEVICES
 from qat_sweep.config import compose_tree, parse_tokens, resolve_tree, run_key
 from qat_sweep.config_dirs import options
 from qat_sweep.presets import ModelConfig, available_presets, conf_dirs, model_config_from
@@ -35,7 +36,6 @@ def allowed_group_sizes(model: ModelConfig) -> list[int | str]:
     return [g for g in range(2, common + 1) if common % g == 0] + ["channel"]
 
 
-DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("cosine", "wsd")
 PARALLELISMS = ("auto", "single", "ddp", "fsdp")  # = sizing.PARALLELISM_CHOICES, without torch
 
