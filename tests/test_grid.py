@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from qat_sweep.config import compose_run, run_key
-from qat_sweep.grid import load_sweep, plan_main, plan_sweep
+from qat_sweep.grid import load_sweep, parse_cli, plan_main, plan_sweep
 from qat_sweep.presets import CONF_DIR
 from qat_sweep.profiles import hydra_launcher_overrides, load_profile, profile_from_dict
 from qat_sweep.sweep import PlanError
@@ -201,3 +201,16 @@ def test_paper_holdout_is_the_973m_validation_cells_and_their_twins() -> None:
     assert len(keys) == 12  # 2 D x 5 G W4A4 runs + 2 BF16 twins
     assert all(k.startswith("973M_") for k in keys)
     assert sum("_bf16_" in k for k in keys) == 2
+
+
+def test_sweep_command_line_splits_into_sweep_options_flags_and_train_overrides() -> None:
+    argv = ["launcher=local", "sweep=demo", "--watch=30", "tokens=2M", "mfu=0.5", "--json"]
+    argv += ["quant.group_size=[32,64]", "~logger"]
+    sweep, options, flags, overrides = parse_cli(argv, ("--json", "--watch"))
+    assert (sweep, flags) == ("demo", {"--json", "--watch"})
+    assert options == {"launcher": "local", "mfu": "0.5", "--watch": "30"}
+    assert overrides == ["tokens=2M", "quant.group_size=[32,64]", "~logger"]
+    with pytest.raises(PlanError, match=r"unknown option '--dry-run'; options: --json"):
+        parse_cli(["sweep=demo", "--dry-run"], ("--json",))
+    with pytest.raises(PlanError, match=r"missing sweep=NAME; available sweeps: .*demo"):
+        parse_cli(["tokens=2M"], ())

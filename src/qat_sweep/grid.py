@@ -22,6 +22,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from qat_sweep.common import split_overrides
 from qat_sweep.config import (
     CONFIG_GROUPS,
     compose_tree,
@@ -241,22 +242,19 @@ def parse_cli(
     ``CLI_OPTIONS`` (``mfu=``, ``peak_tflops=``, ``launcher=``) and the given ``--flags`` are
     taken out; every other ``key=value`` is a train override applied to every run of the sweep.
     """
-    sweep, options, seen, overrides = None, {}, set(), []
-    for arg in argv:
-        if arg.startswith("--"):
-            name = arg.split("=", 1)[0]
-            if name not in flags:
-                raise PlanError(f"unknown option {arg!r}; options: {', '.join(flags)}")
-            seen.add(name)
-            if "=" in arg:
-                options[name] = arg.split("=", 1)[1]
-        elif arg.startswith("sweep="):
-            sweep = arg.split("=", 1)[1]
-        elif arg.split("=", 1)[0] in CLI_OPTIONS:
-            key, _, value = arg.partition("=")
-            options[key] = value
-        else:
-            overrides.append(arg)
+    pairs, words = split_overrides(argv)
+    sweep = pairs.pop("sweep", None)
+    options = {key: pairs.pop(key) for key in CLI_OPTIONS if key in pairs}
+    seen: set[str] = set()
+    for word in (w for w in words if w.startswith("-")):
+        name, sep, value = word.partition("=")
+        if name not in flags:
+            raise PlanError(f"unknown option {word!r}; options: {', '.join(flags)}")
+        seen.add(name)
+        if sep:
+            options[name] = value
+    # Hydra's own words without '=' (`~key` deletes a key) stay train overrides too.
+    overrides = [f"{k}={v}" for k, v in pairs.items()] + [w for w in words if w[:1] != "-"]
     if not sweep:
         raise PlanError(f"missing sweep=NAME; available sweeps: {', '.join(available_sweeps())}")
     return sweep, options, seen, overrides
