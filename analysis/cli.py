@@ -22,6 +22,7 @@ from qat_sweep.analysis.collect import (
 )
 
 from qat_sweep.common import split_overrides
+from qat_sweep.record import RUNS_ROOT, sweep_dir
 
 FIT_OVERRIDES = {"sweep", "paths.runs"}
 PREDICT_OVERRIDES = {"model", "n_params", "hidden_size", "tokens", "scheme", "format", "group_size"}
@@ -72,7 +73,7 @@ def _load_source(
     if len(sources) > 1:
         raise InputError("give exactly one of sweep=NAME, --runs DIR, --table FILE.csv")
     if "sweep" in overrides:
-        root = Path(overrides.get("paths.runs", "runs")) / overrides["sweep"]
+        root = sweep_dir(overrides.get("paths.runs", RUNS_ROOT), overrides["sweep"])
         rows, skipped = load_records(root)  # each record says whether plan held it out
         return (
             rows,

@@ -19,6 +19,7 @@ from qat_sweep.analysis.laws import group_value
 
 from qat_sweep.common import InputError as InputError  # the analysis's bad input: exit 2
 from qat_sweep.common import parse_bool
+from qat_sweep.record import IDENTITY_FIELDS
 
 REQUIRED = ("model", "n_params", "tokens", "scheme", "format", "group_size", "lr", "seed", "loss")
 OPTIONAL = ("val_loss", "hidden_size")
@@ -27,8 +28,9 @@ RECORD_FIELDS = (
     "sweep",
     "status",
     "error",
-    *REQUIRED,
-    *OPTIONAL,
+    *IDENTITY_FIELDS,  # as the trainer derived them (config.identity_fields): never re-derived
+    "loss",
+    "val_loss",
     "n_params_total",
     "subgrid",
     "holdout",

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from qat_sweep.analysis.collect import load_records
 
 from qat_sweep.dispatch import launch_main, status_main
-from qat_sweep.record import read_record
+from qat_sweep.record import IDENTITY_FIELDS, read_record
 
 TINY = """
 overrides: [data=demo, logger=none, train.threads=1]
@@ -45,7 +46,15 @@ def test_local_launch_runs_then_skips(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "[1/2]" in out and "[2/2]" in out and "completed loss" in out
     rows = run_status(sweep, runs, capsys)
     assert [r["status"] for r in rows] == ["completed", "completed"]
-    assert all(read_record(Path(r["run_dir"]))["status"] == "completed" for r in rows)
+    records = [read_record(Path(r["run_dir"])) for r in rows]
+    assert all(record["status"] == "completed" for record in records)
+    # one derivation of the identity fields: the plan's row, the record and the table's row agree
+    table_rows = {row["run_key"]: row for row in load_records(runs / "loc")[0]}
+    for row, record in zip(rows, records, strict=True):
+        identity = {field: record[field] for field in IDENTITY_FIELDS}
+        assert identity["hidden_size"] and identity["n_params"]
+        assert {field: row[field] for field in IDENTITY_FIELDS} == identity
+        assert {field: table_rows[row["run_key"]][field] for field in IDENTITY_FIELDS} == identity
     assert launch_main(argv) == 0
     assert "launching 0" in capsys.readouterr().out
     manifests = list((runs / "loc" / ".launches").glob("*.json"))

@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import re
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,16 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from qat_sweep.common import format_count as format_tokens
 from qat_sweep.common import parse_tokens as parse_tokens  # re-exported: plan and train parse here
 from qat_sweep.config_dirs import find
-from qat_sweep.presets import conf_dirs
+from qat_sweep.presets import conf_dirs, model_config_from
+from qat_sweep.record import sweep_dir
 from qat_sweep.tokenfiles import data_identity
 
+SWEEP_KEY = "sweep_name"  # the train config key naming runs/<sweep_name>/ (`sweep` is this group)
 # Config groups of conf/train.yaml: choosing one of these loads a file, everything else is a value.
 CONFIG_GROUPS = ("model", "quant", "data", "optim", "logger")
 
@@ -149,9 +153,42 @@ if not OmegaConf.has_resolver("qat_run_key"):
     OmegaConf.register_new_resolver("qat_run_key", _run_key_resolver)
 
 
-def run_dir(cfg: DictConfig) -> Path:
+def run_dir(config: DictConfig | Mapping[str, Any]) -> Path:
     """`<paths.runs>/<sweep_name>/<run_key>`: the run's system of record."""
-    return Path(cfg.paths.runs) / str(cfg.sweep_name) / str(cfg.run_key)
+    return sweep_dir(config["paths"]["runs"], config[SWEEP_KEY]) / str(config["run_key"])
+
+
+def identity_fields(config: DictConfig | Mapping[str, Any], strict: bool = True) -> dict[str, Any]:
+    """`IDENTITY_FIELDS` of a run config (a DictConfig or a resolved tree): what plan rows and
+    records say of the run. G is None for BF16, N the non-embedding count of the model.
+
+    ``strict=False`` is for the failure record of a config that does not build: each field
+    that cannot be derived is None instead of an error.
+    """
+
+    def derive(compute: Callable[[], Any]) -> Any:
+        try:
+            return compute()
+        except (ValueError, TypeError, KeyError, AttributeError, OmegaConfBaseException):
+            if strict:
+                raise
+            return None
+
+    quant = config["quant"]
+    scheme = str(quant["scheme"])
+    model = derive(lambda: model_config_from(config["model"]))
+    group = None if scheme == "bf16" else quant["group_size"]
+    return {
+        "model": model.name if model else str(config["model"].get("name")),
+        "n_params": model.n_params if model else None,
+        "hidden_size": model.hidden_size if model else None,
+        "tokens": derive(lambda: parse_tokens(config["tokens"])),
+        "scheme": scheme,
+        "format": "bf16" if scheme == "bf16" else str(quant["format"]),
+        "group_size": group if group in (None, "channel") else derive(lambda: int(group)),
+        "lr": derive(lambda: float(config["optim"]["lr"])),
+        "seed": derive(lambda: int(config["seed"])),
+    }
 
 
 _hydra_dirs: tuple[Path, ...] | None = None  # the search path GlobalHydra was set up with

@@ -16,6 +16,7 @@ from qat_sweep.common import split_overrides
 from qat_sweep.corpus import build_demo_corpus
 from qat_sweep.dispatch import launch_main, status_main
 from qat_sweep.grid import plan_main
+from qat_sweep.record import RUNS_ROOT
 
 USAGE = """usage: qat-sweep demo [sweep=demo] [launcher=local] [--bootstrap N] [overrides...]
 
@@ -35,7 +36,7 @@ def main(argv: list[str]) -> int:
     options, rest = split_overrides(argv)
     sweep, launcher = options.pop("sweep", "demo"), options.pop("launcher", "local")
     reports_root = options.pop("paths.reports", "reports")
-    data_root, runs_root = options.get("paths.data", "data"), options.get("paths.runs", "runs")
+    data_root, runs_root = options.get("paths.data", "data"), options.get("paths.runs", RUNS_ROOT)
     flags = [a for a in rest if a.startswith("--bootstrap=")]
     bootstrap = flags[-1].partition("=")[2] if flags else "1000"
     overrides = [f"{k}={v}" for k, v in options.items()] + [a for a in rest if a not in flags]

@@ -20,6 +20,11 @@ from typing import Any
 
 SCHEMA = 1
 RECORD_NAME = "result.json"
+RUNS_ROOT = "runs"  # conf/train.yaml's paths.runs: where commands look when none is given
+# A run's grid coordinates, named alike in plan rows, records and the analysis table
+# (`config.identity_fields` derives them from a config; the table reads them from records).
+IDENTITY_FIELDS = ("model", "n_params", "hidden_size", "tokens", "scheme", "format", "group_size")
+IDENTITY_FIELDS += ("lr", "seed")
 RECORD_STATUSES = ("completed", "failed", "diverged")
 REQUIRED_KEYS = (
     "schema",
@@ -45,6 +50,11 @@ REQUIRED_KEYS = (
     "slurm",
     "wandb",
 )
+
+
+def sweep_dir(runs_root: Path | str, sweep: str) -> Path:
+    """`<paths.runs>/<sweep>/`: one directory per run below it, named by its run_key."""
+    return Path(runs_root) / str(sweep)
 
 
 def record_problems(record: Any) -> list[str]:

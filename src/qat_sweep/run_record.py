@@ -7,8 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from qat_sweep.config import parse_tokens, twin_key
-from qat_sweep.presets import model_config_from
+from qat_sweep.config import identity_fields, twin_key
 from qat_sweep.record import SCHEMA, software_versions
 from qat_sweep.run_setup import RunSetup
 from qat_sweep.tracking import wandb_config, wandb_id
@@ -37,9 +36,6 @@ def _or_none(compute: Any) -> Any:
 
 def base_record(cfg: DictConfig, setup: RunSetup | None) -> dict[str, Any]:
     """The record's identity fields; every derived field tolerates a config that fails to build."""
-    quant = cfg.quant
-    model = _or_none(lambda: model_config_from(cfg.model))
-    group = quant.get("group_size") if quant.get("scheme") != "bf16" else None
     config = _or_none(lambda: OmegaConf.to_container(cfg, resolve=True))
     return {
         "schema": SCHEMA,
@@ -50,16 +46,8 @@ def base_record(cfg: DictConfig, setup: RunSetup | None) -> dict[str, Any]:
         "holdout": bool(cfg.get("holdout")),
         "status": "failed",
         "error": None,
-        "model": model.name if model else str(cfg.model.get("name")),
-        "n_params": model.n_params if model else None,
-        "n_params_total": model.n_params_total(setup.vocab_size) if model and setup else None,
-        "hidden_size": model.hidden_size if model else None,
-        "tokens": parse_tokens(cfg.tokens),
-        "scheme": str(quant.get("scheme")),
-        "format": str(quant.get("format")) if quant.get("scheme") != "bf16" else "bf16",
-        "group_size": group if group in (None, "channel") else _or_none(lambda: int(group)),
-        "lr": _or_none(lambda: float(cfg.optim.lr)),
-        "seed": int(cfg.seed),
+        **identity_fields(cfg, strict=False),
+        "n_params_total": setup.model_cfg.n_params_total(setup.vocab_size) if setup else None,
         "loss": None,
         "val_loss": None,
         "metrics": {},

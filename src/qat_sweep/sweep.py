@@ -9,11 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qat_sweep.config import parse_tokens, plan_config, twin_key
-from qat_sweep.presets import model_config_from
+from qat_sweep.config import SWEEP_KEY, identity_fields, plan_config, run_dir, twin_key
 
 TWIN_SUBGRID = "bf16_twins"
-SWEEP_KEY = "sweep_name"  # the train config key naming runs/<sweep_name>/ (`sweep` is this group)
 
 
 @dataclass(frozen=True)
@@ -36,6 +34,7 @@ class PlannedRun:
     subgrid: str
     model: str
     n_params: int
+    hidden_size: int
     tokens: int
     scheme: str
     format: str
@@ -67,10 +66,11 @@ class PlannedRun:
             "run_key": self.run_key,
             "model": self.model,
             "n_params": self.n_params,
+            "hidden_size": self.hidden_size,
             "tokens": self.tokens,
             "scheme": self.scheme,
             "format": self.format,
-            "group_size": None if self.scheme == "bf16" else self.group_size,
+            "group_size": self.group_size,
             "lr": self.lr,
             "seed": self.seed,
             # DESIGN.md statuses; a queued run counts as running, its job_state says pending
@@ -127,22 +127,12 @@ def _twin_overrides(overrides: list[str]) -> list[str]:
 
 
 def planned_run(sub: str, overrides: list[str], config: dict[str, Any]) -> PlannedRun:
-    model = model_config_from(config["model"])
-    quant = config["quant"]
-    scheme = str(quant["scheme"])
     return PlannedRun(
         run_key=config["run_key"],
         subgrid=sub,
-        model=model.name,
-        n_params=model.n_params,
-        tokens=parse_tokens(config["tokens"]),
-        scheme=scheme,
-        format=str(quant["format"]),
-        group_size=None if scheme == "bf16" else quant["group_size"],
-        lr=float(config["optim"]["lr"]),
-        seed=int(config["seed"]),
+        **identity_fields(config),
         overrides=overrides,
-        run_dir=Path(str(config["paths"]["runs"])) / str(config[SWEEP_KEY]) / config["run_key"],
+        run_dir=run_dir(config),
         config=config,
     )
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from qat_sweep import wandb_api
 from qat_sweep.common import InputError, split_overrides
-from qat_sweep.record import RECORD_NAME, read_record
+from qat_sweep.record import RECORD_NAME, RUNS_ROOT, read_record, sweep_dir
 from qat_sweep.tracking import final_summary, twin_record, wandb_path
 
 USAGE = (
@@ -94,10 +94,10 @@ def _parse(argv: list[str]) -> tuple[str, Path, argparse.Namespace]:
     args = _parser().parse_args(rest)
     if not options.get("sweep"):
         raise SyncError(f"missing sweep=NAME; usage: {USAGE}")
-    sweep_dir = Path(options.get("paths.runs", "runs")) / options["sweep"]
-    if not sweep_dir.is_dir():
-        raise SyncError(f"no run directory for sweep {options['sweep']!r}: {sweep_dir} not found")
-    return options["sweep"], sweep_dir, args
+    runs = sweep_dir(options.get("paths.runs", RUNS_ROOT), options["sweep"])
+    if not runs.is_dir():
+        raise SyncError(f"no run directory for sweep {options['sweep']!r}: {runs} not found")
+    return options["sweep"], runs, args
 
 
 def _brief(values: dict[str, Any]) -> str:
