@@ -165,14 +165,13 @@ def summary_text(res: dict[str, Any], out: Path, fit_path: Path) -> str:
 
 
 def _predict_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="qat-sweep predict",
-        description="Predict loss with a fitted law: --fit DIR (model=NAME | n_params=N [hidden_size=H]) tokens=20B "
-        "scheme=w4a4 format=int4 group_size=128|channel",
+    from qat_sweep.analysis.predict import fit_reader_parser
+
+    return fit_reader_parser(
+        "qat-sweep predict",
+        "Predict loss with a fitted law: --fit DIR (model=NAME | n_params=N [hidden_size=H]) "
+        "tokens=20B scheme=w4a4 format=int4 group_size=128|channel",
     )
-    p.add_argument("--fit", type=Path, required=True, help="a `qat-sweep fit` output directory")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    return p
 
 
 def _resolve_model(overrides: dict[str, str]) -> tuple[float, float | None]:

@@ -14,7 +14,6 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +24,7 @@ from qat_sweep.analysis.predict import (
     SavedFit,
     _fit_caveats,
     bootstrap_key,
+    fit_reader_parser,
     predict_point,
 )
 
@@ -262,16 +262,14 @@ def report_decisions(outcome: Any) -> list[dict[str, Any]]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="qat-sweep decide",
-        description="Decisions from a fitted law: decide --fit DIR (model=NAME | n_params=N "
+    p = fit_reader_parser(
+        "qat-sweep decide",
+        "Decisions from a fitted law: decide --fit DIR (model=NAME | n_params=N "
         "[hidden_size=H]) tokens=D [scheme=w4a4 format=int4 group_size=128]",
     )
-    p.add_argument("--fit", type=Path, required=True, help="a `qat-sweep fit` output directory")
     p.add_argument("--bits", type=float, default=DEFAULT_BITS, help="memory budget, bits/weight")
     p.add_argument("--scale-bits", type=float, default=DEFAULT_SCALE_BITS, help="bits per scale")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="delta tolerance")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     return p
 
 

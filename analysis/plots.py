@@ -28,6 +28,12 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _label(ax: Any, title: str, x: str, y: str, log: str = "") -> None:
+    """Title and axis labels; ``log`` names the log-scaled axes ('x', 'y' or 'xy')."""
+    scale = {axis: "log" if axis in log else "linear" for axis in "xy"}
+    ax.set(title=title, xlabel=x, ylabel=y, xscale=scale["x"], yscale=scale["y"])
+
+
 def loss_vs_tokens(bf16: pd.DataFrame, base: LawFit, path: Path) -> Path | None:
     if bf16.empty:
         return None
@@ -38,12 +44,7 @@ def loss_vs_tokens(bf16: pd.DataFrame, base: LawFit, path: Path) -> Path | None:
         ax.scatter(part["tokens"], part["loss"], color=color, label=f"N = {format_count(int(n))}")
         if base.params.get("A") is not None:
             ax.plot(d_grid, bf16_loss(base.params, n, d_grid), color=color, lw=1)
-    ax.set(
-        xscale="log",
-        xlabel="training tokens D",
-        ylabel="final train loss",
-        title="BF16 loss and fitted law",
-    )
+    _label(ax, "BF16 loss and fitted law", "training tokens D", "final train loss", log="x")
     ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -84,13 +85,7 @@ def delta_trend(
             name = f"G={s}" if series == "group_size" else f"N={format_count(int(float(s)))}"
             ax.scatter(grp[column], grp["delta"], color=color, s=14, label=name)
             ax.plot(grp[column], predict_delta_rows(deltas[key], grp), color=color, lw=1)
-        ax.set(
-            xscale="log",
-            yscale="log",
-            xlabel=label,
-            ylabel="delta",
-            title=f"{key} ({fixed}={ref:.3g})",
-        )
+        _label(ax, f"{key} ({fixed}={ref:.3g})", label, "delta", log="xy")
         ax.legend(fontsize=6)
     return _save(fig, path)
 
@@ -110,13 +105,7 @@ def predicted_vs_actual(quant: pd.DataFrame, deltas: dict[str, LawFit], path: Pa
         )
     lims = [quant["delta"].min() * 0.8, quant["delta"].max() * 1.2]
     ax.plot(lims, lims, "k--", lw=1)
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="actual delta",
-        ylabel="predicted delta",
-        title="delta: predicted vs actual",
-    )
+    _label(ax, "delta: predicted vs actual", "actual delta", "predicted delta", log="xy")
     ax.legend(fontsize=7)
     return _save(fig, path)
 
@@ -128,22 +117,12 @@ def residuals(
     if base.resid.size:
         ax1.scatter(bf16["tokens"], base.resid, c=np.log(bf16["n_params"]), cmap="viridis", s=18)
     ax1.axhline(0, color="k", lw=0.8)
-    ax1.set(
-        xscale="log",
-        xlabel="D",
-        ylabel="log L_pred - log L",
-        title="BF16 log residuals (colour: log N)",
-    )
+    _label(ax1, "BF16 log residuals (colour: log N)", "D", "log L_pred - log L", log="x")
     for i, (key, fit) in enumerate(deltas.items()):
         part = quant[quant["fit_key"] == key]
         ax2.scatter(predict_delta_rows(fit, part), fit.resid, s=10, color=f"C{i % 10}", label=key)
     ax2.axhline(0, color="k", lw=0.8)
-    ax2.set(
-        xscale="log",
-        xlabel="predicted delta",
-        ylabel="log pred - log actual",
-        title="delta log residuals",
-    )
+    _label(ax2, "delta log residuals", "predicted delta", "log pred - log actual", log="x")
     ax2.legend(fontsize=6)
     return _save(fig, path)
 

@@ -6,6 +6,7 @@ fit's own log-residual scatter, i.e. where a single new run would land.
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,14 @@ from qat_sweep.analysis.laws import (
 )
 
 BOOT_FILE = "bootstrap.npz"
+
+
+def fit_reader_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The options every reader of a saved fit shares (predict, decide, suggest)."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--fit", type=Path, required=True, help="a `qat-sweep fit` output directory")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return p
 
 
 def bootstrap_key(fit_key: str) -> str:

@@ -155,12 +155,13 @@ def _chosen_rows(grid: pd.DataFrame, pick: Choice) -> list[dict[str, Any]]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="qat-sweep suggest",
-        description="The next runs that most shrink the targets' predicted intervals per "
+    from qat_sweep.analysis.predict import fit_reader_parser
+
+    p = fit_reader_parser(
+        "qat-sweep suggest",
+        "The next runs that most shrink the targets' predicted intervals per "
         "GPU-hour: suggest --fit DIR sweep=NAME --target '...' [--k K] [--budget GPU_HOURS]",
     )
-    p.add_argument("--fit", type=Path, required=True, help="a `qat-sweep fit` output directory")
     p.add_argument("--target", action="append", required=True,
                    help="'model=973M tokens=200B scheme=w4a4 format=int4 group_size=128'")  # fmt: skip
     p.add_argument("--k", type=int, help="how many runs (default 10 without --budget)")
@@ -169,7 +170,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", type=Path, help="sweep file directory (default reports/<sweep>/suggest)"
     )
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     return p
 
 

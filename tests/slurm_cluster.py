@@ -68,7 +68,8 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
-def _wait(predicate, deadline_s: float, what: str, log: Path | None = None) -> None:
+def wait_for(predicate, deadline_s: float, what: str, log: Path | None = None) -> None:
+    """Poll ``predicate`` until it holds; TimeoutError naming ``what`` (and the log's tail)."""
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         if predicate():
@@ -129,7 +130,7 @@ class SlurmCluster:
         if (self.root / "run" / "slurmctld.pid").exists():
             try:
                 self.run("scancel", "--user=root", timeout=10)
-                _wait(lambda: not self._active_jobs(), 30, "jobs ended")
+                wait_for(lambda: not self._active_jobs(), 30, "jobs ended")
             except (RuntimeError, TimeoutError, subprocess.TimeoutExpired):
                 pass
         pid_files = sorted((self.root / "run").glob("slurmd*.pid"))
@@ -304,7 +305,7 @@ def start_cluster(root: str | Path, deadline_s: float = 60, nodes: int = 1) -> S
     for name in names:
         subprocess.run(["slurmd", "-N", name], env=env, check=True)
     try:
-        _wait(
+        wait_for(
             lambda: cluster.node_state() == "idle",
             deadline_s,
             "SLURM node idle",

@@ -37,21 +37,21 @@ def finished(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> tuple
     return args, record, run_dir(compose_run([*args, f"paths.runs={root}"]))
 
 
-def copy_of(finished: tuple, tmp_path: Path) -> tuple[list, Path]:
+def copy_of(finished: tuple, tmp_path: Path) -> tuple[list, Path, list[Path]]:
+    """The finished run's directory copied, without its record: args, directory, checkpoints."""
     args, _, source = finished
     args = [*args, f"paths.runs={tmp_path}"]
     target = run_dir(compose_run(args))
     shutil.copytree(source, target)
     (target / RECORD_NAME).unlink()  # as if the job died after its last checkpoint
-    return args, target
+    return args, target, complete_checkpoints(target)
 
 
 @pytest.mark.slow
 def test_truncated_checkpoint_is_moved_aside_and_the_previous_one_resumes(
     finished: tuple, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    args, target = copy_of(finished, tmp_path)
-    newest, previous = complete_checkpoints(target)
+    args, target, (newest, previous) = copy_of(finished, tmp_path)
     assert [newest.name, previous.name] == ["step-000000016", "step-000000012"]
     (shard,) = newest.glob("*.distcp")
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # a torn copy
@@ -69,8 +69,7 @@ def test_truncated_checkpoint_is_moved_aside_and_the_previous_one_resumes(
 def test_empty_checkpoint_files_fall_back_to_a_fresh_start(
     finished: tuple, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    args, target = copy_of(finished, tmp_path)
-    newest, previous = complete_checkpoints(target)
+    args, _, (newest, previous) = copy_of(finished, tmp_path)
     (newest / ".metadata").write_bytes(b"")
     (previous / TRAIN_STATE).write_bytes(b"")
     record = train(compose_run(args))

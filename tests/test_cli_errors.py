@@ -35,6 +35,8 @@ FILES = {
 RUN = ["model=0.2M", "tokens=4096", "logger=none"]  # tiny, so a case that wrongly passes is quick
 
 # (id, argv, substring the error must contain); {tmp} is the case's directory with FILES.
+TINY = ["launch", "sweep={tmp}/tiny.yaml"]  # the launches below: a valid sweep, a bad setting
+LOCAL = [*TINY, "launcher=local"]
 CASES = [
     # train: checked as plan checks one run, before Hydra and the trainer start
     ("train-tokens-abc", ["train", "tokens=abc"], "tokens=abc"),
@@ -96,55 +98,23 @@ CASES = [
         "gives each run no GPU",
     ),
     # launch: nothing submitted, no run directory
-    ("launch-no-launcher", ["launch", "sweep={tmp}/tiny.yaml"], "missing launcher=PROFILE"),
-    ("launch-profile", ["launch", "sweep={tmp}/tiny.yaml", "launcher=nope"], "'nope'"),
+    ("launch-no-launcher", [*TINY], "missing launcher=PROFILE"),
+    ("launch-profile", [*TINY, "launcher=nope"], "'nope'"),
     ("launch-syntax", ["launch", "sweep={tmp}/syntax.yaml", "launcher=local"], "syntax.yaml"),
-    (
-        "launch-device",
-        ["launch", "sweep={tmp}/tiny.yaml", "launcher=local", "train.device=gpu"],
-        "train.device='gpu'",
-    ),
-    (
-        "launch-micro",
-        ["launch", "sweep={tmp}/tiny.yaml", "launcher=local", "train.micro_batch_seqs=3"],
-        "train.micro_batch_seqs=3",
-    ),
-    (
-        "launch-lr",
-        ["launch", "sweep={tmp}/tiny.yaml", "launcher=local", "optim.lr=-1"],
-        "optim.lr=-1",
-    ),
-    (
-        "launch-eval",
-        ["launch", "sweep={tmp}/tiny.yaml", "launcher=local", "eval.batches=0"],
-        "eval.batches=0",
-    ),
-    (
-        "launch-profile-key",
-        ["launch", "sweep={tmp}/tiny.yaml", "launcher={tmp}/profile_key.yaml"],
-        "unknown key(s) ['gpus']",
-    ),
-    (
-        "launch-profile-syntax",
-        ["launch", "sweep={tmp}/tiny.yaml", "launcher={tmp}/profile_syntax.yaml"],
-        "profile_syntax.yaml",
-    ),
-    (
-        "launch-profile-kind",
-        ["launch", "sweep={tmp}/tiny.yaml", "launcher={tmp}/profile_kind.yaml"],
-        "kind must be one of",
-    ),
+    ("launch-device", [*LOCAL, "train.device=gpu"], "train.device='gpu'"),
+    ("launch-micro", [*LOCAL, "train.micro_batch_seqs=3"], "train.micro_batch_seqs=3"),
+    ("launch-lr", [*LOCAL, "optim.lr=-1"], "optim.lr=-1"),
+    ("launch-eval", [*LOCAL, "eval.batches=0"], "eval.batches=0"),
+    ("launch-profile-key", [*TINY, "launcher={tmp}/profile_key.yaml"], "unknown key(s) ['gpus']"),
+    ("launch-profile-syntax", [*TINY, "launcher={tmp}/profile_syntax.yaml"], "profile_syntax.yaml"),
+    ("launch-profile-kind", [*TINY, "launcher={tmp}/profile_kind.yaml"], "kind must be one of"),
     (
         "launch-profile-type",
-        ["launch", "sweep={tmp}/tiny.yaml", "launcher={tmp}/profile_type.yaml"],
+        [*TINY, "launcher={tmp}/profile_type.yaml"],
         "cpus_per_task must be an integer",
     ),
-    ("launch-no-cluster", ["launch", "sweep={tmp}/tiny.yaml", "launcher=ci"], "sinfo"),
-    (
-        "launch-hydra-no-cluster",
-        ["launch", "sweep={tmp}/tiny.yaml", "launcher=ci", "--print-hydra-overrides"],
-        "sinfo",
-    ),
+    ("launch-no-cluster", [*TINY, "launcher=ci"], "sinfo"),
+    ("launch-hydra-no-cluster", [*TINY, "launcher=ci", "--print-hydra-overrides"], "sinfo"),
     # status
     ("status-no-sweep", ["status"], "missing sweep=NAME"),
     ("status-unknown-sweep", ["status", "sweep=nope"], "unknown sweep 'nope'"),

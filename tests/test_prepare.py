@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -199,8 +200,21 @@ def test_hf_dataset_parts_with_workers(tmp_path: Path, monkeypatch: pytest.Monke
 # ---- parallel, sharded, resumable ----------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class BigCorpus:
+    text: Path
+    tokenizer: Path
+
+    def args(self, out: Path, *extra: str, text: Path | None = None) -> list[str]:
+        """`prepare`'s words for this corpus (or the ``text`` subset of it) into ``out``."""
+        return [
+            f"input={text or self.text}", f"out={out}", f"tokenizer={self.tokenizer}",
+            "pattern=*.jsonl", "part_mb=0.05", "val_fraction=0.01", "min_val_tokens=1000", *extra,
+        ]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
-def big_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def big_corpus(tmp_path_factory: pytest.TempPathFactory) -> BigCorpus:
     """40 .jsonl files of 50 documents (~100 KB) of varied words, and a BPE trained on a few."""
     root = tmp_path_factory.mktemp("big")
     (root / "text").mkdir()
@@ -213,52 +227,41 @@ def big_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         text_corpus.iter_documents(sorted((root / "text").glob("f0*"))), 400
     )
     (root / "tokenizer.json").write_text(tok.to_str())
-    return root / "text", root / "tokenizer.json"
-
-
-def _args(corpus: Path, tokenizer: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        f"input={corpus}", f"out={out}", f"tokenizer={tokenizer}", "pattern=*.jsonl",
-        "part_mb=0.05", "val_fraction=0.01", "min_val_tokens=1000", *extra,
-    ]  # fmt: skip
+    return BigCorpus(root / "text", root / "tokenizer.json")
 
 
 @pytest.mark.slow
 def test_two_workers_and_two_array_tasks_write_the_same_parts_as_one(
-    big_corpus: tuple[Path, Path], tmp_path: Path
+    big_corpus: BigCorpus, tmp_path: Path
 ) -> None:
-    corpus, tokenizer = big_corpus
     subset = tmp_path / "subset"
     subset.mkdir()
-    for p in sorted(corpus.glob("f1*")):  # 10 files: about 10 parts
+    for p in sorted(big_corpus.text.glob("f1*")):  # 10 files: about 10 parts
         (subset / p.name).write_bytes(p.read_bytes())
-    assert prepare.main(_args(subset, tokenizer, tmp_path / "one")) == 0
-    assert prepare.main(_args(subset, tokenizer, tmp_path / "two", "workers=2")) == 0
+    assert prepare.main(big_corpus.args(tmp_path / "one", text=subset)) == 0
+    assert prepare.main(big_corpus.args(tmp_path / "two", "workers=2", text=subset)) == 0
     one = _files(tmp_path / "one")
     n_parts = len([k for k in one if k.startswith("train/")])
     assert n_parts >= 8
     assert _files(tmp_path / "two") == one
     array = tmp_path / "array"
-    assert prepare.main(_args(subset, tokenizer, array, "shards=2", "shard=1")) == 0
+    assert prepare.main(big_corpus.args(array, "shards=2", "shard=1", text=subset)) == 0
     assert not (array / "manifest.json").exists()  # task 0 has not run yet
     assert sorted(p.name for p in (array / "done").iterdir()) == [
         f"part-{i:05d}.json" for i in range(1, n_parts, 2)
     ]
-    assert prepare.main(_args(subset, tokenizer, array, "shards=2", "shard=0")) == 0
+    assert prepare.main(big_corpus.args(array, "shards=2", "shard=0", text=subset)) == 0
     assert _files(array) == one
 
 
 @pytest.mark.slow
-def test_killed_prepare_resumes_byte_identical(
-    big_corpus: tuple[Path, Path], tmp_path: Path
-) -> None:
-    corpus, tokenizer = big_corpus
+def test_killed_prepare_resumes_byte_identical(big_corpus: BigCorpus, tmp_path: Path) -> None:
     reference = tmp_path / "reference"
-    assert prepare.main(_args(corpus, tokenizer, reference)) == 0
+    assert prepare.main(big_corpus.args(reference)) == 0
     n_parts = len(list((reference / "done").iterdir()))
     assert n_parts >= 30
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "qat_sweep.prepare", *_args(corpus, tokenizer, killed)]
+    cmd = [sys.executable, "-m", "qat_sweep.prepare", *big_corpus.args(killed)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from slurm_cluster import wait_for
 
 from qat_sweep.dispatch import launch_main, status_main
 from qat_sweep.record import read_record
@@ -34,15 +34,6 @@ def sweep_file(tmp_path: Path, name: str, tokens: int = 4096, quant: str = "w4a4
     path = tmp_path / f"{name}.yaml"
     path.write_text(SWEEP.format(tokens=tokens, quant=quant, extra=extra, twins=twins))
     return str(path)
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"{what} not reached within {timeout_s} s")
 
 
 def statuses(sweep: str, runs: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> list:

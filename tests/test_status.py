@@ -8,10 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from slurm_cluster import wait_for
 from test_train import run_cli
 
 from qat_sweep import dispatch
@@ -44,15 +44,6 @@ def status_rows(sweep: str, extra: list[str], capsys) -> list[dict]:
 
 def trainer(overrides: list[str]) -> subprocess.Popen:
     return run_cli(overrides, env={"OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE)
-
-
-def wait_for(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"{what} not reached within {timeout_s} s")
 
 
 @pytest.mark.slow
