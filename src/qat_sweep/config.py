@@ -22,7 +22,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from qat_sweep.common import format_count as format_tokens
+from qat_sweep.common import format_count
 from qat_sweep.common import parse_tokens as parse_tokens  # re-exported: plan and train parse here
 from qat_sweep.config_dirs import find
 from qat_sweep.presets import conf_dirs, model_config_from
@@ -124,7 +124,7 @@ def run_key(cfg: DictConfig | dict[str, Any]) -> str:
     assert isinstance(tree, dict)
     identity = _identity(resolve_tree(tree))
     quant = identity["quant"]
-    parts = [str(identity["model"]["name"]), f"D{format_tokens(identity['tokens'])}"]
+    parts = [str(identity["model"]["name"]), f"D{format_count(identity['tokens'])}"]
     parts.append(str(quant["scheme"]))
     if quant["scheme"] != "bf16":
         parts += [str(quant["format"]), _group_label(quant["group_size"])]

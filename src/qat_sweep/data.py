@@ -23,25 +23,7 @@ import numpy as np
 import torch
 
 from qat_sweep.permutation import FeistelPermutation, derive_key
-from qat_sweep.tokenfiles import (
-    HOW_TO_CREATE,
-    TokenFiles,
-    check_token_ids,
-    needs_build,
-    resolve_data,
-    token_dtype,
-)
-
-__all__ = [
-    "HOW_TO_CREATE",
-    "BatchSchedule",
-    "HeldOutBlocks",
-    "TokenData",
-    "check_token_budget",
-    "open_data",
-    "token_dtype",
-    "val_batches",
-]
+from qat_sweep.tokenfiles import TokenFiles, check_token_ids, needs_build, resolve_data
 
 
 class TokenStream(Protocol):

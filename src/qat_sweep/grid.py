@@ -22,11 +22,10 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from qat_sweep.common import split_overrides
+from qat_sweep.common import format_count, split_overrides
 from qat_sweep.config import (
     CONFIG_GROUPS,
     compose_tree,
-    format_tokens,
     resolve_tree,
     run_key,
     twin_key,
@@ -291,8 +290,8 @@ def plan_table(runs: list[PlannedRun], mfu: float, peak_tflops: float) -> str:
         lines += ["", f"## {sub}: {len(group)} runs, {_hours(hours)} GPU-hours", header]
         for r in group:
             lines.append(
-                f"{r.run_key:<58} {r.model:>6} {format_tokens(r.n_params):>9} "
-                f"{format_tokens(r.tokens):>7} {r.scheme:<11} {r.format:<8} "
+                f"{r.run_key:<58} {r.model:>6} {format_count(r.n_params):>9} "
+                f"{format_count(r.tokens):>7} {r.scheme:<11} {r.format:<8} "
                 f"{_fmt_group(r.group_size):>7} {r.lr:>8.2g} {r.flops:>9.2e} "
                 f"{_hours(r.gpu_hours(mfu, peak_tflops)):>8}{_sizing_cells(r)} {r.status}"
             )

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qat_sweep.config import format_tokens
+from qat_sweep.common import format_count
 from qat_sweep.jobs import STATUSES
 from qat_sweep.locks import run_starts
 from qat_sweep.sweep import PlannedRun
@@ -92,8 +92,8 @@ def _progress_cell(info: dict[str, Any] | None) -> str:
     return (
         f"step {info['step']}/{info['total_steps']} "
         f"({100 * info['step'] / info['total_steps']:.0f}%) "
-        f"{format_tokens(info['tokens'])} tok, loss {loss:.4f}, "
-        f"{format_tokens(round(speed)) if speed else '-'} tok/s, ETA {_duration(info['eta_s'])}, "
+        f"{format_count(info['tokens'])} tok, loss {loss:.4f}, "
+        f"{format_count(round(speed)) if speed else '-'} tok/s, ETA {_duration(info['eta_s'])}, "
         f"restarts {info['restarts']}"
         if loss is not None
         else f"step {info['step']}/{info['total_steps']}"
