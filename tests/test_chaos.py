@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_train import train_rows
 
 from qat_sweep.dispatch import launch_main
 from qat_sweep.grid import plan_sweep
@@ -45,11 +46,9 @@ RESUBMITTING = ("scancel", "kill", "truncate")  # each may cost one new array ta
 
 
 def logged_steps(run: PlannedRun) -> list[int]:
-    path = run.run_dir / METRICS_NAME
-    if not path.exists():
+    if not (run.run_dir / METRICS_NAME).exists():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [row["step"] for row in rows if "loss" in row]
+    return [row["step"] for row in train_rows(run.run_dir)]
 
 
 def launch_cli(argv: list[str]) -> subprocess.Popen:

@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_train import metrics_rows, train_rows
 
+import qat_sweep.train as trainer
 from qat_sweep.checkpoint import CORRUPT_DIR, TRAIN_STATE, complete_checkpoints
 from qat_sweep.config import compose_run, run_dir
 from qat_sweep.record import RECORD_NAME
@@ -146,3 +148,27 @@ def test_resume_holds_no_second_copy_of_the_state_in_host_memory(tmp_path: Path)
     # Bound: one layer's worth (a block's weights with their AdamW states, ~25 MB) plus slack,
     # where loading the whole file first (torch.load) would add its full ~94 MB.
     assert int(peak_growth) < 32e6, f"peak RSS grew {int(peak_growth) / 1e6:.1f} MB on resume"
+
+
+@pytest.mark.slow
+def test_every_step_a_checkpoint_covers_is_logged_before_it_is_saved(
+    tmp_path: Path, demo_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed right after a save resumes after the saved step and never logs the steps
+    before it again: by then their rows (eval steps included) must be in metrics.jsonl."""
+    logged_at_save: dict[int, list[int]] = {}
+
+    def save_and_look(out_dir: Path, step: int, *args: object, **kwargs: object) -> None:
+        save_checkpoint(out_dir, step, *args, **kwargs)
+        logged_at_save[step] = [r["step"] for r in train_rows(out_dir)]
+
+    save_checkpoint = trainer.save_checkpoint
+    monkeypatch.setattr(trainer, "save_checkpoint", save_and_look)
+    args = [*TINY, f"data.dir={demo_data}", f"paths.runs={tmp_path}", "eval.every_steps=8"]
+    record = train(compose_run(args))
+    assert record["status"] == "completed", record["error"]
+    assert sorted(logged_at_save) == [4, 8, 12, 16]
+    for step, logged in logged_at_save.items():
+        assert logged == list(range(1, step + 1)), (step, logged)
+    val_steps = [r["step"] for r in metrics_rows(run_dir(compose_run(args))) if "val_loss" in r]
+    assert val_steps == [8, 16, 20]  # each evaluation its own row, the final one included

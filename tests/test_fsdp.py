@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -12,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_train import train_rows
 
 from qat_sweep.config import compose_run, run_dir
 from qat_sweep.distributed import export_slurm_environment
@@ -58,11 +58,6 @@ def finish(procs: list[subprocess.Popen], timeout: float = 240) -> list[tuple[in
     return [(p.returncode, out) for p, out in zip(procs, outputs, strict=True)]
 
 
-def loss_rows(record_dir: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (record_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if "loss" in r]
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, demo_data: Path):
     """Uninterrupted runs, one per parallelism, each trained once for the module."""
@@ -106,14 +101,14 @@ def test_run_interrupted_by_sigterm_resumes_exactly(
     record_dir = run_dir(compose_run(args))
     procs = start_ranks(args)
     deadline = time.monotonic() + 180
-    while not (record_dir / "metrics.jsonl").exists() or len(loss_rows(record_dir)) < 6:
+    while not (record_dir / "metrics.jsonl").exists() or len(train_rows(record_dir)) < 6:
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
         time.sleep(0.05)
     for p in procs:  # SLURM signals every task of the job
         p.send_signal(signal.SIGTERM)
     outcomes = finish(procs)
     assert [code for code, _ in outcomes] == [143, 143], outcomes[0][1][-3000:]
-    stopped_at = loss_rows(record_dir)[-1]["step"]
+    stopped_at = train_rows(record_dir)[-1]["step"]
     assert 6 <= stopped_at < 20
     (saved,) = (record_dir / "checkpoint").glob(f"step-{stopped_at:09d}")
     # FSDP: each rank wrote its own shard; DDP: replicated tensors written once, split by rank.
@@ -124,7 +119,7 @@ def test_run_interrupted_by_sigterm_resumes_exactly(
     resumed, uninterrupted = read_record(record_dir), reference(parallelism)
     assert resumed["loss"] == pytest.approx(uninterrupted["loss"], abs=1e-6)
     assert resumed["val_loss"] == pytest.approx(uninterrupted["val_loss"], abs=1e-6)
-    assert [r["step"] for r in loss_rows(record_dir)] == list(range(1, 21))
+    assert [r["step"] for r in train_rows(record_dir)] == list(range(1, 21))
 
 
 @pytest.mark.slow

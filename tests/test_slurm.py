@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from slurm_cluster import wait_for
+from test_train import train_rows
 
 from qat_sweep.dispatch import launch_main, status_main
 from qat_sweep.record import read_record
@@ -112,11 +113,7 @@ def test_preempted_run_resumes_to_the_same_loss(
     (row,) = statuses(sweep, preempted, capsys)
     job_id, run_dir = row["job_id"], Path(row["run_dir"])
     metrics = run_dir / "metrics.jsonl"
-    wait_for(
-        lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3,
-        180,
-        "preempted run reached a few logged steps",
-    )
+    wait_for(lambda: metrics.exists() and len(train_rows(run_dir)) >= 3, 180, "a few logged steps")
     slurm_cluster.run("scontrol", "requeue", job_id)
 
     def restarted() -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from slurm_cluster import wait_for
-from test_train import run_cli
+from test_train import metrics_rows, run_cli, train_rows
 
 from qat_sweep import dispatch
 from qat_sweep.dispatch import launch_main, status_main
@@ -58,9 +58,7 @@ def test_second_trainer_is_refused_and_status_follows_a_run(
     metrics = run.run_dir / METRICS_NAME
 
     first = trainer(run.overrides)
-    wait_for(
-        lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 20, 120, "20 steps"
-    )
+    wait_for(lambda: metrics.exists() and len(train_rows(run.run_dir)) >= 20, 120, "20 steps")
     first.send_signal(signal.SIGSTOP)  # frozen mid-run, still holding its lock: no race below
     (row,) = status_rows(sweep, overrides, capsys)
     assert row["status"] == "running"  # no job: the trainer's lock says so
@@ -91,9 +89,9 @@ def test_second_trainer_is_refused_and_status_follows_a_run(
     assert "resuming" in out
     record = read_record(run.run_dir)
     assert record["status"] == "completed"
-    logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
-    assert sorted(set(logged)) == list(range(1, steps + 1))
-    assert len(logged) == steps + 1  # each step once, plus the final evaluation row
+    assert [row["step"] for row in train_rows(run.run_dir)] == list(range(1, steps + 1))
+    evaluated = [row["step"] for row in metrics_rows(run.run_dir) if "val_loss" in row]
+    assert evaluated == [*range(6, steps, 6), steps]  # each evaluation once, the final one too
     assert run_starts(run.run_dir) == 2  # the refused trainer never held the lock
     assert progress(run)["restarts"] == 1
 

@@ -37,6 +37,11 @@ def tiny(tmp_path: Path, demo_data: Path) -> list[str]:
     return [*TINY, f"data.dir={demo_data}", f"paths.runs={tmp_path / 'runs'}"]
 
 
+def train_rows(record_dir: Path) -> list[dict]:
+    """The training steps' rows (evaluations are rows of their own)."""
+    return [r for r in metrics_rows(record_dir) if "loss" in r]
+
+
 def metrics_rows(record_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (record_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -62,7 +67,7 @@ def test_tiny_run_learns_and_writes_a_valid_record(tiny: list[str]) -> None:
     assert record["status"] == "completed", record["error"]
     assert record_problems(record) == []
     assert read_record(run_dir(cfg)) == json.loads((run_dir(cfg) / "result.json").read_text())
-    rows = [r for r in metrics_rows(run_dir(cfg)) if "loss" in r]
+    rows = train_rows(run_dir(cfg))
     assert [r["step"] for r in rows] == list(range(1, 21))
     assert rows[-1]["loss_smoothed"] < rows[0]["loss"] - 0.5  # it learns
     assert math.isfinite(record["val_loss"]) and record["val_loss"] < rows[0]["loss"]
@@ -104,7 +109,7 @@ def test_interrupted_run_resumes_to_the_same_loss(tmp_path: Path, demo_data: Pat
     record_dir = run_dir(compose_run(interrupted))
     proc = run_cli(interrupted)
     deadline = time.monotonic() + 120
-    while not (record_dir / "metrics.jsonl").exists() or len(metrics_rows(record_dir)) < 12:
+    while not (record_dir / "metrics.jsonl").exists() or len(train_rows(record_dir)) < 12:
         assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read()
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)  # what SLURM sends before a preemption
@@ -121,7 +126,7 @@ def test_interrupted_run_resumes_to_the_same_loss(tmp_path: Path, demo_data: Pat
     assert resumed["status"] == "completed"
     assert abs(resumed["loss"] - reference["loss"]) <= 1e-6
     assert abs(resumed["val_loss"] - reference["val_loss"]) <= 1e-6
-    steps = [r["step"] for r in metrics_rows(record_dir) if "loss" in r]
+    steps = [r["step"] for r in train_rows(record_dir)]
     assert steps == list(range(1, 41))  # no step logged twice after the resume
 
 

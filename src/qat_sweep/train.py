@@ -258,18 +258,19 @@ class Trainer:
         rows = self.settle()
         if at_progress:
             self._progress(rows[-1])
+        # Logged before a checkpoint covers their steps: a run killed right after the save
+        # resumes past them and would never log them again.
+        self._log(rows)
         # Save before evaluating: an evaluation must never delay a due checkpoint.
         if stop or save_due or at_checkpoint:
             self.save()
         if stop:
-            self._log(rows)
             barrier(self.dist)  # no rank exits while another still writes
             if self.dist.is_main:
                 requeue_slurm_job(stop_signal() or signal.SIGTERM)  # others follow rank 0
             raise Preempted(stop_signal() or signal.SIGTERM)
-        if at_eval:
-            rows[-1].update({k: v for k, v in self.evaluate().items() if k != "_stats"})
-        self._log(rows)
+        if at_eval:  # its own row (step, tokens, val_loss, per-site stats), as the final one
+            self._log([{k: v for k, v in self.evaluate().items() if k != "_stats"}])
 
     def _log(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
