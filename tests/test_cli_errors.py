@@ -137,7 +137,7 @@ CASES = [
     (
         "launch-profile-type",
         ["launch", "sweep={tmp}/tiny.yaml", "launcher={tmp}/profile_type.yaml"],
-        "cpus_per_task must be an integer",
+        "cpus_per_task must be int, got 'many'",
     ),
     ("launch-no-cluster", ["launch", "sweep={tmp}/tiny.yaml", "launcher=ci"], "sinfo"),
     (
