@@ -104,13 +104,12 @@ _schema = functools.cache(OmegaConf.structured)  # once per dataclass: building 
 
 
 def structured_fields(cls: type, data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """``data`` checked key by key against dataclass ``cls``: its typed values, and the problems
-    (unknown, missing and mistyped keys, each named with its value and the field's type).
+    """``data`` checked key by key by OmegaConf's structured schema of dataclass ``cls``: the
+    typed values, and each unknown, missing or mistyped key named with its value and type.
 
-    OmegaConf's structured schema does the checks. An int field takes an int or a decimal
-    string and refuses a bool and any float, 3.0 too (a point there is a slip; nothing is
-    truncated); a float field takes ints and numeric strings; a str field takes any scalar's
-    str(); null only where the field is Optional. Strings are kept as given, not interpolated.
+    An int field takes an int or a decimal string and refuses bools and floats, 3.0 too (a point
+    there is a slip; nothing is truncated); a float field takes ints; a str field takes any
+    scalar's str(); null only where Optional. Strings are kept as given, never interpolated.
     """
     config = _schema(cls).copy()
     OmegaConf.set_readonly(config, False)  # a frozen dataclass gives a read-only schema
