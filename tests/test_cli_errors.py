@@ -111,7 +111,7 @@ CASES = [
     (
         "launch-profile-type",
         [*TINY, "launcher={tmp}/profile_type.yaml"],
-        "cpus_per_task must be an integer",
+        "cpus_per_task must be int, got 'many'",
     ),
     ("launch-no-cluster", [*TINY, "launcher=ci"], "sinfo"),
     ("launch-hydra-no-cluster", [*TINY, "launcher=ci", "--print-hydra-overrides"], "sinfo"),

@@ -7,13 +7,22 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from qat_sweep.config import compose_run, run_key
 from qat_sweep.grid import load_sweep, parse_cli, plan_main, plan_sweep
 from qat_sweep.presets import CONF_DIR
-from qat_sweep.profiles import hydra_launcher_overrides, load_profile, profile_from_dict
+from qat_sweep.profiles import (
+    LaunchProfile,
+    available_profiles,
+    executor_parameters,
+    hydra_launcher_overrides,
+    load_profile,
+    profile_from_dict,
+    profile_path,
+)
 from qat_sweep.sweep import PlanError
 
 PAPER_SUBGRIDS = {
@@ -192,6 +201,54 @@ def test_profiles_validate_and_map_to_hydra_launcher() -> None:
     assert "SlurmLauncher" in launcher._target_
     ci = hydra_launcher_overrides(load_profile("ci"))
     assert "hydra.launcher.partition='debug'" in ci and "train.device=cpu" in ci
+
+
+def test_shipped_profiles_load_as_the_dataclass_their_yaml_describes() -> None:
+    for name in available_profiles():
+        raw = yaml.safe_load(profile_path(name).read_text())
+        direct = LaunchProfile(name=name, **raw)  # no schema in between
+        assert load_profile(name) == direct
+        assert executor_parameters(load_profile(name)) == executor_parameters(direct)
+
+
+def test_profile_type_problems_name_key_value_and_type() -> None:
+    bad = {"kind": "slurm", "nodes": True, "setup": "echo hi", "env": ["A=1"], "mem_gb": "lots"}
+    with pytest.raises(ValueError) as error:
+        profile_from_dict("x", bad, source="x.yaml")
+    assert str(error.value) == (
+        "x.yaml: nodes must be int, got True; setup must be list[str], got 'echo hi'; "
+        "env must be dict[str, str], got ['A=1']; mem_gb must be float | None, got 'lots'"
+    )
+    for raw, message in [
+        ({"kind": "slurm", "timeout_min": 60.0}, "timeout_min must be int, got 60.0"),
+        ({"kind": "slurm", "requeue": "maybe"}, "requeue must be bool, got 'maybe'"),
+        ({"kind": "slurm", "resources": [3]}, "resources must be list[dict[str, Any]], got [3]"),
+        ({"nodes": 2}, "x.yaml: missing key(s) ['kind']"),
+        ({"kind": "slurm", "name": "y"}, "name='y': a profile is named by its file ('x')"),
+        ({"kind": "slurm", "gpu": 1}, "unknown key(s) ['gpu']; allowed: name, kind, max_parallel"),
+    ]:
+        with pytest.raises(ValueError, match=r"^x\.yaml: ") as error:
+            profile_from_dict("x", raw, source="x.yaml")
+        assert message in str(error.value)
+    literal = profile_from_dict("x", {"kind": "slurm", "setup": ["echo ${HOME}"], "env": {"A": 1}})
+    assert literal.setup == ["echo ${HOME}"] and literal.env == {"A": "1"}  # kept, not resolved
+
+
+def test_profile_value_problems_are_all_listed() -> None:
+    raw = {"kind": "cloud", "nodes": 0, "signal_delay_s": -1, "mem_gb": 0, "wandb_mode": "on"}
+    raw |= {"gpu_type": "V100", "resources": [{"models": ["74M"], "gpus_per_node": -1}]}
+    with pytest.raises(ValueError) as error:
+        profile_from_dict("x", raw, source="x.yaml")
+    assert str(error.value).startswith("x.yaml: kind must be one of ['local', 'slurm']")
+    for problem in [
+        "nodes must be >= 1, got 0",
+        "signal_delay_s must be >= 0, got -1",
+        "mem_gb must be a positive number or null, got 0.0",
+        "wandb_mode must be one of",
+        "gpu_type='V100' is not a known GPU",
+        "resources[0].gpus_per_node must be an integer >= 0, got -1",
+    ]:
+        assert problem in str(error.value)
 
 
 def test_paper_holdout_is_the_973m_validation_cells_and_their_twins() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from qat_sweep import presets
 from qat_sweep.model import Transformer, allowed_group_sizes, build_model, padded_vocab
@@ -84,10 +85,44 @@ def test_custom_shape_from_dict_and_bad_keys() -> None:
     node = {**vars(load_preset("1M")), "name": "custom", "hidden_size": 192, "n_heads": 6}
     cfg = model_config_from(node)
     assert cfg.head_dim == 32 and cfg.n_params > load_preset("1M").n_params
-    with pytest.raises(ValueError, match=r"unknown keys \['dropout'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown key\(s\) \['dropout'\]; allowed: name, n_layers"
+    ):
         model_config_from({**node, "dropout": 0.1})
     with pytest.raises(ValueError, match="n_heads 5"):
         model_config_from({**node, "n_heads": 5})
+    without = {k: v for k, v in node.items() if k not in ("lr", "seq_len")}
+    with pytest.raises(ValueError, match=r"missing key\(s\) \['seq_len', 'lr'\]"):
+        model_config_from(without)
+
+
+def test_model_yaml_builds_the_dataclass_it_describes() -> None:
+    node = OmegaConf.load(presets.CONF_DIR / "model" / "74M.yaml")
+    direct = presets.ModelConfig(**OmegaConf.to_container(node))  # no schema in between
+    built = model_config_from(node)
+    assert built == direct and [type(v) for v in vars(built).values()] == [
+        type(v) for v in vars(direct).values()
+    ]
+    assert model_config_from({**vars(direct), "n_layers": "12"}) == direct  # a decimal string
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"n_layers": True}, "n_layers must be int, got True"),
+        ({"n_layers": 3.0}, "n_layers must be int, got 3.0"),
+        ({"hidden_size": 1.5}, "hidden_size must be int, got 1.5"),
+        ({"vocab_size": "big"}, "vocab_size must be int | None, got 'big'"),
+        ({"lr": False}, "lr must be float, got False"),
+        ({"lr": None, "rope_theta": "x"}, "lr must be float, got None; rope_theta must be float"),
+        ({"n_heads": "???"}, "missing key(s) ['n_heads']"),
+    ],
+)
+def test_model_config_names_each_mistyped_or_missing_key(change: dict, message: str) -> None:
+    node = {**vars(load_preset("1M")), **change}
+    with pytest.raises(ValueError, match="model config: ") as error:
+        model_config_from(node)
+    assert message in str(error.value)
 
 
 def test_conf_dir_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,12 +7,15 @@ linear layers), because that is the N the scaling law is fitted on.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from qat_sweep.config_dirs import options, packaged_dir, user_dirs
 
@@ -87,11 +90,6 @@ class ModelConfig:
         return self.n_params + 2 * vocab * self.hidden_size + norms
 
 
-_INT_FIELDS = ("n_layers", "hidden_size", "ffn_size", "n_heads", "n_kv_heads", "seq_len")
-_INT_FIELDS += ("batch_seqs", "warmup_steps")
-_FLOAT_FIELDS = ("lr", "rope_theta", "norm_eps")
-
-
 def plain_dict(cfg_node: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """A resolved plain dict from a Hydra node or a mapping (config groups arrive as either)."""
     raw = (
@@ -102,30 +100,51 @@ def plain_dict(cfg_node: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     return dict(raw)  # type: ignore[arg-type]
 
 
+_schema = functools.cache(OmegaConf.structured)  # once per dataclass: building it is the cost
+
+
+def structured_fields(cls: type, data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``data`` checked key by key by OmegaConf's structured schema of dataclass ``cls``: the
+    typed values, and each unknown, missing or mistyped key named with its value and type.
+
+    An int field takes an int or a decimal string and refuses bools and floats, 3.0 too (a point
+    there is a slip; nothing is truncated); a float field takes ints; a str field takes any
+    scalar's str(); null only where Optional. Strings are kept as given, never interpolated.
+    """
+    config = _schema(cls).copy()
+    OmegaConf.set_readonly(config, False)  # a frozen dataclass gives a read-only schema
+    types = {f.name: f.type for f in dataclasses.fields(cls)}  # the annotations, as written
+    unknown, mistyped = [], {}
+    for key, value in data.items():
+        try:
+            config[key] = value
+        except OmegaConfBaseException:  # ConfigKeyError: unknown key; ValidationError: type
+            if key in types:
+                mistyped[key] = value
+            else:
+                unknown.append(key)
+    problems = [f"{key} must be {types[key]}, got {value!r}" for key, value in mistyped.items()]
+    if unknown:
+        problems.insert(0, f"unknown key(s) {unknown}; allowed: {', '.join(types)}")
+    missing = [k for k in types if k not in mistyped and OmegaConf.is_missing(config, k)]
+    if missing:
+        problems.append(f"missing key(s) {missing}")
+    return OmegaConf.to_container(config, resolve=False), problems  # type: ignore[return-value]
+
+
 def model_config_from(cfg_node: DictConfig | Mapping[str, Any]) -> ModelConfig:
     """Builds a ModelConfig from a Hydra node or dict, so custom shapes can live in yaml."""
-    data = plain_dict(cfg_node)
-    fields = [f.name for f in dataclasses.fields(ModelConfig)]
-    unknown = sorted(set(data) - set(fields))
-    missing = [f for f in fields if f not in data]
-    if unknown or missing:
-        raise ValueError(
-            f"model config: unknown keys {unknown}, missing keys {missing}; expected exactly {fields}"
-        )
-    for key in _INT_FIELDS:
-        data[key] = _as_int(key, data[key])
-    for key in _FLOAT_FIELDS:
-        data[key] = float(data[key])
-    if data["vocab_size"] is not None:
-        data["vocab_size"] = _as_int("vocab_size", data["vocab_size"])
-    data["name"] = str(data["name"])
-    return ModelConfig(**data)
+    # A plan checks each of a few shapes hundreds of times. As cache keys, JSON texts keep 3,
+    # 3.0 and true apart (equal, and hashing alike, as Python values).
+    return _model_config(json.dumps(plain_dict(cfg_node), default=str))
 
 
-def _as_int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-        raise ValueError(f"model config: {key} must be an integer, got {value!r}")
-    return int(value)
+@functools.lru_cache(maxsize=1024)
+def _model_config(text: str) -> ModelConfig:
+    values, problems = structured_fields(ModelConfig, json.loads(text))
+    if problems:
+        raise ValueError("model config: " + "; ".join(problems))
+    return ModelConfig(**values)
 
 
 def conf_dirs() -> list[Path]:

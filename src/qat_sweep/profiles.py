@@ -10,11 +10,12 @@ submitit executor (``executor_parameters``) and onto Hydra's submitit launcher
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from qat_sweep.config_dirs import describe_dirs, options, search_dirs
+from qat_sweep.presets import structured_fields
 from qat_sweep.slurm_limits import PartitionLimits, partition_limits, slurm_output
 
 KINDS = ("local", "slurm")
@@ -103,10 +104,9 @@ class LaunchProfile:
         return [*self.overrides, *extra]
 
 
-_INT_KEYS = ("max_parallel", "nodes", "gpus_per_node", "cpus_per_task", "timeout_min")
-_INT_KEYS += ("array_parallelism", "signal_delay_s")
-_POSITIVE = ("max_parallel", "nodes", "cpus_per_task", "timeout_min", "array_parallelism")
-_STR_KEYS = ("partition", "account", "qos", "constraint", "exclude", "wandb_mode", "folder")
+# The smallest value of each count (types are the schema's, see presets.structured_fields).
+_MINIMUM = {"max_parallel": 1, "nodes": 1, "gpus_per_node": 0, "cpus_per_task": 1}
+_MINIMUM |= {"timeout_min": 1, "array_parallelism": 1, "max_array_size": 1, "signal_delay_s": 0}
 
 
 def available_profiles() -> list[str]:
@@ -138,52 +138,33 @@ def load_profile(name_or_path: str | Path) -> LaunchProfile:
 
 
 def profile_from_dict(name: str, raw: dict[str, Any], source: str = "<dict>") -> LaunchProfile:
-    """Checks keys and types of a profile mapping and builds the LaunchProfile."""
-    known = [f.name for f in fields(LaunchProfile) if f.name != "name"]
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ValueError(f"{source}: unknown key(s) {unknown}; allowed keys: {', '.join(known)}")
-    problems = []
-    if raw.get("kind") not in KINDS:
-        problems.append(f"kind must be one of {list(KINDS)}, got {raw.get('kind')!r}")
-    for key in _INT_KEYS:
-        value = raw.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            problems.append(f"{key} must be an integer, got {value!r}")
-        elif key in _POSITIVE and value is not None and value < 1:
-            problems.append(f"{key} must be >= 1, got {value!r}")
-        elif value is not None and value < 0:
-            problems.append(f"{key} must be >= 0, got {value!r}")
-    size = raw.get("max_array_size")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        problems.append(f"max_array_size must be a positive integer or null, got {size!r}")
-    mem = raw.get("mem_gb")
-    if mem is not None and (isinstance(mem, bool) or not isinstance(mem, int | float) or mem <= 0):
-        problems.append(f"mem_gb must be a positive number or null, got {mem!r}")
-    for key in _STR_KEYS:
-        if raw.get(key) is not None and not isinstance(raw[key], str):
-            problems.append(f"{key} must be a string or null, got {raw[key]!r}")
-    if raw.get("wandb_mode") is not None and raw["wandb_mode"] not in WANDB_MODES:
-        problems.append(f"wandb_mode must be one of {list(WANDB_MODES)} or null")
-    for key in ("setup", "overrides"):
-        value = raw.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            problems.append(f"{key} must be a list of strings, got {value!r}")
-    for key in ("env", "additional_parameters"):
-        if not isinstance(raw.get(key, {}), dict):
-            problems.append(f"{key} must be a mapping, got {raw[key]!r}")
-    problems += _gpu_problems(raw, "")
-    resources = raw.get("resources", [])
-    if not isinstance(resources, list) or not all(isinstance(e, dict) for e in resources):
-        problems.append(f"resources must be a list of mappings, got {resources!r}")
-        resources = []
-    for i, entry in enumerate(resources):
-        problems += _resource_problems(entry, f"resources[{i}].")
+    """Checks keys and types (the LaunchProfile schema), then the values, and builds the profile."""
+    values, problems = structured_fields(LaunchProfile, {"name": name, **raw})
+    if not problems:
+        problems = _value_problems(name, values)
     if problems:
         raise ValueError(f"{source}: " + "; ".join(problems))
-    values = {k: v for k, v in raw.items() if v is not None or k in ("mem_gb", "max_array_size")}
-    values["env"] = {str(k): str(v) for k, v in values.get("env", {}).items()}
-    return LaunchProfile(name=name, **values)
+    return LaunchProfile(**values)
+
+
+def _value_problems(name: str, values: dict[str, Any]) -> list[str]:
+    """Every problem of a well-typed profile's values (all are reported at once)."""
+    problems = []
+    if values["name"] != name:
+        problems.append(f"name={values['name']!r}: a profile is named by its file ({name!r})")
+    if values["kind"] not in KINDS:
+        problems.append(f"kind must be one of {list(KINDS)}, got {values['kind']!r}")
+    for key, minimum in _MINIMUM.items():
+        if values[key] is not None and values[key] < minimum:
+            problems.append(f"{key} must be >= {minimum}, got {values[key]!r}")
+    if values["mem_gb"] is not None and values["mem_gb"] <= 0:
+        problems.append(f"mem_gb must be a positive number or null, got {values['mem_gb']!r}")
+    if values["wandb_mode"] is not None and values["wandb_mode"] not in WANDB_MODES:
+        problems.append(f"wandb_mode must be one of {list(WANDB_MODES)} or null")
+    problems += _gpu_problems(values, "")
+    for i, entry in enumerate(values["resources"]):
+        problems += _resource_problems(entry, f"resources[{i}].")
+    return problems
 
 
 def placement(profile: LaunchProfile) -> dict[str, int | None]:
@@ -352,7 +333,7 @@ def _over_limits(profile: LaunchProfile, limits: PartitionLimits) -> list[str]:
             f"> {limits.cpus} CPUs per node"
         )
     if profile.mem_gb is not None and profile.mem_gb > limits.mem_gb:
-        problems.append(f"mem_gb={profile.mem_gb} > {limits.mem_gb:.1f} GB per node")
+        problems.append(f"mem_gb={profile.mem_gb:g} > {limits.mem_gb:.1f} GB per node")
     if profile.gpus_per_node > limits.gpus:
         problems.append(f"gpus_per_node={profile.gpus_per_node} > {limits.gpus} GPUs per node")
     if limits.max_time_min is not None and profile.timeout_min > limits.max_time_min:

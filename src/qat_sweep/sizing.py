@@ -139,7 +139,7 @@ def size_run(config: dict[str, Any], profile: LaunchProfile, mfu: float) -> RunS
         activation_checkpointing=checkpointing, budget=budget, on_gpu=on_gpu,
     )  # fmt: skip
     if isinstance(fitted, float):
-        limit = f"{profile.gpu_mem_gb} GB x {HEADROOM} headroom = {budget / GB:.1f} GB per GPU"
+        limit = f"{profile.gpu_mem_gb:g} GB x {HEADROOM} headroom = {budget / GB:.1f} GB per GPU"
         hint = "" if checkpointing else "; try train.activation_checkpointing=true"
         raise SizingError(
             f"run {run_key} fits no configuration of profile {profile.name!r}: at least "
