@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from qat_sweep.common import (
     resolve_device,
     split_overrides,
     stale_temps,
+    structured_fields,
     write_json_atomic,
 )
 
@@ -101,3 +103,33 @@ def test_int_words_and_the_one_device_grammar() -> None:
     if not cuda:
         with pytest.raises(InputError, match="device=cuda but no CUDA device is available"):
             resolve_device("cuda")
+
+
+@dataclass(frozen=True)
+class _Shape:
+    name: str
+    layers: int
+    scale: float | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+def test_structured_fields_types_each_key_and_names_every_problem() -> None:
+    values, problems = structured_fields(_Shape, {"name": "a", "layers": "3", "scale": 2})
+    assert problems == [] and values == {"name": "a", "layers": 3, "scale": 2.0, "tags": []}
+    assert _Shape(**values) == _Shape("a", 3, 2.0)
+    _, problems = structured_fields(
+        _Shape, {"layers": True, "scale": "big", "tags": "x", "depth": 1, "note": "${HOME}"}
+    )
+    assert problems == [
+        "unknown key(s) ['depth', 'note']; allowed: name, layers, scale, tags",
+        "layers must be int, got True",
+        "scale must be float | None, got 'big'",
+        "tags must be list[str], got 'x'",
+        "missing key(s) ['name']",
+    ]
+    for slip in (3.0, 3.5):  # a point in a count is a slip: nothing is truncated
+        assert structured_fields(_Shape, {"name": "a", "layers": slip})[1] == [
+            f"layers must be int, got {slip}"
+        ]
+    values, _ = structured_fields(_Shape, {"name": "${HOME}", "layers": 1})
+    assert values["name"] == "${HOME}"  # kept as written, never interpolated

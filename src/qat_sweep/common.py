@@ -1,12 +1,15 @@
-"""Small helpers every layer shares: atomic files, counts, ``key=value`` arguments, JSON values.
+"""Small helpers every layer shares: atomic files, counts, ``key=value`` arguments, JSON values,
+the device word and typed configs.
 
-Kept free of torch, numpy and Hydra so that plan, prepare's workers and the analysis can all
-import it cheaply. Each helper is the one implementation of its job in the tree.
+Kept free of torch, numpy and Hydra at import (the device and config helpers import theirs
+when called) so that plan, prepare's workers and the analysis can all import it cheaply. Each helper is the one implementation of its job in the tree.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import glob
 import json
 import math
@@ -219,3 +222,46 @@ def parse_keys(
     if missing:
         raise InputError(f"missing required key(s): {', '.join(missing)}")
     return parsed
+
+
+# --- typed configs ---
+
+
+@functools.cache
+def _schema(cls: type) -> Any:
+    """OmegaConf's structured config of dataclass ``cls``, built once (building it is the cost)."""
+    from omegaconf import OmegaConf  # here: plan's workers and the analysis import common bare
+
+    return OmegaConf.structured(cls)
+
+
+def structured_fields(cls: type, data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``data`` checked key by key by OmegaConf's structured schema of dataclass ``cls``: the
+    typed values, and each unknown, missing or mistyped key named with its value and type.
+
+    An int field takes an int or a decimal string and refuses bools and floats, 3.0 too (a point
+    there is a slip; nothing is truncated); a float field takes ints; a str field takes any
+    scalar's str(); null only where Optional. Strings are kept as given, never interpolated.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    config = _schema(cls).copy()
+    OmegaConf.set_readonly(config, False)  # a frozen dataclass gives a read-only schema
+    types = {f.name: f.type for f in dataclasses.fields(cls)}  # the annotations, as written
+    unknown, mistyped = [], {}
+    for key, value in data.items():
+        try:
+            config[key] = value
+        except OmegaConfBaseException:  # ConfigKeyError: unknown key; ValidationError: type
+            if key in types:
+                mistyped[key] = value
+            else:
+                unknown.append(key)
+    problems = [f"{key} must be {types[key]}, got {value!r}" for key, value in mistyped.items()]
+    if unknown:
+        problems.insert(0, f"unknown key(s) {unknown}; allowed: {', '.join(types)}")
+    missing = [k for k in types if k not in mistyped and OmegaConf.is_missing(config, k)]
+    if missing:
+        problems.append(f"missing key(s) {missing}")
+    return OmegaConf.to_container(config, resolve=False), problems  # type: ignore[return-value]

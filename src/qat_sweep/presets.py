@@ -6,7 +6,6 @@ linear layers), because that is the N the scaling law is fitted on.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 from collections.abc import Mapping
@@ -15,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
+from qat_sweep.common import structured_fields
 from qat_sweep.config_dirs import options, packaged_dir, user_dirs
 
 CONF_DIR: Path = packaged_dir("conf")  # the shipped configs; see qat_sweep.config_dirs
@@ -98,38 +97,6 @@ def plain_dict(cfg_node: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         else cfg_node
     )
     return dict(raw)  # type: ignore[arg-type]
-
-
-_schema = functools.cache(OmegaConf.structured)  # once per dataclass: building it is the cost
-
-
-def structured_fields(cls: type, data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """``data`` checked key by key by OmegaConf's structured schema of dataclass ``cls``: the
-    typed values, and each unknown, missing or mistyped key named with its value and type.
-
-    An int field takes an int or a decimal string and refuses bools and floats, 3.0 too (a point
-    there is a slip; nothing is truncated); a float field takes ints; a str field takes any
-    scalar's str(); null only where Optional. Strings are kept as given, never interpolated.
-    """
-    config = _schema(cls).copy()
-    OmegaConf.set_readonly(config, False)  # a frozen dataclass gives a read-only schema
-    types = {f.name: f.type for f in dataclasses.fields(cls)}  # the annotations, as written
-    unknown, mistyped = [], {}
-    for key, value in data.items():
-        try:
-            config[key] = value
-        except OmegaConfBaseException:  # ConfigKeyError: unknown key; ValidationError: type
-            if key in types:
-                mistyped[key] = value
-            else:
-                unknown.append(key)
-    problems = [f"{key} must be {types[key]}, got {value!r}" for key, value in mistyped.items()]
-    if unknown:
-        problems.insert(0, f"unknown key(s) {unknown}; allowed: {', '.join(types)}")
-    missing = [k for k in types if k not in mistyped and OmegaConf.is_missing(config, k)]
-    if missing:
-        problems.append(f"missing key(s) {missing}")
-    return OmegaConf.to_container(config, resolve=False), problems  # type: ignore[return-value]
 
 
 def model_config_from(cfg_node: DictConfig | Mapping[str, Any]) -> ModelConfig:

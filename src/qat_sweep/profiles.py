@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from qat_sweep.common import structured_fields
 from qat_sweep.config_dirs import describe_dirs, options, search_dirs
-from qat_sweep.presets import structured_fields
 from qat_sweep.slurm_limits import PartitionLimits, partition_limits, slurm_output
 
 KINDS = ("local", "slurm")
@@ -104,7 +104,7 @@ class LaunchProfile:
         return [*self.overrides, *extra]
 
 
-# The smallest value of each count (types are the schema's, see presets.structured_fields).
+# The smallest value of each count (types are the schema's, see common.structured_fields).
 _MINIMUM = {"max_parallel": 1, "nodes": 1, "gpus_per_node": 0, "cpus_per_task": 1}
 _MINIMUM |= {"timeout_min": 1, "array_parallelism": 1, "max_array_size": 1, "signal_delay_s": 0}
 
