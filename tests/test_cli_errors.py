@@ -74,6 +74,11 @@ CASES = [
     ("plan-eval", ["plan", "sweep=demo", "eval.batches=0"], "eval.batches=0"),
     ("plan-device", ["plan", "sweep=demo", "train.device=gpu"], "train.device='gpu'"),
     ("plan-unknown-key", ["plan", "sweep=demo", "foo.bar=1"], "unknown config key 'foo.bar'"),
+    (
+        "plan-added-model-key",
+        ["plan", "sweep=demo", "+model.dropout=0.1"],
+        "unknown key(s) ['dropout']",
+    ),
     ("plan-syntax", ["plan", "sweep={tmp}/syntax.yaml"], "syntax.yaml"),
     ("plan-empty", ["plan", "sweep={tmp}/empty.yaml"], "empty.yaml"),
     ("plan-top-key", ["plan", "sweep={tmp}/topkey.yaml"], "unknown key(s) ['extra']"),

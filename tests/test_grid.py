@@ -10,6 +10,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 
 from qat_sweep.config import compose_run, run_key
 from qat_sweep.grid import load_sweep, parse_cli, plan_main, plan_sweep
@@ -271,3 +272,25 @@ def test_sweep_command_line_splits_into_sweep_options_flags_and_train_overrides(
         parse_cli(["sweep=demo", "--dry-run"], ("--json",))
     with pytest.raises(PlanError, match=r"missing sweep=NAME; available sweeps: .*demo"):
         parse_cli(["tokens=2M"], ())
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model=0.2M", "tokens=2M", "quant=w4a4", "quant.group_size=64"],
+        ["model=0.2M", "+model.dropout=0.1"],  # a key added to the chosen option
+        ["+quant.note=x", "quant=w4a16"],
+        ["~logger.wandb.tags", "logger=none", "seed=3"],
+        ["data=demo", "optim=adamw_wsd", "optim.lr=1e-3"],
+    ],
+)
+def test_fast_composition_is_hydras(overrides: list[str]) -> None:
+    """plan composes without Hydra where it can: it must give the config `train` gets."""
+    fast = OmegaConf.to_container(compose_run(overrides))
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            hydra = OmegaConf.to_container(compose("train", overrides=overrides))
+    finally:
+        GlobalHydra.instance().clear()
+    assert fast == hydra

@@ -252,14 +252,18 @@ def compose_tree(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     for override, text in zip(parsed, overrides, strict=True):
         is_group = override.key_or_group in CONFIG_GROUPS and not override.is_add()
         if is_group and override.value_type is not None and isinstance(override.value(), str):
-            groups[override.key_or_group] = override.value()
+            groups[override.key_or_group] = (override.value(), text)
         elif is_group or override.is_delete() or override.is_add() or override.is_sweep_override():
             choices.append(text)
         else:
             values.append(override)
+    # A key added to or deleted from a chosen option (`model=74M +model.x=1`): only Hydra can
+    # apply it on top of that option, so the choice goes to Hydra too.
+    edited = {o.key_or_group.split(".")[0] for o in parsed if o.is_add() or o.is_delete()}
+    choices += [groups.pop(group)[1] for group in sorted(edited & groups.keys())]
     dirs = tuple(conf_dirs())
     tree = copy.deepcopy(_compose_groups(tuple(choices), dirs))
-    for group, option in groups.items():
+    for group, (option, _) in groups.items():
         tree[group] = copy.deepcopy(_group_option(group, option, dirs))
     for override in values:
         _set_value(tree, override.key_or_group, override.value(), override.input_line)
