@@ -57,24 +57,31 @@ def _compile(value: str) -> str:
     return value
 
 
+def _compile_settings(value: str, device: torch.device) -> tuple[bool, ...]:
+    """One setting, or compiled and eager side by side for ``both``."""
+    return (True, False) if value == "both" else (compile_enabled(value, device.type),)
+
+
 KEYS: dict[str, Callable[[str], Any]] = {
-    "model": load_preset,  # default 1M
-    "batch": parse_int,  # sequences per step on this device (default 8)
+    "model": load_preset,
+    "batch": parse_int,  # sequences per step on this device
     "micro_batch": parse_int,  # default: the whole batch in one micro-batch
     "seq_len": parse_int,  # default: the preset's
-    "steps": parse_int,  # default 10
-    "warmup": partial(parse_int, minimum=0),  # default 3
-    "schemes": _schemes,  # default bf16,w4a4,w4a16,w16a4,w4a4_fc2a8
-    "format": str,  # default int4
-    "group_size": _group_sizes,  # default 32; a list (128,channel) times each scheme per G
-    "act_quantizer": str,  # default auto
+    "steps": parse_int,
+    "warmup": partial(parse_int, minimum=0),
+    "schemes": _schemes,  # BF16 is always measured: it is the reference
+    "format": str,
+    "group_size": _group_sizes,  # or a list (128,channel): each quantized scheme once per G
+    "act_quantizer": str,
     "vocab_size": parse_int,  # default: the preset's, else OLMo-2's for paper presets, else 4096
     "compile": _compile,  # as train.compile (auto = on CUDA, off on CPU), or both
-    "device": str,  # auto, cpu or cuda (resolve_device)
+    "device": str,  # auto, cpu or cuda, as train.device
     "seed": partial(parse_int, minimum=0),
     "json": str,  # a path, or '-' for stdout
 }
-DEFAULT_SCHEMES = "bf16,w4a4,w4a16,w16a4,w4a4_fc2a8"
+DEFAULTS = {"model": "1M", "batch": "8", "steps": "10", "warmup": "3", "format": "int4"}
+DEFAULTS |= {"schemes": "bf16,w4a4,w4a16,w16a4,w4a4_fc2a8", "group_size": "32", "seed": "0"}
+DEFAULTS |= {"act_quantizer": "auto", "compile": "auto", "device": "auto", "json": ""}
 
 
 @dataclass(frozen=True)
@@ -98,33 +105,33 @@ class BenchSettings:
 
 def parse_args(argv: list[str]) -> BenchSettings:
     """key=value arguments (`KEYS`); InputError naming any unknown key or malformed value."""
-    opts = parse_keys(argv, KEYS)
-    model = opts.get("model") or load_preset("1M")
-    device = torch.device(resolve_device(opts.get("device", "auto")))
+    given = parse_keys(argv, KEYS)
+    opts = {key: KEYS[key](value) for key, value in DEFAULTS.items() if key not in given} | given
+    model = opts["model"]
+    device = torch.device(resolve_device(opts["device"]))
     vocab = opts.get("vocab_size") or (
         model.vocab_size or (OLMO2_VOCAB if model.name in PAPER_PRESETS else SMALL_VOCAB)
     )
-    batch = opts.get("batch", 8)
+    batch = opts["batch"]
     micro = opts.get("micro_batch", batch)
     if batch % micro:
         raise InputError(f"batch={batch} is not a multiple of micro_batch={micro}")
-    setting = opts.get("compile", "auto")
     return BenchSettings(
         model=model,
         batch=batch,
         micro_batch=micro,
         seq_len=opts.get("seq_len", model.seq_len),
-        steps=opts.get("steps", 10),
-        warmup=opts.get("warmup", 3),
-        schemes=opts.get("schemes") or _schemes(DEFAULT_SCHEMES),
-        format=opts.get("format", "int4"),
-        group_sizes=opts.get("group_size", (32,)),
-        act_quantizer=opts.get("act_quantizer", "auto"),
+        steps=opts["steps"],
+        warmup=opts["warmup"],
+        schemes=opts["schemes"],
+        format=opts["format"],
+        group_sizes=opts["group_size"],
+        act_quantizer=opts["act_quantizer"],
         vocab_size=vocab,
-        compile=(True, False) if setting == "both" else (compile_enabled(setting, device.type),),
+        compile=_compile_settings(opts["compile"], device),
         device=device,
-        seed=opts.get("seed", 0),
-        json=opts.get("json", ""),
+        seed=opts["seed"],
+        json=opts["json"],
     )
 
 
