@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from qat_sweep.common import json_safe, write_atomic
-from qat_sweep.record import RECORD_NAME, read_record
+from qat_sweep.record import IDENTITY_FIELDS, RECORD_NAME, read_record
 
 METRICS_NAME = "metrics.jsonl"
 _WANDB_FORBIDDEN = re.compile(r"[:;,#?/'\s]")
@@ -70,25 +70,16 @@ def group_elems(group_size: Any, hidden_size: Any) -> int | None:
 def run_identity(record: dict[str, Any]) -> dict[str, Any]:
     """Flat config keys for W&B's run table, scatter and parallel-coordinates panels.
 
-    `group_size` is a label (`"32"`, `"channel"`, None for BF16) so panels can colour and
-    group by it; `group_elems` is the number the law's log2(G) uses.
+    The record's identity fields (but `model`: that key is the config's model group) plus
+    its place in the sweep. `group_size` is a label (`"32"`, `"channel"`, None for BF16) so
+    panels can colour and group by it; `group_elems` is the number the law's log2(G) uses.
     """
+    keys = [f for f in IDENTITY_FIELDS if f != "model"]
+    keys += ["n_params_total", "run_key", "twin_key", "sweep", "subgrid"]
     group = record.get("group_size")
-    return {
-        "n_params": record.get("n_params"),  # non-embedding, the law's N
-        "n_params_total": record.get("n_params_total"),
-        "hidden_size": record.get("hidden_size"),
-        "tokens": record.get("tokens"),
-        "scheme": record.get("scheme"),
-        "format": record.get("format"),
+    return {key: record.get(key) for key in keys} | {
         "group_size": None if group is None else str(group),
         "group_elems": group_elems(group, record.get("hidden_size")),
-        "lr": record.get("lr"),
-        "seed": record.get("seed"),
-        "run_key": record.get("run_key"),
-        "twin_key": record.get("twin_key"),
-        "sweep": record.get("sweep"),
-        "subgrid": record.get("subgrid"),
         "holdout": bool(record.get("holdout")),
     }
 
