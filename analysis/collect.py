@@ -126,6 +126,8 @@ def wandb_run_to_row(
     The summary wins over the config; dotted keys and {'value': ...} wrappers are accepted.
     """
     merged = _merge(_nest(config), _nest(summary))
+    if isinstance(merged.get("model"), Mapping):  # qat-sweep's config: `model` is the group
+        merged["model"] = merged["model"].get("name")
     merged.setdefault("run_key", run_id)
     merged.setdefault("status", "completed" if merged.get("loss") is not None else "failed")
     return record_to_row(merged)

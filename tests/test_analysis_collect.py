@@ -14,10 +14,14 @@ from qat_sweep.analysis.collect import (
     load_records,
     pair_deltas,
     read_table,
+    record_to_row,
     twin_index,
     wandb_run_to_row,
 )
 from qat_sweep.analysis.synth import synthetic_table, table_to_records
+
+from qat_sweep.record import IDENTITY_FIELDS
+from qat_sweep.tracking import wandb_config
 
 
 def _record(**over):
@@ -121,6 +125,18 @@ def test_wandb_config_and_summary_dicts():
     assert row["kurtosis_fc2"] == 90.0 and row["tokens_per_s"] == 5.0
     unfinished = wandb_run_to_row({"scheme": "bf16"}, {}, "x")
     assert unfinished["status"] == "failed" and unfinished["run_key"] == "x"
+
+
+def test_a_qat_sweep_wandb_run_reads_back_as_its_record():
+    """What the tracker uploads (config = the resolved config + the flat identity; summary =
+    loss and final/*) gives the table row the record gives: `model` is the model group there."""
+    record = _record(scheme="w4a4", format="int4", group_size=32, model="0.2M", hidden_size=64)
+    record["config"] = {"model": {"name": "0.2M", "n_layers": 3}, "quant": {"scheme": "w4a4"}}
+    summary = {"loss": record["loss"], "val_loss": record["val_loss"], "final/status": "completed"}
+    from_wandb = build_table([wandb_run_to_row(wandb_config(record), summary, "wandb-id")])
+    from_record = build_table([record_to_row(record)])
+    columns = [*IDENTITY_FIELDS, "loss", "val_loss", "G", "status", "excluded"]
+    assert from_wandb[columns].to_dict("records") == from_record[columns].to_dict("records")
 
 
 def test_table_roundtrip_and_missing_columns(tmp_path):
