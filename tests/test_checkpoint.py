@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from test_train import metrics_rows, train_rows
 import qat_sweep.train as trainer
 from qat_sweep.checkpoint import CORRUPT_DIR, TRAIN_STATE, complete_checkpoints
 from qat_sweep.config import compose_run, run_dir
+from qat_sweep.preemption import Preempted
 from qat_sweep.record import RECORD_NAME
 from qat_sweep.train import train
 
@@ -172,3 +175,65 @@ def test_every_step_a_checkpoint_covers_is_logged_before_it_is_saved(
         assert logged == list(range(1, step + 1)), (step, logged)
     val_steps = [r["step"] for r in metrics_rows(run_dir(compose_run(args))) if "val_loss" in r]
     assert val_steps == [8, 16, 20]  # each evaluation its own row, the final one included
+
+
+class Killed(BaseException):
+    """A kill -9 at a chosen line: no handler of the trainer's sees it (no record is written)."""
+
+
+def _signal_at(step: int) -> Callable[[trainer.Trainer], None]:
+    """Trainer.train_step, with SIGUSR1 (SLURM's time-limit warning) raised after `step`."""
+    train_step = trainer.Trainer.train_step
+
+    def step_and_signal(self: trainer.Trainer) -> None:
+        train_step(self)
+        if self.state.step == step:
+            signal.raise_signal(signal.SIGUSR1)
+
+    return step_and_signal
+
+
+def _kill_after_save_at(step: int) -> Callable[..., None]:
+    save_checkpoint = trainer.save_checkpoint
+
+    def save_then_die(out_dir: Path, at: int, *args: object, **kwargs: object) -> None:
+        save_checkpoint(out_dir, at, *args, **kwargs)
+        if at == step:
+            raise Killed
+
+    return save_then_die
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "tries",
+    [
+        [("save_checkpoint", _kill_after_save_at(8))],  # the evaluation at 8 follows the save
+        [("Trainer.train_step", _signal_at(8))],  # a stop at an eval step: save, then exit
+    ],
+    ids=["killed-after-save-at-eval-step", "preempted-at-eval-step"],
+)
+def test_every_evaluation_is_logged_once_whatever_interrupts_the_run(
+    finished: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tries: list
+) -> None:
+    """Interrupted runs log the same rows as the uninterrupted one: each step and each
+    evaluation once, with the same values (evaluations at 2, 4, ..., 18 and the final one)."""
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)  # no `scontrol requeue` on the stop
+    args = [*finished[0], f"paths.runs={tmp_path}"]
+    for name, fault in tries:
+        with monkeypatch.context() as patch:
+            owner, _, attr = name.rpartition(".")
+            patch.setattr(getattr(trainer, owner) if owner else trainer, attr, fault)
+            with pytest.raises((Killed, Preempted)):
+                train(compose_run(args))
+    record = train(compose_run(args))
+    assert record["status"] == "completed", record["error"]
+    assert record["loss"] == pytest.approx(finished[1]["loss"], abs=1e-6)
+
+    def rows(directory: Path) -> list[tuple]:
+        return [(r["step"], "val_loss" in r, r.get("loss", r.get("val_loss")))
+                for r in metrics_rows(directory)]  # fmt: skip
+
+    got, want = rows(run_dir(compose_run(args))), rows(finished[2])
+    assert [r[:2] for r in got] == [r[:2] for r in want]
+    assert [r[2] for r in got] == pytest.approx([r[2] for r in want], abs=1e-6)

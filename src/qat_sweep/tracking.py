@@ -32,17 +32,23 @@ def wandb_id(sweep: str, run_key: str) -> str:
 
 
 def truncate_metrics(run_dir: Path, last_step: int) -> None:
-    """Drop lines logged after `last_step`: a resumed run logs those steps again."""
+    """Keep the rows that were logged when the checkpoint at `last_step` was saved.
+
+    A resumed run logs the rest again: the steps after `last_step` and the evaluation at
+    `last_step`, which runs after the save (the trainer evaluates again on resuming there).
+    """
     path = Path(run_dir) / METRICS_NAME
     if not path.exists():
         return
     kept = []
     for line in path.read_text().splitlines():
         try:
-            if json.loads(line).get("step", 0) <= last_step:
-                kept.append(line)
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a torn last line from a killed process
+        step = row.get("step", 0)
+        if step < last_step or (step == last_step and "val_loss" not in row):
+            kept.append(line)
     write_atomic(path, "".join(f"{line}\n" for line in kept))
 
 

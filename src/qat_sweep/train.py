@@ -201,6 +201,8 @@ class Trainer:
         )
         try:
             self.model.train()
+            if 0 < state.step < self.setup.total_steps and state.step % self.setup.eval_every == 0:
+                self._log_eval()  # resumed at an eval step: its row came after the save, if at all
             while state.step < self.setup.total_steps:
                 self.train_step()
                 self._at_boundary()
@@ -269,8 +271,12 @@ class Trainer:
             if self.dist.is_main:
                 requeue_slurm_job(stop_signal() or signal.SIGTERM)  # others follow rank 0
             raise Preempted(stop_signal() or signal.SIGTERM)
-        if at_eval:  # its own row (step, tokens, val_loss, per-site stats), as the final one
-            self._log([{k: v for k, v in self.evaluate().items() if k != "_stats"}])
+        if at_eval:
+            self._log_eval()
+
+    def _log_eval(self) -> None:
+        """An evaluation's own row (step, tokens, val_loss, per-site stats), as the final one."""
+        self._log([{k: v for k, v in self.evaluate().items() if k != "_stats"}])
 
     def _log(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
