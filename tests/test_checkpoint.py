@@ -204,14 +204,22 @@ def _kill_after_save_at(step: int) -> Callable[..., None]:
     return save_then_die
 
 
+def _kill_before_the_record(path: Path, record: object) -> None:
+    raise Killed
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "tries",
     [
         [("save_checkpoint", _kill_after_save_at(8))],  # the evaluation at 8 follows the save
         [("Trainer.train_step", _signal_at(8))],  # a stop at an eval step: save, then exit
+        # A stop at the last step leaves a checkpoint there; the final eval row is logged, then
+        # the job dies before the record. The next try trains no step: its record must still be
+        # writable, and the final row logged once.
+        [("Trainer.train_step", _signal_at(20)), ("write_json_atomic", _kill_before_the_record)],
     ],
-    ids=["killed-after-save-at-eval-step", "preempted-at-eval-step"],
+    ids=["killed-after-save-at-eval-step", "preempted-at-eval-step", "final-eval-then-killed"],
 )
 def test_every_evaluation_is_logged_once_whatever_interrupts_the_run(
     finished: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tries: list

@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from qat_sweep.checkpoint import load_latest, remove_checkpoint, save_checkpoint
-from qat_sweep.common import resolve_device, write_json_atomic
+from qat_sweep.common import json_safe, resolve_device, write_json_atomic
 from qat_sweep.config import compose_run, run_dir
 from qat_sweep.data import BatchSchedule, val_batches
 from qat_sweep.distributed import (
@@ -376,7 +376,9 @@ class Trainer:
             val_loss=final["val_loss"],
             finished=datetime.now(UTC).isoformat(timespec="seconds"),
         )
-        record["metrics"] = self._metrics(stats)
+        # A try resumed at the last step trains none: its per-try figures (last loss, tokens/s)
+        # are NaN, which the record's JSON refuses. They become null; the run completes.
+        record["metrics"] = json_safe(self._metrics(stats))
         if self.dist.is_main:
             write_json_atomic(self.out_dir / RECORD_NAME, record)
             if not self.cfg.checkpoint.keep_on_success:
