@@ -17,7 +17,7 @@ import qat_sweep.train as trainer
 from qat_sweep.checkpoint import CORRUPT_DIR, TRAIN_STATE, complete_checkpoints
 from qat_sweep.config import compose_run, run_dir
 from qat_sweep.preemption import Preempted
-from qat_sweep.record import RECORD_NAME
+from qat_sweep.record import RECORD_NAME, read_record
 from qat_sweep.train import train
 
 TINY = [
@@ -245,3 +245,20 @@ def test_every_evaluation_is_logged_once_whatever_interrupts_the_run(
     got, want = rows(run_dir(compose_run(args))), rows(finished[2])
     assert [r[:2] for r in got] == [r[:2] for r in want]
     assert [r[2] for r in got] == pytest.approx([r[2] for r in want], abs=1e-6)
+
+
+def test_a_failure_after_the_completed_record_leaves_it_completed(
+    tmp_path: Path, demo_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record is the system of record: an error in the teardown after it (a process group
+    that fails to close) must not turn it into `failed`, or the next launch retrains the run
+    from scratch (its checkpoints are gone by then)."""
+
+    def broken_teardown() -> None:
+        raise RuntimeError("process group teardown failed")
+
+    monkeypatch.setattr(trainer, "teardown_distributed", broken_teardown)
+    args = [*TINY, "tokens=8192", f"data.dir={demo_data}", f"paths.runs={tmp_path}"]
+    record = train(compose_run(args))
+    assert record["status"] == "completed", record["error"]
+    assert read_record(run_dir(compose_run(args)))["status"] == "completed"

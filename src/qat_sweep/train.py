@@ -84,6 +84,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             setup = validate_run(cfg)
             return Trainer(cfg, setup, out_dir).run()
         except Exception as exc:  # Preempted is a SystemExit: it passes through to SLURM
+            done = read_record(out_dir)
+            if done is not None and done["status"] == "completed":  # it failed after the record
+                print(f"[qat-sweep] run {cfg.run_key} completed; then {exc!r}", file=sys.stderr)
+                return done
             record = base_record(cfg, setup)
             record["status"] = "diverged" if isinstance(exc, Diverged) else "failed"
             record["error"] = f"{type(exc).__name__}: {exc}"
