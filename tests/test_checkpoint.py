@@ -18,6 +18,7 @@ from qat_sweep.checkpoint import CORRUPT_DIR, TRAIN_STATE, complete_checkpoints
 from qat_sweep.config import compose_run, run_dir
 from qat_sweep.preemption import Preempted
 from qat_sweep.record import RECORD_NAME, read_record
+from qat_sweep.tracking import METRICS_NAME
 from qat_sweep.train import train
 
 TINY = [
@@ -262,3 +263,41 @@ def test_a_failure_after_the_completed_record_leaves_it_completed(
     record = train(compose_run(args))
     assert record["status"] == "completed", record["error"]
     assert read_record(run_dir(compose_run(args)))["status"] == "completed"
+
+
+def test_metrics_rows_are_on_disk_before_a_checkpoint_or_the_record_covers_them(
+    tmp_path: Path, demo_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that dies (not only its process) loses what is in its page cache: checkpoints
+    and the record are fsynced, so the metrics rows they cover must be too, or a resume after
+    a node loss starts past rows that are gone."""
+    synced: dict[str, int] = {}  # metrics.jsonl's size at its last fsync
+    fsync = os.fsync
+
+    def fsync_and_note(fd: int) -> None:
+        fsync(fd)
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(METRICS_NAME):
+            synced["size"] = os.fstat(fd).st_size
+
+    def check(out_dir: Path) -> None:
+        assert synced.get("size") == (out_dir / METRICS_NAME).stat().st_size
+
+    save_checkpoint, write_json_atomic = trainer.save_checkpoint, trainer.write_json_atomic
+    saves: list[int] = []
+
+    def checked_save(out_dir: Path, step: int, *args: object, **kwargs: object) -> None:
+        check(out_dir)
+        saves.append(step)
+        save_checkpoint(out_dir, step, *args, **kwargs)
+
+    def checked_record(path: Path, record: object) -> None:
+        check(path.parent)
+        write_json_atomic(path, record)
+
+    monkeypatch.setattr(os, "fsync", fsync_and_note)
+    monkeypatch.setattr(trainer, "save_checkpoint", checked_save)
+    monkeypatch.setattr(trainer, "write_json_atomic", checked_record)
+    args = [*TINY, "tokens=16384", f"data.dir={demo_data}", f"paths.runs={tmp_path}"]
+    record = train(compose_run(args))
+    assert record["status"] == "completed", record["error"]
+    assert saves == [4]

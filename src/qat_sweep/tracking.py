@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from qat_sweep.common import json_safe, write_atomic
+from qat_sweep.common import fsync_dir, json_safe, write_atomic
 from qat_sweep.record import IDENTITY_FIELDS, RECORD_NAME, read_record
 
 METRICS_NAME = "metrics.jsonl"
@@ -211,6 +211,14 @@ class Tracker:
             except Exception as exc:
                 warnings.warn(f"wandb log failed, continuing without it: {exc}", stacklevel=2)
                 self.wandb_run = None
+
+    def sync(self) -> None:
+        """Put the rows logged so far on disk: a checkpoint or record about to cover them is
+        fsynced, and a node that dies takes its page cache (unsynced rows) with it."""
+        if not self.enabled:
+            return
+        os.fsync(self._file.fileno())
+        fsync_dir(self.run_dir)  # the file's own entry, when this try created it
 
     def finish(self, summary: dict[str, Any], exit_code: int = 0) -> None:
         if not self.enabled:

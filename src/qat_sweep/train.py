@@ -342,6 +342,7 @@ class Trainer:
         if self.state.step == 0:
             return  # nothing trained yet: a fresh start is the same run
         keep = int(self.cfg.checkpoint.get("keep", 2))
+        self.tracker.sync()  # the rows this checkpoint covers outlive a node loss with it
         save_checkpoint(
             self.out_dir,
             self.state.step,
@@ -384,6 +385,7 @@ class Trainer:
         # are NaN, which the record's JSON refuses. They become null; the run completes.
         record["metrics"] = json_safe(self._metrics(stats))
         if self.dist.is_main:
+            self.tracker.sync()
             write_json_atomic(self.out_dir / RECORD_NAME, record)
             if not self.cfg.checkpoint.keep_on_success:
                 remove_checkpoint(self.out_dir)
