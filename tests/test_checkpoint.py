@@ -301,3 +301,23 @@ def test_metrics_rows_are_on_disk_before_a_checkpoint_or_the_record_covers_them(
     record = train(compose_run(args))
     assert record["status"] == "completed", record["error"]
     assert saves == [4]
+
+
+def test_a_kill_between_the_record_and_the_checkpoint_removal_leaves_no_checkpoints(
+    tmp_path: Path, demo_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """checkpoint.keep_on_success=false: the next start of the completed run removes them."""
+    args = [*TINY, "tokens=16384", "checkpoint.keep_on_success=false"]
+    args += [f"data.dir={demo_data}", f"paths.runs={tmp_path}"]
+
+    def die(run: Path) -> None:
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "remove_checkpoint", die)
+        with pytest.raises(Killed):
+            train(compose_run(args))
+    directory = run_dir(compose_run(args))
+    assert complete_checkpoints(directory)  # the record is written, the checkpoints are left
+    assert train(compose_run(args))["status"] == "completed"
+    assert not (directory / "checkpoint").exists()

@@ -70,14 +70,14 @@ class Diverged(RuntimeError):
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume, or skip) one run; returns its record. Never raises for a failed run."""
     out_dir = run_dir(cfg)
-    existing = read_record(out_dir)
-    if existing is not None and existing["status"] == "completed":
+    existing = _completed(cfg, out_dir)
+    if existing is not None:
         return existing
     # One trainer per run directory: a second one raises LockHeld naming the holder, before it
     # touches checkpoint or metrics.
     with run_lock(out_dir):
-        existing = read_record(out_dir)  # the previous holder may have just finished it
-        if existing is not None and existing["status"] == "completed":
+        existing = _completed(cfg, out_dir)  # the previous holder may have just finished it
+        if existing is not None:
             return existing
         setup: RunSetup | None = None
         try:
@@ -99,6 +99,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 file=sys.stderr,
             )
             return record
+
+
+def _completed(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
+    """The run's completed record, if any; checkpoints a kill right after it left are removed."""
+    existing = read_record(out_dir)
+    if existing is None or existing["status"] != "completed":
+        return None
+    if not cfg.checkpoint.keep_on_success and int(os.environ.get("RANK", "0")) == 0:
+        remove_checkpoint(out_dir)
+    return existing
 
 
 class Trainer:
