@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from test_train import metrics_rows, train_rows
 
+import qat_sweep.checkpoint as checkpoint
 import qat_sweep.train as trainer
 from qat_sweep.checkpoint import CORRUPT_DIR, TRAIN_STATE, complete_checkpoints
 from qat_sweep.config import compose_run, run_dir
@@ -321,3 +322,29 @@ def test_a_kill_between_the_record_and_the_checkpoint_removal_leaves_no_checkpoi
     assert complete_checkpoints(directory)  # the record is written, the checkpoints are left
     assert train(compose_run(args))["status"] == "completed"
     assert not (directory / "checkpoint").exists()
+
+
+def test_a_save_killed_half_way_is_pruned_with_the_old_checkpoints(
+    tmp_path: Path, demo_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop at step 5 whose save dies half-way leaves step-5.tmp; the resumed run saves
+    steps 8 and on, never 5 again, so the next save must remove it (it is a checkpoint's size)."""
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    args = [*TINY, "tokens=24576", f"data.dir={demo_data}", f"paths.runs={tmp_path}"]
+
+    atomic_open = checkpoint.atomic_open
+
+    def die_at_5(path: Path, *args: object) -> object:  # the train state, after the shards
+        if path.parent.name == "step-000000005.tmp":
+            raise Killed
+        return atomic_open(path, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer.Trainer, "train_step", _signal_at(5))
+        patch.setattr(checkpoint, "atomic_open", die_at_5)
+        with pytest.raises(Killed):
+            train(compose_run(args))
+    root = run_dir(compose_run(args)) / "checkpoint"
+    assert sorted(p.name for p in root.iterdir()) == ["step-000000004", "step-000000005.tmp"]
+    assert train(compose_run(args))["status"] == "completed"
+    assert sorted(p.name for p in root.iterdir()) == ["step-000000004", "step-000000008"]
