@@ -104,6 +104,8 @@ def save_checkpoint(
         fsync_dir(final.parent)
         for old in complete_checkpoints(run_dir)[max(1, keep) :]:
             shutil.rmtree(old, ignore_errors=True)
+        for stale in final.parent.glob("step-*.tmp"):  # saves killed half-way (one trainer here)
+            shutil.rmtree(stale, ignore_errors=True)
     barrier(info)
     return final
 

@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from qat_sweep.common import json_safe, write_atomic
+from qat_sweep.common import fsync_dir, json_safe, write_atomic
 from qat_sweep.record import IDENTITY_FIELDS, RECORD_NAME, read_record
 
 METRICS_NAME = "metrics.jsonl"
@@ -32,17 +32,23 @@ def wandb_id(sweep: str, run_key: str) -> str:
 
 
 def truncate_metrics(run_dir: Path, last_step: int) -> None:
-    """Drop lines logged after `last_step`: a resumed run logs those steps again."""
+    """Keep the rows that were logged when the checkpoint at `last_step` was saved.
+
+    A resumed run logs the rest again: the steps after `last_step` and the evaluation at
+    `last_step`, which runs after the save (the trainer evaluates again on resuming there).
+    """
     path = Path(run_dir) / METRICS_NAME
     if not path.exists():
         return
     kept = []
     for line in path.read_text().splitlines():
         try:
-            if json.loads(line).get("step", 0) <= last_step:
-                kept.append(line)
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a torn last line from a killed process
+        step = row.get("step", 0)
+        if step < last_step or (step == last_step and "val_loss" not in row):
+            kept.append(line)
     write_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
@@ -205,6 +211,14 @@ class Tracker:
             except Exception as exc:
                 warnings.warn(f"wandb log failed, continuing without it: {exc}", stacklevel=2)
                 self.wandb_run = None
+
+    def sync(self) -> None:
+        """Put the rows logged so far on disk: a checkpoint or record about to cover them is
+        fsynced, and a node that dies takes its page cache (unsynced rows) with it."""
+        if not self.enabled:
+            return
+        os.fsync(self._file.fileno())
+        fsync_dir(self.run_dir)  # the file's own entry, when this try created it
 
     def finish(self, summary: dict[str, Any], exit_code: int = 0) -> None:
         if not self.enabled:

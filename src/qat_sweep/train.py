@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from qat_sweep.checkpoint import load_latest, remove_checkpoint, save_checkpoint
-from qat_sweep.common import resolve_device, write_json_atomic
+from qat_sweep.common import json_safe, resolve_device, write_json_atomic
 from qat_sweep.config import compose_run, run_dir
 from qat_sweep.data import BatchSchedule, val_batches
 from qat_sweep.distributed import (
@@ -70,20 +70,24 @@ class Diverged(RuntimeError):
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume, or skip) one run; returns its record. Never raises for a failed run."""
     out_dir = run_dir(cfg)
-    existing = read_record(out_dir)
-    if existing is not None and existing["status"] == "completed":
+    existing = _completed(cfg, out_dir)
+    if existing is not None:
         return existing
     # One trainer per run directory: a second one raises LockHeld naming the holder, before it
     # touches checkpoint or metrics.
     with run_lock(out_dir):
-        existing = read_record(out_dir)  # the previous holder may have just finished it
-        if existing is not None and existing["status"] == "completed":
+        existing = _completed(cfg, out_dir)  # the previous holder may have just finished it
+        if existing is not None:
             return existing
         setup: RunSetup | None = None
         try:
             setup = validate_run(cfg)
             return Trainer(cfg, setup, out_dir).run()
         except Exception as exc:  # Preempted is a SystemExit: it passes through to SLURM
+            done = read_record(out_dir)
+            if done is not None and done["status"] == "completed":  # it failed after the record
+                print(f"[qat-sweep] run {cfg.run_key} completed; then {exc!r}", file=sys.stderr)
+                return done
             record = base_record(cfg, setup)
             record["status"] = "diverged" if isinstance(exc, Diverged) else "failed"
             record["error"] = f"{type(exc).__name__}: {exc}"
@@ -95,6 +99,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 file=sys.stderr,
             )
             return record
+
+
+def _completed(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
+    """The run's completed record, if any; checkpoints a kill right after it left are removed."""
+    existing = read_record(out_dir)
+    if existing is None or existing["status"] != "completed":
+        return None
+    if not cfg.checkpoint.keep_on_success and int(os.environ.get("RANK", "0")) == 0:
+        remove_checkpoint(out_dir)
+    return existing
 
 
 class Trainer:
@@ -201,6 +215,8 @@ class Trainer:
         )
         try:
             self.model.train()
+            if 0 < state.step < self.setup.total_steps and state.step % self.setup.eval_every == 0:
+                self._log_eval()  # resumed at an eval step: its row came after the save, if at all
             while state.step < self.setup.total_steps:
                 self.train_step()
                 self._at_boundary()
@@ -269,8 +285,12 @@ class Trainer:
             if self.dist.is_main:
                 requeue_slurm_job(stop_signal() or signal.SIGTERM)  # others follow rank 0
             raise Preempted(stop_signal() or signal.SIGTERM)
-        if at_eval:  # its own row (step, tokens, val_loss, per-site stats), as the final one
-            self._log([{k: v for k, v in self.evaluate().items() if k != "_stats"}])
+        if at_eval:
+            self._log_eval()
+
+    def _log_eval(self) -> None:
+        """An evaluation's own row (step, tokens, val_loss, per-site stats), as the final one."""
+        self._log([{k: v for k, v in self.evaluate().items() if k != "_stats"}])
 
     def _log(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
@@ -332,6 +352,7 @@ class Trainer:
         if self.state.step == 0:
             return  # nothing trained yet: a fresh start is the same run
         keep = int(self.cfg.checkpoint.get("keep", 2))
+        self.tracker.sync()  # the rows this checkpoint covers outlive a node loss with it
         save_checkpoint(
             self.out_dir,
             self.state.step,
@@ -370,8 +391,11 @@ class Trainer:
             val_loss=final["val_loss"],
             finished=datetime.now(UTC).isoformat(timespec="seconds"),
         )
-        record["metrics"] = self._metrics(stats)
+        # A try resumed at the last step trains none: its per-try figures (last loss, tokens/s)
+        # are NaN, which the record's JSON refuses. They become null; the run completes.
+        record["metrics"] = json_safe(self._metrics(stats))
         if self.dist.is_main:
+            self.tracker.sync()
             write_json_atomic(self.out_dir / RECORD_NAME, record)
             if not self.cfg.checkpoint.keep_on_success:
                 remove_checkpoint(self.out_dir)
