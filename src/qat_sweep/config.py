@@ -240,6 +240,14 @@ def _set_value(tree: dict[str, Any], key: str, value: Any, line: str) -> None:
     node[leaf] = value
 
 
+def _edits_structure(override: Any) -> bool:
+    """Adds, deletes or merges keys (`+k=`, `++k=`, `~k`, `k={...}` / `k=[...]`, which Hydra
+    merges into the node): only Hydra applies these exactly; the fast path sets leaf values."""
+    if override.is_add() or override.is_force_add() or override.is_delete():
+        return True
+    return not override.is_sweep_override() and isinstance(override.value(), dict | list)
+
+
 def compose_tree(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """The plain, unresolved config tree of one run, from Hydra-style `key=value` overrides.
 
@@ -248,22 +256,25 @@ def compose_tree(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     set on a copy of the cached tree: the same config `qat-sweep train` builds, in microseconds.
     """
     parsed = [_parse_override(text) for text in overrides]
+    # A top-level section an override adds to, deletes from or merges into (`model=74M
+    # +model.x=1`): Hydra applies all of that section's overrides, in order; other sections
+    # commute with it, so they keep the fast path.
+    edited = {o.key_or_group.split(".")[0] for o in parsed if _edits_structure(o)}
     choices, values, groups = [], [], {}
     for override, text in zip(parsed, overrides, strict=True):
-        is_group = override.key_or_group in CONFIG_GROUPS and not override.is_add()
-        if is_group and override.value_type is not None and isinstance(override.value(), str):
-            groups[override.key_or_group] = (override.value(), text)
-        elif is_group or override.is_delete() or override.is_add() or override.is_sweep_override():
+        section = override.key_or_group.split(".")[0]
+        is_group = override.key_or_group in CONFIG_GROUPS
+        if section in edited or override.is_sweep_override():
+            choices.append(text)
+        elif is_group and isinstance(override.value(), str):
+            groups[override.key_or_group] = override.value()
+        elif is_group:
             choices.append(text)
         else:
             values.append(override)
-    # A key added to or deleted from a chosen option (`model=74M +model.x=1`): only Hydra can
-    # apply it on top of that option, so the choice goes to Hydra too.
-    edited = {o.key_or_group.split(".")[0] for o in parsed if o.is_add() or o.is_delete()}
-    choices += [groups.pop(group)[1] for group in sorted(edited & groups.keys())]
     dirs = tuple(conf_dirs())
     tree = copy.deepcopy(_compose_groups(tuple(choices), dirs))
-    for group, (option, _) in groups.items():
+    for group, option in groups.items():
         tree[group] = copy.deepcopy(_group_option(group, option, dirs))
     for override in values:
         _set_value(tree, override.key_or_group, override.value(), override.input_line)

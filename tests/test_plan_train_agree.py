@@ -1,0 +1,94 @@
+"""What plan validates is what train runs: plan's fast composition against Hydra's own.
+
+`plan` composes runs without Hydra where it can (`config.compose_tree`); local launches and
+`qat-sweep train` compose with Hydra (`@hydra.main`). For each override list both must give
+the same config and run_key, or refuse it alike, and a sweep's planned runs must be the runs
+the trainer composes from the planned overrides (so `status` finds their records).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+
+from qat_sweep.config import compose_run, compose_tree, plan_config, twin_key
+from qat_sweep.grid import available_sweeps, plan_sweep
+from qat_sweep.presets import CONF_DIR
+
+
+@pytest.fixture
+def hydra_compose() -> Iterator:
+    """Hydra's compose over the packaged conf/, as `@hydra.main` composes a run."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+
+        def composed(overrides: list[str]) -> DictConfig:
+            return compose("train", overrides=list(overrides))
+
+        yield composed
+    GlobalHydra.instance().clear()
+
+
+AGREE = [
+    ["optim.betas=[0.9,0.99]", "model=0.2M"],
+    ["optim.lr=1e-3", "seed=7", "tokens=1e6"],
+    ["quant=w4a4", "quant.group_size=null", "quant.format='fp4'"],
+    ["model.name=${quant.scheme}", "tokens=${model.seq_len}"],  # interpolations as values
+    ["data=npy", "data.paths=[a.npy,b.npy]"],
+    ["++tokens=3M", "++optim.lr=2e-3", "optim=adamw_wsd"],  # ++ on existing keys
+    ["model=0.2M", "++model.dropout=0.1"],  # ++ adds a key as + does
+    ["++seed_note=x"],
+    ["train.loss_smoothing={fraction:0.1}"],  # a dict merges into the node: max_steps stays
+    ["logger.wandb={mode:disabled}", "logger=wandb"],
+    ["model=0.2M", "model.hidden_size={x:1}", "model.hidden_size=64"],  # dict over a leaf
+    ["train.loss_smoothing.fraction=0.2", "train.loss_smoothing={max_steps:9}"],
+    ["quant=w4a4", "quant.group_size=64", "~quant.group_size", "+quant.group_size=32"],
+    ["optim.lr=1", "++optim.lr=2"],
+]
+
+
+@pytest.mark.parametrize("overrides", AGREE)
+def test_plan_composes_the_config_and_run_key_hydra_does(
+    hydra_compose, overrides: list[str]
+) -> None:
+    hydra = hydra_compose(overrides)
+    assert OmegaConf.to_container(compose_run(overrides)) == OmegaConf.to_container(hydra)
+    assert plan_config(overrides)["run_key"] == hydra.run_key
+
+
+REFUSED = [
+    ["train.loss_smoothing={foo:1}"],  # a dict may not add keys to a node
+    ["optim.betas={a:1}"],  # nor merge into a list
+    ["train.loss_smoothing=[1,2]"],  # nor a list into a dict
+    ["model.nope=1"],
+]
+
+
+@pytest.mark.parametrize("overrides", REFUSED)
+def test_plan_refuses_what_hydra_refuses(hydra_compose, overrides: list[str]) -> None:
+    with pytest.raises(HydraException):
+        hydra_compose(overrides)
+    with pytest.raises((ValueError, HydraException)):
+        compose_tree(overrides)
+
+
+@pytest.mark.parametrize("sweep", available_sweeps())
+def test_planned_runs_are_the_runs_train_composes(hydra_compose, sweep: str) -> None:
+    """Each sub-grid's first and last run and twin: the trainer's config, run_key and twin."""
+    runs = plan_sweep(sweep, strict=False)
+    keys = {r.run_key: r for r in runs}
+    picked = {}
+    for run in runs:
+        picked.setdefault(run.subgrid, []).append(run)
+    for group in picked.values():
+        for run in {id(r): r for r in (group[0], group[-1])}.values():
+            cfg = hydra_compose(run.overrides)
+            assert cfg.run_key == run.run_key
+            assert OmegaConf.to_container(cfg, resolve=True) == run.config
+            if run.scheme != "bf16":
+                assert keys[twin_key(cfg)].scheme == "bf16"
