@@ -92,3 +92,66 @@ def test_planned_runs_are_the_runs_train_composes(hydra_compose, sweep: str) -> 
             assert OmegaConf.to_container(cfg, resolve=True) == run.config
             if run.scheme != "bf16":
                 assert keys[twin_key(cfg)].scheme == "bf16"
+
+
+QUANT_CASES = [
+    ["quant=w4a4", "quant.group_size=64"],
+    ["quant=w4a4", "quant.group_size=64.0"],  # a float G: QuantConfig wants an int
+    ["quant=w4a4", "quant.group_size=true"],
+    ["quant=w4a4", "quant.group_size=channel", "quant.format=fp4"],
+    ["quant=w4a4", "quant.act_quantizer=lac"],
+    ["quant=w4a4", "quant.act_quantizer=foo"],
+    ["quant=bf16", "quant.act_quantizer=foo"],  # checked for BF16 too
+    ["quant=w4a4_fc2a8", "quant.fc2_format=int4"],
+    ["quant=w4a4", "quant.fc2_format=bad"],
+    ["quant=w4a4", "+quant.note=x"],  # QuantConfig has no such field
+    ["quant=w4a4", "~quant.act_quantizer"],  # a field left to its default
+    ["quant=w4a4", "quant.format=int8"],
+    ["quant=w4a4", "quant.group_size=48"],
+]
+
+
+@pytest.mark.parametrize("overrides", QUANT_CASES)
+def test_plan_refuses_the_quant_configs_the_trainer_refuses(overrides: list[str]) -> None:
+    """plan's torch-free model/quant checks against the trainer's QuantConfig and validate."""
+    from qat_sweep.model import validate
+    from qat_sweep.presets import model_config_from
+    from qat_sweep.schemes import quant_config_from
+    from qat_sweep.validation import run_problems
+
+    config = plan_config(overrides)
+    try:
+        model = model_config_from(config["model"])
+        validate(model, quant_config_from(config["quant"]), model.vocab_size or 1)
+        trainer_refuses = False
+    except ValueError:
+        trainer_refuses = True
+    assert bool(run_problems(config)) == trainer_refuses
+
+
+def test_plan_refuses_a_scheme_file_naming_a_scheme_the_trainer_lacks(
+    tmp_path, monkeypatch
+) -> None:
+    """A user's conf/quant/w8a8.yaml is a quant option, but w8a8 is no scheme of the trainer."""
+    from qat_sweep.validation import run_problems
+
+    (tmp_path / "conf" / "quant").mkdir(parents=True)
+    text = "scheme: w8a8\nformat: int4\ngroup_size: 32\nact_quantizer: auto\nfc2_format: int8\n"
+    (tmp_path / "conf" / "quant" / "w8a8.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    assert run_problems(plan_config(["quant=w8a8"])) == [
+        "unknown scheme 'w8a8'; allowed: bf16, w4a4, w4a16, w16a4, w4a4_fc2a8, w16a4_fc2a8"
+    ]
+
+
+def test_plan_quant_names_are_the_trainers() -> None:
+    import dataclasses
+
+    from qat_sweep import quantize, schemes, validation
+
+    fields = {f.name: f.default for f in dataclasses.fields(schemes.QuantConfig)}
+    assert fields == {"scheme": dataclasses.MISSING, **validation.QUANT_DEFAULTS}
+    assert tuple(schemes.SCHEMES) == validation.QUANT_SCHEMES
+    assert validation.QUANT_FORMATS == schemes.WEIGHT_FORMATS
+    assert validation.ACT_QUANTIZERS == schemes.ACT_QUANTIZERS
+    assert set(validation.FC2_FORMATS) == set(quantize.FORMATS)
