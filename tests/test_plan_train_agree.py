@@ -8,6 +8,7 @@ the trainer composes from the planned overrides (so `status` finds their records
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -155,3 +156,21 @@ def test_plan_quant_names_are_the_trainers() -> None:
     assert validation.QUANT_FORMATS == schemes.WEIGHT_FORMATS
     assert validation.ACT_QUANTIZERS == schemes.ACT_QUANTIZERS
     assert set(validation.FC2_FORMATS) == set(quantize.FORMATS)
+
+
+EXECUTION_OVERRIDES = ["train.device=cpu", "train.threads=1", "checkpoint.every_minutes=5"]
+EXECUTION_OVERRIDES += ["logger.wandb.mode=offline", "paths.data=/scratch/data", "eval.batches=2"]
+
+
+def test_a_profile_sets_only_how_runs_execute() -> None:
+    """Runs keep their run_key whatever profile launches them, so `status` (which takes no
+    profile) finds them; a profile override that would change it is refused by name."""
+    from qat_sweep.profiles import profile_from_dict
+
+    profile = profile_from_dict("x", {"kind": "local", "overrides": EXECUTION_OVERRIDES})
+    base = ["model=0.2M", "quant=w4a4", "quant.group_size=32"]
+    key = plan_config(base)["run_key"]
+    assert plan_config([*base, *profile.train_overrides()])["run_key"] == key
+    for bad in ["seed=3", "data=custom", "+model.x=1", "train.seq_len=64", "sweep_name=other"]:
+        with pytest.raises(ValueError, match=re.escape(f"overrides: {bad!r} sets ")):
+            profile_from_dict("x", {"kind": "local", "overrides": [bad]}, source="x.yaml")

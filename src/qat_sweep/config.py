@@ -39,6 +39,21 @@ _EXECUTION_KEYS = ("paths", "logger", "eval", "checkpoint", "sweep_name", "run_k
 _EXECUTION_KEYS += ("subgrid", "holdout")  # plan membership: a run's place, not its result
 _EXECUTION_TRAIN_KEYS = ("micro_batch_seqs", "device", "compile", "threads")
 _EXECUTION_TRAIN_KEYS += ("parallelism", "activation_checkpointing")
+# What a launch profile may set: execution keys, but not a run's place (plan sets those).
+PROFILE_KEYS = (
+    "paths",
+    "logger",
+    "eval",
+    "checkpoint",
+    *(f"train.{k}" for k in _EXECUTION_TRAIN_KEYS),
+)
+
+
+def is_profile_key(key: str) -> bool:
+    """Whether a dotted config key may be set by a launch profile: it changes how a run
+    executes, not its run_key, sweep_name or sub-grid (what `status` finds it by)."""
+    top, _, rest = key.partition(".")
+    return top in PROFILE_KEYS or f"{top}.{rest.split('.')[0]}" in PROFILE_KEYS
 
 
 def _format_lr(lr: float) -> str:

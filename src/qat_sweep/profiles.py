@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from qat_sweep.common import structured_fields
+from qat_sweep.config import PROFILE_KEYS, is_profile_key
 from qat_sweep.config_dirs import describe_dirs, options, search_dirs
 from qat_sweep.slurm_limits import PartitionLimits, partition_limits, slurm_output
 
@@ -162,6 +163,14 @@ def _value_problems(name: str, values: dict[str, Any]) -> list[str]:
     if values["wandb_mode"] is not None and values["wandb_mode"] not in WANDB_MODES:
         problems.append(f"wandb_mode must be one of {list(WANDB_MODES)} or null")
     problems += _gpu_problems(values, "")
+    for override in values["overrides"]:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if not is_profile_key(key):
+            problems.append(
+                f"overrides: {override!r} sets {key}, which changes the runs' identity "
+                f"(run_key) or place; a profile sets only how runs execute "
+                f"({', '.join(PROFILE_KEYS)}): put it in the sweep file or on the command line"
+            )
     for i, entry in enumerate(values["resources"]):
         problems += _resource_problems(entry, f"resources[{i}].")
     return problems
