@@ -174,3 +174,18 @@ def test_a_profile_sets_only_how_runs_execute() -> None:
     for bad in ["seed=3", "data=custom", "+model.x=1", "train.seq_len=64", "sweep_name=other"]:
         with pytest.raises(ValueError, match=re.escape(f"overrides: {bad!r} sets ")):
             profile_from_dict("x", {"kind": "local", "overrides": [bad]}, source="x.yaml")
+
+
+def test_status_looks_where_the_profile_put_the_runs(tmp_path, monkeypatch, capsys) -> None:
+    """`launch ... launcher=P` runs under P's paths.runs; `status ... launcher=P` looks there."""
+    import json
+
+    from qat_sweep.dispatch import status_main
+
+    (tmp_path / "launchers").mkdir()
+    profile = f"kind: local\noverrides: [paths.runs={tmp_path}/scratch]\n"
+    (tmp_path / "launchers" / "scratch.yaml").write_text(profile)
+    monkeypatch.chdir(tmp_path)
+    assert status_main(["sweep=demo", "launcher=scratch", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and all(r["run_dir"].startswith(f"{tmp_path}/scratch/demo/") for r in rows)
