@@ -189,3 +189,39 @@ def test_status_looks_where_the_profile_put_the_runs(tmp_path, monkeypatch, caps
     assert status_main(["sweep=demo", "launcher=scratch", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows and all(r["run_dir"].startswith(f"{tmp_path}/scratch/demo/") for r in rows)
+
+
+@pytest.mark.parametrize(
+    "override, refused",
+    [
+        ("train.compile=ture", True),
+        ("train.compile=true", False),
+        ("train.compile=False", False),
+        ("train.threads=-2", True),
+        ("train.threads=many", True),
+        ("train.threads=0", False),  # 0 and null: torch's default
+        ("train.threads=2", False),
+    ],
+)
+def test_plan_refuses_the_execution_settings_the_trainer_refuses(
+    override: str, refused: bool
+) -> None:
+    """train.compile and train.threads are read when the trainer starts, after submission."""
+    import torch
+
+    from qat_sweep.model import compile_enabled
+    from qat_sweep.validation import config_problems
+
+    train = plan_config([override])["train"]
+    threads = torch.get_num_threads()
+    try:
+        compile_enabled(train["compile"], "cpu")
+        if train["threads"]:
+            torch.set_num_threads(int(train["threads"]))
+        trainer_refuses = False
+    except (ValueError, RuntimeError):
+        trainer_refuses = True
+    finally:
+        torch.set_num_threads(threads)
+    assert trainer_refuses == refused
+    assert bool(config_problems(plan_config([override]))) == refused

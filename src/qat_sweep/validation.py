@@ -12,7 +12,7 @@ from typing import Any
 
 from hydra.errors import HydraException
 
-from qat_sweep.common import DEVICES
+from qat_sweep.common import COMPILE_SETTINGS, DEVICES
 from qat_sweep.config import compose_tree, parse_tokens, resolve_tree, run_key
 from qat_sweep.config_dirs import options
 from qat_sweep.presets import ModelConfig, available_presets, conf_dirs, model_config_from
@@ -138,6 +138,18 @@ def config_problems(config: dict[str, Any], gpus: int | None = None) -> list[str
         problems.append(
             "train.device='cuda' but the launch profile gives each run no GPU "
             "(gpus_per_node: 0); use train.device=cpu or auto, or a profile with GPUs"
+        )
+    compile_setting = _get(config, "train.compile")
+    if compile_setting is not _MISSING and str(compile_setting).lower() not in COMPILE_SETTINGS:
+        problems.append(
+            f"train.compile={compile_setting!r}: allowed: {', '.join(COMPILE_SETTINGS)}"
+        )
+    threads = _get(config, "train.threads")
+    n_threads = _number(threads, integer=True)
+    if threads not in (None, _MISSING) and (n_threads is None or n_threads < 0):
+        problems.append(
+            f"train.threads={threads!r}: must be null or 0 (torch's default) or a whole "
+            "number of threads >= 1"
         )
     batch = _number(_get(config, "optim.batch_seqs"), integer=True)
     seq_len = _number(_get(config, "train.seq_len"), integer=True)
