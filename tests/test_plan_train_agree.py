@@ -225,3 +225,32 @@ def test_plan_refuses_the_execution_settings_the_trainer_refuses(
         torch.set_num_threads(threads)
     assert trainer_refuses == refused
     assert bool(config_problems(plan_config([override]))) == refused
+
+
+VALUES = ["true", "null", "a,b", "x=y", "it's", "[1]", "é", "a\\b", "a\\", " lead", "2M", 1e-3]
+VALUES += [None, True, 3, [0.9, 0.95], ["a b", "true"], {"fraction": 0.1}, [{"max_steps": 9}]]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=repr)
+def test_a_sweep_value_reaches_the_run_unchanged(value) -> None:
+    """A sweep file's axis value, written as an override, is the value Hydra gives the run."""
+    import json
+
+    from qat_sweep.config import parse_override
+    from qat_sweep.sweep import override_value
+
+    parsed = parse_override(f"k={override_value(value)}").value()
+    assert json.dumps(parsed) == json.dumps(value)  # 1 vs 1.0, "true" vs true differ
+
+
+def test_hydra_launcher_setup_is_the_submitit_setup() -> None:
+    """The two launch paths run the same setup lines, backslashes and quotes included."""
+    from qat_sweep.config import parse_override
+    from qat_sweep.profiles import executor_parameters, hydra_launcher_overrides, profile_from_dict
+
+    setup = ["sed -e 's/\\./_/g' x", 'echo "$HOME" \\', "cd C:\\\\", "echo it\\'s"]
+    profile = profile_from_dict("x", {"kind": "slurm", "setup": setup, "partition": "a,b"})
+    given = dict(o.split("=", 1) for o in hydra_launcher_overrides(profile) if "=" in o)
+    params = executor_parameters(profile)
+    assert parse_override("k=" + given["hydra.launcher.setup"]).value() == params["slurm_setup"]
+    assert parse_override("k=" + given["hydra.launcher.partition"]).value() == "a,b"

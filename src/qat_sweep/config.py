@@ -239,8 +239,29 @@ def _group_option(group: str, option: str, dirs: tuple[Path, ...]) -> Any:
 
 
 @lru_cache(maxsize=4096)
-def _parse_override(text: str) -> Any:
+def parse_override(text: str) -> Any:
+    """One `key=value` override as Hydra's grammar reads it (an `Override`)."""
     return OverridesParser.create().parse_overrides([text])[0]
+
+
+def hydra_value(value: Any) -> str:
+    """A YAML value in Hydra's override grammar, read back as the same value: strings quoted.
+
+    Inside quotes Hydra unescapes only backslashes before a quote (or the closing quote),
+    so only those are doubled.
+    """
+    if isinstance(value, str):
+        escaped = re.sub(r"(\\*)('|\Z)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value)
+        return f"'{escaped}'"
+    if isinstance(value, list):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _set_value(tree: dict[str, Any], key: str, value: Any, line: str) -> None:
@@ -270,7 +291,7 @@ def compose_tree(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     rest composed and cached); plain values are parsed with Hydra's own override grammar and
     set on a copy of the cached tree: the same config `qat-sweep train` builds, in microseconds.
     """
-    parsed = [_parse_override(text) for text in overrides]
+    parsed = [parse_override(text) for text in overrides]
     # A top-level section an override adds to, deletes from or merges into (`model=74M
     # +model.x=1`): Hydra applies all of that section's overrides, in order; other sections
     # commute with it, so they keep the fast path.

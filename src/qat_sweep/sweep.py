@@ -9,7 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qat_sweep.config import SWEEP_KEY, identity_fields, plan_config, run_dir, twin_key
+from hydra.errors import HydraException
+
+from qat_sweep.config import (
+    SWEEP_KEY,
+    hydra_value,
+    identity_fields,
+    parse_override,
+    plan_config,
+    run_dir,
+    twin_key,
+)
 
 TWIN_SUBGRID = "bf16_twins"
 
@@ -93,14 +103,17 @@ class PlanError(ValueError):
 
 
 def override_value(value: Any) -> str:
-    """A YAML value as it is written on the Hydra command line."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list | dict):
-        return json.dumps(value)
-    return str(value)
+    """A YAML value as it is written on the Hydra command line: plainly (`channel`, `1e-3`,
+    `[0.9, 0.95]`) where Hydra reads that back as the value, else quoted (`'true'`, `'a,b'`)."""
+    if value is None or isinstance(value, bool | dict):
+        return hydra_value(value)
+    plain = json.dumps(value) if isinstance(value, list) else str(value)
+    try:
+        read = parse_override(f"k={plain}").value()  # a,b reads as a sweep: no JSON
+        same = json.dumps(read, default=repr) == json.dumps(value)
+    except HydraException:
+        same = False
+    return plain if same else hydra_value(value)
 
 
 def _is_quant_key(override: str) -> bool:
