@@ -254,3 +254,24 @@ def test_hydra_launcher_setup_is_the_submitit_setup() -> None:
     params = executor_parameters(profile)
     assert parse_override("k=" + given["hydra.launcher.setup"]).value() == params["slurm_setup"]
     assert parse_override("k=" + given["hydra.launcher.partition"]).value() == "a,b"
+
+
+def test_an_axis_key_of_the_chosen_group_option_is_known(tmp_path, hydra_compose) -> None:
+    """`data.paths` exists once data=npy is chosen (by the file or an axis): plan takes it."""
+    from qat_sweep.grid import load_sweep
+    from qat_sweep.sweep import PlanError
+
+    text = """overrides: [data=npy, data.vocab_size=512, data.eos_token_id=0, logger=none]
+twins: false
+subgrids:
+  a: {model: 0.2M, tokens: 2M, "data.paths": [[/x/a.npy], [/x/b.npy]]}
+  b: {model: 0.2M, tokens: 2M, data: npy, data.tokenizer: [x, y]}
+"""
+    (tmp_path / "npy_axes.yaml").write_text(text)
+    runs = plan_sweep(str(tmp_path / "npy_axes.yaml"), strict=False)
+    assert [r.config["data"]["paths"] for r in runs[:2]] == [["/x/a.npy"], ["/x/b.npy"]]
+    for run in runs:
+        assert hydra_compose(run.overrides).run_key == run.run_key
+    (tmp_path / "typo.yaml").write_text("subgrids: {a: {model: 0.2M, data.pathz: [[a]]}}\n")
+    with pytest.raises(PlanError, match=r"subgrids.a.data.pathz: unknown config key"):
+        load_sweep(str(tmp_path / "typo.yaml"))
