@@ -275,3 +275,21 @@ subgrids:
     (tmp_path / "typo.yaml").write_text("subgrids: {a: {model: 0.2M, data.pathz: [[a]]}}\n")
     with pytest.raises(PlanError, match=r"subgrids.a.data.pathz: unknown config key"):
         load_sweep(str(tmp_path / "typo.yaml"))
+
+
+def test_hydra_sees_the_users_conf_as_plan_does(tmp_path, monkeypatch) -> None:
+    """A preset in ./conf/model is found by Hydra (train, local launches) as by plan, also in an
+    editable install, where Hydra's scan of the hydra_plugins package misses our plugin."""
+    import qat_sweep.config  # noqa: F401  (what train imports before Hydra starts)
+
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    preset = (CONF_DIR / "model" / "0.2M.yaml").read_text().replace("name: 0.2M", "name: tiny")
+    (tmp_path / "conf" / "model" / "tiny.yaml").write_text(preset)
+    monkeypatch.chdir(tmp_path)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            assert compose("train", overrides=["model=tiny"]).model.name == "tiny"
+    finally:
+        GlobalHydra.instance().clear()
+    assert plan_config(["model=tiny"])["model"]["name"] == "tiny"

@@ -19,9 +19,11 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from hydra_plugins.qat_sweep_conf import QatSweepUserConf
 from qat_sweep.common import format_count
 from qat_sweep.common import parse_tokens as parse_tokens  # re-exported: plan and train parse here
 from qat_sweep.config_dirs import find
@@ -166,6 +168,10 @@ def _run_key_resolver(*, _root_: DictConfig) -> str:
 
 if not OmegaConf.has_resolver("qat_run_key"):
     OmegaConf.register_new_resolver("qat_run_key", _run_key_resolver)
+# Hydra finds plugins by walking the hydra_plugins package, which an editable install hides
+# behind an import hook: registered here, Hydra (train, local launches) puts the user's conf/
+# first as plan does, however the project is installed.
+Plugins.instance().register(QatSweepUserConf)
 
 
 def run_dir(config: DictConfig | Mapping[str, Any]) -> Path:
