@@ -9,13 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hydra.errors import HydraException
-
 from qat_sweep.config import (
     SWEEP_KEY,
     hydra_value,
     identity_fields,
-    parse_override,
     plan_config,
     run_dir,
     twin_key,
@@ -103,17 +100,10 @@ class PlanError(ValueError):
 
 
 def override_value(value: Any) -> str:
-    """A YAML value as it is written on the Hydra command line: plainly (`channel`, `1e-3`,
-    `[0.9, 0.95]`) where Hydra reads that back as the value, else quoted (`'true'`, `'a,b'`)."""
-    if value is None or isinstance(value, bool | dict):
-        return hydra_value(value)
-    plain = json.dumps(value) if isinstance(value, list) else str(value)
-    try:
-        read = parse_override(f"k={plain}").value()  # a,b reads as a sweep: no JSON
-        same = json.dumps(read, default=repr) == json.dumps(value)
-    except HydraException:
-        same = False
-    return plain if same else hydra_value(value)
+    """A YAML value as it is written on the Hydra command line, in Hydra's grammar (JSON's
+    {"k": v} is no Hydra dict). A string is override text (`2M`, `channel`: `suggest` writes
+    values so); in a list or dict it stays a string."""
+    return str(value) if isinstance(value, str) else hydra_value(value)
 
 
 def _is_quant_key(override: str) -> bool:
