@@ -160,6 +160,7 @@ def parse_bool(value: Any) -> bool:
 
 # Which GPU a process uses is its local rank's (or CUDA_VISIBLE_DEVICES'), never an index here.
 DEVICES = ("auto", "cpu", "cuda")
+COMPILE_SETTINGS = ("auto", "true", "false")  # train.compile, any case (YAML true is a bool)
 
 
 def resolve_device(value: Any, key: str = "device") -> str:

@@ -19,9 +19,11 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from hydra_plugins.qat_sweep_conf import QatSweepUserConf
 from qat_sweep.common import format_count
 from qat_sweep.common import parse_tokens as parse_tokens  # re-exported: plan and train parse here
 from qat_sweep.config_dirs import find
@@ -39,6 +41,21 @@ _EXECUTION_KEYS = ("paths", "logger", "eval", "checkpoint", "sweep_name", "run_k
 _EXECUTION_KEYS += ("subgrid", "holdout")  # plan membership: a run's place, not its result
 _EXECUTION_TRAIN_KEYS = ("micro_batch_seqs", "device", "compile", "threads")
 _EXECUTION_TRAIN_KEYS += ("parallelism", "activation_checkpointing")
+# What a launch profile may set: execution keys, but not a run's place (plan sets those).
+PROFILE_KEYS = (
+    "paths",
+    "logger",
+    "eval",
+    "checkpoint",
+    *(f"train.{k}" for k in _EXECUTION_TRAIN_KEYS),
+)
+
+
+def is_profile_key(key: str) -> bool:
+    """Whether a dotted config key may be set by a launch profile: it changes how a run
+    executes, not its run_key, sweep_name or sub-grid (what `status` finds it by)."""
+    top, _, rest = key.partition(".")
+    return top in PROFILE_KEYS or f"{top}.{rest.split('.')[0]}" in PROFILE_KEYS
 
 
 def _format_lr(lr: float) -> str:
@@ -151,6 +168,10 @@ def _run_key_resolver(*, _root_: DictConfig) -> str:
 
 if not OmegaConf.has_resolver("qat_run_key"):
     OmegaConf.register_new_resolver("qat_run_key", _run_key_resolver)
+# Hydra finds plugins by walking the hydra_plugins package, which an editable install hides
+# behind an import hook: registered here, Hydra (train, local launches) puts the user's conf/
+# first as plan does, however the project is installed.
+Plugins.instance().register(QatSweepUserConf)
 
 
 def run_dir(config: DictConfig | Mapping[str, Any]) -> Path:
@@ -224,8 +245,29 @@ def _group_option(group: str, option: str, dirs: tuple[Path, ...]) -> Any:
 
 
 @lru_cache(maxsize=4096)
-def _parse_override(text: str) -> Any:
+def parse_override(text: str) -> Any:
+    """One `key=value` override as Hydra's grammar reads it (an `Override`)."""
     return OverridesParser.create().parse_overrides([text])[0]
+
+
+def hydra_value(value: Any) -> str:
+    """A YAML value in Hydra's override grammar, read back as the same value: strings quoted.
+
+    Inside quotes Hydra unescapes only backslashes before a quote (or the closing quote),
+    so only those are doubled.
+    """
+    if isinstance(value, str):
+        escaped = re.sub(r"(\\*)('|\Z)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value)
+        return f"'{escaped}'"
+    if isinstance(value, list):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _set_value(tree: dict[str, Any], key: str, value: Any, line: str) -> None:
@@ -240,6 +282,14 @@ def _set_value(tree: dict[str, Any], key: str, value: Any, line: str) -> None:
     node[leaf] = value
 
 
+def _edits_structure(override: Any) -> bool:
+    """Adds, deletes or merges keys (`+k=`, `++k=`, `~k`, `k={...}` / `k=[...]`, which Hydra
+    merges into the node): only Hydra applies these exactly; the fast path sets leaf values."""
+    if override.is_add() or override.is_force_add() or override.is_delete():
+        return True
+    return not override.is_sweep_override() and isinstance(override.value(), dict | list)
+
+
 def compose_tree(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """The plain, unresolved config tree of one run, from Hydra-style `key=value` overrides.
 
@@ -247,23 +297,26 @@ def compose_tree(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     rest composed and cached); plain values are parsed with Hydra's own override grammar and
     set on a copy of the cached tree: the same config `qat-sweep train` builds, in microseconds.
     """
-    parsed = [_parse_override(text) for text in overrides]
+    parsed = [parse_override(text) for text in overrides]
+    # A top-level section an override adds to, deletes from or merges into (`model=74M
+    # +model.x=1`): Hydra applies all of that section's overrides, in order; other sections
+    # commute with it, so they keep the fast path.
+    edited = {o.key_or_group.split(".")[0] for o in parsed if _edits_structure(o)}
     choices, values, groups = [], [], {}
     for override, text in zip(parsed, overrides, strict=True):
-        is_group = override.key_or_group in CONFIG_GROUPS and not override.is_add()
-        if is_group and override.value_type is not None and isinstance(override.value(), str):
-            groups[override.key_or_group] = (override.value(), text)
-        elif is_group or override.is_delete() or override.is_add() or override.is_sweep_override():
+        section = override.key_or_group.split(".")[0]
+        is_group = override.key_or_group in CONFIG_GROUPS
+        if section in edited or override.is_sweep_override():
+            choices.append(text)
+        elif is_group and isinstance(override.value(), str):
+            groups[override.key_or_group] = override.value()
+        elif is_group:
             choices.append(text)
         else:
             values.append(override)
-    # A key added to or deleted from a chosen option (`model=74M +model.x=1`): only Hydra can
-    # apply it on top of that option, so the choice goes to Hydra too.
-    edited = {o.key_or_group.split(".")[0] for o in parsed if o.is_add() or o.is_delete()}
-    choices += [groups.pop(group)[1] for group in sorted(edited & groups.keys())]
     dirs = tuple(conf_dirs())
     tree = copy.deepcopy(_compose_groups(tuple(choices), dirs))
-    for group, (option, _) in groups.items():
+    for group, option in groups.items():
         tree[group] = copy.deepcopy(_group_option(group, option, dirs))
     for override in values:
         _set_value(tree, override.key_or_group, override.value(), override.input_line)

@@ -324,10 +324,12 @@ def _watch_period(value: str | None) -> float:
 
 
 def status_main(argv: list[str]) -> int:
-    """``qat-sweep status sweep=NAME [--json] [--watch[=SECONDS]] [overrides...]``."""
+    """``qat-sweep status sweep=NAME [launcher=PROFILE] [--json] [--watch[=SECONDS]] [overrides...]``."""
     try:
         sweep, options, flags, overrides = parse_cli(argv, ("--json", "--watch"))
         every = _watch_period(options.get("--watch"))
+        if "launcher" in options:  # the runs as launched with it: under its paths.runs
+            overrides = [*overrides, *load_profile(options["launcher"]).train_overrides()]
         runs = plan_sweep(sweep, overrides, strict=False)
     except PlanError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -102,7 +102,7 @@ def load_sweep(name: str) -> SweepSpec:
             if not values:
                 problems.append(f"subgrids.{sub}.{key}: empty axis (give at least one value)")
             parsed[str(sub)][str(key)] = values
-    problems += _unknown_axis_keys(parsed)
+    problems += _unknown_axis_keys(parsed, overrides)
     holdout = raw.get("holdout") or []
     holdout = holdout if isinstance(holdout, list) else [holdout]
     problems += [
@@ -125,20 +125,45 @@ def holdout_keys(name: str, extra_overrides: list[str] | tuple[str, ...] = ()) -
     return {r.run_key for r in runs} | {twin_key(r.config) for r in runs}
 
 
-def _unknown_axis_keys(subgrids: dict[str, dict[str, list[Any]]]) -> list[str]:
-    base = OmegaConf.create(compose_tree([]))
+def _unknown_axis_keys(
+    subgrids: dict[str, dict[str, list[Any]]], overrides: list[str]
+) -> list[str]:
+    """Axis keys no run of the file can set: in neither the config its shared overrides
+    compose nor any option of the key's config group (`data.paths` once a run picks data=npy).
+    A run whose own group option lacks the key is refused when that run is composed."""
+    try:
+        base = OmegaConf.create(compose_tree(overrides))
+    except (ValueError, HydraException):  # reported per run, with the run
+        base = OmegaConf.create(compose_tree([]))
     problems = []
     for sub, axes in subgrids.items():
         for key in axes:
-            if key.startswith("+") or key in CONFIG_GROUPS:
+            if key.startswith("+") or key in CONFIG_GROUPS or _has_key(base, key):
                 continue
-            if OmegaConf.select(base, key, default="__missing__") == "__missing__":
+            if not _in_some_option(key):
                 problems.append(
                     f"subgrids.{sub}.{key}: unknown config key (config groups: "
                     f"{', '.join(CONFIG_GROUPS)}; or any key of conf/train.yaml such as tokens, "
                     f"seed, optim.lr, quant.group_size; prefix '+' to add a new key)"
                 )
     return problems
+
+
+def _has_key(config: Any, key: str) -> bool:
+    return OmegaConf.select(config, key, default="__missing__") != "__missing__"
+
+
+def _in_some_option(key: str) -> bool:
+    group, _, rest = key.partition(".")
+    if group not in CONFIG_GROUPS or not rest:
+        return False
+    for option in options(conf_dirs(), group):
+        try:
+            if _has_key(OmegaConf.create(compose_tree([f"{group}={option}"])[group]), rest):
+                return True
+        except (ValueError, HydraException):
+            continue  # a broken option file: the runs that choose it say so
+    return False
 
 
 def load_yaml(path: Path, error: type[Exception]) -> Any:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from qat_sweep.common import COMPILE_SETTINGS
 from qat_sweep.presets import ModelConfig
 from qat_sweep.quantize import get_format
 from qat_sweep.schemes import QuantConfig, make_act_quantizer, make_linear
@@ -198,8 +199,8 @@ class Transformer(nn.Module):
 def compile_enabled(setting: object, device_type: str) -> bool:
     """``train.compile``: ``auto`` compiles on CUDA (where it pays) and not on CPU."""
     value = str(setting).lower()
-    if value not in ("auto", "true", "false"):
-        raise ValueError(f"train.compile={setting!r}; allowed: auto, true, false")
+    if value not in COMPILE_SETTINGS:
+        raise ValueError(f"train.compile={setting!r}; allowed: {', '.join(COMPILE_SETTINGS)}")
     return device_type == "cuda" if value == "auto" else value == "true"
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from qat_sweep.common import structured_fields
+from qat_sweep.config import PROFILE_KEYS, hydra_value, is_profile_key
 from qat_sweep.config_dirs import describe_dirs, options, search_dirs
 from qat_sweep.slurm_limits import PartitionLimits, partition_limits, slurm_output
 
@@ -162,6 +163,14 @@ def _value_problems(name: str, values: dict[str, Any]) -> list[str]:
     if values["wandb_mode"] is not None and values["wandb_mode"] not in WANDB_MODES:
         problems.append(f"wandb_mode must be one of {list(WANDB_MODES)} or null")
     problems += _gpu_problems(values, "")
+    for override in values["overrides"]:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if not is_profile_key(key):
+            problems.append(
+                f"overrides: {override!r} sets {key}, which changes the runs' identity "
+                f"(run_key) or place; a profile sets only how runs execute "
+                f"({', '.join(PROFILE_KEYS)}): put it in the sweep file or on the command line"
+            )
     for i, entry in enumerate(values["resources"]):
         problems += _resource_problems(entry, f"resources[{i}].")
     return problems
@@ -274,25 +283,12 @@ def hydra_launcher_overrides(profile: LaunchProfile) -> list[str]:
         out.append(f"hydra.launcher.mem_gb={int(profile.mem_gb)}")
     for key in ("partition", "account", "qos", "constraint", "exclude"):
         if getattr(profile, key) is not None:
-            out.append(f"hydra.launcher.{key}={_hydra_value(getattr(profile, key))}")
+            out.append(f"hydra.launcher.{key}={hydra_value(getattr(profile, key))}")
     if "slurm_setup" in params:
-        out.append(f"hydra.launcher.setup={_hydra_value(params['slurm_setup'])}")
+        out.append(f"hydra.launcher.setup={hydra_value(params['slurm_setup'])}")
     for key, value in params["slurm_additional_parameters"].items():  # a struct dict: add keys
-        out.append(f"+hydra.launcher.additional_parameters.{key}={_hydra_value(value)}")
+        out.append(f"+hydra.launcher.additional_parameters.{key}={hydra_value(value)}")
     return out + profile.train_overrides()
-
-
-def _hydra_value(value: Any) -> str:
-    """A value in Hydra's override grammar (JSON strings are valid quoted Hydra strings)."""
-    if isinstance(value, list):
-        return "[" + ",".join(_hydra_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{_hydra_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _shell_quote(value: str) -> str:

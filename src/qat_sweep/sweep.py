@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qat_sweep.config import SWEEP_KEY, identity_fields, plan_config, run_dir, twin_key
+from qat_sweep.config import (
+    SWEEP_KEY,
+    hydra_value,
+    identity_fields,
+    plan_config,
+    run_dir,
+    twin_key,
+)
 
 TWIN_SUBGRID = "bf16_twins"
 
@@ -93,14 +100,10 @@ class PlanError(ValueError):
 
 
 def override_value(value: Any) -> str:
-    """A YAML value as it is written on the Hydra command line."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list | dict):
-        return json.dumps(value)
-    return str(value)
+    """A YAML value as it is written on the Hydra command line, in Hydra's grammar (JSON's
+    {"k": v} is no Hydra dict). A string is override text (`2M`, `channel`: `suggest` writes
+    values so); in a list or dict it stays a string."""
+    return str(value) if isinstance(value, str) else hydra_value(value)
 
 
 def _is_quant_key(override: str) -> bool:

@@ -12,13 +12,24 @@ from typing import Any
 
 from hydra.errors import HydraException
 
-from qat_sweep.common import DEVICES
+from qat_sweep.common import COMPILE_SETTINGS, DEVICES
 from qat_sweep.config import compose_tree, parse_tokens, resolve_tree, run_key
 from qat_sweep.config_dirs import options
 from qat_sweep.presets import ModelConfig, available_presets, conf_dirs, model_config_from
 from qat_sweep.sweep import PlannedRun
 
 QUANT_FORMATS = ("int4", "int4_sym", "fp4")  # DESIGN.md names; checked again by the trainer
+# The rest of schemes.QuantConfig without torch: its fields' defaults, activation quantizers
+# and FC2 input formats (quantize.FORMATS); test_plan_train_agree holds them to the trainer's.
+QUANT_DEFAULTS = {
+    "format": "int4",
+    "group_size": 128,
+    "act_quantizer": "auto",
+    "fc2_format": "int8",
+}
+QUANT_SCHEMES = ("bf16", "w4a4", "w4a16", "w16a4", "w4a4_fc2a8", "w16a4_fc2a8")  # its SCHEMES
+ACT_QUANTIZERS = ("auto", "absmax", "lac")
+FC2_FORMATS = (*QUANT_FORMATS, "int8")
 
 
 def schemes() -> list[str]:
@@ -128,6 +139,18 @@ def config_problems(config: dict[str, Any], gpus: int | None = None) -> list[str
             "train.device='cuda' but the launch profile gives each run no GPU "
             "(gpus_per_node: 0); use train.device=cpu or auto, or a profile with GPUs"
         )
+    compile_setting = _get(config, "train.compile")
+    if compile_setting is not _MISSING and str(compile_setting).lower() not in COMPILE_SETTINGS:
+        problems.append(
+            f"train.compile={compile_setting!r}: allowed: {', '.join(COMPILE_SETTINGS)}"
+        )
+    threads = _get(config, "train.threads")
+    n_threads = _number(threads, integer=True)
+    if threads not in (None, _MISSING) and (n_threads is None or n_threads < 0):
+        problems.append(
+            f"train.threads={threads!r}: must be null or 0 (torch's default) or a whole "
+            "number of threads >= 1"
+        )
     batch = _number(_get(config, "optim.batch_seqs"), integer=True)
     seq_len = _number(_get(config, "train.seq_len"), integer=True)
     micro = _get(config, "train.micro_batch_seqs")
@@ -160,22 +183,38 @@ def run_problems(config: dict[str, Any]) -> list[str]:
         model = model_config_from(config["model"])
     except ValueError as e:
         return [str(e)]
-    quant = config["quant"]
-    scheme, fmt, group = str(quant["scheme"]), str(quant["format"]), quant["group_size"]
+    fields = ("scheme", *QUANT_DEFAULTS)
+    unknown = sorted(set(config["quant"]) - set(fields))
+    if unknown:
+        return [f"quant config: unknown keys {unknown}; allowed: {sorted(fields)}"]
+    quant = {**QUANT_DEFAULTS, **config["quant"]}
+    scheme, fmt, group = str(quant.get("scheme")), str(quant["format"]), quant["group_size"]
+    whole = group == "channel" or (isinstance(group, int) and not isinstance(group, bool))
     problems = []
-    if scheme not in schemes():
-        problems.append(f"unknown scheme {scheme!r}; allowed: {', '.join(schemes())}")
+    if scheme not in QUANT_SCHEMES:
+        problems.append(f"unknown scheme {scheme!r}; allowed: {', '.join(QUANT_SCHEMES)}")
     elif scheme == "bf16" and (fmt != "bf16" or group is not None):
         problems.append(
             f"scheme bf16 takes format bf16 and group_size null, got {fmt!r}, {group!r}"
         )
     elif scheme != "bf16" and fmt not in QUANT_FORMATS:
         problems.append(f"unknown format {fmt!r}; allowed: {', '.join(QUANT_FORMATS)}")
+    elif scheme != "bf16" and not whole:
+        problems.append(f"quant.group_size={group!r}: must be a whole number or 'channel'")
     elif scheme != "bf16" and group not in allowed_group_sizes(model):
         problems.append(
             f"group size {group!r} does not divide every layer of model {model.name!r} "
             f"(hidden {model.hidden_size}, FFN {model.ffn_size}); allowed: "
             f"{', '.join(map(str, allowed_group_sizes(model)))}"
+        )
+    if quant["act_quantizer"] not in ACT_QUANTIZERS:
+        problems.append(
+            f"unknown quant.act_quantizer {quant['act_quantizer']!r}; allowed: "
+            f"{', '.join(ACT_QUANTIZERS)}"
+        )
+    if quant["fc2_format"] not in FC2_FORMATS:
+        problems.append(
+            f"unknown quant.fc2_format {quant['fc2_format']!r}; allowed: {', '.join(FC2_FORMATS)}"
         )
     return problems
 
