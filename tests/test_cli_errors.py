@@ -60,6 +60,11 @@ CASES = [
     ("train-schedule", ["train", "optim.schedule=linear"], "allowed: cosine, wsd"),
     ("train-clip", ["train", "optim.grad_clip=0"], "optim.grad_clip=0"),
     ("train-unknown-key", ["train", "foo=1"], "unknown config key 'foo'"),
+    (
+        "train-deleted-key",
+        ["train", "quant=w4a4", "~quant.format"],
+        "config key 'format' is missing",
+    ),
     ("train-no-equals", ["train", "tokens"], "key=value"),
     ("train-data-group", ["train", "data=nope"], "data/nope"),
     ("train-data-missing", ["train", "data=custom", "paths.data={tmp}/none"], "not prepared"),
@@ -74,6 +79,7 @@ CASES = [
     ("plan-eval", ["plan", "sweep=demo", "eval.batches=0"], "eval.batches=0"),
     ("plan-device", ["plan", "sweep=demo", "train.device=gpu"], "train.device='gpu'"),
     ("plan-unknown-key", ["plan", "sweep=demo", "foo.bar=1"], "unknown config key 'foo.bar'"),
+    ("plan-deleted-key", ["plan", "sweep=demo", "~quant.format"], "config key 'format' is missing"),
     (
         "plan-added-model-key",
         ["plan", "sweep=demo", "+model.dropout=0.1"],

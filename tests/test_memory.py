@@ -14,9 +14,9 @@ import yaml
 from qat_sweep.config import compose_run
 from qat_sweep.memory import GB, estimate_memory
 from qat_sweep.model import build_model
+from qat_sweep.precision import QuantConfig
 from qat_sweep.presets import load_preset
 from qat_sweep.profiles import load_profile
-from qat_sweep.schemes import QuantConfig
 from qat_sweep.sizing import HEADROOM
 
 VOCAB = 512

@@ -11,9 +11,9 @@ import torch
 from omegaconf import OmegaConf
 
 from qat_sweep import presets
-from qat_sweep.model import Transformer, allowed_group_sizes, build_model, padded_vocab
+from qat_sweep.model import Transformer, build_model, padded_vocab
+from qat_sweep.precision import QuantConfig, allowed_group_sizes
 from qat_sweep.presets import available_presets, load_preset, model_config_from
-from qat_sweep.schemes import QuantConfig
 
 PAPER_N = {
     "74M": 74.3e6,
@@ -192,7 +192,7 @@ def test_group_size_error_names_layer_shape_and_allowed() -> None:
         build_model(cfg, QuantConfig("w4a4", "int4", 256), vocab_size=VOCAB)
     message = str(err.value)
     assert "group size 256" in message and "blocks.0.mlp.down" in message
-    assert "(256, 640)" in message and "128, 'channel'" in message
+    assert "(256, 640)" in message and "allowed: 2, 4, 8, 16" in message and message.endswith("128, channel")
     with pytest.raises(ValueError, match=r"group size 48 .*blocks\.0\.attn\.q"):
         build_model(load_preset("0.2M"), QuantConfig("w16a4", "int4", 48), vocab_size=VOCAB)
 

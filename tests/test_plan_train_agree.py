@@ -116,8 +116,8 @@ QUANT_CASES = [
 def test_plan_refuses_the_quant_configs_the_trainer_refuses(overrides: list[str]) -> None:
     """plan's torch-free model/quant checks against the trainer's QuantConfig and validate."""
     from qat_sweep.model import validate
+    from qat_sweep.precision import quant_config_from
     from qat_sweep.presets import model_config_from
-    from qat_sweep.schemes import quant_config_from
     from qat_sweep.validation import run_problems
 
     config = plan_config(overrides)
@@ -145,17 +145,12 @@ def test_plan_refuses_a_scheme_file_naming_a_scheme_the_trainer_lacks(
     ]
 
 
-def test_plan_quant_names_are_the_trainers() -> None:
-    import dataclasses
+def test_the_torch_free_format_names_are_the_quantizers() -> None:
+    """precision (which plan imports without torch) names exactly the formats quantize has."""
+    from qat_sweep import precision, quantize
 
-    from qat_sweep import quantize, schemes, validation
-
-    fields = {f.name: f.default for f in dataclasses.fields(schemes.QuantConfig)}
-    assert fields == {"scheme": dataclasses.MISSING, **validation.QUANT_DEFAULTS}
-    assert tuple(schemes.SCHEMES) == validation.QUANT_SCHEMES
-    assert validation.QUANT_FORMATS == schemes.WEIGHT_FORMATS
-    assert validation.ACT_QUANTIZERS == schemes.ACT_QUANTIZERS
-    assert set(validation.FC2_FORMATS) == set(quantize.FORMATS)
+    assert tuple(quantize.FORMATS) == precision.FORMAT_NAMES
+    assert set(precision.WEIGHT_FORMATS) == {n for n, f in quantize.FORMATS.items() if f.bits == 4}
 
 
 EXECUTION_OVERRIDES = ["train.device=cpu", "train.threads=1", "checkpoint.every_minutes=5"]

@@ -11,16 +11,10 @@ from torch import nn
 
 from qat_sweep.instrument import site_stats
 from qat_sweep.model import build_model
+from qat_sweep.precision import SCHEMES, SITES, QuantConfig, quant_config_from
 from qat_sweep.presets import CONF_DIR, load_preset
 from qat_sweep.quantize import fake_quantize
-from qat_sweep.schemes import (
-    SCHEMES,
-    SITES,
-    ActQuantizer,
-    QuantConfig,
-    QuantLinear,
-    quant_config_from,
-)
+from qat_sweep.schemes import ActQuantizer, QuantLinear
 
 VOCAB = 61
 SITE_PATHS = {

@@ -27,10 +27,10 @@ from qat_sweep.common import InputError, parse_int, parse_keys, resolve_device, 
 from qat_sweep.config import compose_run
 from qat_sweep.flops import flops_per_token, mfu, peak_flops
 from qat_sweep.model import build_model, compile_blocks, compile_enabled
+from qat_sweep.precision import SCHEMES, QuantConfig
 from qat_sweep.prefetch import Prefetcher
 from qat_sweep.presets import PAPER_PRESETS, ModelConfig, load_preset
 from qat_sweep.recipe import make_optimizer, train_step
-from qat_sweep.schemes import SCHEMES, QuantConfig
 
 OLMO2_VOCAB = 100278  # PAPER.md: the OLMo-2 tokenizer is the natural full-scale default
 SMALL_VOCAB = 4096  # the demo's local BPE size

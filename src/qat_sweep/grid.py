@@ -43,11 +43,11 @@ from qat_sweep.sweep import (
     planned_run,
 )
 from qat_sweep.validation import (
+    COMPOSE_ERRORS,
     compose_problem,
     config_problems,
     data_problems,
     run_problems,
-    trainer_problems,
 )
 
 SWEEP_KEYS = ("name", "overrides", "twins", "subgrids", "holdout")
@@ -189,8 +189,7 @@ def plan_sweep(
     """Every run of sweep ``name``, validated, with its status; PlanError lists all problems.
 
     ``extra_overrides`` apply to every run (and its twin); ``runs_root`` sets ``paths.runs``.
-    ``strict`` (launch) adds the checks that need torch or read data: the trainer's own
-    model/quant validation and loading each data directory; missing data is then an error.
+    ``strict`` (launch) also loads each data directory: missing data is then an error.
     ``plan`` uses ``strict=False`` and only warns about data (a laptop without the corpus).
     ``gpus`` (per node) comes from the launch profile.
     """
@@ -210,7 +209,7 @@ def plan_sweep(
             if not found:
                 config = {**tree, "run_key": run_key(tree)}
                 label, found = f"{sub} {config['run_key']}", run_problems(config)
-        except (ValueError, HydraException) as e:
+        except COMPOSE_ERRORS as e:
             found = [compose_problem(e)]
         for problem in found:
             problems.setdefault(problem, []).append(label)
@@ -223,7 +222,7 @@ def plan_sweep(
     if spec.twins and not problems:
         runs += add_twins(runs)
     if not problems and strict:
-        found_by_run = {**trainer_problems(runs), **data_problems(runs, load=True)}
+        found_by_run = data_problems(runs, load=True)
         for run in runs:
             if run.run_key in found_by_run:
                 label = f"{run.subgrid} {run.run_key}"

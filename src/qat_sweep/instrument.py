@@ -14,8 +14,9 @@ from torch import Tensor, nn
 
 from qat_sweep.common import finite_or_none
 from qat_sweep.model import Transformer
+from qat_sweep.precision import SITES
 from qat_sweep.quantize import kurtosis, nmse
-from qat_sweep.schemes import SITES, ActQuantizer, QuantLinear, format_bits
+from qat_sweep.schemes import ActQuantizer, QuantLinear, format_bits
 
 # Where each site's (shared) input quantizer and its linears live inside a block.
 SITE_MODULES: dict[str, tuple[str, tuple[str, ...]]] = {

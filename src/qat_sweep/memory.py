@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from qat_sweep.precision import SCHEMES, SITES, QuantConfig
 from qat_sweep.presets import ModelConfig
-from qat_sweep.schemes import SCHEMES, SITES, QuantConfig
 
 PARALLELISMS = ("single", "ddp", "fsdp")
 DTYPES = ("bf16", "fp32")

@@ -10,16 +10,15 @@ start at zero and the loss and logits cover the real vocabulary only.
 from __future__ import annotations
 
 import math
-from functools import reduce
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from qat_sweep.common import COMPILE_SETTINGS
+from qat_sweep.precision import QuantConfig, check_group_size
 from qat_sweep.presets import ModelConfig
-from qat_sweep.quantize import get_format
-from qat_sweep.schemes import QuantConfig, make_act_quantizer, make_linear
+from qat_sweep.schemes import make_act_quantizer, make_linear
 
 INIT_STD = 0.02
 VOCAB_MULTIPLE = 128
@@ -229,20 +228,6 @@ def _weight_format(quant: QuantConfig | None, site: str) -> str | None:
     return None if quant is None else quant.site_formats(site)[0]
 
 
-def reduction_dims(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
-    """(out, in) weight shape of every block linear, keyed by its module name."""
-    d, f, kv = cfg.hidden_size, cfg.ffn_size, cfg.kv_dim
-    shapes = {"attn.q": (d, d), "attn.k": (kv, d), "attn.v": (kv, d), "attn.o": (d, d)}
-    shapes |= {"mlp.gate": (f, d), "mlp.up": (f, d), "mlp.down": (d, f)}
-    return {f"blocks.{i}.{name}": s for i in range(cfg.n_layers) for name, s in shapes.items()}
-
-
-def allowed_group_sizes(cfg: ModelConfig) -> list[int | str]:
-    """Integer G values dividing every reduction dim of the preset, plus 'channel'."""
-    common = reduce(math.gcd, {shape[1] for shape in reduction_dims(cfg).values()})
-    return [g for g in range(2, common + 1) if common % g == 0] + ["channel"]
-
-
 def validate(cfg: ModelConfig, quant: QuantConfig | None, vocab_size: int | None) -> int:
     """Checks everything build_model needs before any tensor is allocated; returns the vocab."""
     vocab = vocab_size if vocab_size is not None else cfg.vocab_size
@@ -250,18 +235,8 @@ def validate(cfg: ModelConfig, quant: QuantConfig | None, vocab_size: int | None
         raise ValueError(
             f"model {cfg.name!r}: vocab_size is {vocab!r}; pass the tokenizer's vocabulary size"
         )
-    if quant is None or quant.scheme == "bf16":
-        return vocab
-    get_format(quant.format)
-    if quant.group_size == "channel":
-        return vocab
-    for name, (out_dim, in_dim) in reduction_dims(cfg).items():
-        if in_dim % quant.group_size:
-            raise ValueError(
-                f"group size {quant.group_size} does not divide the reduction dim of {name} "
-                f"(weight shape ({out_dim}, {in_dim})) in model {cfg.name!r}; allowed group "
-                f"sizes for this preset: {allowed_group_sizes(cfg)}"
-            )
+    if quant is not None:
+        check_group_size(cfg, quant)
     return vocab
 
 

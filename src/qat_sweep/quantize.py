@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from qat_sweep.precision import GroupSize
+
 
 @dataclass(frozen=True)
 class QuantFormat:
@@ -42,8 +44,6 @@ FORMATS: dict[str, QuantFormat] = {
     # Ours for the FC2-input variant: symmetric INT8, s = absmax/127, codes [-127, 127].
     "int8": QuantFormat("int8", 8, 127.0, -127.0, 127.0, floating=False, clip_margin=0.5),
 }
-
-GroupSize = int | str | None
 
 
 def get_format(fmt: str) -> QuantFormat:

@@ -15,8 +15,8 @@ from qat_sweep.config import parse_tokens
 from qat_sweep.data import TokenData, check_token_budget, open_data
 from qat_sweep.distributed import DistInfo, resolve_parallelism
 from qat_sweep.model import validate as validate_model
+from qat_sweep.precision import QuantConfig, quant_config_from
 from qat_sweep.presets import ModelConfig, model_config_from
-from qat_sweep.schemes import QuantConfig, quant_config_from
 from qat_sweep.validation import config_problems
 
 

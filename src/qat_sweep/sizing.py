@@ -15,9 +15,9 @@ from typing import Any
 
 from qat_sweep.config import parse_tokens
 from qat_sweep.memory import GB, estimate_memory
+from qat_sweep.precision import QuantConfig, quant_config_from
 from qat_sweep.presets import ModelConfig, model_config_from
 from qat_sweep.profiles import LaunchProfile
-from qat_sweep.schemes import QuantConfig, quant_config_from
 
 # Share of a GPU's memory the estimate may fill: the CUDA context, NCCL buffers and the
 # caching allocator's fragmentation take the rest.

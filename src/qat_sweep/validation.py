@@ -15,36 +15,14 @@ from hydra.errors import HydraException
 from qat_sweep.common import COMPILE_SETTINGS, DEVICES
 from qat_sweep.config import compose_tree, parse_tokens, resolve_tree, run_key
 from qat_sweep.config_dirs import options
-from qat_sweep.presets import ModelConfig, available_presets, conf_dirs, model_config_from
+from qat_sweep.precision import check_group_size, quant_config_from
+from qat_sweep.presets import available_presets, conf_dirs, model_config_from
 from qat_sweep.sweep import PlannedRun
-
-QUANT_FORMATS = ("int4", "int4_sym", "fp4")  # DESIGN.md names; checked again by the trainer
-# The rest of schemes.QuantConfig without torch: its fields' defaults, activation quantizers
-# and FC2 input formats (quantize.FORMATS); test_plan_train_agree holds them to the trainer's.
-QUANT_DEFAULTS = {
-    "format": "int4",
-    "group_size": 128,
-    "act_quantizer": "auto",
-    "fc2_format": "int8",
-}
-QUANT_SCHEMES = ("bf16", "w4a4", "w4a16", "w16a4", "w4a4_fc2a8", "w16a4_fc2a8")  # its SCHEMES
-ACT_QUANTIZERS = ("auto", "absmax", "lac")
-FC2_FORMATS = (*QUANT_FORMATS, "int8")
 
 
 def schemes() -> list[str]:
     """Scheme names: the files of conf/quant (each names its scheme)."""
     return list(options(conf_dirs(), "quant"))
-
-
-def allowed_group_sizes(model: ModelConfig) -> list[int | str]:
-    """G values dividing the reduction dim of every block linear (hidden and FFN), plus channel.
-
-    q, k, v, o, gate and up reduce over hidden_size, down over ffn_size; a torch-free mirror of
-    ``qat_sweep.model.allowed_group_sizes`` so planning 289 runs needs no torch import.
-    """
-    common = math.gcd(model.hidden_size, model.ffn_size)
-    return [g for g in range(2, common + 1) if common % g == 0] + ["channel"]
 
 
 SCHEDULES = ("cosine", "wsd")
@@ -183,40 +161,11 @@ def run_problems(config: dict[str, Any]) -> list[str]:
         model = model_config_from(config["model"])
     except ValueError as e:
         return [str(e)]
-    fields = ("scheme", *QUANT_DEFAULTS)
-    unknown = sorted(set(config["quant"]) - set(fields))
-    if unknown:
-        return [f"quant config: unknown keys {unknown}; allowed: {sorted(fields)}"]
-    quant = {**QUANT_DEFAULTS, **config["quant"]}
-    scheme, fmt, group = str(quant.get("scheme")), str(quant["format"]), quant["group_size"]
-    whole = group == "channel" or (isinstance(group, int) and not isinstance(group, bool))
-    problems = []
-    if scheme not in QUANT_SCHEMES:
-        problems.append(f"unknown scheme {scheme!r}; allowed: {', '.join(QUANT_SCHEMES)}")
-    elif scheme == "bf16" and (fmt != "bf16" or group is not None):
-        problems.append(
-            f"scheme bf16 takes format bf16 and group_size null, got {fmt!r}, {group!r}"
-        )
-    elif scheme != "bf16" and fmt not in QUANT_FORMATS:
-        problems.append(f"unknown format {fmt!r}; allowed: {', '.join(QUANT_FORMATS)}")
-    elif scheme != "bf16" and not whole:
-        problems.append(f"quant.group_size={group!r}: must be a whole number or 'channel'")
-    elif scheme != "bf16" and group not in allowed_group_sizes(model):
-        problems.append(
-            f"group size {group!r} does not divide every layer of model {model.name!r} "
-            f"(hidden {model.hidden_size}, FFN {model.ffn_size}); allowed: "
-            f"{', '.join(map(str, allowed_group_sizes(model)))}"
-        )
-    if quant["act_quantizer"] not in ACT_QUANTIZERS:
-        problems.append(
-            f"unknown quant.act_quantizer {quant['act_quantizer']!r}; allowed: "
-            f"{', '.join(ACT_QUANTIZERS)}"
-        )
-    if quant["fc2_format"] not in FC2_FORMATS:
-        problems.append(
-            f"unknown quant.fc2_format {quant['fc2_format']!r}; allowed: {', '.join(FC2_FORMATS)}"
-        )
-    return problems
+    try:
+        check_group_size(model, quant_config_from(config["quant"]))
+    except ValueError as e:  # QuantConfig's own refusal: the trainer builds the same one
+        return [str(e)]
+    return []
 
 
 def override_problems(overrides: list[str], has_cuda: bool | None = None) -> list[str]:
@@ -232,7 +181,7 @@ def override_problems(overrides: list[str], has_cuda: bool | None = None) -> lis
             return problems
         config = {**tree, "run_key": run_key(tree)}
         problems = run_problems(config)
-    except (ValueError, HydraException) as e:
+    except COMPOSE_ERRORS as e:
         return [compose_problem(e)]
     if has_cuda is False and config["train"]["device"] == "cuda":
         problems.append("train.device='cuda' but this machine has no CUDA device")
@@ -240,7 +189,16 @@ def override_problems(overrides: list[str], has_cuda: bool | None = None) -> lis
     return problems + ([data] if data else [])
 
 
+# What composing one run can raise for a user's overrides (KeyError: a key a run needs, gone).
+COMPOSE_ERRORS = (ValueError, KeyError, HydraException)
+
+
 def compose_problem(error: Exception) -> str:
+    if isinstance(error, KeyError):
+        return (
+            f"config key {error.args[0]!r} is missing: every run needs it (was it deleted "
+            "with ~?); set it instead"
+        )
     text = str(error).splitlines()[0]
     if text.startswith("Error parsing override"):
         return f"{text}: expected key=value (Hydra's override grammar), e.g. tokens=2M"
@@ -274,30 +232,6 @@ def data_problems(runs: list[PlannedRun], load: bool = False) -> dict[str, str]:
         key = json.dumps(run.config["data"], sort_keys=True)
         if key not in checked:
             checked[key] = _data_problem(run.config["data"], load)
-        if checked[key] is not None:
-            problems[run.run_key] = checked[key]
-    return problems
-
-
-def trainer_problems(runs: list[PlannedRun]) -> dict[str, str]:
-    """The trainer's own model/quant checks, once per distinct (model, quant) pair.
-
-    Imports torch, so only ``launch`` runs it; ``plan`` relies on the torch-free checks above.
-    """
-    from qat_sweep.model import validate
-    from qat_sweep.schemes import quant_config_from
-
-    checked: dict[str, str | None] = {}
-    problems = {}
-    for run in runs:
-        key = json.dumps([run.config["model"], run.config["quant"]], sort_keys=True)
-        if key not in checked:
-            try:
-                model = model_config_from(run.config["model"])
-                validate(model, quant_config_from(run.config["quant"]), model.vocab_size or 1)
-                checked[key] = None
-            except ValueError as e:
-                checked[key] = str(e)
         if checked[key] is not None:
             problems[run.run_key] = checked[key]
     return problems
