@@ -1,4 +1,5 @@
-"""A run's record before training: the identity fields, tolerant of a config that fails to build."""
+"""A run's record: the identity fields before training (tolerant of a config that fails to
+build), and the metrics of a completed run."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from qat_sweep.config import identity_fields, twin_key
 from qat_sweep.record import SCHEMA, software_versions
-from qat_sweep.run_setup import RunSetup
+from qat_sweep.run_setup import Execution, RunSetup
 from qat_sweep.tracking import wandb_config, wandb_id
+from qat_sweep.train_state import TrainState
 
 
 def _slurm_info() -> dict[str, Any] | None:
@@ -73,4 +75,28 @@ def wandb_init(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
             *cfg.logger.wandb.tags,
         ],
         "config": wandb_config(record),
+    }
+
+
+def run_metrics(
+    setup: RunSetup, state: TrainState, execution: Execution, world_size: int, **measured: Any
+) -> dict[str, Any]:
+    """A completed record's `metrics`: throughput, schedule and how the run executed, plus
+    what only the trainer knows (``measured``: mfu, quant statistics, compiled...)."""
+    elapsed = state.wall_s()
+    tokens_trained = setup.total_steps * setup.global_batch * setup.seq_len
+    return {
+        "tokens_per_s": tokens_trained / max(elapsed, 1e-9),
+        "tokens_per_s_last": state.tokens_per_s,  # this try's last window (NaN: none trained)
+        "train_loss_last": state.last_loss,
+        "steps": setup.total_steps,
+        "tokens_trained": tokens_trained,
+        "warmup_steps": setup.warmup_steps,
+        "loss_smoothing": {"kind": "bias-corrected EMA", "window_steps": setup.smoothing_window},
+        "world_size": world_size,
+        "parallelism": execution.parallelism,
+        "micro_batch_seqs": execution.micro,
+        "activation_checkpointing": execution.activation_checkpointing,
+        "wall_s": elapsed,
+        **measured,
     }

@@ -54,7 +54,7 @@ from qat_sweep.prefetch import Prefetcher
 from qat_sweep.presets import CONF_DIR
 from qat_sweep.recipe import SmoothedLoss, lr_multiplier, make_optimizer, mean_loss, train_step
 from qat_sweep.record import RECORD_NAME, read_record
-from qat_sweep.run_record import base_record, wandb_init
+from qat_sweep.run_record import base_record, run_metrics, wandb_init
 from qat_sweep.run_setup import RunSetup, resolve_execution, validate_run
 from qat_sweep.tracking import Tracker, truncate_metrics
 from qat_sweep.train_state import TrainState
@@ -121,11 +121,8 @@ class Trainer:
             torch.set_num_threads(int(cfg.train.threads))
         self.dist = setup_distributed(self.device)
         self.dev = self.dist.device
-        self.autocast = self.device == "cuda" and str(cfg.train.autocast_bf16) in (
-            "auto",
-            "true",
-            "True",
-        )
+        autocast = str(cfg.train.autocast_bf16) in ("auto", "true", "True")
+        self.autocast = self.device == "cuda" and autocast
         self.execution = resolve_execution(cfg, setup, self.dist, self.device)
         self.n_micro = setup.global_batch // self.dist.world_size // self.execution.micro
         self.tokens_per_step = setup.global_batch * setup.seq_len
@@ -133,10 +130,8 @@ class Trainer:
         self._build_data()
         self.state = TrainState(str(cfg.run_key), SmoothedLoss(setup.smoothing_window))
         self.moved_aside = self._resume()
-        if self.dist.is_main:
-            truncate_metrics(
-                out_dir, self.state.step
-            )  # rows after the checkpoint (or a failed try) go
+        if self.dist.is_main:  # rows after the checkpoint (or a failed try) go
+            truncate_metrics(out_dir, self.state.step)
         self.record = base_record(cfg, setup)
         self.tracker = self._tracker()
         self.record["wandb"] = self.tracker.wandb_info
@@ -391,9 +386,16 @@ class Trainer:
             val_loss=final["val_loss"],
             finished=datetime.now(UTC).isoformat(timespec="seconds"),
         )
+        state, world = self.state, self.dist.world_size
+        metrics = run_metrics(
+            self.setup, state, self.execution, world,
+            mfu=mfu(state.tokens_per_s, self.flops_token, self.peak, world),
+            flops_per_token=self.flops_token, compiled=self.compiled, epochs=self.epochs,
+            corrupt_checkpoints=self.moved_aside, device=self.dev, quant=stats,
+        )  # fmt: skip
         # A try resumed at the last step trains none: its per-try figures (last loss, tokens/s)
         # are NaN, which the record's JSON refuses. They become null; the run completes.
-        record["metrics"] = json_safe(self._metrics(stats))
+        record["metrics"] = json_safe(metrics)
         if self.dist.is_main:
             self.tracker.sync()
             write_json_atomic(self.out_dir / RECORD_NAME, record)
@@ -401,35 +403,6 @@ class Trainer:
                 remove_checkpoint(self.out_dir)
         self.tracker.finish_run(record)  # after the record: the later twin of a pair sees both
         return record
-
-    def _metrics(self, quant_stats: dict[str, Any]) -> dict[str, Any]:
-        setup, state, execution = self.setup, self.state, self.execution
-        elapsed = state.wall_s()
-        tokens_trained = setup.total_steps * self.tokens_per_step
-        return {
-            "tokens_per_s": tokens_trained / max(elapsed, 1e-9),
-            "tokens_per_s_last": state.tokens_per_s,
-            "mfu": mfu(state.tokens_per_s, self.flops_token, self.peak, self.dist.world_size),
-            "flops_per_token": self.flops_token,
-            "compiled": self.compiled,
-            "train_loss_last": state.last_loss,
-            "steps": setup.total_steps,
-            "tokens_trained": tokens_trained,
-            "warmup_steps": setup.warmup_steps,
-            "epochs": self.epochs,
-            "loss_smoothing": {
-                "kind": "bias-corrected EMA",
-                "window_steps": setup.smoothing_window,
-            },
-            "world_size": self.dist.world_size,
-            "parallelism": execution.parallelism,
-            "micro_batch_seqs": execution.micro,
-            "activation_checkpointing": execution.activation_checkpointing,
-            "corrupt_checkpoints": self.moved_aside,
-            "wall_s": elapsed,
-            "device": self.dev,
-            "quant": quant_stats,
-        }
 
 
 def train_from_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
