@@ -77,6 +77,23 @@ def test_failing_local_run_is_reported(tmp_path: Path, capsys: pytest.CaptureFix
     assert "failed 1" in text and "failed runs:" in text and "log:" in text
 
 
+def test_a_diverged_run_is_not_relaunched_unless_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rerun resumes the same run onto the same batches: it would diverge again."""
+    sweep, runs = tiny_sweep(tmp_path, "div", quant="bf16", twins=False), tmp_path / "runs"
+    argv = [f"sweep={sweep}", "launcher=local", f"paths.runs={runs}", "train.max_loss=0.5"]
+    assert launch_main(argv) == 1  # the first loss (about ln V) is above the limit
+    (row,) = run_status(sweep, runs, capsys, "train.max_loss=0.5")
+    assert row["status"] == "failed" and row["error"].startswith("diverged: ")
+    capsys.readouterr()
+    assert launch_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "launching 0" in out and "1 diverged run(s) not relaunched" in out
+    assert launch_main([*argv, "--retry-diverged"]) == 1
+    assert "launching 1" in capsys.readouterr().out
+
+
 def test_bad_launch_input_submits_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

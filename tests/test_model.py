@@ -192,7 +192,11 @@ def test_group_size_error_names_layer_shape_and_allowed() -> None:
         build_model(cfg, QuantConfig("w4a4", "int4", 256), vocab_size=VOCAB)
     message = str(err.value)
     assert "group size 256" in message and "blocks.0.mlp.down" in message
-    assert "(256, 640)" in message and "allowed: 2, 4, 8, 16" in message and message.endswith("128, channel")
+    assert (
+        "(256, 640)" in message
+        and "allowed: 2, 4, 8, 16" in message
+        and message.endswith("128, channel")
+    )
     with pytest.raises(ValueError, match=r"group size 48 .*blocks\.0\.attn\.q"):
         build_model(load_preset("0.2M"), QuantConfig("w16a4", "int4", 48), vocab_size=VOCAB)
 

@@ -15,6 +15,7 @@ commands:
   train     one training run (a Hydra app: key=value overrides, -m for multirun)
   plan      expand and validate a sweep: plan sweep=NAME [--json]
   launch    submit a sweep's missing runs: launch sweep=NAME launcher=PROFILE [--dry-run]
+            [--retry-diverged]
   status    completed / running / failed / missing runs: status sweep=NAME [--json]
   fit       fit the scaling law: fit (sweep=NAME | --runs DIR | --table FILE.csv) --out DIR
   predict   a fitted law's prediction: predict --fit DIR model=... tokens=... scheme=...

@@ -40,7 +40,7 @@ from qat_sweep.record import read_record
 from qat_sweep.status import status_rows, status_table, watch
 from qat_sweep.sweep import PlanError, PlannedRun
 
-LAUNCH_FLAGS = ("--dry-run", "--print-hydra-overrides")
+LAUNCH_FLAGS = ("--dry-run", "--print-hydra-overrides", "--retry-diverged")
 LAUNCH_LOCK_WAIT_S = 120.0  # a second launch waits this long for the first to finish submitting
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another launch holds the sweep; try again later
 
@@ -76,9 +76,16 @@ def _check_local_devices(runs: list[PlannedRun]) -> None:
             )
 
 
-def to_launch(runs: list[PlannedRun]) -> list[PlannedRun]:
-    """Runs that need a job: no completed record and not queued or running."""
-    return [r for r in runs if r.status in ("missing", "failed")]
+def to_launch(runs: list[PlannedRun], retry_diverged: bool = False) -> list[PlannedRun]:
+    """Runs that need a job: no completed record and not queued or running.
+
+    A diverged run is left out unless asked for: the same config resumes from the same
+    checkpoint onto the same batches, so a rerun pays GPU-hours to diverge again."""
+    return [r for r in runs if r.status == "missing" or _rerun(r, retry_diverged)]
+
+
+def _rerun(run: PlannedRun, retry_diverged: bool) -> bool:
+    return run.status == "failed" and (retry_diverged or not run.diverged)
 
 
 def chunks(runs: list[PlannedRun], size: int) -> list[list[PlannedRun]]:
@@ -222,7 +229,7 @@ def _outcome(record: dict[str, Any] | None, code: int, log: str) -> str:
 
 
 def launch_main(argv: list[str]) -> int:
-    """``qat-sweep launch sweep=NAME launcher=PROFILE [--dry-run] [overrides...]``."""
+    """``qat-sweep launch sweep=NAME launcher=PROFILE [--dry-run] [--retry-diverged] [overrides]``."""
     try:
         sweep, options, flags, overrides = parse_cli(argv, LAUNCH_FLAGS)
         if "launcher" not in options:
@@ -272,7 +279,7 @@ def _launch(
     """Status under the launch lock (a launch that just ended changed it), size, then submit."""
     attach_status(runs)
     try:
-        todo = to_launch(runs)
+        todo = to_launch(runs, retry_diverged="--retry-diverged" in flags)
         from qat_sweep.sizing import size_sweep  # torch: only on the launch path
 
         size_sweep(todo, profile, mfu)
@@ -289,6 +296,12 @@ def _launch(
         + ", ".join(f"{s} {n}" for s, n in counts.items() if n)
         + f"; launching {len(todo)} with profile {profile.name!r} ({profile.kind})"
     )
+    retry = "--retry-diverged" in flags
+    if not retry and (kept := sum(r.status == "failed" and r.diverged for r in runs)):
+        print(
+            f"{kept} diverged run(s) not relaunched: the same run diverges again "
+            "(`status` lists them; --retry-diverged reruns them, e.g. after a GPU fault)"
+        )
     if not todo:
         return 0
     if "--dry-run" in flags:

@@ -27,6 +27,7 @@ def attach_status(runs: list[PlannedRun]) -> None:
     for run in runs:
         job = jobs.get(run.run_key)
         run.status, run.error, run.job_id, run.log, run.reason = "missing", None, None, None, None
+        run.diverged = False
         if job is not None:
             run.job_id, run.log = job.job_id, job.log
         record = read_record(run.run_dir)
@@ -41,6 +42,7 @@ def attach_status(runs: list[PlannedRun]) -> None:
             run.status, run.error = "failed", unreadable
         elif record is not None:
             run.status, run.error = "failed", f"{record['status']}: {record.get('error')}"
+            run.diverged = record["status"] == "diverged"
         elif job is not None and job.state == "failed":
             run.status, run.error = "failed", job.detail
         elif job is not None and job.state == "local" and run.run_dir.exists():

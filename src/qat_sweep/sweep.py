@@ -56,6 +56,7 @@ class PlannedRun:
     job_id: str | None = None
     log: str | None = None
     reason: str | None = None  # why the scheduler keeps it pending (squeue %r)
+    diverged: bool = False  # failed with a record saying diverged: a rerun diverges again
     sizing: Any = None  # sizing.RunSizing once sized for a launch profile
     resources: Any = None  # the profile.LaunchProfile shape it runs with
 
