@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from qat_sweep.analysis.cli import fit_main
-from qat_sweep.analysis.synth import synthetic_table
+from qat_sweep.analysis.design.synth import synthetic_table
 
 
 def main() -> None:

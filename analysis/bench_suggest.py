@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from qat_sweep.analysis import simulate as sim
 from qat_sweep.analysis.collect import twin_index
-from qat_sweep.analysis.criterion import cell_keys
-from qat_sweep.analysis.greedy import choose
-from qat_sweep.analysis.laws import DELTA_PARAMS
+from qat_sweep.analysis.design import simulate as sim
+from qat_sweep.analysis.design.criterion import cell_keys
+from qat_sweep.analysis.design.greedy import choose
+from qat_sweep.analysis.law.formulas import DELTA_PARAMS
 
 TARGET = "model=973M tokens=200B scheme=w4a4 format=int4 group_size=128"
 HIDDEN = {"k": 0.12, "gamma_N": 0.25, "gamma_D": 0.10, "gamma_G": 0.65}  # ours, hidden
@@ -67,7 +67,7 @@ def seed_mask(grid: pd.DataFrame) -> np.ndarray:
 
 
 def sim_lr(model: str) -> float:
-    from qat_sweep.presets import load_preset
+    from qat_sweep.model.presets import load_preset
 
     return load_preset(model).lr
 

@@ -97,8 +97,10 @@ def _load_source(
 
 def fit_main(argv: list[str]) -> int:
     """Run `qat-sweep fit`; returns the process exit code."""
-    from qat_sweep.analysis import decide, plots, report
+    from qat_sweep.analysis import decide
     from qat_sweep.analysis.pipeline import Settings, run_fit, write_outputs
+    from qat_sweep.analysis.report import html as report
+    from qat_sweep.analysis.report import plots
 
     # lmfit's plain-least-squares stderr takes sqrt of a negative covariance on flat fits; our
     # intervals come from the bootstrap, so those warnings only bury the summary.
@@ -183,7 +185,7 @@ def _resolve_model(overrides: dict[str, str]) -> tuple[float, float | None]:
     )
     if "model" in overrides and (n_params is None or hidden is None):
         try:
-            from qat_sweep.presets import load_preset
+            from qat_sweep.model.presets import load_preset
 
             preset = load_preset(overrides["model"])
         except Exception as err:  # unknown preset name or presets module unavailable

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from qat_sweep.analysis.cells import snap
-from qat_sweep.analysis.laws import group_value
+from qat_sweep.analysis.law.formulas import group_value
 
 from qat_sweep.common import InputError as InputError  # the analysis's bad input: exit 2
 from qat_sweep.common import parse_bool

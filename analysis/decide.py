@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 from qat_sweep.analysis.collect import InputError
-from qat_sweep.analysis.laws import DELTA_PARAMS, group_value, log_delta
+from qat_sweep.analysis.law.formulas import DELTA_PARAMS, group_value, log_delta
 from qat_sweep.analysis.predict import (
     EXTRAPOLATION_WARN,
     SavedFit,
@@ -274,7 +274,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def question(argv: list[str]) -> tuple[argparse.Namespace, Question]:
-    from qat_sweep.analysis.simulate import parse_target
+    from qat_sweep.analysis.design.simulate import parse_target
 
     args, extra = _parser().parse_known_args(argv)
     bad = [a for a in extra if "=" not in a or a.startswith("-")]

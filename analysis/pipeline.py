@@ -12,14 +12,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from qat_sweep.analysis import analyses, paper, validate
-from qat_sweep.analysis.bootstrap import bootstrap
+from qat_sweep.analysis import paper
 from qat_sweep.analysis.cells import cell_values
 from qat_sweep.analysis.collect import InputError, excluded_list
-from qat_sweep.analysis.delta_fit import fit_delta
-from qat_sweep.analysis.fit import LawFit, fit_base
-from qat_sweep.analysis.joint_fit import fit_joint
+from qat_sweep.analysis.law import validate
+from qat_sweep.analysis.law.base_fit import LawFit, fit_base
+from qat_sweep.analysis.law.bootstrap import bootstrap
+from qat_sweep.analysis.law.delta_fit import fit_delta
+from qat_sweep.analysis.law.joint_fit import fit_joint
 from qat_sweep.analysis.predict import BOOT_FILE, SavedFit, bootstrap_key, predict_point
+from qat_sweep.analysis.report import analyses
 
 from qat_sweep.common import atomic_open, json_safe, write_json_atomic
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qat_sweep.analysis.bootstrap import percentile_95
 from qat_sweep.analysis.collect import InputError
-from qat_sweep.analysis.laws import (
+from qat_sweep.analysis.law.bootstrap import percentile_95
+from qat_sweep.analysis.law.formulas import (
     BASE_PARAMS,
     DELTA_PARAMS,
     bf16_loss,

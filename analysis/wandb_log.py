@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from qat_sweep.analysis.laws import delta_loss
+from qat_sweep.analysis.law.formulas import delta_loss
 
 
 def predicted_deltas(result: dict[str, Any], table: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -112,7 +112,7 @@ def write_predictions(
 ) -> None:
     """`fit/*` values into the summaries of the sweep's runs on the server."""
     from qat_sweep import wandb_api
-    from qat_sweep.tracking import wandb_id
+    from qat_sweep.train.tracking import wandb_id
 
     entity = entity or wandb_api.default_entity()
     failed = 0

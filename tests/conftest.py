@@ -67,6 +67,6 @@ def slurm_two_nodes() -> Iterator[SlurmCluster]:
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small slice of the offline demo corpus (stdlib sources, 512-token BPE), built once."""
-    from qat_sweep.corpus import build_demo_corpus
+    from qat_sweep.data.prepare.corpus import build_demo_corpus
 
     return build_demo_corpus(tmp_path_factory.mktemp("data") / "demo", max_bytes=400_000)

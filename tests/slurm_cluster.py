@@ -191,7 +191,7 @@ def node_names(count: int) -> list[str]:
 
     SLURM reads NodeName=localhost as this host's name, so several daemons need other names;
     they do not resolve, as on clusters whose node names are not DNS names: jobs reach the
-    first node through its NodeAddr (qat_sweep.distributed asks scontrol).
+    first node through its NodeAddr (qat_sweep.train.distributed asks scontrol).
     """
     return ["localhost"] if count == 1 else [f"n{i}" for i in range(1, count + 1)]
 

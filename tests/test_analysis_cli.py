@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from qat_sweep.analysis.cli import fit_main, predict_main
-from qat_sweep.analysis.synth import synthetic_table, table_to_records
+from qat_sweep.analysis.design.synth import synthetic_table, table_to_records
 
 from qat_sweep.common import parse_count
 

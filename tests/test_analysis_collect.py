@@ -18,10 +18,10 @@ from qat_sweep.analysis.collect import (
     twin_index,
     wandb_run_to_row,
 )
-from qat_sweep.analysis.synth import synthetic_table, table_to_records
+from qat_sweep.analysis.design.synth import synthetic_table, table_to_records
 
 from qat_sweep.record import IDENTITY_FIELDS
-from qat_sweep.tracking import wandb_config
+from qat_sweep.train.tracking import wandb_config
 
 
 def _record(**over):
@@ -178,7 +178,7 @@ def test_fit_takes_holdout_from_the_records_without_planning(tmp_path, monkeypat
     """The sweep file is gone: fit still keeps the records' holdout runs out (no re-plan)."""
     from qat_sweep.analysis.cli import fit_main
 
-    from qat_sweep import grid
+    from qat_sweep.sweep import plan as grid
 
     def no_plan(*args, **kwargs):
         raise AssertionError("fit planned the sweep")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from qat_sweep.analysis.bootstrap import base_lm_batch, bootstrap, huber_irls
 from qat_sweep.analysis.collect import build_table, pair_deltas
-from qat_sweep.analysis.delta_fit import fit_delta
-from qat_sweep.analysis.fit import D_UNIT, N_UNIT, fit_base
-from qat_sweep.analysis.laws import delta_loss, effective_multiplier
-from qat_sweep.analysis.synth import Truth, perturbed_truth, synthetic_table
+from qat_sweep.analysis.design.synth import Truth, perturbed_truth, synthetic_table
+from qat_sweep.analysis.law.base_fit import D_UNIT, N_UNIT, fit_base
+from qat_sweep.analysis.law.bootstrap import base_lm_batch, bootstrap, huber_irls
+from qat_sweep.analysis.law.delta_fit import fit_delta
+from qat_sweep.analysis.law.formulas import delta_loss, effective_multiplier
 
 MAIN = ("w4a4/int4", "w4a16/int4", "w16a4/int4")
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from qat_sweep.analysis.bootstrap import WIDE_EXPONENT, WIDE_RATIO, bootstrap
 from qat_sweep.analysis.cells import CELL_RTOL, count_cells, snap
 from qat_sweep.analysis.collect import build_table, pair_deltas
-from qat_sweep.analysis.delta_fit import GAMMA_BOUND, fit_delta, huber_irls
-from qat_sweep.analysis.fit import fit_base, on_bound
-from qat_sweep.analysis.identify import OUTLIER_Z
+from qat_sweep.analysis.design.synth import PRESETS, Truth, synthetic_table
+from qat_sweep.analysis.law.base_fit import fit_base, on_bound
+from qat_sweep.analysis.law.bootstrap import WIDE_EXPONENT, WIDE_RATIO, bootstrap
+from qat_sweep.analysis.law.delta_fit import GAMMA_BOUND, fit_delta, huber_irls
+from qat_sweep.analysis.law.identify import OUTLIER_Z
 from qat_sweep.analysis.pipeline import Settings, check_intervals, run_fit
 from qat_sweep.analysis.predict import SavedFit, predict_point
-from qat_sweep.analysis.synth import PRESETS, Truth, synthetic_table
 
 MODELS = ("74M", "145M", "297M", "595M", "973M")
 
@@ -181,7 +181,7 @@ def test_outliers_are_listed_with_their_run_keys():
     listed = {o["run_key"] for f in outcome.result["delta"].values() for o in f["outliers"]}
     assert hit <= listed
     assert all(abs(o["robust_z"]) > OUTLIER_Z for f in outcome.deltas.values() for o in f.outliers)
-    from qat_sweep.analysis.report import build_sections
+    from qat_sweep.analysis.report.html import build_sections
 
     text = " ".join(t for sec in build_sections(outcome.result) for t in sec.text)
     assert all(key in text for key in hit) and "Outliers" in text

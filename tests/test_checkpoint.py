@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 from test_train import metrics_rows, train_rows
 
-import qat_sweep.checkpoint as checkpoint
-import qat_sweep.train as trainer
-from qat_sweep.checkpoint import CORRUPT_DIR, TRAIN_STATE, complete_checkpoints
-from qat_sweep.config import compose_run, run_dir
-from qat_sweep.preemption import Preempted
+import qat_sweep.train.checkpoint as checkpoint
+import qat_sweep.train.trainer as trainer
+from qat_sweep.config.compose import compose_run, run_dir
 from qat_sweep.record import RECORD_NAME, read_record
-from qat_sweep.tracking import METRICS_NAME
-from qat_sweep.train import train
+from qat_sweep.train.checkpoint import CORRUPT_DIR, TRAIN_STATE, complete_checkpoints
+from qat_sweep.train.preemption import Preempted
+from qat_sweep.train.tracking import METRICS_NAME
+from qat_sweep.train.trainer import train
 
 TINY = [
     "model=0.2M",
@@ -106,10 +106,10 @@ RESUME_RSS = """
 import sys, torch
 from pathlib import Path
 from torch.distributed.checkpoint.state_dict import get_state_dict
-from qat_sweep.checkpoint import load_latest, save_checkpoint
-from qat_sweep.distributed import DistInfo
-from qat_sweep.model import build_model
-from qat_sweep.presets import load_preset
+from qat_sweep.train.checkpoint import load_latest, save_checkpoint
+from qat_sweep.train.distributed import DistInfo
+from qat_sweep.model.transformer import build_model
+from qat_sweep.model.presets import load_preset
 
 def status(key):
     line = next(l for l in open("/proc/self/status") if l.startswith(key))

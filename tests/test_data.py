@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from qat_sweep.config import compose_run, run_dir
-from qat_sweep.data import BatchSchedule, HeldOutBlocks, open_data, val_batches
-from qat_sweep.permutation import FeistelPermutation
-from qat_sweep.run_setup import validate_run
-from qat_sweep.tokenfiles import TokenFiles, data_problem
-from qat_sweep.train import train
+from qat_sweep.config.compose import compose_run, run_dir
+from qat_sweep.data.batches import BatchSchedule, HeldOutBlocks, open_data, val_batches
+from qat_sweep.data.permutation import FeistelPermutation
+from qat_sweep.data.tokenfiles import TokenFiles, data_problem
+from qat_sweep.train.setup import validate_run
+from qat_sweep.train.trainer import train
 
 VOCAB, EOS = 1000, 999
 

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from qat_sweep.analysis import bench_suggest as bench
-from qat_sweep.analysis import simulate as sim
 from qat_sweep.analysis.cli import fit_main
 from qat_sweep.analysis.collect import build_table, pair_deltas, twin_index
-from qat_sweep.analysis.laws import DELTA_PARAMS, delta_loss
+from qat_sweep.analysis.design import simulate as sim
+from qat_sweep.analysis.law.formulas import DELTA_PARAMS, delta_loss
 from qat_sweep.analysis.pipeline import Settings, run_fit
 from qat_sweep.analysis.predict import SavedFit, predict_point
 
@@ -118,14 +118,14 @@ def test_expected_width_scales_with_noise(paper_runs):
 
 
 def sim_width(runs, noise):
-    from qat_sweep.analysis.design import run_design
+    from qat_sweep.analysis.design.expected import run_design
 
     return run_design(runs, sim.paper_prior(), noise, 100, seed=3)["params"]
 
 
 def test_linearised_criterion_matches_simulation(paper_runs):
     """suggest's variance of log delta-hat agrees with simulated refits (independent of it)."""
-    from qat_sweep.analysis.criterion import Runs, TargetState, features, rel_width
+    from qat_sweep.analysis.design.criterion import Runs, TargetState, features, rel_width
 
     target = sim.parse_target(TARGET)
     noise = 0.002
@@ -174,7 +174,7 @@ def test_design_unknown_sweep_exits_2(capsys):
 @pytest.fixture(scope="module")
 def seed_sweep(paper_runs, tmp_path_factory) -> tuple[Path, str]:
     """Records of the seed design in a runs root, fitted with `fit sweep=paper`: the real flow."""
-    from qat_sweep.analysis.synth import table_to_records
+    from qat_sweep.analysis.design.synth import table_to_records
 
     from qat_sweep.common import write_json_atomic
 
@@ -193,7 +193,7 @@ def seed_sweep(paper_runs, tmp_path_factory) -> tuple[Path, str]:
 
 
 def test_suggest_writes_exactly_its_runs(seed_sweep, tmp_path, capsys):
-    from qat_sweep.grid import plan_sweep
+    from qat_sweep.sweep.plan import plan_sweep
 
     fit, root = seed_sweep
     out = tmp_path / "next"

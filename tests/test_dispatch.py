@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from qat_sweep.analysis.collect import load_records
 
-from qat_sweep.dispatch import launch_main, status_main
 from qat_sweep.record import IDENTITY_FIELDS, read_record
+from qat_sweep.sweep.launch import launch_main, status_main
 
 TINY = """
 overrides: [data=demo, logger=none, train.threads=1]

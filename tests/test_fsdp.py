@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from test_train import train_rows
 
-from qat_sweep.config import compose_run, run_dir
-from qat_sweep.distributed import export_slurm_environment
+from qat_sweep.config.compose import compose_run, run_dir
 from qat_sweep.record import read_record
-from qat_sweep.train import train
+from qat_sweep.train.distributed import export_slurm_environment
+from qat_sweep.train.trainer import train
 
 # 20 steps of 16 x 128 tokens of the smallest preset; two ranks of 8 sequences each.
 BASE = [

@@ -12,10 +12,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from qat_sweep.config import compose_run, run_key
-from qat_sweep.grid import load_sweep, parse_cli, plan_main, plan_sweep
-from qat_sweep.presets import CONF_DIR
-from qat_sweep.profiles import (
+from qat_sweep.config.compose import compose_run, run_key
+from qat_sweep.model.presets import CONF_DIR
+from qat_sweep.sweep.plan import load_sweep, parse_cli, plan_main, plan_sweep
+from qat_sweep.sweep.profiles import (
     LaunchProfile,
     available_profiles,
     executor_parameters,
@@ -24,7 +24,7 @@ from qat_sweep.profiles import (
     profile_from_dict,
     profile_path,
 )
-from qat_sweep.sweep import PlanError
+from qat_sweep.sweep.spec import PlanError
 
 PAPER_SUBGRIDS = {
     "main_int4": 240,
@@ -253,7 +253,7 @@ def test_profile_value_problems_are_all_listed() -> None:
 
 
 def test_paper_holdout_is_the_973m_validation_cells_and_their_twins() -> None:
-    from qat_sweep.grid import holdout_keys
+    from qat_sweep.sweep.plan import holdout_keys
 
     keys = holdout_keys("paper")
     assert len(keys) == 12  # 2 D x 5 G W4A4 runs + 2 BF16 twins

@@ -11,13 +11,13 @@ import pytest
 import torch
 import yaml
 
-from qat_sweep.config import compose_run
-from qat_sweep.memory import GB, estimate_memory
-from qat_sweep.model import build_model
-from qat_sweep.precision import QuantConfig
-from qat_sweep.presets import load_preset
-from qat_sweep.profiles import load_profile
-from qat_sweep.sizing import HEADROOM
+from qat_sweep.config.compose import compose_run
+from qat_sweep.estimates.memory import GB, estimate_memory
+from qat_sweep.model.precision import QuantConfig
+from qat_sweep.model.presets import load_preset
+from qat_sweep.model.transformer import build_model
+from qat_sweep.sweep.profiles import load_profile
+from qat_sweep.sweep.sizing import HEADROOM
 
 VOCAB = 512
 PRESETS = ("0.2M", "0.5M", "1M")
@@ -133,7 +133,7 @@ def test_estimate_bounds_cuda_max_memory_allocated(scheme: str) -> None:
 
 
 def plan_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list, str]:
-    from qat_sweep.grid import plan_main
+    from qat_sweep.sweep.plan import plan_main
 
     capsys.readouterr()
     code = plan_main(list(argv))
@@ -163,9 +163,9 @@ def test_plan_sizes_every_paper_run_for_the_a100_profile(
 
 
 def test_launch_submits_one_array_per_resource_shape() -> None:
-    from qat_sweep.dispatch import job_arrays
-    from qat_sweep.grid import plan_sweep
-    from qat_sweep.sizing import size_sweep
+    from qat_sweep.sweep.launch import job_arrays
+    from qat_sweep.sweep.plan import plan_sweep
+    from qat_sweep.sweep.sizing import size_sweep
 
     profile = load_profile("a100-80gb")
     runs = plan_sweep("paper", profile.train_overrides(), strict=False)

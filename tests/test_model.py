@@ -10,10 +10,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from qat_sweep import presets
-from qat_sweep.model import Transformer, build_model, padded_vocab
-from qat_sweep.precision import QuantConfig, allowed_group_sizes
-from qat_sweep.presets import available_presets, load_preset, model_config_from
+from qat_sweep.model import presets
+from qat_sweep.model.precision import QuantConfig, allowed_group_sizes
+from qat_sweep.model.presets import available_presets, load_preset, model_config_from
+from qat_sweep.model.transformer import Transformer, build_model, padded_vocab
 
 PAPER_N = {
     "74M": 74.3e6,

@@ -17,9 +17,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from qat_sweep.config import compose_run, compose_tree, plan_config, twin_key
-from qat_sweep.grid import available_sweeps, plan_sweep
-from qat_sweep.presets import CONF_DIR
+from qat_sweep.config.compose import compose_run, compose_tree, plan_config, twin_key
+from qat_sweep.model.presets import CONF_DIR
+from qat_sweep.sweep.plan import available_sweeps, plan_sweep
 
 
 @pytest.fixture
@@ -115,10 +115,10 @@ QUANT_CASES = [
 @pytest.mark.parametrize("overrides", QUANT_CASES)
 def test_plan_refuses_the_quant_configs_the_trainer_refuses(overrides: list[str]) -> None:
     """plan's torch-free model/quant checks against the trainer's QuantConfig and validate."""
-    from qat_sweep.model import validate
-    from qat_sweep.precision import quant_config_from
-    from qat_sweep.presets import model_config_from
-    from qat_sweep.validation import run_problems
+    from qat_sweep.config.checks import run_problems
+    from qat_sweep.model.precision import quant_config_from
+    from qat_sweep.model.presets import model_config_from
+    from qat_sweep.model.transformer import validate
 
     config = plan_config(overrides)
     try:
@@ -134,7 +134,7 @@ def test_plan_refuses_a_scheme_file_naming_a_scheme_the_trainer_lacks(
     tmp_path, monkeypatch
 ) -> None:
     """A user's conf/quant/w8a8.yaml is a quant option, but w8a8 is no scheme of the trainer."""
-    from qat_sweep.validation import run_problems
+    from qat_sweep.config.checks import run_problems
 
     (tmp_path / "conf" / "quant").mkdir(parents=True)
     text = "scheme: w8a8\nformat: int4\ngroup_size: 32\nact_quantizer: auto\nfc2_format: int8\n"
@@ -147,7 +147,8 @@ def test_plan_refuses_a_scheme_file_naming_a_scheme_the_trainer_lacks(
 
 def test_the_torch_free_format_names_are_the_quantizers() -> None:
     """precision (which plan imports without torch) names exactly the formats quantize has."""
-    from qat_sweep import precision, quantize
+    from qat_sweep.model import precision
+    from qat_sweep.model import quantizers as quantize
 
     assert tuple(quantize.FORMATS) == precision.FORMAT_NAMES
     assert set(precision.WEIGHT_FORMATS) == {n for n, f in quantize.FORMATS.items() if f.bits == 4}
@@ -160,7 +161,7 @@ EXECUTION_OVERRIDES += ["logger.wandb.mode=offline", "paths.data=/scratch/data",
 def test_a_profile_sets_only_how_runs_execute() -> None:
     """Runs keep their run_key whatever profile launches them, so `status` (which takes no
     profile) finds them; a profile override that would change it is refused by name."""
-    from qat_sweep.profiles import profile_from_dict
+    from qat_sweep.sweep.profiles import profile_from_dict
 
     profile = profile_from_dict("x", {"kind": "local", "overrides": EXECUTION_OVERRIDES})
     base = ["model=0.2M", "quant=w4a4", "quant.group_size=32"]
@@ -175,7 +176,7 @@ def test_status_looks_where_the_profile_put_the_runs(tmp_path, monkeypatch, caps
     """`launch ... launcher=P` runs under P's paths.runs; `status ... launcher=P` looks there."""
     import json
 
-    from qat_sweep.dispatch import status_main
+    from qat_sweep.sweep.launch import status_main
 
     (tmp_path / "launchers").mkdir()
     profile = f"kind: local\noverrides: [paths.runs={tmp_path}/scratch]\n"
@@ -204,8 +205,8 @@ def test_plan_refuses_the_execution_settings_the_trainer_refuses(
     """train.compile and train.threads are read when the trainer starts, after submission."""
     import torch
 
-    from qat_sweep.model import compile_enabled
-    from qat_sweep.validation import config_problems
+    from qat_sweep.config.checks import config_problems
+    from qat_sweep.model.transformer import compile_enabled
 
     train = plan_config([override])["train"]
     threads = torch.get_num_threads()
@@ -233,8 +234,8 @@ def test_a_sweep_value_reaches_the_run_unchanged(value) -> None:
     """A sweep file's axis value, written as an override, is the value Hydra gives the run."""
     import json
 
-    from qat_sweep.config import parse_override
-    from qat_sweep.sweep import override_value
+    from qat_sweep.config.compose import parse_override
+    from qat_sweep.sweep.spec import override_value
 
     parsed = parse_override(f"k={override_value(value)}").value()
     assert json.dumps(parsed) == json.dumps(value)  # 1 vs 1.0, "true" vs true differ
@@ -242,8 +243,12 @@ def test_a_sweep_value_reaches_the_run_unchanged(value) -> None:
 
 def test_hydra_launcher_setup_is_the_submitit_setup() -> None:
     """The two launch paths run the same setup lines, backslashes and quotes included."""
-    from qat_sweep.config import parse_override
-    from qat_sweep.profiles import executor_parameters, hydra_launcher_overrides, profile_from_dict
+    from qat_sweep.config.compose import parse_override
+    from qat_sweep.sweep.profiles import (
+        executor_parameters,
+        hydra_launcher_overrides,
+        profile_from_dict,
+    )
 
     setup = ["sed -e 's/\\./_/g' x", 'echo "$HOME" \\', "cd C:\\\\", "echo it\\'s"]
     profile = profile_from_dict("x", {"kind": "slurm", "setup": setup, "partition": "a,b"})
@@ -255,8 +260,8 @@ def test_hydra_launcher_setup_is_the_submitit_setup() -> None:
 
 def test_an_axis_key_of_the_chosen_group_option_is_known(tmp_path, hydra_compose) -> None:
     """`data.paths` exists once data=npy is chosen (by the file or an axis): plan takes it."""
-    from qat_sweep.grid import load_sweep
-    from qat_sweep.sweep import PlanError
+    from qat_sweep.sweep.plan import load_sweep
+    from qat_sweep.sweep.spec import PlanError
 
     text = """overrides: [data=npy, data.vocab_size=512, data.eos_token_id=0, logger=none]
 twins: false
@@ -277,7 +282,7 @@ subgrids:
 def test_hydra_sees_the_users_conf_as_plan_does(tmp_path, monkeypatch) -> None:
     """A preset in ./conf/model is found by Hydra (train, local launches) as by plan, also in an
     editable install, where Hydra's scan of the hydra_plugins package misses our plugin."""
-    import qat_sweep.config  # noqa: F401  (what train imports before Hydra starts)
+    import qat_sweep.config.compose  # noqa: F401  (what train imports before Hydra starts)
 
     (tmp_path / "conf" / "model").mkdir(parents=True)
     preset = (CONF_DIR / "model" / "0.2M.yaml").read_text().replace("name: 0.2M", "name: tiny")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from qat_sweep.quantize import fake_quantize, kurtosis, nmse
+from qat_sweep.model.quantizers import fake_quantize, kurtosis, nmse
 
 # Independent reference: (divisor, integer code range) or the E2M1 level list.
 INT_SPECS = {"int4": (8.0, -8, 7), "int4_sym": (7.0, -7, 7), "int8": (127.0, -127, 127)}

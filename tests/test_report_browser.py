@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from qat_sweep.analysis.cli import fit_main
-from qat_sweep.analysis.synth import synthetic_table
+from qat_sweep.analysis.design.synth import synthetic_table
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [

@@ -9,12 +9,12 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from qat_sweep.instrument import site_stats
-from qat_sweep.model import build_model
-from qat_sweep.precision import SCHEMES, SITES, QuantConfig, quant_config_from
-from qat_sweep.presets import CONF_DIR, load_preset
-from qat_sweep.quantize import fake_quantize
-from qat_sweep.schemes import ActQuantizer, QuantLinear
+from qat_sweep.model.instrument import site_stats
+from qat_sweep.model.layers import ActQuantizer, QuantLinear
+from qat_sweep.model.precision import SCHEMES, SITES, QuantConfig, quant_config_from
+from qat_sweep.model.presets import CONF_DIR, load_preset
+from qat_sweep.model.quantizers import fake_quantize
+from qat_sweep.model.transformer import build_model
 
 VOCAB = 61
 SITE_PATHS = {

@@ -12,15 +12,15 @@ from omegaconf import OmegaConf
 from test_train import TINY, metrics_rows
 from torch._dynamo.utils import counters
 
-from qat_sweep.config import compose_run, run_dir
-from qat_sweep.flops import mfu
-from qat_sweep.model import build_model, compile_blocks, compile_enabled, padded_vocab
-from qat_sweep.precision import QuantConfig
-from qat_sweep.prefetch import Prefetcher
-from qat_sweep.presets import load_preset
-from qat_sweep.quantize import fake_quantize
-from qat_sweep.recipe import make_optimizer, train_step
-from qat_sweep.train import train
+from qat_sweep.config.compose import compose_run, run_dir
+from qat_sweep.data.prefetch import Prefetcher
+from qat_sweep.estimates.flops import mfu
+from qat_sweep.model.precision import QuantConfig
+from qat_sweep.model.presets import load_preset
+from qat_sweep.model.quantizers import fake_quantize
+from qat_sweep.model.transformer import build_model, compile_blocks, compile_enabled, padded_vocab
+from qat_sweep.train.recipe import make_optimizer, train_step
+from qat_sweep.train.trainer import train
 
 LAC = QuantConfig("w4a4", "int4", "channel", "lac")
 OPTIM = OmegaConf.create(

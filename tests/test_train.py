@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from qat_sweep.config import compose_run, run_dir
-from qat_sweep.recipe import lr_multiplier
+from qat_sweep.config.compose import compose_run, run_dir
 from qat_sweep.record import read_record, record_problems
-from qat_sweep.run_setup import validate_run
-from qat_sweep.train import train
+from qat_sweep.train.recipe import lr_multiplier
+from qat_sweep.train.setup import validate_run
+from qat_sweep.train.trainer import train
 
 # A few dozen steps of the smallest preset: enough for the loss to fall, seconds on a CPU.
 TINY = [

@@ -18,10 +18,10 @@ import pytest
 
 from qat_sweep import wandb_api
 from qat_sweep.common import write_json_atomic
-from qat_sweep.config import compose_run
-from qat_sweep.sync import offline_files, sync_main
-from qat_sweep.tracking import Tracker, wandb_id
-from qat_sweep.train import train
+from qat_sweep.config.compose import compose_run
+from qat_sweep.sweep.sync import offline_files, sync_main
+from qat_sweep.train.tracking import Tracker, wandb_id
+from qat_sweep.train.trainer import train
 
 SWEEP = "wb"
 TINY = [
@@ -372,8 +372,8 @@ def test_workspace_panels_read_what_the_runs_log(
     import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws
 
-    from qat_sweep.grid import plan_sweep
-    from qat_sweep.workspace import BF16_COLOUR, build_workspace, workspace_main
+    from qat_sweep.sweep.plan import plan_sweep
+    from qat_sweep.sweep.workspace import BF16_COLOUR, build_workspace, workspace_main
 
     runs = plan_sweep("demo", strict=False)
     workspace = build_workspace("demo", "lab", "law", runs)
@@ -437,8 +437,8 @@ def test_workspace_panels_read_what_the_runs_log(
 def test_plan_gives_every_run_its_subgrid_and_holdout_without_changing_run_keys(
     tmp_path: Path,
 ) -> None:
-    from qat_sweep.config import run_key
-    from qat_sweep.grid import holdout_keys, plan_sweep
+    from qat_sweep.config.compose import run_key
+    from qat_sweep.sweep.plan import holdout_keys, plan_sweep
 
     sweep = tmp_path / "member.yaml"
     sweep.write_text(

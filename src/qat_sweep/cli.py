@@ -36,12 +36,12 @@ configs: the packaged conf/ and launchers/, overlaid by ./conf and ./launchers (
 
 
 def _train(argv: list[str]) -> int:
-    from qat_sweep import train
+    from qat_sweep.train import trainer as train
 
     # A single run is checked as `plan` checks it, before Hydra composes it; Hydra's own flags
     # (-m, --cfg, hydra.* / hydra/launcher=...) go straight to Hydra.
     if not any(arg.startswith(("-", "hydra")) for arg in argv):
-        from qat_sweep.validation import override_problems
+        from qat_sweep.config.checks import override_problems
 
         problems = override_problems(argv, has_cuda=train.torch.cuda.is_available())
         if problems:
@@ -67,19 +67,19 @@ def _lazy(module: str, function: str) -> Callable[[list[str]], int]:
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": _train,
-    "plan": _lazy("qat_sweep.grid", "plan_main"),
-    "launch": _lazy("qat_sweep.dispatch", "launch_main"),
-    "status": _lazy("qat_sweep.dispatch", "status_main"),
+    "plan": _lazy("qat_sweep.sweep.plan", "plan_main"),
+    "launch": _lazy("qat_sweep.sweep.launch", "launch_main"),
+    "status": _lazy("qat_sweep.sweep.launch", "status_main"),
     "fit": _lazy("qat_sweep.analysis.cli", "fit_main"),
     "predict": _lazy("qat_sweep.analysis.cli", "predict_main"),
-    "design": _lazy("qat_sweep.analysis.design", "main"),
-    "suggest": _lazy("qat_sweep.analysis.suggest", "main"),
+    "design": _lazy("qat_sweep.analysis.design.expected", "main"),
+    "suggest": _lazy("qat_sweep.analysis.design.suggest", "main"),
     "decide": _lazy("qat_sweep.analysis.decide", "main"),
-    "prepare": _lazy("qat_sweep.prepare", "main"),
-    "bench": _lazy("qat_sweep.bench", "main"),
-    "demo": _lazy("qat_sweep.demo", "main"),
-    "sync": _lazy("qat_sweep.sync", "sync_main"),
-    "wandb-workspace": _lazy("qat_sweep.workspace", "workspace_main"),
+    "prepare": _lazy("qat_sweep.data.prepare.tokenize", "main"),
+    "bench": _lazy("qat_sweep.train.bench", "main"),
+    "demo": _lazy("qat_sweep.commands.demo", "main"),
+    "sync": _lazy("qat_sweep.sweep.sync", "sync_main"),
+    "wandb-workspace": _lazy("qat_sweep.sweep.workspace", "workspace_main"),
 }
 
 

@@ -1,0 +1,240 @@
+"""`qat-sweep design sweep=NAME`: what a grid will be able to say, before it is paid for.
+
+Simulates the sweep many times under a prior law and a noise model, refits every simulated data
+set as `fit` would (analysis/simulate.py) and reports, per parameter, the expected 95% interval
+(the central 95% of the refitted estimates) and how often fit would call it identified, and the
+same for named target predictions, next to the grid's GPU-hours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from qat_sweep.analysis.collect import InputError
+from qat_sweep.analysis.design import simulate as sim
+from qat_sweep.analysis.law.formulas import BASE_PARAMS, DELTA_PARAMS, bf16_loss
+
+from qat_sweep.common import split_overrides
+
+COST_OPTIONS = ("mfu", "peak_tflops")
+
+
+def split_cli(extra: list[str], command: str) -> tuple[str, float, float, list[str]]:
+    """sweep=NAME, mfu=, peak_tflops= and train overrides out of the leftover arguments."""
+    pairs, rest = split_overrides(extra)
+    if rest:
+        raise InputError(f"unexpected argument {rest[0]!r} (see qat-sweep {command} --help)")
+    sweep = pairs.pop("sweep", None)
+    options = {k: pairs.pop(k) for k in COST_OPTIONS if k in pairs}
+    overrides = [f"{k}={v}" for k, v in pairs.items()]
+    from qat_sweep.sweep.plan import PlanError, available_sweeps, cost_options
+
+    if not sweep:
+        raise InputError(f"missing sweep=NAME; available sweeps: {', '.join(available_sweeps())}")
+    try:
+        mfu, peak = cost_options(options)  # plan's own check of the same options
+    except PlanError as err:
+        raise InputError(str(err)) from err
+    return sweep, mfu, peak, overrides
+
+
+def _param_rows(truth: dict[str, float], est: np.ndarray, ok: np.ndarray, names) -> dict:
+    """Per parameter: expected interval over identified estimates, the identified share, and
+    the share of fitted sweeps in which fit left it out (identify.py: not separable)."""
+    fitted = np.isfinite(est[:, 0])
+    out = {}
+    for j, name in enumerate(names):
+        item = sim.interval(np.where(ok[:, j], est[:, j], np.nan), truth.get(name))
+        item["identified"] = float(ok[:, j].mean())
+        item["left_out"] = float(np.mean(~np.isfinite(est[fitted, j]))) if fitted.any() else 1.0
+        out[name] = item
+    return out
+
+
+def target_intervals(target: sim.Target, refits: sim.Refits, prior: sim.Prior) -> dict[str, Any]:
+    """Expected 95% interval of delta and QAT loss at one target over the simulated sweeps."""
+    if target.fit_key not in refits.delta:
+        raise InputError(
+            f"target {target.label}: this grid fits no delta law for {target.fit_key}; "
+            f"it fits: {', '.join(sorted(refits.delta)) or 'none'}"
+        )
+    n, d, g = target.n_params, target.tokens, target.G
+    delta = sim.predicted_delta(refits.delta[target.fit_key], n, d, g)
+    truth = float(sim.delta_loss(prior.delta[target.fit_key], n, d, g))
+    base = dict(zip(BASE_PARAMS, refits.base.T, strict=True))
+    qat = bf16_loss(base, n, d) + delta
+    true_qat = float(bf16_loss(prior.base, n, d)) + truth
+    fitted = np.isfinite(refits.delta[target.fit_key][:, 0])
+    est, ok = refits.delta[target.fit_key][fitted], refits.delta_ok[target.fit_key][fitted]
+    warnings = []
+    for j, p in enumerate(DELTA_PARAMS[1:], start=1):
+        left_out = float(np.mean(~np.isfinite(est[:, j]))) if len(est) else 1.0
+        on_bound = float(np.mean(np.isfinite(est[:, j]) & ~ok[:, j])) if len(est) else 0.0
+        if left_out:
+            warnings.append(
+                f"{p} left out as not identifiable in {100 * left_out:.0f}% of simulated fits "
+                "and treated as 0 there (as predict does), so this interval is biased"
+            )
+        if on_bound:
+            warnings.append(
+                f"{p} on its +-{sim.GAMMA_BOUND:g} bound in {100 * on_bound:.0f}% of simulated fits"
+            )
+    return {
+        "warnings": warnings,
+        "target": target.label,
+        "n_params": n,
+        "tokens": d,
+        "setting": target.fit_key,
+        "group_size": target.group_size,
+        "delta": sim.interval(delta, truth),
+        "qat_loss": sim.interval(qat, true_qat),
+    }
+
+
+def run_design(
+    runs: pd.DataFrame,
+    prior: sim.Prior,
+    noise: float,
+    n_sims: int,
+    seed: int = 0,
+    targets: list[sim.Target] | tuple[sim.Target, ...] = (),
+    cell_noise: float = 0.0,
+) -> dict[str, Any]:
+    """Simulate `n_sims` sweeps of `runs` and summarise what their fits would say."""
+    start = time.perf_counter()
+    truth = sim.true_losses(prior, runs)
+    losses = sim.draw_losses(prior, runs, noise, n_sims, np.random.default_rng(seed), cell_noise)
+    refits = sim.refit_many(runs, losses, truth)
+    params = {"bf16": _param_rows(prior.base, refits.base, refits.base_ok, BASE_PARAMS)}
+    for key, est in refits.delta.items():
+        params[key] = _param_rows(prior.delta[key], est, refits.delta_ok[key], DELTA_PARAMS)
+    held = runs["holdout"].to_numpy(bool)
+    return {
+        "prior": {"source": prior.source, "notes": prior.notes},
+        "noise": noise,
+        "cell_noise": cell_noise,
+        "sims": n_sims,
+        "seed": seed,
+        "grid": {
+            "runs": len(runs),
+            "fitted_runs": int((~held).sum()),
+            "holdout_runs": int(held.sum()),
+            "gpu_hours": float(runs["gpu_hours"].sum()),
+            "fitted_gpu_hours": float(runs.loc[~held, "gpu_hours"].sum()),
+        },
+        "params": params,
+        "targets": [target_intervals(t, refits, prior) for t in targets],
+        "exact_refits": refits.exact_refits,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def _g(value: Any, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}g}"
+
+
+def format_design(res: dict[str, Any]) -> str:
+    grid = res["grid"]
+    lines = [
+        f"design {res['sweep']}: {grid['runs']} runs ({grid['fitted_runs']} fitted, "
+        f"{grid['holdout_runs']} held out), {grid['gpu_hours']:,.0f} GPU-hours "
+        f"(fitted runs {grid['fitted_gpu_hours']:,.0f})"
+        + (f"; dropped {', '.join(res['drops'])}" if res["drops"] else ""),
+        f"prior {res['prior']['source']}; noise {res['noise']:g} per run"
+        + (f" + {res['cell_noise']:g} per cell" if res["cell_noise"] else "")
+        + f"; {res['sims']} simulated sweeps refitted as `fit` would in {res['seconds']:.1f} s",
+        *[f"note: {n}" for n in res["prior"]["notes"]],
+        "",
+        f"{'setting':<18} {'param':<8} {'truth':>9} {'expected 95% interval':>26} "
+        f"{'width':>9} {'identified':>10} {'left out':>8} {'excludes 0':>10}",
+    ]
+    for key, params in res["params"].items():
+        for name, item in params.items():
+            if key == "bf16" and name == "beta":
+                continue  # tied to alpha
+            ci = item["ci95"]
+            span = f"[{_g(ci[0])}, {_g(ci[1])}]" if ci else "not identifiable"
+            zero = ("yes" if item.get("excludes_zero") else "NO") if ci else "-"
+            lines.append(
+                f"{key:<18} {name:<8} {_g(item['truth']):>9} {span:>26} {_g(item['width'], 3):>9} "
+                f"{100 * item['identified']:>9.0f}% {100 * item['left_out']:>7.0f}% {zero:>10}"
+            )
+    for t in res["targets"]:
+        lines.append("")
+        for label in ("delta", "qat_loss"):
+            item = t[label]
+            ci = item["ci95"]
+            lines.append(
+                f"target {t['target']}: {label} truth {_g(item['truth'])}, expected 95% interval "
+                + (f"[{_g(ci[0])}, {_g(ci[1])}] (width {_g(item['width'], 3)}, "
+                   f"{100 * (item['rel_width'] or 0):.0f}% of the truth)" if ci else "none")
+            )  # fmt: skip
+        lines += [f"warning: {w}" for w in t["warnings"]]
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qat-sweep design",
+        description="Simulate a sweep under a prior law and noise, refit each simulated data set "
+        "as `fit` would and report the expected intervals: design sweep=NAME [mfu=] "
+        "[peak_tflops=] [train overrides]",
+    )
+    p.add_argument("--prior", default="paper", help="'paper' (Table 1) or a fit directory/json")
+    p.add_argument(
+        "--noise",
+        type=float,
+        help=f"SD of each run's final loss (default: from the prior fit's residuals, else {sim.DEFAULT_NOISE})",
+    )
+    p.add_argument("--cell-noise", type=float, default=0.0, help="SD shared by a cell's twins")
+    p.add_argument("--sims", type=int, default=200, help="simulated sweeps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        help="'model=973M tokens=200B scheme=w4a4 format=int4 group_size=128' (repeatable)",
+    )
+    p.add_argument(
+        "--drop",
+        action="append",
+        default=[],
+        help="leave out runs matching all of 'key=value ...', e.g. 'tokens=100B' (repeatable)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return p
+
+
+def noise_level(value: float | None, default: float | None) -> float:
+    noise = value if value is not None else (default or sim.DEFAULT_NOISE)
+    if not 0 <= noise < 1:
+        raise InputError(f"--noise {noise}: need 0 <= SD < 1 (a loss SD, e.g. 0.01)")
+    return noise
+
+
+def main(argv: list[str]) -> int:
+    """`qat-sweep design`; returns the exit code."""
+    try:
+        args, extra = _parser().parse_known_args(argv)
+        sweep, mfu, peak, overrides = split_cli(extra, "design")
+        if args.sims < 10:
+            raise InputError(f"--sims {args.sims}: need at least 10 simulated sweeps")
+        if args.cell_noise < 0:
+            raise InputError(f"--cell-noise {args.cell_noise}: need >= 0")
+        targets = [sim.parse_target(t) for t in args.target]
+        prior = sim.load_prior(args.prior)
+        noise = noise_level(args.noise, prior.noise)
+        runs = sim.drop_runs(sim.grid_runs(sweep, overrides, mfu, peak), args.drop)
+        res = {"sweep": sweep, "drops": args.drop}
+        res |= run_design(runs, prior, noise, args.sims, args.seed, targets, args.cell_noise)
+    except InputError as err:
+        print(f"qat-sweep design: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(res, indent=1) if args.json else format_design(res))
+    return 0

@@ -1,0 +1,415 @@
+"""Simulated sweeps: every run's final loss drawn from a prior law plus noise, refitted in bulk.
+
+The refit is `fit`'s estimator (pipeline.run_fit): held-out runs left out, BF16 twins paired on
+(N cell, D cell, LR, seed), non-positive gaps excluded, the base law on the best LR per (N cell,
+D cell, seed) with Huber 1e-3 on log residuals and alpha tied to beta, each delta law by Huber
+regression in log space on the exponents identify.py keeps for that replicate's gaps, with its
+threshold from the MAD of the OLS residuals and the gammas boxed to +-3. Only the solvers are
+the fast ones fit already has: batched Levenberg-Marquardt for the base law
+(bootstrap.base_lm_batch, warm-started at the noiseless fit) and fit.delta_start's box IRLS for
+the delta law (the unique minimum of that convex problem in the box, the one lmfit refines).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from qat_sweep.analysis import paper
+from qat_sweep.analysis.cells import snap
+from qat_sweep.analysis.collect import TWIN_COLUMNS, InputError, twin_index
+from qat_sweep.analysis.design.synth import Truth
+from qat_sweep.analysis.law.base_fit import (
+    BASE_BOUNDS,
+    D_UNIT,
+    N_UNIT,
+    base_raw,
+    fit_base,
+    on_bound,
+)
+from qat_sweep.analysis.law.bootstrap import base_lm_batch
+from qat_sweep.analysis.law.delta_fit import DELTA_COLUMNS, GAMMA_BOUND, delta_start, fit_delta
+from qat_sweep.analysis.law.formulas import (
+    BASE_PARAMS,
+    DELTA_PARAMS,
+    bf16_loss,
+    delta_loss,
+    group_value,
+)
+
+from qat_sweep.common import parse_count, split_overrides
+
+BASE_F_SCALE = 1e-3  # pipeline.Settings.base_f_scale: what `fit` uses unless told otherwise
+DEFAULT_NOISE = 0.01
+GRID_COLUMNS = (
+    "run_key", "subgrid", "model", "n_params", "hidden_size", "tokens", "scheme", "format",
+    "group_size", "lr", "seed", "status", "gpu_hours", "holdout", "overrides",
+)  # fmt: skip
+DROP_KEYS = ("model", "tokens", "scheme", "format", "group_size", "subgrid", "lr", "seed")
+
+
+# ---------------------------------------------------------------- the prior law
+
+
+@dataclass
+class Prior:
+    """The law simulated data are drawn from: a base law and one delta law per setting."""
+
+    base: dict[str, float]
+    delta: dict[str, dict[str, float]]
+    source: str
+    noise: float | None = None  # per-run loss noise implied by the prior fit's residuals
+    notes: list[str] = field(default_factory=list)
+
+
+def paper_prior() -> Prior:
+    """Table 1 of the paper; FP4 W4A4 is not in it, so synth's FP4 law stands in (ours)."""
+    return Prior(
+        dict(paper.BASE),
+        {**paper.TABLE1, "w4a4/fp4": Truth().delta["w4a4/fp4"]},
+        "paper Table 1",
+        notes=["w4a4/fp4 is not in the paper's Table 1: prior k=0.15, gamma_N=0.22, "
+               "gamma_D=0.075, gamma_G=0.70 (ours)"],
+    )  # fmt: skip
+
+
+def load_prior(spec: str | None) -> Prior:
+    """`paper` (default) or a fit directory / fit.json; settings a fit lacks come from paper."""
+    if spec in (None, "", "paper"):
+        return paper_prior()
+    path = Path(spec)
+    path = path / "fit.json" if path.is_dir() else path
+    if not path.is_file():
+        raise InputError(f"--prior {spec!r}: not 'paper', a fit directory or a fit.json")
+    try:
+        result = json.loads(path.read_text())
+        base = result["base"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise InputError(f"--prior {path}: not a qat-sweep fit.json ({err})") from err
+    if any(base["params"].get(p) is None for p in BASE_PARAMS):
+        raise InputError(f"--prior {path}: its BF16 law is not identifiable; fit more BF16 runs")
+    fallback = paper_prior()
+    prior = Prior(dict(base["params"]), dict(fallback.delta), f"fit {path}")
+    for key, fit in result.get("delta", {}).items():
+        params = fit["params"]
+        missing = [p for p in DELTA_PARAMS if params.get(p) is None]
+        prior.delta[key] = {p: float(params.get(p) or 0.0) for p in DELTA_PARAMS}
+        if missing:
+            prior.notes.append(f"{key}: {', '.join(missing)} not identifiable in the prior fit: 0")
+    unfitted = sorted(set(fallback.delta) - set(result.get("delta", {})))
+    if unfitted:
+        prior.notes.append(f"not in the prior fit, taken from the paper: {', '.join(unfitted)}")
+    prior.noise = fit_noise(result)
+    return prior
+
+
+def fit_noise(result: dict[str, Any]) -> float | None:
+    """A run's loss noise implied by a fit: BF16 log-residual SD x a typical loss (E + 0.5)."""
+    base = result["base"]
+    sd, e = base.get("resid_log_sd"), base["params"].get("E")
+    return float(sd) * (float(e) + 0.5) if sd and e is not None else None
+
+
+# ---------------------------------------------------------------- the grid
+
+
+def grid_runs(
+    sweep: str, overrides: list[str] | None = None, mfu: float = 0.4, peak_tflops: float = 312.0
+) -> pd.DataFrame:
+    """A sweep's planned runs as a table (one row per run, twins included) with GPU-hours."""
+    from qat_sweep.model.presets import model_config_from
+    from qat_sweep.sweep.plan import PlanError, plan_sweep
+
+    try:
+        planned = plan_sweep(sweep, overrides or [], strict=False)
+    except PlanError as err:
+        raise InputError(str(err)) from err
+    rows = []
+    for run in planned:
+        row = run.row(mfu, peak_tflops)
+        row["hidden_size"] = model_config_from(run.config["model"]).hidden_size
+        row["holdout"] = bool(run.config["holdout"])  # plan's membership, as in the record
+        rows.append({c: row[c] for c in GRID_COLUMNS})
+    return with_coordinates(pd.DataFrame(rows))
+
+
+def with_coordinates(runs: pd.DataFrame) -> pd.DataFrame:
+    """Add G (the value inside log2 G), the (N, D) cells and fit_key, as collect.build_table does."""
+    runs = runs.reset_index(drop=True).copy()
+    runs["n_params"] = runs["n_params"].astype(float)
+    runs["tokens"] = runs["tokens"].astype(float)
+    runs["N_cell"], runs["D_cell"] = snap(runs["n_params"]), snap(runs["tokens"])
+    runs["G"] = [
+        group_value(g, h) for g, h in zip(runs["group_size"], runs["hidden_size"], strict=True)
+    ]
+    runs["fit_key"] = runs["scheme"] + "/" + runs["format"]
+    return runs
+
+
+def _matches(runs: pd.DataFrame, key: str, value: str) -> np.ndarray:
+    if key == "tokens":
+        return np.isclose(runs["tokens"], parse_count(value, key))
+    if key in ("lr", "seed"):
+        return np.isclose(runs[key].astype(float), float(value))
+    return (runs[key].astype(str) == value).to_numpy()
+
+
+def _fields(flag: str, text: str, allowed: tuple[str, ...]) -> dict[str, str]:
+    """The `key=value` words of a --target or --drop string, keys from `allowed`."""
+    try:
+        fields, rest = split_overrides(text.split(), set(allowed))
+    except InputError as err:
+        raise InputError(f"{flag} {text!r}: {err}") from None
+    if rest:
+        raise InputError(f"{flag} {text!r}: {rest[0]!r} is not key=value")
+    return fields
+
+
+def drop_runs(runs: pd.DataFrame, drops: list[str]) -> pd.DataFrame:
+    """Remove runs matching every `key=value` of a drop ("tokens=100B", "model=74M scheme=w4a16")."""
+    keep = np.ones(len(runs), bool)
+    for drop in drops:
+        hit = np.ones(len(runs), bool)
+        for key, value in _fields("--drop", drop, DROP_KEYS).items():
+            hit &= _matches(runs, key, value)
+        if not hit.any():
+            raise InputError(f"--drop {drop!r} matches no run of this sweep")
+        keep &= ~hit
+    return runs[keep].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- drawing data
+
+
+def true_losses(prior: Prior, runs: pd.DataFrame) -> np.ndarray:
+    """Noiseless final loss of every run under the prior."""
+    loss = bf16_loss(prior.base, runs["n_params"], runs["tokens"])
+    for key in runs.loc[runs["scheme"] != "bf16", "fit_key"].unique():
+        if key not in prior.delta:
+            raise InputError(
+                f"the prior ({prior.source}) has no delta law for {key}; "
+                f"it has: {', '.join(sorted(prior.delta))}"
+            )
+        mask = (runs["fit_key"] == key).to_numpy()
+        part = runs[mask]
+        loss[mask] += delta_loss(prior.delta[key], part["n_params"], part["tokens"], part["G"])
+    return loss
+
+
+def draw_losses(
+    prior: Prior,
+    runs: pd.DataFrame,
+    noise: float,
+    n_sims: int,
+    rng: np.random.Generator,
+    cell_noise: float = 0.0,
+) -> np.ndarray:
+    """(n_sims, n_runs) final losses: truth + per-run noise + noise shared by an (N, D, LR) cell."""
+    base = true_losses(prior, runs)
+    out = base + rng.normal(0.0, noise, (n_sims, len(runs)))
+    if cell_noise > 0:
+        codes = pd.factorize(pd.Series(list(zip(*(runs[c] for c in TWIN_COLUMNS), strict=True))))[0]
+        out += rng.normal(0.0, cell_noise, (n_sims, codes.max() + 1))[:, codes]
+    return out
+
+
+# ---------------------------------------------------------------- refitting many data sets
+
+
+@dataclass
+class Refits:
+    """Estimates of every simulated sweep: raw parameters in BASE_PARAMS / DELTA_PARAMS order.
+
+    `*_ok` marks estimates fit would report as identified: in the design, finite, off the bounds.
+    """
+
+    base: np.ndarray
+    base_ok: np.ndarray
+    delta: dict[str, np.ndarray]
+    delta_ok: dict[str, np.ndarray]
+    exact_refits: int = 0  # replicates that needed fit_delta itself
+
+
+def _base_refits(runs: pd.DataFrame, fitted: np.ndarray, losses: np.ndarray, truth: np.ndarray):
+    """Base law of every replicate on the best-LR BF16 run per (N cell, D cell, seed)."""
+    n_sims = losses.shape[0]
+    est, ok = np.full((n_sims, len(BASE_PARAMS)), np.nan), np.zeros((n_sims, 5), bool)
+    bf16 = runs[fitted & (runs["scheme"] == "bf16").to_numpy()]
+    if bf16.empty:
+        return est, ok
+    # pipeline._best_lr groups by cells; a plan gives every run of a cell the same N and D
+    cells = bf16.groupby(["N_cell", "D_cell", "seed"], sort=True).indices
+    cell_rows = [bf16.index[idx] for idx in cells.values()]
+    best = np.stack([losses[:, rows].min(axis=1) for rows in cell_rows], axis=1)
+    frame = pd.DataFrame(list(cells), columns=["n_params", "tokens", "seed"])
+    frame["loss"] = [truth[rows].min() for rows in cell_rows]
+    start = fit_base(frame, f_scale=BASE_F_SCALE)
+    if "theta" not in start.internal:
+        return est, ok
+    x_n, x_d = frame["n_params"].to_numpy() / N_UNIT, frame["tokens"].to_numpy() / D_UNIT
+    theta = base_lm_batch(
+        start.internal["theta"], x_n, x_d, np.log(best), np.ones_like(best), True, BASE_F_SCALE
+    )
+    est = base_raw(theta, True)
+    hit = np.vectorize(on_bound)
+    names = ("A", "B", "E", "alpha")
+    bound = np.column_stack(
+        [hit(theta[:, j], BASE_BOUNDS[n][0]) | hit(theta[:, j], BASE_BOUNDS[n][1])
+         for j, n in enumerate(names)]
+    )  # fmt: skip
+    # BASE_PARAMS order is A, alpha, B, beta, E; beta is alpha (tied)
+    ok = np.isfinite(est) & ~bound[:, [0, 3, 1, 3, 2]]
+    return est, ok
+
+
+def _delta_replicate(
+    part: pd.DataFrame, y: np.ndarray, mask: np.ndarray
+) -> tuple[np.ndarray, bool]:
+    """One replicate's delta law as fit_delta fits it (fit.delta_start: the exponents
+    identify.py keeps for these gaps, the box IRLS optimum lmfit refines), NaN for exponents
+    left out; fit_delta itself where the IRLS has no finite answer."""
+    rows = part if mask.all() else part[mask].reset_index(drop=True)
+    design, _, _, _, _, coef = delta_start(rows, y[mask], None, DELTA_COLUMNS)
+    if np.all(np.isfinite(coef)):
+        raw = design.to_raw(coef)[0]
+        raw[[DELTA_PARAMS.index(c) for c in DELTA_COLUMNS if c not in design.columns]] = np.nan
+        return raw, False
+    fit = fit_delta(rows.assign(delta=np.exp(y[mask])), "sim")
+    return np.array([np.nan if v is None else v for v in fit.params.values()]), True
+
+
+def refit_many(
+    runs: pd.DataFrame, losses: np.ndarray, start_losses: np.ndarray | None = None
+) -> Refits:
+    """Refit every row of `losses` (n_sims, n_runs) as `fit` would fit that sweep's records.
+
+    The base law's warm start is fit_base on `start_losses` (the noiseless truth; default the
+    mean over replicates).
+    """
+    runs = runs.reset_index(drop=True)  # row i is column i of losses
+    fitted = ~runs["holdout"].to_numpy(bool)
+    start = losses.mean(axis=0) if start_losses is None else start_losses
+    base, base_ok = _base_refits(runs, fitted, losses, start)
+    twins = twin_index(runs)
+    out = Refits(base, base_ok, {}, {})
+    quant = fitted & (twins >= 0)
+    for key in sorted(runs.loc[quant, "fit_key"].unique()):
+        rows = np.flatnonzero(quant & (runs["fit_key"] == key).to_numpy())
+        part = runs.iloc[rows].reset_index(drop=True)
+        gaps = losses[:, rows] - losses[:, twins[rows]]
+        est = np.full((losses.shape[0], len(DELTA_PARAMS)), np.nan)
+        for s in range(losses.shape[0]):
+            mask = gaps[s] > 0
+            if mask.sum() < 2:  # pipeline skips settings with fewer than two paired runs
+                continue
+            y = np.log(np.where(mask, gaps[s], 1.0))
+            est[s], exact = _delta_replicate(part, y, mask)
+            out.exact_refits += exact
+        # identified: fitted (fit reports a left-out exponent as None) and off the +-3 box
+        at_bound = np.vectorize(on_bound)(np.abs(np.nan_to_num(est)), GAMMA_BOUND)
+        ok = np.isfinite(est) & ~at_bound
+        ok[:, 0] = np.isfinite(est[:, 0])
+        out.delta[key], out.delta_ok[key] = est, ok
+    return out
+
+
+# ---------------------------------------------------------------- summaries
+
+
+def interval(samples: np.ndarray, truth: float | None) -> dict[str, Any]:
+    """Expected 95% interval of an estimate: the central 95% of its simulated values."""
+    samples = samples[np.isfinite(samples)]
+    if not samples.size:
+        return {"truth": truth, "median": None, "ci95": None, "width": None, "rel_width": None}
+    lo, hi = np.percentile(samples, [2.5, 97.5])
+    return {
+        "truth": truth,
+        "median": float(np.median(samples)),
+        "ci95": [float(lo), float(hi)],
+        "width": float(hi - lo),
+        "rel_width": float((hi - lo) / abs(truth)) if truth else None,
+        "excludes_zero": bool(lo > 0 or hi < 0),
+    }
+
+
+def predicted_delta(estimates: np.ndarray, n: float, d: float, g: float) -> np.ndarray:
+    """delta at one point from each row of estimates; unidentified exponents count as 0 (predict)."""
+    params = dict(zip(DELTA_PARAMS, np.nan_to_num(estimates, nan=0.0).T, strict=True))
+    params["k"] = np.where(np.isfinite(estimates[:, 0]), estimates[:, 0], np.nan)
+    return delta_loss(params, n, d, g)
+
+
+# ---------------------------------------------------------------- targets
+
+TARGET_KEYS = ("model", "n_params", "hidden_size", "tokens", "scheme", "format", "group_size")
+SENSIBLE = {"n_params": (1e4, 1e13), "tokens": (1e5, 1e15)}  # beyond these no law is meant
+
+
+@dataclass(frozen=True)
+class Target:
+    """One prediction a researcher cares about: delta of a setting at (N, D, G)."""
+
+    n_params: float
+    hidden_size: float | None
+    tokens: float
+    fit_key: str
+    group_size: int | str
+    label: str
+
+    @property
+    def G(self) -> float:
+        return group_value(self.group_size, self.hidden_size)
+
+
+def parse_target(text: str) -> Target:
+    """'model=973M tokens=200B scheme=w4a4 format=int4 group_size=128' -> Target (InputError)."""
+    fields = _fields("--target", text, TARGET_KEYS)
+    try:
+        n_params = parse_count(fields["n_params"], "n_params") if "n_params" in fields else None
+        hidden = (
+            parse_count(fields["hidden_size"], "hidden_size") if "hidden_size" in fields else None
+        )
+        tokens = parse_count(fields["tokens"], "tokens") if "tokens" in fields else None
+    except InputError as err:
+        raise InputError(f"--target {text!r}: {err}") from None
+    if "model" in fields:
+        from qat_sweep.model.presets import load_preset
+
+        try:
+            preset = load_preset(fields["model"])
+        except ValueError as err:
+            raise InputError(f"--target {text!r}: {err}") from err
+        n_params = n_params or float(preset.n_params)
+        hidden = hidden or float(preset.hidden_size)
+    if n_params is None or tokens is None:
+        raise InputError(f"--target {text!r}: give model= (or n_params=) and tokens=")
+    for name, value in (("n_params", n_params), ("tokens", tokens)):
+        lo, hi = SENSIBLE[name]
+        if not lo <= value <= hi:
+            raise InputError(
+                f"--target {text!r}: {name}={value:.3g} is outside any sensible range [{lo:.0e}, {hi:.0e}]"
+            )
+    scheme = fields.get("scheme", "w4a4").lower()
+    if scheme == "bf16":
+        raise InputError(f"--target {text!r}: targets are quantized settings (delta), not bf16")
+    group = fields.get("group_size", "128")
+    if group != "channel":
+        try:
+            group = int(group)
+        except ValueError as err:
+            raise InputError(
+                f"--target {text!r}: group_size must be an integer or channel"
+            ) from err
+    g = group_value(group, hidden)
+    if not np.isfinite(g) or not 1 < g <= 1e6:
+        raise InputError(
+            f"--target {text!r}: group_size={group} gives G={g}; need 1 < G <= 1e6 "
+            "(channel needs model= or hidden_size=)"
+        )
+    key = f"{scheme}/{fields.get('format', 'int4').lower()}"
+    label = f"{fields.get('model', f'{n_params:.3g}')}/{fields['tokens']} {key} G={group}"
+    return Target(float(n_params), hidden, float(tokens), key, group, label)

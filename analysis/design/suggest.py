@@ -1,0 +1,279 @@
+"""`qat-sweep suggest`: the next runs that most shrink a target's predicted interval per GPU-hour.
+
+The criterion (c-optimal, the linearised variance of each target's log delta-hat) is in
+criterion.py, the greedy choice of the batch in greedy.py; this module reads the fit and the
+sweep, and writes the sweep file of the chosen runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from qat_sweep.analysis.cells import snap
+from qat_sweep.analysis.collect import InputError, twin_index
+from qat_sweep.analysis.design import simulate as sim
+from qat_sweep.analysis.design.criterion import cell_keys, features
+from qat_sweep.analysis.design.expected import noise_level, split_cli
+from qat_sweep.analysis.design.greedy import Choice, choose
+from qat_sweep.analysis.law import identify
+from qat_sweep.analysis.law.formulas import DELTA_PARAMS
+
+from qat_sweep.common import json_safe, write_atomic
+
+WHAT = {"gamma_N": "n_params", "gamma_D": "tokens", "gamma_G": "G"}
+FEATURE_OF = {"gamma_D": 0, "gamma_G": 1, "gamma_N": 2}  # column of features()[:, 1:]
+
+
+# ---------------------------------------------------------------- the command
+
+
+def fitted_laws(
+    result: dict[str, Any], targets: list[sim.Target], done: pd.DataFrame, grid: pd.DataFrame
+) -> dict[str, dict[str, float]]:
+    """Delta laws of the targets' settings; InputError naming the runs that would identify them."""
+    laws = {}
+    for target in targets:
+        fit = result["delta"].get(target.fit_key)
+        if fit is None:
+            raise InputError(
+                f"target {target.label}: the fit has no delta law for {target.fit_key}; "
+                f"fitted: {', '.join(result['delta']) or 'none'}"
+            )
+        missing = [p for p in DELTA_PARAMS if fit["params"].get(p) is None]
+        if missing:
+            raise InputError(_identify_message(target, fit, missing, done, grid))
+        laws[target.fit_key] = {p: float(fit["params"][p]) for p in DELTA_PARAMS}
+    return laws
+
+
+def _identify_message(target, fit, missing, done, grid) -> str:
+    """Why fit left the exponents out (identify.py's report) and which open runs of this sweep
+    give their regressor variation of its own, cheapest first."""
+    report = (fit.get("identifiability") or {}).get("exponents", {})
+    mine = grid[(grid["fit_key"] == target.fit_key) & grid["open"]]
+    have = done[done["fit_key"] == target.fit_key]
+    lines = [
+        f"target {target.label}: {', '.join(missing)} of {target.fit_key} not identifiable in "
+        "this fit, so there is no interval to shrink yet."
+    ]
+    base = features(have["n_params"], have["tokens"], have["G"])[:, 1:]
+    extra = features(mine["n_params"], mine["tokens"], mine["G"])[:, 1:]
+    for name in missing:
+        entry = report.get(name, {})
+        j = FEATURE_OF[name]
+        now = identify.independent_variation(base, j)[0] if len(base) > 1 else 0.0
+        gain = np.array(
+            [identify.independent_variation(np.vstack([base, row]), j)[0] for row in extra]
+        )
+        useful = mine[gain > now + 1e-9] if len(mine) else mine
+        column = WHAT[name]
+        values = ", ".join(f"{v:.4g}" for v in sorted(useful[column].unique())[:6])
+        keys = useful.sort_values("gpu_hours")["run_key"].head(3).tolist()
+        lines.append(
+            f"  {name}: {entry.get('why', 'left out of the fit')}. "
+            f"{identify.separate_by(name) or f'Runs at another {column} would separate it'}; "
+            f"this sweep has {len(useful)} such runs not done ({column} = {values or 'none'})"
+            + (f"; cheapest: {', '.join(keys)}" if keys else "")
+        )
+    lines.append("run some of them, fit again, then suggest")
+    return "\n".join(lines)
+
+
+def done_table(fit_dir: Path, grid: pd.DataFrame) -> pd.DataFrame:
+    """Runs whose information is in hand: the fit's usable rows plus completed/running plan rows.
+
+    Gives `grid` and the result N_cell/D_cell columns snapped together."""
+    path = fit_dir / "runs.csv"
+    if not path.is_file():
+        raise InputError(f"no runs.csv in {fit_dir}; run `qat-sweep fit` first")
+    table = pd.read_csv(path, dtype={"group_size": str})
+    table = table[table["excluded"].isna() & ~table["holdout"].astype(bool)]  # '' reads as NaN
+    table = table.assign(fit_key=table["scheme"] + "/" + table["format"])
+    cols = ["run_key", "n_params", "tokens", "G", "lr", "seed", "scheme", "fit_key"]
+    busy = grid["status"].isin(["completed", "running"]) & ~grid["run_key"].isin(table["run_key"])
+    done = pd.concat([table[cols], grid.loc[busy, cols]], ignore_index=True)
+    # one set of (N, D) cells for the fit's records and the plan, so twins match across both
+    both = pd.concat([grid[["n_params", "tokens"]], done[["n_params", "tokens"]]])
+    n_cell, d_cell = snap(both["n_params"]), snap(both["tokens"])
+    grid["N_cell"], grid["D_cell"] = n_cell[: len(grid)], d_cell[: len(grid)]
+    done["N_cell"], done["D_cell"] = n_cell[len(grid) :], d_cell[len(grid) :]
+    return done
+
+
+def sweep_file(spec: Any, rows: list[dict[str, Any]], extra: list[str]) -> dict[str, Any]:
+    """A sweep file holding exactly `rows`, one sub-grid each, named like the original sweep so
+    its runs land in the same run directories (and `fit sweep=NAME` sees them)."""
+    shared = [*spec.overrides, *extra]
+    subgrids = {}
+    for i, row in enumerate(rows):
+        axes = {}
+        for override in row["overrides"]:
+            key, _, value = override.partition("=")
+            if key != "sweep_name" and override not in shared:
+                axes[key] = value
+        subgrids[f"next{i:02d}"] = axes
+    return {"name": spec.name, "overrides": shared, "twins": True, "subgrids": subgrids}
+
+
+PLAN_COLUMNS = (
+    "run_key", "model", "n_params", "tokens", "scheme", "format", "group_size", "lr", "seed",
+    "status", "overrides", "subgrid", "gpu_hours",
+)  # fmt: skip
+
+
+def _row(grid: pd.DataFrame, i: int) -> dict[str, Any]:
+    row = {c: grid[c].iat[i] for c in PLAN_COLUMNS}
+    row["group_size"] = None if row["scheme"] == "bf16" else row["group_size"]
+    return json_safe(row)
+
+
+def _chosen_rows(grid: pd.DataFrame, pick: Choice) -> list[dict[str, Any]]:
+    """The chosen runs in order, each followed by its BF16 twin when that is new too."""
+    rows = []
+    for i, twin in zip(pick.order, pick.twins, strict=True):
+        rows.append({**_row(grid, i), "twin_key": grid["run_key"].iat[int(grid["twin"].iat[i])]})
+        if twin is not None:
+            rows.append({**_row(grid, twin), "twin_of": grid["run_key"].iat[i]})
+    for row, before, after, cost in zip(
+        [r for r in rows if "twin_of" not in r],
+        pick.width_before,
+        pick.width_after,
+        pick.cost,
+        strict=True,
+    ):
+        row["expected_gain"] = {
+            "rel_width_before": before, "rel_width_after": after,
+            "gpu_hours_with_twin": cost, "gain_per_gpu_hour": (before - after) / cost,
+        }  # fmt: skip
+    return rows
+
+
+def _parser() -> argparse.ArgumentParser:
+    from qat_sweep.analysis.predict import fit_reader_parser
+
+    p = fit_reader_parser(
+        "qat-sweep suggest",
+        "The next runs that most shrink the targets' predicted intervals per "
+        "GPU-hour: suggest --fit DIR sweep=NAME --target '...' [--k K] [--budget GPU_HOURS]",
+    )
+    p.add_argument("--target", action="append", required=True,
+                   help="'model=973M tokens=200B scheme=w4a4 format=int4 group_size=128'")  # fmt: skip
+    p.add_argument("--k", type=int, help="how many runs (default 10 without --budget)")
+    p.add_argument("--budget", type=float, help="GPU-hours to spend, BF16 twins included")
+    p.add_argument("--noise", type=float, help="SD of a run's final loss (default: from the fit)")
+    p.add_argument(
+        "--out", type=Path, help="sweep file directory (default reports/<sweep>/suggest)"
+    )
+    return p
+
+
+def suggest(argv: list[str]) -> dict[str, Any]:
+    """Choose the runs and write the sweep file; InputError on bad input."""
+    import yaml
+    from qat_sweep.analysis.predict import SavedFit
+
+    from qat_sweep.sweep.plan import PlanError, load_sweep
+
+    args, extra = _parser().parse_known_args(argv)
+    sweep, mfu, peak, overrides = split_cli(extra, "suggest")
+    if args.k is not None and args.k < 1:
+        raise InputError(f"--k {args.k}: need at least 1")
+    if args.budget is not None and args.budget <= 0:
+        raise InputError(f"--budget {args.budget}: need a positive number of GPU-hours")
+    targets = [sim.parse_target(t) for t in args.target]
+    saved = SavedFit.load(args.fit)
+    noise = noise_level(args.noise, sim.fit_noise(saved.result))
+    grid = sim.grid_runs(sweep, overrides, mfu, peak)
+    done = done_table(args.fit, grid)
+    grid["twin"] = twin_index(grid)
+    grid["open"] = (
+        grid["status"].isin(["missing", "failed"])
+        & ~grid["holdout"]
+        & ~grid["run_key"].isin(done["run_key"])
+    )
+    wanted = sorted({t.fit_key for t in targets})
+    if not (grid["open"] & grid["fit_key"].isin(wanted)).any():
+        raise InputError(
+            f"sweep {sweep} has no remaining runs of {', '.join(wanted)}: all "
+            f"{int(grid['fit_key'].isin(wanted).sum())} are done, running or held out"
+        )
+    laws = fitted_laws(saved.result, targets, done, grid)
+    ready = set(cell_keys(done[done["scheme"] == "bf16"])) | set(
+        cell_keys(grid[(grid["scheme"] == "bf16") & ~grid["open"]])
+    )
+    k = args.k if args.k is not None or args.budget is not None else 10
+    pick = choose(laws, done, grid, targets, noise, k, args.budget, ready, grid["open"].to_numpy())
+    if not pick.order:
+        raise InputError(
+            "no remaining run shrinks the targets' intervals"
+            + (f" within {args.budget:g} GPU-hours" if args.budget else "")
+        )
+    rows = _chosen_rows(grid, pick)
+    try:
+        spec = load_sweep(sweep)
+    except PlanError as err:
+        raise InputError(str(err)) from err
+    out = args.out or Path("reports") / spec.name / "suggest"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{spec.name}.yaml"
+    write_atomic(path, yaml.safe_dump(sweep_file(spec, rows, overrides), sort_keys=False))
+    return {
+        "sweep": sweep,
+        "fit": str(args.fit),
+        "criterion": "c-optimal: linearised Var(log delta-hat) at the targets of fit's Huber "
+        "regression in log space (M-estimator sandwich, shared BF16 twins), greedy per GPU-hour",
+        "noise": noise,
+        "targets": [
+            {"target": t.label, "rel_width_now": b, "rel_width_after": a}
+            for t, (b, a) in zip(targets, pick.target_widths, strict=True)
+        ],
+        "runs": rows,
+        "gpu_hours": float(sum(pick.cost)),
+        "sweep_file": str(path),
+        "launch": f"qat-sweep launch sweep={path} launcher=PROFILE",
+    }
+
+
+def format_suggestion(res: dict[str, Any]) -> str:
+    lines = [f"criterion: {res['criterion']}; loss noise {res['noise']:.3g} per run"]
+    for t in res["targets"]:
+        lines.append(
+            f"target {t['target']}: expected 95% interval width of delta now "
+            f"{100 * t['rel_width_now']:.1f}% of delta, after these runs {100 * t['rel_width_after']:.1f}%"
+        )
+    lines += ["", f"{'run_key':<58} {'N':>7} {'D':>6} {'scheme':<10} {'G':>7} {'GPU-h':>8} "
+              f"{'width after':>11} {'gain/GPU-h':>10}"]  # fmt: skip
+    for r in res["runs"]:
+        gain = r.get("expected_gain")
+        tail = (
+            f"{100 * gain['rel_width_after']:>10.1f}% {100 * gain['gain_per_gpu_hour']:>9.3g}%"
+            if gain
+            else f"{'(BF16 twin)':>22}"
+        )
+        lines.append(
+            f"{r['run_key']:<58} {r['n_params'] / 1e6:>6.0f}M {r['tokens'] / 1e9:>5.0f}B "
+            f"{r['scheme']:<10} {r['group_size'] or '-'!s:>7} {r['gpu_hours']:>8,.0f} {tail}"
+        )
+    lines += [
+        "",
+        f"total {len(res['runs'])} runs, {res['gpu_hours']:,.0f} GPU-hours; sweep file: {res['sweep_file']}",
+        f"launch them: {res['launch']}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """`qat-sweep suggest`; returns the exit code."""
+    try:
+        res = suggest(argv)
+    except InputError as err:
+        print(f"qat-sweep suggest: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(res, indent=1) if "--json" in argv else format_suggestion(res))
+    return 0

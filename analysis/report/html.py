@@ -1,0 +1,397 @@
+"""report.md and a self-contained report.html (PNGs inlined as base64) from one fit.
+
+Both formats render the same list of sections, so they never disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from qat_sweep.analysis import paper
+from qat_sweep.analysis.law.formulas import BASE_PARAMS, DELTA_PARAMS
+from qat_sweep.analysis.law.identify import OUTLIER_Z
+
+from qat_sweep.common import write_atomic
+
+EXPECTED = {"N": "falls", "D": "rises", "G": "rises"}
+PAPER_CHANGE = {
+    "N": paper.FINDINGS["delta_change_with_n"],
+    "D": paper.FINDINGS["delta_change_with_d"],
+}
+
+
+@dataclass
+class Section:
+    title: str
+    text: list[str] = field(default_factory=list)
+    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+
+
+def _f(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, (int, float)):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _ci(ci: Any) -> str:
+    return f"[{_f(ci[0])}, {_f(ci[1])}]" if ci else "n/a"
+
+
+def _pct(value: Any) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _ci_of(fit: dict[str, Any], name: str) -> str:
+    """The interval with its flag: an interval the grid cannot support never stands alone."""
+    flag = (fit.get("interval_flags") or {}).get(name)
+    text = _ci(fit["ci95"].get(name))
+    return f"{text} ({flag})" if flag else text
+
+
+def _identifiability(fit: dict[str, Any]) -> list[str]:
+    """The design's condition; the exponents it cannot separate are in the fit's notes."""
+    ident = fit.get("identifiability") or {}
+    if not ident:
+        return []
+    lines = [
+        f"Design in ({', '.join(ident['design'])}) over the fitted cells: condition number "
+        f"{_f(ident['condition'], 3)}, {ident['n_cells']} cells, {ident['n_params']} parameters"
+        + (", exact fit (no intervals)" if ident.get("exact_fit") else "")
+        + "."
+    ]
+    return lines
+
+
+def _outliers(fit: dict[str, Any]) -> list[str]:
+    found = fit.get("outliers") or []
+    if not found:
+        return []
+    runs = ", ".join(f"{o['run_key']} (z = {o['robust_z']:.1f})" for o in found)
+    return [
+        f"Outliers (robust residual beyond {OUTLIER_Z:g} robust sd; kept, the Huber loss limits "
+        f"their weight): {runs}."
+    ]
+
+
+def base_section(res: dict[str, Any]) -> Section:
+    base = res["base"]
+    rows = [
+        {
+            "param": p,
+            "ours": _f(base["params"].get(p)),
+            "95% CI": _ci_of(base, p),
+            "paper": _f(paper.BASE[p]),
+        }
+        for p in BASE_PARAMS
+    ]
+    text = [
+        f"Fitted on {base['n_runs']} BF16 runs in {base['n_cells']} (N, D) cells; Huber loss on log-loss residuals "
+        f"(f_scale {base['huber_f_scale']:g}), summed; alpha {'tied to' if res['settings']['tied'] else 'free from'} beta.",
+        f"R^2 = {_f(base.get('r2'))} (paper {paper.BASE_R2}); converged: {base['converged']}; "
+        f"{_pct(base['starts']['frac_reached_best'])} of {base['starts']['n']} grid starts reached the best cost; "
+        f"bound hits: {', '.join(base['bound_hits']) or 'none'}.",
+        *base["notes"],
+        *_identifiability(base),
+        *_outliers(base),
+    ]
+    return Section(
+        "BF16 law  L = A/N^alpha + B/D^beta + E", text, [("", pd.DataFrame(rows))], ["loss_vs_D"]
+    )
+
+
+def delta_section(res: dict[str, Any]) -> Section:
+    rows, text = [], []
+    for key, fit in res["delta"].items():
+        ref = paper.TABLE1.get(key, {})
+        for p in DELTA_PARAMS:
+            value = fit["params"].get(p)
+            rows.append({
+                "setting": key, "param": p,
+                "ours": _f(value) if value is not None else "not identifiable",
+                "95% CI": _ci_of(fit, p), "paper": _f(ref.get(p)),
+            })  # fmt: skip
+        text.append(
+            f"{key}: {fit['n_runs']} runs, {fit['n_cells']} cells, mean |relative error| of delta {_pct(fit.get('rel_error'))}, "
+            f"converged {fit['converged']}, {_pct(fit['starts']['frac_reached_best'])} of starts at the best cost, "
+            f"bound hits: {', '.join(fit['bound_hits']) or 'none'}. " + " ".join(fit["notes"])
+        )
+        text += [f"{key}: {line}" for line in _identifiability(fit) + _outliers(fit)]
+    if not rows:
+        text.append("No quantized runs with a BF16 twin: no delta law fitted.")
+    joint = res.get("joint")
+    tables = [("Our Table 1 beside the paper's", pd.DataFrame(rows))]
+    if joint:
+        jrows = [{"setting": "bf16", **{p: _f(v) for p, v in joint["base"].items()}}]
+        jrows += [
+            {"setting": k, **{p: _f(v) for p, v in d.items()}} for k, d in joint["delta"].items()
+        ]
+        tables.append(("Joint fit (all runs at once)", pd.DataFrame(jrows)))
+        text.append(
+            f"Joint fit: {joint['n_runs']} runs, converged {joint['converged']}. {joint['note']}."
+        )
+    figures = ["delta_vs_N", "delta_vs_D", "delta_vs_G", "predicted_vs_actual", "residuals"]
+    return Section(
+        "Quantization error  delta = k D^gamma_D (log2 G)^gamma_G / N^gamma_N",
+        text,
+        tables,
+        figures,
+    )
+
+
+def validation_section(res: dict[str, Any]) -> Section:
+    val = res["validation"]
+    rows = []
+    for key, item in val["laws"].items():
+        ref = item.get("paper") or {}
+        rows.append({
+            "setting": key, "ours": _pct(item["ours"]), "N-only per G": _pct(item["n_only"]),
+            "ours without D": _pct(item["no_d"]), "paper ours": _pct(ref.get("ours")),
+            "paper N-only": _pct(ref.get("n_only")), "paper no-D": _pct(ref.get("no_d")),
+        })  # fmt: skip
+    out_rows = []
+    for label in ("leave_largest_N_out", "leave_largest_D_out", "holdout"):
+        item = val[label]
+        if "note" in item and "delta" not in item:
+            out_rows.append(
+                {"check": label, "setting": "", "runs": "", "rel. error of delta": item["note"]}
+            )
+            continue
+        if "bf16" in item and "loss_rel_error" in item["bf16"]:
+            out_rows.append({"check": label, "setting": "bf16 loss", "runs": item["bf16"].get("n_test", ""),
+                             "rel. error of delta": f"loss error {_pct(item['bf16']['loss_rel_error'])}"})  # fmt: skip
+        for key, d in item.get("delta", {}).items():
+            out_rows.append({"check": label, "setting": key, "runs": d.get("n_test", ""),
+                             "rel. error of delta": _pct(d["rel_error"]) if "rel_error" in d else d["note"]})  # fmt: skip
+    text = [
+        "Mean |relative error| = mean |predicted - actual| / actual of delta (paper Table 2 metric), in sample. "
+        "N-only: delta = k_G / N^gamma fitted separately for each granularity (the earlier laws); "
+        "without D: our law with gamma_D = 0 (paper Table 4 ablation).",
+        "Out of sample: refit without the largest N (or D) and predict it; runs flagged holdout are never fitted.",
+    ]
+    return Section(
+        "Validation",
+        text,
+        [
+            ("Delta laws compared", pd.DataFrame(rows)),
+            ("Held-out predictions", pd.DataFrame(out_rows)),
+        ],
+    )
+
+
+def trends_section(res: dict[str, Any]) -> Section:
+    text = []
+    for key, entry in res["analyses"]["trends"].items():
+        parts = []
+        for axis, want in EXPECTED.items():
+            t = entry[axis]
+            if not t["comparisons"]:
+                parts.append(f"delta vs {axis}: not testable (one value)")
+                continue
+            verdict = "reproduced" if t["verdict"] == want else "NOT reproduced"
+            ref = (
+                f"; paper {_pct(PAPER_CHANGE[axis])}"
+                if axis in PAPER_CHANGE and key == "w4a4/int4"
+                else ""
+            )
+            parts.append(
+                f"delta {want} with {axis}: {verdict} ({_pct(1 - t['frac_rising'] if want == 'falls' else t['frac_rising'])} "
+                f"of {t['comparisons']} comparisons, mean change {_pct(t['mean_rel_change'])}{ref})"
+            )
+        text.append(f"{key}: " + "; ".join(parts) + ".")
+    fp = res["analyses"]["int4_vs_fp4"]
+    if fp.get("available"):
+        diffs = fp["int4_minus_fp4_per_G"]
+        channel = diffs.get("channel")
+        grouped = [v for g, v in diffs.items() if g != "channel"]
+        line = "INT4 vs FP4 (W4A4): "
+        if grouped:
+            line += f"with groups INT4 - FP4 averages {_f(sum(grouped) / len(grouped), 3)} (paper: about equal); "
+        if channel is not None:
+            better = "INT4 better" if channel < 0 else "FP4 better"
+            line += f"per channel {_f(channel, 3)} ({better}; paper -0.015, INT4 better)."
+        text.append(line)
+    else:
+        text.append("INT4 vs FP4: not testable, " + fp["missing"] + ".")
+    return Section("Which of the paper's trends does this data reproduce", text)
+
+
+def analyses_section(res: dict[str, Any]) -> Section:
+    an = res["analyses"]
+    text, tables = [], []
+    dec = an["decomposition"]
+    if dec.get("available"):
+        g, ref = dec["growth_with_D"], paper.FINDINGS
+        text.append(
+            f"Decomposition: delta_W4A4 = {dec['k_prime']:.3f} x (delta_W4A16 + delta_W16A4) over {dec['n']} cells "
+            f"(paper {ref['decomposition_k']}), relative error {_pct(dec['rel_error'])}. Growth with D: weight error {_pct(g['weight'])} "
+            f"(paper +{ref['weight_growth_with_d']:.0%}), activation error {_pct(g['act'])} (paper +{ref['act_growth_with_d']:.0%})."
+        )
+    else:
+        text.append("Decomposition: not available, " + dec["missing"] + ".")
+    for label, item in an["ratio_R"].items():
+        if item.get("available"):
+            text.append(
+                f"R = delta_W16A4 / delta_W4A16 ({label}): {item['min']:.2f} to {item['max']:.2f}, "
+                f"{_pct(item['frac_above_1'])} of cells above 1 (paper: 1.20 to 1.67 at G=32; 0.85 to 1.10 with 8-bit FC2)."
+            )
+        else:
+            text.append(f"R ({label}): not available, {item['missing']}.")
+    for scheme, item in an["fc2_8bit"].items():
+        if scheme == "paper":
+            continue
+        if item.get("available"):
+            red = ", ".join(f"G={g}: {_pct(v)}" for g, v in item["reduction_per_G"].items())
+            text.append(
+                f"8-bit FC2 input, {scheme}: delta reduced by {red} (paper W4A4: 20.5% at G=32 to 42.9% at G=256)."
+            )
+        else:
+            text.append(f"8-bit FC2 input, {scheme}: not available, {item['missing']}.")
+    sites = an["sites"]
+    if sites.get("available"):
+        frame = pd.DataFrame(sites["mean_per_setting"]).T.map(lambda v: _f(v, 3))
+        tables.append(
+            (
+                "Per-site kurtosis and quantization NMSE ||x_hat - x||^2 / ||x||^2 (means; paper FC2 kurtosis "
+                f"{paper.FINDINGS['fc2_kurtosis_bf16']:g} BF16, {paper.FINDINGS['fc2_kurtosis_w4a4']:g} W4A4)",
+                frame.reset_index(names="setting"),
+            )
+        )
+    else:
+        text.append("Per-site kurtosis: not available, " + sites["missing"] + ".")
+    slopes = ", ".join(f"{k}: {_f(v, 3)}" for k, v in an["contour_slopes"].items())
+    text.append(
+        f"Iso-delta contours are straight lines in (log N, log D) with slope gamma_N / gamma_D: {slopes or 'n/a'}."
+    )
+    figures = ["decomposition", "ratio_R", "fc2_8bit", "int4_vs_fp4", "contours"]
+    return Section("The paper's analyses", text, tables, figures)
+
+
+def predictions_section(res: dict[str, Any]) -> Section:
+    rows = [
+        {
+            "model": p["model"], "D/N": p["tokens_per_param"], "setting": p["setting"],
+            "BF16 loss": f"{p['bf16_loss']['value']:.4f} {_ci(p['bf16_loss']['ci95'])}",
+            "delta": f"{p['delta']['value']:.4f} {_ci(p['delta']['ci95'])}",
+            "QAT loss (95% PI)": f"{p['qat_loss']['value']:.4f} {_ci(p['qat_loss']['pi95'])}",
+            "eff. multiplier": f"{p['eff_multiplier']['value']:.3f} {_ci(p['eff_multiplier']['ci95'])}",
+            "warnings": "; ".join(p["warnings"]),
+        }
+        for p in res.get("predictions", [])
+    ]  # fmt: skip
+    text = [
+        "Extrapolations at G = 128 (per-channel would use hidden 2048 / 4096 / 8192); brackets are 95% bootstrap intervals."
+    ]
+    if not rows:
+        text = ["No predictions: the BF16 law or every delta law is missing."]
+    return Section("Predictions", text, [("", pd.DataFrame(rows))], ["effective_params"])
+
+
+def decisions_section(res: dict[str, Any]) -> Section:
+    """Issue 15: decide's quantities (analysis/decide.py) at the largest fitted (N, D) and 7B."""
+    rows = []
+    for d in res.get("decisions") or []:
+        bg, tt, cx, eff = (
+            d[k]
+            for k in ("best_group_size", "tokens_to_tolerance", "int4_vs_fp4", "eff_multiplier")
+        )
+        cross = "n/a"
+        if cx["available"]:
+            cross = (
+                f"G = {_f(cx['group_size'], 3)} {_ci(cx['ci95'])}" if cx["group_size"] else "none"
+            )
+        rows.append({
+            "setting": d["setting"], "N": _f(d["n_params"], 3), "D": _f(d["tokens"], 3),
+            f"best G at {_f(bg['bits_budget'])} bits": f"{bg['group_size']} ({_pct(bg['share_of_draws'])} of draws)",
+            f"D where delta = {_f(tt['tolerance'])} (G={tt['group_size']})": f"{_f(tt['tokens'], 3)} {_ci(tt['ci95'])}",
+            "INT4 = FP4 at": cross,
+            "eff. multiplier": f"{_f(eff['value'], 3)} {_ci(eff.get('ci95'))}",
+            "warnings": "; ".join(dict.fromkeys(bg["warnings"] + tt["warnings"] + cx.get("warnings", []))),
+        })  # fmt: skip
+    text = [
+        "Per setting: the group size minimising loss within a memory budget of 4 + 16/G bits per "
+        "weight, the tokens at which delta reaches the tolerance, the G at which INT4 and FP4 "
+        "delta cross (where both are fitted) and the effective parameter multiplier; brackets are "
+        "95% intervals over the bootstrap draws (n/a as an upper end: some draws never get there). "
+        "`qat-sweep decide` asks at any point."
+    ]
+    if not rows:
+        text = ["No decisions: no fully identified delta law (or no BF16 law)."]
+    return Section("Decisions", text, [("", pd.DataFrame(rows))] if rows else [])
+
+
+def excluded_section(res: dict[str, Any]) -> Section:
+    rows = pd.DataFrame(res["excluded"], columns=["run_key", "reason"])
+    text = [
+        f"{len(rows)} runs or files were left out of every fit."
+        if len(rows)
+        else "No run was excluded."
+    ]
+    return Section("Excluded runs", text, [("", rows)] if len(rows) else [])
+
+
+def build_sections(res: dict[str, Any]) -> list[Section]:
+    return [
+        base_section(res), delta_section(res), validation_section(res), trends_section(res),
+        analyses_section(res), predictions_section(res), decisions_section(res),
+        excluded_section(res),
+    ]  # fmt: skip
+
+
+def _md_table(frame: pd.DataFrame) -> str:
+    cells = frame.map(lambda s: str(s).replace("|", "/"))
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _header(res: dict[str, Any]) -> list[str]:
+    counts = res["n_runs"]
+    return [
+        f"Source: {res['settings']['source']}. Records: {counts['records']}, usable: {counts['usable']}, "
+        f"held out: {counts['holdout']}, excluded: {len(res['excluded'])}. Bootstrap: {res['settings']['bootstrap']} "
+        f"resamples of (N, D) cells, seed {res['settings']['seed']}. Fit time {res['timing_s']['fit']:.1f} s."
+    ]
+
+
+def write_markdown(res: dict[str, Any], figures: dict[str, Path], path: Path) -> None:
+    out = ["# QAT scaling-law fit", "", *_header(res), ""]
+    for sec in build_sections(res):
+        out += [f"## {sec.title}", ""] + [t + "\n" for t in sec.text]
+        for caption, frame in sec.tables:
+            out += ([f"**{caption}**", ""] if caption else []) + [_md_table(frame), ""]
+        out += [
+            f"![{name}](plots/{figures[name].name})\n" for name in sec.figures if name in figures
+        ]
+    write_atomic(path, "\n".join(out))
+
+
+CSS = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:13px}td,th{border:1px solid #bbb;padding:3px 7px}
+th{background:#eee}img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}h2{border-bottom:2px solid #ccc}"""
+
+
+def write_html(res: dict[str, Any], figures: dict[str, Path], path: Path) -> None:
+    body = ["<h1>QAT scaling-law fit</h1>", *(f"<p>{html.escape(t)}</p>" for t in _header(res))]
+    for sec in build_sections(res):
+        body.append(f"<h2>{html.escape(sec.title)}</h2>")
+        body += [f"<p>{html.escape(t)}</p>" for t in sec.text]
+        for caption, frame in sec.tables:
+            if caption:
+                body.append(f"<h3>{html.escape(caption)}</h3>")
+            body.append(frame.to_html(index=False, border=0, escape=True))
+        for name in sec.figures:
+            if name in figures:
+                data = base64.b64encode(figures[name].read_bytes()).decode()
+                body.append(
+                    f'<figure><img alt="{name}" src="data:image/png;base64,{data}"><figcaption>{name}</figcaption></figure>'
+                )
+    page = f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>QAT scaling-law fit</title><style>{CSS}</style></head><body>{"".join(body)}</body></html>'
+    write_atomic(path, page)

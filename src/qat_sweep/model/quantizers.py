@@ -1,0 +1,180 @@
+"""Group-wise fake quantization with a straight-through estimator (PAPER.md section 4).
+
+All scale and rounding math runs in fp32 whatever the input dtype (a bf16 scale measurably hurts
+and torch.compile may drop bf16 casts); the result is cast back to the input dtype. Groups are
+contiguous runs of G elements along the last (reduction) dimension.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from qat_sweep.model.precision import GroupSize
+
+
+@dataclass(frozen=True)
+class QuantFormat:
+    """A symmetric format: scale = absmax / divisor, codes clamped to [qmin, qmax].
+
+    ``clip_margin`` is half the gap to the next level an unbounded grid would have (0.5 for
+    integers, 1 for E2M1, whose next level would be 8). A scaled value that rounds (ties to
+    even) to a code outside [qmin, qmax] on that unbounded grid had its code clipped, and the
+    STE passes no gradient there: ``code_in_range``.
+    """
+
+    name: str
+    bits: int
+    divisor: float
+    qmin: float
+    qmax: float
+    floating: bool  # True: E2M1 grid, False: integer grid
+    clip_margin: float
+
+
+FORMATS: dict[str, QuantFormat] = {
+    # Paper convention: s = absmax/8 so the positive extreme (code 8) is clipped to 7.
+    "int4": QuantFormat("int4", 4, 8.0, -8.0, 7.0, floating=False, clip_margin=0.5),
+    # The authors' later code: s = absmax/7, codes [-7, 7], exactly symmetric.
+    "int4_sym": QuantFormat("int4_sym", 4, 7.0, -7.0, 7.0, floating=False, clip_margin=0.5),
+    # E2M1 magnitudes {0, .5, 1, 1.5, 2, 3, 4, 6}, s = absmax/6; the next level would be 8.
+    "fp4": QuantFormat("fp4", 4, 6.0, -6.0, 6.0, floating=True, clip_margin=1.0),
+    # Ours for the FC2-input variant: symmetric INT8, s = absmax/127, codes [-127, 127].
+    "int8": QuantFormat("int8", 8, 127.0, -127.0, 127.0, floating=False, clip_margin=0.5),
+}
+
+
+def get_format(fmt: str) -> QuantFormat:
+    """The QuantFormat called ``fmt``; ValueError naming it and the allowed ones otherwise."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown quantization format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    return FORMATS[fmt]
+
+
+def resolve_group_size(group_size: GroupSize, shape: torch.Size | tuple[int, ...]) -> int:
+    """The number of elements per group for a tensor of ``shape`` (None/'channel': whole row)."""
+    dim = shape[-1] if len(shape) else 0
+    if group_size is None or group_size == "channel":
+        return dim
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
+        raise ValueError(
+            f"group size must be a positive int, 'channel' or None, got {group_size!r}"
+        )
+    if dim % group_size:
+        divisors = [g for g in range(1, dim + 1) if dim % g == 0]
+        raise ValueError(
+            f"group size {group_size} does not divide the last dimension {dim} of a tensor of "
+            f"shape {tuple(shape)}; allowed: 'channel' or one of {divisors}"
+        )
+    return group_size
+
+
+def code_in_range(u: Tensor, fmt: QuantFormat) -> Tensor:
+    """True where ``u`` rounds, ties to even, to a code inside [qmin, qmax] on the unbounded grid.
+
+    Ties are exact: int4 sends 7.5 to 8 (clipped) but -8.5 to -8 (kept); int4_sym sends +-7.5
+    to +-8, int8 +-127.5 to +-128; E2M1 sends |u| = 7, midway between 6 and 8, to the even
+    mantissa, 8. Those codes were clipped, so their gradient is zero.
+    """
+    if fmt.floating:
+        return u.abs() < fmt.qmax + fmt.clip_margin
+    rounded = torch.round(u)
+    return (rounded >= fmt.qmin) & (rounded <= fmt.qmax)
+
+
+def round_to_grid(u: Tensor, fmt: QuantFormat) -> Tensor:
+    """Rounds already clamped, scaled values to the format's codes (ties to even)."""
+    if not fmt.floating:
+        return torch.round(u)
+    magnitude = u.abs()
+    # E2M1 spacing is 0.5 below 2, 1 in [2, 4) and 2 in [4, 6]; dividing by a power of two is
+    # exact, and torch.round's ties-to-even then matches the even-mantissa rule in every binade.
+    step = torch.where(magnitude < 2, 0.5, torch.where(magnitude < 4, 1.0, 2.0))
+    return torch.sign(u) * torch.round(magnitude / step) * step
+
+
+class _FakeQuantize(torch.autograd.Function):
+    """x -> s * code(x / s). STE: identity gradient, zero where the code was clipped.
+
+    "Clipped" means x / s rounds to a code outside the range (OmniQuant's clamp(round_ste(u))),
+    not merely that x / s exceeds qmax: otherwise fp32 rounding of absmax / divisor would
+    randomly cut the gradient of each group's largest element. The AbsMax part of the scale is a constant for autograd. An optional clipping factor
+    (LAC, one per group position) multiplies the scale and gets the LSQ/OmniQuant gradient
+    d x_hat / d s = code - u inside the range and code where clipped.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, clip: Tensor | None, fmt: QuantFormat, group_size: int) -> Tensor:
+        shape = x.shape
+        xg = x.float().reshape(*shape[:-1], shape[-1] // group_size, group_size)
+        base_scale = xg.abs().amax(dim=-1, keepdim=True) / fmt.divisor
+        scale = base_scale * clip.float().unsqueeze(-1) if clip is not None else base_scale
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        u = xg / safe
+        inside = code_in_range(u, fmt)
+        code = round_to_grid(u.clamp(fmt.qmin, fmt.qmax), fmt)
+        out = (code * scale).reshape(shape).to(x.dtype)
+        if clip is not None and ctx.needs_input_grad[1]:
+            ctx.save_for_backward(inside, (code - u * inside) * base_scale)
+        else:
+            ctx.save_for_backward(inside)
+        ctx.shape = shape
+        ctx.dtype = x.dtype
+        ctx.clip_dtype = clip.dtype if clip is not None else None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        inside, *rest = ctx.saved_tensors
+        g = grad_out.float().reshape(inside.shape)
+        grad_x = (g * inside).reshape(ctx.shape).to(ctx.dtype) if ctx.needs_input_grad[0] else None
+        grad_clip = None
+        if rest:
+            (d_clip,) = rest
+            per_group = g * d_clip
+            grad_clip = per_group.sum(dim=-1).reshape(-1, per_group.shape[-2]).sum(0)
+            grad_clip = grad_clip.to(ctx.clip_dtype)
+        return grad_x, grad_clip, None, None
+
+
+def fake_quantize(x: Tensor, fmt: str, group_size: GroupSize, clip: Tensor | None = None) -> Tensor:
+    """Quantize-dequantize ``x`` in groups of ``group_size`` along its last dimension.
+
+    ``group_size`` None or 'channel' means one group over the whole last dimension.
+    ``clip`` (optional, shape ``(n_groups,)``) multiplies each group position's AbsMax scale.
+    """
+    spec = get_format(fmt)
+    g = resolve_group_size(group_size, x.shape)
+    if clip is not None and tuple(clip.shape) != (x.shape[-1] // g,):
+        raise ValueError(
+            f"clip has shape {tuple(clip.shape)}, expected ({x.shape[-1] // g},) for groups of "
+            f"{g} over a last dimension of {x.shape[-1]}"
+        )
+    return _FakeQuantize.apply(x, clip, spec, g)
+
+
+def nmse(x: Tensor, x_hat: Tensor) -> float:
+    """Normalised squared error ||x_hat - x||^2 / ||x||^2 in fp32 (0 when both are zero, inf
+    when only x is). Not the analysis' mean absolute relative error of delta."""
+    xf = x.detach().float()
+    err = (x_hat.detach().float() - xf).square().sum()
+    ref = xf.square().sum()
+    if ref == 0:
+        return 0.0 if err == 0 else float("inf")
+    return float(err / ref)
+
+
+def kurtosis(x: Tensor) -> float:
+    """Pearson kurtosis E[(x-mu)^4] / var^2 over all elements, in fp32 (3 for a Gaussian).
+
+    Not the excess kurtosis: the paper's FC2-input figures (123 in BF16) are on this scale.
+    NaN for a constant tensor.
+    """
+    xf = x.detach().float().flatten()
+    centred = xf - xf.mean()
+    var = centred.square().mean()
+    if var == 0:
+        return float("nan")
+    return float(centred.pow(4).mean() / var.square())

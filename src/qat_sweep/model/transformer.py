@@ -1,0 +1,251 @@
+"""Llama-3-style decoder (RMSNorm, RoPE, SwiGLU, grouped-query attention, no biases).
+
+Quantization enters only through the block linears and the four per-block input quantizers of
+``schemes``; scheme ``bf16`` builds exactly the modules of ``quant=None``, so it is bitwise the
+plain model. Embeddings and lm_head are never quantized and are untied; their vocabulary rows
+are padded to a multiple of ``VOCAB_MULTIPLE`` (tensor-core friendly shapes), the padded rows
+start at zero and the loss and logits cover the real vocabulary only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from qat_sweep.common import COMPILE_SETTINGS
+from qat_sweep.model.layers import make_act_quantizer, make_linear
+from qat_sweep.model.precision import QuantConfig, check_group_size
+from qat_sweep.model.presets import ModelConfig
+
+INIT_STD = 0.02
+VOCAB_MULTIPLE = 128
+_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in fp32 and cast back, as in Llama."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight.type_as(x)
+
+
+def rope_tables(head_dim: int, seq_len: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos and sin tables, shape (seq_len, head_dim), for the rotate-half RoPE convention."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotates (batch, heads, seq, head_dim) queries or keys in fp32."""
+    xf = x.float()
+    half = xf.shape[-1] // 2
+    rotated = torch.cat([-xf[..., half:], xf[..., :half]], dim=-1)
+    return (xf * cos + rotated * sin).type_as(x)
+
+
+class Attention(nn.Module):
+    """Grouped-query causal self-attention; q, k, v read one shared quantized input."""
+
+    def __init__(self, cfg: ModelConfig, quant: QuantConfig | None):
+        super().__init__()
+        d, kv = cfg.hidden_size, cfg.kv_dim
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        w_qkv, w_o = _weight_format(quant, "qkv"), _weight_format(quant, "o")
+        group = None if quant is None else quant.group_size
+        self.act_qkv = make_act_quantizer(quant, "qkv", d)
+        self.q = make_linear(d, d, w_qkv, group)
+        self.k = make_linear(d, kv, w_qkv, group)
+        self.v = make_linear(d, kv, w_qkv, group)
+        self.act_o = make_act_quantizer(quant, "o", d)
+        self.o = make_linear(d, d, w_o, group)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        xq = self.act_qkv(x)
+        q = self.q(xq).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k(xq).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v(xq).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if _SDPA_HAS_GQA:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        else:
+            rep = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
+        return self.o(self.act_o(y))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)); gate and up read one shared quantized input."""
+
+    def __init__(self, cfg: ModelConfig, quant: QuantConfig | None):
+        super().__init__()
+        d, f = cfg.hidden_size, cfg.ffn_size
+        w_fc1, w_fc2 = _weight_format(quant, "fc1"), _weight_format(quant, "fc2")
+        group = None if quant is None else quant.group_size
+        self.act_fc1 = make_act_quantizer(quant, "fc1", d)
+        self.gate = make_linear(d, f, w_fc1, group)
+        self.up = make_linear(d, f, w_fc1, group)
+        self.act_fc2 = make_act_quantizer(quant, "fc2", f)
+        self.down = make_linear(f, d, w_fc2, group)
+
+    def forward(self, x: Tensor) -> Tensor:
+        xq = self.act_fc1(x)
+        return self.down(self.act_fc2(F.silu(self.gate(xq)) * self.up(xq)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, quant: QuantConfig | None):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.attn = Attention(cfg, quant)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.mlp = MLP(cfg, quant)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+def padded_vocab(vocab_size: int, multiple: int = VOCAB_MULTIPLE) -> int:
+    """Rows of the embedding and lm_head: the vocabulary rounded up to ``multiple``."""
+    return -(-vocab_size // multiple) * multiple
+
+
+class Transformer(nn.Module):
+    """Decoder-only LM: logits, or the mean fp32 cross-entropy when targets are given."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        quant: QuantConfig | None,
+        vocab_size: int,
+        vocab_multiple: int = VOCAB_MULTIPLE,
+    ):
+        super().__init__()
+        self.config = cfg
+        self.quant = quant
+        self.vocab_size = vocab_size
+        self.embed = nn.Embedding(vocab_size, cfg.hidden_size)
+        self.blocks = nn.ModuleList(Block(cfg, quant) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, vocab_size, bias=False)
+        # Built at the real size, then padded: the random stream does not see the padding.
+        rows = padded_vocab(vocab_size, vocab_multiple)
+        self.embed.weight = _pad_rows(self.embed.weight, rows)
+        self.lm_head.weight = _pad_rows(self.lm_head.weight, rows)
+        self.embed.num_embeddings = self.lm_head.out_features = rows
+        cos, sin = rope_tables(cfg.head_dim, cfg.seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """Normal(0, 0.02) everywhere; o and down (residual outputs) get 0.02 / sqrt(2 L).
+
+        Only the real vocabulary rows are drawn (padded rows are zero), so the random stream,
+        and with it the whole run, is the same whatever the padding.
+        """
+        residual_std = INIT_STD / math.sqrt(2 * self.config.n_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                is_residual_out = name.endswith((".attn.o", ".mlp.down"))
+                weight = module.weight
+                if module is self.embed or module is self.lm_head:
+                    nn.init.zeros_(weight[self.vocab_size :])
+                    weight = weight[: self.vocab_size]
+                nn.init.normal_(weight, std=residual_std if is_residual_out else INIT_STD)
+
+    @property
+    def n_params(self) -> int:
+        """Non-embedding N: the weights of the blocks' linear layers (paper convention)."""
+        return sum(m.weight.numel() for m in self.blocks.modules() if isinstance(m, nn.Linear))
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> Tensor:
+        t = idx.shape[1]
+        if t > self.rope_cos.shape[0]:
+            raise ValueError(
+                f"sequence length {t} exceeds the model's seq_len {self.rope_cos.shape[0]}"
+            )
+        cos, sin = self.rope_cos[:t], self.rope_sin[:t]
+        x = self.embed(idx)
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        logits = self.lm_head(self.norm(x))
+        if targets is None:
+            return logits[..., : self.vocab_size]
+        return self.loss(logits, targets)
+
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Mean fp32 cross-entropy over the real vocabulary (the padded columns are dropped)."""
+        real = logits[..., : self.vocab_size].float()
+        return F.cross_entropy(real.flatten(0, 1), targets.flatten())
+
+
+def compile_enabled(setting: object, device_type: str) -> bool:
+    """``train.compile``: ``auto`` compiles on CUDA (where it pays) and not on CPU."""
+    value = str(setting).lower()
+    if value not in COMPILE_SETTINGS:
+        raise ValueError(f"train.compile={setting!r}; allowed: {', '.join(COMPILE_SETTINGS)}")
+    return device_type == "cuda" if value == "auto" else value == "true"
+
+
+def compile_blocks(model: Transformer) -> Transformer:
+    """torch.compile each block's forward and the loss, in place, before DDP/FSDP wrapping.
+
+    Per-block compilation (as torchtitan does) traces one block graph that every layer reuses
+    and fuses the fake quantizer's elementwise chain; the loss fuses the fp32 upcast of the
+    logits into the cross-entropy. Only forwards are compiled, not module calls: module hooks
+    (FSDP's all-gathers, activation checkpointing) stay outside the graphs, and parameter
+    names do not change, so checkpoints move freely between compiled and eager runs.
+    ``fullgraph`` makes a graph break an error instead of a silent slowdown.
+    """
+    for block in model.blocks:
+        block.forward = torch.compile(block.forward, fullgraph=True)
+    model.loss = torch.compile(model.loss, fullgraph=True)
+    return model
+
+
+def _pad_rows(weight: Tensor, rows: int) -> nn.Parameter:
+    padding = weight.new_zeros(rows - weight.shape[0], weight.shape[1])
+    return nn.Parameter(torch.cat([weight.detach(), padding]))
+
+
+def _weight_format(quant: QuantConfig | None, site: str) -> str | None:
+    return None if quant is None else quant.site_formats(site)[0]
+
+
+def validate(cfg: ModelConfig, quant: QuantConfig | None, vocab_size: int | None) -> int:
+    """Checks everything build_model needs before any tensor is allocated; returns the vocab."""
+    vocab = vocab_size if vocab_size is not None else cfg.vocab_size
+    if vocab is None or isinstance(vocab, bool) or not isinstance(vocab, int) or vocab <= 0:
+        raise ValueError(
+            f"model {cfg.name!r}: vocab_size is {vocab!r}; pass the tokenizer's vocabulary size"
+        )
+    if quant is not None:
+        check_group_size(cfg, quant)
+    return vocab
+
+
+def build_model(
+    model_cfg: ModelConfig,
+    quant: QuantConfig | None,
+    vocab_size: int | None = None,
+    vocab_multiple: int = VOCAB_MULTIPLE,
+) -> Transformer:
+    """Validates the combination, then builds the (fake-)quantized model on the current device."""
+    vocab = validate(model_cfg, quant, vocab_size)
+    return Transformer(model_cfg, quant, vocab, vocab_multiple)

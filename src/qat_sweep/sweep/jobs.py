@@ -1,0 +1,178 @@
+"""Job state of planned runs: the run's record first, then the launch manifests that dispatch
+writes and what the scheduler (squeue/sacct) or the local process table says."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qat_sweep.locks import is_held, run_lock_path
+from qat_sweep.record import read_record, unreadable_record
+from qat_sweep.sweep.spec import PlannedRun
+
+STATUSES = ("completed", "running", "pending", "failed", "missing")  # a planned run's job status
+
+
+def attach_status(runs: list[PlannedRun]) -> None:
+    """Status from each run's record, then from the launch manifests and the scheduler."""
+    if not runs:
+        return
+    jobs = job_states(runs[0].run_dir.parent, [r.run_key for r in runs])
+    for run in runs:
+        job = jobs.get(run.run_key)
+        run.status, run.error, run.job_id, run.log, run.reason = "missing", None, None, None, None
+        run.diverged = False
+        if job is not None:
+            run.job_id, run.log = job.job_id, job.log
+        record = read_record(run.run_dir)
+        if record is not None and record["status"] == "completed":
+            run.status = "completed"
+        elif job is not None and job.state in ("running", "pending"):
+            run.status = job.state  # a retry in the queue outranks the failed record it replaces
+            run.reason = job.detail
+        elif is_held(run_lock_path(run.run_dir)):
+            run.status = "running"  # a trainer holds it: started by hand, or its job is unknown
+        elif unreadable := unreadable_record(run.run_dir):
+            run.status, run.error = "failed", unreadable
+        elif record is not None:
+            run.status, run.error = "failed", f"{record['status']}: {record.get('error')}"
+            run.diverged = record["status"] == "diverged"
+        elif job is not None and job.state == "failed":
+            run.status, run.error = "failed", job.detail
+        elif job is not None and job.state == "local" and run.run_dir.exists():
+            run.status = "running"
+        elif job is not None and job.state == "local":
+            run.status = "pending"
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What the launch manifests and the scheduler say about one run."""
+
+    job_id: str | None
+    log: str | None
+    state: str  # running | pending | failed | local | unknown
+    detail: str | None = None  # why it failed, or why it is pending
+
+
+_PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED"}
+_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING"}
+
+
+def manifest_dir(sweep_dir: Path) -> Path:
+    return Path(sweep_dir) / ".launches"
+
+
+def read_manifests(sweep_dir: Path) -> list[dict[str, Any]]:
+    """All launch manifests of a sweep directory, oldest first (file names sort by time)."""
+    manifests = []
+    for path in sorted(manifest_dir(sweep_dir).glob("*.json")):
+        try:
+            manifests.append(json.loads(path.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+    return manifests
+
+
+def job_states(sweep_dir: Path, run_keys: list[str]) -> dict[str, JobState]:
+    """Latest launch of each run (from the manifests) and its scheduler state."""
+    wanted = set(run_keys)
+    latest: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    for manifest in read_manifests(sweep_dir):
+        for job in manifest.get("jobs", []):
+            if job.get("run_key") in wanted:
+                latest[job["run_key"]] = (manifest, job)
+    slurm_ids = sorted({j["job_id"] for m, j in latest.values() if m.get("kind") == "slurm"})
+    states = slurm_job_states(slurm_ids)
+    out = {}
+    for key, (manifest, job) in latest.items():
+        log = job.get("stderr") or job.get("log")
+        if manifest.get("kind") == "slurm":
+            state, reason = states.get(job["job_id"], (None, None))
+            out[key] = JobState(job["job_id"], log, *_slurm_state(job["job_id"], state, reason))
+        else:
+            out[key] = JobState(job.get("job_id"), log, *_local_state(manifest, job, log))
+    return out
+
+
+def _slurm_state(job_id: str, state: str | None, reason: str | None) -> tuple[str, str | None]:
+    if state is None:
+        return "unknown", None
+    if state in _PENDING:
+        return "pending", _pending_reason(reason)
+    if state in _RUNNING:
+        return "running", None
+    return "failed", f"SLURM job {job_id} ended {state} without a run record"
+
+
+# squeue's reason codes a user meets most, in words (others are shown as SLURM spells them)
+_REASONS = {
+    "BeginTime": "requeued: SLURM holds a requeued job ~2 min before it may start again",
+    "Resources": "waiting for free resources",
+    "Priority": "higher-priority jobs go first",
+    "JobArrayTaskLimit": "the array's parallelism limit (array_parallelism) is reached",
+    "QOSMaxJobsPerUserLimit": "the QOS's jobs-per-user limit is reached",
+    "ReqNodeNotAvail": "the requested nodes are unavailable (down, drained or reserved)",
+    "PartitionTimeLimit": "timeout_min exceeds the partition's MaxTime: it will never start",
+}
+
+
+def _pending_reason(reason: str | None) -> str | None:
+    if not reason or reason == "None":
+        return None
+    return f"{reason}: {_REASONS[reason]}" if reason in _REASONS else reason
+
+
+def _local_state(
+    manifest: dict[str, Any], job: dict[str, Any], log: str | None
+) -> tuple[str, str | None]:
+    code = job.get("exit_code")
+    if code is not None and code != 0:
+        return "failed", f"local run exited with code {code} without a run record"
+    if code is None and manifest.get("host") == socket.gethostname() and _alive(manifest["pid"]):
+        return "local", None
+    return "unknown", None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def slurm_job_states(job_ids: list[str]) -> dict[str, tuple[str, str | None]]:
+    """SLURM (state, pending reason) per job id (``123_4`` or ``123``) from squeue, then sacct.
+
+    squeue forgets jobs after MinJobAge; sacct may be missing (no accounting): both are
+    tolerated, an unknown job simply has no state.
+    """
+    if not job_ids or shutil.which("squeue") is None:
+        return {}
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    found = _query(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(arrays), "-o", "%i|%T|%r"])
+    unknown = sorted({j.split("_")[0] for j in job_ids if j not in found})
+    if unknown and shutil.which("sacct") is not None:
+        sacct = ["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(unknown)]
+        found = {**_query(sacct), **found}
+    return found
+
+
+def _query(command: list[str]) -> dict[str, tuple[str, str | None]]:
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    states = {}
+    for line in out.stdout.splitlines():
+        job_id, state, reason = ([*line.split("|"), "", ""])[:3]
+        if job_id and state and job_id.strip() != "JobID":
+            states[job_id.strip()] = (state.split()[0].rstrip("+"), reason.strip() or None)
+    return states

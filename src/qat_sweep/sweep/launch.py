@@ -1,0 +1,361 @@
+"""Launching a planned sweep (SLURM job arrays via submitit, or local processes) and its status.
+
+Launching is idempotent: runs with a completed record, or queued/running per the launch
+manifests and the scheduler, are skipped; failed and missing runs are (re)submitted. SLURM
+launches return at once after writing a manifest in ``<runs>/<sweep>/.launches/``; preemption
+and time limits are handled by the trainer (checkpoint, ``scontrol requeue``), so the submitted
+callable is a plain function call that resumes from the run's checkpoint when re-run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from qat_sweep.common import write_json_atomic
+from qat_sweep.config_dirs import CONFIG_DIR_ENV, user_root
+from qat_sweep.locks import LockHeld, describe_holder, launch_lock
+from qat_sweep.record import read_record
+from qat_sweep.sweep.jobs import STATUSES, attach_status, manifest_dir
+from qat_sweep.sweep.plan import cost_options, parse_cli, plan_sweep
+from qat_sweep.sweep.profiles import (
+    LaunchProfile,
+    check_against_cluster,
+    executor_parameters,
+    hydra_launcher_overrides,
+    load_profile,
+    max_array_size,
+    placement,
+)
+from qat_sweep.sweep.spec import PlanError, PlannedRun
+from qat_sweep.sweep.status import status_rows, status_table, watch
+
+LAUNCH_FLAGS = ("--dry-run", "--print-hydra-overrides", "--retry-diverged")
+LAUNCH_LOCK_WAIT_S = 120.0  # a second launch waits this long for the first to finish submitting
+EXIT_LOCKED = 75  # EX_TEMPFAIL: another launch holds the sweep; try again later
+
+
+class TrainRun:
+    """The submitit callable of one run: compose from overrides and train (resumes if possible)."""
+
+    def __init__(self, overrides: list[str]) -> None:
+        self.overrides = list(overrides)
+        self.config_root = str(user_root())  # the launch's conf/ overlay, wherever the job runs
+
+    def __call__(self) -> dict[str, Any]:
+        os.environ[CONFIG_DIR_ENV] = self.config_root
+        from qat_sweep.train.trainer import train_from_overrides
+
+        try:
+            record = train_from_overrides(self.overrides)
+        except LockHeld as held:  # another trainer has this run: its record is the one that counts
+            print(f"[qat-sweep] not started: {held}", file=sys.stderr)
+            return {"status": "not started", "error": str(held)}
+        return {k: record.get(k) for k in ("run_key", "status", "loss", "error")}
+
+
+def _check_local_devices(runs: list[PlannedRun]) -> None:
+    """train.device=cuda on this machine needs a CUDA device (checked once, not per job)."""
+    if any(r.config["train"]["device"] == "cuda" for r in runs):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise PlanError(
+                "train.device='cuda' but this machine has no CUDA device (launcher kind local); "
+                "use train.device=cpu or auto\nnothing was launched."
+            )
+
+
+def to_launch(runs: list[PlannedRun], retry_diverged: bool = False) -> list[PlannedRun]:
+    """Runs that need a job: no completed record and not queued or running.
+
+    A diverged run is left out unless asked for: the same config resumes from the same
+    checkpoint onto the same batches, so a rerun pays GPU-hours to diverge again."""
+    return [r for r in runs if r.status == "missing" or _rerun(r, retry_diverged)]
+
+
+def _rerun(run: PlannedRun, retry_diverged: bool) -> bool:
+    return run.status == "failed" and (retry_diverged or not run.diverged)
+
+
+def chunks(runs: list[PlannedRun], size: int) -> list[list[PlannedRun]]:
+    """Split into arrays of at most ``size`` tasks (array indices must stay < MaxArraySize)."""
+    return [runs[i : i + size] for i in range(0, len(runs), size)]
+
+
+def resource_groups(
+    runs: list[PlannedRun], profile: LaunchProfile
+) -> list[tuple[LaunchProfile, list[PlannedRun]]]:
+    """Runs grouped by resource shape (nodes, GPUs, time, memory): one job array per shape."""
+    groups: dict[str, tuple[LaunchProfile, list[PlannedRun]]] = {}
+    for run in runs:
+        shape = run.resources or profile
+        key = json.dumps(executor_parameters(shape), sort_keys=True, default=str)
+        groups.setdefault(key, (shape, []))[1].append(run)
+    return list(groups.values())
+
+
+def job_arrays(
+    runs: list[PlannedRun], profile: LaunchProfile
+) -> list[tuple[LaunchProfile, list[PlannedRun]]]:
+    """The arrays a SLURM launch submits: per resource shape, chunks of MaxArraySize."""
+    size = max_array_size(profile)
+    groups = resource_groups(runs, profile)
+    return [(shape, chunk) for shape, group in groups for chunk in chunks(group, size)]
+
+
+def _write_manifest(sweep_dir: Path, manifest: dict[str, Any], name: str) -> Path:
+    path = manifest_dir(sweep_dir) / name
+    write_json_atomic(path, manifest)
+    return path
+
+
+def _manifest_name() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.time_ns() % 10**9:09d}.json"
+
+
+def _new_manifest(profile: LaunchProfile, sweep: str, argv: list[str]) -> dict[str, Any]:
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "sweep": sweep,
+        "profile": profile.name,
+        "kind": profile.kind,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "argv": argv,
+        "arrays": [],
+        "jobs": [],
+    }
+
+
+def submit_slurm(
+    runs: list[PlannedRun], profile: LaunchProfile, sweep: str, argv: list[str]
+) -> dict[str, Any]:
+    """Submit ``runs`` as job arrays (one sbatch per chunk) and record them in a manifest."""
+    import submitit
+
+    sweep_dir = runs[0].run_dir.parent
+    folder = Path(profile.folder) if profile.folder else sweep_dir / ".submitit"
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
+    manifest = _new_manifest(profile, sweep, argv)
+    name = _manifest_name()
+    try:
+        for shape, chunk in job_arrays(runs, profile):
+            executor.update_parameters(**executor_parameters(shape))
+            with executor.batch():
+                jobs = [executor.submit(TrainRun(run.overrides)) for run in chunk]
+            manifest["arrays"].append(jobs[0].job_id.split("_")[0])
+            for run, job in zip(chunk, jobs, strict=True):
+                manifest["jobs"].append(
+                    {
+                        "run_key": run.run_key,
+                        "job_id": job.job_id,
+                        "stdout": str(job.paths.stdout),
+                        "stderr": str(job.paths.stderr),
+                    }
+                )
+    finally:
+        if manifest["jobs"]:
+            _write_manifest(sweep_dir, manifest, name)
+    return manifest
+
+
+def _local_command(run: PlannedRun) -> list[str]:
+    return [sys.executable, "-m", "qat_sweep.train", *run.overrides]
+
+
+def run_local(
+    runs: list[PlannedRun], profile: LaunchProfile, sweep: str, argv: list[str]
+) -> dict[str, Any]:
+    """Run each run in its own process, ``max_parallel`` at a time; waits and reports progress."""
+    sweep_dir = runs[0].run_dir.parent
+    logs = manifest_dir(sweep_dir) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    manifest = _new_manifest(profile, sweep, argv)
+    manifest["jobs"] = [
+        {"run_key": r.run_key, "job_id": None, "log": str(logs / f"{r.run_key}.log")} for r in runs
+    ]
+    name = _manifest_name()
+    _write_manifest(sweep_dir, manifest, name)
+    env = {**os.environ, **profile.env}
+    lock = threading.Lock()
+    done = [0]
+
+    def one(index: int) -> int:
+        run, job = runs[index], manifest["jobs"][index]
+        start = time.monotonic()
+        with open(job["log"], "ab") as log:
+            proc = subprocess.Popen(
+                _local_command(run), stdout=log, stderr=subprocess.STDOUT, env=env
+            )
+            with lock:
+                job["job_id"] = f"local:{proc.pid}"
+            code = proc.wait()
+        record = read_record(run.run_dir)
+        with lock:
+            job["exit_code"] = code
+            done[0] += 1
+            print(
+                f"[{done[0]}/{len(runs)}] {run.run_key} {_outcome(record, code, job['log'])} "
+                f"({time.monotonic() - start:.1f} s)",
+                flush=True,
+            )
+            _write_manifest(sweep_dir, manifest, name)
+        return code
+
+    with ThreadPoolExecutor(max_workers=profile.max_parallel) as pool:
+        codes = list(pool.map(one, range(len(runs))))
+    manifest["failed"] = sum(1 for c in codes if c != 0)
+    _write_manifest(sweep_dir, manifest, name)
+    return manifest
+
+
+def _outcome(record: dict[str, Any] | None, code: int, log: str) -> str:
+    if record is None:
+        return f"failed (exit {code}, no record; log {log})"
+    if record["status"] == "completed":
+        return f"completed loss {record['loss']:.4f} val_loss {record.get('val_loss')}"
+    return f"{record['status']}: {record.get('error')} (log {log})"
+
+
+def launch_main(argv: list[str]) -> int:
+    """``qat-sweep launch sweep=NAME launcher=PROFILE [--dry-run] [--retry-diverged] [overrides]``."""
+    try:
+        sweep, options, flags, overrides = parse_cli(argv, LAUNCH_FLAGS)
+        if "launcher" not in options:
+            raise PlanError("missing launcher=PROFILE (a file in launchers/, e.g. launcher=local)")
+        profile = load_profile(options["launcher"])
+        check_against_cluster(profile)  # --print-hydra-overrides too: the same profile, same limits
+        if "--print-hydra-overrides" in flags:
+            print(" ".join(hydra_launcher_overrides(profile)))
+            return 0
+        mfu = cost_options(options)[0]
+        extra = [*overrides, *profile.train_overrides()]
+        runs = plan_sweep(sweep, extra, strict=True, **placement(profile))
+        if profile.kind == "local":
+            _check_local_devices(runs)
+    except PlanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"error: {e}\nnothing was launched.", file=sys.stderr)
+        return 2
+    if "--dry-run" in flags:
+        return _launch(runs, profile, sweep, argv, flags, mfu)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(
+                launch_lock(runs[0].run_dir.parent, LAUNCH_LOCK_WAIT_S, on_wait=_say_waiting)
+            )
+        except LockHeld as held:
+            print(
+                f"error: another launch of sweep {sweep!r} is still running "
+                f"({describe_holder(held.holder)}); nothing was launched. Try again when it "
+                "ends (a launch that died has already released its lock).",
+                file=sys.stderr,
+            )
+            return EXIT_LOCKED
+        return _launch(runs, profile, sweep, argv, flags, mfu)
+
+
+def _launch(
+    runs: list[PlannedRun],
+    profile: LaunchProfile,
+    sweep: str,
+    argv: list[str],
+    flags: set[str],
+    mfu: float,
+) -> int:
+    """Status under the launch lock (a launch that just ended changed it), size, then submit."""
+    attach_status(runs)
+    try:
+        todo = to_launch(runs, retry_diverged="--retry-diverged" in flags)
+        from qat_sweep.sweep.sizing import size_sweep  # torch: only on the launch path
+
+        size_sweep(todo, profile, mfu)
+        arrays = job_arrays(todo, profile) if profile.kind == "slurm" else []
+    except PlanError as e:  # its message says that nothing was launched
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"error: {e}\nnothing was launched.", file=sys.stderr)
+        return 2
+    counts = {s: sum(r.status == s for r in runs) for s in STATUSES}
+    print(
+        f"sweep {sweep}: {len(runs)} runs; "
+        + ", ".join(f"{s} {n}" for s, n in counts.items() if n)
+        + f"; launching {len(todo)} with profile {profile.name!r} ({profile.kind})"
+    )
+    retry = "--retry-diverged" in flags
+    if not retry and (kept := sum(r.status == "failed" and r.diverged for r in runs)):
+        print(
+            f"{kept} diverged run(s) not relaunched: the same run diverges again "
+            "(`status` lists them; --retry-diverged reruns them, e.g. after a GPU fault)"
+        )
+    if not todo:
+        return 0
+    if "--dry-run" in flags:
+        if profile.kind == "slurm":
+            sizes = ", ".join(str(len(a)) for _, a in arrays)
+            print(f"dry run: would submit {len(arrays)} job array(s) via sbatch (tasks: {sizes})")
+        for run in todo:
+            print(f"  {run.run_key}  {' '.join(run.overrides)}")
+        return 0
+    if profile.kind == "slurm":
+        manifest = submit_slurm(todo, profile, sweep, argv)
+        print(
+            f"submitted {len(manifest['jobs'])} runs in {len(manifest['arrays'])} array(s): "
+            f"{', '.join(manifest['arrays'])}; follow with `qat-sweep status sweep={sweep}`"
+        )
+        return 0
+    manifest = run_local(todo, profile, sweep, argv)
+    return 1 if manifest["failed"] else 0
+
+
+def _say_waiting(held: LockHeld) -> None:
+    print(f"waiting up to {LAUNCH_LOCK_WAIT_S:.0f} s: {held}", flush=True)
+
+
+def _watch_period(value: str | None) -> float:
+    try:
+        every = float(value or 10)
+    except ValueError:
+        every = math.nan
+    if not every > 0:
+        raise PlanError(f"--watch={value}: give the refresh period in seconds > 0, e.g. --watch=30")
+    return every
+
+
+def status_main(argv: list[str]) -> int:
+    """``qat-sweep status sweep=NAME [launcher=PROFILE] [--json] [--watch[=SECONDS]] [overrides...]``."""
+    try:
+        sweep, options, flags, overrides = parse_cli(argv, ("--json", "--watch"))
+        every = _watch_period(options.get("--watch"))
+        if "launcher" in options:  # the runs as launched with it: under its paths.runs
+            overrides = [*overrides, *load_profile(options["launcher"]).train_overrides()]
+        runs = plan_sweep(sweep, overrides, strict=False)
+    except PlanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if "--json" in flags:
+        print(json.dumps(status_rows(runs), indent=1))
+    elif "--watch" in flags:
+
+        def refreshed() -> str:
+            attach_status(runs)
+            return status_table(runs)
+
+        watch(refreshed, every)
+    else:
+        print(status_table(runs))
+    return 0

@@ -1,0 +1,397 @@
+"""Sweep expansion: a sweep file in ``conf/sweep/`` becomes a validated list of planned runs.
+
+Every run is composed with ``qat_sweep.config.compose.plan_config`` from the exact overrides that
+``qat-sweep train`` would receive, so a plan row reproduces its run. All runs are validated
+before anything is launched and all problems are reported at once: a grid that fails on run 200
+of 289 after 199 submissions wastes a cluster day.
+
+The spec and its expansion live in ``sweep``, the checks in ``validation``, job state in ``jobs``;
+this module loads the file, plans the sweep and prints the ``qat-sweep plan`` table.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from qat_sweep.common import format_count, split_overrides
+from qat_sweep.config.checks import (
+    COMPOSE_ERRORS,
+    compose_problem,
+    config_problems,
+    data_problems,
+    run_problems,
+)
+from qat_sweep.config.compose import (
+    CONFIG_GROUPS,
+    compose_tree,
+    resolve_tree,
+    run_key,
+    twin_key,
+)
+from qat_sweep.config_dirs import describe_dirs, options
+from qat_sweep.model.presets import conf_dirs
+from qat_sweep.sweep.jobs import STATUSES, attach_status
+from qat_sweep.sweep.spec import (
+    PlanError,
+    PlannedRun,
+    SweepSpec,
+    add_membership,
+    add_twins,
+    expand,
+    planned_run,
+)
+
+SWEEP_KEYS = ("name", "overrides", "twins", "subgrids", "holdout")
+MAX_LISTED_PROBLEMS = 60
+
+
+def available_sweeps() -> list[str]:
+    return list(options(conf_dirs(), "sweep"))
+
+
+def load_sweep(name: str) -> SweepSpec:
+    """Parse and check ``conf/sweep/<name>.yaml`` (the user's conf/ first) or a sweep file path."""
+    if name.endswith((".yaml", ".yml")):
+        path: Path | None = Path(name)
+    else:
+        path = options(conf_dirs(), "sweep").get(name)
+    if path is None or not path.is_file():
+        raise PlanError(
+            f"unknown sweep {name!r}; available in {describe_dirs(conf_dirs(), 'sweep')}: "
+            f"{', '.join(available_sweeps())}"
+        )
+    where = str(path)
+    raw = load_yaml(path, PlanError)
+    if not isinstance(raw, dict):
+        raise PlanError(f"{where}: a sweep file must be a mapping with keys {list(SWEEP_KEYS)}")
+    unknown = sorted(k for k in raw if k not in SWEEP_KEYS and not str(k).startswith("_"))
+    if unknown:
+        raise PlanError(
+            f"{where}: unknown key(s) {unknown}; allowed: {', '.join(SWEEP_KEYS)} "
+            "(keys starting with '_' are free, e.g. for YAML anchors)"
+        )
+    sweep_name = str(raw.get("name", path.stem))
+    if sweep_name != path.stem:
+        raise PlanError(f"{where}: name {sweep_name!r} must equal the file name {path.stem!r}")
+    overrides = raw.get("overrides") or []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise PlanError(f"{where}: key 'overrides' must be a list of 'key=value' strings")
+    if not isinstance(raw.get("twins", True), bool):
+        raise PlanError(f"{where}: key 'twins' must be true or false")
+    subgrids = raw.get("subgrids")
+    if not isinstance(subgrids, dict) or not subgrids:
+        raise PlanError(f"{where}: key 'subgrids' must be a non-empty mapping of named sub-grids")
+    parsed: dict[str, dict[str, list[Any]]] = {}
+    problems = []
+    for sub, axes in subgrids.items():
+        if not isinstance(axes, dict) or not axes:
+            problems.append(f"subgrids.{sub}: must be a non-empty mapping of key: values")
+            continue
+        parsed[str(sub)] = {}
+        for key, values in axes.items():
+            values = values if isinstance(values, list) else [values]
+            if not values:
+                problems.append(f"subgrids.{sub}.{key}: empty axis (give at least one value)")
+            parsed[str(sub)][str(key)] = values
+    problems += _unknown_axis_keys(parsed, overrides)
+    holdout = raw.get("holdout") or []
+    holdout = holdout if isinstance(holdout, list) else [holdout]
+    problems += [
+        f"holdout: {h!r} is not a sub-grid of this file ({', '.join(parsed)})"
+        for h in holdout
+        if str(h) not in parsed
+    ]
+    if problems:
+        raise PlanError(f"{where}: " + "; ".join(problems))
+    twins = raw.get("twins", True)
+    return SweepSpec(sweep_name, path, list(overrides), twins, parsed, tuple(map(str, holdout)))
+
+
+def holdout_keys(name: str, extra_overrides: list[str] | tuple[str, ...] = ()) -> set[str]:
+    """Run keys of the sweep's holdout sub-grids plus their BF16 twins: what `fit` keeps out."""
+    spec = load_sweep(name)
+    if not spec.holdout:
+        return set()
+    runs = [r for r in plan_sweep(name, extra_overrides, strict=False) if r.subgrid in spec.holdout]
+    return {r.run_key for r in runs} | {twin_key(r.config) for r in runs}
+
+
+def _unknown_axis_keys(
+    subgrids: dict[str, dict[str, list[Any]]], overrides: list[str]
+) -> list[str]:
+    """Axis keys no run of the file can set: in neither the config its shared overrides
+    compose nor any option of the key's config group (`data.paths` once a run picks data=npy).
+    A run whose own group option lacks the key is refused when that run is composed."""
+    try:
+        base = OmegaConf.create(compose_tree(overrides))
+    except (ValueError, HydraException):  # reported per run, with the run
+        base = OmegaConf.create(compose_tree([]))
+    problems = []
+    for sub, axes in subgrids.items():
+        for key in axes:
+            if key.startswith("+") or key in CONFIG_GROUPS or _has_key(base, key):
+                continue
+            if not _in_some_option(key):
+                problems.append(
+                    f"subgrids.{sub}.{key}: unknown config key (config groups: "
+                    f"{', '.join(CONFIG_GROUPS)}; or any key of conf/train.yaml such as tokens, "
+                    f"seed, optim.lr, quant.group_size; prefix '+' to add a new key)"
+                )
+    return problems
+
+
+def _has_key(config: Any, key: str) -> bool:
+    return OmegaConf.select(config, key, default="__missing__") != "__missing__"
+
+
+def _in_some_option(key: str) -> bool:
+    group, _, rest = key.partition(".")
+    if group not in CONFIG_GROUPS or not rest:
+        return False
+    for option in options(conf_dirs(), group):
+        try:
+            if _has_key(OmegaConf.create(compose_tree([f"{group}={option}"])[group]), rest):
+                return True
+        except (ValueError, HydraException):
+            continue  # a broken option file: the runs that choose it say so
+    return False
+
+
+def load_yaml(path: Path, error: type[Exception]) -> Any:
+    """A YAML file as plain data; ``error`` names the file and line of a syntax error."""
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise error(f"{where}: not valid YAML ({problem}); fix the file's syntax") from e
+    except (ValueError, HydraException, OmegaConfBaseException) as e:
+        raise error(f"{path}: {str(e).splitlines()[0]}") from e
+
+
+def plan_sweep(
+    name: str,
+    extra_overrides: list[str] | tuple[str, ...] = (),
+    runs_root: str | Path | None = None,
+    strict: bool = True,
+    gpus: int | None = None,
+) -> list[PlannedRun]:
+    """Every run of sweep ``name``, validated, with its status; PlanError lists all problems.
+
+    ``extra_overrides`` apply to every run (and its twin); ``runs_root`` sets ``paths.runs``.
+    ``strict`` (launch) also loads each data directory: missing data is then an error.
+    ``plan`` uses ``strict=False`` and only warns about data (a laptop without the corpus).
+    ``gpus`` (per node) comes from the launch profile.
+    """
+    spec = load_sweep(name)
+    extra = list(extra_overrides)
+    if runs_root is not None:
+        extra.append(f"paths.runs={Path(runs_root).resolve()}")
+    explicit = expand(spec, extra)
+    problems: dict[str, list[str]] = {}  # one entry per distinct problem: the runs it hits
+    runs: list[PlannedRun] = []
+    for sub, overrides in explicit:
+        point = overrides[1 + len(spec.overrides) : len(overrides) - len(extra)]
+        label = f"{sub} [{' '.join(point)}]"
+        try:
+            tree = resolve_tree(compose_tree(overrides))
+            found = config_problems(tree, gpus)
+            if not found:
+                config = {**tree, "run_key": run_key(tree)}
+                label, found = f"{sub} {config['run_key']}", run_problems(config)
+        except COMPOSE_ERRORS as e:
+            found = [compose_problem(e)]
+        for problem in found:
+            problems.setdefault(problem, []).append(label)
+        if not found:
+            runs.append(planned_run(sub, overrides, config))
+    counts = Counter(r.run_key for r in runs)
+    for key in sorted(k for k, n in counts.items() if n > 1):
+        where = ", ".join(sorted({r.subgrid for r in runs if r.run_key == key}))
+        problems[f"duplicate run {key}: appears {counts[key]} times (sub-grids: {where})"] = []
+    if spec.twins and not problems:
+        runs += add_twins(runs)
+    if not problems and strict:
+        found_by_run = data_problems(runs, load=True)
+        for run in runs:
+            if run.run_key in found_by_run:
+                label = f"{run.subgrid} {run.run_key}"
+                problems.setdefault(found_by_run[run.run_key], []).append(label)
+    if problems:
+        raise PlanError(_problem_report(spec, len(explicit), problems))
+    add_membership(runs, spec.holdout)
+    attach_status(runs)
+    return runs
+
+
+def _problem_report(spec: SweepSpec, n_runs: int, problems: dict[str, list[str]]) -> str:
+    """One line per distinct problem, naming the run it hits or how many runs share it."""
+    listed = list(problems.items())[:MAX_LISTED_PROBLEMS]
+    more = len(problems) - len(listed)
+    lines = [f"sweep {spec.name!r} ({spec.path}): {len(problems)} problem(s) in {n_runs} runs:"]
+    for problem, labels in listed:
+        if len(labels) == 1:
+            lines.append(f"  - {labels[0]}: {problem}")
+        elif len(labels) >= n_runs:
+            lines.append(f"  - {problem} (all {len(labels)} runs)")
+        elif labels:
+            shown = ", ".join(labels[:2]) + (
+                f" and {len(labels) - 2} more" if len(labels) > 2 else ""
+            )
+            lines.append(f"  - {problem} ({len(labels)} runs: {shown})")
+        else:
+            lines.append(f"  - {problem}")
+    if more:
+        lines.append(f"  ... and {more} more")
+    lines.append("nothing was launched.")
+    return "\n".join(lines)
+
+
+def parse_cli(
+    argv: list[str], flags: tuple[str, ...]
+) -> tuple[str, dict[str, str], set[str], list[str]]:
+    """Split ``sweep=NAME [--flag] [option=value] [overrides...]`` into its parts.
+
+    ``CLI_OPTIONS`` (``mfu=``, ``peak_tflops=``, ``launcher=``) and the given ``--flags`` are
+    taken out; every other ``key=value`` is a train override applied to every run of the sweep.
+    """
+    pairs, words = split_overrides(argv)
+    sweep = pairs.pop("sweep", None)
+    options = {key: pairs.pop(key) for key in CLI_OPTIONS if key in pairs}
+    seen: set[str] = set()
+    for word in (w for w in words if w.startswith("-")):
+        name, sep, value = word.partition("=")
+        if name not in flags:
+            raise PlanError(f"unknown option {word!r}; options: {', '.join(flags)}")
+        seen.add(name)
+        if sep:
+            options[name] = value
+    # Hydra's own words without '=' (`~key` deletes a key) stay train overrides too.
+    overrides = [f"{k}={v}" for k, v in pairs.items()] + [w for w in words if w[:1] != "-"]
+    if not sweep:
+        raise PlanError(f"missing sweep=NAME; available sweeps: {', '.join(available_sweeps())}")
+    return sweep, options, seen, overrides
+
+
+CLI_OPTIONS = ("mfu", "peak_tflops", "launcher")
+
+
+def cost_options(options: dict[str, str]) -> tuple[float, float]:
+    try:
+        mfu, peak = float(options.get("mfu", 0.4)), float(options.get("peak_tflops", 312.0))
+    except ValueError as e:
+        raise PlanError(f"mfu and peak_tflops must be numbers: {e}") from e
+    if not 0 < mfu <= 1 or peak <= 0:
+        raise PlanError(f"need 0 < mfu <= 1 and peak_tflops > 0, got mfu={mfu} peak={peak}")
+    return mfu, peak
+
+
+def _fmt_group(group_size: Any) -> str:
+    return "-" if group_size is None else str(group_size)
+
+
+def plan_table(runs: list[PlannedRun], mfu: float, peak_tflops: float) -> str:
+    """Human table grouped by sub-grid, with compute estimates and totals."""
+    sized = any(r.sizing is not None for r in runs)
+    header = f"{'run_key':<58} {'preset':>6} {'N':>9} {'D':>7} {'scheme':<11} {'format':<8}"
+    header += f" {'G':>7} {'LR':>8} {'FLOPs':>9} {'GPU-h':>8}"
+    header += f" {'micro':>5} {'par':>6} {'GPUs':>4} {'GB/GPU':>6} {'wall-h':>7} {'seg':>3}" * sized
+    header += " status"
+    lines = []
+    for sub in dict.fromkeys(r.subgrid for r in runs):
+        group = [r for r in runs if r.subgrid == sub]
+        hours = sum(r.gpu_hours(mfu, peak_tflops) for r in group)
+        lines += ["", f"## {sub}: {len(group)} runs, {_hours(hours)} GPU-hours", header]
+        for r in group:
+            lines.append(
+                f"{r.run_key:<58} {r.model:>6} {format_count(r.n_params):>9} "
+                f"{format_count(r.tokens):>7} {r.scheme:<11} {r.format:<8} "
+                f"{_fmt_group(r.group_size):>7} {r.lr:>8.2g} {r.flops:>9.2e} "
+                f"{_hours(r.gpu_hours(mfu, peak_tflops)):>8}{_sizing_cells(r)} {r.status}"
+            )
+    counts = Counter(r.status for r in runs)
+    total = sum(r.gpu_hours(mfu, peak_tflops) for r in runs)
+    quantized = sum(r.scheme != "bf16" for r in runs)
+    lines += [
+        "",
+        f"total: {len(runs)} runs ({quantized} quantized + {len(runs) - quantized} BF16), "
+        f"{sum(r.flops for r in runs):.3e} FLOPs, {_hours(total)} GPU-hours "
+        f"at mfu={mfu} x {peak_tflops} TFLOP/s",
+        "status: " + ", ".join(f"{s} {counts[s]}" for s in STATUSES if counts[s]),
+    ]
+    if sized:
+        timed = [r.sizing for r in runs if r.sizing is not None and r.sizing.wall_h is not None]
+        lines.insert(
+            -1,
+            f"sized: {_hours(sum(s.wall_h * s.gpus for s in timed))} GPU-hours of wall clock "
+            f"({_hours(sum(s.wall_h for s in timed))} run-hours, {sum(s.segments for s in timed)} "
+            f"time-limit segments), peak memory per GPU up to "
+            f"{max(r.sizing.memory_gb for r in runs if r.sizing):.1f} GB",
+        )
+    return "\n".join(lines[1:])
+
+
+def _sizing_cells(run: PlannedRun) -> str:
+    s = run.sizing
+    if s is None:
+        return ""
+    wall = "-" if s.wall_h is None else _hours(s.wall_h)
+    return (
+        f" {s.micro_batch_seqs:>5} {s.parallelism:>6} {s.gpus:>4} {s.memory_gb:>6.1f} "
+        f"{wall:>7} {s.segments or '-':>3}"
+    )
+
+
+def _hours(hours: float) -> str:
+    return f"{hours:,.0f}" if hours >= 10 else f"{hours:.2g}"
+
+
+def plan_main(argv: list[str]) -> int:
+    """``qat-sweep plan sweep=NAME [launcher=PROFILE] [--json] [mfu=0.4] [peak_tflops=312] ...``.
+
+    With ``launcher=`` every run is sized for the profile's GPUs (``qat_sweep.sweep.sizing``).
+    """
+    try:
+        sweep, options, flags, overrides = parse_cli(argv, ("--json",))
+        mfu, peak = cost_options(options)
+        profile = None
+        if "launcher" in options:
+            from qat_sweep.sweep.profiles import load_profile, placement
+            from qat_sweep.sweep.sizing import size_sweep
+
+            profile = load_profile(options["launcher"])
+            overrides = [*overrides, *profile.train_overrides()]
+            peak = profile.peak / 1e12 if profile.peak and "peak_tflops" not in options else peak
+        devices = placement(profile) if profile is not None else {}
+        runs = plan_sweep(sweep, overrides, strict=False, **devices)
+        if profile is not None:
+            size_sweep(runs, profile, mfu)
+        missing_data = list(data_problems(runs).values())
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if "--json" in flags:
+        print(json.dumps([r.row(mfu, peak) for r in runs], indent=1))
+    else:
+        print(f"sweep {sweep!r} from {load_sweep(sweep).path.resolve()}")
+        if "launcher" in options:
+            from qat_sweep.sweep.profiles import profile_path
+
+            source = profile_path(options["launcher"]).resolve()
+            print(f"launch profile {options['launcher']!r} from {source}")
+        print(plan_table(runs, mfu, peak))
+    if missing_data:
+        print(f"warning: {len(missing_data)} run(s) cannot be launched yet:", file=sys.stderr)
+        for message in sorted(set(missing_data)):
+            print(f"  - {message}", file=sys.stderr)
+    return 0

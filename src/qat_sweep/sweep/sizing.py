@@ -1,0 +1,255 @@
+"""Sizing a planned run for a launch profile's GPUs: micro-batch, parallelism, hours, segments.
+
+Plan calls ``size_run`` for every run before anything is submitted: the chosen settings become
+execution overrides of the run (not part of its run_key), so the trainer does what plan
+printed; a run that fits no configuration is refused with its estimate and the limit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from qat_sweep.config.compose import parse_tokens
+from qat_sweep.estimates.memory import GB, estimate_memory
+from qat_sweep.model.precision import QuantConfig, quant_config_from
+from qat_sweep.model.presets import ModelConfig, model_config_from
+from qat_sweep.sweep.profiles import LaunchProfile
+
+# Share of a GPU's memory the estimate may fill: the CUDA context, NCCL buffers and the
+# caching allocator's fragmentation take the rest.
+HEADROOM = 0.9
+# Minutes of each time-limit segment spent starting, compiling and resuming.
+RESTART_MIN = 10
+PARALLELISM_CHOICES = ("auto", "single", "ddp", "fsdp")
+OLMO2_VOCAB = 100_278  # the paper's tokenizer: the vocabulary when the data is not prepared yet
+
+
+@dataclass(frozen=True)
+class RunSizing:
+    """How one run executes on its profile (the plan row's sizing columns)."""
+
+    micro_batch_seqs: int
+    eval_micro_batch_seqs: int
+    parallelism: str  # single | ddp | fsdp
+    gpus: int
+    memory_gb: float  # estimated peak per GPU
+    wall_h: float | None  # at the stated MFU; None without a GPU peak (CPU)
+    segments: int | None  # time-limit segments (jobs) the run takes
+
+    def overrides(self) -> list[str]:
+        """Execution overrides that make the trainer run exactly this sizing."""
+        return [
+            f"train.micro_batch_seqs={self.micro_batch_seqs}",
+            f"train.parallelism={self.parallelism}",
+            f"eval.micro_batch_seqs={self.eval_micro_batch_seqs}",
+        ]
+
+    def row(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["memory_gb"] = round(self.memory_gb, 2)
+        row["wall_h"] = None if self.wall_h is None else round(self.wall_h, 2)
+        return row
+
+
+class SizingError(ValueError):
+    """A run that fits no configuration of its profile, or settings that cannot work."""
+
+
+def vocab_size(config: dict[str, Any]) -> int:
+    """The model's vocabulary: its own, else the prepared data's, else the OLMo-2 tokenizer's."""
+    if config["model"].get("vocab_size"):
+        return int(config["model"]["vocab_size"])
+    if config["data"].get("vocab_size"):
+        return int(config["data"]["vocab_size"])
+    meta = Path(str(config["data"]["dir"])) / "meta.json"
+    if meta.is_file():
+        return int(json.loads(meta.read_text())["vocab_size"])
+    return OLMO2_VOCAB
+
+
+def divisors(n: int) -> list[int]:
+    """Divisors of n, largest first."""
+    return [m for m in range(n, 0, -1) if n % m == 0]
+
+
+def flops_per_token(config: dict[str, Any], vocab: int) -> float:
+    """Training FLOPs per token as bench and train count them."""
+    from qat_sweep.estimates.flops import flops_per_token as count
+
+    return count(model_config_from(config["model"]), int(config["train"]["seq_len"]), vocab)
+
+
+def size_run(config: dict[str, Any], profile: LaunchProfile, mfu: float) -> RunSizing:
+    """The largest micro-batch that fits, DDP where it fits and FSDP otherwise; SizingError else."""
+    model = model_config_from(config["model"])
+    quant = quant_config_from(config["quant"])
+    train, run_key = config["train"], config["run_key"]
+    vocab, seq_len = vocab_size(config), int(train["seq_len"])
+    world, global_batch = profile.world_size, int(config["optim"]["batch_seqs"])
+    on_gpu = profile.gpus_per_node > 0 and str(train.get("device")) != "cpu"
+    wanted = str(train.get("parallelism") or "auto")
+    if wanted not in PARALLELISM_CHOICES:
+        raise SizingError(
+            f"train.parallelism={wanted!r}; allowed: {', '.join(PARALLELISM_CHOICES)}"
+        )
+    if global_batch % world:
+        raise SizingError(
+            f"global batch of {global_batch} sequences does not split over the {world} GPUs of "
+            f"profile {profile.name!r}; allowed GPU counts: {divisors(global_batch)[::-1][:12]}"
+        )
+    per_rank = global_batch // world
+    multi = "ddp", "fsdp"
+    if wanted == "auto":
+        candidates = list(multi) if world > 1 else ["single"]
+    elif (wanted in multi) != (world > 1):
+        allowed = "ddp, fsdp" if world > 1 else "single (one GPU per run)"
+        raise SizingError(
+            f"train.parallelism={wanted} does not fit {world} process(es) per run on profile "
+            f"{profile.name!r}; allowed: {allowed}"
+        )
+    else:
+        candidates = [wanted]
+    fixed = train.get("micro_batch_seqs")
+    if fixed is not None and per_rank % int(fixed):
+        raise SizingError(
+            f"train.micro_batch_seqs={fixed} does not divide the per-GPU batch of {per_rank} "
+            f"sequences ({global_batch} over {world}); allowed: {divisors(per_rank)}"
+        )
+    micro_options = [int(fixed)] if fixed is not None else divisors(per_rank)
+    if on_gpu and profile.gpu_mem_gb is None:
+        raise SizingError(
+            f"launch profile {profile.name!r} gives runs GPUs but no gpu_mem_gb: set it "
+            "(e.g. gpu_mem_gb: 80) so plan can size micro-batch and parallelism"
+        )
+    if on_gpu and profile.peak is None:
+        raise SizingError(
+            f"launch profile {profile.name!r} gives runs GPUs but neither gpu_type "
+            "(A100, H100, H200) nor peak_tflops: plan cannot estimate wall-clock hours"
+        )
+    budget = profile.gpu_mem_gb * GB * HEADROOM if on_gpu else math.inf
+    checkpointing = bool(train.get("activation_checkpointing"))
+    fitted = fit(
+        model, quant, vocab_size=vocab, seq_len=seq_len, world_size=world,
+        candidates=candidates, micro_options=micro_options,
+        eval_batch_seqs=int(config["eval"]["batch_seqs"]),
+        activation_checkpointing=checkpointing, budget=budget, on_gpu=on_gpu,
+    )  # fmt: skip
+    if isinstance(fitted, float):
+        limit = f"{profile.gpu_mem_gb:g} GB x {HEADROOM} headroom = {budget / GB:.1f} GB per GPU"
+        hint = "" if checkpointing else "; try train.activation_checkpointing=true"
+        raise SizingError(
+            f"run {run_key} fits no configuration of profile {profile.name!r}: at least "
+            f"{fitted / GB:.1f} GB per GPU ({', '.join(candidates)}, micro-batch "
+            f"{micro_options[-1]}) against {limit}; give it more GPUs (resources: in the "
+            f"profile){hint}"
+        )
+    parallelism, micro, eval_micro, peak = fitted
+    wall_h = segments = None
+    if on_gpu:
+        flops = parse_tokens(config["tokens"]) * flops_per_token(config, vocab)
+        flops *= 4 / 3 if checkpointing else 1  # the forward runs twice
+        wall_h = flops / (profile.gpus * profile.peak * mfu) / 3600
+        usable = max(1, profile.timeout_min - RESTART_MIN - profile.signal_delay_s / 60)
+        segments = max(1, math.ceil(wall_h * 60 / usable))
+    return RunSizing(
+        micro_batch_seqs=micro, eval_micro_batch_seqs=eval_micro, parallelism=parallelism,
+        gpus=profile.gpus, memory_gb=peak / GB, wall_h=wall_h, segments=segments,
+    )  # fmt: skip
+
+
+def fit(
+    model: ModelConfig,
+    quant: QuantConfig,
+    *,
+    vocab_size: int,
+    seq_len: int,
+    world_size: int,
+    candidates: list[str],
+    micro_options: list[int],
+    eval_batch_seqs: int,
+    activation_checkpointing: bool,
+    budget: float,
+    on_gpu: bool,
+) -> tuple[str, int, int, float] | float:
+    """(parallelism, micro-batch, eval micro-batch, peak bytes) of the first candidate and
+    largest micro-batch that fit ``budget``; else the smallest peak seen (bytes)."""
+    common = dict(
+        vocab_size=vocab_size, seq_len=seq_len, world_size=world_size,
+        activation_checkpointing=activation_checkpointing,
+        dtype="bf16" if on_gpu else "fp32", device="cuda" if on_gpu else "cpu",
+    )  # fmt: skip
+    smallest = math.inf
+    for parallelism in candidates:
+        for micro in micro_options:
+            est = estimate_memory(
+                model, quant, micro_batch_seqs=micro, parallelism=parallelism, **common
+            )
+            step = max(est.train_peak, est.step_peak)
+            smallest = min(smallest, step)
+            if step > budget:
+                continue
+            for e in divisors(eval_batch_seqs):
+                eval_peak = estimate_memory(
+                    model, quant, micro_batch_seqs=micro, eval_batch_seqs=e,
+                    parallelism=parallelism, **common,
+                ).eval_peak  # fmt: skip
+                if eval_peak <= budget:
+                    return parallelism, micro, e, max(step, eval_peak)
+    return smallest
+
+
+def fit_on_device(
+    model: ModelConfig,
+    quant: QuantConfig,
+    *,
+    vocab_size: int,
+    seq_len: int,
+    per_rank: int,
+    eval_batch_seqs: int,
+    world_size: int,
+    parallelism: str,
+    activation_checkpointing: bool,
+    device_bytes: float,
+) -> tuple[str, int, int]:
+    """What a run started without plan uses on a CUDA device: DDP if it fits, else FSDP, and
+    the largest micro-batch that fits; the smallest choice when nothing does (it may OOM)."""
+    candidates = ["ddp", "fsdp"] if parallelism == "auto" else [parallelism]
+    fitted = fit(
+        model, quant, vocab_size=vocab_size, seq_len=seq_len, world_size=world_size,
+        candidates=candidates, micro_options=divisors(per_rank),
+        eval_batch_seqs=eval_batch_seqs, activation_checkpointing=activation_checkpointing,
+        budget=device_bytes * HEADROOM, on_gpu=True,
+    )  # fmt: skip
+    if isinstance(fitted, float):
+        return candidates[-1], 1, 1
+    return fitted[:3]
+
+
+def size_sweep(runs: list[Any], profile: LaunchProfile, mfu: float) -> None:
+    """Sizes every PlannedRun for its resource shape and appends the chosen overrides.
+
+    Raises sweep.PlanError listing every run that cannot be sized: nothing is launched then.
+    """
+    from qat_sweep.sweep.spec import PlanError
+
+    problems = []
+    for run in runs:
+        shape = profile.for_run(run.model, run.subgrid)
+        try:
+            run.sizing = size_run(run.config, shape, mfu)
+        except SizingError as e:
+            problems.append(f"{run.subgrid} {run.run_key}: {e}")
+            continue
+        run.resources = shape
+        run.overrides = [*run.overrides, *run.sizing.overrides()]
+    if problems:
+        listed = "\n".join(f"  - {p}" for p in problems[:60])
+        more = f"\n  ... and {len(problems) - 60} more" if len(problems) > 60 else ""
+        raise PlanError(
+            f"{len(problems)} run(s) cannot be sized for profile {profile.name!r}:\n"
+            f"{listed}{more}\nnothing was launched."
+        )

@@ -1,0 +1,354 @@
+"""Step time of each precision scheme relative to BF16, measured side by side in one process.
+
+What is timed is the trainer's own step: the same model build (padded vocabulary), the same
+per-block compilation (``compile=auto`` as in ``train``), the same AdamW (fused on CUDA), the
+same micro-batched ``recipe.train_step`` and batches arriving through the same prefetcher
+(synthetic tokens, stateless in (seed, step)); with one device the trainer wraps nothing either.
+Schemes are interleaved within every repetition (in a rotating order) so clock drift and
+thermal effects hit all of them equally; warm-up steps (compilation) are excluded and medians
+reported. FLOPs and MFU come from ``qat_sweep.estimates.flops``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from qat_sweep.common import InputError, parse_int, parse_keys, resolve_device, write_json_atomic
+from qat_sweep.config.compose import compose_run
+from qat_sweep.data.prefetch import Prefetcher
+from qat_sweep.estimates.flops import flops_per_token, mfu, peak_flops
+from qat_sweep.model.precision import SCHEMES, QuantConfig
+from qat_sweep.model.presets import PAPER_PRESETS, ModelConfig, load_preset
+from qat_sweep.model.transformer import build_model, compile_blocks, compile_enabled
+from qat_sweep.train.recipe import make_optimizer, train_step
+
+OLMO2_VOCAB = 100278  # PAPER.md: the OLMo-2 tokenizer is the natural full-scale default
+SMALL_VOCAB = 4096  # the demo's local BPE size
+
+
+def _schemes(value: str) -> tuple[str, ...]:
+    schemes = tuple(s for s in value.split(",") if s)
+    unknown = [s for s in schemes if s not in SCHEMES]
+    if unknown:
+        raise ValueError(f"unknown schemes {unknown}; allowed: {', '.join(SCHEMES)}")
+    return schemes if "bf16" in schemes else ("bf16", *schemes)
+
+
+def _group_sizes(value: str) -> tuple[int | str, ...]:
+    groups = tuple(g if g == "channel" else parse_int(g) for g in value.split(",") if g)
+    if not groups:
+        raise ValueError("empty; give an integer, channel or a list")
+    return groups
+
+
+def _compile(value: str) -> str:
+    if value not in ("auto", "true", "false", "both"):
+        raise ValueError("allowed: auto, true, false, both")
+    return value
+
+
+def _compile_settings(value: str, device: torch.device) -> tuple[bool, ...]:
+    """One setting, or compiled and eager side by side for ``both``."""
+    return (True, False) if value == "both" else (compile_enabled(value, device.type),)
+
+
+KEYS: dict[str, Callable[[str], Any]] = {
+    "model": load_preset,
+    "batch": parse_int,  # sequences per step on this device
+    "micro_batch": parse_int,  # default: the whole batch in one micro-batch
+    "seq_len": parse_int,  # default: the preset's
+    "steps": parse_int,
+    "warmup": partial(parse_int, minimum=0),
+    "schemes": _schemes,  # BF16 is always measured: it is the reference
+    "format": str,
+    "group_size": _group_sizes,  # or a list (128,channel): each quantized scheme once per G
+    "act_quantizer": str,
+    "vocab_size": parse_int,  # default: the preset's, else OLMo-2's for paper presets, else 4096
+    "compile": _compile,  # as train.compile (auto = on CUDA, off on CPU), or both
+    "device": str,  # auto, cpu or cuda, as train.device
+    "seed": partial(parse_int, minimum=0),
+    "json": str,  # a path, or '-' for stdout
+}
+DEFAULTS = {"model": "1M", "batch": "8", "steps": "10", "warmup": "3", "format": "int4"}
+DEFAULTS |= {"schemes": "bf16,w4a4,w4a16,w16a4,w4a4_fc2a8", "group_size": "32", "seed": "0"}
+DEFAULTS |= {"act_quantizer": "auto", "compile": "auto", "device": "auto", "json": ""}
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    model: ModelConfig
+    batch: int
+    micro_batch: int
+    seq_len: int
+    steps: int
+    warmup: int
+    schemes: tuple[str, ...]
+    format: str
+    group_sizes: tuple[int | str, ...]
+    act_quantizer: str
+    vocab_size: int
+    compile: tuple[bool, ...]  # one entry, or (True, False) for compile=both
+    device: torch.device
+    seed: int
+    json: str
+
+
+def parse_args(argv: list[str]) -> BenchSettings:
+    """key=value arguments (`KEYS`); InputError naming any unknown key or malformed value."""
+    given = parse_keys(argv, KEYS)
+    opts = {key: KEYS[key](value) for key, value in DEFAULTS.items() if key not in given} | given
+    model = opts["model"]
+    device = torch.device(resolve_device(opts["device"]))
+    vocab = opts.get("vocab_size") or (
+        model.vocab_size or (OLMO2_VOCAB if model.name in PAPER_PRESETS else SMALL_VOCAB)
+    )
+    batch = opts["batch"]
+    micro = opts.get("micro_batch", batch)
+    if batch % micro:
+        raise InputError(f"batch={batch} is not a multiple of micro_batch={micro}")
+    return BenchSettings(
+        model=model,
+        batch=batch,
+        micro_batch=micro,
+        seq_len=opts.get("seq_len", model.seq_len),
+        steps=opts["steps"],
+        warmup=opts["warmup"],
+        schemes=opts["schemes"],
+        format=opts["format"],
+        group_sizes=opts["group_size"],
+        act_quantizer=opts["act_quantizer"],
+        vocab_size=vocab,
+        compile=_compile_settings(opts["compile"], device),
+        device=device,
+        seed=opts["seed"],
+        json=opts["json"],
+    )
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One timed configuration: scheme, group size (None for BF16) and compile setting."""
+
+    scheme: str
+    group_size: int | str | None
+    compiled: bool
+
+
+@dataclass
+class SchemeStep:
+    """One variant's model, optimizer and batch stream, stepped exactly as the trainer does."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    batches: Prefetcher
+    autocast: bool
+    grad_clip: float
+
+    def __call__(self) -> None:
+        batch = self.batches.next()
+        train_step(
+            self.model,
+            self.optimizer,
+            batch.micro_batches,
+            grad_clip=self.grad_clip,
+            autocast=self.autocast,
+        )
+
+    def state_bytes(self) -> int:
+        """Parameters plus optimizer state: what stays allocated between steps."""
+        tensors = list(self.model.parameters())
+        for state in self.optimizer.state.values():
+            tensors += [v for v in state.values() if isinstance(v, Tensor)]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _quant(settings: BenchSettings, variant: Variant) -> QuantConfig | None:
+    if variant.scheme == "bf16":
+        return None
+    return QuantConfig(variant.scheme, settings.format, variant.group_size, settings.act_quantizer)
+
+
+def _make_step(settings: BenchSettings, variant: Variant, n_steps: int) -> SchemeStep:
+    """Builds one variant's model and optimizer as `train` does, fed by the trainer's prefetcher."""
+    quant = _quant(settings, variant)
+    optim = compose_run([f"model={settings.model.name}", "logger=none"]).optim
+    torch.manual_seed(settings.seed)
+    model = build_model(settings.model, quant, settings.vocab_size).to(settings.device)
+    if variant.compiled:
+        compile_blocks(model)
+    model.train()
+    optimizer = make_optimizer(model, optim)
+    n_micro = settings.batch // settings.micro_batch
+    shape = (settings.micro_batch, settings.seq_len + 1)
+
+    def batch_for(step: int, micro: int) -> tuple[Tensor, Tensor]:
+        generator = torch.Generator().manual_seed(
+            settings.seed * 1_000_003 + step * n_micro + micro
+        )
+        tokens = torch.randint(0, settings.vocab_size, shape, generator=generator)
+        return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+
+    return SchemeStep(
+        model=model,
+        optimizer=optimizer,
+        batches=Prefetcher(batch_for, n_micro, 0, n_steps, settings.device),
+        autocast=settings.device.type == "cuda",
+        grad_clip=float(optim.grad_clip),
+    )
+
+
+def run(settings: BenchSettings) -> dict[str, Any]:
+    """Times every scheme, interleaved; returns the JSON-ready result."""
+    if settings.seq_len > settings.model.seq_len:
+        raise ValueError(
+            f"bench: seq_len={settings.seq_len} exceeds the {settings.model.name} preset's "
+            f"seq_len {settings.model.seq_len}"
+        )
+    n_steps = settings.warmup + settings.steps
+    variants = [
+        Variant(scheme, group, compiled)
+        for compiled in settings.compile
+        for scheme in settings.schemes
+        for group in ((None,) if scheme == "bf16" else settings.group_sizes)
+    ]
+    steps = {v: _make_step(settings, v, n_steps) for v in variants}
+    times: dict[Variant, list[float]] = {v: [] for v in variants}
+    first: dict[Variant, float] = {}
+    peak_bytes = dict.fromkeys(variants, 0)
+    n = len(variants)
+    try:
+        for rep in range(n_steps):
+            for variant in [variants[(rep + k) % n] for k in range(n)]:
+                elapsed, transient = _time(steps[variant], settings.device)
+                peak_bytes[variant] = max(peak_bytes[variant], transient)
+                first.setdefault(variant, elapsed)
+                if rep >= settings.warmup:
+                    times[variant].append(elapsed)
+    finally:
+        for step in steps.values():
+            step.batches.close()
+    tokens_per_step = settings.batch * settings.seq_len
+    flops = flops_per_token(settings.model, settings.seq_len, settings.vocab_size)
+    peak = peak_flops(settings.device)
+    cuda = settings.device.type == "cuda"
+    results = []
+    for v in variants:
+        median = statistics.median(times[v])
+        base = statistics.median(times[Variant("bf16", None, v.compiled)])
+        tokens_per_s = tokens_per_step / median
+        memory = peak_bytes[v] + steps[v].state_bytes()
+        quant = _quant(settings, v)
+        results.append(
+            {
+                "scheme": v.scheme,
+                "group_size": v.group_size,
+                "act_quantizer": quant.resolved_act_quantizer if quant else None,
+                "compile": v.compiled,
+                "median_s": median,
+                "rel_to_bf16": median / base,  # BF16 with the same compile setting
+                "tokens_per_s": tokens_per_s,
+                "mfu": mfu(tokens_per_s, flops, peak),
+                "peak_memory_gb": memory / 1e9 if cuda else None,
+                "first_step_s": first[v],  # includes compilation
+                "times_s": times[v],
+            }
+        )
+    device_name = torch.cuda.get_device_name(settings.device) if cuda else "cpu"
+    return {
+        "model": settings.model.name,
+        "n_params": settings.model.n_params,
+        "vocab_size": settings.vocab_size,
+        "batch": settings.batch,
+        "micro_batch": settings.micro_batch,
+        "seq_len": settings.seq_len,
+        "steps": settings.steps,
+        "warmup": settings.warmup,
+        "format": settings.format,
+        "group_sizes": list(settings.group_sizes),
+        "act_quantizer": settings.act_quantizer,
+        "compile": "both" if len(settings.compile) > 1 else settings.compile[0],
+        "device": device_name,
+        "threads": torch.get_num_threads(),
+        "flops_per_token": flops,
+        "peak_flops": peak,
+        "results": results,
+    }
+
+
+def _time(step: Callable[[], None], device: torch.device) -> tuple[float, int]:
+    """Seconds of one step and, on CUDA, the bytes it allocated beyond what was live before.
+
+    The other schemes' models share the device, so a scheme's peak memory is reported as this
+    transient peak plus its own parameters and optimizer state.
+    """
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    start = time.perf_counter()
+    step()
+    if cuda:
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    transient = torch.cuda.max_memory_allocated(device) - before if cuda else 0
+    return elapsed, transient
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A plain-text table of the result, one row per variant."""
+    micro = f" (micro {result['micro_batch']})" if result["micro_batch"] != result["batch"] else ""
+    header = (
+        f"bench {result['model']} (N={result['n_params']:,}, vocab {result['vocab_size']}) "
+        f"batch={result['batch']}{micro} seq_len={result['seq_len']} {result['format']} "
+        f"on {result['device']}, median of {result['steps']} steps"
+    )
+    columns = ("scheme", "G", "act", "compiled", "ms/step", "vs bf16", "tokens/s", "MFU", "peak GB")
+    widths = (12, 8, 7, 9, 10, 9, 12, 8, 9)
+    lines = [header, "".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True))]
+    for row in result["results"]:
+        memory = row["peak_memory_gb"]
+        cells = (
+            row["scheme"],
+            "-" if row["group_size"] is None else str(row["group_size"]),
+            row["act_quantizer"] or "-",
+            "yes" if row["compile"] else "no",
+            f"{1000 * row['median_s']:.1f}",
+            f"{row['rel_to_bf16']:.2f}x",
+            f"{row['tokens_per_s']:,.0f}",
+            f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "-",
+            f"{memory:.1f}" if memory is not None else "-",
+        )
+        lines.append("".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """``qat-sweep bench key=value ...``; returns the process exit code."""
+    try:
+        settings = parse_args(argv)
+        result = run(settings)
+    except ValueError as err:
+        print(f"qat-sweep bench: {err}", file=sys.stderr)
+        return 2
+    if settings.json == "-":
+        print(json.dumps(result, indent=2))
+        return 0
+    print(format_table(result))
+    if settings.json:
+        write_json_atomic(settings.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
