@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from hydra.errors import HydraException
@@ -17,7 +18,6 @@ from qat_sweep.config.compose import compose_tree, parse_tokens, resolve_tree, r
 from qat_sweep.config_dirs import options
 from qat_sweep.model.precision import check_group_size, quant_config_from
 from qat_sweep.model.presets import available_presets, conf_dirs, model_config_from
-from qat_sweep.sweep.spec import PlannedRun
 
 
 def schemes() -> list[str]:
@@ -224,14 +224,15 @@ def _data_problem(data: dict[str, Any], load: bool) -> str | None:
     return problem
 
 
-def data_problems(runs: list[PlannedRun], load: bool = False) -> dict[str, str]:
-    """Problems of the data each run needs, checked once per distinct data directory."""
+def data_problems(configs: Mapping[str, dict[str, Any]], load: bool = False) -> dict[str, str]:
+    """Problems of the data each run (run_key -> resolved config) needs, checked once per
+    distinct data directory."""
     checked: dict[str, str | None] = {}
     problems = {}
-    for run in runs:
-        key = json.dumps(run.config["data"], sort_keys=True)
+    for key_of_run, config in configs.items():
+        key = json.dumps(config["data"], sort_keys=True)
         if key not in checked:
-            checked[key] = _data_problem(run.config["data"], load)
+            checked[key] = _data_problem(config["data"], load)
         if checked[key] is not None:
-            problems[run.run_key] = checked[key]
+            problems[key_of_run] = checked[key]
     return problems

@@ -222,7 +222,7 @@ def plan_sweep(
     if spec.twins and not problems:
         runs += add_twins(runs)
     if not problems and strict:
-        found_by_run = data_problems(runs, load=True)
+        found_by_run = data_problems({r.run_key: r.config for r in runs}, load=True)
         for run in runs:
             if run.run_key in found_by_run:
                 label = f"{run.subgrid} {run.run_key}"
@@ -376,7 +376,7 @@ def plan_main(argv: list[str]) -> int:
         runs = plan_sweep(sweep, overrides, strict=False, **devices)
         if profile is not None:
             size_sweep(runs, profile, mfu)
-        missing_data = list(data_problems(runs).values())
+        missing_data = list(data_problems({r.run_key: r.config for r in runs}).values())
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
