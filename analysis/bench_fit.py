@@ -10,8 +10,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from qat_sweep.analysis.cli import fit_main
 from qat_sweep.analysis.design.synth import synthetic_table
+
+from qat_sweep.commands.fit import main as fit_main
 
 
 def main() -> None:

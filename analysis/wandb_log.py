@@ -16,6 +16,8 @@ from typing import Any
 import pandas as pd
 from qat_sweep.analysis.law.formulas import delta_loss
 
+from qat_sweep import wandb_api
+
 
 def predicted_deltas(result: dict[str, Any], table: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Per quantized run: the fitted law's delta and the residual (measured - predicted).
@@ -111,7 +113,6 @@ def write_predictions(
     entity: str | None, project: str, sweep: str, values: dict[str, dict[str, float]]
 ) -> None:
     """`fit/*` values into the summaries of the sweep's runs on the server."""
-    from qat_sweep import wandb_api
     from qat_sweep.train.tracking import wandb_id
 
     entity = entity or wandb_api.default_entity()
@@ -128,4 +129,18 @@ def write_predictions(
             if failed
             else ""
         )
+    )
+
+
+def fit_predictions(fit_dir: Path) -> dict[str, dict[str, float]]:
+    """`fit/*` summary values per run_key from a `qat-sweep fit` output directory ({} if none)."""
+    import json
+
+    import pandas as pd
+
+    fit_json, table = fit_dir / "fit.json", fit_dir / "runs.csv"
+    if not (fit_json.is_file() and table.is_file()):
+        return {}
+    return predicted_deltas(
+        json.loads(fit_json.read_text()), pd.read_csv(table, dtype={"group_size": str})
     )

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from qat_sweep.analysis.cli import fit_main, predict_main
 from qat_sweep.analysis.design.synth import synthetic_table, table_to_records
 
+from qat_sweep.commands.fit import main as fit_main
+from qat_sweep.commands.predict import main as predict_main
 from qat_sweep.common import parse_count
 
 
@@ -170,12 +171,12 @@ def test_parse_count():
 
 
 @pytest.mark.slow
-def test_module_entry_point_with_plots(fitted, tmp_path):
+def test_python_m_entry_point_with_plots(fitted, tmp_path):
     out = tmp_path / "o"
     cmd = [
         sys.executable,
         "-m",
-        "qat_sweep.analysis.cli",
+        "qat_sweep.cli",
         "fit",
         "--table",
         str(fitted / "runs.csv"),
@@ -217,7 +218,7 @@ def test_bad_rows_are_excluded_by_name_before_fitting(tmp_path):
 def test_a_table_with_nothing_usable_exits_2_without_traceback(tmp_path):
     table = synthetic_table().head(8).assign(tokens=-5.0)
     table.to_csv(tmp_path / "t.csv", index=False)
-    cmd = [sys.executable, "-m", "qat_sweep.analysis.cli", "fit", "--table", str(tmp_path / "t.csv"),
+    cmd = [sys.executable, "-m", "qat_sweep.cli", "fit", "--table", str(tmp_path / "t.csv"),
            "--out", str(tmp_path / "o")]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

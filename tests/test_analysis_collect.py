@@ -176,8 +176,7 @@ def test_twins_pair_by_named_twin_key_before_columns():
 
 def test_fit_takes_holdout_from_the_records_without_planning(tmp_path, monkeypatch):
     """The sweep file is gone: fit still keeps the records' holdout runs out (no re-plan)."""
-    from qat_sweep.analysis.cli import fit_main
-
+    from qat_sweep.commands.fit import main as fit_main
     from qat_sweep.sweep import plan as grid
 
     def no_plan(*args, **kwargs):

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from qat_sweep.commands.bench import main, parse_args
 from qat_sweep.estimates.flops import flops_per_token, peak_flops
 from qat_sweep.model.presets import load_preset
-from qat_sweep.train.bench import main, parse_args
 
 
 def test_defaults_and_bf16_always_measured() -> None:

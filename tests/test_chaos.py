@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from test_train import train_rows
 
+from qat_sweep.commands.launch import main as launch_main
 from qat_sweep.locks import is_held, read_holder, run_lock_path
 from qat_sweep.sweep.jobs import read_manifests
-from qat_sweep.sweep.launch import launch_main
 from qat_sweep.sweep.plan import plan_sweep
 from qat_sweep.sweep.spec import PlannedRun
 from qat_sweep.sweep.status import total_steps

@@ -193,8 +193,9 @@ def test_bad_input_is_refused_cleanly(argv, expected, case_dir: Path, capsys) ->
 
 @pytest.fixture(scope="module")
 def saved_fit(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from qat_sweep.analysis.cli import fit_main
     from qat_sweep.analysis.design.synth import synthetic_table, table_to_records
+
+    from qat_sweep.commands.fit import main as fit_main
 
     root = tmp_path_factory.mktemp("fit-runs")
     for record in table_to_records(synthetic_table(seed=3), sweep="paper"):

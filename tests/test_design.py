@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from qat_sweep.analysis import bench_suggest as bench
-from qat_sweep.analysis.cli import fit_main
 from qat_sweep.analysis.collect import build_table, pair_deltas, twin_index
 from qat_sweep.analysis.design import simulate as sim
 from qat_sweep.analysis.law.formulas import DELTA_PARAMS, delta_loss
@@ -19,6 +18,7 @@ from qat_sweep.analysis.pipeline import Settings, run_fit
 from qat_sweep.analysis.predict import SavedFit, predict_point
 
 from qat_sweep.cli import main as cli_main
+from qat_sweep.commands.fit import main as fit_main
 
 TARGET = "model=973M tokens=200B scheme=w4a4 format=int4 group_size=128"
 TABLE_COLUMNS = ["run_key", "model", "n_params", "tokens", "scheme", "format", "group_size",

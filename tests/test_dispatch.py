@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from qat_sweep.analysis.collect import load_records
 
+from qat_sweep.commands.launch import main as launch_main
+from qat_sweep.commands.status import main as status_main
 from qat_sweep.record import IDENTITY_FIELDS, read_record
-from qat_sweep.sweep.launch import launch_main, status_main
 
 TINY = """
 overrides: [data=demo, logger=none, train.threads=1]

@@ -12,9 +12,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from qat_sweep.commands.args import parse_cli
+from qat_sweep.commands.plan import main as plan_main
 from qat_sweep.config.compose import compose_run, run_key
 from qat_sweep.model.presets import CONF_DIR
-from qat_sweep.sweep.plan import load_sweep, parse_cli, plan_main, plan_sweep
+from qat_sweep.sweep.plan import load_sweep, plan_sweep
 from qat_sweep.sweep.profiles import (
     LaunchProfile,
     available_profiles,

@@ -133,7 +133,7 @@ def test_estimate_bounds_cuda_max_memory_allocated(scheme: str) -> None:
 
 
 def plan_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list, str]:
-    from qat_sweep.sweep.plan import plan_main
+    from qat_sweep.commands.plan import main as plan_main
 
     capsys.readouterr()
     code = plan_main(list(argv))

@@ -176,7 +176,7 @@ def test_status_looks_where_the_profile_put_the_runs(tmp_path, monkeypatch, caps
     """`launch ... launcher=P` runs under P's paths.runs; `status ... launcher=P` looks there."""
     import json
 
-    from qat_sweep.sweep.launch import status_main
+    from qat_sweep.commands.status import main as status_main
 
     (tmp_path / "launchers").mkdir()
     profile = f"kind: local\noverrides: [paths.runs={tmp_path}/scratch]\n"

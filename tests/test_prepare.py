@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
+from qat_sweep.commands import prepare
 from qat_sweep.data.batches import open_data, val_batches
 from qat_sweep.data.prepare import hf_corpus, text_corpus
-from qat_sweep.data.prepare import tokenize as prepare
 from qat_sweep.data.prepare.corpus import build_demo_corpus
 from qat_sweep.data.tokenfiles import read_manifest
 
@@ -262,7 +262,7 @@ def test_killed_prepare_resumes_byte_identical(big_corpus: BigCorpus, tmp_path: 
     n_parts = len(list((reference / "done").iterdir()))
     assert n_parts >= 30
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "qat_sweep.data.prepare.tokenize", *big_corpus.args(killed)]
+    cmd = [sys.executable, "-m", "qat_sweep.commands.prepare", *big_corpus.args(killed)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

@@ -8,8 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from qat_sweep.analysis.cli import fit_main
 from qat_sweep.analysis.design.synth import synthetic_table
+
+from qat_sweep.commands.fit import main as fit_main
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [

@@ -13,8 +13,9 @@ import pytest
 from slurm_cluster import wait_for
 from test_train import train_rows
 
+from qat_sweep.commands.launch import main as launch_main
+from qat_sweep.commands.status import main as status_main
 from qat_sweep.record import read_record
-from qat_sweep.sweep.launch import launch_main, status_main
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

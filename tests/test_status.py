@@ -14,10 +14,11 @@ import pytest
 from slurm_cluster import wait_for
 from test_train import metrics_rows, run_cli, train_rows
 
+from qat_sweep.commands.launch import main as launch_main
+from qat_sweep.commands.status import main as status_main
 from qat_sweep.locks import launch_lock, run_starts
 from qat_sweep.record import read_record
 from qat_sweep.sweep import launch as dispatch
-from qat_sweep.sweep.launch import launch_main, status_main
 from qat_sweep.sweep.plan import plan_sweep
 from qat_sweep.sweep.status import progress
 from qat_sweep.train.tracking import METRICS_NAME

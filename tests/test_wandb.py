@@ -17,9 +17,10 @@ import pandas as pd
 import pytest
 
 from qat_sweep import wandb_api
+from qat_sweep.commands.sync import main as sync_main
 from qat_sweep.common import write_json_atomic
 from qat_sweep.config.compose import compose_run
-from qat_sweep.sweep.sync import offline_files, sync_main
+from qat_sweep.sweep.sync import offline_files
 from qat_sweep.train.tracking import Tracker, wandb_id
 from qat_sweep.train.trainer import train
 
@@ -372,8 +373,9 @@ def test_workspace_panels_read_what_the_runs_log(
     import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws
 
+    from qat_sweep.commands.wandb_workspace import main as workspace_main
     from qat_sweep.sweep.plan import plan_sweep
-    from qat_sweep.sweep.workspace import BF16_COLOUR, build_workspace, workspace_main
+    from qat_sweep.sweep.workspace import BF16_COLOUR, build_workspace
 
     runs = plan_sweep("demo", strict=False)
     workspace = build_workspace("demo", "lab", "law", runs)

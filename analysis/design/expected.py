@@ -8,9 +8,6 @@ same for named target predictions, next to the grid's GPU-hours.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from typing import Any
 
@@ -19,29 +16,6 @@ import pandas as pd
 from qat_sweep.analysis.collect import InputError
 from qat_sweep.analysis.design import simulate as sim
 from qat_sweep.analysis.law.formulas import BASE_PARAMS, DELTA_PARAMS, bf16_loss
-
-from qat_sweep.common import split_overrides
-
-COST_OPTIONS = ("mfu", "peak_tflops")
-
-
-def split_cli(extra: list[str], command: str) -> tuple[str, float, float, list[str]]:
-    """sweep=NAME, mfu=, peak_tflops= and train overrides out of the leftover arguments."""
-    pairs, rest = split_overrides(extra)
-    if rest:
-        raise InputError(f"unexpected argument {rest[0]!r} (see qat-sweep {command} --help)")
-    sweep = pairs.pop("sweep", None)
-    options = {k: pairs.pop(k) for k in COST_OPTIONS if k in pairs}
-    overrides = [f"{k}={v}" for k, v in pairs.items()]
-    from qat_sweep.sweep.plan import PlanError, available_sweeps, cost_options
-
-    if not sweep:
-        raise InputError(f"missing sweep=NAME; available sweeps: {', '.join(available_sweeps())}")
-    try:
-        mfu, peak = cost_options(options)  # plan's own check of the same options
-    except PlanError as err:
-        raise InputError(str(err)) from err
-    return sweep, mfu, peak, overrides
 
 
 def _param_rows(truth: dict[str, float], est: np.ndarray, ok: np.ndarray, names) -> dict:
@@ -179,62 +153,8 @@ def format_design(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="qat-sweep design",
-        description="Simulate a sweep under a prior law and noise, refit each simulated data set "
-        "as `fit` would and report the expected intervals: design sweep=NAME [mfu=] "
-        "[peak_tflops=] [train overrides]",
-    )
-    p.add_argument("--prior", default="paper", help="'paper' (Table 1) or a fit directory/json")
-    p.add_argument(
-        "--noise",
-        type=float,
-        help=f"SD of each run's final loss (default: from the prior fit's residuals, else {sim.DEFAULT_NOISE})",
-    )
-    p.add_argument("--cell-noise", type=float, default=0.0, help="SD shared by a cell's twins")
-    p.add_argument("--sims", type=int, default=200, help="simulated sweeps")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--target",
-        action="append",
-        default=[],
-        help="'model=973M tokens=200B scheme=w4a4 format=int4 group_size=128' (repeatable)",
-    )
-    p.add_argument(
-        "--drop",
-        action="append",
-        default=[],
-        help="leave out runs matching all of 'key=value ...', e.g. 'tokens=100B' (repeatable)",
-    )
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    return p
-
-
 def noise_level(value: float | None, default: float | None) -> float:
     noise = value if value is not None else (default or sim.DEFAULT_NOISE)
     if not 0 <= noise < 1:
         raise InputError(f"--noise {noise}: need 0 <= SD < 1 (a loss SD, e.g. 0.01)")
     return noise
-
-
-def main(argv: list[str]) -> int:
-    """`qat-sweep design`; returns the exit code."""
-    try:
-        args, extra = _parser().parse_known_args(argv)
-        sweep, mfu, peak, overrides = split_cli(extra, "design")
-        if args.sims < 10:
-            raise InputError(f"--sims {args.sims}: need at least 10 simulated sweeps")
-        if args.cell_noise < 0:
-            raise InputError(f"--cell-noise {args.cell_noise}: need >= 0")
-        targets = [sim.parse_target(t) for t in args.target]
-        prior = sim.load_prior(args.prior)
-        noise = noise_level(args.noise, prior.noise)
-        runs = sim.drop_runs(sim.grid_runs(sweep, overrides, mfu, peak), args.drop)
-        res = {"sweep": sweep, "drops": args.drop}
-        res |= run_design(runs, prior, noise, args.sims, args.seed, targets, args.cell_noise)
-    except InputError as err:
-        print(f"qat-sweep design: error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(res, indent=1) if args.json else format_design(res))
-    return 0

@@ -7,9 +7,6 @@ sweep, and writes the sweep file of the chosen runs.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +16,7 @@ from qat_sweep.analysis.cells import snap
 from qat_sweep.analysis.collect import InputError, twin_index
 from qat_sweep.analysis.design import simulate as sim
 from qat_sweep.analysis.design.criterion import cell_keys, features
-from qat_sweep.analysis.design.expected import noise_level, split_cli
+from qat_sweep.analysis.design.expected import noise_level
 from qat_sweep.analysis.design.greedy import Choice, choose
 from qat_sweep.analysis.law import identify
 from qat_sweep.analysis.law.formulas import DELTA_PARAMS
@@ -154,43 +151,30 @@ def _chosen_rows(grid: pd.DataFrame, pick: Choice) -> list[dict[str, Any]]:
     return rows
 
 
-def _parser() -> argparse.ArgumentParser:
-    from qat_sweep.analysis.predict import fit_reader_parser
-
-    p = fit_reader_parser(
-        "qat-sweep suggest",
-        "The next runs that most shrink the targets' predicted intervals per "
-        "GPU-hour: suggest --fit DIR sweep=NAME --target '...' [--k K] [--budget GPU_HOURS]",
-    )
-    p.add_argument("--target", action="append", required=True,
-                   help="'model=973M tokens=200B scheme=w4a4 format=int4 group_size=128'")  # fmt: skip
-    p.add_argument("--k", type=int, help="how many runs (default 10 without --budget)")
-    p.add_argument("--budget", type=float, help="GPU-hours to spend, BF16 twins included")
-    p.add_argument("--noise", type=float, help="SD of a run's final loss (default: from the fit)")
-    p.add_argument(
-        "--out", type=Path, help="sweep file directory (default reports/<sweep>/suggest)"
-    )
-    return p
-
-
-def suggest(argv: list[str]) -> dict[str, Any]:
-    """Choose the runs and write the sweep file; InputError on bad input."""
+def suggest(
+    fit_dir: Path,
+    sweep: str,
+    targets: list[sim.Target],
+    *,
+    overrides: list[str],
+    mfu: float,
+    peak_tflops: float,
+    k: int | None = None,
+    budget: float | None = None,
+    noise: float | None = None,
+    out: Path | None = None,
+) -> dict[str, Any]:
+    """Choose the runs of `sweep` that most shrink the targets' intervals and write them as a
+    sweep file; InputError on bad input."""
     import yaml
     from qat_sweep.analysis.predict import SavedFit
 
     from qat_sweep.sweep.plan import PlanError, load_sweep
 
-    args, extra = _parser().parse_known_args(argv)
-    sweep, mfu, peak, overrides = split_cli(extra, "suggest")
-    if args.k is not None and args.k < 1:
-        raise InputError(f"--k {args.k}: need at least 1")
-    if args.budget is not None and args.budget <= 0:
-        raise InputError(f"--budget {args.budget}: need a positive number of GPU-hours")
-    targets = [sim.parse_target(t) for t in args.target]
-    saved = SavedFit.load(args.fit)
-    noise = noise_level(args.noise, sim.fit_noise(saved.result))
-    grid = sim.grid_runs(sweep, overrides, mfu, peak)
-    done = done_table(args.fit, grid)
+    saved = SavedFit.load(fit_dir)
+    noise = noise_level(noise, sim.fit_noise(saved.result))
+    grid = sim.grid_runs(sweep, overrides, mfu, peak_tflops)
+    done = done_table(fit_dir, grid)
     grid["twin"] = twin_index(grid)
     grid["open"] = (
         grid["status"].isin(["missing", "failed"])
@@ -207,25 +191,25 @@ def suggest(argv: list[str]) -> dict[str, Any]:
     ready = set(cell_keys(done[done["scheme"] == "bf16"])) | set(
         cell_keys(grid[(grid["scheme"] == "bf16") & ~grid["open"]])
     )
-    k = args.k if args.k is not None or args.budget is not None else 10
-    pick = choose(laws, done, grid, targets, noise, k, args.budget, ready, grid["open"].to_numpy())
+    k = k if k is not None or budget is not None else 10
+    pick = choose(laws, done, grid, targets, noise, k, budget, ready, grid["open"].to_numpy())
     if not pick.order:
         raise InputError(
             "no remaining run shrinks the targets' intervals"
-            + (f" within {args.budget:g} GPU-hours" if args.budget else "")
+            + (f" within {budget:g} GPU-hours" if budget else "")
         )
     rows = _chosen_rows(grid, pick)
     try:
         spec = load_sweep(sweep)
     except PlanError as err:
         raise InputError(str(err)) from err
-    out = args.out or Path("reports") / spec.name / "suggest"
+    out = out or Path("reports") / spec.name / "suggest"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{spec.name}.yaml"
     write_atomic(path, yaml.safe_dump(sweep_file(spec, rows, overrides), sort_keys=False))
     return {
         "sweep": sweep,
-        "fit": str(args.fit),
+        "fit": str(fit_dir),
         "criterion": "c-optimal: linearised Var(log delta-hat) at the targets of fit's Huber "
         "regression in log space (M-estimator sandwich, shared BF16 twins), greedy per GPU-hour",
         "noise": noise,
@@ -238,42 +222,3 @@ def suggest(argv: list[str]) -> dict[str, Any]:
         "sweep_file": str(path),
         "launch": f"qat-sweep launch sweep={path} launcher=PROFILE",
     }
-
-
-def format_suggestion(res: dict[str, Any]) -> str:
-    lines = [f"criterion: {res['criterion']}; loss noise {res['noise']:.3g} per run"]
-    for t in res["targets"]:
-        lines.append(
-            f"target {t['target']}: expected 95% interval width of delta now "
-            f"{100 * t['rel_width_now']:.1f}% of delta, after these runs {100 * t['rel_width_after']:.1f}%"
-        )
-    lines += ["", f"{'run_key':<58} {'N':>7} {'D':>6} {'scheme':<10} {'G':>7} {'GPU-h':>8} "
-              f"{'width after':>11} {'gain/GPU-h':>10}"]  # fmt: skip
-    for r in res["runs"]:
-        gain = r.get("expected_gain")
-        tail = (
-            f"{100 * gain['rel_width_after']:>10.1f}% {100 * gain['gain_per_gpu_hour']:>9.3g}%"
-            if gain
-            else f"{'(BF16 twin)':>22}"
-        )
-        lines.append(
-            f"{r['run_key']:<58} {r['n_params'] / 1e6:>6.0f}M {r['tokens'] / 1e9:>5.0f}B "
-            f"{r['scheme']:<10} {r['group_size'] or '-'!s:>7} {r['gpu_hours']:>8,.0f} {tail}"
-        )
-    lines += [
-        "",
-        f"total {len(res['runs'])} runs, {res['gpu_hours']:,.0f} GPU-hours; sweep file: {res['sweep_file']}",
-        f"launch them: {res['launch']}",
-    ]
-    return "\n".join(lines)
-
-
-def main(argv: list[str]) -> int:
-    """`qat-sweep suggest`; returns the exit code."""
-    try:
-        res = suggest(argv)
-    except InputError as err:
-        print(f"qat-sweep suggest: error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(res, indent=1) if "--json" in argv else format_suggestion(res))
-    return 0

@@ -35,51 +35,107 @@ configs: the packaged conf/ and launchers/, overlaid by ./conf and ./launchers (
 """
 
 
+# Each command module is imported when its command runs: `plan` must not pay for torch, `fit`
+# for Hydra. The functions are plain imports so that tools (and readers) can follow them.
 def _train(argv: list[str]) -> int:
-    from qat_sweep.train import trainer as train
+    from qat_sweep.commands import train
 
-    # A single run is checked as `plan` checks it, before Hydra composes it; Hydra's own flags
-    # (-m, --cfg, hydra.* / hydra/launcher=...) go straight to Hydra.
-    if not any(arg.startswith(("-", "hydra")) for arg in argv):
-        from qat_sweep.config.checks import override_problems
-
-        problems = override_problems(argv, has_cuda=train.torch.cuda.is_available())
-        if problems:
-            print("error: " + "\n  ".join(["this run cannot start:", *problems]), file=sys.stderr)
-            return 2
-        from hydra.core.global_hydra import GlobalHydra
-
-        GlobalHydra.instance().clear()  # the check composed with Hydra; hydra.main starts afresh
-    # Hydra parses sys.argv itself, so -m, --cfg job, hydra/launcher=... all work as usual.
-    sys.argv = ["qat-sweep train", *argv]
-    train.main()
-    return 0
+    return train.main(argv)
 
 
-def _lazy(module: str, function: str) -> Callable[[list[str]], int]:
-    def run(argv: list[str]) -> int:
-        import importlib
+def _plan(argv: list[str]) -> int:
+    from qat_sweep.commands import plan
 
-        return getattr(importlib.import_module(module), function)(argv)
+    return plan.main(argv)
 
-    return run
+
+def _launch(argv: list[str]) -> int:
+    from qat_sweep.commands import launch
+
+    return launch.main(argv)
+
+
+def _status(argv: list[str]) -> int:
+    from qat_sweep.commands import status
+
+    return status.main(argv)
+
+
+def _fit(argv: list[str]) -> int:
+    from qat_sweep.commands import fit
+
+    return fit.main(argv)
+
+
+def _predict(argv: list[str]) -> int:
+    from qat_sweep.commands import predict
+
+    return predict.main(argv)
+
+
+def _design(argv: list[str]) -> int:
+    from qat_sweep.commands import design
+
+    return design.main(argv)
+
+
+def _suggest(argv: list[str]) -> int:
+    from qat_sweep.commands import suggest
+
+    return suggest.main(argv)
+
+
+def _decide(argv: list[str]) -> int:
+    from qat_sweep.commands import decide
+
+    return decide.main(argv)
+
+
+def _prepare(argv: list[str]) -> int:
+    from qat_sweep.commands import prepare
+
+    return prepare.main(argv)
+
+
+def _bench(argv: list[str]) -> int:
+    from qat_sweep.commands import bench
+
+    return bench.main(argv)
+
+
+def _demo(argv: list[str]) -> int:
+    from qat_sweep.commands import demo
+
+    return demo.main(argv)
+
+
+def _sync(argv: list[str]) -> int:
+    from qat_sweep.commands import sync
+
+    return sync.main(argv)
+
+
+def _wandb_workspace(argv: list[str]) -> int:
+    from qat_sweep.commands import wandb_workspace
+
+    return wandb_workspace.main(argv)
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": _train,
-    "plan": _lazy("qat_sweep.sweep.plan", "plan_main"),
-    "launch": _lazy("qat_sweep.sweep.launch", "launch_main"),
-    "status": _lazy("qat_sweep.sweep.launch", "status_main"),
-    "fit": _lazy("qat_sweep.analysis.cli", "fit_main"),
-    "predict": _lazy("qat_sweep.analysis.cli", "predict_main"),
-    "design": _lazy("qat_sweep.analysis.design.expected", "main"),
-    "suggest": _lazy("qat_sweep.analysis.design.suggest", "main"),
-    "decide": _lazy("qat_sweep.analysis.decide", "main"),
-    "prepare": _lazy("qat_sweep.data.prepare.tokenize", "main"),
-    "bench": _lazy("qat_sweep.train.bench", "main"),
-    "demo": _lazy("qat_sweep.commands.demo", "main"),
-    "sync": _lazy("qat_sweep.sweep.sync", "sync_main"),
-    "wandb-workspace": _lazy("qat_sweep.sweep.workspace", "workspace_main"),
+    "plan": _plan,
+    "launch": _launch,
+    "status": _status,
+    "fit": _fit,
+    "predict": _predict,
+    "design": _design,
+    "suggest": _suggest,
+    "decide": _decide,
+    "prepare": _prepare,
+    "bench": _bench,
+    "demo": _demo,
+    "sync": _sync,
+    "wandb-workspace": _wandb_workspace,
 }
 
 

@@ -11,12 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from qat_sweep.analysis.cli import fit_main
+from qat_sweep.commands import fit, launch, plan, status
 from qat_sweep.common import split_overrides
 from qat_sweep.data.prepare.corpus import build_demo_corpus
 from qat_sweep.record import RUNS_ROOT
-from qat_sweep.sweep.launch import launch_main, status_main
-from qat_sweep.sweep.plan import plan_main
 
 USAGE = """usage: qat-sweep demo [sweep=demo] [launcher=local] [--bootstrap N] [overrides...]
 
@@ -46,19 +44,19 @@ def main(argv: list[str]) -> int:
     build_demo_corpus(Path(data_root) / "demo")
 
     _step(f"2/4 plan sweep={sweep}")
-    code = plan_main([f"sweep={sweep}", *overrides])
+    code = plan.main([f"sweep={sweep}", *overrides])
     if code:
         return code
 
     _step(f"3/4 launch sweep={sweep} launcher={launcher} (completed runs are skipped)")
-    launch_code = launch_main([f"sweep={sweep}", f"launcher={launcher}", *overrides])
+    launch_code = launch.main([f"sweep={sweep}", f"launcher={launcher}", *overrides])
     if launch_code:
         print("some runs failed; fitting the completed ones (see `qat-sweep status`)")
-        status_main([f"sweep={sweep}", *overrides])
+        status.main([f"sweep={sweep}", *overrides])
 
     _step("4/4 fit the unified QAT scaling law and write the report")
     out = Path(reports_root) / sweep
-    fit_code = fit_main(
+    fit_code = fit.main(
         [f"sweep={sweep}", f"paths.runs={runs_root}", "--out", str(out), "--bootstrap", bootstrap]
     )
     if fit_code:

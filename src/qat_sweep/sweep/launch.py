@@ -9,9 +9,7 @@ callable is a plain function call that resumes from the run's checkpoint when re
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import os
 import socket
 import subprocess
@@ -24,23 +22,16 @@ from typing import Any
 
 from qat_sweep.common import write_json_atomic
 from qat_sweep.config_dirs import CONFIG_DIR_ENV, user_root
-from qat_sweep.locks import LockHeld, describe_holder, launch_lock
+from qat_sweep.locks import LockHeld
 from qat_sweep.record import read_record
-from qat_sweep.sweep.jobs import STATUSES, attach_status, manifest_dir
-from qat_sweep.sweep.plan import cost_options, parse_cli, plan_sweep
+from qat_sweep.sweep.jobs import manifest_dir
 from qat_sweep.sweep.profiles import (
     LaunchProfile,
-    check_against_cluster,
     executor_parameters,
-    hydra_launcher_overrides,
-    load_profile,
     max_array_size,
-    placement,
 )
 from qat_sweep.sweep.spec import PlanError, PlannedRun
-from qat_sweep.sweep.status import status_rows, status_table, watch
 
-LAUNCH_FLAGS = ("--dry-run", "--print-hydra-overrides", "--retry-diverged")
 LAUNCH_LOCK_WAIT_S = 120.0  # a second launch waits this long for the first to finish submitting
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another launch holds the sweep; try again later
 
@@ -226,136 +217,3 @@ def _outcome(record: dict[str, Any] | None, code: int, log: str) -> str:
     if record["status"] == "completed":
         return f"completed loss {record['loss']:.4f} val_loss {record.get('val_loss')}"
     return f"{record['status']}: {record.get('error')} (log {log})"
-
-
-def launch_main(argv: list[str]) -> int:
-    """``qat-sweep launch sweep=NAME launcher=PROFILE [--dry-run] [--retry-diverged] [overrides]``."""
-    try:
-        sweep, options, flags, overrides = parse_cli(argv, LAUNCH_FLAGS)
-        if "launcher" not in options:
-            raise PlanError("missing launcher=PROFILE (a file in launchers/, e.g. launcher=local)")
-        profile = load_profile(options["launcher"])
-        check_against_cluster(profile)  # --print-hydra-overrides too: the same profile, same limits
-        if "--print-hydra-overrides" in flags:
-            print(" ".join(hydra_launcher_overrides(profile)))
-            return 0
-        mfu = cost_options(options)[0]
-        extra = [*overrides, *profile.train_overrides()]
-        runs = plan_sweep(sweep, extra, strict=True, **placement(profile))
-        if profile.kind == "local":
-            _check_local_devices(runs)
-    except PlanError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:
-        print(f"error: {e}\nnothing was launched.", file=sys.stderr)
-        return 2
-    if "--dry-run" in flags:
-        return _launch(runs, profile, sweep, argv, flags, mfu)
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(
-                launch_lock(runs[0].run_dir.parent, LAUNCH_LOCK_WAIT_S, on_wait=_say_waiting)
-            )
-        except LockHeld as held:
-            print(
-                f"error: another launch of sweep {sweep!r} is still running "
-                f"({describe_holder(held.holder)}); nothing was launched. Try again when it "
-                "ends (a launch that died has already released its lock).",
-                file=sys.stderr,
-            )
-            return EXIT_LOCKED
-        return _launch(runs, profile, sweep, argv, flags, mfu)
-
-
-def _launch(
-    runs: list[PlannedRun],
-    profile: LaunchProfile,
-    sweep: str,
-    argv: list[str],
-    flags: set[str],
-    mfu: float,
-) -> int:
-    """Status under the launch lock (a launch that just ended changed it), size, then submit."""
-    attach_status(runs)
-    try:
-        todo = to_launch(runs, retry_diverged="--retry-diverged" in flags)
-        from qat_sweep.sweep.sizing import size_sweep  # torch: only on the launch path
-
-        size_sweep(todo, profile, mfu)
-        arrays = job_arrays(todo, profile) if profile.kind == "slurm" else []
-    except PlanError as e:  # its message says that nothing was launched
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:
-        print(f"error: {e}\nnothing was launched.", file=sys.stderr)
-        return 2
-    counts = {s: sum(r.status == s for r in runs) for s in STATUSES}
-    print(
-        f"sweep {sweep}: {len(runs)} runs; "
-        + ", ".join(f"{s} {n}" for s, n in counts.items() if n)
-        + f"; launching {len(todo)} with profile {profile.name!r} ({profile.kind})"
-    )
-    retry = "--retry-diverged" in flags
-    if not retry and (kept := sum(r.status == "failed" and r.diverged for r in runs)):
-        print(
-            f"{kept} diverged run(s) not relaunched: the same run diverges again "
-            "(`status` lists them; --retry-diverged reruns them, e.g. after a GPU fault)"
-        )
-    if not todo:
-        return 0
-    if "--dry-run" in flags:
-        if profile.kind == "slurm":
-            sizes = ", ".join(str(len(a)) for _, a in arrays)
-            print(f"dry run: would submit {len(arrays)} job array(s) via sbatch (tasks: {sizes})")
-        for run in todo:
-            print(f"  {run.run_key}  {' '.join(run.overrides)}")
-        return 0
-    if profile.kind == "slurm":
-        manifest = submit_slurm(todo, profile, sweep, argv)
-        print(
-            f"submitted {len(manifest['jobs'])} runs in {len(manifest['arrays'])} array(s): "
-            f"{', '.join(manifest['arrays'])}; follow with `qat-sweep status sweep={sweep}`"
-        )
-        return 0
-    manifest = run_local(todo, profile, sweep, argv)
-    return 1 if manifest["failed"] else 0
-
-
-def _say_waiting(held: LockHeld) -> None:
-    print(f"waiting up to {LAUNCH_LOCK_WAIT_S:.0f} s: {held}", flush=True)
-
-
-def _watch_period(value: str | None) -> float:
-    try:
-        every = float(value or 10)
-    except ValueError:
-        every = math.nan
-    if not every > 0:
-        raise PlanError(f"--watch={value}: give the refresh period in seconds > 0, e.g. --watch=30")
-    return every
-
-
-def status_main(argv: list[str]) -> int:
-    """``qat-sweep status sweep=NAME [launcher=PROFILE] [--json] [--watch[=SECONDS]] [overrides...]``."""
-    try:
-        sweep, options, flags, overrides = parse_cli(argv, ("--json", "--watch"))
-        every = _watch_period(options.get("--watch"))
-        if "launcher" in options:  # the runs as launched with it: under its paths.runs
-            overrides = [*overrides, *load_profile(options["launcher"]).train_overrides()]
-        runs = plan_sweep(sweep, overrides, strict=False)
-    except PlanError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if "--json" in flags:
-        print(json.dumps(status_rows(runs), indent=1))
-    elif "--watch" in flags:
-
-        def refreshed() -> str:
-            attach_status(runs)
-            return status_table(runs)
-
-        watch(refreshed, every)
-    else:
-        print(status_table(runs))
-    return 0

@@ -11,8 +11,6 @@ this module loads the file, plans the sweep and prints the ``qat-sweep plan`` ta
 
 from __future__ import annotations
 
-import json
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,6 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from qat_sweep.common import format_count, split_overrides
 from qat_sweep.config.checks import (
     COMPOSE_ERRORS,
     compose_problem,
@@ -39,7 +36,7 @@ from qat_sweep.config.compose import (
 )
 from qat_sweep.config_dirs import describe_dirs, options
 from qat_sweep.model.presets import conf_dirs
-from qat_sweep.sweep.jobs import STATUSES, attach_status
+from qat_sweep.sweep.jobs import attach_status
 from qat_sweep.sweep.spec import (
     PlanError,
     PlannedRun,
@@ -255,143 +252,3 @@ def _problem_report(spec: SweepSpec, n_runs: int, problems: dict[str, list[str]]
         lines.append(f"  ... and {more} more")
     lines.append("nothing was launched.")
     return "\n".join(lines)
-
-
-def parse_cli(
-    argv: list[str], flags: tuple[str, ...]
-) -> tuple[str, dict[str, str], set[str], list[str]]:
-    """Split ``sweep=NAME [--flag] [option=value] [overrides...]`` into its parts.
-
-    ``CLI_OPTIONS`` (``mfu=``, ``peak_tflops=``, ``launcher=``) and the given ``--flags`` are
-    taken out; every other ``key=value`` is a train override applied to every run of the sweep.
-    """
-    pairs, words = split_overrides(argv)
-    sweep = pairs.pop("sweep", None)
-    options = {key: pairs.pop(key) for key in CLI_OPTIONS if key in pairs}
-    seen: set[str] = set()
-    for word in (w for w in words if w.startswith("-")):
-        name, sep, value = word.partition("=")
-        if name not in flags:
-            raise PlanError(f"unknown option {word!r}; options: {', '.join(flags)}")
-        seen.add(name)
-        if sep:
-            options[name] = value
-    # Hydra's own words without '=' (`~key` deletes a key) stay train overrides too.
-    overrides = [f"{k}={v}" for k, v in pairs.items()] + [w for w in words if w[:1] != "-"]
-    if not sweep:
-        raise PlanError(f"missing sweep=NAME; available sweeps: {', '.join(available_sweeps())}")
-    return sweep, options, seen, overrides
-
-
-CLI_OPTIONS = ("mfu", "peak_tflops", "launcher")
-
-
-def cost_options(options: dict[str, str]) -> tuple[float, float]:
-    try:
-        mfu, peak = float(options.get("mfu", 0.4)), float(options.get("peak_tflops", 312.0))
-    except ValueError as e:
-        raise PlanError(f"mfu and peak_tflops must be numbers: {e}") from e
-    if not 0 < mfu <= 1 or peak <= 0:
-        raise PlanError(f"need 0 < mfu <= 1 and peak_tflops > 0, got mfu={mfu} peak={peak}")
-    return mfu, peak
-
-
-def _fmt_group(group_size: Any) -> str:
-    return "-" if group_size is None else str(group_size)
-
-
-def plan_table(runs: list[PlannedRun], mfu: float, peak_tflops: float) -> str:
-    """Human table grouped by sub-grid, with compute estimates and totals."""
-    sized = any(r.sizing is not None for r in runs)
-    header = f"{'run_key':<58} {'preset':>6} {'N':>9} {'D':>7} {'scheme':<11} {'format':<8}"
-    header += f" {'G':>7} {'LR':>8} {'FLOPs':>9} {'GPU-h':>8}"
-    header += f" {'micro':>5} {'par':>6} {'GPUs':>4} {'GB/GPU':>6} {'wall-h':>7} {'seg':>3}" * sized
-    header += " status"
-    lines = []
-    for sub in dict.fromkeys(r.subgrid for r in runs):
-        group = [r for r in runs if r.subgrid == sub]
-        hours = sum(r.gpu_hours(mfu, peak_tflops) for r in group)
-        lines += ["", f"## {sub}: {len(group)} runs, {_hours(hours)} GPU-hours", header]
-        for r in group:
-            lines.append(
-                f"{r.run_key:<58} {r.model:>6} {format_count(r.n_params):>9} "
-                f"{format_count(r.tokens):>7} {r.scheme:<11} {r.format:<8} "
-                f"{_fmt_group(r.group_size):>7} {r.lr:>8.2g} {r.flops:>9.2e} "
-                f"{_hours(r.gpu_hours(mfu, peak_tflops)):>8}{_sizing_cells(r)} {r.status}"
-            )
-    counts = Counter(r.status for r in runs)
-    total = sum(r.gpu_hours(mfu, peak_tflops) for r in runs)
-    quantized = sum(r.scheme != "bf16" for r in runs)
-    lines += [
-        "",
-        f"total: {len(runs)} runs ({quantized} quantized + {len(runs) - quantized} BF16), "
-        f"{sum(r.flops for r in runs):.3e} FLOPs, {_hours(total)} GPU-hours "
-        f"at mfu={mfu} x {peak_tflops} TFLOP/s",
-        "status: " + ", ".join(f"{s} {counts[s]}" for s in STATUSES if counts[s]),
-    ]
-    if sized:
-        timed = [r.sizing for r in runs if r.sizing is not None and r.sizing.wall_h is not None]
-        lines.insert(
-            -1,
-            f"sized: {_hours(sum(s.wall_h * s.gpus for s in timed))} GPU-hours of wall clock "
-            f"({_hours(sum(s.wall_h for s in timed))} run-hours, {sum(s.segments for s in timed)} "
-            f"time-limit segments), peak memory per GPU up to "
-            f"{max(r.sizing.memory_gb for r in runs if r.sizing):.1f} GB",
-        )
-    return "\n".join(lines[1:])
-
-
-def _sizing_cells(run: PlannedRun) -> str:
-    s = run.sizing
-    if s is None:
-        return ""
-    wall = "-" if s.wall_h is None else _hours(s.wall_h)
-    return (
-        f" {s.micro_batch_seqs:>5} {s.parallelism:>6} {s.gpus:>4} {s.memory_gb:>6.1f} "
-        f"{wall:>7} {s.segments or '-':>3}"
-    )
-
-
-def _hours(hours: float) -> str:
-    return f"{hours:,.0f}" if hours >= 10 else f"{hours:.2g}"
-
-
-def plan_main(argv: list[str]) -> int:
-    """``qat-sweep plan sweep=NAME [launcher=PROFILE] [--json] [mfu=0.4] [peak_tflops=312] ...``.
-
-    With ``launcher=`` every run is sized for the profile's GPUs (``qat_sweep.sweep.sizing``).
-    """
-    try:
-        sweep, options, flags, overrides = parse_cli(argv, ("--json",))
-        mfu, peak = cost_options(options)
-        profile = None
-        if "launcher" in options:
-            from qat_sweep.sweep.profiles import load_profile, placement
-            from qat_sweep.sweep.sizing import size_sweep
-
-            profile = load_profile(options["launcher"])
-            overrides = [*overrides, *profile.train_overrides()]
-            peak = profile.peak / 1e12 if profile.peak and "peak_tflops" not in options else peak
-        devices = placement(profile) if profile is not None else {}
-        runs = plan_sweep(sweep, overrides, strict=False, **devices)
-        if profile is not None:
-            size_sweep(runs, profile, mfu)
-        missing_data = list(data_problems({r.run_key: r.config for r in runs}).values())
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if "--json" in flags:
-        print(json.dumps([r.row(mfu, peak) for r in runs], indent=1))
-    else:
-        print(f"sweep {sweep!r} from {load_sweep(sweep).path.resolve()}")
-        if "launcher" in options:
-            from qat_sweep.sweep.profiles import profile_path
-
-            source = profile_path(options["launcher"]).resolve()
-            print(f"launch profile {options['launcher']!r} from {source}")
-        print(plan_table(runs, mfu, peak))
-    if missing_data:
-        print(f"warning: {len(missing_data)} run(s) cannot be launched yet:", file=sys.stderr)
-        for message in sorted(set(missing_data)):
-            print(f"  - {message}", file=sys.stderr)
-    return 0

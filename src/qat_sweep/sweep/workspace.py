@@ -8,20 +8,15 @@ coloured by its format (hue) and G (shade, darker = coarser), BF16 twins are bla
 
 from __future__ import annotations
 
-import argparse
-import sys
 from typing import Any
 
 import wandb_workspaces.reports.v2 as wr
 import wandb_workspaces.workspaces as ws
 from wandb_workspaces import expr
 
-from qat_sweep.common import split_overrides
-from qat_sweep.sweep.plan import plan_sweep
-from qat_sweep.sweep.spec import PlanError, PlannedRun
+from qat_sweep.sweep.spec import PlannedRun
 from qat_sweep.train.tracking import group_elems, wandb_id
 
-USAGE = "qat-sweep wandb-workspace sweep=NAME --entity E --project P [--name TITLE] [overrides...]"
 # Per-site metrics as train.py logs them at each evaluation: quant/<site>/<stat>.
 SITES = ("qkv", "o", "fc1", "fc2")
 FORMAT_CMAPS = {"int4": "Blues", "int4_sym": "Purples", "fp4": "Oranges"}
@@ -156,38 +151,3 @@ def build_workspace(
             },
         ),
     )
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qat-sweep wandb-workspace", usage=USAGE)
-    p.add_argument("--entity", required=True, help="wandb entity (user or team)")
-    p.add_argument("--project", required=True, help="wandb project the sweep's runs are in")
-    p.add_argument("--name", help="workspace title (default: qat-sweep <sweep>)")
-    return p
-
-
-def workspace_main(argv: list[str]) -> int:
-    """Run `qat-sweep wandb-workspace`; returns the process exit code."""
-    from qat_sweep import wandb_api
-
-    pairs, flags = split_overrides(argv, None, _parser())
-    sweep = pairs.pop("sweep", None)
-    overrides = [f"{k}={v}" for k, v in pairs.items()]
-    try:
-        args = _parser().parse_args(flags)
-        if not sweep:
-            raise PlanError(f"missing sweep=NAME; usage: {USAGE}")
-        runs = plan_sweep(sweep, overrides, strict=False)
-        if not wandb_api.has_api_key():
-            raise PlanError("no wandb API key: run `wandb login` or set WANDB_API_KEY first")
-    except PlanError as err:
-        print(f"qat-sweep wandb-workspace: error: {err}", file=sys.stderr)
-        return 2
-    workspace = build_workspace(sweep, args.entity, args.project, runs, args.name)
-    try:
-        url = wandb_api.save_workspace(workspace)
-    except Exception as err:  # the server refused (permissions, unknown project, network)
-        print(f"qat-sweep wandb-workspace: saving failed: {err}", file=sys.stderr)
-        return 1
-    print(f"workspace for sweep {sweep} ({len(runs)} runs): {url}")
-    return 0

@@ -1,4 +1,4 @@
-"""`qat-sweep fit` and `qat-sweep predict`; also `python -m qat_sweep.analysis.cli fit|predict ...`.
+"""`qat-sweep fit`: records (or a table, or wandb) in, fitted laws, report and plots out.
 
 Arguments mix Hydra-style `key=value` overrides (sweep=, paths.runs=, model=, tokens=...) with
 `--flags`, matching the rest of the qat-sweep command line. Bad input exits with code 2.
@@ -20,12 +20,10 @@ from qat_sweep.analysis.collect import (
     pair_deltas,
     read_table,
 )
-
 from qat_sweep.common import split_overrides
 from qat_sweep.record import RUNS_ROOT, sweep_dir
 
 FIT_OVERRIDES = {"sweep", "paths.runs"}
-PREDICT_OVERRIDES = {"model", "n_params", "hidden_size", "tokens", "scheme", "format", "group_size"}
 
 
 def _fit_parser() -> argparse.ArgumentParser:
@@ -95,7 +93,7 @@ def _load_source(
     )
 
 
-def fit_main(argv: list[str]) -> int:
+def main(argv: list[str]) -> int:
     """Run `qat-sweep fit`; returns the process exit code."""
     from qat_sweep.analysis import decide
     from qat_sweep.analysis.pipeline import Settings, run_fit, write_outputs
@@ -164,98 +162,3 @@ def summary_text(res: dict[str, Any], out: Path, fit_path: Path) -> str:
     ]
     lines += [f"{key:<17}{fmt(f)}" for key, f in res["delta"].items()]
     return "\n".join(lines)
-
-
-def _predict_parser() -> argparse.ArgumentParser:
-    from qat_sweep.analysis.predict import fit_reader_parser
-
-    return fit_reader_parser(
-        "qat-sweep predict",
-        "Predict loss with a fitted law: --fit DIR (model=NAME | n_params=N [hidden_size=H]) "
-        "tokens=20B scheme=w4a4 format=int4 group_size=128|channel",
-    )
-
-
-def _resolve_model(overrides: dict[str, str]) -> tuple[float, float | None]:
-    from qat_sweep.common import parse_count
-
-    n_params = parse_count(overrides["n_params"], "n_params") if "n_params" in overrides else None
-    hidden = (
-        parse_count(overrides["hidden_size"], "hidden_size") if "hidden_size" in overrides else None
-    )
-    if "model" in overrides and (n_params is None or hidden is None):
-        try:
-            from qat_sweep.model.presets import load_preset
-
-            preset = load_preset(overrides["model"])
-        except Exception as err:  # unknown preset name or presets module unavailable
-            raise InputError(f"cannot resolve model={overrides['model']}: {err}") from err
-        n_params = n_params if n_params is not None else float(preset.n_params)
-        hidden = hidden if hidden is not None else float(preset.hidden_size)
-    if n_params is None:
-        raise InputError("give model=PRESET or n_params=N")
-    return n_params, hidden
-
-
-def _group_size(text: str) -> int:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (value >= 2 and value == int(value)):
-        raise InputError(f"group_size={text}: allowed an integer >= 2 or channel")
-    return int(value)
-
-
-def predict_main(argv: list[str]) -> int:
-    """Run `qat-sweep predict`; returns the process exit code."""
-    import json
-
-    from qat_sweep.analysis.predict import SavedFit, format_prediction, predict_point
-
-    from qat_sweep.common import parse_count
-
-    try:
-        parser = _predict_parser()
-        overrides, rest = split_overrides(argv, PREDICT_OVERRIDES, parser)
-        args = parser.parse_args(rest)
-        if "tokens" not in overrides:
-            raise InputError("tokens= is required (e.g. tokens=20B)")
-        n_params, hidden = _resolve_model(overrides)
-        scheme = overrides.get("scheme", "bf16").lower()
-        fmt = overrides.get("format", "bf16" if scheme == "bf16" else "int4").lower()
-        key = None if scheme == "bf16" else f"{scheme}/{fmt}"
-        group = overrides.get("group_size")
-        if key is not None and group is None:
-            raise InputError(
-                "group_size= is required for a quantized scheme (an integer or channel)"
-            )
-        group_value: Any = group if group in (None, "channel") else _group_size(group)
-        if group_value == "channel" and hidden is None:
-            raise InputError("group_size=channel needs hidden_size= or model=")
-        pred = predict_point(
-            SavedFit.load(args.fit),
-            n_params,
-            parse_count(overrides["tokens"], "tokens"),
-            key,
-            group_value,
-            hidden,
-        )
-    except InputError as err:
-        print(f"qat-sweep predict: error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(pred, indent=1) if args.json else format_prediction(pred))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"fit": fit_main, "predict": predict_main}
-    if not argv or argv[0] not in commands:
-        print("usage: python -m qat_sweep.analysis.cli {fit|predict} ...", file=sys.stderr)
-        return 2
-    return commands[argv[0]](argv[1:])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,147 @@
+"""`qat-sweep bench key=value ...`: the trainer's step time and memory per scheme against BF16,
+side by side in one process."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import torch
+
+from qat_sweep.common import InputError, parse_int, parse_keys, resolve_device, write_json_atomic
+from qat_sweep.model.precision import SCHEMES
+from qat_sweep.model.presets import PAPER_PRESETS, load_preset
+from qat_sweep.model.transformer import compile_enabled
+from qat_sweep.train.bench import OLMO2_VOCAB, BenchSettings, run
+
+SMALL_VOCAB = 4096  # the demo's local BPE size
+
+
+def _schemes(value: str) -> tuple[str, ...]:
+    schemes = tuple(s for s in value.split(",") if s)
+    unknown = [s for s in schemes if s not in SCHEMES]
+    if unknown:
+        raise ValueError(f"unknown schemes {unknown}; allowed: {', '.join(SCHEMES)}")
+    return schemes if "bf16" in schemes else ("bf16", *schemes)
+
+
+def _group_sizes(value: str) -> tuple[int | str, ...]:
+    groups = tuple(g if g == "channel" else parse_int(g) for g in value.split(",") if g)
+    if not groups:
+        raise ValueError("empty; give an integer, channel or a list")
+    return groups
+
+
+def _compile(value: str) -> str:
+    if value not in ("auto", "true", "false", "both"):
+        raise ValueError("allowed: auto, true, false, both")
+    return value
+
+
+def _compile_settings(value: str, device: torch.device) -> tuple[bool, ...]:
+    """One setting, or compiled and eager side by side for ``both``."""
+    return (True, False) if value == "both" else (compile_enabled(value, device.type),)
+
+
+KEYS: dict[str, Callable[[str], Any]] = {
+    "model": load_preset,
+    "batch": parse_int,  # sequences per step on this device
+    "micro_batch": parse_int,  # default: the whole batch in one micro-batch
+    "seq_len": parse_int,  # default: the preset's
+    "steps": parse_int,
+    "warmup": partial(parse_int, minimum=0),
+    "schemes": _schemes,  # BF16 is always measured: it is the reference
+    "format": str,
+    "group_size": _group_sizes,  # or a list (128,channel): each quantized scheme once per G
+    "act_quantizer": str,
+    "vocab_size": parse_int,  # default: the preset's, else OLMo-2's for paper presets, else 4096
+    "compile": _compile,  # as train.compile (auto = on CUDA, off on CPU), or both
+    "device": str,  # auto, cpu or cuda, as train.device
+    "seed": partial(parse_int, minimum=0),
+    "json": str,  # a path, or '-' for stdout
+}
+
+
+DEFAULTS = {"model": "1M", "batch": "8", "steps": "10", "warmup": "3", "format": "int4"}
+DEFAULTS |= {"schemes": "bf16,w4a4,w4a16,w16a4,w4a4_fc2a8", "group_size": "32", "seed": "0"}
+DEFAULTS |= {"act_quantizer": "auto", "compile": "auto", "device": "auto", "json": ""}
+
+
+def parse_args(argv: list[str]) -> BenchSettings:
+    """key=value arguments (`KEYS`); InputError naming any unknown key or malformed value."""
+    given = parse_keys(argv, KEYS)
+    opts = {key: KEYS[key](value) for key, value in DEFAULTS.items() if key not in given} | given
+    model = opts["model"]
+    device = torch.device(resolve_device(opts["device"]))
+    vocab = opts.get("vocab_size") or (
+        model.vocab_size or (OLMO2_VOCAB if model.name in PAPER_PRESETS else SMALL_VOCAB)
+    )
+    batch = opts["batch"]
+    micro = opts.get("micro_batch", batch)
+    if batch % micro:
+        raise InputError(f"batch={batch} is not a multiple of micro_batch={micro}")
+    return BenchSettings(
+        model=model,
+        batch=batch,
+        micro_batch=micro,
+        seq_len=opts.get("seq_len", model.seq_len),
+        steps=opts["steps"],
+        warmup=opts["warmup"],
+        schemes=opts["schemes"],
+        format=opts["format"],
+        group_sizes=opts["group_size"],
+        act_quantizer=opts["act_quantizer"],
+        vocab_size=vocab,
+        compile=_compile_settings(opts["compile"], device),
+        device=device,
+        seed=opts["seed"],
+        json=opts["json"],
+    )
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A plain-text table of the result, one row per variant."""
+    micro = f" (micro {result['micro_batch']})" if result["micro_batch"] != result["batch"] else ""
+    header = (
+        f"bench {result['model']} (N={result['n_params']:,}, vocab {result['vocab_size']}) "
+        f"batch={result['batch']}{micro} seq_len={result['seq_len']} {result['format']} "
+        f"on {result['device']}, median of {result['steps']} steps"
+    )
+    columns = ("scheme", "G", "act", "compiled", "ms/step", "vs bf16", "tokens/s", "MFU", "peak GB")
+    widths = (12, 8, 7, 9, 10, 9, 12, 8, 9)
+    lines = [header, "".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True))]
+    for row in result["results"]:
+        memory = row["peak_memory_gb"]
+        cells = (
+            row["scheme"],
+            "-" if row["group_size"] is None else str(row["group_size"]),
+            row["act_quantizer"] or "-",
+            "yes" if row["compile"] else "no",
+            f"{1000 * row['median_s']:.1f}",
+            f"{row['rel_to_bf16']:.2f}x",
+            f"{row['tokens_per_s']:,.0f}",
+            f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "-",
+            f"{memory:.1f}" if memory is not None else "-",
+        )
+        lines.append("".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """``qat-sweep bench key=value ...``; returns the process exit code."""
+    try:
+        settings = parse_args(argv)
+        result = run(settings)
+    except ValueError as err:
+        print(f"qat-sweep bench: {err}", file=sys.stderr)
+        return 2
+    if settings.json == "-":
+        print(json.dumps(result, indent=2))
+        return 0
+    print(format_table(result))
+    if settings.json:
+        write_json_atomic(settings.json, result)
+    return 0
