@@ -12,12 +12,12 @@ import torch
 import yaml
 
 from qat_sweep.config.compose import compose_run
+from qat_sweep.estimates.device_fit import HEADROOM
 from qat_sweep.estimates.memory import GB, estimate_memory
 from qat_sweep.model.precision import QuantConfig
 from qat_sweep.model.presets import load_preset
 from qat_sweep.model.transformer import build_model
 from qat_sweep.sweep.profiles import load_profile
-from qat_sweep.sweep.sizing import HEADROOM
 
 VOCAB = 512
 PRESETS = ("0.2M", "0.5M", "1M")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 CONFIG_DIR_ENV = "QAT_SWEEP_CONFIG_DIR"
 # Replace the packaged directories (kept for setups that point at a copy of them).
@@ -64,3 +65,21 @@ def options(dirs: list[Path], group: str = "") -> dict[str, Path]:
 def describe_dirs(dirs: list[Path], group: str = "") -> str:
     """The directories searched, for messages: ``./conf/sweep, <package>/conf/sweep``."""
     return ", ".join(str(root / group) for root in dirs)
+
+
+def load_yaml(path: Path, error: type[Exception]) -> Any:
+    """A YAML file as plain data; ``error`` names the file and line of a syntax error."""
+    import yaml  # here, not at the top: the console script imports this module at start
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise error(f"{where}: not valid YAML ({problem}); fix the file's syntax") from e
+    except (ValueError, HydraException, OmegaConfBaseException) as e:
+        raise error(f"{path}: {str(e).splitlines()[0]}") from e

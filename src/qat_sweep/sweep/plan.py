@@ -15,10 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from qat_sweep.config.checks import (
     COMPOSE_ERRORS,
@@ -34,7 +32,7 @@ from qat_sweep.config.compose import (
     run_key,
     twin_key,
 )
-from qat_sweep.config_dirs import describe_dirs, options
+from qat_sweep.config_dirs import describe_dirs, load_yaml, options
 from qat_sweep.model.presets import conf_dirs
 from qat_sweep.sweep.jobs import attach_status
 from qat_sweep.sweep.spec import (
@@ -161,19 +159,6 @@ def _in_some_option(key: str) -> bool:
         except (ValueError, HydraException):
             continue  # a broken option file: the runs that choose it say so
     return False
-
-
-def load_yaml(path: Path, error: type[Exception]) -> Any:
-    """A YAML file as plain data; ``error`` names the file and line of a syntax error."""
-    try:
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise error(f"{where}: not valid YAML ({problem}); fix the file's syntax") from e
-    except (ValueError, HydraException, OmegaConfBaseException) as e:
-        raise error(f"{path}: {str(e).splitlines()[0]}") from e
 
 
 def plan_sweep(

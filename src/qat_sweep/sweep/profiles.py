@@ -130,7 +130,7 @@ def load_profile(name_or_path: str | Path) -> LaunchProfile:
             f"unknown launch profile {str(name_or_path)!r}; available in "
             f"{describe_dirs(search_dirs('launchers'))}: {', '.join(available_profiles()) or '(none)'}"
         )
-    from qat_sweep.sweep.plan import load_yaml
+    from qat_sweep.config_dirs import load_yaml
 
     raw = load_yaml(path, ValueError)
     if not isinstance(raw, dict):

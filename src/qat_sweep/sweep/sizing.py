@@ -14,14 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from qat_sweep.config.compose import parse_tokens
-from qat_sweep.estimates.memory import GB, estimate_memory
-from qat_sweep.model.precision import QuantConfig, quant_config_from
-from qat_sweep.model.presets import ModelConfig, model_config_from
+from qat_sweep.estimates.device_fit import HEADROOM, divisors, fit
+from qat_sweep.estimates.memory import GB
+from qat_sweep.model.precision import quant_config_from
+from qat_sweep.model.presets import model_config_from
 from qat_sweep.sweep.profiles import LaunchProfile
 
-# Share of a GPU's memory the estimate may fill: the CUDA context, NCCL buffers and the
-# caching allocator's fragmentation take the rest.
-HEADROOM = 0.9
 # Minutes of each time-limit segment spent starting, compiling and resuming.
 RESTART_MIN = 10
 PARALLELISM_CHOICES = ("auto", "single", "ddp", "fsdp")
@@ -69,11 +67,6 @@ def vocab_size(config: dict[str, Any]) -> int:
     if meta.is_file():
         return int(json.loads(meta.read_text())["vocab_size"])
     return OLMO2_VOCAB
-
-
-def divisors(n: int) -> list[int]:
-    """Divisors of n, largest first."""
-    return [m for m in range(n, 0, -1) if n % m == 0]
 
 
 def flops_per_token(config: dict[str, Any], vocab: int) -> float:
@@ -159,74 +152,6 @@ def size_run(config: dict[str, Any], profile: LaunchProfile, mfu: float) -> RunS
         micro_batch_seqs=micro, eval_micro_batch_seqs=eval_micro, parallelism=parallelism,
         gpus=profile.gpus, memory_gb=peak / GB, wall_h=wall_h, segments=segments,
     )  # fmt: skip
-
-
-def fit(
-    model: ModelConfig,
-    quant: QuantConfig,
-    *,
-    vocab_size: int,
-    seq_len: int,
-    world_size: int,
-    candidates: list[str],
-    micro_options: list[int],
-    eval_batch_seqs: int,
-    activation_checkpointing: bool,
-    budget: float,
-    on_gpu: bool,
-) -> tuple[str, int, int, float] | float:
-    """(parallelism, micro-batch, eval micro-batch, peak bytes) of the first candidate and
-    largest micro-batch that fit ``budget``; else the smallest peak seen (bytes)."""
-    common = dict(
-        vocab_size=vocab_size, seq_len=seq_len, world_size=world_size,
-        activation_checkpointing=activation_checkpointing,
-        dtype="bf16" if on_gpu else "fp32", device="cuda" if on_gpu else "cpu",
-    )  # fmt: skip
-    smallest = math.inf
-    for parallelism in candidates:
-        for micro in micro_options:
-            est = estimate_memory(
-                model, quant, micro_batch_seqs=micro, parallelism=parallelism, **common
-            )
-            step = max(est.train_peak, est.step_peak)
-            smallest = min(smallest, step)
-            if step > budget:
-                continue
-            for e in divisors(eval_batch_seqs):
-                eval_peak = estimate_memory(
-                    model, quant, micro_batch_seqs=micro, eval_batch_seqs=e,
-                    parallelism=parallelism, **common,
-                ).eval_peak  # fmt: skip
-                if eval_peak <= budget:
-                    return parallelism, micro, e, max(step, eval_peak)
-    return smallest
-
-
-def fit_on_device(
-    model: ModelConfig,
-    quant: QuantConfig,
-    *,
-    vocab_size: int,
-    seq_len: int,
-    per_rank: int,
-    eval_batch_seqs: int,
-    world_size: int,
-    parallelism: str,
-    activation_checkpointing: bool,
-    device_bytes: float,
-) -> tuple[str, int, int]:
-    """What a run started without plan uses on a CUDA device: DDP if it fits, else FSDP, and
-    the largest micro-batch that fits; the smallest choice when nothing does (it may OOM)."""
-    candidates = ["ddp", "fsdp"] if parallelism == "auto" else [parallelism]
-    fitted = fit(
-        model, quant, vocab_size=vocab_size, seq_len=seq_len, world_size=world_size,
-        candidates=candidates, micro_options=divisors(per_rank),
-        eval_batch_seqs=eval_batch_seqs, activation_checkpointing=activation_checkpointing,
-        budget=device_bytes * HEADROOM, on_gpu=True,
-    )  # fmt: skip
-    if isinstance(fitted, float):
-        return candidates[-1], 1, 1
-    return fitted[:3]
 
 
 def size_sweep(runs: list[Any], profile: LaunchProfile, mfu: float) -> None:

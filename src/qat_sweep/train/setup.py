@@ -131,7 +131,7 @@ def resolve_execution(cfg: DictConfig, setup: RunSetup, info: DistInfo, device: 
     checkpointing = bool(cfg.train.get("activation_checkpointing"))
     wanted = str(cfg.train.get("parallelism") or "auto")
     if device == "cuda" and (micro is None or (wanted == "auto" and info.world_size > 1)):
-        from qat_sweep.sweep.sizing import fit_on_device
+        from qat_sweep.estimates.device_fit import fit_on_device
 
         fitted = fit_on_device(
             setup.model_cfg, setup.quant, vocab_size=setup.vocab_size, seq_len=setup.seq_len,
