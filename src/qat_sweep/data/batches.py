@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from qat_sweep.data.permutation import FeistelPermutation, derive_key
-from qat_sweep.data.tokenfiles import TokenFiles, check_token_ids, needs_build, resolve_data
+from qat_sweep.data.tokenfiles import TokenFiles, check_token_ids, resolve_data
 
 
 class TokenStream(Protocol):
@@ -122,15 +122,9 @@ class TokenData:
 
 
 def open_data(cfg: Mapping[str, Any]) -> TokenData:
-    """Open the data a config names, checking it before any training step.
-
-    Builds the demo corpus first when ``build_if_missing``; checks file sizes, a sample of token
-    ids (``check: full`` reads them all) and that validation has data.
-    """
-    if needs_build(cfg):
-        from qat_sweep.data.prepare.corpus import build_demo_corpus
-
-        build_demo_corpus(str(cfg["dir"]))  # locks, so runs started side by side build it once
+    """Open the data a config names, checking it before any training step: file sizes, a sample
+    of token ids (``check: full`` reads them all) and that validation has data. Reading only: the
+    trainer builds a missing demo corpus first (``train.setup``)."""
     spec = resolve_data(cfg)
     check = str(cfg.get("check") or "sample")
     if check not in ("sample", "full"):

@@ -14,6 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from qat_sweep.config.checks import config_problems
 from qat_sweep.config.compose import parse_tokens
 from qat_sweep.data.batches import TokenData, check_token_budget, open_data
+from qat_sweep.data.prepare.corpus import build_demo_corpus
+from qat_sweep.data.tokenfiles import needs_build
 from qat_sweep.model.precision import QuantConfig, quant_config_from
 from qat_sweep.model.presets import ModelConfig, model_config_from
 from qat_sweep.model.transformer import validate as validate_model
@@ -42,7 +44,11 @@ class RunSetup:
 
 
 def _ensure_data(cfg: DictConfig) -> TokenData:
-    return open_data(cfg.data)  # builds the demo corpus if needed; checks files and token ids
+    """Build the demo corpus if the config asks for it and it is missing, then open and check."""
+    if needs_build(cfg.data):
+        # Locks, so runs started side by side build it once.
+        build_demo_corpus(str(cfg.data.dir))
+    return open_data(cfg.data)
 
 
 def validate_run(cfg: DictConfig) -> RunSetup:
