@@ -30,8 +30,9 @@ test-fast: venv
 	$(BIN)/pytest -q -m "not slow and not slurm and not browser" $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check . scripts/bench-* scripts/gpu-check
+	$(BIN)/ruff format --check . scripts/bench-* scripts/gpu-check
+	scripts/lint-imports
 
 bench: venv
 	$(BIN)/qat-sweep bench model=1M batch=8 seq_len=128 steps=10

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from qat_sweep.analysis import bench_suggest as bench
 from qat_sweep.analysis.collect import build_table, pair_deltas, twin_index
+from qat_sweep.analysis.design import benchmark as bench
 from qat_sweep.analysis.design import simulate as sim
 from qat_sweep.analysis.law.formulas import DELTA_PARAMS, delta_loss
 from qat_sweep.analysis.pipeline import Settings, run_fit

@@ -7,15 +7,13 @@ runs done), asks `greedy.choose` for the next batch and runs it. Every design on
 scored by the expected 95% interval width of delta at the target under the truth (design's
 metric: many simulated sweeps of that design, refitted), so designs are compared, not noise draws.
 
-Run: .venv/bin/python -m qat_sweep.analysis.bench_suggest [--seeds 4] [--plot docs/suggest-curve.png]
+The loop's pieces live here (the test suite checks them); scripts/bench-suggest runs the whole
+comparison: scripts/bench-suggest [--seeds 4] [--plot docs/suggest-curve.png]
 """
 
 from __future__ import annotations
 
-import argparse
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -105,7 +103,7 @@ def _common_noise(n_runs: int, sims: int) -> np.ndarray:
     return _NOISE[(n_runs, sims)]
 
 
-def _cost(grid: pd.DataFrame, mask: np.ndarray) -> float:
+def design_cost(grid: pd.DataFrame, mask: np.ndarray) -> float:
     return float(grid.loc[mask, "gpu_hours"].sum())
 
 
@@ -116,7 +114,9 @@ def suggest_curve(
     rng = np.random.default_rng(seed)
     outcome = sim.true_losses(truth, grid) + rng.normal(0.0, noise, len(grid))
     done = seed_mask(grid)
-    curve = Curve([_cost(grid, done)], [expected_width(truth, grid, done, target, noise, sims)])
+    curve = Curve(
+        [design_cost(grid, done)], [expected_width(truth, grid, done, target, noise, sims)]
+    )
     eligible = (grid["fit_key"] == target.fit_key).to_numpy()
     while (stop_width is None or curve.width[-1] > stop_width) and (
         max_cost is None or curve.gpu_hours[-1] < max_cost
@@ -134,7 +134,7 @@ def suggest_curve(
             break
         done[pick.order] = True
         done[grid["twin"].to_numpy()[pick.order]] = True
-        curve.gpu_hours.append(_cost(grid, done))
+        curve.gpu_hours.append(design_cost(grid, done))
         curve.width.append(expected_width(truth, grid, done, target, noise, sims))
     return curve
 
@@ -151,103 +151,9 @@ def random_curve(truth, grid, target, noise, seed, costs: list[float], sims=100)
         for i in order:
             trial = mask.copy()
             trial[[i, grid["twin"].iat[i]]] = True
-            if _cost(grid, trial) > budget:
+            if design_cost(grid, trial) > budget:
                 continue  # skip what does not fit, keep filling with cheaper runs
             mask = trial
-        curve.gpu_hours.append(_cost(grid, mask))
+        curve.gpu_hours.append(design_cost(grid, mask))
         curve.width.append(expected_width(truth, grid, mask, target, noise, sims))
     return curve
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seeds", type=int, default=4)
-    parser.add_argument("--noise", type=float, default=0.01)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--sims", type=int, default=100)
-    parser.add_argument("--plot", type=Path)
-    args = parser.parse_args()
-    start = time.perf_counter()
-    truth, target = hidden_truth(), sim.parse_target(TARGET)
-    grid = candidate_grid()
-    full_paper = sim.grid_runs("paper")
-    full_cost = float(full_paper.loc[~full_paper["holdout"], "gpu_hours"].sum())
-    full_width = expected_width(
-        truth, grid, np.ones(len(grid), bool), target, args.noise, args.sims
-    )
-    print(f"target {target.label}, hidden truth {HIDDEN}, noise {args.noise} per run")
-    print(
-        f"full grid: width {100 * full_width:.1f}% of delta at {full_cost:,.0f} GPU-hours "
-        f"(fitted runs of sweep=paper; its w4a4 part + twins: {_cost(grid, np.ones(len(grid), bool)):,.0f})"
-    )
-    curves = []
-    for seed in range(args.seeds):
-        s = suggest_curve(
-            truth, grid, target, args.noise, seed, args.batch, args.sims, full_width, full_cost / 2
-        )
-        r = random_curve(truth, grid, target, args.noise, seed, s.gpu_hours[1:], args.sims)
-        curves.append((s, r))
-        reached = s.width[-1] <= full_width
-        print(
-            f"seed {seed}: suggest reaches {100 * s.width[-1]:.1f}% at {s.gpu_hours[-1]:,.0f} GPU-h "
-            f"({'reached' if reached else 'NOT reached'} the full grid's width, "
-            f"{100 * s.gpu_hours[-1] / full_cost:.1f}% of its GPU-hours); random at "
-            f"{r.gpu_hours[-1]:,.0f} GPU-h: {100 * r.width[-1]:.1f}%"
-        )
-        print(
-            "   suggest: "
-            + ", ".join(
-                f"{h:,.0f}h {100 * w:.0f}%" for h, w in zip(s.gpu_hours, s.width, strict=True)
-            )
-        )
-        print(
-            "   random:  "
-            + ", ".join(
-                f"{h:,.0f}h {100 * w:.0f}%" for h, w in zip(r.gpu_hours, r.width, strict=True)
-            )
-        )
-    mean_s = np.mean([s.width[-1] for s, _ in curves])
-    mean_r = np.mean([r.width[-1] for _, r in curves])
-    print(
-        f"mean final width: suggest {100 * mean_s:.1f}%, random of equal cost {100 * mean_r:.1f}%"
-    )
-    print(f"bench time {time.perf_counter() - start:.1f} s")
-    if args.plot:
-        plot(curves, full_width, full_cost, _cost(grid, np.ones(len(grid), bool)), args.plot)
-
-
-def plot(curves, full_width: float, full_cost: float, own_cost: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = (("o-", "C0", "suggest"), ("s--", "C1", "random, equal cost"))
-    for i, pair in enumerate(curves):  # (suggest, random) per seed
-        for curve, (marker, color, label) in zip(pair, styles, strict=True):
-            ax.plot(
-                curve.gpu_hours,
-                np.array(curve.width) * 100,
-                marker,
-                color=color,
-                alpha=0.7,
-                label=label if i == 0 else None,
-            )
-    ax.plot([full_cost], [full_width * 100], "k*", markersize=14, label="full paper grid")
-    ax.plot([own_cost], [full_width * 100], "kD", label="its W4A4 runs + twins only")
-    ax.axhline(full_width * 100, color="k", lw=0.8, ls=":")
-    ax.axvline(full_cost / 2, color="gray", lw=0.8, ls=":", label="half the full grid's GPU-hours")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("GPU-hours spent")
-    ax.set_ylabel("expected 95% interval width of delta (% of delta)")
-    ax.set_title("973M / 200B W4A4 G=128 target: suggest vs random vs full grid")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-
-
-if __name__ == "__main__":
-    main()
