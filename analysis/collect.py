@@ -1,6 +1,6 @@
 """Run records (files or wandb) -> one analysis table, BF16 pairing and quality control.
 
-The run directory is the system of record (DESIGN.md); wandb is read only as a mirror.
+The run directory is the system of record (docs/architecture.md); wandb is read only as a mirror.
 Every row that is left out of a fit is kept with a reason so the report can list it.
 """
 
@@ -43,7 +43,8 @@ RUN_COLUMNS = ("N_cell", "D_cell", "scheme", "format", "group_size", "lr", "seed
 TWIN_COLUMNS = ("N_cell", "D_cell", "lr", "seed")
 SITES = ("qkv", "o", "fc1", "fc2")
 SITE_METRICS = ("kurtosis", "act_nmse", "weight_nmse")
-LEGACY_METRICS = {"act_nmse": "act_rel_err", "weight_nmse": "weight_rel_err"}  # before issue 12
+# Site metric names in records written by older versions of the trainer.
+LEGACY_METRICS = {"act_nmse": "act_rel_err", "weight_nmse": "weight_rel_err"}
 
 
 def quant_columns(metrics: Mapping[str, Any] | None) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """A private SLURM cluster on loopback (one node, or two slurmd daemons), for tests and trials.
 
-Follows NOTES.md ("A real SLURM on one machine"): its own munged and key, a slurm.conf in a
+A real SLURM on one machine (docs/science.md, facts about the stack): its own munged and key, a slurm.conf in a
 temp dir reached through ``SLURM_CONF``, free non-default ports, proctrack/linuxproc, no cgroups,
 two fake GPUs, and ``accounting_storage/none`` with a small ``sacct`` stand-in (first on ``PATH``)
 that answers submitit's state queries from ``squeue`` (``MinJobAge`` keeps finished jobs there).

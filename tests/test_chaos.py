@@ -5,7 +5,7 @@ once, with the loss of an undisturbed run, each step logged once and no task bey
 plus the retries the faults caused.
 
 The truncated-checkpoint fault relies on the trainer moving a checkpoint it cannot read aside
-(to checkpoint-corrupt/) and resuming from the previous one (issue 9's checkpoint.py)."""
+(to checkpoint-corrupt/) and resuming from the previous one (train/checkpoint.py)."""
 
 from __future__ import annotations
 

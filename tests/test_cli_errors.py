@@ -1,4 +1,4 @@
-"""Every user mistake of issue 13 through the `qat-sweep` CLI: exit code 2, no traceback, a
+"""Every user mistake we know of, through the `qat-sweep` CLI: exit code 2, no traceback, a
 message naming the key or file, and nothing started (no run directory, no job)."""
 
 from __future__ import annotations
@@ -139,8 +139,7 @@ CASES = [
     ("command", ["nope"], "unknown command 'nope'"),
 ]
 
-# fit/predict inputs whose clean refusal is issue 12's work (analysis/): these pass once
-# issue-12 is merged; until then some of them raise (ZeroDivisionError, int('abc')).
+# fit/predict inputs that once raised (ZeroDivisionError, int('abc')) instead of a clean refusal.
 ANALYSIS_CASES = [
     ("fit-no-table", ["fit", "--table", "{tmp}/none.csv", "--out", "{tmp}/fit"], "none.csv"),
     ("fit-bad-table", ["fit", "--table", "{tmp}/table.csv", "--out", "{tmp}/fit"], "columns"),

@@ -1,4 +1,4 @@
-"""design / suggest / decide (issue 15): the simulated refit is fit's estimator, the criterion
+"""design / suggest / decide: the simulated refit is fit's estimator, the criterion
 agrees with simulation, suggest's sweep file holds exactly its runs, decisions solve their
 equations, and bad input exits 2."""
 

@@ -1,6 +1,6 @@
 """Synthetic run tables with a known law: the ground truth for tests and the timing benchmark.
 
-The grid is the paper's (PAPER.md section 5, 289 runs). Noise has a per-(N, D)-cell part shared by
+The grid is the paper's (docs/science.md, 289 runs). Noise has a per-(N, D)-cell part shared by
 a BF16 run and its QAT twins (same data order) plus a per-run part, like real sweeps.
 """
 
@@ -114,7 +114,7 @@ def synthetic_table(
 
 
 def table_to_records(table: pd.DataFrame, sweep: str = "synthetic") -> list[dict[str, Any]]:
-    """Result.json-shaped records (DESIGN.md run record, schema 1) for a synthetic table."""
+    """Result.json-shaped records (the run record of docs/architecture.md, schema 1) for a synthetic table."""
     records = []
     for row in table.to_dict("records"):
         quantized = row["scheme"] != "bf16"

@@ -1,6 +1,6 @@
 """The law fit's shared parts and the BF16 base law, fitted with lmfit.
 
-Huber loss on log residuals, summed (Chinchilla-replication practice, NOTES.md). The base fit
+Huber loss on log residuals, summed (Chinchilla-replication practice). The base fit
 starts from a grid over exponents with a non-negative linear solve for A, B, E, so the global
 optimum is found without luck. The delta law is in delta_fit.py, the joint fit in joint_fit.py.
 """

@@ -1,4 +1,4 @@
-"""The unified QAT scaling law (PAPER.md section 1) as plain vectorised functions.
+"""The unified QAT scaling law (docs/science.md) as plain vectorised functions.
 
 Kept free of fitting code so predictions, plots and tests all evaluate the same formulas.
 """

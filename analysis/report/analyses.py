@@ -1,4 +1,4 @@
-"""The paper's secondary analyses (PAPER.md section 6), each computed only when the runs exist.
+"""The paper's secondary analyses (docs/science.md), each computed only when the runs exist.
 
 Every function returns a JSON-able dict; when data is missing it says which runs are needed.
 """

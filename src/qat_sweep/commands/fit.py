@@ -122,7 +122,7 @@ def main(argv: list[str]) -> int:
     except InputError as err:
         print(f"qat-sweep fit: error: {err}", file=sys.stderr)
         return 2
-    outcome.result["decisions"] = decide.report_decisions(outcome)  # issue 15: report section
+    outcome.result["decisions"] = decide.report_decisions(outcome)  # the report's Decisions section
     fit_path = write_outputs(outcome, out)
     figures = {} if args.no_plots else plots.make_all(outcome, out / "plots")
     report.write_markdown(outcome.result, figures, out / "report.md")

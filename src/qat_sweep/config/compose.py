@@ -2,7 +2,7 @@
 
 One resolved Hydra config describes one run; `run_key` turns it into a readable, deterministic
 directory name, and `compose_run` builds that config from `key=value` overrides without
-launching anything (the cheap way to expand a grid, see NOTES.md).
+launching anything (the cheap way to expand a grid, see docs/science.md, facts about the stack).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from qat_sweep.config_dirs import options, packaged_dir, user_dirs
 
 CONF_DIR: Path = packaged_dir("conf")  # the shipped configs; see qat_sweep.config_dirs
 
-# The paper's presets (PAPER.md section 2), in size order; everything else is a small preset.
+# The paper's presets (docs/science.md, model shapes), in size order; everything else is a small preset.
 PAPER_PRESETS: tuple[str, ...] = ("74M", "145M", "297M", "595M", "973M", "2.8B")
 
 

@@ -1,4 +1,4 @@
-"""Group-wise fake quantization with a straight-through estimator (PAPER.md section 4).
+"""Group-wise fake quantization with a straight-through estimator (docs/science.md, quantizers).
 
 All scale and rounding math runs in fp32 whatever the input dtype (a bf16 scale measurably hurts
 and torch.compile may drop bf16 casts); the result is cast back to the input dtype. Groups are

@@ -69,7 +69,7 @@ class PlannedRun:
         return self.flops / (mfu * peak_tflops * 1e12) / 3600.0
 
     def row(self, mfu: float = 0.4, peak_tflops: float = 312.0) -> dict[str, Any]:
-        """The DESIGN.md plan row (``plan --json``)."""
+        """The plan row of docs/architecture.md (``plan --json``)."""
         return {
             "run_key": self.run_key,
             "model": self.model,
@@ -81,7 +81,7 @@ class PlannedRun:
             "group_size": self.group_size,
             "lr": self.lr,
             "seed": self.seed,
-            # DESIGN.md statuses; a queued run counts as running, its job_state says pending
+            # the plan row's statuses; a queued run counts as running, its job_state says pending
             "status": "running" if self.status == "pending" else self.status,
             "job_state": self.status if self.status in ("running", "pending") else None,
             "overrides": list(self.overrides),

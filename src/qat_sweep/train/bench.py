@@ -28,7 +28,7 @@ from qat_sweep.model.presets import ModelConfig
 from qat_sweep.model.transformer import build_model, compile_blocks
 from qat_sweep.train.recipe import make_optimizer, train_step
 
-OLMO2_VOCAB = 100278  # PAPER.md: the OLMo-2 tokenizer is the natural full-scale default
+OLMO2_VOCAB = 100278  # the paper's OLMo-2 tokenizer is the natural full-scale default
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The training recipe of PAPER.md section 3: LR schedules, AdamW groups, the optimizer step
+"""The training recipe (docs/science.md): LR schedules, AdamW groups, the optimizer step
 (gradient accumulation over micro-batches), the smoothed loss and the evaluation loss."""
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
 
 
 def resolve_wandb_mode(mode: str) -> str:
-    """`auto`: online with credentials, else offline with a warning (NOTES.md: init fails)."""
+    """`auto`: online with credentials, else offline with a warning (wandb.init fails without credentials)."""
     if mode != "auto":
         return mode
     if os.environ.get("WANDB_MODE"):
