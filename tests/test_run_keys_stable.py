@@ -1,7 +1,7 @@
 """Every run of every shipped sweep keeps its run_key: run directories, records, checkpoints and
 wandb ids are found by it, so a change that moves one orphans finished GPU work.
 
-The keys were recorded with `qat-sweep plan sweep=NAME --json` (tests/data/run_keys.json); the
+The keys were recorded with `qat-sweep plan sweep=NAME --json` (tests/fixtures/run_keys.json); the
 test asks the console script, not a module, so it holds across any reorganisation of the code.
 Regenerate the file only for a change that means to rename runs, and say so in the README.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-RECORDED = Path(__file__).parent / "data" / "run_keys.json"
+RECORDED = Path(__file__).parent / "fixtures" / "run_keys.json"
 SWEEPS = sorted(json.loads(RECORDED.read_text()))
 
 

@@ -89,7 +89,7 @@ def test_bad_seq_len_for_preset() -> None:
 
 @pytest.mark.slow
 def test_gpu_check_runs_scaled_down_on_cpu(tmp_path: Path) -> None:
-    script = Path(__file__).parents[1] / "scripts" / "gpu-check"
+    script = Path(__file__).parents[2] / "scripts" / "gpu-check"
     proc = subprocess.run(
         [sys.executable, str(script), "--cpu", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from test_train import TINY, metrics_rows
+from support import TINY, metrics_rows
 from torch._dynamo.utils import counters
 
 from qat_sweep.config.compose import compose_run, run_dir

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
+from support import TINY, metrics_rows, run_cli, train_rows
 
 from qat_sweep.config.compose import compose_run, run_dir
 from qat_sweep.record import read_record, record_problems
@@ -21,43 +22,10 @@ from qat_sweep.train.recipe import lr_multiplier
 from qat_sweep.train.setup import validate_run
 from qat_sweep.train.trainer import train
 
-# A few dozen steps of the smallest preset: enough for the loss to fall, seconds on a CPU.
-TINY = [
-    "model=0.2M",
-    "tokens=40960",  # 20 steps of 16 x 128 tokens
-    "logger=none",
-    "eval.batches=2",
-    "eval.batch_seqs=8",
-    "train.threads=1",
-]
-
 
 @pytest.fixture
 def tiny(tmp_path: Path, demo_data: Path) -> list[str]:
     return [*TINY, f"data.dir={demo_data}", f"paths.runs={tmp_path / 'runs'}"]
-
-
-def train_rows(record_dir: Path) -> list[dict]:
-    """The training steps' rows (evaluations are rows of their own)."""
-    return [r for r in metrics_rows(record_dir) if "loss" in r]
-
-
-def metrics_rows(record_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (record_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def run_cli(
-    args: list[str], env: dict | None = None, stderr: int = subprocess.STDOUT, **kwargs
-) -> subprocess.Popen:
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.Popen(
-        [sys.executable, "-m", "qat_sweep.train", *args],
-        stdout=subprocess.PIPE,
-        stderr=stderr,
-        text=True,
-        env=full_env,
-        **kwargs,
-    )
 
 
 @pytest.mark.slow

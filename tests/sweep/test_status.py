@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from slurm_cluster import wait_for
-from test_train import metrics_rows, run_cli, train_rows
+from support import metrics_rows, run_cli, train_rows
 
 from qat_sweep.commands.launch import main as launch_main
 from qat_sweep.commands.status import main as status_main

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train import train_rows
+from support import train_rows
 
 from qat_sweep.config.compose import compose_run, run_dir
 from qat_sweep.record import read_record

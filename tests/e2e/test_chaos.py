@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train import train_rows
+from support import train_rows
 
 from qat_sweep.commands.launch import main as launch_main
 from qat_sweep.locks import is_held, read_holder, run_lock_path

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_train import metrics_rows, train_rows
+from support import metrics_rows, train_rows
 
 import qat_sweep.train.checkpoint as checkpoint
 import qat_sweep.train.trainer as trainer

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from slurm_cluster import wait_for
-from test_train import train_rows
+from support import train_rows
 
 from qat_sweep.commands.launch import main as launch_main
 from qat_sweep.commands.status import main as status_main

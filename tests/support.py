@@ -1,0 +1,42 @@
+"""Helpers the test folders share: the tiny training run and readers of its metrics log."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# A few dozen steps of the smallest preset: enough for the loss to fall, seconds on a CPU.
+TINY = [
+    "model=0.2M",
+    "tokens=40960",  # 20 steps of 16 x 128 tokens
+    "logger=none",
+    "eval.batches=2",
+    "eval.batch_seqs=8",
+    "train.threads=1",
+]
+
+
+def train_rows(record_dir: Path) -> list[dict]:
+    """The training steps' rows (evaluations are rows of their own)."""
+    return [r for r in metrics_rows(record_dir) if "loss" in r]
+
+
+def metrics_rows(record_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (record_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def run_cli(
+    args: list[str], env: dict | None = None, stderr: int = subprocess.STDOUT, **kwargs
+) -> subprocess.Popen:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "qat_sweep.train", *args],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        env=full_env,
+        **kwargs,
+    )
