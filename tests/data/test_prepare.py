@@ -262,7 +262,7 @@ def test_killed_prepare_resumes_byte_identical(big_corpus: BigCorpus, tmp_path: 
     n_parts = len(list((reference / "done").iterdir()))
     assert n_parts >= 30
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "qat_sweep.commands.prepare", *big_corpus.args(killed)]
+    cmd = [sys.executable, "-m", "qat_sweep.cli", "prepare", *big_corpus.args(killed)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

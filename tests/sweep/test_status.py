@@ -14,6 +14,7 @@ import pytest
 from slurm_cluster import wait_for
 from support import metrics_rows, run_cli, train_rows
 
+from qat_sweep.commands import launch as launch_command
 from qat_sweep.commands.launch import main as launch_main
 from qat_sweep.commands.status import main as status_main
 from qat_sweep.locks import launch_lock, run_starts
@@ -129,7 +130,7 @@ def test_concurrent_launch_waits_then_names_the_holder(
         text=True,
     )
     assert holder.stdout.readline().strip() == "held"
-    monkeypatch.setattr(dispatch, "LAUNCH_LOCK_WAIT_S", 1.0)
+    monkeypatch.setattr(launch_command, "LAUNCH_LOCK_WAIT_S", 1.0)  # the command waits
     argv = [f"sweep={sweep}", "launcher=local", *extra]
     capsys.readouterr()
     assert launch_main(argv) == dispatch.EXIT_LOCKED

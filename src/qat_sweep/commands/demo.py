@@ -7,7 +7,6 @@ and only refits.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -65,7 +64,3 @@ def main(argv: list[str]) -> int:
     print(f"\ndemo done in {minutes:.1f} min. Open the report: {(out / 'report.html').resolve()}")
     print(f"(also {out / 'report.md'}, {out / 'fit.json'}, {out / 'plots'})")
     return launch_code
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

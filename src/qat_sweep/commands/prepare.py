@@ -122,7 +122,3 @@ def main(argv: list[str] | None = None) -> int:
     if (out / MANIFEST).is_file():
         print(out)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
