@@ -22,8 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-RUN_LOCK = ".trainer.lock"
-LAUNCH_LOCK = "launch.lock"
+from qat_sweep.record import LAUNCH_LOCK, RUN_LOCK, launches_dir
 
 
 class LockHeld(RuntimeError):
@@ -167,6 +166,6 @@ def launch_lock(
     sweep_dir: Path, wait_s: float, on_wait: Callable[[LockHeld], None] | None = None
 ) -> Iterator[dict[str, Any]]:
     """One ``qat-sweep launch`` per sweep directory, held from status check to submission."""
-    path = Path(sweep_dir) / ".launches" / LAUNCH_LOCK
+    path = launches_dir(sweep_dir) / LAUNCH_LOCK
     with hold(path, f"launching sweep directory {sweep_dir}", wait_s, on_wait) as holder:
         yield holder

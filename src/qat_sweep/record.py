@@ -1,7 +1,10 @@
-"""The run record (`result.json`): the system of record of one run, written atomically.
+"""The run directory's layout and its run record (`result.json`), the system of record of a run.
 
-A run counts as done only when a valid record with status `completed` exists; anything else
-(no file, a half-written file, a failed run) means the run is not done.
+Every name inside `<paths.runs>/<sweep>/<run_key>/` and its sweep directory is spelled here
+once; run directories on disk depend on these values, so they never change.
+
+The record is written atomically. A run counts as done only when a valid record with status `completed`
+exists; anything else (no file, a half-written file, a failed run) means the run is not done.
 
 Beyond REQUIRED_KEYS a record carries `twin_key` (its BF16 twin's run_key), `subgrid` and
 `holdout` (its place in the sweep's plan; null / false for a run trained outside a plan) and
@@ -19,8 +22,18 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA = 1
-RECORD_NAME = "result.json"
 RUNS_ROOT = "runs"  # conf/train.yaml's paths.runs: where commands look when none is given
+# In a run directory:
+RECORD_NAME = "result.json"  # the run record
+METRICS_NAME = "metrics.jsonl"  # one JSON row per logged step, appended by the trainer
+CHECKPOINT_DIR = "checkpoint"  # complete checkpoints of the run (train/checkpoint.py)
+CORRUPT_DIR = "checkpoint-corrupt"  # unreadable checkpoints, moved aside for inspection
+RUN_LOCK = ".trainer.lock"  # one trainer per run directory (locks.py)
+# In a sweep directory:
+LAUNCHES_DIR = ".launches"  # what launches wrote: a manifest per launch, the lock, local logs
+LAUNCH_LOCK = "launch.lock"  # in LAUNCHES_DIR: one launch per sweep (locks.py)
+LAUNCH_LOGS = "logs"  # in LAUNCHES_DIR: output of locally launched runs
+SUBMITIT_DIR = ".submitit"  # submitit's job files, unless the launch profile names a folder
 # A run's grid coordinates, named alike in plan rows, records and the analysis table
 # (`config.identity_fields` derives them from a config; the table reads them from records).
 IDENTITY_FIELDS = ("model", "n_params", "hidden_size", "tokens", "scheme", "format", "group_size")
@@ -55,6 +68,11 @@ REQUIRED_KEYS = (
 def sweep_dir(runs_root: Path | str, sweep: str) -> Path:
     """`<paths.runs>/<sweep>/`: one directory per run below it, named by its run_key."""
     return Path(runs_root) / str(sweep)
+
+
+def launches_dir(sweep_dir: Path) -> Path:
+    """Where launches of a sweep leave their manifests (file names sort by time) and lock."""
+    return Path(sweep_dir) / LAUNCHES_DIR
 
 
 def record_problems(record: Any) -> list[str]:

@@ -23,11 +23,11 @@ from support import train_rows
 
 from qat_sweep.commands.launch import main as launch_main
 from qat_sweep.locks import is_held, read_holder, run_lock_path
+from qat_sweep.record import METRICS_NAME
 from qat_sweep.sweep.jobs import read_manifests
 from qat_sweep.sweep.plan import plan_sweep
 from qat_sweep.sweep.spec import PlannedRun
 from qat_sweep.sweep.status import total_steps
-from qat_sweep.train.tracking import METRICS_NAME
 from qat_sweep.train.trainer import train_from_overrides
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(900)]

@@ -18,11 +18,10 @@ from qat_sweep.commands import launch as launch_command
 from qat_sweep.commands.launch import main as launch_main
 from qat_sweep.commands.status import main as status_main
 from qat_sweep.locks import launch_lock, run_starts
-from qat_sweep.record import read_record
+from qat_sweep.record import METRICS_NAME, read_record
 from qat_sweep.sweep import launch as dispatch
 from qat_sweep.sweep.plan import plan_sweep
 from qat_sweep.sweep.status import progress
-from qat_sweep.train.tracking import METRICS_NAME
 
 SWEEP = """overrides: [data=demo, logger=none, train.threads=1]
 twins: false

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from qat_sweep.locks import is_held, run_lock_path
-from qat_sweep.record import read_record, unreadable_record
+from qat_sweep.record import launches_dir, read_record, unreadable_record
 from qat_sweep.sweep.spec import PlannedRun
 
 STATUSES = ("completed", "running", "pending", "failed", "missing")  # a planned run's job status
@@ -65,14 +65,10 @@ _PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
 _RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING"}
 
 
-def manifest_dir(sweep_dir: Path) -> Path:
-    return Path(sweep_dir) / ".launches"
-
-
 def read_manifests(sweep_dir: Path) -> list[dict[str, Any]]:
     """All launch manifests of a sweep directory, oldest first (file names sort by time)."""
     manifests = []
-    for path in sorted(manifest_dir(sweep_dir).glob("*.json")):
+    for path in sorted(launches_dir(sweep_dir).glob("*.json")):
         try:
             manifests.append(json.loads(path.read_text()))
         except (json.JSONDecodeError, UnicodeDecodeError):

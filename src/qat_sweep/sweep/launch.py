@@ -23,8 +23,7 @@ from typing import Any
 from qat_sweep.common import write_json_atomic
 from qat_sweep.config_dirs import CONFIG_DIR_ENV, user_root
 from qat_sweep.locks import LockHeld
-from qat_sweep.record import read_record
-from qat_sweep.sweep.jobs import manifest_dir
+from qat_sweep.record import LAUNCH_LOGS, SUBMITIT_DIR, launches_dir, read_record
 from qat_sweep.sweep.profiles import (
     LaunchProfile,
     executor_parameters,
@@ -106,7 +105,7 @@ def job_arrays(
 
 
 def _write_manifest(sweep_dir: Path, manifest: dict[str, Any], name: str) -> Path:
-    path = manifest_dir(sweep_dir) / name
+    path = launches_dir(sweep_dir) / name
     write_json_atomic(path, manifest)
     return path
 
@@ -136,7 +135,7 @@ def submit_slurm(
     import submitit
 
     sweep_dir = runs[0].run_dir.parent
-    folder = Path(profile.folder) if profile.folder else sweep_dir / ".submitit"
+    folder = Path(profile.folder) if profile.folder else sweep_dir / SUBMITIT_DIR
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
     manifest = _new_manifest(profile, sweep, argv)
     name = _manifest_name()
@@ -170,7 +169,7 @@ def run_local(
 ) -> dict[str, Any]:
     """Run each run in its own process, ``max_parallel`` at a time; waits and reports progress."""
     sweep_dir = runs[0].run_dir.parent
-    logs = manifest_dir(sweep_dir) / "logs"
+    logs = launches_dir(sweep_dir) / LAUNCH_LOGS
     logs.mkdir(parents=True, exist_ok=True)
     manifest = _new_manifest(profile, sweep, argv)
     manifest["jobs"] = [

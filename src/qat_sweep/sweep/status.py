@@ -17,9 +17,9 @@ from typing import Any
 
 from qat_sweep.common import format_count
 from qat_sweep.locks import run_starts
+from qat_sweep.record import METRICS_NAME
 from qat_sweep.sweep.jobs import STATUSES
 from qat_sweep.sweep.spec import PlannedRun
-from qat_sweep.train.tracking import METRICS_NAME
 
 _TAIL_BYTES = 64 * 1024  # enough rows to find the last tokens/s (every 10 steps by default)
 

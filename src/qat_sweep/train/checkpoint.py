@@ -30,10 +30,9 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from qat_sweep.common import atomic_open, fsync_dir
+from qat_sweep.record import CHECKPOINT_DIR, CORRUPT_DIR
 from qat_sweep.train.distributed import DistInfo, any_rank, barrier
 
-CHECKPOINT_DIR = "checkpoint"
-CORRUPT_DIR = "checkpoint-corrupt"
 TRAIN_STATE = "train_state.pt"
 _STEP_DIR = re.compile(r"step-(\d+)")
 # DCP warns that a process without a process group saves alone: that is the intent here.

@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from qat_sweep.common import fsync_dir, json_safe, write_atomic
-from qat_sweep.record import IDENTITY_FIELDS, RECORD_NAME, read_record
+from qat_sweep.record import IDENTITY_FIELDS, METRICS_NAME, RECORD_NAME, read_record
 
-METRICS_NAME = "metrics.jsonl"
 _WANDB_FORBIDDEN = re.compile(r"[:;,#?/'\s]")
 
 
