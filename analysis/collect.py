@@ -6,7 +6,6 @@ Every row that is left out of a fit is kept with a reason so the report can list
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -19,7 +18,7 @@ from qat_sweep.analysis.law.formulas import group_value
 
 from qat_sweep.common import InputError as InputError  # the analysis's bad input: exit 2
 from qat_sweep.common import parse_bool
-from qat_sweep.record import IDENTITY_FIELDS
+from qat_sweep.record import IDENTITY_FIELDS, RECORD_NAME, sweep_records
 
 REQUIRED = ("model", "n_params", "tokens", "scheme", "format", "group_size", "lr", "seed", "loss")
 OPTIONAL = ("val_loss", "hidden_size")
@@ -60,7 +59,7 @@ def quant_columns(metrics: Mapping[str, Any] | None) -> dict[str, float]:
 
 
 def record_to_row(record: Mapping[str, Any]) -> dict[str, Any]:
-    """One result.json dict -> one table row (record fields plus flattened metrics)."""
+    """One run record -> one table row (record fields plus flattened metrics)."""
     row = {field: record.get(field) for field in RECORD_FIELDS}
     metrics = record.get("metrics") or {}
     row["tokens_per_s"] = metrics.get("tokens_per_s")
@@ -69,24 +68,19 @@ def record_to_row(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_records(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Read every result.json under root; corrupt or partial files are skipped with a reason."""
+    """Rows of every record in a sweep directory; a file that is no valid record is skipped
+    with the reason, so the fit's report lists it."""
     if not root.is_dir():
         raise InputError(f"runs directory not found: {root}")
-    rows, skipped = [], []
-    for path in sorted(root.rglob("result.json")):
-        try:
-            record = json.loads(path.read_text())
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
-            missing = [f for f in ("run_key", "status", "scheme", "n_params") if f not in record]
-            if missing:
-                raise ValueError(f"missing fields {missing}")
-        except (OSError, ValueError) as err:
-            skipped.append({"run_key": path.parent.name, "reason": f"unreadable record: {err}"})
-            continue
-        rows.append(record_to_row(record))
-    if not rows and not skipped:
-        raise InputError(f"no result.json files under {root}")
+    found = sweep_records(root)
+    if not found:
+        raise InputError(f"no {RECORD_NAME} files under {root}")
+    rows = [record_to_row(f.record) for f in found if f.record is not None]
+    skipped = [
+        {"run_key": f.run_dir.name, "reason": f"{RECORD_NAME} is {f.problem}"}
+        for f in found
+        if f.record is None
+    ]
     return rows, skipped
 
 

@@ -17,6 +17,7 @@ import json
 import math
 import platform
 import subprocess
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -93,14 +94,41 @@ def record_problems(record: Any) -> list[str]:
     return problems
 
 
-def read_record(run_dir: Path) -> dict | None:
-    """The valid record in `run_dir`, or None when there is none (missing, corrupt, invalid)."""
-    path = Path(run_dir) / RECORD_NAME
+@dataclass(frozen=True)
+class RunRecord:
+    """What a run directory's record file holds: a valid record, or why it is not one."""
+
+    run_dir: Path
+    record: dict[str, Any] | None  # the valid record; None when absent or not valid
+    problem: str | None = None  # why the file is no valid record ("unreadable (...)", ...)
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / RECORD_NAME
+
+
+def load_record(run_dir: Path) -> RunRecord:
+    """The record file of `run_dir`, checked once here for every reader (record_problems)."""
+    run_dir = Path(run_dir)
     try:
-        record = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return None if record_problems(record) else record
+        record = json.loads((run_dir / RECORD_NAME).read_text())
+    except FileNotFoundError:
+        return RunRecord(run_dir, None)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        return RunRecord(run_dir, None, f"unreadable ({e})")
+    if problems := record_problems(record):
+        return RunRecord(run_dir, None, f"not a valid record ({'; '.join(problems)})")
+    return RunRecord(run_dir, record)
+
+
+def read_record(run_dir: Path) -> dict[str, Any] | None:
+    """The valid record in `run_dir`, or None when there is none (missing, corrupt, invalid)."""
+    return load_record(run_dir).record
+
+
+def sweep_records(sweep_dir: Path) -> list[RunRecord]:
+    """Every run directory of a sweep that holds a record file, valid or not, by run_key."""
+    return [load_record(path.parent) for path in sorted(Path(sweep_dir).glob(f"*/{RECORD_NAME}"))]
 
 
 def _git_sha() -> str | None:
@@ -126,20 +154,3 @@ def software_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[package] = None
     return versions
-
-
-def unreadable_record(run_dir: Path) -> str | None:
-    """Why `run_dir` has a result.json that is not a valid record (None: absent or valid)."""
-    path = Path(run_dir) / RECORD_NAME
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        return f"{path} is unreadable ({e}); it will be rerun"
-    problems = record_problems(record)
-    return (
-        f"{path} is not a valid record ({'; '.join(problems)}); it will be rerun"
-        if problems
-        else None
-    )

@@ -20,7 +20,7 @@ from qat_sweep.analysis.collect import (
 )
 from qat_sweep.analysis.design.synth import synthetic_table, table_to_records
 
-from qat_sweep.record import IDENTITY_FIELDS
+from qat_sweep.record import IDENTITY_FIELDS, load_record
 from qat_sweep.train.tracking import wandb_config
 
 
@@ -59,6 +59,18 @@ def test_records_to_table_with_metrics_and_corrupt_files(tmp_path):
     quant = table[table["scheme"] == "w4a4"].iloc[0]
     assert quant["delta"] == pytest.approx(0.05) and quant["excluded"] == ""
     assert table["kurtosis_fc2"].iloc[0] == 120.0
+
+
+def test_fit_skips_the_records_status_reruns_with_the_same_reason(tmp_path):
+    """One validity check: a record the launcher would rerun is one the fit leaves out."""
+    _write(tmp_path, _record(run_key="old", schema=0), "old")
+    _write(tmp_path, {k: v for k, v in _record(run_key="cut").items() if k != "val_loss"}, "cut")
+    rows, skipped = load_records(tmp_path)
+    assert rows == []
+    for entry in skipped:
+        problem = load_record(tmp_path / entry["run_key"]).problem
+        assert problem and entry["reason"] == f"result.json is {problem}"
+    assert "missing key 'val_loss'" in {s["run_key"]: s["reason"] for s in skipped}["cut"]
 
 
 def test_empty_or_missing_directory_is_a_clear_error(tmp_path):

@@ -13,14 +13,8 @@ from tqdm import tqdm
 from qat_sweep import wandb_api
 from qat_sweep.analysis.wandb_log import fit_predictions
 from qat_sweep.common import InputError, split_overrides
-from qat_sweep.record import RUNS_ROOT, sweep_dir
-from qat_sweep.sweep.sync import (
-    SyncError,
-    is_uploaded,
-    offline_files,
-    summary_updates,
-    sweep_records,
-)
+from qat_sweep.record import RUNS_ROOT, sweep_dir, sweep_records
+from qat_sweep.sweep.sync import SyncError, is_uploaded, offline_files, summary_updates
 from qat_sweep.train.tracking import wandb_path
 
 USAGE = (
@@ -83,7 +77,7 @@ def main(argv: list[str]) -> int:
     predictions = fit_predictions(fit_dir)
     if not predictions:
         print(f"no fit in {fit_dir} (qat-sweep fit sweep={sweep}): fit/* not written")
-    records = sweep_records(sweep_dir)
+    records = [found.record for found in sweep_records(sweep_dir) if found.record is not None]
     updates = summary_updates(records, sweep_dir, predictions)
     with_delta = sum("final/delta" in v for v in updates.values())
     print(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from qat_sweep.locks import is_held, run_lock_path
-from qat_sweep.record import launches_dir, read_record, unreadable_record
+from qat_sweep.record import launches_dir, load_record
 from qat_sweep.sweep.spec import PlannedRun
 
 STATUSES = ("completed", "running", "pending", "failed", "missing")  # a planned run's job status
@@ -30,7 +30,8 @@ def attach_status(runs: list[PlannedRun]) -> None:
         run.diverged = False
         if job is not None:
             run.job_id, run.log = job.job_id, job.log
-        record = read_record(run.run_dir)
+        found = load_record(run.run_dir)
+        record = found.record
         if record is not None and record["status"] == "completed":
             run.status = "completed"
         elif job is not None and job.state in ("running", "pending"):
@@ -38,8 +39,8 @@ def attach_status(runs: list[PlannedRun]) -> None:
             run.reason = job.detail
         elif is_held(run_lock_path(run.run_dir)):
             run.status = "running"  # a trainer holds it: started by hand, or its job is unknown
-        elif unreadable := unreadable_record(run.run_dir):
-            run.status, run.error = "failed", unreadable
+        elif found.problem is not None:
+            run.status, run.error = "failed", f"{found.path} is {found.problem}; it will be rerun"
         elif record is not None:
             run.status, run.error = "failed", f"{record['status']}: {record.get('error')}"
             run.diverged = record["status"] == "diverged"

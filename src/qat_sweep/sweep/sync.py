@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qat_sweep.record import RECORD_NAME, read_record
 from qat_sweep.train.tracking import final_summary, twin_record
 
 
@@ -31,14 +30,6 @@ def offline_files(directory: Path) -> list[Path]:
 def is_uploaded(wandb_file: Path) -> bool:
     """wandb's own marker: `wandb sync` writes `<file>.synced` next to what it uploaded."""
     return wandb_file.with_name(wandb_file.name + ".synced").exists()
-
-
-def sweep_records(sweep_dir: Path) -> list[dict[str, Any]]:
-    return [
-        record
-        for path in sorted(Path(sweep_dir).glob(f"*/{RECORD_NAME}"))
-        if (record := read_record(path.parent)) is not None
-    ]
 
 
 def summary_updates(

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from qat_sweep.common import fsync_dir, json_safe, write_atomic
-from qat_sweep.record import IDENTITY_FIELDS, METRICS_NAME, RECORD_NAME, read_record
+from qat_sweep.record import IDENTITY_FIELDS, METRICS_NAME, read_record, sweep_records
 
 _WANDB_FORBIDDEN = re.compile(r"[:;,#?/'\s]")
 
@@ -107,17 +107,14 @@ def quantized_twins(record: dict[str, Any], sweep_dir: Path) -> list[dict[str, A
     """Completed quantized records of the sweep whose BF16 twin is `record`."""
     if record.get("scheme") != "bf16":
         return []
-    found = []
-    for path in sorted(Path(sweep_dir).glob(f"*/{RECORD_NAME}")):
-        other = read_record(path.parent)
-        if (
-            other is not None
-            and other["status"] == "completed"
-            and other.get("scheme") != "bf16"
-            and other.get("twin_key") == record["run_key"]
-        ):
-            found.append(other)
-    return found
+    return [
+        other
+        for found in sweep_records(sweep_dir)
+        if (other := found.record) is not None
+        and other["status"] == "completed"
+        and other.get("scheme") != "bf16"
+        and other.get("twin_key") == record["run_key"]
+    ]
 
 
 def final_summary(record: dict[str, Any], twin: dict[str, Any] | None) -> dict[str, Any]:
