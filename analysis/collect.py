@@ -18,6 +18,7 @@ from qat_sweep.analysis.law.formulas import group_value
 
 from qat_sweep.common import InputError as InputError  # the analysis's bad input: exit 2
 from qat_sweep.common import parse_bool
+from qat_sweep.delta import BF16, twin_gap
 from qat_sweep.record import IDENTITY_FIELDS, RECORD_NAME, sweep_records
 
 REQUIRED = ("model", "n_params", "tokens", "scheme", "format", "group_size", "lr", "seed", "loss")
@@ -272,24 +273,29 @@ def _names_twin(twin_key: Any) -> bool:
 
 
 def pair_deltas(table: pd.DataFrame) -> pd.DataFrame:
-    """Give each usable quantized row its BF16 twin's loss and delta; mark unpaired/negative."""
+    """Give each quantized row its BF16 twin's loss and delta (delta.twin_gap); a usable row
+    that the pair leaves out of the fit is marked with the reason."""
     table = table.copy()
     twin = twin_index(table, (table["excluded"] == "").to_numpy())
-    loss = table["loss"].to_numpy()
-    table["bf16_loss"] = np.where(twin >= 0, loss[twin], np.nan)
-    table["delta"] = table["loss"] - table["bf16_loss"]
-    for index, row, t in zip(table.index, table.itertuples(), twin, strict=True):
-        if row.scheme == "bf16" or row.excluded != "":
-            continue
-        if t < 0:
-            table.loc[index, "excluded"] = (
-                f"no BF16 twin ({row.twin_key})"
-                if _names_twin(row.twin_key)
-                else "no BF16 twin (same N and D cells, lr, seed)"
-            )
-        elif row.delta <= 0:
-            table.loc[index, "excluded"] = f"non-positive gap {row.delta:.4g}"
+    rows = table.to_dict("records")
+    gaps = [
+        twin_gap(row["loss"], rows[t] if t >= 0 else None, _twin_name(row["twin_key"]))
+        if row["scheme"] != BF16
+        else None
+        for row, t in zip(rows, twin, strict=True)
+    ]
+    table["bf16_loss"] = [gap.bf16_loss if gap else np.nan for gap in gaps]
+    table["delta"] = [gap.delta if gap else np.nan for gap in gaps]
+    table["excluded"] = [
+        row["excluded"] or (gap.excluded if gap else "")
+        for row, gap in zip(rows, gaps, strict=True)
+    ]
     return table
+
+
+def _twin_name(twin_key: Any) -> str:
+    """The twin a row looks for, as its exclusion names it."""
+    return twin_key if _names_twin(twin_key) else "same N and D cells, lr, seed"
 
 
 def read_table(path: Path) -> list[dict[str, Any]]:

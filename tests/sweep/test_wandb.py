@@ -20,7 +20,8 @@ from qat_sweep import wandb_api
 from qat_sweep.commands.sync import main as sync_main
 from qat_sweep.common import write_json_atomic
 from qat_sweep.config.compose import compose_run
-from qat_sweep.sweep.sync import offline_files
+from qat_sweep.record import RECORD_NAME, sweep_records
+from qat_sweep.sweep.sync import offline_files, summary_updates
 from qat_sweep.train.tracking import Tracker, wandb_id
 from qat_sweep.train.trainer import train
 
@@ -131,6 +132,63 @@ def test_final_summary_and_delta_of_the_second_finisher(sweep_runs: dict[str, di
     # G=32 finished before its twin: offline, nobody could write its delta yet (sync does)
     early = inspect(g32)["summary"]
     assert early["final/loss"] == pytest.approx(g32["loss"]) and "final/delta" not in early
+
+
+# ------------------------------------------------------------------------ one delta
+
+
+def pair_record(run_key: str, loss: float | None, twin_key: str, group: int | None = 32) -> dict:
+    """A valid record of a tiny run (BF16 when `group` is None); no loss: a failed run."""
+    status = "completed" if loss is not None else "failed"
+    return {
+        "schema": 1, "run_key": run_key, "sweep": SWEEP, "status": status,
+        "error": None if loss is not None else "RuntimeError: node lost", "model": "0.2M",
+        "n_params": 184_320, "n_params_total": 250_000, "hidden_size": 64, "tokens": 20480,
+        "scheme": "w4a4" if group else "bf16", "format": "int4" if group else "bf16",
+        "group_size": group, "lr": 1e-3, "seed": 0, "loss": loss, "val_loss": loss,
+        "metrics": {}, "config": {}, "versions": {}, "slurm": None, "wandb": {"id": run_key},
+        "twin_key": twin_key,
+    }  # fmt: skip
+
+
+def test_the_wandb_summary_and_the_fit_give_a_pair_the_same_delta_and_exclusion(
+    tmp_path: Path,
+) -> None:
+    """One definition of delta (qat_sweep.delta): record -> wandb summary and record -> fit
+    table agree on the delta and on why the fit leaves a pair out."""
+    from qat_sweep.analysis.collect import build_table, load_records, pair_deltas
+
+    records = [
+        pair_record("bf16-ok", 3.0, "bf16-ok", None),
+        pair_record("bf16-failed", None, "bf16-failed", None),
+        pair_record("above", 3.3, "bf16-ok", 32),
+        pair_record("below", 2.9, "bf16-ok", 64),  # QAT beat BF16: shown, not fitted
+        pair_record("twin-failed", 3.3, "bf16-failed", 128),
+        pair_record("twin-missing", 3.3, "bf16-gone", 256),
+    ]
+    sweep_dir = tmp_path / SWEEP
+    for record in records:
+        write_json_atomic(sweep_dir / record["run_key"] / RECORD_NAME, record)
+    rows, skipped = load_records(sweep_dir)
+    assert not skipped
+    table = pair_deltas(build_table(rows)).set_index("run_key")
+    summaries = summary_updates([r.record for r in sweep_records(sweep_dir)], sweep_dir, {})
+    expected = {
+        "above": "",
+        "below": "non-positive gap -0.1",
+        "twin-failed": "no BF16 twin (bf16-failed)",
+        "twin-missing": "no BF16 twin (bf16-gone)",
+    }
+    for run_key, reason in expected.items():
+        summary, row = summaries[run_key], table.loc[run_key]
+        assert summary["final/delta_excluded"] == row["excluded"] == reason, run_key
+        if math.isnan(row["delta"]):
+            assert "final/delta" not in summary and "final/bf16_loss" not in summary
+        else:
+            assert summary["final/delta"] == row["delta"]
+            assert summary["final/bf16_loss"] == row["bf16_loss"] == 3.0
+    assert table.loc["below", "delta"] == pytest.approx(-0.1)
+    assert "final/delta_excluded" not in summaries["bf16-ok"]
 
 
 # ----------------------------------------------------------------------------- sync

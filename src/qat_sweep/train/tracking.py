@@ -5,14 +5,17 @@ into `metrics.jsonl`, which is what the analysis reads.
 
 For dashboards each wandb run carries its identity flat in the config (`run_identity`) and a
 `final/*` summary from its record (`final_summary`), including the gap to its BF16 twin
-(`final/delta`) once both records exist: whichever of the pair finishes second writes it
-(an online BF16 twin updates its quantized twins through `wandb_api`; offline runs leave that
-to `qat-sweep sync`, which recomputes every summary from the records anyway).
+(`final/delta`, and `final/delta_excluded`: why the fit leaves the pair out, both as
+`qat_sweep.delta` defines them for the fit) once both records exist: whichever of the pair
+finishes second writes it (an online BF16 twin updates its quantized twins through
+`wandb_api`; offline runs leave that to `qat-sweep sync`, which recomputes every summary from
+the records anyway).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import warnings
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from qat_sweep.common import fsync_dir, json_safe, write_atomic
+from qat_sweep.delta import BF16, twin_gap
 from qat_sweep.record import IDENTITY_FIELDS, METRICS_NAME, read_record, sweep_records
 
 _WANDB_FORBIDDEN = re.compile(r"[:;,#?/'\s]")
@@ -95,30 +99,30 @@ def wandb_config(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def twin_record(record: dict[str, Any], sweep_dir: Path) -> dict[str, Any] | None:
-    """The completed record of a quantized run's BF16 twin in the same sweep, if any."""
+    """The record of a quantized run's BF16 twin in the same sweep, if any (whether it counts
+    is delta.twin_gap's to say)."""
     twin = record.get("twin_key")
-    if record.get("scheme") == "bf16" or not twin:
+    if record.get("scheme") == BF16 or not twin:
         return None
-    found = read_record(Path(sweep_dir) / str(twin))
-    return found if found is not None and found["status"] == "completed" else None
+    return read_record(Path(sweep_dir) / str(twin))
 
 
 def quantized_twins(record: dict[str, Any], sweep_dir: Path) -> list[dict[str, Any]]:
     """Completed quantized records of the sweep whose BF16 twin is `record`."""
-    if record.get("scheme") != "bf16":
+    if record.get("scheme") != BF16:
         return []
     return [
         other
         for found in sweep_records(sweep_dir)
         if (other := found.record) is not None
         and other["status"] == "completed"
-        and other.get("scheme") != "bf16"
+        and other.get("scheme") != BF16
         and other.get("twin_key") == record["run_key"]
     ]
 
 
 def final_summary(record: dict[str, Any], twin: dict[str, Any] | None) -> dict[str, Any]:
-    """`final/*` summary keys of a run from its record (and its completed BF16 twin's)."""
+    """`final/*` summary keys of a run from its record (and its BF16 twin's, if found)."""
     metrics = record.get("metrics") or {}
     summary: dict[str, Any] = {
         "final/loss": record.get("loss"),  # smoothed final training loss: the paper's metric
@@ -127,11 +131,24 @@ def final_summary(record: dict[str, Any], twin: dict[str, Any] | None) -> dict[s
         "final/mfu": metrics.get("mfu"),
         "final/status": record.get("status"),
     }
-    completed = record.get("status") == "completed" and record.get("loss") is not None
-    if completed and twin is not None and record.get("scheme") != "bf16":
-        summary["final/bf16_loss"] = twin["loss"]
-        summary["final/delta"] = record["loss"] - twin["loss"]
+    if record.get("status") == "completed" and record.get("scheme") != BF16:
+        summary |= delta_summary(record, twin)
     return summary
+
+
+def delta_summary(record: dict[str, Any], twin: dict[str, Any] | None) -> dict[str, Any]:
+    """`final/delta` of a completed quantized run as the fit takes it (delta.twin_gap), with
+    `final/delta_excluded`: why the fit leaves the pair out ("" when it fits it), so a negative
+    delta on the dashboard says it is not in the fit (the fit may still drop the run for a
+    reason of its own row, such as a duplicate). A record without a twin_key (written before
+    runs named their twin) gets neither: only the fit's table can pair it, by its cells."""
+    if not record.get("twin_key"):
+        return {}
+    gap = twin_gap(record["loss"], twin, str(record["twin_key"]))
+    values: dict[str, Any] = {"final/delta_excluded": gap.excluded}
+    if not math.isnan(gap.delta):
+        values |= {"final/bf16_loss": gap.bf16_loss, "final/delta": gap.delta}
+    return values
 
 
 def wandb_path(
