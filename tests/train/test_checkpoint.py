@@ -16,10 +16,9 @@ from support import metrics_rows, train_rows
 import qat_sweep.train.checkpoint as checkpoint
 import qat_sweep.train.trainer as trainer
 from qat_sweep.config.compose import compose_run, run_dir
-from qat_sweep.record import RECORD_NAME, read_record
-from qat_sweep.train.checkpoint import CORRUPT_DIR, TRAIN_STATE, complete_checkpoints
+from qat_sweep.record import CORRUPT_DIR, METRICS_NAME, RECORD_NAME, read_record
+from qat_sweep.train.checkpoint import TRAIN_STATE, complete_checkpoints
 from qat_sweep.train.preemption import Preempted
-from qat_sweep.train.tracking import METRICS_NAME
 from qat_sweep.train.trainer import train
 
 TINY = [
