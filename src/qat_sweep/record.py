@@ -3,8 +3,10 @@
 Every name inside `<paths.runs>/<sweep>/<run_key>/` and its sweep directory is spelled here
 once; run directories on disk depend on these values, so they never change.
 
-The record is written atomically. A run counts as done only when a valid record with status `completed`
-exists; anything else (no file, a half-written file, a failed run) means the run is not done.
+The record is written atomically. A run counts as done only when a valid record with status
+`completed` exists; anything else (no file, a half-written file, a failed run) means the run is
+not done. Every reader goes through `load_record` (one run) or `sweep_records` (a sweep), so
+the trainer, status, launch, sync, wandb and the fit agree on which records count.
 
 Beyond REQUIRED_KEYS a record carries `twin_key` (its BF16 twin's run_key), `subgrid` and
 `holdout` (its place in the sweep's plan; null / false for a run trained outside a plan) and
