@@ -42,6 +42,7 @@ from qat_sweep.analysis.law.formulas import (
 )
 
 from qat_sweep.common import parse_count, split_overrides
+from qat_sweep.estimates.flops import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS
 
 BASE_F_SCALE = 1e-3  # pipeline.Settings.base_f_scale: what `fit` uses unless told otherwise
 DEFAULT_NOISE = 0.01
@@ -118,7 +119,10 @@ def fit_noise(result: dict[str, Any]) -> float | None:
 
 
 def grid_runs(
-    sweep: str, overrides: list[str] | None = None, mfu: float = 0.4, peak_tflops: float = 312.0
+    sweep: str,
+    overrides: list[str] | None = None,
+    mfu: float = DEFAULT_MFU,
+    peak_tflops: float = DEFAULT_PEAK_TFLOPS,
 ) -> pd.DataFrame:
     """A sweep's planned runs as a table (one row per run, twins included) with GPU-hours."""
     from qat_sweep.model.presets import model_config_from

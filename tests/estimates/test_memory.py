@@ -162,6 +162,20 @@ def test_plan_sizes_every_paper_run_for_the_a100_profile(
     assert max(r["wall_h"] for r in rows) == max(r["wall_h"] for r in rows if r["model"] == "973M")
 
 
+def test_sized_wall_clock_and_gpu_hours_count_the_same_flops() -> None:
+    """Plan's GPU-hours and sizing's wall clock share one count: hours x GPUs agree."""
+    from qat_sweep.sweep.plan import plan_sweep
+    from qat_sweep.sweep.sizing import size_sweep
+
+    profile = load_profile("h100-80gb")
+    overrides = [*profile.train_overrides(), "train.activation_checkpointing=true"]
+    runs = plan_sweep("demo", overrides, strict=False)
+    size_sweep(runs, profile, 0.4)
+    for run in runs:
+        sized = run.sizing.wall_h * run.sizing.gpus
+        assert sized == pytest.approx(run.gpu_hours(0.4, profile.peak / 1e12))
+
+
 def test_launch_submits_one_array_per_resource_shape() -> None:
     from qat_sweep.sweep.launch import job_arrays
     from qat_sweep.sweep.plan import plan_sweep

@@ -88,6 +88,10 @@ def test_plan_json_rows(capsys: pytest.CaptureFixture[str]) -> None:
     assert {r["model"] for r in rows} == {"0.04M", "0.07M", "0.15M"}
     assert {r["scheme"] for r in rows} == {"bf16", "w4a4"}
     assert {r["format"] for r in rows} == {"bf16", "int4", "fp4"}
+    for row in rows:  # flops is the paper's 6ND; GPU-hours come from the model count
+        assert row["flops"] == 6 * row["n_params"] * row["tokens"]
+        assert row["model_flops"] > row["flops"]  # + lm_head and attention
+        assert row["gpu_hours"] == pytest.approx(row["model_flops"] / (0.4 * 312e12 * 3600))
 
 
 def test_plan_table_groups_by_subgrid(capsys: pytest.CaptureFixture[str]) -> None:
@@ -95,6 +99,9 @@ def test_plan_table_groups_by_subgrid(capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out
     assert "## w4a4_int4: 27 runs" in out and "## bf16_twins: 9 runs" in out
     assert "total: 42 runs (33 quantized + 9 BF16)" in out
+    # Each FLOP count is named: the column and total are 6ND, the GPU-hours the model count.
+    assert " FLOPs(6ND) " in out and "FLOPs(6ND), " in out and "at mfu=0.5 x 100 TFLOP/s" in out
+    assert "GPU-hours: the model count 6(N+Vd)+12LTd per token" in out
 
 
 def test_unknown_sweep_lists_available() -> None:

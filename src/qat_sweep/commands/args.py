@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from qat_sweep.common import InputError, split_overrides
+from qat_sweep.estimates.flops import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS
 from qat_sweep.sweep.plan import available_sweeps
 from qat_sweep.sweep.spec import (
     PlanError,
@@ -41,7 +42,8 @@ CLI_OPTIONS = ("mfu", "peak_tflops", "launcher")
 
 def cost_options(options: dict[str, str]) -> tuple[float, float]:
     try:
-        mfu, peak = float(options.get("mfu", 0.4)), float(options.get("peak_tflops", 312.0))
+        mfu = float(options.get("mfu", DEFAULT_MFU))
+        peak = float(options.get("peak_tflops", DEFAULT_PEAK_TFLOPS))
     except ValueError as e:
         raise PlanError(f"mfu and peak_tflops must be numbers: {e}") from e
     if not 0 < mfu <= 1 or peak <= 0:

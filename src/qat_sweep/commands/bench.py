@@ -13,9 +13,9 @@ import torch
 
 from qat_sweep.common import InputError, parse_int, parse_keys, resolve_device, write_json_atomic
 from qat_sweep.model.precision import SCHEMES
-from qat_sweep.model.presets import PAPER_PRESETS, load_preset
+from qat_sweep.model.presets import PAPER_PRESETS, PAPER_VOCAB, load_preset
 from qat_sweep.model.transformer import compile_enabled
-from qat_sweep.train.bench import OLMO2_VOCAB, BenchSettings, run
+from qat_sweep.train.bench import BenchSettings, run
 
 SMALL_VOCAB = 4096  # the demo's local BPE size
 
@@ -77,7 +77,7 @@ def parse_args(argv: list[str]) -> BenchSettings:
     model = opts["model"]
     device = torch.device(resolve_device(opts["device"]))
     vocab = opts.get("vocab_size") or (
-        model.vocab_size or (OLMO2_VOCAB if model.name in PAPER_PRESETS else SMALL_VOCAB)
+        model.vocab_size or (PAPER_VOCAB if model.name in PAPER_PRESETS else SMALL_VOCAB)
     )
     batch = opts["batch"]
     micro = opts.get("micro_batch", batch)

@@ -13,6 +13,7 @@ from qat_sweep.common import format_count
 from qat_sweep.config.checks import (
     data_problems,
 )
+from qat_sweep.estimates.flops import MODEL_COUNT, PAPER_LABEL
 from qat_sweep.sweep.jobs import STATUSES
 from qat_sweep.sweep.plan import load_sweep, plan_sweep
 from qat_sweep.sweep.spec import (
@@ -25,10 +26,13 @@ def _fmt_group(group_size: Any) -> str:
 
 
 def plan_table(runs: list[PlannedRun], mfu: float, peak_tflops: float) -> str:
-    """Human table grouped by sub-grid, with compute estimates and totals."""
+    """Human table grouped by sub-grid, with compute estimates and totals.
+
+    Two FLOP counts, each named: the FLOPs column is the paper's 6ND (the law's compute axis),
+    GPU-hours come from the model count that train's MFU uses (``estimates.flops``)."""
     sized = any(r.sizing is not None for r in runs)
     header = f"{'run_key':<58} {'preset':>6} {'N':>9} {'D':>7} {'scheme':<11} {'format':<8}"
-    header += f" {'G':>7} {'LR':>8} {'FLOPs':>9} {'GPU-h':>8}"
+    header += f" {'G':>7} {'LR':>8} {PAPER_LABEL:>10} {'GPU-h':>8}"
     header += f" {'micro':>5} {'par':>6} {'GPUs':>4} {'GB/GPU':>6} {'wall-h':>7} {'seg':>3}" * sized
     header += " status"
     lines = []
@@ -40,7 +44,7 @@ def plan_table(runs: list[PlannedRun], mfu: float, peak_tflops: float) -> str:
             lines.append(
                 f"{r.run_key:<58} {r.model:>6} {format_count(r.n_params):>9} "
                 f"{format_count(r.tokens):>7} {r.scheme:<11} {r.format:<8} "
-                f"{_fmt_group(r.group_size):>7} {r.lr:>8.2g} {r.flops:>9.2e} "
+                f"{_fmt_group(r.group_size):>7} {r.lr:>8.2g} {r.flops:>10.2e} "
                 f"{_hours(r.gpu_hours(mfu, peak_tflops)):>8}{_sizing_cells(r)} {r.status}"
             )
     counts = Counter(r.status for r in runs)
@@ -49,8 +53,10 @@ def plan_table(runs: list[PlannedRun], mfu: float, peak_tflops: float) -> str:
     lines += [
         "",
         f"total: {len(runs)} runs ({quantized} quantized + {len(runs) - quantized} BF16), "
-        f"{sum(r.flops for r in runs):.3e} FLOPs, {_hours(total)} GPU-hours "
-        f"at mfu={mfu} x {peak_tflops} TFLOP/s",
+        f"{sum(r.flops for r in runs):.3e} {PAPER_LABEL}, {_hours(total)} GPU-hours "
+        f"at mfu={mfu:g} x {peak_tflops:g} TFLOP/s",
+        f"{PAPER_LABEL}: the paper's compute (N non-embedding); GPU-hours: the model count "
+        f"{MODEL_COUNT} (x4/3 with activation checkpointing), as train's MFU counts",
         "status: " + ", ".join(f"{s} {counts[s]}" for s in STATUSES if counts[s]),
     ]
     if sized:

@@ -22,6 +22,9 @@ CONF_DIR: Path = packaged_dir("conf")  # the shipped configs; see qat_sweep.conf
 
 # The paper's presets (docs/science.md, model shapes), in size order; everything else is a small preset.
 PAPER_PRESETS: tuple[str, ...] = ("74M", "145M", "297M", "595M", "973M", "2.8B")
+# Their vocabulary, the OLMo-2 tokenizer's (= conf/data/olmo2.yaml): estimates assume it for a
+# paper preset whose data is not prepared yet.
+PAPER_VOCAB = 100_278
 
 
 @dataclass(frozen=True)

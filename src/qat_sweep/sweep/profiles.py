@@ -17,12 +17,11 @@ from typing import Any
 from qat_sweep.common import structured_fields
 from qat_sweep.config.compose import PROFILE_KEYS, hydra_value, is_profile_key
 from qat_sweep.config_dirs import describe_dirs, options, search_dirs
+from qat_sweep.estimates.flops import PEAK_BF16_TFLOPS
 from qat_sweep.sweep.slurm_limits import PartitionLimits, partition_limits, slurm_output
 
 KINDS = ("local", "slurm")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
-# Dense BF16 tensor-core peaks (no sparsity) of the GPU types a profile may name.
-GPU_PEAK_TFLOPS: dict[str, float] = {"A100": 312.0, "H100": 989.0, "H200": 989.0}
 # What one entry of `resources` may change for the runs it selects (by model or sub-grid).
 RESOURCE_KEYS = ("nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min")
 RESOURCE_KEYS += ("partition", "constraint", "gpu_mem_gb", "gpu_type", "peak_tflops")
@@ -57,14 +56,14 @@ class LaunchProfile:
     folder: str | None = None
     additional_parameters: dict[str, Any] = field(default_factory=dict)
     gpu_mem_gb: float | None = None  # memory of one GPU: plan sizes every run to fit it
-    gpu_type: str | None = None  # A100 | H100 | H200: gives peak_tflops
+    gpu_type: str | None = None  # a key of estimates.flops.PEAK_BF16_TFLOPS: gives peak_tflops
     peak_tflops: float | None = None  # dense BF16 peak of one GPU, for wall-clock estimates
     resources: list[dict[str, Any]] = field(default_factory=list)  # per model / sub-grid
 
     @property
     def peak(self) -> float | None:
         """Dense BF16 FLOP/s of one GPU (peak_tflops, else the named gpu_type's)."""
-        tflops = self.peak_tflops or GPU_PEAK_TFLOPS.get(self.gpu_type or "")
+        tflops = self.peak_tflops or PEAK_BF16_TFLOPS.get(self.gpu_type or "")
         return tflops * 1e12 if tflops else None
 
     @property
@@ -195,9 +194,9 @@ def _gpu_problems(raw: dict[str, Any], where: str) -> list[str]:
         ):
             problems.append(f"{where}{key} must be a positive number or null, got {value!r}")
     gpu = raw.get("gpu_type")
-    if gpu is not None and gpu not in GPU_PEAK_TFLOPS:
+    if gpu is not None and gpu not in PEAK_BF16_TFLOPS:
         problems.append(
-            f"{where}gpu_type={gpu!r} is not a known GPU; allowed: {', '.join(GPU_PEAK_TFLOPS)} "
+            f"{where}gpu_type={gpu!r} is not a known GPU; allowed: {', '.join(PEAK_BF16_TFLOPS)} "
             "(or set peak_tflops)"
         )
     return problems

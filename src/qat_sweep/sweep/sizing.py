@@ -7,23 +7,21 @@ printed; a run that fits no configuration is refused with its estimate and the l
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from qat_sweep.config.compose import parse_tokens
 from qat_sweep.estimates.device_fit import HEADROOM, divisors, fit
+from qat_sweep.estimates.flops import PEAK_BF16_TFLOPS, gpu_hours
 from qat_sweep.estimates.memory import GB
 from qat_sweep.model.precision import quant_config_from
 from qat_sweep.model.presets import model_config_from
+from qat_sweep.sweep.compute import model_flops, vocab_size
 from qat_sweep.sweep.profiles import LaunchProfile
 
 # Minutes of each time-limit segment spent starting, compiling and resuming.
 RESTART_MIN = 10
 PARALLELISM_CHOICES = ("auto", "single", "ddp", "fsdp")
-OLMO2_VOCAB = 100_278  # the paper's tokenizer: the vocabulary when the data is not prepared yet
 
 
 @dataclass(frozen=True)
@@ -55,25 +53,6 @@ class RunSizing:
 
 class SizingError(ValueError):
     """A run that fits no configuration of its profile, or settings that cannot work."""
-
-
-def vocab_size(config: dict[str, Any]) -> int:
-    """The model's vocabulary: its own, else the prepared data's, else the OLMo-2 tokenizer's."""
-    if config["model"].get("vocab_size"):
-        return int(config["model"]["vocab_size"])
-    if config["data"].get("vocab_size"):
-        return int(config["data"]["vocab_size"])
-    meta = Path(str(config["data"]["dir"])) / "meta.json"
-    if meta.is_file():
-        return int(json.loads(meta.read_text())["vocab_size"])
-    return OLMO2_VOCAB
-
-
-def flops_per_token(config: dict[str, Any], vocab: int) -> float:
-    """Training FLOPs per token as bench and train count them."""
-    from qat_sweep.estimates.flops import flops_per_token as count
-
-    return count(model_config_from(config["model"]), int(config["train"]["seq_len"]), vocab)
 
 
 def size_run(config: dict[str, Any], profile: LaunchProfile, mfu: float) -> RunSizing:
@@ -121,7 +100,7 @@ def size_run(config: dict[str, Any], profile: LaunchProfile, mfu: float) -> RunS
     if on_gpu and profile.peak is None:
         raise SizingError(
             f"launch profile {profile.name!r} gives runs GPUs but neither gpu_type "
-            "(A100, H100, H200) nor peak_tflops: plan cannot estimate wall-clock hours"
+            f"({', '.join(PEAK_BF16_TFLOPS)}) nor peak_tflops: plan cannot estimate wall-clock hours"
         )
     budget = profile.gpu_mem_gb * GB * HEADROOM if on_gpu else math.inf
     checkpointing = bool(train.get("activation_checkpointing"))
@@ -143,9 +122,7 @@ def size_run(config: dict[str, Any], profile: LaunchProfile, mfu: float) -> RunS
     parallelism, micro, eval_micro, peak = fitted
     wall_h = segments = None
     if on_gpu:
-        flops = parse_tokens(config["tokens"]) * flops_per_token(config, vocab)
-        flops *= 4 / 3 if checkpointing else 1  # the forward runs twice
-        wall_h = flops / (profile.gpus * profile.peak * mfu) / 3600
+        wall_h = gpu_hours(model_flops(config), mfu, profile.peak / 1e12) / profile.gpus
         usable = max(1, profile.timeout_min - RESTART_MIN - profile.signal_delay_s / 60)
         segments = max(1, math.ceil(wall_h * 60 / usable))
     return RunSizing(

@@ -3,6 +3,7 @@ with its BF16 twin, sub-grid and holdout flag. Loading and validating the file i
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from qat_sweep.config.compose import (
     run_dir,
     twin_key,
 )
+from qat_sweep.estimates.flops import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS, gpu_hours, paper_flops
+from qat_sweep.sweep.compute import model_flops
 
 TWIN_SUBGRID = "bf16_twins"
 
@@ -62,14 +65,22 @@ class PlannedRun:
 
     @property
     def flops(self) -> float:
-        """Training compute estimate 6*N*D (N non-embedding)."""
-        return 6.0 * self.n_params * self.tokens
+        """The paper's compute 6ND (N non-embedding): the law's axis, not what the run costs."""
+        return paper_flops(self.n_params, self.tokens)
+
+    @functools.cached_property
+    def model_flops(self) -> float:
+        """What the run executes (the model count train's MFU uses): its GPU-hours come from it."""
+        return model_flops(self.config)
 
     def gpu_hours(self, mfu: float, peak_tflops: float) -> float:
-        return self.flops / (mfu * peak_tflops * 1e12) / 3600.0
+        return gpu_hours(self.model_flops, mfu, peak_tflops)
 
-    def row(self, mfu: float = 0.4, peak_tflops: float = 312.0) -> dict[str, Any]:
-        """The plan row of docs/architecture.md (``plan --json``)."""
+    def row(
+        self, mfu: float = DEFAULT_MFU, peak_tflops: float = DEFAULT_PEAK_TFLOPS
+    ) -> dict[str, Any]:
+        """The plan row of docs/architecture.md (``plan --json``): ``flops`` is the paper's 6ND,
+        ``model_flops`` the model count that ``gpu_hours`` (``mfu`` of ``peak_tflops``) uses."""
         return {
             "run_key": self.run_key,
             "model": self.model,
@@ -88,6 +99,7 @@ class PlannedRun:
             "subgrid": self.subgrid,
             "run_dir": str(self.run_dir),
             "flops": self.flops,
+            "model_flops": self.model_flops,
             "gpu_hours": self.gpu_hours(mfu, peak_tflops),
             "error": self.error,
             "job_id": self.job_id,

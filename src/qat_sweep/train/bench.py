@@ -28,8 +28,6 @@ from qat_sweep.model.presets import ModelConfig
 from qat_sweep.model.transformer import build_model, compile_blocks
 from qat_sweep.train.recipe import make_optimizer, train_step
 
-OLMO2_VOCAB = 100278  # the paper's OLMo-2 tokenizer is the natural full-scale default
-
 
 @dataclass(frozen=True)
 class BenchSettings:
