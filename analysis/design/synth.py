@@ -16,6 +16,7 @@ from qat_sweep.analysis import paper
 from qat_sweep.analysis.law.formulas import bf16_loss, delta_loss, group_value
 
 from qat_sweep.common import json_safe
+from qat_sweep.model.precision import SITES
 
 PRESETS: dict[str, tuple[float, int]] = {
     "74M": (74.3e6, 768),
@@ -126,7 +127,7 @@ def table_to_records(table: pd.DataFrame, sweep: str = "synthetic") -> list[dict
                 "act_bits": 4 if quantized else None,
                 "weight_bits": 4 if quantized else None,
             }
-            for s in ("qkv", "o", "fc1", "fc2")
+            for s in SITES
         }
         records.append(
             {

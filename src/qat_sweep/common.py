@@ -161,6 +161,9 @@ def parse_bool(value: Any) -> bool:
 # Which GPU a process uses is its local rank's (or CUDA_VISIBLE_DEVICES'), never an index here.
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_SETTINGS = ("auto", "true", "false")  # train.compile, any case (YAML true is a bool)
+# train.parallelism: how one run's processes share the model; auto picks one of the others
+# (single for one process, else DDP, or FSDP where plan's sizing finds DDP does not fit).
+PARALLELISMS = ("auto", "single", "ddp", "fsdp")
 
 
 def resolve_device(value: Any, key: str = "device") -> str:

@@ -11,7 +11,14 @@ from typing import Any
 
 import torch
 
-from qat_sweep.common import InputError, parse_int, parse_keys, resolve_device, write_json_atomic
+from qat_sweep.common import (
+    COMPILE_SETTINGS,
+    InputError,
+    parse_int,
+    parse_keys,
+    resolve_device,
+    write_json_atomic,
+)
 from qat_sweep.model.precision import SCHEMES
 from qat_sweep.model.presets import PAPER_PRESETS, PAPER_VOCAB, load_preset
 from qat_sweep.model.transformer import compile_enabled
@@ -35,9 +42,12 @@ def _group_sizes(value: str) -> tuple[int | str, ...]:
     return groups
 
 
+COMPILE_CHOICES = (*COMPILE_SETTINGS, "both")  # both: compiled and eager side by side
+
+
 def _compile(value: str) -> str:
-    if value not in ("auto", "true", "false", "both"):
-        raise ValueError("allowed: auto, true, false, both")
+    if value not in COMPILE_CHOICES:
+        raise ValueError(f"allowed: {', '.join(COMPILE_CHOICES)}")
     return value
 
 

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from qat_sweep.common import PARALLELISMS
 from qat_sweep.model.precision import SCHEMES, SITES, QuantConfig
 from qat_sweep.model.presets import ModelConfig
 
-PARALLELISMS = ("single", "ddp", "fsdp")
+# What a run uses once `auto` is resolved: the memory of each is estimated.
+RESOLVED_PARALLELISMS = tuple(p for p in PARALLELISMS if p != "auto")
 DTYPES = ("bf16", "fp32")
 GB = 1e9
 FP32, BF16, MASK, INDEX = 4, 2, 1, 8
@@ -165,8 +167,9 @@ def estimate_memory(
     device: str = "cuda",
 ) -> MemoryEstimate:
     """Peak bytes per GPU of one step of ``model`` at this micro-batch and parallelism."""
-    if parallelism not in PARALLELISMS:
-        raise ValueError(f"parallelism={parallelism!r}; allowed: {', '.join(PARALLELISMS)}")
+    if parallelism not in RESOLVED_PARALLELISMS:
+        allowed = ", ".join(RESOLVED_PARALLELISMS)
+        raise ValueError(f"parallelism={parallelism!r}; allowed: {allowed}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}; allowed: {', '.join(DTYPES)}")
     d, kv, f, V = model.hidden_size, model.kv_dim, model.ffn_size, vocab_size

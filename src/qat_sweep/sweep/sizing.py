@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from qat_sweep.common import PARALLELISMS
 from qat_sweep.estimates.device_fit import HEADROOM, divisors, fit
 from qat_sweep.estimates.flops import PEAK_BF16_TFLOPS, gpu_hours
 from qat_sweep.estimates.memory import GB
@@ -21,7 +22,6 @@ from qat_sweep.sweep.profiles import LaunchProfile
 
 # Minutes of each time-limit segment spent starting, compiling and resuming.
 RESTART_MIN = 10
-PARALLELISM_CHOICES = ("auto", "single", "ddp", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -64,10 +64,8 @@ def size_run(config: dict[str, Any], profile: LaunchProfile, mfu: float) -> RunS
     world, global_batch = profile.world_size, int(config["optim"]["batch_seqs"])
     on_gpu = profile.gpus_per_node > 0 and str(train.get("device")) != "cpu"
     wanted = str(train.get("parallelism") or "auto")
-    if wanted not in PARALLELISM_CHOICES:
-        raise SizingError(
-            f"train.parallelism={wanted!r}; allowed: {', '.join(PARALLELISM_CHOICES)}"
-        )
+    if wanted not in PARALLELISMS:
+        raise SizingError(f"train.parallelism={wanted!r}; allowed: {', '.join(PARALLELISMS)}")
     if global_batch % world:
         raise SizingError(
             f"global batch of {global_batch} sequences does not split over the {world} GPUs of "

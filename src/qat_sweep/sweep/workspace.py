@@ -14,11 +14,10 @@ import wandb_workspaces.reports.v2 as wr
 import wandb_workspaces.workspaces as ws
 from wandb_workspaces import expr
 
+from qat_sweep.model.precision import SITES  # per-site metrics are logged as quant/<site>/<stat>
 from qat_sweep.sweep.spec import PlannedRun
 from qat_sweep.train.tracking import group_elems, wandb_id
 
-# Per-site metrics as train.py logs them at each evaluation: quant/<site>/<stat>.
-SITES = ("qkv", "o", "fc1", "fc2")
 FORMAT_CMAPS = {"int4": "Blues", "int4_sym": "Purples", "fp4": "Oranges"}
 BF16_COLOUR = "#000000"
 LOSS = "loss_smoothed"  # the trainer's bias-corrected EMA, the paper's metric at the end

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-PARALLELISMS = ("auto", "single", "ddp", "fsdp")
+from qat_sweep.common import PARALLELISMS
 
 
 @dataclass(frozen=True)
