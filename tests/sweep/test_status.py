@@ -71,7 +71,7 @@ def test_second_trainer_is_refused_and_status_follows_a_run(
     assert status_main([f"sweep={sweep}", *overrides]) == 0
     table = capsys.readouterr().out
     assert table.startswith("1 runs: completed 0, running 1, pending 0, failed 0, missing 0; ")
-    assert "of the sweep's compute done; running runs end in " in table
+    assert "of the sweep's GPU-hours done; running runs end in " in table
     assert f"step {info['step']}/{steps} (" in table and "tok/s, ETA " in table
     assert "restarts 0" in table
 

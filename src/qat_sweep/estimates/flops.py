@@ -6,9 +6,10 @@ Two counts, each labelled wherever it is printed:
   ``6 * (N + V * d) + 12 * n_layers * seq_len * d``, where N is the non-embedding parameter
   count, V * d the lm_head (the real vocabulary: padded rows are not model FLOPs) and the last
   term the attention score and value matmuls. The MFU that `train` records and `bench`
-  reports, and every time or cost estimate (plan's GPU-hours, sizing's wall clock), use it;
+  reports, and every time or cost estimate (plan's GPU-hours, sizing's wall clock, status's
+  share done), use it;
 * the paper's compute ``paper_flops`` = 6 N D: the scaling law's compute axis, shown as
-  "FLOPs(6ND)" by plan and used for status's share of the sweep's compute done.
+  "FLOPs(6ND)" by plan (``flops`` in its JSON rows).
 
 MFU is per GPU: tokens/s of one GPU over its peak. Kept free of torch at import: plan and the
 analysis import it.

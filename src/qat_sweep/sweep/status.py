@@ -101,16 +101,18 @@ def _progress_cell(info: dict[str, Any] | None) -> str:
 
 
 def summary(runs: list[PlannedRun], progress_of: dict[str, dict[str, Any] | None]) -> str:
-    """One line across the sweep: compute done (6ND of completed runs + running runs' share)."""
-    total = sum(r.flops for r in runs) or 1.0
-    done = sum(r.flops for r in runs if r.status == "completed")
+    """One line across the sweep: the share of its GPU-hours done (completed runs and running
+    runs' share), counted by the model FLOPs that plan's GPU-hours use, so a small model's
+    lm_head and attention count too (6ND would undercount them)."""
+    total = sum(r.model_flops for r in runs) or 1.0
+    done = sum(r.model_flops for r in runs if r.status == "completed")
     for run in runs:
         info = progress_of.get(run.run_key)
         if run.status == "running" and info:
-            done += run.flops * min(1.0, info["tokens"] / run.tokens)
+            done += run.model_flops * min(1.0, info["tokens"] / run.tokens)
     etas = [i["eta_s"] for i in progress_of.values() if i and i["eta_s"] is not None]
     counts = ", ".join(f"{s} {sum(r.status == s for r in runs)}" for s in STATUSES)
-    line = f"{len(runs)} runs: {counts}; {100 * done / total:.1f}% of the sweep's compute done"
+    line = f"{len(runs)} runs: {counts}; {100 * done / total:.1f}% of the sweep's GPU-hours done"
     return line + (f"; running runs end in {_duration(max(etas))}" if etas else "")
 
 
