@@ -101,7 +101,7 @@ def test_plan_table_groups_by_subgrid(capsys: pytest.CaptureFixture[str]) -> Non
     assert "total: 42 runs (33 quantized + 9 BF16)" in out
     # Each FLOP count is named: the column and total are 6ND, the GPU-hours the model count.
     assert " FLOPs(6ND) " in out and "FLOPs(6ND), " in out and "at mfu=0.5 x 100 TFLOP/s" in out
-    assert "GPU-hours: the model count 6(N+Vd)+12LTd per token" in out
+    assert "GPU-hours: the model FLOPs train's MFU counts, 6(N+Vd)+12LTd per token" in out
 
 
 def test_unknown_sweep_lists_available() -> None:

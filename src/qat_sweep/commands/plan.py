@@ -55,8 +55,8 @@ def plan_table(runs: list[PlannedRun], mfu: float, peak_tflops: float) -> str:
         f"total: {len(runs)} runs ({quantized} quantized + {len(runs) - quantized} BF16), "
         f"{sum(r.flops for r in runs):.3e} {PAPER_LABEL}, {_hours(total)} GPU-hours "
         f"at mfu={mfu:g} x {peak_tflops:g} TFLOP/s",
-        f"{PAPER_LABEL}: the paper's compute (N non-embedding); GPU-hours: the model count "
-        f"{MODEL_COUNT} (x4/3 with activation checkpointing), as train's MFU counts",
+        f"{PAPER_LABEL}: the paper's compute (N non-embedding); GPU-hours: the model FLOPs "
+        f"train's MFU counts, {MODEL_COUNT} (x4/3 with activation checkpointing)",
         "status: " + ", ".join(f"{s} {counts[s]}" for s in STATUSES if counts[s]),
     ]
     if sized:
