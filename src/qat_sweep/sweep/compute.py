@@ -3,11 +3,11 @@ GPU-hours and sizing's wall clock both take it from here, so they cannot disagre
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from qat_sweep.common import parse_tokens
+from qat_sweep.data.tokenfiles import MANIFEST, read_manifest
 from qat_sweep.estimates.flops import flops_per_token, run_flops
 from qat_sweep.model.presets import PAPER_VOCAB, model_config_from
 
@@ -18,9 +18,12 @@ def vocab_size(config: dict[str, Any]) -> int:
         return int(config["model"]["vocab_size"])
     if config["data"].get("vocab_size"):
         return int(config["data"]["vocab_size"])
-    meta = Path(str(config["data"]["dir"])) / "meta.json"
-    if meta.is_file():
-        return int(json.loads(meta.read_text())["vocab_size"])
+    data_dir = Path(str(config["data"].get("dir") or ""))
+    if (data_dir / MANIFEST).is_file():
+        try:
+            return int(read_manifest(data_dir)["vocab_size"])
+        except (ValueError, FileNotFoundError):
+            pass  # a broken manifest: plan's data check names it; size as the paper's data
     return PAPER_VOCAB
 
 
