@@ -158,12 +158,26 @@ def parse_bool(value: Any) -> bool:
     raise InputError(f"expected true or false, got {value!r}")
 
 
-# Which GPU a process uses is its local rank's (or CUDA_VISIBLE_DEVICES'), never an index here.
-DEVICES = ("auto", "cpu", "cuda")
-COMPILE_SETTINGS = ("auto", "true", "false")  # train.compile, any case (YAML true is a bool)
+# The allowed words of the run config's keys, each named once; config.schema types the keys
+# with them. Which GPU a process uses is its local rank's (or CUDA_VISIBLE_DEVICES'), never an
+# index here.
+DEVICES = ("auto", "cpu", "cuda")  # train.device
+# train.compile and train.autocast_bf16: auto = on CUDA, off on CPU; any case (YAML true is a bool)
+SWITCHES = ("auto", "true", "false")
 # train.parallelism: how one run's processes share the model; auto picks one of the others
 # (single for one process, else DDP, or FSDP where plan's sizing finds DDP does not fit).
 PARALLELISMS = ("auto", "single", "ddp", "fsdp")
+SCHEDULES = ("cosine", "wsd")  # optim.schedule
+WANDB_MODES = ("auto", "online", "offline", "disabled")  # logger.wandb.mode, a profile's wandb_mode
+
+
+def switch(value: Any, key: str) -> str:
+    """'auto', 'true' or 'false' for a `SWITCHES` value in any case (YAML gives true as a bool);
+    InputError naming the value and the allowed words for anything else."""
+    word = str(value).lower()
+    if word not in SWITCHES:
+        raise InputError(f"{key}={value!r}: allowed: {', '.join(SWITCHES)}")
+    return word
 
 
 def resolve_device(value: Any, key: str = "device") -> str:

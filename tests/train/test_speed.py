@@ -101,7 +101,7 @@ def test_a_block_traces_into_one_graph(quant: QuantConfig | None) -> None:
 def test_compile_setting() -> None:
     assert compile_enabled("auto", "cuda") and not compile_enabled("auto", "cpu")
     assert compile_enabled(True, "cpu") and not compile_enabled(False, "cuda")
-    with pytest.raises(ValueError, match=r"train\.compile='maybe'; allowed: auto, true, false"):
+    with pytest.raises(ValueError, match=r"train\.compile='maybe': allowed: auto, true, false"):
         compile_enabled("maybe", "cpu")
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from qat_sweep.common import (
-    COMPILE_SETTINGS,
+    SWITCHES,
     InputError,
     parse_int,
     parse_keys,
@@ -42,7 +42,7 @@ def _group_sizes(value: str) -> tuple[int | str, ...]:
     return groups
 
 
-COMPILE_CHOICES = (*COMPILE_SETTINGS, "both")  # both: compiled and eager side by side
+COMPILE_CHOICES = (*SWITCHES, "both")  # both: compiled and eager side by side
 
 
 def _compile(value: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 from hydra.errors import HydraException
 
-from qat_sweep.common import COMPILE_SETTINGS, DEVICES
+from qat_sweep.common import DEVICES, PARALLELISMS, SCHEDULES, SWITCHES
 from qat_sweep.config.compose import compose_tree, parse_tokens, resolve_tree, run_key
 from qat_sweep.config_dirs import options
 from qat_sweep.model.precision import check_group_size, quant_config_from
@@ -23,10 +23,6 @@ from qat_sweep.model.presets import available_presets, conf_dirs, model_config_f
 def schemes() -> list[str]:
     """Scheme names: the files of conf/quant (each names its scheme)."""
     return list(options(conf_dirs(), "quant"))
-
-
-SCHEDULES = ("cosine", "wsd")
-PARALLELISMS = ("auto", "single", "ddp", "fsdp")  # = sizing.PARALLELISM_CHOICES, without torch
 
 
 def _number(value: Any, integer: bool = False) -> float | None:
@@ -118,10 +114,8 @@ def config_problems(config: dict[str, Any], gpus: int | None = None) -> list[str
             "(gpus_per_node: 0); use train.device=cpu or auto, or a profile with GPUs"
         )
     compile_setting = _get(config, "train.compile")
-    if compile_setting is not _MISSING and str(compile_setting).lower() not in COMPILE_SETTINGS:
-        problems.append(
-            f"train.compile={compile_setting!r}: allowed: {', '.join(COMPILE_SETTINGS)}"
-        )
+    if compile_setting is not _MISSING and str(compile_setting).lower() not in SWITCHES:
+        problems.append(f"train.compile={compile_setting!r}: allowed: {', '.join(SWITCHES)}")
     threads = _get(config, "train.threads")
     n_threads = _number(threads, integer=True)
     if threads not in (None, _MISSING) and (n_threads is None or n_threads < 0):

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from qat_sweep.common import COMPILE_SETTINGS
+from qat_sweep.common import switch
 from qat_sweep.model.layers import make_act_quantizer, make_linear
 from qat_sweep.model.precision import QuantConfig, check_group_size
 from qat_sweep.model.presets import ModelConfig
@@ -197,9 +197,7 @@ class Transformer(nn.Module):
 
 def compile_enabled(setting: object, device_type: str) -> bool:
     """``train.compile``: ``auto`` compiles on CUDA (where it pays) and not on CPU."""
-    value = str(setting).lower()
-    if value not in COMPILE_SETTINGS:
-        raise ValueError(f"train.compile={setting!r}; allowed: {', '.join(COMPILE_SETTINGS)}")
+    value = switch(setting, "train.compile")
     return device_type == "cuda" if value == "auto" else value == "true"
 
 

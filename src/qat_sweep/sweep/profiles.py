@@ -14,14 +14,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from qat_sweep.common import structured_fields
+from qat_sweep.common import WANDB_MODES, structured_fields
 from qat_sweep.config.compose import PROFILE_KEYS, hydra_value, is_profile_key
 from qat_sweep.config_dirs import describe_dirs, options, search_dirs
 from qat_sweep.estimates.flops import PEAK_BF16_TFLOPS
 from qat_sweep.sweep.slurm_limits import PartitionLimits, partition_limits, slurm_output
 
 KINDS = ("local", "slurm")
-WANDB_MODES = ("auto", "online", "offline", "disabled")
 # What one entry of `resources` may change for the runs it selects (by model or sub-grid).
 RESOURCE_KEYS = ("nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min")
 RESOURCE_KEYS += ("partition", "constraint", "gpu_mem_gb", "gpu_type", "peak_tflops")

@@ -25,7 +25,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from qat_sweep.common import json_safe, resolve_device, write_json_atomic
+from qat_sweep.common import json_safe, resolve_device, switch, write_json_atomic
 from qat_sweep.config.compose import compose_run, run_dir
 from qat_sweep.data.batches import BatchSchedule, val_batches
 from qat_sweep.data.prefetch import Prefetcher
@@ -127,7 +127,7 @@ class Trainer:
             torch.set_num_threads(int(cfg.train.threads))
         self.dist = setup_distributed(self.device)
         self.dev = self.dist.device
-        autocast = str(cfg.train.autocast_bf16) in ("auto", "true", "True")
+        autocast = switch(cfg.train.autocast_bf16, "train.autocast_bf16") != "false"
         self.autocast = self.device == "cuda" and autocast
         self.execution = resolve_execution(cfg, setup, self.dist, self.device)
         self.n_micro = setup.global_batch // self.dist.world_size // self.execution.micro
