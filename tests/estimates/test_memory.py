@@ -213,7 +213,7 @@ def one_run_sweep(tmp_path: Path, model: str) -> str:
         ({"gpu_type": "V100"}, [], "gpu_type='V100' is not a known GPU; allowed: A100"),
         ({"gpus_per_node": 2}, ["train.micro_batch_seqs=5"], "micro_batch_seqs=5 does not divide"),
         ({}, ["train.parallelism=fsdp"], "train.parallelism=fsdp does not fit 1 process"),
-        ({}, ["train.parallelism=zero3"], "train.parallelism='zero3'; allowed: auto"),
+        ({}, ["train.parallelism=zero3"], "train.parallelism='zero3': allowed: auto"),
     ],
 )
 def test_plan_refuses_runs_it_cannot_size(

@@ -161,7 +161,6 @@ def test_wandb_offline_writes_its_run_and_disabled_writes_nothing(
         (["tokens=1000"], "smaller than one global batch"),
         (["quant=w4a4", "quant.group_size=48"], "group size 48 does not divide"),
         (["quant=w4a4", "quant.format=int3"], "int3"),
-        (["optim.schedule=linear"], "optim.schedule='linear'"),
         (["model.n_heads=5"], "not divisible by n_heads 5"),  # the model itself cannot be built
     ],
 )
@@ -178,7 +177,12 @@ def test_bad_input_is_rejected_before_training(
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("model=3M", "model/3M"), ("quant=w3a3", "quant/w3a3"), ("tokens=-5", "tokens")],
+    [
+        ("model=3M", "model/3M"),
+        ("quant=w3a3", "quant/w3a3"),
+        ("tokens=-5", "tokens"),
+        ("optim.schedule=linear", "optim.schedule='linear': allowed: cosine, wsd"),  # the schema
+    ],
 )
 def test_unknown_names_fail_at_compose_time(tiny: list[str], override: str, message: str) -> None:
     with pytest.raises(Exception, match=message):

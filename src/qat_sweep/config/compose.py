@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from hydra_plugins.qat_sweep_conf import QatSweepUserConf
 from qat_sweep.common import format_count
 from qat_sweep.common import parse_tokens as parse_tokens  # re-exported: plan and train parse here
+from qat_sweep.config.typed import typed_tree
 from qat_sweep.config_dirs import find
 from qat_sweep.data.tokenfiles import data_identity
 from qat_sweep.model.presets import conf_dirs, model_config_from
@@ -295,7 +296,9 @@ def compose_tree(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
 
     Group choices (`model=74M`) go through Hydra (plain option files are read directly, the
     rest composed and cached); plain values are parsed with Hydra's own override grammar and
-    set on a copy of the cached tree: the same config `qat-sweep train` builds, in microseconds.
+    set on a copy of the cached tree, which is then typed by the run schema as Hydra types it:
+    the same config `qat-sweep train` builds, in microseconds. SchemaError (a ValueError)
+    names a value the schema refuses.
     """
     parsed = [parse_override(text) for text in overrides]
     # A top-level section an override adds to, deletes from or merges into (`model=74M
@@ -320,7 +323,7 @@ def compose_tree(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
         tree[group] = copy.deepcopy(_group_option(group, option, dirs))
     for override in values:
         _set_value(tree, override.key_or_group, override.value(), override.input_line)
-    return tree
+    return typed_tree(tree)  # the values Hydra's merge onto the schema gives, checked alike
 
 
 def plan_config(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:

@@ -38,7 +38,8 @@ def _or_none(compute: Any) -> Any:
 
 def base_record(cfg: DictConfig, setup: RunSetup | None) -> dict[str, Any]:
     """The record's identity fields; every derived field tolerates a config that fails to build."""
-    config = _or_none(lambda: OmegaConf.to_container(cfg, resolve=True))
+    # Plain words for the schema's Enum keys (train.device...): the record is JSON and YAML.
+    config = _or_none(lambda: OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     return {
         "schema": SCHEMA,
         "run_key": str(cfg.run_key),
@@ -53,7 +54,7 @@ def base_record(cfg: DictConfig, setup: RunSetup | None) -> dict[str, Any]:
         "loss": None,
         "val_loss": None,
         "metrics": {},
-        "config": config or OmegaConf.to_container(cfg, resolve=False),
+        "config": config or OmegaConf.to_container(cfg, resolve=False, enum_to_str=True),
         "versions": software_versions(),
         "slurm": _slurm_info(),
         "wandb": None,

@@ -52,7 +52,11 @@ def _ensure_data(cfg: DictConfig) -> TokenData:
 
 
 def validate_run(cfg: DictConfig) -> RunSetup:
-    """Every check that can fail before a training step: raises ValueError naming the problem."""
+    """Every check that can fail before a training step: raises ValueError naming the problem.
+
+    The config's own checks are plan's (`config_problems`, the schema's and those across keys);
+    the ones here need the data or the model built.
+    """
     problems = config_problems(OmegaConf.to_container(cfg, resolve=True))  # as plan/launch do
     if problems:
         raise ValueError("; ".join(problems))
@@ -73,13 +77,7 @@ def validate_run(cfg: DictConfig) -> RunSetup:
     tokens = parse_tokens(cfg.tokens)
     seq_len = int(cfg.train.seq_len)
     global_batch = int(cfg.optim.batch_seqs)
-    tokens_per_step = global_batch * seq_len
-    if tokens < tokens_per_step:
-        raise ValueError(
-            f"tokens={tokens} is smaller than one global batch ({global_batch} sequences x "
-            f"{seq_len} tokens = {tokens_per_step}); raise tokens or lower optim.batch_seqs"
-        )
-    total_steps = tokens // tokens_per_step
+    total_steps = tokens // (global_batch * seq_len)  # >= 1: config_problems checked it
     check_token_budget(data, seq_len, total_steps * global_batch, cfg.data.get("max_epochs"))
     warmup = min(
         int(cfg.optim.warmup_steps),
@@ -88,13 +86,6 @@ def validate_run(cfg: DictConfig) -> RunSetup:
     smoothing = cfg.train.loss_smoothing
     window = int(min(smoothing.max_steps, max(1, round(smoothing.fraction * total_steps))))
     every = lambda value: int(value) or max(1, total_steps // 10)  # noqa: E731
-    if cfg.optim.schedule not in ("cosine", "wsd"):
-        raise ValueError(f"optim.schedule={cfg.optim.schedule!r}; allowed: cosine, wsd")
-    if float(cfg.checkpoint.every_minutes) < 0 or int(cfg.checkpoint.every_steps) < 0:
-        raise ValueError(
-            f"checkpoint.every_minutes={cfg.checkpoint.every_minutes} and checkpoint.every_steps="
-            f"{cfg.checkpoint.every_steps}: both must be >= 0 (0 = off)"
-        )
     return RunSetup(
         model_cfg=model_cfg,
         quant=quant,

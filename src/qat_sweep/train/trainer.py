@@ -199,7 +199,9 @@ class Trainer:
         return Tracker(
             self.out_dir,
             enabled=self.dist.is_main,
-            wandb_settings=OmegaConf.to_container(self.cfg.logger.wandb, resolve=True),
+            wandb_settings=OmegaConf.to_container(
+                self.cfg.logger.wandb, resolve=True, enum_to_str=True
+            ),
             wandb_init=wandb_init(self.cfg, self.record),
         )
 
