@@ -37,90 +37,114 @@ class SchemaError(ValueError):
 
 
 @functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def _fields(cls: type) -> dict[str, tuple[dataclasses.Field[Any], Any]]:
+    """Each field of dataclass ``cls`` and its type hint, in order."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: (f, hints[f.name]) for f in dataclasses.fields(cls)}
 
 
 @functools.cache
-def _node(cls: type) -> DictConfig:
-    """OmegaConf's structured node of ``cls`` (building one is the cost; callers copy it)."""
+def _scratch(cls: type) -> DictConfig:
+    """OmegaConf's node of ``cls``, on which single values are tried: built once (building one
+    is the cost), never merged, never read whole."""
     return OmegaConf.structured(cls)
 
 
-def typed_tree(tree: Mapping[str, Any]) -> dict[str, Any]:
-    """``tree``'s values converted to the schema's types as Hydra converts them when it merges
-    onto `run_schema`; keys added with ``+`` kept as Hydra keeps them, interpolations left for
-    resolution. SchemaError names a value that does not convert."""
-    sections = {k: v for k, v in tree.items() if SECTIONS.get(k) and isinstance(v, dict)}
-    top = _typed(RunConfig, "", {k: v for k, v in tree.items() if k not in sections})
-    return {k: _typed(SECTIONS[k], k, v) if k in sections else top[k] for k, v in tree.items()}
+@functools.lru_cache(maxsize=8192)
+def _converted(cls: type, name: str, text: str) -> str | None:
+    """One field's value as OmegaConf stores it once typed (JSON text; interpolations kept),
+    or None: its type refuses the value. Values repeat across runs, so this is cached."""
+    node = _scratch(cls)
+    try:
+        node[name] = json.loads(text)
+    except OmegaConfBaseException:
+        return None
+    return json.dumps(OmegaConf.to_container(node, resolve=False)[name])
 
 
-def _typed(cls: Any, section: str, values: Mapping[str, Any]) -> dict[str, Any]:
-    converted = json.loads(_typed_text(cls, section, json.dumps(values)))
-    return converted if section else {k: converted[k] for k in values}
+_SECTION = "<section>"  # stands for a section in the top-level keys: each is typed on its own
+# A walk's findings: (refused, message); refused = the value's type refuses it, as Hydra's
+# merge would, rather than a rule of the field, an unknown key or a missing one.
+Finding = tuple[bool, str]
 
 
 @functools.lru_cache(maxsize=4096)
-def _typed_text(cls: type, section: str, text: str) -> str:
-    node = _node(cls).copy()
-    OmegaConf.set_struct(node, False)  # added keys stay, as with Hydra's +key=value
-    try:
-        node.merge_with(json.loads(text))
-    except OmegaConfBaseException as e:
-        raise SchemaError([schema_message(e, section)]) from None
-    return json.dumps(OmegaConf.to_container(node, resolve=False))
+def _section(cls: type, prefix: str, text: str) -> tuple[str, tuple[Finding, ...]]:
+    """A section typed as Hydra types it (JSON text: fields in the schema's order, absent ones
+    at their defaults, then keys added with +) and what is wrong with it, key by key."""
+    data, fields = json.loads(text), _fields(cls)
+    typed: dict[str, Any] = {}
+    found: list[Finding] = []
+    for name, (f, hint) in fields.items():
+        key, value = prefix + name, data.get(name, MISSING)
+        if value == _SECTION:
+            typed[name] = value  # typed on its own
+        elif value == MISSING:
+            typed[name] = MISSING if f.default is dataclasses.MISSING else f.default
+            if f.default == MISSING and not f.metadata.get("derived"):
+                found.append((False, f"config key {key!r} is missing: every run needs it; set it"))
+        elif dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            sub, sub_found = _section(hint, f"{key}.", json.dumps(value))
+            typed[name], found = json.loads(sub), found + list(sub_found)
+        elif (converted := _converted(cls, name, json.dumps(value))) is None:
+            typed[name] = value
+            found.append((True, f"{key}={value!r}: {allowed(f, hint)}"))
+        else:
+            typed[name] = json.loads(converted)
+            found += [(False, p) for p in _rule_problems(f, hint, key, typed[name])]
+    for key in data:
+        if key not in fields:
+            typed[key] = data[key]
+            found.append((False, _unknown(prefix + key, list(fields))))
+    return json.dumps(typed), tuple(found)
+
+
+def _rule_problems(f: dataclasses.Field[Any], hint: Any, key: str, value: Any) -> list[str]:
+    """What a field's bound or parse says of its typed value (interpolations are not yet
+    values: they are checked once resolved)."""
+    bound: Bound | None = f.metadata.get("bound")
+    parse = f.metadata.get("parse")
+    if value is None or (isinstance(value, str) and "${" in value):
+        return []
+    if bound is not None and not bound.allows(value):
+        return [f"{key}={_shown(value)}: {allowed(f, hint)}"]
+    if parse is not None:
+        try:
+            parse(value, key)
+        except ValueError as e:
+            return [str(e)]
+    return []
+
+
+def typed_tree(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """``tree``'s values typed as Hydra types them when it merges onto `run_schema`: 1 -> 1.0
+    for a float, absent fields at their defaults, keys added with ``+`` kept, interpolations
+    left for resolution. SchemaError names each value whose type refuses it."""
+    typed, found = _walk(tree)
+    refused = [message for is_type, message in found if is_type]
+    if refused:
+        raise SchemaError(refused)
+    return typed
 
 
 def schema_problems(config: Mapping[str, Any]) -> list[str]:
     """Every key of a resolved run config that the schema refuses: unknown, missing, mistyped,
-    or outside its field's bound, words or parse; one sentence each, naming key and value."""
-    problems = list(_problems(RunConfig, "", json.dumps(_without_sections(config))))
-    for name, cls in SECTIONS.items():
-        if cls is not None and name in config:
-            problems += _problems(cls, f"{name}.", json.dumps(config[name]))
-    return problems
+    or outside its field's bound or parse; one sentence each, naming key and value."""
+    return [message for _, message in _walk(config)[1]]
 
 
-def _without_sections(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: "<section>" if SECTIONS.get(k) else v for k, v in config.items()}
-
-
-@functools.lru_cache(maxsize=4096)
-def _problems(cls: type, prefix: str, text: str) -> tuple[str, ...]:
-    data = json.loads(text)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    if not isinstance(data, dict):
-        return (f"{prefix[:-1]}={data!r}: must be a mapping of {', '.join(fields)}",)
-    problems = [_unknown(prefix + key, list(fields)) for key in data if key not in fields]
-    node = _node(cls).copy()
-    for name, f in fields.items():
-        key, hint = prefix + name, _hints(cls)[name]
-        if data.get(name, MISSING) == MISSING:
-            if f.default == MISSING and not f.metadata.get("derived"):
-                problems.append(f"config key {key!r} is missing: every run needs it; set it")
-            continue
-        value = data[name]
-        if value == "<section>" or typing.get_origin(hint) is dict:
-            continue  # checked on its own, or open (data)
-        if dataclasses.is_dataclass(hint):
-            problems += _problems(hint, key + ".", json.dumps(value))
-            continue
-        try:
-            node[name] = value
-            typed = node[name]
-        except OmegaConfBaseException:
-            problems.append(f"{key}={value!r}: {allowed(f, hint)}")
-            continue
-        bound, parse = f.metadata.get("bound"), f.metadata.get("parse")
-        if typed is not None and bound is not None and not bound.allows(typed):
-            problems.append(f"{key}={_shown(typed)}: {allowed(f, hint)}")
-        elif typed is not None and parse is not None:
-            try:
-                parse(typed, key)
-            except ValueError as e:
-                problems.append(str(e))
-    return tuple(problems)
+def _walk(tree: Mapping[str, Any]) -> tuple[dict[str, Any], list[Finding]]:
+    """The tree typed, and its findings: each section is cached by its text (a 289-run plan
+    repeats a few dozen), the top-level keys as one more section."""
+    sections = {k for k, v in tree.items() if SECTIONS.get(k) and isinstance(v, dict)}
+    top = {k: _SECTION if k in sections else v for k, v in tree.items()}
+    text, found = _section(RunConfig, "", json.dumps(top))
+    typed, findings = json.loads(text), list(found)
+    for name in sections:
+        text, found = _section(SECTIONS[name], f"{name}.", json.dumps(tree[name]))  # type: ignore[arg-type]
+        typed[name] = json.loads(text)
+        findings += found
+    return {k: typed[k] for k in tree}, findings
 
 
 def _shown(number: float) -> str:
@@ -143,6 +167,8 @@ def allowed(f: dataclasses.Field[Any], hint: Any) -> str:
     bound: Bound | None = f.metadata.get("bound")
     if base in (int, float):
         what = bound.describe(base is int) if bound else f"a {'whole ' * (base is int)}number"
+    elif dataclasses.is_dataclass(base):
+        what = f"a mapping of {', '.join(_fields(base))}"  # type: ignore[arg-type]
     elif typing.get_origin(base) is list:
         what = f"a list of {_NOUNS.get(typing.get_args(base)[0], 'value')}s"
     else:
@@ -158,17 +184,18 @@ def schema_field(key: str) -> tuple[dataclasses.Field[Any], Any] | None:
     cls: Any = RunConfig
     *parents, leaf = key.split(".")
     for part in parents:
-        cls = _hints(cls).get(part) if dataclasses.is_dataclass(cls) else None
-    if not dataclasses.is_dataclass(cls):
-        return None
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    return (fields[leaf], _hints(cls)[leaf]) if leaf in fields else None
+        cls = (
+            _fields(cls)[part][1]
+            if dataclasses.is_dataclass(cls) and part in _fields(cls)
+            else None
+        )
+    return _fields(cls).get(leaf) if dataclasses.is_dataclass(cls) else None
 
 
-def schema_message(error: OmegaConfBaseException, section: str = "") -> str:
-    """OmegaConf's refusal of a value or key (as Hydra composes, or `typed_tree` converts) as one
+def schema_message(error: OmegaConfBaseException) -> str:
+    """OmegaConf's refusal of a value or key, as Hydra raises it while composing, as one
     sentence naming the key, the value and what is allowed."""
-    key = ".".join(p for p in (section, str(error.full_key or error.key or "")) if p)
+    key = str(error.full_key or error.key or "")
     if isinstance(error, ConfigTypeError) and "deletion" in str(error):
         return f"config key {key!r} cannot be deleted: every run needs it; set it instead"
     found = schema_field(key)
@@ -179,5 +206,5 @@ def schema_message(error: OmegaConfBaseException, section: str = "") -> str:
         parent = schema_field(key.rpartition(".")[0]) if "." in key else None
         hint = parent[1] if parent else RunConfig
         if dataclasses.is_dataclass(hint):
-            return _unknown(key, [f.name for f in dataclasses.fields(hint)])
+            return _unknown(key, list(_fields(hint)))
     return f"{key}: {str(error).splitlines()[0]}"
