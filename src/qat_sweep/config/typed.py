@@ -4,7 +4,7 @@ problem of a tree by key, and OmegaConf's errors as the project's one-line messa
 Plan composes runs as plain trees (config.compose) and the trainer checks its resolved config as
 one; both go through OmegaConf on `config.schema`'s dataclasses, so a value plan accepts is one
 Hydra accepts, converted alike (lr=1 becomes 1.0 in both, and so in both run_keys). Results are
-cached by each section's text: a 289-run plan repeats a few dozen distinct sections.
+cached by each value and by each section's text: a 289-run plan repeats a few dozen sections.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def schema_problems(config: Mapping[str, Any]) -> list[str]:
 def _walk(tree: Mapping[str, Any]) -> tuple[dict[str, Any], list[Finding]]:
     """The tree typed, and its findings: each section is cached by its text (a 289-run plan
     repeats a few dozen), the top-level keys as one more section."""
-    sections = {k for k, v in tree.items() if SECTIONS.get(k) and isinstance(v, dict)}
+    sections = [k for k, v in tree.items() if SECTIONS.get(k) and isinstance(v, dict)]
     top = {k: _SECTION if k in sections else v for k, v in tree.items()}
     text, found = _section(RunConfig, "", json.dumps(top))
     typed, findings = json.loads(text), list(found)
