@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 SCRIPT = """#!/bin/bash
 #SBATCH --job-name=prepare --array=0-2 --cpus-per-task=1 --output={log}/%A_%a.out
-{python} -m qat_sweep.commands.prepare input={corpus} pattern='*.jsonl' out={out} vocab_size=300 \\
+{python} -m qat_sweep.cli prepare input={corpus} pattern='*.jsonl' out={out} vocab_size=300 \\
   part_mb=0.003 val_fraction=0.05 min_val_tokens=10 workers=1 \\
   shards=$SLURM_ARRAY_TASK_COUNT shard=$SLURM_ARRAY_TASK_ID
 """
