@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 # The CPU wheel of torch is pinned and installed first: an unpinned torch pulls a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
+# scripts/ without a .py suffix: ruff reads them when named
+PY_SCRIPTS := $(shell grep -l '^\#!/usr/bin/env python' scripts/*)
 
 .PHONY: venv demo test test-fast lint bench clean cluster-up cluster-down
 
@@ -30,8 +32,8 @@ test-fast: venv
 	$(BIN)/pytest -q -m "not slow and not slurm and not browser" $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check . scripts/bench-* scripts/gpu-check
-	$(BIN)/ruff format --check . scripts/bench-* scripts/gpu-check
+	$(BIN)/ruff check . $(PY_SCRIPTS)
+	$(BIN)/ruff format --check . $(PY_SCRIPTS)
 	scripts/lint-imports
 
 bench: venv
