@@ -161,11 +161,81 @@ def test_lac_learns_to_clip_large_gaussian_groups() -> None:
         ({"scheme": "w4a4", "act_quantizer": "minmax"}, "'minmax'"),
         ({"scheme": "w4a4", "fc2_format": "fp8"}, "'fp8'"),
         ({"scheme": "bf16", "format": "int4"}, "scheme bf16 takes format bf16"),
+        ({"scheme": "w4a4", "format": "mxfp4"}, r"group_size=128 .* block of 32 .* null or 32"),
+        ({"scheme": "w4a4", "format": "nvint4", "group_size": 32}, r"allowed: null or 16"),
+        (
+            {"scheme": "w4a4", "format": "nvfp4", "group_size": None, "scale_rounding": "rceil"},
+            r"scale_rounding='rceil' with format nvfp4: .* \(mxfp4, mxint4\); allowed: null",
+        ),
+        (
+            {"scheme": "w4a4", "format": "mxfp4", "group_size": None, "scale_rounding": "ceil"},
+            r"'ceil'; allowed: null, floor, rceil",
+        ),
+        ({"scheme": "w4a4", "scale_rounding": "floor"}, r"with format int4"),
+        (
+            {"scheme": "w4a4", "format": "mxfp4", "group_size": None, "int4_range": "full"},
+            r"int4_range='full' with format mxfp4: only mxint4, nvint4",
+        ),
+        (
+            {"scheme": "w4a4", "format": "mxint4", "group_size": None, "int4_range": "all"},
+            r"'all'; allowed: null, symmetric, full",
+        ),
+        (
+            {"scheme": "w4a4", "format": "mxfp4", "group_size": None, "act_quantizer": "lac"},
+            r"act_quantizer='lac' with format mxfp4: .* E8M0 .* allowed: auto or absmax",
+        ),
+        ({"scheme": "w4a4", "rotation": "givens"}, r"'givens'; allowed: none, hadamard"),
+        (
+            {"scheme": "w4a4", "rotation": "hadamard", "rotation_block": 48},
+            r"rotation_block=48: .* power of two",
+        ),
+        (
+            {"scheme": "w4a4", "group_size": "channel", "rotation": "hadamard"},
+            r"group 'channel' is not a power of two",
+        ),
+        ({"scheme": "w4a4", "group_size": 96, "rotation": "hadamard"}, r"group 96"),
+        ({"scheme": "w4a4", "rotation_block": 32}, r"rotation_block=32 with rotation none"),
+        ({"scheme": "w4a4", "rotation": "hadamard", "rotation_seed": -1}, r"rotation_seed=-1"),
+        (
+            {"scheme": "bf16", "format": "bf16", "group_size": None, "rotation": "hadamard"},
+            r"rotation=hadamard with scheme bf16",
+        ),
     ],
 )
 def test_quant_config_errors_name_the_value(kwargs: dict, pattern: str) -> None:
     with pytest.raises(ValueError, match=pattern):
         QuantConfig(**kwargs)
+
+
+def test_block_formats_group_and_labels() -> None:
+    mx = QuantConfig("w4a4", "mxfp4", None)
+    assert (mx.block, mx.group, mx.resolved_act_quantizer, mx.label) == (32, 32, "absmax", "mxfp4")
+    nv = QuantConfig("w4a4", "nvint4", 16, int4_range="full", rotation="hadamard")
+    assert (nv.group, nv.resolved_rotation_block, nv.label) == (16, 16, "nvint4-full-had")
+    rotated = QuantConfig("w4a4", "int4", 32, rotation="hadamard", rotation_block=64,
+                          rotation_seed=3)  # fmt: skip
+    assert (rotated.resolved_rotation_block, rotated.label) == (64, "int4-had64s3")
+    assert QuantConfig("w4a4", "mxfp4", None, scale_rounding="floor").label == "mxfp4"
+    assert QuantConfig("w4a4", "mxfp4", 32, scale_rounding="rceil").label == "mxfp4-rceil"
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4", "mxint4", "nvint4"])
+@pytest.mark.parametrize("scheme", list(EXPECTED_BITS)[1:])
+def test_block_formats_route_to_every_scheme(scheme: str, fmt: str) -> None:
+    model = model_for(QuantConfig(scheme, fmt, None))
+    block = 32 if fmt.startswith("mx") else 16
+    for site, (act_path, linear_paths) in SITE_PATHS.items():
+        weight_bits, act_bits = EXPECTED_BITS[scheme][site]
+        act = model.blocks[0].get_submodule(act_path)
+        if act_bits < 16:
+            assert act.fmt == ("int8" if act_bits == 8 else fmt) and act.group_size == block
+        for path in linear_paths:
+            linear = model.blocks[0].get_submodule(path)
+            assert linear.fmt == fmt if weight_bits < 16 else type(linear) is nn.Linear
+    idx_ = idx()
+    loss = model(idx_, idx_)
+    loss.backward()
+    assert torch.isfinite(loss)
 
 
 def test_quant_yaml_files_and_overrides() -> None:

@@ -87,7 +87,14 @@ def test_the_compiled_fake_quantizer_is_bitwise_the_eager_one() -> None:
         assert torch.equal(compiled(x, factor), quantize(x, factor)), fmt
 
 
-@pytest.mark.parametrize("quant", [None, LAC, QuantConfig("w4a4", "fp4", 32)], ids=str)
+ROTATED = [
+    QuantConfig("w4a4", "mxfp4", None, rotation="hadamard", scale_rounding="rceil"),
+    QuantConfig("w4a4_fc2a8", "nvfp4", None, rotation="hadamard", rotation_seed=1),
+    QuantConfig("w4a16", "mxint4", None, rotation="hadamard", rotation_block=64),
+]
+
+
+@pytest.mark.parametrize("quant", [None, LAC, QuantConfig("w4a4", "fp4", 32), *ROTATED], ids=str)
 def test_a_block_traces_into_one_graph(quant: QuantConfig | None) -> None:
     torch.manual_seed(0)
     model = build_model(load_preset("0.04M"), quant, vocab_size=97)

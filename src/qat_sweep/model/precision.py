@@ -1,7 +1,8 @@
 """Precision settings without torch: the schemes, the format names and the one QuantConfig
 that plan (torch-free) and the trainer both build, so both refuse exactly the same settings.
 
-The numerics of each format live in ``quantize``; the modules that apply a scheme in ``schemes``.
+The numerics of each format live in ``quantizers`` and ``mx_formats``; the modules that apply a
+scheme in ``layers``; the user-facing description of the formats in docs/formats.md.
 """
 
 from __future__ import annotations
@@ -20,10 +21,71 @@ from qat_sweep.model.presets import ModelConfig, plain_dict
 GroupSize = int | str | None
 
 SITES: tuple[str, ...] = ("qkv", "o", "fc1", "fc2")
-WEIGHT_FORMATS: tuple[str, ...] = ("int4", "int4_sym", "fp4")  # the 4-bit formats of a scheme
-FORMAT_NAMES: tuple[str, ...] = (*WEIGHT_FORMATS, "int8")  # = quantize.FORMATS (held by a test)
+
+
+@dataclass(frozen=True)
+class BlockEncoding:
+    """A format whose block is part of it: elements share one 8-bit scale per ``block``.
+
+    ``scale`` is E8M0 (a power of two, the OCP MX formats) or E4M3 (NVIDIA's NV formats, under
+    a per-tensor FP32 scale of ``tensor_scale_bits``); ``element`` is the 4-bit grid.
+    """
+
+    block: int
+    scale: str  # "e8m0" | "e4m3"
+    element: str  # "e2m1" | "int4"
+    scale_bits: int = 8
+    tensor_scale_bits: int = 0
+
+    @property
+    def power_of_two_scale(self) -> bool:
+        return self.scale == "e8m0"
+
+
+BLOCK_FORMATS: dict[str, BlockEncoding] = {
+    "mxfp4": BlockEncoding(32, "e8m0", "e2m1"),
+    "mxint4": BlockEncoding(32, "e8m0", "int4"),
+    "nvfp4": BlockEncoding(16, "e4m3", "e2m1", tensor_scale_bits=32),
+    "nvint4": BlockEncoding(16, "e4m3", "int4", tensor_scale_bits=32),
+}
+GROUP_FORMATS: tuple[str, ...] = ("int4", "int4_sym", "fp4")  # fp32 AbsMax scale per group of G
+WEIGHT_FORMATS: tuple[str, ...] = (*GROUP_FORMATS, *BLOCK_FORMATS)  # the 4-bit formats
+FORMAT_NAMES: tuple[str, ...] = (*WEIGHT_FORMATS, "int8")  # = quantizers.FORMATS (held by a test)
 ACT_QUANTIZERS: tuple[str, ...] = ("auto", "absmax", "lac")
 LAC_MIN_GROUP = 256  # paper: AbsMax for G < 256, LAC for G >= 256 and per-token
+SCALE_ROUNDINGS: tuple[str, ...] = ("floor", "rceil")  # E8M0: OCP MX v1.0 rule | NVIDIA's cast
+INT4_RANGES: tuple[str, ...] = ("symmetric", "full")  # [-7, 7] (default) | [-8, 7]
+ROTATIONS: tuple[str, ...] = ("none", "hadamard")
+# Settings added after the first sweeps ran, with the values that mean "not used": a run leaves
+# them out of its identity at these values, so the run_keys of earlier runs do not move.
+OPTIONAL_DEFAULTS: dict[str, Any] = {
+    "scale_rounding": None,
+    "int4_range": None,
+    "rotation": "none",
+    "rotation_block": None,
+    "rotation_seed": None,
+}
+# Storage of the scale of a per-group format in bits per weight (decide's memory budget).
+GROUP_SCALE_BITS = 16  # one BF16 scale per group
+
+
+def is_power_of_two(value: object) -> bool:
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and value > 0
+        and not value & (value - 1)
+    )
+
+
+def bits_per_weight(fmt: str, group: float, scale_bits: float = GROUP_SCALE_BITS) -> float:
+    """Storage of a 4-bit format: 4 + scale bits / G, with a block format's own 8-bit scale per
+    block (MX: 4 + 8/32, NV: 4 + 8/16). NV's per-tensor FP32 scale adds 32 / (elements of the
+    tensor), under 1e-4 bits per weight for any layer of a real model: left out."""
+    if fmt in BLOCK_FORMATS:
+        encoding = BLOCK_FORMATS[fmt]
+        return 4 + encoding.scale_bits / encoding.block
+    return 4 + scale_bits / group
 
 
 @dataclass(frozen=True)
@@ -50,13 +112,19 @@ SCHEMES: dict[str, dict[str, SitePrecision]] = {
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """One precision setting: scheme, 4-bit format, group size and activation quantizer."""
+    """One precision setting: scheme, 4-bit format, group size, activation quantizer and the
+    optional block-format and rotation settings (docs/formats.md)."""
 
     scheme: str
     format: str = "int4"
     group_size: GroupSize = 128
     act_quantizer: str = "auto"
     fc2_format: str = "int8"
+    scale_rounding: str | None = None  # E8M0 formats: null = floor (OCP MX v1.0) | rceil
+    int4_range: str | None = None  # mxint4/nvint4: null = symmetric | full
+    rotation: str = "none"  # none | hadamard
+    rotation_block: int | None = None  # null = the group (the format's block, or G)
+    rotation_seed: int | None = None  # null = no random sign flip
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -73,11 +141,7 @@ class QuantConfig:
                     f"unknown format {self.format!r} for scheme {self.scheme}; allowed: "
                     f"{', '.join(WEIGHT_FORMATS)}"
                 )
-            group = self.group_size
-            if group != "channel" and (
-                isinstance(group, bool) or not isinstance(group, int) or group <= 0
-            ):
-                raise ValueError(f"group_size must be a positive int or 'channel', got {group!r}")
+            self._check_group()
         if self.act_quantizer not in ACT_QUANTIZERS:
             raise ValueError(
                 f"unknown act_quantizer {self.act_quantizer!r}; allowed: {', '.join(ACT_QUANTIZERS)}"
@@ -86,15 +150,130 @@ class QuantConfig:
             raise ValueError(
                 f"unknown fc2_format {self.fc2_format!r}; allowed: {', '.join(FORMAT_NAMES)}"
             )
+        if self.act_quantizer == "lac" and self.block is not None:
+            raise ValueError(
+                f"quant.act_quantizer='lac' with format {self.format}: LAC multiplies the scale "
+                f"by a learned factor, but {self.format} derives its "
+                f"{BLOCK_FORMATS[self.format].scale.upper()} scale from the block's AbsMax; "
+                "allowed: auto or absmax"
+            )
+        self._check_encoding()
+        self._check_rotation()
+
+    def _check_group(self) -> None:
+        group = self.group_size
+        block = self.block
+        if block is not None:
+            if group is not None and group != block:
+                raise ValueError(
+                    f"quant.group_size={group!r} with format {self.format}: its block of {block} "
+                    f"is part of the format; allowed: null or {block}"
+                )
+            return
+        if group != "channel" and (
+            isinstance(group, bool) or not isinstance(group, int) or group <= 0
+        ):
+            raise ValueError(f"group_size must be a positive int or 'channel', got {group!r}")
+
+    def _check_encoding(self) -> None:
+        encoding = BLOCK_FORMATS.get(self.format)
+        if self.scale_rounding is not None:
+            if self.scale_rounding not in SCALE_ROUNDINGS:
+                raise ValueError(
+                    f"unknown quant.scale_rounding {self.scale_rounding!r}; allowed: null, "
+                    f"{', '.join(SCALE_ROUNDINGS)}"
+                )
+            if encoding is None or not encoding.power_of_two_scale:
+                pow2 = [f for f, e in BLOCK_FORMATS.items() if e.power_of_two_scale]
+                raise ValueError(
+                    f"quant.scale_rounding={self.scale_rounding!r} with format {self.format}: "
+                    f"only formats with power-of-two (E8M0) scales round their scale "
+                    f"({', '.join(pow2)}); allowed: null"
+                )
+        if self.int4_range is not None:
+            if self.int4_range not in INT4_RANGES:
+                raise ValueError(
+                    f"unknown quant.int4_range {self.int4_range!r}; allowed: null, "
+                    f"{', '.join(INT4_RANGES)}"
+                )
+            if encoding is None or encoding.element != "int4":
+                ints = [f for f, e in BLOCK_FORMATS.items() if e.element == "int4"]
+                raise ValueError(
+                    f"quant.int4_range={self.int4_range!r} with format {self.format}: only "
+                    f"{', '.join(ints)} choose their INT4 range (int4 is [-8, 7], int4_sym "
+                    "[-7, 7]); allowed: null"
+                )
+
+    def _check_rotation(self) -> None:
+        if self.rotation not in ROTATIONS:
+            raise ValueError(
+                f"unknown quant.rotation {self.rotation!r}; allowed: {', '.join(ROTATIONS)}"
+            )
+        if self.rotation == "none":
+            extra = {"rotation_block": self.rotation_block, "rotation_seed": self.rotation_seed}
+            for key, value in extra.items():
+                if value is not None:
+                    raise ValueError(
+                        f"quant.{key}={value!r} with rotation none has no effect; "
+                        "allowed: null, or set quant.rotation=hadamard"
+                    )
+            return
+        if self.scheme == "bf16":
+            raise ValueError(
+                "quant.rotation=hadamard with scheme bf16: nothing is quantized, so the "
+                "rotation is an identity that only costs time; allowed: none"
+            )
+        block = self.rotation_block
+        if block is not None and not (is_power_of_two(block) and block >= 2):
+            raise ValueError(
+                f"quant.rotation_block={block!r}: a Hadamard block is a power of two >= 2 "
+                "(e.g. 16, 32, 128); allowed: null (the group) or a power of two"
+            )
+        if block is None and not is_power_of_two(self.group):
+            raise ValueError(
+                f"quant.rotation=hadamard with quant.rotation_block null rotates within each "
+                f"group, but the group {self.group_size!r} is not a power of two; allowed: "
+                "a power-of-two group_size, or set quant.rotation_block"
+            )
+        seed = self.rotation_seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(
+                f"quant.rotation_seed={seed!r}: allowed: null (no sign flip) or an int >= 0"
+            )
+
+    @property
+    def block(self) -> int | None:
+        """The block of a fixed-block format (MX/NV), None for a per-group format."""
+        encoding = BLOCK_FORMATS.get(self.format)
+        return encoding.block if encoding else None
+
+    @property
+    def group(self) -> GroupSize:
+        """The group the quantizers use: the format's block, else ``group_size``."""
+        return self.block if self.block is not None else self.group_size
+
+    @property
+    def resolved_rotation_block(self) -> int | None:
+        """The Hadamard block, None without rotation (null block: the group)."""
+        if self.rotation == "none":
+            return None
+        return self.rotation_block if self.rotation_block is not None else int(self.group)
+
+    @property
+    def label(self) -> str:
+        """The format as the analysis keys it: the name plus any non-default encoding and the
+        rotation, e.g. ``mxfp4-rceil-had``; runs that differ here are different settings."""
+        return format_label(self.format, self.scale_rounding, self.int4_range,
+                            self.rotation, self.rotation_block, self.rotation_seed)  # fmt: skip
 
     @property
     def resolved_act_quantizer(self) -> str:
         """'absmax' or 'lac'; 'auto' follows the paper (LAC for G >= 256 and per-token)."""
         if self.act_quantizer != "auto":
             return self.act_quantizer
-        if self.group_size == "channel":
+        if self.group == "channel":
             return "lac"
-        return "lac" if int(self.group_size or 0) >= LAC_MIN_GROUP else "absmax"
+        return "lac" if int(self.group or 0) >= LAC_MIN_GROUP else "absmax"
 
     def site_formats(self, site: str) -> tuple[str | None, str | None]:
         """(weight format, input format) of a site; None where it stays in high precision."""
@@ -103,6 +282,46 @@ class QuantConfig:
 
     def _format_for(self, bits: int) -> str | None:
         return {16: None, 4: self.format, 8: self.fc2_format}[bits]
+
+
+def format_label(
+    fmt: str,
+    scale_rounding: str | None = None,
+    int4_range: str | None = None,
+    rotation: str = "none",
+    rotation_block: int | None = None,
+    rotation_seed: int | None = None,
+) -> str:
+    """``fmt`` plus what sets a run of it apart: ``-rceil``, ``-full``, ``-had`` (Hadamard
+    within each group), ``-had64`` (in blocks of 64), ``-had64s3`` (sign flips of seed 3).
+    Defaults add nothing (floor and symmetric are the defaults), so a label names one setting."""
+    label = fmt
+    if scale_rounding == "rceil":
+        label += "-rceil"
+    if int4_range == "full":
+        label += "-full"
+    if rotation == "hadamard":
+        label += "-had" + (str(rotation_block) if rotation_block is not None else "")
+        label += f"s{rotation_seed}" if rotation_seed is not None else ""
+    return label
+
+
+def base_format(label: str) -> str:
+    """The format name of a label (``mxfp4-had`` -> ``mxfp4``)."""
+    return label.split("-", 1)[0]
+
+
+def quant_identity(quant: Mapping[str, Any]) -> dict[str, Any]:
+    """A quant config as a run's identity sees it: the optional settings at their "not used"
+    values (or a block format's own defaults, floor and symmetric) are left out, so runs that
+    predate them keep their run_keys and one computation has one key."""
+    fmt = quant.get("format")
+    own = {"scale_rounding": "floor", "int4_range": "symmetric"} if fmt in BLOCK_FORMATS else {}
+    return {
+        k: v
+        for k, v in quant.items()
+        if not (k in OPTIONAL_DEFAULTS and (v == OPTIONAL_DEFAULTS[k] or own.get(k, object()) == v))
+    }
 
 
 def quant_config_from(cfg_node: DictConfig | Mapping[str, Any]) -> QuantConfig:
@@ -130,13 +349,25 @@ def allowed_group_sizes(cfg: ModelConfig) -> list[int | str]:
 
 
 def check_group_size(cfg: ModelConfig, quant: QuantConfig) -> None:
-    """ValueError unless the quantized scheme's G divides every block linear's input."""
-    if quant.scheme == "bf16" or quant.group_size == "channel":
+    """ValueError unless the quantized scheme's G (a block format's block) and the Hadamard
+    block divide every block linear's input."""
+    if quant.scheme == "bf16":
         return
+    rotation = quant.resolved_rotation_block
     for name, (out_dim, in_dim) in reduction_dims(cfg).items():
-        if in_dim % int(quant.group_size or 0):
+        if quant.group != "channel" and in_dim % int(quant.group or 0):
+            allowed = ", ".join(map(str, allowed_group_sizes(cfg)))
+            if quant.block:
+                allowed = f"a format whose block divides it, or group_size one of {allowed}"
             raise ValueError(
-                f"group size {quant.group_size} does not divide the reduction dim of {name} "
+                f"{f'the {quant.format} block' if quant.block else 'group size'} {quant.group} "
+                f"does not divide the reduction dim of {name} (weight shape ({out_dim}, "
+                f"{in_dim})) in model {cfg.name!r}; allowed: {allowed}"
+            )
+        if rotation is not None and in_dim % rotation:
+            powers = [g for g in allowed_group_sizes(cfg) if g != "channel" and is_power_of_two(g)]
+            raise ValueError(
+                f"quant.rotation_block={rotation} does not divide the reduction dim of {name} "
                 f"(weight shape ({out_dim}, {in_dim})) in model {cfg.name!r}; allowed: "
-                f"{', '.join(map(str, allowed_group_sizes(cfg)))}"
+                f"{', '.join(map(str, powers))}"
             )

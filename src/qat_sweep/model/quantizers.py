@@ -1,18 +1,22 @@
-"""Group-wise fake quantization with a straight-through estimator (docs/science.md, quantizers).
+"""Group-wise fake quantization with a straight-through estimator (docs/science.md, quantizers;
+the MX/NV block formats: docs/formats.md).
 
 All scale and rounding math runs in fp32 whatever the input dtype (a bf16 scale measurably hurts
 and torch.compile may drop bf16 casts); the result is cast back to the input dtype. Groups are
-contiguous runs of G elements along the last (reduction) dimension.
+contiguous runs of G elements along the last (reduction) dimension; a block format's group is
+its block.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from qat_sweep.model.precision import GroupSize
+from qat_sweep.model.mx_formats import mx_scaled, nv_scaled
+from qat_sweep.model.precision import BLOCK_FORMATS, GroupSize
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,25 @@ class QuantFormat:
     qmax: float
     floating: bool  # True: E2M1 grid, False: integer grid
     clip_margin: float
+    # Block formats only: the fixed block, its scale (e8m0 | e4m3) and the E8M0 rounding.
+    block: int | None = None
+    scale: str = "absmax"
+    scale_rounding: str = "floor"
+
+    @property
+    def emax(self) -> int:
+        """floor(log2) of the largest element (E2M1: 6 -> 2, INT4: 7 -> 2): the OCP MX rule's
+        emax_elem, so a floor scale puts a block's AbsMax in [4, 8) before clamping."""
+        return int(self.qmax).bit_length() - 1
+
+
+def _block_format(name: str, floating: bool) -> QuantFormat:
+    """An MX/NV format: E2M1 or symmetric INT4 elements under the block scale of precision's
+    BLOCK_FORMATS; ``divisor`` is the element maximum the scale maps a block's AbsMax to."""
+    top = 6.0 if floating else 7.0
+    encoding = BLOCK_FORMATS[name]
+    margin = 1.0 if floating else 0.5
+    return QuantFormat(name, 4, top, -top, top, floating, margin, encoding.block, encoding.scale)
 
 
 FORMATS: dict[str, QuantFormat] = {
@@ -43,14 +66,35 @@ FORMATS: dict[str, QuantFormat] = {
     "fp4": QuantFormat("fp4", 4, 6.0, -6.0, 6.0, floating=True, clip_margin=1.0),
     # Ours for the FC2-input variant: symmetric INT8, s = absmax/127, codes [-127, 127].
     "int8": QuantFormat("int8", 8, 127.0, -127.0, 127.0, floating=False, clip_margin=0.5),
+    **{name: _block_format(name, enc.element == "e2m1") for name, enc in BLOCK_FORMATS.items()},
 }
 
 
-def get_format(fmt: str) -> QuantFormat:
-    """The QuantFormat called ``fmt``; ValueError naming it and the allowed ones otherwise."""
+def get_format(
+    fmt: str | QuantFormat, scale_rounding: str | None = None, int4_range: str | None = None
+) -> QuantFormat:
+    """The QuantFormat called ``fmt`` with a block format's optional settings applied (None:
+    the default, floor and symmetric); ValueError naming a bad value and the allowed ones."""
+    if isinstance(fmt, QuantFormat):
+        return fmt
     if fmt not in FORMATS:
         raise ValueError(f"unknown quantization format {fmt!r}; allowed: {', '.join(FORMATS)}")
-    return FORMATS[fmt]
+    spec = FORMATS[fmt]
+    if scale_rounding is not None:
+        if spec.scale != "e8m0" or scale_rounding not in ("floor", "rceil"):
+            raise ValueError(
+                f"scale_rounding {scale_rounding!r} with format {fmt}: allowed: floor or rceil "
+                "for formats with E8M0 scales, None otherwise"
+            )
+        spec = dataclasses.replace(spec, scale_rounding=scale_rounding)
+    if int4_range is not None:
+        if spec.block is None or spec.floating or int4_range not in ("symmetric", "full"):
+            raise ValueError(
+                f"int4_range {int4_range!r} with format {fmt}: allowed: symmetric or full for "
+                "mxint4 and nvint4, None otherwise"
+            )
+        spec = dataclasses.replace(spec, qmin=-8.0 if int4_range == "full" else -7.0)
+    return spec
 
 
 def resolve_group_size(group_size: GroupSize, shape: torch.Size | tuple[int, ...]) -> int:
@@ -109,10 +153,13 @@ class _FakeQuantize(torch.autograd.Function):
     def forward(ctx, x: Tensor, clip: Tensor | None, fmt: QuantFormat, group_size: int) -> Tensor:
         shape = x.shape
         xg = x.float().reshape(*shape[:-1], shape[-1] // group_size, group_size)
-        base_scale = xg.abs().amax(dim=-1, keepdim=True) / fmt.divisor
-        scale = base_scale * clip.float().unsqueeze(-1) if clip is not None else base_scale
-        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-        u = xg / safe
+        if fmt.block is not None:
+            u, scale = block_scaled(xg, fmt)[:2]
+        else:
+            base_scale = xg.abs().amax(dim=-1, keepdim=True) / fmt.divisor
+            scale = base_scale * clip.float().unsqueeze(-1) if clip is not None else base_scale
+            safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+            u = xg / safe
         inside = code_in_range(u, fmt)
         code = round_to_grid(u.clamp(fmt.qmin, fmt.qmax), fmt)
         out = (code * scale).reshape(shape).to(x.dtype)
@@ -139,13 +186,45 @@ class _FakeQuantize(torch.autograd.Function):
         return grad_x, grad_clip, None, None
 
 
-def fake_quantize(x: Tensor, fmt: str, group_size: GroupSize, clip: Tensor | None = None) -> Tensor:
+def block_scaled(xg: Tensor, fmt: QuantFormat):
+    """(u, decode, stored scale) of fp32 blocks ``(..., n_blocks, block)`` of a block format."""
+    if fmt.scale == "e8m0":
+        return mx_scaled(xg, fmt.emax, fmt.divisor, fmt.scale_rounding)
+    return nv_scaled(xg, fmt.divisor)
+
+
+def block_encode(x: Tensor, fmt: str | QuantFormat) -> tuple[Tensor, Tensor, Tensor]:
+    """(codes, stored scales, decode multipliers) of a block format: codes are the element
+    values (E2M1 or INT4) per element, scales one per block (E8M0 byte or E4M3 value).
+    What the fake quantizer computes, laid open for comparison with a reference."""
+    spec = get_format(fmt)
+    if spec.block is None:
+        raise ValueError(f"{spec.name} is not a block format; allowed: {', '.join(BLOCK_FORMATS)}")
+    xg = x.float().reshape(*x.shape[:-1], x.shape[-1] // spec.block, spec.block)
+    u, decode, stored = block_scaled(xg, spec)
+    codes = round_to_grid(u.clamp(spec.qmin, spec.qmax), spec)
+    return codes.reshape(x.shape), stored.squeeze(-1), decode.squeeze(-1)
+
+
+def fake_quantize(
+    x: Tensor, fmt: str | QuantFormat, group_size: GroupSize, clip: Tensor | None = None
+) -> Tensor:
     """Quantize-dequantize ``x`` in groups of ``group_size`` along its last dimension.
 
-    ``group_size`` None or 'channel' means one group over the whole last dimension.
+    ``group_size`` None or 'channel' means one group over the whole last dimension; a block
+    format (``get_format`` applies its settings) takes None or its block.
     ``clip`` (optional, shape ``(n_groups,)``) multiplies each group position's AbsMax scale.
     """
     spec = get_format(fmt)
+    if spec.block is not None:
+        if group_size not in (None, spec.block) or clip is not None:
+            raise ValueError(
+                f"format {spec.name} quantizes in its blocks of {spec.block} with their own "
+                f"scales; got group_size {group_size!r}"
+                + (" and a clip factor" if clip is not None else "")
+                + f"; allowed: group_size None or {spec.block}, no clip"
+            )
+        group_size = spec.block
     g = resolve_group_size(group_size, x.shape)
     if clip is not None and tuple(clip.shape) != (x.shape[-1] // g,):
         raise ValueError(

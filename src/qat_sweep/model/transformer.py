@@ -1,10 +1,11 @@
 """Llama-3-style decoder (RMSNorm, RoPE, SwiGLU, grouped-query attention, no biases).
 
-Quantization enters only through the block linears and the four per-block input quantizers of
-``schemes``; scheme ``bf16`` builds exactly the modules of ``quant=None``, so it is bitwise the
-plain model. Embeddings and lm_head are never quantized and are untied; their vocabulary rows
-are padded to a multiple of ``VOCAB_MULTIPLE`` (tensor-core friendly shapes), the padded rows
-start at zero and the loss and logits cover the real vocabulary only.
+Quantization (and a rotation, docs/formats.md) enters only through the block linears and the
+four per-block input quantizers of ``layers``; scheme ``bf16`` builds exactly the modules of
+``quant=None``, so it is bitwise the plain model. Embeddings and lm_head are never quantized
+and are untied; their vocabulary rows are padded to a multiple of ``VOCAB_MULTIPLE``
+(tensor-core friendly shapes), the padded rows start at zero and the loss and logits cover the
+real vocabulary only.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from qat_sweep.common import switch
-from qat_sweep.model.layers import make_act_quantizer, make_linear
+from qat_sweep.model.layers import make_act_quantizer, make_linear, make_rotation, site_spec
 from qat_sweep.model.precision import QuantConfig, check_group_size
 from qat_sweep.model.presets import ModelConfig
+from qat_sweep.model.quantizers import QuantFormat
 
 INIT_STD = 0.02
 VOCAB_MULTIPLE = 128
@@ -63,13 +65,14 @@ class Attention(nn.Module):
         d, kv = cfg.hidden_size, cfg.kv_dim
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         w_qkv, w_o = _weight_format(quant, "qkv"), _weight_format(quant, "o")
-        group = None if quant is None else quant.group_size
-        self.act_qkv = make_act_quantizer(quant, "qkv", d)
-        self.q = make_linear(d, d, w_qkv, group)
-        self.k = make_linear(d, kv, w_qkv, group)
-        self.v = make_linear(d, kv, w_qkv, group)
-        self.act_o = make_act_quantizer(quant, "o", d)
-        self.o = make_linear(d, d, w_o, group)
+        group = None if quant is None else quant.group
+        rot_qkv, rot_o = make_rotation(quant, d), make_rotation(quant, d)
+        self.act_qkv = make_act_quantizer(quant, "qkv", d, rot_qkv)
+        self.q = make_linear(d, d, w_qkv, group, rot_qkv)
+        self.k = make_linear(d, kv, w_qkv, group, rot_qkv)
+        self.v = make_linear(d, kv, w_qkv, group, rot_qkv)
+        self.act_o = make_act_quantizer(quant, "o", d, rot_o)
+        self.o = make_linear(d, d, w_o, group, rot_o)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         b, t, _ = x.shape
@@ -95,12 +98,13 @@ class MLP(nn.Module):
         super().__init__()
         d, f = cfg.hidden_size, cfg.ffn_size
         w_fc1, w_fc2 = _weight_format(quant, "fc1"), _weight_format(quant, "fc2")
-        group = None if quant is None else quant.group_size
-        self.act_fc1 = make_act_quantizer(quant, "fc1", d)
-        self.gate = make_linear(d, f, w_fc1, group)
-        self.up = make_linear(d, f, w_fc1, group)
-        self.act_fc2 = make_act_quantizer(quant, "fc2", f)
-        self.down = make_linear(f, d, w_fc2, group)
+        group = None if quant is None else quant.group
+        rot_fc1, rot_fc2 = make_rotation(quant, d), make_rotation(quant, f)
+        self.act_fc1 = make_act_quantizer(quant, "fc1", d, rot_fc1)
+        self.gate = make_linear(d, f, w_fc1, group, rot_fc1)
+        self.up = make_linear(d, f, w_fc1, group, rot_fc1)
+        self.act_fc2 = make_act_quantizer(quant, "fc2", f, rot_fc2)
+        self.down = make_linear(f, d, w_fc2, group, rot_fc2)
 
     def forward(self, x: Tensor) -> Tensor:
         xq = self.act_fc1(x)
@@ -222,8 +226,8 @@ def _pad_rows(weight: Tensor, rows: int) -> nn.Parameter:
     return nn.Parameter(torch.cat([weight.detach(), padding]))
 
 
-def _weight_format(quant: QuantConfig | None, site: str) -> str | None:
-    return None if quant is None else quant.site_formats(site)[0]
+def _weight_format(quant: QuantConfig | None, site: str) -> QuantFormat | None:
+    return None if quant is None else site_spec(quant, quant.site_formats(site)[0])
 
 
 def validate(cfg: ModelConfig, quant: QuantConfig | None, vocab_size: int | None) -> int:
