@@ -23,6 +23,10 @@ FILES = {
     "empty.yaml": "",
     "badgroup.yaml": "subgrids: {a: {model: 0.2M, quant: w4a4, quant.group_size: 48}}\n",
     "holdout.yaml": "holdout: [nope]\nsubgrids: {a: {model: 0.2M}}\n",
+    "blockgroup.yaml": "subgrids: {a: {model: 0.2M, quant: w4a4, quant.format: mxfp4, "
+    "quant.group_size: [null, 16]}}\n",
+    "rotblock.yaml": "subgrids: {a: {model: 0.2M, quant: w4a4, quant.format: nvfp4, "
+    "quant.group_size: null, quant.rotation: hadamard, quant.rotation_block: 128}}\n",
     "profile_key.yaml": "kind: local\ngpus: 2\n",
     "profile_syntax.yaml": "kind: [local\n",
     "profile_kind.yaml": "kind: cloud\n",
@@ -33,6 +37,10 @@ FILES = {
     "notes.txt": "not a corpus",
 }
 RUN = ["model=0.2M", "tokens=4096", "logger=none"]  # tiny, so a case that wrongly passes is quick
+
+W4A4 = ["train", "quant=w4a4"]
+NVFP4 = [*W4A4, "quant.format=nvfp4", "quant.group_size=null"]
+ROTATED = [*W4A4, "quant.group_size=32", "quant.rotation=hadamard"]  # 0.2M: widths 64 and 256
 
 # (id, argv, substring the error must contain); {tmp} is the case's directory with FILES.
 TINY = ["launch", "sweep={tmp}/tiny.yaml"]  # the launches below: a valid sweep, a bad setting
@@ -49,6 +57,25 @@ CASES = [
     ("train-scheme", ["train", "quant=w3a3"], "schemes: bf16"),
     ("train-group", ["train", "quant=w4a4", "quant.group_size=48"], "allowed: 2, 4, 8, 16"),
     ("train-format", ["train", "quant=w4a4", "quant.format=int3"], "unknown format 'int3'"),
+    ("train-block-group", [*W4A4, "quant.format=mxfp4"], "group_size=128 with format mxfp4"),
+    ("train-block-g16", [*W4A4, "quant.format=mxfp4", "quant.group_size=16"], "null or 32"),
+    (
+        "train-scale-rounding",
+        [*NVFP4, "quant.scale_rounding=rceil"],
+        "scale_rounding='rceil' with format nvfp4: only formats with power-of-two",
+    ),
+    ("train-scale-rounding-int4", [*W4A4, "quant.scale_rounding=floor"], "with format int4"),
+    ("train-int4-range", [*NVFP4, "quant.int4_range=full"], "only mxint4, nvint4"),
+    ("train-lac-block", [*NVFP4, "quant.act_quantizer=lac"], "act_quantizer='lac' with format"),
+    ("train-rotation", [*W4A4, "quant.rotation=givens"], "allowed: none, hadamard"),
+    ("train-rotation-pow2", [*ROTATED, "quant.rotation_block=48"], "a power of two >= 2"),
+    (
+        "train-rotation-divides",
+        [*ROTATED, "quant.rotation_block=128"],
+        "quant.rotation_block=128 does not divide the reduction dim of blocks.0.attn.q",
+    ),
+    ("train-rotation-channel", [*ROTATED, "quant.group_size=channel"], "not a power of two"),
+    ("train-rotation-bf16", ["train", "quant.rotation=hadamard"], "with scheme bf16"),
     ("train-micro", ["train", "train.micro_batch_seqs=3"], "train.micro_batch_seqs=3"),
     ("train-micro-zero", ["train", "train.micro_batch_seqs=0"], "train.micro_batch_seqs=0"),
     ("train-device", ["train", "train.device=gpu"], "train.device='gpu': allowed: auto"),
@@ -98,6 +125,8 @@ CASES = [
     ("plan-name", ["plan", "sweep={tmp}/wrongname.yaml"], "must equal the file name"),
     ("plan-group", ["plan", "sweep={tmp}/badgroup.yaml"], "group size 48"),
     ("plan-holdout", ["plan", "sweep={tmp}/holdout.yaml"], "holdout: 'nope'"),
+    ("plan-block-group", ["plan", "sweep={tmp}/blockgroup.yaml"], "group_size=16 with format"),
+    ("plan-rotation-block", ["plan", "sweep={tmp}/rotblock.yaml"], "rotation_block=128 does not"),
     ("plan-mfu", ["plan", "sweep=demo", "mfu=2"], "0 < mfu <= 1"),
     ("plan-mfu-abc", ["plan", "sweep=demo", "mfu=abc"], "mfu and peak_tflops must be numbers"),
     ("plan-flag", ["plan", "sweep=demo", "--bogus"], "unknown option '--bogus'"),

@@ -113,6 +113,14 @@ QUANT_CASES = [
     ["quant=w4a4", "+quant.note=x"],  # QuantConfig has no such field
     ["quant=w4a4", "quant.format=int8"],
     ["quant=w4a4", "quant.group_size=48"],
+    ["quant=w4a4", "quant.format=mxfp4"],  # G 128 with a block format
+    ["quant=w4a4", "quant.format=mxfp4", "quant.group_size=null"],
+    ["quant=w4a4", "quant.format=nvint4", "quant.group_size=16", "quant.int4_range=full"],
+    ["quant=w4a4", "quant.format=nvfp4", "quant.group_size=null", "quant.scale_rounding=rceil"],
+    ["quant=w4a4", "quant.group_size=32", "quant.rotation=hadamard", "quant.rotation_block=256"],
+    ["quant=w4a4", "quant.group_size=32", "quant.rotation=hadamard", "quant.rotation_seed=1"],
+    ["quant=w4a4", "quant.group_size=channel", "quant.rotation=hadamard"],
+    ["quant=bf16", "quant.rotation=hadamard"],
 ]
 
 

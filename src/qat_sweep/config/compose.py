@@ -29,6 +29,7 @@ from qat_sweep.common import parse_tokens as parse_tokens  # re-exported: plan a
 from qat_sweep.config.typed import typed_tree
 from qat_sweep.config_dirs import find
 from qat_sweep.data.tokenfiles import data_identity
+from qat_sweep.model.precision import BLOCK_FORMATS, format_label, quant_identity
 from qat_sweep.model.presets import conf_dirs, model_config_from
 from qat_sweep.record import sweep_dir
 
@@ -128,14 +129,32 @@ def _identity(resolved: dict[str, Any]) -> dict[str, Any]:
     root = str(resolved.get("paths", {}).get("data", ""))
     identity["data"] = data_identity(resolved.get("data", {}), root)
     identity["tokens"] = parse_tokens(identity["tokens"])
+    identity["quant"] = quant_identity(identity.get("quant", {}))
     return identity
+
+
+def _quant_label(quant: Mapping[str, Any]) -> tuple[str, Any]:
+    """(format label, G) of a quantized run: the label names a block format's rounding, INT4
+    range and a rotation (precision.format_label); a block format's G is its block."""
+    fmt = str(quant["format"])
+    label = format_label(
+        fmt,
+        quant.get("scale_rounding"),
+        quant.get("int4_range"),
+        quant.get("rotation", "none"),
+        quant.get("rotation_block"),
+        quant.get("rotation_seed"),
+    )
+    block = BLOCK_FORMATS[fmt].block if fmt in BLOCK_FORMATS else None
+    return label, quant["group_size"] if block is None else block
 
 
 def run_key(cfg: DictConfig | dict[str, Any]) -> str:
     """Readable, deterministic slug of a run: same config, same key; any change, new key.
 
     `<model>_D<tokens>_<scheme>[_<format>_g<G>]_lr<lr>_s<seed>_<hash6>`: the readable part
-    names the grid point, the hash covers every other setting that changes the result.
+    names the grid point (the format as labelled, e.g. `mxfp4-had`, with a block format's block
+    as G), the hash covers every other setting that changes the result.
     Takes a DictConfig or a plain tree (resolved or not).
     """
     tree = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg
@@ -145,7 +164,8 @@ def run_key(cfg: DictConfig | dict[str, Any]) -> str:
     parts = [str(identity["model"]["name"]), f"D{format_count(identity['tokens'])}"]
     parts.append(str(quant["scheme"]))
     if quant["scheme"] != "bf16":
-        parts += [str(quant["format"]), _group_label(quant["group_size"])]
+        label, group = _quant_label(quant)
+        parts += [label, _group_label(group)]
     parts += [f"lr{_format_lr(float(identity['optim']['lr']))}", f"s{identity['seed']}"]
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
     return "_".join(parts) + "_" + digest[:6]
@@ -182,7 +202,8 @@ def run_dir(config: DictConfig | Mapping[str, Any]) -> Path:
 
 def identity_fields(config: DictConfig | Mapping[str, Any], strict: bool = True) -> dict[str, Any]:
     """`IDENTITY_FIELDS` of a run config (a DictConfig or a resolved tree): what plan rows and
-    records say of the run. G is None for BF16, N the non-embedding count of the model.
+    records say of the run. G is None for BF16 and a block format's block, the format its label
+    (``mxfp4-had``: the analysis fits each label apart), N the non-embedding count of the model.
 
     ``strict=False`` is for the failure record of a config that does not build: each field
     that cannot be derived is None instead of an error.
@@ -199,14 +220,14 @@ def identity_fields(config: DictConfig | Mapping[str, Any], strict: bool = True)
     quant = config["quant"]
     scheme = str(quant["scheme"])
     model = derive(lambda: model_config_from(config["model"]))
-    group = None if scheme == "bf16" else quant["group_size"]
+    label, group = ("bf16", None) if scheme == "bf16" else _quant_label(quant)
     return {
         "model": model.name if model else str(config["model"].get("name")),
         "n_params": model.n_params if model else None,
         "hidden_size": model.hidden_size if model else None,
         "tokens": derive(lambda: parse_tokens(config["tokens"])),
         "scheme": scheme,
-        "format": "bf16" if scheme == "bf16" else str(quant["format"]),
+        "format": label,
         "group_size": group if group in (None, "channel") else derive(lambda: int(group)),
         "lr": derive(lambda: float(config["optim"]["lr"])),
         "seed": derive(lambda: int(config["seed"])),

@@ -314,12 +314,18 @@ def base_format(label: str) -> str:
 def quant_identity(quant: Mapping[str, Any]) -> dict[str, Any]:
     """A quant config as a run's identity sees it: the optional settings at their "not used"
     values (or a block format's own defaults, floor and symmetric) are left out, so runs that
-    predate them keep their run_keys and one computation has one key."""
+    predate them keep their run_keys, and a block format's G written as its block is null:
+    one computation, one key."""
     fmt = quant.get("format")
-    own = {"scale_rounding": "floor", "int4_range": "symmetric"} if fmt in BLOCK_FORMATS else {}
+    own: dict[str, Any] = {}
+    identity = dict(quant)
+    if fmt in BLOCK_FORMATS:
+        own = {"scale_rounding": "floor", "int4_range": "symmetric"}
+        if identity.get("group_size") == BLOCK_FORMATS[fmt].block:
+            identity["group_size"] = None
     return {
         k: v
-        for k, v in quant.items()
+        for k, v in identity.items()
         if not (k in OPTIONAL_DEFAULTS and (v == OPTIONAL_DEFAULTS[k] or own.get(k, object()) == v))
     }
 

@@ -64,9 +64,10 @@ FORMATS: dict[str, QuantFormat] = {
     "int4_sym": QuantFormat("int4_sym", 4, 7.0, -7.0, 7.0, floating=False, clip_margin=0.5),
     # E2M1 magnitudes {0, .5, 1, 1.5, 2, 3, 4, 6}, s = absmax/6; the next level would be 8.
     "fp4": QuantFormat("fp4", 4, 6.0, -6.0, 6.0, floating=True, clip_margin=1.0),
+    # MX and NV block formats (docs/formats.md): E2M1 or symmetric INT4 under 8-bit block scales.
+    **{name: _block_format(name, enc.element == "e2m1") for name, enc in BLOCK_FORMATS.items()},
     # Ours for the FC2-input variant: symmetric INT8, s = absmax/127, codes [-127, 127].
     "int8": QuantFormat("int8", 8, 127.0, -127.0, 127.0, floating=False, clip_margin=0.5),
-    **{name: _block_format(name, enc.element == "e2m1") for name, enc in BLOCK_FORMATS.items()},
 }
 
 
