@@ -43,6 +43,7 @@ RUN_COLUMNS = ("N_cell", "D_cell", "scheme", "format", "group_size", "lr", "seed
 TWIN_COLUMNS = ("N_cell", "D_cell", "lr", "seed")
 SITES = ("qkv", "o", "fc1", "fc2")
 SITE_METRICS = ("kurtosis", "act_nmse", "weight_nmse")
+SITE_METRICS += ("kurtosis_rotated", "act_nmse_unrotated", "weight_nmse_unrotated")  # rotation
 # Site metric names in records written by older versions of the trainer.
 LEGACY_METRICS = {"act_nmse": "act_rel_err", "weight_nmse": "weight_rel_err"}
 

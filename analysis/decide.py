@@ -1,8 +1,10 @@
 """`qat-sweep decide`: the decisions people make from a fitted law, each with a bootstrap interval.
 
 For a model size and token budget: the group size that minimises loss under a memory budget in
-bits per weight (4 + scale bits / G), the token count at which delta exceeds a tolerance, the
-INT4-vs-FP4 crossover group size where both formats are fitted, and the effective parameter
+bits per weight (4 + scale bits / G; a block format has only its block, at its own scale bits),
+the fitted format and G that minimise it under the same budget (each encoding counted with its
+own scale bits: precision.bits_per_weight), the token count at which delta exceeds a tolerance,
+the INT4-vs-FP4 crossover group size where both formats are fitted, and the effective parameter
 multiplier. Every quantity is computed per bootstrap draw of the saved fit (bootstrap.npz), so
 its interval comes from the same resamples as the fit's own; extrapolations are flagged as
 `predict` flags them.
@@ -10,6 +12,7 @@ its interval comes from the same resamples as the fit's own; extrapolations are 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +26,8 @@ from qat_sweep.analysis.predict import (
     bootstrap_key,
     predict_point,
 )
+
+from qat_sweep.model.precision import BLOCK_FORMATS, base_format, bits_per_weight
 
 GROUP_CANDIDATES = (16, 32, 64, 128, 256, 512, 1024)
 DEFAULT_BITS, DEFAULT_SCALE_BITS, DEFAULT_TOLERANCE, DEFAULT_G = 4.25, 16, 0.05, 128
@@ -87,19 +92,39 @@ def _range_warnings(saved: SavedFit, column: str, value: float, label: str) -> l
     return []
 
 
-def best_group(saved: SavedFit, q: Question) -> dict[str, Any]:
-    """The G minimising delta (hence loss) among those with 4 + scale_bits / G <= bits."""
-    hidden = q.hidden_size
+def format_of(fit_key: str) -> str:
+    """The format of a fit key (``w4a4/mxfp4-had`` -> ``mxfp4``)."""
+    return base_format(fit_key.partition("/")[2])
+
+
+def group_options(fit_key: str, hidden: float | None) -> list[int | str]:
+    """The G a setting can take: a block format only its block, else the candidates below the
+    hidden size and per-channel."""
+    fmt = format_of(fit_key)
+    if fmt in BLOCK_FORMATS:
+        return [BLOCK_FORMATS[fmt].block]
     options: list[int | str] = [g for g in GROUP_CANDIDATES if hidden is None or g < hidden]
-    options += ["channel"] if hidden else []
+    return options + (["channel"] if hidden else [])
+
+
+def best_group(saved: SavedFit, q: Question) -> dict[str, Any]:
+    """The G minimising delta (hence loss) among those with 4 + scale_bits / G <= bits (a block
+    format: its block, if its own scale bits fit)."""
+    hidden = q.hidden_size
+    fmt = format_of(q.fit_key)
+    options = group_options(q.fit_key, hidden)
     values = np.array([group_value(g, hidden) for g in options])
-    bits = 4 + q.scale_bits / values
+    bits = np.array([bits_per_weight(fmt, v, q.scale_bits) for v in values])
     fits = bits <= q.bits + 1e-12
     if not fits.any():
-        smallest = 4 + q.scale_bits / values.max()
+        if fmt in BLOCK_FORMATS:
+            raise InputError(
+                f"{fmt} stores {bits[0]:.3f} bits per weight (4 + 8 / {options[0]}), more than "
+                f"--bits {q.bits:g}; allowed: --bits >= {bits[0]:.3f}"
+            )
         raise InputError(
             f"no group size fits {q.bits:g} bits per weight with {q.scale_bits:g}-bit scales "
-            f"(per-channel needs {smallest:.3f}); allowed: --bits > 4"
+            f"(per-channel needs {bits.min():.3f}); allowed: --bits > 4"
         )
     allowed = [g for g, ok in zip(options, fits, strict=True) if ok]
     point, draws = _draws(saved, q.fit_key)
@@ -115,12 +140,72 @@ def best_group(saved: SavedFit, q: Question) -> dict[str, Any]:
         "scale_bits": q.scale_bits,
         "allowed": [str(g) for g in allowed],
         "group_size": str(choice),
-        "bits_per_weight": float(4 + q.scale_bits / group_value(choice, hidden)),
+        "bits_per_weight": float(bits_per_weight(fmt, group_value(choice, hidden), q.scale_bits)),
         "share_of_draws": shares[str(choice)],
         "draw_shares": shares,
         "delta": pred["delta"],
         "qat_loss": pred["qat_loss"],
         "warnings": pred["warnings"],
+    }
+
+
+def best_format(saved: SavedFit, q: Question) -> dict[str, Any]:
+    """Among every fitted setting of the question's scheme (formats, rotations) and the G each
+    can take, the one with the least delta at (N, D) whose storage fits the budget: per-group
+    formats 4 + scale_bits / G, MX 4 + 8/32, NV 4 + 8/16 (its per-tensor FP32 scale adds
+    32 / elements of the tensor, under 1e-4 bits per weight for a real layer: left out)."""
+    scheme, hidden = q.fit_key.split("/")[0], q.hidden_size
+    keys = [
+        key
+        for key, fit in saved.result["delta"].items()
+        if key.split("/")[0] == scheme and fit["params"].get("k") is not None
+    ]
+    candidates: list[tuple[str, int | str, float]] = []
+    for key in keys:
+        for g in group_options(key, hidden):
+            bits = bits_per_weight(format_of(key), group_value(g, hidden), q.scale_bits)
+            if bits <= q.bits + 1e-12:
+                candidates.append((key, g, float(bits)))
+    if not candidates:
+        return {"available": False, "missing": f"no fitted {scheme} setting fits {q.bits:g} bits"}
+    fitted = {k: _draws(saved, k) for k in dict.fromkeys(c[0] for c in candidates)}
+    size = min(len(d) for _, d in fitted.values())
+    points, draws = [], []
+    for key, g, _ in candidates:
+        point, rows = fitted[key]
+        g_value = [group_value(g, hidden)]
+        points.append(float(np.exp(_log_delta(point, q.n_params, q.tokens, g_value))[0, 0]))
+        draws.append(np.exp(_log_delta(rows[:size], q.n_params, q.tokens, g_value))[:, 0])
+    choice = int(np.argmin(points))
+    picks = np.argmin(np.stack(draws, axis=1), axis=1) if size else np.array([], int)
+    warnings = []
+    for key in fitted:
+        fit = saved.result["delta"][key]
+        if "gamma_G" in fit.get("not_identifiable", []) and format_of(key) not in BLOCK_FORMATS:
+            warnings.append(
+                f"{key}: gamma_G not identified, so its delta is taken the same at every G"
+            )
+    warnings += _caveats(saved, tuple(fitted), size)
+    key, g, bits = candidates[choice]
+    return {
+        "available": True,
+        "bits_budget": q.bits,
+        "setting": key,
+        "group_size": str(g),
+        "bits_per_weight": bits,
+        "delta": points[choice],
+        "share_of_draws": float(np.mean(picks == choice)) if size else None,
+        "candidates": [
+            {
+                "setting": k,
+                "group_size": str(gc),
+                "bits_per_weight": b,
+                "delta": v,
+                "ci95": _interval(d),
+            }
+            for (k, gc, b), v, d in zip(candidates, points, draws, strict=True)
+        ],
+        "warnings": warnings,
     }
 
 
@@ -216,12 +301,15 @@ def decisions(saved: SavedFit, q: Question) -> dict[str, Any]:
         )
     if not 0 < q.tolerance < 10:
         raise InputError(f"--tolerance {q.tolerance}: need a loss gap between 0 and 10")
+    if format_of(q.fit_key) in BLOCK_FORMATS:  # its only G, whatever the question's default
+        q = dataclasses.replace(q, group_size=BLOCK_FORMATS[format_of(q.fit_key)].block)
     pred = predict_point(saved, q.n_params, q.tokens, q.fit_key, q.group_size, q.hidden_size)
     return {
         "n_params": q.n_params,
         "tokens": q.tokens,
         "setting": q.fit_key,
         "best_group_size": best_group(saved, q),
+        "best_format": best_format(saved, q),
         "tokens_to_tolerance": tokens_to_tolerance(saved, q),
         "int4_vs_fp4": crossover(saved, q),
         "eff_multiplier": {
@@ -233,8 +321,8 @@ def decisions(saved: SavedFit, q: Question) -> dict[str, Any]:
 
 
 def report_decisions(outcome: Any) -> list[dict[str, Any]]:
-    """Decisions for the report: every fully identified setting at the largest fitted (N, D)
-    and at 7B / 140B tokens (an extrapolation, flagged)."""
+    """Decisions for the report: every fully identified setting (a block format: but for its
+    gamma_G) at the largest fitted (N, D) and at 7B / 140B tokens (an extrapolation, flagged)."""
     from qat_sweep.analysis.pipeline import bootstrap_arrays
 
     res = outcome.result
@@ -247,8 +335,11 @@ def report_decisions(outcome: Any) -> list[dict[str, Any]]:
     points = [(n_max, d_max, float(hidden.iloc[0]) if len(hidden) else None), REPORT_POINT_7B]
     rows = []
     for key, fit in res["delta"].items():
-        if key.endswith("/fp4") or any(fit["params"].get(p) is None for p in DELTA_PARAMS):
-            continue
+        needed = [
+            p for p in DELTA_PARAMS if not (p == "gamma_G" and format_of(key) in BLOCK_FORMATS)
+        ]
+        if key.endswith("/fp4") or any(fit["params"].get(p) is None for p in needed):
+            continue  # a block format's gamma_G is never identified: its k holds the G term
         for n, d, h in points:
             try:
                 rows.append(decisions(saved, Question(n, d, h, key)))

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from qat_sweep.analysis.collect import InputError
 from qat_sweep.analysis.design import simulate as sim
+from qat_sweep.analysis.law import identify
 from qat_sweep.analysis.law.formulas import BASE_PARAMS, DELTA_PARAMS, bf16_loss
 
 
@@ -47,9 +48,12 @@ def target_intervals(target: sim.Target, refits: sim.Refits, prior: sim.Prior) -
     fitted = np.isfinite(refits.delta[target.fit_key][:, 0])
     est, ok = refits.delta[target.fit_key][fitted], refits.delta_ok[target.fit_key][fitted]
     warnings = []
+    block = identify.fixed_block(pd.DataFrame({"format": [target.fit_key.partition("/")[2]]}))
     for j, p in enumerate(DELTA_PARAMS[1:], start=1):
         left_out = float(np.mean(~np.isfinite(est[:, j]))) if len(est) else 1.0
         on_bound = float(np.mean(np.isfinite(est[:, j]) & ~ok[:, j])) if len(est) else 0.0
+        if p == "gamma_G" and block and g == block[1]:
+            left_out = 0.0  # at its own block k holds the G term: nothing is left out
         if left_out:
             warnings.append(
                 f"{p} left out as not identifiable in {100 * left_out:.0f}% of simulated fits "
@@ -82,6 +86,7 @@ def run_design(
 ) -> dict[str, Any]:
     """Simulate `n_sims` sweeps of `runs` and summarise what their fits would say."""
     start = time.perf_counter()
+    prior = sim.covering(prior, tuple(runs.loc[runs["scheme"] != "bf16", "fit_key"].unique()))
     truth = sim.true_losses(prior, runs)
     losses = sim.draw_losses(prior, runs, noise, n_sims, np.random.default_rng(seed), cell_noise)
     refits = sim.refit_many(runs, losses, truth)
@@ -89,8 +94,14 @@ def run_design(
     for key, est in refits.delta.items():
         params[key] = _param_rows(prior.delta[key], est, refits.delta_ok[key], DELTA_PARAMS)
     held = runs["holdout"].to_numpy(bool)
+    fixed = {}
+    for key in refits.delta:
+        block = identify.fixed_block(runs[runs["fit_key"] == key])
+        if block:
+            fixed[key] = identify.fixed_block_why(*block)
     return {
         "prior": {"source": prior.source, "notes": prior.notes},
+        "fixed_block": fixed,
         "noise": noise,
         "cell_noise": cell_noise,
         "sims": n_sims,
@@ -124,6 +135,7 @@ def format_design(res: dict[str, Any]) -> str:
         + (f" + {res['cell_noise']:g} per cell" if res["cell_noise"] else "")
         + f"; {res['sims']} simulated sweeps refitted as `fit` would in {res['seconds']:.1f} s",
         *[f"note: {n}" for n in res["prior"]["notes"]],
+        *[f"note: {key}: {why}" for key, why in res.get("fixed_block", {}).items()],
         "",
         f"{'setting':<18} {'param':<8} {'truth':>9} {'expected 95% interval':>26} "
         f"{'width':>9} {'identified':>10} {'left out':>8} {'excludes 0':>10}",

@@ -43,6 +43,7 @@ from qat_sweep.analysis.law.formulas import (
 
 from qat_sweep.common import parse_count, split_overrides
 from qat_sweep.estimates.flops import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS
+from qat_sweep.model.precision import BLOCK_FORMATS, base_format
 
 BASE_F_SCALE = 1e-3  # pipeline.Settings.base_f_scale: what `fit` uses unless told otherwise
 DEFAULT_NOISE = 0.01
@@ -106,6 +107,41 @@ def load_prior(spec: str | None) -> Prior:
         prior.notes.append(f"not in the prior fit, taken from the paper: {', '.join(unfitted)}")
     prior.noise = fit_noise(result)
     return prior
+
+
+ELEMENT_FORMAT = {"e2m1": "fp4", "int4": "int4"}
+
+
+def stand_in(key: str) -> str | None:
+    """The setting whose law a prior lends to ``key`` when it has none of its own: a block
+    format takes its element type with per-group scales (mxfp4, nvfp4 -> fp4; mxint4,
+    nvint4 -> int4), a rotated or otherwise labelled variant its plain format."""
+    scheme, _, label = key.partition("/")
+    fmt = base_format(label)
+    if fmt in BLOCK_FORMATS:
+        return f"{scheme}/{ELEMENT_FORMAT[BLOCK_FORMATS[fmt].element]}"
+    return f"{scheme}/{fmt}" if fmt != label else None
+
+
+def covering(prior: Prior, keys: list[str] | tuple[str, ...]) -> Prior:
+    """The prior with a law for every setting of ``keys``, borrowed (stand_in) where it has
+    none and said so in its notes: the neutral assumption (ours) that neither an 8-bit block
+    scale nor a rotation changes delta beyond the element type's law at G = the block. Keys
+    with no stand-in in the prior stay missing (true_losses names them)."""
+    delta, notes = dict(prior.delta), list(prior.notes)
+    borrowed: dict[str, list[str]] = {}
+    for key in sorted(set(keys) - set(delta)):
+        source = stand_in(key)
+        if source in delta:
+            delta[key] = dict(delta[source])
+            borrowed.setdefault(source, []).append(key)
+    for source, names in borrowed.items():
+        notes.append(
+            f"{', '.join(names)}: not in the prior; {source}'s law stands in (at G = the block "
+            "for a block format): the assumption that neither the block scale nor the rotation "
+            "changes delta (ours)"
+        )
+    return Prior(prior.base, delta, prior.source, prior.noise, notes)
 
 
 def fit_noise(result: dict[str, Any]) -> float | None:
@@ -400,7 +436,14 @@ def parse_target(text: str) -> Target:
     scheme = fields.get("scheme", "w4a4").lower()
     if scheme == "bf16":
         raise InputError(f"--target {text!r}: targets are quantized settings (delta), not bf16")
-    group = fields.get("group_size", "128")
+    fmt = fields.get("format", "int4").lower()
+    block = BLOCK_FORMATS[base_format(fmt)].block if base_format(fmt) in BLOCK_FORMATS else None
+    group = fields.get("group_size", str(block or 128))
+    if block and group != str(block):
+        raise InputError(
+            f"--target {text!r}: group_size={group} with format {fmt}: its block of {block} is "
+            f"part of the format; allowed: {block} (or leave group_size out)"
+        )
     if group != "channel":
         try:
             group = int(group)
@@ -414,6 +457,6 @@ def parse_target(text: str) -> Target:
             f"--target {text!r}: group_size={group} gives G={g}; need 1 < G <= 1e6 "
             "(channel needs model= or hidden_size=)"
         )
-    key = f"{scheme}/{fields.get('format', 'int4').lower()}"
+    key = f"{scheme}/{fmt}"
     label = f"{fields.get('model', f'{n_params:.3g}')}/{fields['tokens']} {key} G={group}"
     return Target(float(n_params), hidden, float(tokens), key, group, label)

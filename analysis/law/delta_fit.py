@@ -58,6 +58,9 @@ def delta_design(rows: pd.DataFrame, terms: tuple[str, ...] = DELTA_COLUMNS) -> 
     raw = _raw_columns(rows["n_params"], rows["tokens"], rows["G"])
     what = {"gamma_N": "N", "gamma_D": "D", "gamma_G": "G"}
     dropped = {c: f"single {what[c]} value in the data" for c in terms if np.ptp(raw[c]) < 1e-9}
+    block = identify.fixed_block(rows)
+    if block and "gamma_G" in terms:
+        dropped["gamma_G"] = identify.fixed_block_why(*block)
     kept = [c for c in terms if c not in dropped]
     if len(kept) > 1:
         centred = np.column_stack([raw[c] - raw[c].mean() for c in kept])
@@ -163,11 +166,13 @@ def separate_exponents(
     """Drop, one at a time, the exponents this grid cannot separate; report every decision."""
     raw = _raw_columns(rows["n_params"], rows["tokens"], rows["G"])
     decisions: dict[str, dict[str, Any]] = {}
+    fixed = identify.fixed_block(rows) is not None
     for name, why in design.dropped.items():
         decisions[name] = {
             "separable": False,
             "why": why,
             "action": "refit without it (fixed at 0)",
+            **({"fixed_by_format": True} if fixed and name == "gamma_G" else {}),
         }
     kept = list(design.columns)
     while kept:

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from qat_sweep.analysis.cells import cell_values
 
+from qat_sweep.model.precision import BLOCK_FORMATS, base_format
+
 V_MIN = 0.05  # independent share of a regressor's spread below this: collinear (VIF > 400)
 SE_MAX = 0.3  # an exponent's standard error above this: its 95% interval spans +-0.6 or more
 OUTLIER_Z = 3.5  # |robust residual| > 3.5 robust sd (MAD x 1.4826): listed as an outlier
@@ -30,6 +32,29 @@ SEPARATE_BY = {
 }
 
 
+def fixed_block(rows: pd.DataFrame) -> tuple[str, int] | None:
+    """(format, block) when the rows are all one block format (MX/NV): its G is its block,
+    so gamma_G cannot be separated within it whatever the grid (None otherwise)."""
+    if "format" not in rows.columns or rows.empty:
+        return None
+    formats = {base_format(str(f)) for f in rows["format"]}
+    fmt = formats.pop() if len(formats) == 1 else None
+    return (fmt, BLOCK_FORMATS[fmt].block) if fmt in BLOCK_FORMATS else None
+
+
+def fixed_block_why(fmt: str, block: int) -> str:
+    return (
+        f"G is {fmt}'s block ({block}), part of the format: gamma_G cannot be separated within "
+        f"it; k holds (log2 {block})^gamma_G"
+    )
+
+
+FIXED_BLOCK_REMEDY = (
+    "No runs of this format can separate it (its block is fixed); compare formats at their "
+    "blocks instead (decide's best format under a bits-per-weight budget)"
+)
+
+
 def separate_by(name: str) -> str:
     """The sentence saying which runs would separate an exponent, capitalised."""
     text = SEPARATE_BY.get(name, "")
@@ -38,7 +63,10 @@ def separate_by(name: str) -> str:
 
 def remedy(name: str, entry: dict[str, Any]) -> str:
     """What would identify an exponent: other runs when the grid ties it to another axis, more
-    seeds or a wider range when the grid varies it but the runs' noise leaves it loose."""
+    seeds or a wider range when the grid varies it but the runs' noise leaves it loose; nothing
+    when the format fixes it (a block format's G)."""
+    if entry.get("fixed_by_format"):
+        return FIXED_BLOCK_REMEDY
     if entry.get("independent_variation", 0.0) < V_MIN:
         return separate_by(name)
     axis = AXIS.get(name, name)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from qat_sweep.analysis import paper
 from qat_sweep.analysis.cells import cell_values
-from qat_sweep.analysis.collect import SITES
+from qat_sweep.analysis.collect import SITE_METRICS, SITES
 from qat_sweep.analysis.law.base_fit import LawFit
 
 from qat_sweep.common import finite_or_none
@@ -159,13 +159,47 @@ def int4_vs_fp4(quant: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def _group_text(group: Any) -> str:
+    """G as written in a sweep: 32 (not the 32.0 of a float column), or channel."""
+    return str(int(group)) if isinstance(group, float) and group.is_integer() else str(group)
+
+
+def format_comparison(quant: pd.DataFrame) -> dict[str, Any]:
+    """Every format (label: rotation and encoding variants apart) of every scheme: its runs,
+    its mean delta per G, and its gap to INT4 at the same G in the cells both have (negative:
+    better than INT4); a block format sits at its block. INT4's own row has no gap."""
+    if quant.empty:
+        return {"available": False, "missing": "no quantized runs"}
+    out: dict[str, Any] = {}
+    for key in sorted(quant["fit_key"].unique()):
+        scheme = key.split("/")[0]
+        part = _by_cell(quant[quant["fit_key"] == key])
+        per_g = part.assign(group_size=part["group_size"].map(_group_text))
+        per_g = per_g.groupby("group_size", sort=False)["delta"].mean()
+        entry: dict[str, Any] = {
+            "runs": len(part),
+            "cells": int(part[["n_params", "tokens"]].drop_duplicates().shape[0]),
+            "mean_delta_per_G": {str(g): float(v) for g, v in per_g.items()},
+            "minus_int4_per_G": None,
+        }
+        reference = f"{scheme}/int4"
+        if key != reference and (quant["fit_key"] == reference).any():
+            both = _delta_of(quant, key, "this").merge(
+                _delta_of(quant, reference, "int4").drop(columns="group_size"), on=MATCH
+            )
+            both["gap"] = both["this"] - both["int4"]
+            gaps = both.groupby(both["group_size"].map(_group_text), sort=False)["gap"].mean()
+            entry["minus_int4_per_G"] = {str(g): float(v) for g, v in gaps.items()}
+        out[key] = entry
+    return {"available": True, "settings": out}
+
+
 def site_metrics(table: pd.DataFrame) -> dict[str, Any]:
     """Mean per-site kurtosis and quantization error (metrics.quant) per scheme."""
     cols = [
         c
         for c in table.columns
-        if c.split("_")[-1] in SITES
-        and c.rsplit("_", 1)[0] in ("kurtosis", "act_nmse", "weight_nmse")
+        if c.split("_")[-1] in SITES and c.rsplit("_", 1)[0] in SITE_METRICS
     ]
     usable = table[table["excluded"] == ""]
     if not cols or usable[cols].isna().all().all():
@@ -173,7 +207,7 @@ def site_metrics(table: pd.DataFrame) -> dict[str, Any]:
             "available": False,
             "missing": "no metrics.quant.sites in the records (or a table without them)",
         }
-    means = usable.groupby("fit_key")[cols].mean()
+    means = usable.groupby("fit_key")[cols].mean().dropna(axis=1, how="all")
     return {
         "available": True,
         "mean_per_setting": {
@@ -238,6 +272,7 @@ def run_all(table: pd.DataFrame, quant: pd.DataFrame, deltas: dict[str, LawFit])
         "ratio_R": ratio_r(quant),
         "fc2_8bit": fc2_effect(quant),
         "int4_vs_fp4": int4_vs_fp4(quant),
+        "formats": format_comparison(quant),
         "sites": site_metrics(table),
         "contour_slopes": contour_slopes(deltas),
     }

@@ -254,6 +254,31 @@ def analyses_section(res: dict[str, Any]) -> Section:
             )
         else:
             text.append(f"8-bit FC2 input, {scheme}: not available, {item['missing']}.")
+    formats = an.get("formats", {})
+    if formats.get("available"):
+        rows = [
+            {
+                "setting": key,
+                "runs": item["runs"],
+                "(N, D) cells": item["cells"],
+                "mean delta per G": ", ".join(
+                    f"G={g}: {_f(v, 4)}" for g, v in item["mean_delta_per_G"].items()
+                ),
+                "minus INT4 at the same G (matched cells; negative: better)": ", ".join(
+                    f"G={g}: {_f(v, 4)}" for g, v in item["minus_int4_per_G"].items()
+                )
+                if item["minus_int4_per_G"]
+                else "-",
+            }
+            for key, item in formats["settings"].items()
+        ]
+        tables.append(
+            (
+                "Formats compared (a block format at its block; -had: Hadamard rotation; "
+                "docs/formats.md)",
+                pd.DataFrame(rows),
+            )
+        )
     sites = an["sites"]
     if sites.get("available"):
         frame = pd.DataFrame(sites["mean_per_setting"]).T.map(lambda v: _f(v, 3))
@@ -307,9 +332,13 @@ def decisions_section(res: dict[str, Any]) -> Section:
             cross = (
                 f"G = {_f(cx['group_size'], 3)} {_ci(cx['ci95'])}" if cx["group_size"] else "none"
             )
+        bf = d.get("best_format") or {}
         rows.append({
             "setting": d["setting"], "N": _f(d["n_params"], 3), "D": _f(d["tokens"], 3),
             f"best G at {_f(bg['bits_budget'])} bits": f"{bg['group_size']} ({_pct(bg['share_of_draws'])} of draws)",
+            "best fitted format at that budget": (
+                f"{bf['setting']} G={bf['group_size']} ({_f(bf['bits_per_weight'], 4)} bits, "
+                f"{_pct(bf['share_of_draws'])} of draws)" if bf.get("available") else "n/a"),
             f"D where delta = {_f(tt['tolerance'])} (G={tt['group_size']})": f"{_f(tt['tokens'], 3)} {_ci(tt['ci95'])}",
             "INT4 = FP4 at": cross,
             "eff. multiplier": f"{_f(eff['value'], 3)} {_ci(eff.get('ci95'))}",
@@ -317,7 +346,9 @@ def decisions_section(res: dict[str, Any]) -> Section:
         })  # fmt: skip
     text = [
         "Per setting: the group size minimising loss within a memory budget of 4 + 16/G bits per "
-        "weight, the tokens at which delta reaches the tolerance, the G at which INT4 and FP4 "
+        "weight, the fitted format and G of that scheme minimising it within the same budget (MX "
+        "formats store 4 + 8/32 bits per weight, NV formats 4 + 8/16 plus a negligible per-tensor "
+        "FP32 scale), the tokens at which delta reaches the tolerance, the G at which INT4 and FP4 "
         "delta cross (where both are fitted) and the effective parameter multiplier; brackets are "
         "95% intervals over the bootstrap draws (n/a as an upper end: some draws never get there). "
         "`qat-sweep decide` asks at any point."

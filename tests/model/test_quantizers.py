@@ -283,7 +283,9 @@ def test_all_zero_group_gives_zeros(fmt: str) -> None:
 
 def test_errors_name_the_bad_value() -> None:
     x = torch.zeros(4, 100)
-    with pytest.raises(ValueError, match=r"'int3'.*int4, int4_sym, fp4, mxfp4, mxint4, nvfp4, nvint4, int8"):
+    with pytest.raises(
+        ValueError, match=r"'int3'.*int4, int4_sym, fp4, mxfp4, mxint4, nvfp4, nvint4, int8"
+    ):
         fake_quantize(x, "int3", 10)
     with pytest.raises(ValueError, match=r"group size 48 .* 100 .*\(4, 100\)"):
         fake_quantize(x, "int4", 48)

@@ -1,5 +1,6 @@
 """`qat-sweep decide --fit DIR model=... tokens=...`: decisions from a fitted law (best group size
-under a memory budget, tokens to a delta tolerance, INT4 vs FP4, effective parameters)."""
+and best fitted format under a memory budget, tokens to a delta tolerance, INT4 vs FP4,
+effective parameters)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ def format_decisions(res: dict[str, Any]) -> str:
     bg, tt, cx, eff = (
         res[k] for k in ("best_group_size", "tokens_to_tolerance", "int4_vs_fp4", "eff_multiplier")
     )
+    bf = res["best_format"]
     lines = [
         f"N = {res['n_params']:.4g}, D = {res['tokens']:.4g}, setting {res['setting']}",
         f"best group size under {bg['bits_budget']:g} bits/weight ({bg['scale_bits']:g}-bit scales): "
@@ -68,6 +70,15 @@ def format_decisions(res: dict[str, Any]) -> str:
         + (f"{100 * bg['share_of_draws']:.0f}% of bootstrap draws" if bg["share_of_draws"] is not None else "no bootstrap draws")
         + f"; delta {bg['delta']['value']:.4f} "
         f"{_ci(bg['delta'])}, QAT loss {bg['qat_loss']['value']:.4f} {_ci(bg['qat_loss'])}",
+        (
+            f"best fitted format under {bf['bits_budget']:g} bits/weight (each with its own scale "
+            f"bits): {bf['setting']} G = {bf['group_size']} ({bf['bits_per_weight']:.3f} bits), "
+            f"delta {bf['delta']:.4f}, chosen by "
+            + (f"{100 * bf['share_of_draws']:.0f}% of bootstrap draws" if bf["share_of_draws"] is not None else "no bootstrap draws")
+            + "; " + ", ".join(f"{c['setting']} G={c['group_size']} ({c['bits_per_weight']:.3f} bits) {c['delta']:.4f}"
+                               for c in sorted(bf["candidates"], key=lambda c: c["delta"])[:6])
+            if bf["available"] else f"best format: not available ({bf['missing']})"
+        ),
         f"tokens at which delta reaches {tt['tolerance']:g} (G = {tt['group_size']}): "
         + (f"{tt['tokens']:.3g} ({tt['tokens_per_param']:.3g} per parameter) {_ci(tt, '{:.3g}')}" if tt["tokens"] else "never (delta does not grow with D)"),
         "INT4 vs FP4: "
@@ -80,7 +91,7 @@ def format_decisions(res: dict[str, Any]) -> str:
         ),
         f"effective parameter multiplier (G = {eff['group_size']}): {eff['value']:.3f} {_ci(eff, '{:.3f}')}",
     ]  # fmt: skip
-    warnings = [*bg["warnings"], *tt["warnings"], *cx.get("warnings", [])]
+    warnings = [*bg["warnings"], *bf.get("warnings", []), *tt["warnings"], *cx.get("warnings", [])]
     lines += [f"warning: {w}" for w in dict.fromkeys(warnings)]
     return "\n".join(lines)
 

@@ -380,6 +380,9 @@ class Trainer:
         for site, values in stats["sites"].items():
             for name in ("kurtosis", "act_nmse", "weight_nmse"):
                 row[f"quant/{site}/{name}"] = values[name]
+            for name in ("kurtosis_rotated", "act_nmse_unrotated", "weight_nmse_unrotated"):
+                if values[name] is not None:  # a rotated run's before/after
+                    row[f"quant/{site}/{name}"] = values[name]
         return row | {"_stats": stats}
 
     def finish(self) -> dict[str, Any]:
