@@ -35,6 +35,8 @@ def test_defaults_and_bf16_always_measured() -> None:
         ("compile=maybe", "compile='maybe': allowed: auto, true, false, both"),
         ("device=tpu", "device='tpu': allowed: auto, cpu, cuda"),
         ("warmup=-1", "warmup='-1': must be >= 0"),
+        ("format=int4,int3", r"unknown formats \['int3'\]; allowed: int4, int4_sym, fp4, mxfp4"),
+        ("rotation=givens", r"unknown rotations \['givens'\]; allowed: none, hadamard"),
     ],
 )
 def test_bad_arguments_are_named(arg: str, pattern: str) -> None:
@@ -74,6 +76,22 @@ def test_tiny_run_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert rows["bf16", None]["rel_to_bf16"] == 1.0 and rows["w4a4", 16]["mfu"] is None
     assert all(len(row["times_s"]) == 2 and row["median_s"] > 0 for row in rows.values())
     assert result["n_params"] == load_preset("0.2M").n_params and result["micro_batch"] == 1
+
+
+def test_block_formats_and_rotation_side_by_side(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    out = tmp_path / "bench.json"
+    args = ["model=0.2M", "batch=2", "seq_len=16", "steps=1", "warmup=1", "schemes=w4a4"]
+    args += ["format=int4,mxfp4,nvint4", "group_size=16", "rotation=none,hadamard"]
+    assert main([*args, "compile=false", "vocab_size=64", f"json={out}"]) == 0
+    rows = json.loads(out.read_text())["results"]
+    timed = {(r["format"], r["group_size"], r["rotation"]) for r in rows if r["scheme"] != "bf16"}
+    assert timed == {
+        (fmt, group, rotation)
+        for fmt, group in (("int4", 16), ("mxfp4", 32), ("nvint4", 16))
+        for rotation in ("none", "hadamard")
+    }
+    assert all(r["rel_to_bf16"] > 0 and r["act_quantizer"] == "absmax" for r in rows[1:])
 
 
 def test_micro_batch_must_divide_the_batch() -> None:

@@ -19,7 +19,7 @@ from qat_sweep.common import (
     resolve_device,
     write_json_atomic,
 )
-from qat_sweep.model.precision import SCHEMES
+from qat_sweep.model.precision import ROTATIONS, SCHEMES, WEIGHT_FORMATS
 from qat_sweep.model.presets import PAPER_PRESETS, PAPER_VOCAB, load_preset
 from qat_sweep.model.transformer import compile_enabled
 from qat_sweep.train.bench import BenchSettings, run
@@ -33,6 +33,17 @@ def _schemes(value: str) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"unknown schemes {unknown}; allowed: {', '.join(SCHEMES)}")
     return schemes if "bf16" in schemes else ("bf16", *schemes)
+
+
+def _choices(allowed: tuple[str, ...], what: str) -> Callable[[str], tuple[str, ...]]:
+    def parse(value: str) -> tuple[str, ...]:
+        chosen = tuple(dict.fromkeys(v for v in value.split(",") if v))
+        unknown = [v for v in chosen if v not in allowed]
+        if unknown or not chosen:
+            raise ValueError(f"{what} {unknown or 'empty'}; allowed: {', '.join(allowed)}")
+        return chosen
+
+    return parse
 
 
 def _group_sizes(value: str) -> tuple[int | str, ...]:
@@ -64,8 +75,9 @@ KEYS: dict[str, Callable[[str], Any]] = {
     "steps": parse_int,
     "warmup": partial(parse_int, minimum=0),
     "schemes": _schemes,  # BF16 is always measured: it is the reference
-    "format": str,
-    "group_size": _group_sizes,  # or a list (128,channel): each quantized scheme once per G
+    "format": _choices(WEIGHT_FORMATS, "unknown formats"),  # or a list (int4,mxfp4,nvfp4)
+    "group_size": _group_sizes,  # or a list (128,channel): each per-group format once per G
+    "rotation": _choices(ROTATIONS, "unknown rotations"),  # or none,hadamard: both
     "act_quantizer": str,
     "vocab_size": parse_int,  # default: the preset's, else OLMo-2's for paper presets, else 4096
     "compile": _compile,  # as train.compile (auto = on CUDA, off on CPU), or both
@@ -78,6 +90,7 @@ KEYS: dict[str, Callable[[str], Any]] = {
 DEFAULTS = {"model": "1M", "batch": "8", "steps": "10", "warmup": "3", "format": "int4"}
 DEFAULTS |= {"schemes": "bf16,w4a4,w4a16,w16a4,w4a4_fc2a8", "group_size": "32", "seed": "0"}
 DEFAULTS |= {"act_quantizer": "auto", "compile": "auto", "device": "auto", "json": ""}
+DEFAULTS |= {"rotation": "none"}
 
 
 def parse_args(argv: list[str]) -> BenchSettings:
@@ -101,9 +114,10 @@ def parse_args(argv: list[str]) -> BenchSettings:
         steps=opts["steps"],
         warmup=opts["warmup"],
         schemes=opts["schemes"],
-        format=opts["format"],
+        formats=opts["format"],
         group_sizes=opts["group_size"],
         act_quantizer=opts["act_quantizer"],
+        rotations=opts["rotation"],
         vocab_size=vocab,
         compile=_compile_settings(opts["compile"], device),
         device=device,
@@ -120,13 +134,16 @@ def format_table(result: dict[str, Any]) -> str:
         f"batch={result['batch']}{micro} seq_len={result['seq_len']} {result['format']} "
         f"on {result['device']}, median of {result['steps']} steps"
     )
-    columns = ("scheme", "G", "act", "compiled", "ms/step", "vs bf16", "tokens/s", "MFU", "peak GB")
-    widths = (12, 8, 7, 9, 10, 9, 12, 8, 9)
+    columns = ("scheme", "format", "G", "act", "compiled", "ms/step", "vs bf16", "tokens/s")
+    columns += ("MFU", "peak GB")
+    widths = (12, 12, 8, 7, 9, 10, 9, 12, 8, 9)
     lines = [header, "".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True))]
     for row in result["results"]:
         memory = row["peak_memory_gb"]
+        rotated = "-had" if row["rotation"] == "hadamard" else ""
         cells = (
             row["scheme"],
+            "-" if row["scheme"] == "bf16" else row["format"] + rotated,
             "-" if row["group_size"] is None else str(row["group_size"]),
             row["act_quantizer"] or "-",
             "yes" if row["compile"] else "no",

@@ -23,7 +23,7 @@ from torch import Tensor
 from qat_sweep.config.compose import compose_run
 from qat_sweep.data.prefetch import Prefetcher
 from qat_sweep.estimates.flops import flops_per_token, mfu, peak_flops
-from qat_sweep.model.precision import QuantConfig
+from qat_sweep.model.precision import BLOCK_FORMATS, QuantConfig
 from qat_sweep.model.presets import ModelConfig
 from qat_sweep.model.transformer import build_model, compile_blocks
 from qat_sweep.train.recipe import make_optimizer, train_step
@@ -38,9 +38,10 @@ class BenchSettings:
     steps: int
     warmup: int
     schemes: tuple[str, ...]
-    format: str
-    group_sizes: tuple[int | str, ...]
+    formats: tuple[str, ...]
+    group_sizes: tuple[int | str, ...]  # for the per-group formats; a block format uses its block
     act_quantizer: str
+    rotations: tuple[str, ...]
     vocab_size: int
     compile: tuple[bool, ...]  # one entry, or (True, False) for compile=both
     device: torch.device
@@ -50,10 +51,13 @@ class BenchSettings:
 
 @dataclass(frozen=True)
 class Variant:
-    """One timed configuration: scheme, group size (None for BF16) and compile setting."""
+    """One timed configuration: scheme, format, group size (None for BF16 and a block format),
+    rotation and compile setting."""
 
     scheme: str
+    format: str
     group_size: int | str | None
+    rotation: str
     compiled: bool
 
 
@@ -88,7 +92,31 @@ class SchemeStep:
 def _quant(settings: BenchSettings, variant: Variant) -> QuantConfig | None:
     if variant.scheme == "bf16":
         return None
-    return QuantConfig(variant.scheme, settings.format, variant.group_size, settings.act_quantizer)
+    return QuantConfig(
+        variant.scheme,
+        variant.format,
+        variant.group_size,
+        settings.act_quantizer,
+        rotation=variant.rotation,
+    )
+
+
+def variants(settings: BenchSettings) -> list[Variant]:
+    """BF16 once per compile setting, then every scheme x format x G x rotation."""
+    out = []
+    for compiled in settings.compile:
+        out.append(Variant("bf16", "bf16", None, "none", compiled))
+        for scheme in settings.schemes:
+            if scheme == "bf16":
+                continue
+            for fmt in settings.formats:
+                groups = (None,) if fmt in BLOCK_FORMATS else settings.group_sizes
+                out += [
+                    Variant(scheme, fmt, group, rotation, compiled)
+                    for group in groups
+                    for rotation in settings.rotations
+                ]
+    return out
 
 
 def _make_step(settings: BenchSettings, variant: Variant, n_steps: int) -> SchemeStep:
@@ -128,20 +156,15 @@ def run(settings: BenchSettings) -> dict[str, Any]:
             f"seq_len {settings.model.seq_len}"
         )
     n_steps = settings.warmup + settings.steps
-    variants = [
-        Variant(scheme, group, compiled)
-        for compiled in settings.compile
-        for scheme in settings.schemes
-        for group in ((None,) if scheme == "bf16" else settings.group_sizes)
-    ]
-    steps = {v: _make_step(settings, v, n_steps) for v in variants}
-    times: dict[Variant, list[float]] = {v: [] for v in variants}
+    timed = variants(settings)
+    steps = {v: _make_step(settings, v, n_steps) for v in timed}
+    times: dict[Variant, list[float]] = {v: [] for v in timed}
     first: dict[Variant, float] = {}
-    peak_bytes = dict.fromkeys(variants, 0)
-    n = len(variants)
+    peak_bytes = dict.fromkeys(timed, 0)
+    n = len(timed)
     try:
         for rep in range(n_steps):
-            for variant in [variants[(rep + k) % n] for k in range(n)]:
+            for variant in [timed[(rep + k) % n] for k in range(n)]:
                 elapsed, transient = _time(steps[variant], settings.device)
                 peak_bytes[variant] = max(peak_bytes[variant], transient)
                 first.setdefault(variant, elapsed)
@@ -155,16 +178,18 @@ def run(settings: BenchSettings) -> dict[str, Any]:
     peak = peak_flops(settings.device)
     cuda = settings.device.type == "cuda"
     results = []
-    for v in variants:
+    for v in timed:
         median = statistics.median(times[v])
-        base = statistics.median(times[Variant("bf16", None, v.compiled)])
+        base = statistics.median(times[Variant("bf16", "bf16", None, "none", v.compiled)])
         tokens_per_s = tokens_per_step / median
         memory = peak_bytes[v] + steps[v].state_bytes()
         quant = _quant(settings, v)
         results.append(
             {
                 "scheme": v.scheme,
-                "group_size": v.group_size,
+                "format": v.format,
+                "group_size": quant.group if quant else None,
+                "rotation": v.rotation,
                 "act_quantizer": quant.resolved_act_quantizer if quant else None,
                 "compile": v.compiled,
                 "median_s": median,
@@ -186,9 +211,10 @@ def run(settings: BenchSettings) -> dict[str, Any]:
         "seq_len": settings.seq_len,
         "steps": settings.steps,
         "warmup": settings.warmup,
-        "format": settings.format,
+        "format": ",".join(settings.formats),
         "group_sizes": list(settings.group_sizes),
         "act_quantizer": settings.act_quantizer,
+        "rotation": ",".join(settings.rotations),
         "compile": "both" if len(settings.compile) > 1 else settings.compile[0],
         "device": device_name,
         "threads": torch.get_num_threads(),
