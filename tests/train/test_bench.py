@@ -105,6 +105,10 @@ def test_bad_seq_len_for_preset() -> None:
     assert main(["model=0.2M", "seq_len=4096", "steps=1"]) == 2
 
 
+BLOCKS = [("mxfp4", 32), ("nvfp4", 16), ("mxint4", 32), ("nvint4", 16)]
+ROTATED = [("int4", 32), ("mxfp4", 32), ("nvfp4", 16)]
+
+
 @pytest.mark.slow
 def test_gpu_check_runs_scaled_down_on_cpu(tmp_path: Path) -> None:
     script = Path(__file__).parents[2] / "scripts" / "gpu-check"
@@ -117,21 +121,23 @@ def test_gpu_check_runs_scaled_down_on_cpu(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "gpu-check.json").read_text())
     assert result["mode"] == "cpu"
     variants = {
-        (r["scheme"], r["group_size"], r["act_quantizer"], r["compile"]) for r in result["bench"]
+        (r["scheme"], r["format"], r["group_size"], r["rotation"], r["act_quantizer"], r["compile"])
+        for r in result["bench"]
     }
-    assert variants == {
-        (scheme, group, act, compiled)
-        for compiled in (True, False)
-        for scheme, group, act in (
-            ("bf16", None, None),
-            ("w4a4", 32, "absmax"),
-            ("w4a4", "channel", "lac"),
-        )
-    }
+    both, compiled_only = (True, False), (True,)
+    expected = [
+        (("bf16", "bf16", None, "none", None), both),
+        (("w4a4", "int4", 32, "none", "absmax"), both),
+        (("w4a4", "int4", "channel", "none", "lac"), both),
+        *((("w4a4", f, g, "none", "absmax"), both) for f, g in BLOCKS),
+        *((("w4a4", f, g, "hadamard", "absmax"), compiled_only) for f, g in ROTATED),
+    ]
+    assert variants == {(*v, c) for v, settings in expected for c in settings}
     trained = result["train"]
     record = json.loads(Path(trained["record"]).read_text())
     assert record["status"] == "completed" and record["metrics"]["steps"] == 10
     assert record["scheme"] == "w4a4" and record["loss"] == trained["loss"]
     assert record["config"]["train"]["micro_batch_seqs"] == 8
-    assert "bench 0.2M w4a4 G=channel lac compiled" in proc.stdout and "MFU" in proc.stdout
-    assert len(result["targets"]) == 2  # compiled W4A4 vs BF16 per G; MFU only on a GPU
+    assert "bench 0.2M w4a4 int4 G=channel lac compiled" in proc.stdout and "MFU" in proc.stdout
+    assert "bench 0.2M w4a4 mxfp4-had G=32 absmax compiled" in proc.stdout
+    assert len(result["targets"]) == 6  # compiled unrotated W4A4 vs BF16; MFU only on a GPU

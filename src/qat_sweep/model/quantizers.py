@@ -36,16 +36,13 @@ class QuantFormat:
     qmax: float
     floating: bool  # True: E2M1 grid, False: integer grid
     clip_margin: float
-    # Block formats only: the fixed block, its scale (e8m0 | e4m3) and the E8M0 rounding.
+    # Block formats only: the fixed block, its scale (e8m0 | e4m3), the E8M0 rounding, and
+    # emax, floor(log2) of the largest element (E2M1: 6 -> 2, INT4: 7 -> 2): the OCP MX rule's
+    # emax_elem, so a floor scale puts a block's AbsMax in [4, 8) before clamping.
     block: int | None = None
     scale: str = "absmax"
     scale_rounding: str = "floor"
-
-    @property
-    def emax(self) -> int:
-        """floor(log2) of the largest element (E2M1: 6 -> 2, INT4: 7 -> 2): the OCP MX rule's
-        emax_elem, so a floor scale puts a block's AbsMax in [4, 8) before clamping."""
-        return int(self.qmax).bit_length() - 1
+    emax: int = 0
 
 
 def _block_format(name: str, floating: bool) -> QuantFormat:
@@ -54,7 +51,10 @@ def _block_format(name: str, floating: bool) -> QuantFormat:
     top = 6.0 if floating else 7.0
     encoding = BLOCK_FORMATS[name]
     margin = 1.0 if floating else 0.5
-    return QuantFormat(name, 4, top, -top, top, floating, margin, encoding.block, encoding.scale)
+    emax = int(top).bit_length() - 1
+    return QuantFormat(
+        name, 4, top, -top, top, floating, margin, encoding.block, encoding.scale, emax=emax
+    )
 
 
 FORMATS: dict[str, QuantFormat] = {

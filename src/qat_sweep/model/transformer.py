@@ -213,11 +213,14 @@ def compile_blocks(model: Transformer) -> Transformer:
     logits into the cross-entropy. Only forwards are compiled, not module calls: module hooks
     (FSDP's all-gathers, activation checkpointing) stay outside the graphs, and parameter
     names do not change, so checkpoints move freely between compiled and eager runs.
-    ``fullgraph`` makes a graph break an error instead of a silent slowdown.
+    ``fullgraph`` makes a graph break an error instead of a silent slowdown. ``dynamic=False``:
+    a run's shapes and formats never change, and where one process compiles several formats
+    (bench) automatic dynamic would trace the second one's numbers (qmax, divisor) as symbols,
+    which an autograd.Function cannot lift; each model gets graphs of its own constants.
     """
     for block in model.blocks:
-        block.forward = torch.compile(block.forward, fullgraph=True)
-    model.loss = torch.compile(model.loss, fullgraph=True)
+        block.forward = torch.compile(block.forward, fullgraph=True, dynamic=False)
+    model.loss = torch.compile(model.loss, fullgraph=True, dynamic=False)
     return model
 
 
