@@ -227,6 +227,14 @@ def test_int4_full_range_reaches_minus_8_only_on_the_negative_side() -> None:
     assert full[0, :2].tolist() == [-8.0, 7.0] and symmetric[0, :2].tolist() == [-7.0, 7.0]
 
 
+def test_nvint4_full_range_changes_nothing() -> None:
+    """E4M3 rounds a block scale by at most 1/16, so |x| / scale <= 7 x 17/16 < 7.5: no value
+    reaches -8 under an NV scale (it does under MX's power-of-two scale, above)."""
+    x = inputs("student_t3", torch.float32)
+    full = fake_quantize(x, get_format("nvint4", int4_range="full"), None)
+    assert torch.equal(full, fake_quantize(x, "nvint4", None))
+
+
 @pytest.mark.parametrize("fmt", ["mxfp4", "mxint4"])
 def test_ste_zero_gradient_where_saturated(fmt: str) -> None:
     """A floor scale leaves a block's AbsMax in [4, 8) x scale: from 7 (E2M1, midway to the
