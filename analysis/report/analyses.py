@@ -164,28 +164,35 @@ def _group_text(group: Any) -> str:
     return str(int(group)) if isinstance(group, float) and group.is_integer() else str(group)
 
 
-def format_comparison(quant: pd.DataFrame) -> dict[str, Any]:
-    """Every format (label: rotation and encoding variants apart) of every scheme: its runs,
-    its mean delta per G, and its gap to INT4 at the same G in the cells both have (negative:
-    better than INT4); a block format sits at its block. INT4's own row has no gap."""
-    if quant.empty:
+def format_comparison(table: pd.DataFrame) -> dict[str, Any]:
+    """Every format present (label: rotation and encoding variants apart) of every scheme: its
+    runs, how many have a BF16 twin and how many the fit uses, its mean delta per G, and its gap
+    to INT4 at the same G in the cells both have (negative: better than INT4); a block format
+    sits at its block. Deltas the fit leaves out (non-positive gaps) count here: this compares
+    what the runs measured, not the laws."""
+    runs = table[table["scheme"] != "bf16"]
+    if runs.empty:
         return {"available": False, "missing": "no quantized runs"}
+    paired = runs[np.isfinite(runs["delta"].astype(float))]
     out: dict[str, Any] = {}
-    for key in sorted(quant["fit_key"].unique()):
+    for key in sorted(runs["fit_key"].unique()):
         scheme = key.split("/")[0]
-        part = _by_cell(quant[quant["fit_key"] == key])
+        mine = paired[paired["fit_key"] == key]
+        part = _by_cell(mine) if len(mine) else mine
         per_g = part.assign(group_size=part["group_size"].map(_group_text))
         per_g = per_g.groupby("group_size", sort=False)["delta"].mean()
         entry: dict[str, Any] = {
-            "runs": len(part),
+            "runs": int((runs["fit_key"] == key).sum()),
+            "paired": len(mine),
+            "in_fit": int((mine["excluded"] == "").sum()),
             "cells": int(part[["n_params", "tokens"]].drop_duplicates().shape[0]),
             "mean_delta_per_G": {str(g): float(v) for g, v in per_g.items()},
             "minus_int4_per_G": None,
         }
         reference = f"{scheme}/int4"
-        if key != reference and (quant["fit_key"] == reference).any():
-            both = _delta_of(quant, key, "this").merge(
-                _delta_of(quant, reference, "int4").drop(columns="group_size"), on=MATCH
+        if key != reference and len(mine) and (paired["fit_key"] == reference).any():
+            both = _delta_of(paired, key, "this").merge(
+                _delta_of(paired, reference, "int4").drop(columns="group_size"), on=MATCH
             )
             both["gap"] = both["this"] - both["int4"]
             gaps = both.groupby(both["group_size"].map(_group_text), sort=False)["gap"].mean()
@@ -272,7 +279,7 @@ def run_all(table: pd.DataFrame, quant: pd.DataFrame, deltas: dict[str, LawFit])
         "ratio_R": ratio_r(quant),
         "fc2_8bit": fc2_effect(quant),
         "int4_vs_fp4": int4_vs_fp4(quant),
-        "formats": format_comparison(quant),
+        "formats": format_comparison(table),
         "sites": site_metrics(table),
         "contour_slopes": contour_slopes(deltas),
     }

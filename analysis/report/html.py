@@ -259,7 +259,8 @@ def analyses_section(res: dict[str, Any]) -> Section:
         rows = [
             {
                 "setting": key,
-                "runs": item["runs"],
+                "runs (with a twin, in the fit)": f"{item['runs']} ({item['paired']}, "
+                f"{item['in_fit']})",
                 "(N, D) cells": item["cells"],
                 "mean delta per G": ", ".join(
                     f"G={g}: {_f(v, 4)}" for g, v in item["mean_delta_per_G"].items()

@@ -290,3 +290,55 @@ def test_unreadable_fit_and_out_file_exit_2(fitted, tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert fit_main(["--table", str(fitted / "runs.csv"), "--out", str(tmp_path / "file")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+FORMATS_SWEEP = """
+overrides: [data=demo, "data.dir={data}", logger=none, train.threads=1, eval.batches=2,
+            eval.batch_seqs=8]
+twins: true
+_cells: {{models: &models [0.04M, 0.07M]}}
+subgrids:
+  int4: {{model: *models, tokens: 40960, quant: w4a4, quant.group_size: 32}}
+  blocks:
+    model: *models
+    tokens: 40960
+    quant: w4a4
+    quant.format: [mxfp4, nvfp4, nvint4]
+    quant.group_size: null
+  rotated:
+    model: *models
+    tokens: 40960
+    quant: w4a4
+    quant.format: mxint4
+    quant.group_size: null
+    quant.rotation: hadamard
+"""
+
+
+@pytest.mark.slow
+def test_tiny_formats_sweep_trains_fits_and_compares_every_format(
+    tmp_path: Path, demo_data: Path
+) -> None:
+    """BF16 and the block formats (one rotated) on two micro presets, 20 steps each, through
+    the local launcher and `fit`: it runs through and the report compares every format."""
+    from qat_sweep.commands.launch import main as launch_main
+
+    sweep, runs, out = tmp_path / "formats_tiny.yaml", tmp_path / "runs", tmp_path / "fit"
+    sweep.write_text(FORMATS_SWEEP.format(data=demo_data))
+    assert launch_main([f"sweep={sweep}", "launcher=local", f"paths.runs={runs}"]) == 0
+    records = [json.loads(p.read_text()) for p in (runs / "formats_tiny").glob("*/result.json")]
+    assert len(records) == 12 and all(r["status"] == "completed" for r in records)
+    rotated = next(r for r in records if r["format"] == "mxint4-had")
+    assert rotated["group_size"] == 32
+    assert rotated["metrics"]["quant"]["sites"]["fc2"]["kurtosis_rotated"] is not None
+    argv = ["--runs", str(runs / "formats_tiny"), "--out", str(out), "--bootstrap", "20"]
+    assert fit_main([*argv, "--no-plots"]) == 0
+    result = json.loads((out / "fit.json").read_text())
+    present = {f"w4a4/{r['format']}" for r in records if r["scheme"] != "bf16"}
+    assert present == {"w4a4/int4", "w4a4/mxfp4", "w4a4/nvfp4", "w4a4/nvint4", "w4a4/mxint4-had"}
+    compared = result["analyses"]["formats"]["settings"]
+    assert set(compared) == present
+    assert all(item["paired"] == 2 for item in compared.values())
+    assert compared["w4a4/nvfp4"]["mean_delta_per_G"].keys() == {"16"}
+    report = (out / "report.md").read_text()
+    assert "Formats compared" in report and all(key in report for key in present)
