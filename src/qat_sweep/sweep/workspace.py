@@ -14,11 +14,12 @@ import wandb_workspaces.reports.v2 as wr
 import wandb_workspaces.workspaces as ws
 from wandb_workspaces import expr
 
-from qat_sweep.model.precision import SITES  # per-site metrics are logged as quant/<site>/<stat>
+from qat_sweep.model.precision import SITES, base_format  # per-site metrics: quant/<site>/<stat>
 from qat_sweep.sweep.spec import PlannedRun
 from qat_sweep.train.tracking import group_elems, wandb_id
 
-FORMAT_CMAPS = {"int4": "Blues", "int4_sym": "Purples", "fp4": "Oranges"}
+FORMAT_CMAPS = {"int4": "Blues", "int4_sym": "Purples", "fp4": "Oranges", "mxfp4": "Reds"}
+FORMAT_CMAPS |= {"nvfp4": "Greens", "mxint4": "PuBu", "nvint4": "YlGn"}  # labels: by base format
 BF16_COLOUR = "#000000"
 LOSS = "loss_smoothed"  # the trainer's bias-corrected EMA, the paper's metric at the end
 DELTA = wr.SummaryMetric("final/delta")
@@ -41,7 +42,8 @@ def run_colours(runs: list[PlannedRun]) -> dict[str, str]:
             colours[run_id] = BF16_COLOUR
             continue
         shade = 0.4 + 0.55 * sizes.index(g_of(run)) / max(len(sizes) - 1, 1)
-        colours[run_id] = to_hex(colormaps[FORMAT_CMAPS.get(run.format, "Greys")](shade))
+        cmap = FORMAT_CMAPS.get(base_format(run.format), "Greys")
+        colours[run_id] = to_hex(colormaps[cmap](shade))
     return colours
 
 
