@@ -24,6 +24,8 @@ from qat_sweep.analysis.law.formulas import (
     group_value,
 )
 
+from qat_sweep.model.precision import BLOCK_FORMATS, base_format
+
 BOOT_FILE = "bootstrap.npz"
 
 
@@ -179,7 +181,16 @@ def predict_point(
     if not np.isfinite(g) or g < 2:
         raise InputError("group_size must be an integer >= 2, or channel with hidden_size")
     dp = fit["params"]
+    fixed = (fit.get("identifiability") or {}).get("exponents", {})
     for name in fit.get("not_identifiable", []):
+        if name == "gamma_G" and fixed.get(name, {}).get("fixed_by_format"):
+            block = BLOCK_FORMATS[base_format(fit_key.partition("/")[2])].block
+            if g != block:  # at its own block k holds the G term: nothing to say
+                out["warnings"].append(
+                    f"gamma_G: {fit_key} exists at its block G = {block} only; at G = {g:g} "
+                    "its delta is taken as at the block"
+                )
+            continue
         out["warnings"].append(f"{name} not identifiable from the fitted grid: treated as 0")
     point_delta = float(
         _delta(np.array([[dp[p] or 0.0 for p in DELTA_PARAMS]]), n_params, tokens, g)[0]

@@ -111,3 +111,12 @@ def test_decide_and_design_cli_on_block_formats(formats_fit: Path, capsys) -> No
     assert item["group_size"] == 16 and not any("gamma_G" in w for w in item["warnings"])
     assert cli_main([*design[:-1], "--target", f"{target} group_size=32"]) == 2
     assert "its block of 16 is part of the format" in capsys.readouterr().err
+
+
+def test_predict_at_a_block_format_needs_no_group_size(formats_fit: Path, capsys) -> None:
+    argv = ["predict", "--fit", str(formats_fit), "model=595M", "tokens=100B", "scheme=w4a4"]
+    assert cli_main([*argv, "format=mxfp4-had", "--json"]) == 0
+    pred = json.loads(capsys.readouterr().out)
+    assert pred["delta"]["value"] > 0 and not any("gamma_G" in w for w in pred["warnings"])
+    assert cli_main([*argv, "format=nvfp4", "group_size=32"]) == 2
+    assert "its block of 16 is part of the format" in capsys.readouterr().err

@@ -62,6 +62,7 @@ def main(argv: list[str]) -> int:
 
     from qat_sweep.analysis.predict import SavedFit, format_prediction, predict_point
     from qat_sweep.common import parse_count
+    from qat_sweep.model.precision import BLOCK_FORMATS, base_format
 
     try:
         parser = _predict_parser()
@@ -73,7 +74,13 @@ def main(argv: list[str]) -> int:
         scheme = overrides.get("scheme", "bf16").lower()
         fmt = overrides.get("format", "bf16" if scheme == "bf16" else "int4").lower()
         key = None if scheme == "bf16" else f"{scheme}/{fmt}"
-        group = overrides.get("group_size")
+        block = BLOCK_FORMATS.get(base_format(fmt))
+        group = overrides.get("group_size", str(block.block) if block else None)
+        if block and group != str(block.block):
+            raise InputError(
+                f"group_size={group} with format {fmt}: its block of {block.block} is part of "
+                f"the format; allowed: {block.block} (or leave group_size out)"
+            )
         if key is not None and group is None:
             raise InputError(
                 "group_size= is required for a quantized scheme (an integer or channel)"
