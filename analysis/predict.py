@@ -132,6 +132,24 @@ def _extrapolations(base: dict[str, Any], n_params: float, tokens: float) -> lis
     return warnings
 
 
+def _left_out(fit: dict[str, Any], fit_key: str, g: float) -> list[str]:
+    """Warnings for the exponents a delta fit left out; none for a block format's gamma_G at
+    its own block, where k holds the G term."""
+    fixed = (fit.get("identifiability") or {}).get("exponents", {})
+    warnings = []
+    for name in fit.get("not_identifiable", []):
+        if name == "gamma_G" and fixed.get(name, {}).get("fixed_by_format"):
+            block = BLOCK_FORMATS[base_format(fit_key.partition("/")[2])].block
+            if g != block:
+                warnings.append(
+                    f"gamma_G: {fit_key} exists at its block G = {block} only; at G = {g:g} "
+                    "its delta is taken as at the block"
+                )
+            continue
+        warnings.append(f"{name} not identifiable from the fitted grid: treated as 0")
+    return warnings
+
+
 def predict_point(
     saved: SavedFit,
     n_params: float,
@@ -181,17 +199,7 @@ def predict_point(
     if not np.isfinite(g) or g < 2:
         raise InputError("group_size must be an integer >= 2, or channel with hidden_size")
     dp = fit["params"]
-    fixed = (fit.get("identifiability") or {}).get("exponents", {})
-    for name in fit.get("not_identifiable", []):
-        if name == "gamma_G" and fixed.get(name, {}).get("fixed_by_format"):
-            block = BLOCK_FORMATS[base_format(fit_key.partition("/")[2])].block
-            if g != block:  # at its own block k holds the G term: nothing to say
-                out["warnings"].append(
-                    f"gamma_G: {fit_key} exists at its block G = {block} only; at G = {g:g} "
-                    "its delta is taken as at the block"
-                )
-            continue
-        out["warnings"].append(f"{name} not identifiable from the fitted grid: treated as 0")
+    out["warnings"] += _left_out(fit, fit_key, g)
     point_delta = float(
         _delta(np.array([[dp[p] or 0.0 for p in DELTA_PARAMS]]), n_params, tokens, g)[0]
     )
