@@ -108,7 +108,10 @@ def _box_wls(
             wr = w[rows]
             hess = np.einsum("bn,ni,nj->bij", wr, xf, xf) + 1e-12 * np.eye(len(free))
             grad = np.einsum("bn,ni,bn->bi", wr, xf, target)
-            c[:, free] = (np.linalg.pinv(hess) @ grad[..., None])[..., 0]
+            try:
+                c[:, free] = np.linalg.solve(hess, grad[..., None])[..., 0]
+            except np.linalg.LinAlgError:  # an exactly singular step: the least-norm one
+                c[:, free] = (np.linalg.pinv(hess) @ grad[..., None])[..., 0]
         tol = 1e-12 * (1 + np.abs(c))
         feasible = np.all((c >= lower - tol) & (c <= upper + tol), axis=1)
         cost = np.einsum("bn,bn->b", w[rows], (c @ x.T - y[rows]) ** 2)
@@ -143,14 +146,17 @@ def huber_irls(
     upper = np.full(p, np.inf) if upper is None else np.asarray(upper, float)
     coef0 = np.asarray(coef0, float)
     coef = np.clip(np.broadcast_to(coef0, (weights.shape[0], p)).copy(), lower, upper)
-    scale = np.reshape(np.asarray(f_scale, float), (-1, 1))
+    scale = np.broadcast_to(np.reshape(np.asarray(f_scale, float), (-1, 1)), (len(coef), 1))
+    y = np.broadcast_to(np.asarray(y, float), weights.shape)
+    active = np.arange(len(coef))  # rows still moving: a converged row stops being solved
     for _ in range(iters):
-        resid = coef @ x.T - y
-        w = weights * np.minimum(1.0, scale / np.maximum(np.abs(resid), 1e-300))
-        new = _box_wls(x, y, w, lower, upper)
-        done = np.nanmax(np.abs(new - coef)) < 1e-10
-        coef = new
-        if done:
+        resid = coef[active] @ x.T - y[active]
+        w = weights[active] * np.minimum(1.0, scale[active] / np.maximum(np.abs(resid), 1e-300))
+        new = _box_wls(x, y[active], w, lower, upper)
+        moving = np.max(np.abs(new - coef[active]), axis=1) >= 1e-10  # NaN: stopped
+        coef[active] = new
+        active = active[moving]
+        if not active.size:
             break
     gram = np.einsum("bn,ni,nj->bij", (weights > 0).astype(float), x, x)
     singular = np.linalg.cond(gram) > 1e10
@@ -311,7 +317,10 @@ def fit_delta(
 
 
 def predict_delta_rows(fit: LawFit, rows: pd.DataFrame) -> np.ndarray:
-    """Point prediction of delta for table rows from a fitted delta law."""
+    """Point prediction of delta for table rows from a fitted delta law (any law: the ones
+    law_fit.py fits carry their own predictor)."""
+    if "predict" in fit.internal:
+        return fit.internal["predict"](rows)
     design: DeltaDesign = fit.internal["design"]
     return np.exp(design.matrix(rows["n_params"], rows["tokens"], rows["G"]) @ fit.internal["coef"])
 

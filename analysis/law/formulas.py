@@ -300,9 +300,7 @@ def _eff_terms(groups: tuple[str, ...]) -> tuple[Term, ...]:
     def dummy(label: str) -> Callable[[Points, Mapping[str, Any]], np.ndarray]:
         return lambda p, nl: (p.group == label).astype(float)
 
-    return tuple(
-        Term(f"eff[{g}]", dummy(g), None, None, _eff_from_u, _u_from_eff) for g in groups
-    )
+    return tuple(Term(f"eff[{g}]", dummy(g), None, None, _eff_from_u, _u_from_eff) for g in groups)
 
 
 def _eff_offset(p: Points, base: Mapping[str, Any] | None) -> Any:
