@@ -254,7 +254,8 @@ def prediction_table(saved: SavedFit) -> list[dict[str, Any]]:
         for ratio in PREDICTION_TOKENS_PER_PARAM:
             for key in saved.result["delta"]:
                 pred = predict_point(saved, n, n * ratio, key, PREDICTION_G, hidden)
-                rows.append({"model": label, "tokens_per_param": ratio, "setting": key, **{
+                rows.append({"model": label, "tokens_per_param": ratio, "setting": key,
+                             "law": pred.get("law"), **{
                     name: pred[name] for name in ("bf16_loss", "delta", "qat_loss", "eff_multiplier")
                 }, "warnings": pred["warnings"]})  # fmt: skip
     return rows

@@ -224,6 +224,8 @@ def predict_point(
         "n_params": n_params,
         "tokens": tokens,
         "setting": fit_key,
+        "group_size": None if group_size is None else str(group_size),
+        "hidden_size": hidden_size,
         "warnings": [],
     }
     if base["params"].get("A") is None:
