@@ -63,6 +63,7 @@ def seal(path: Path, predictions: list[dict[str, Any]], fit_dir: Path) -> dict[s
         "kind": KIND,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git_commit": versions.get("git_sha"),
+        "git_dirty": _git_dirty(),
         "qat_sweep_version": versions.get("qat-sweep"),
         "fit": {"dir": str(Path(fit_dir).resolve()), "sha256": fit_hash(Path(fit_dir))},
         "predictions": json_safe(predictions),
@@ -83,6 +84,20 @@ def seal(path: Path, predictions: list[dict[str, Any]], fit_dir: Path) -> dict[s
     finally:
         Path(tmp).unlink(missing_ok=True)
     return sealed
+
+
+def _git_dirty() -> bool | None:
+    """Whether the code's checkout has uncommitted changes (None: not a git checkout)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
 
 
 def read_sealed(path: Path) -> tuple[str, dict[str, Any] | None, str]:

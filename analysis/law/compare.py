@@ -12,12 +12,14 @@ delta) over the runs a fit on the other cells predicts:
 Every held-out fit is the law's own estimator (law_fit.Engine: the same Huber threshold, box and
 left-out exponents as the full fit; nonlinear parameters profiled over the law's grid afresh).
 
-Selection: a law's held-out error is the mean of the criteria it could compute, each averaged
-over the held-out cells that every fitted law predicts (so laws are compared on the same
-cells); its standard error comes from the spread over those cells (SE^2 = sum_c var_c / n_c /
-k^2 over k criteria). The law with the lowest error is the reference; among the laws within one
-standard error of it (the reference's SE), the one with fewest parameters is selected (ties:
-lower error, then the order of formulas.LAWS). No criterion at all: the paper's law.
+Selection (one-standard-error rule toward fewer parameters): a law's held-out error is the mean
+Table 2 metric over all the held-out cells of the four criteria that every fitted law predicts
+(each cell of each criterion once), so the laws are compared on the same cells. The law with the
+lowest error is the reference; for every law the excess over the reference is averaged over
+those cells with its standard error (paired: the same cells, so the noise they share cancels);
+among the laws whose excess is within one standard error, the one with the fewest parameters is
+selected (ties: lower error, then the order of formulas.LAWS). No criterion at all: the paper's
+law.
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ AXIS_OF = {"leave_largest_N": "N", "leave_largest_D": "D", "largest_D_per_N": "D
 MAX_LOCO_CELLS = 30
 CV_FOLDS = 10
 RULE = (
-    "lowest held-out error (the mean of the held-out criteria, on the cells every fitted law "
-    "predicts); among the laws within one standard error of it, the one with the fewest "
-    "parameters (ties: lower error)"
+    "held-out error = the mean |predicted - actual| / actual over every held-out cell of the "
+    "four criteria that all fitted laws predict; the law with the lowest is the reference, and "
+    "among the laws whose excess over it is within one standard error of that (paired, over the "
+    "same cells) the one with the fewest parameters is selected (ties: lower error)"
 )
 
 
@@ -173,20 +176,17 @@ def engine_codes(engine: Engine) -> np.ndarray:
     return cell_codes(frame)
 
 
-def score(units: Mapping[str, np.ndarray], common: Mapping[str, np.ndarray]) -> tuple[float, float]:
-    """(held-out error, its standard error) on the common units of each criterion."""
-    means, variances = [], []
-    for criterion, values in units.items():
-        keep = common.get(criterion)
-        if keep is None or not keep.any():
-            continue
-        v = values[keep]
-        means.append(float(np.mean(v)))
-        variances.append(float(np.var(v, ddof=1)) / len(v) if len(v) > 1 else 0.0)
-    if not means:
+def pooled(units: Mapping[str, np.ndarray], common: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The held-out cells every fitted law predicts, over all criteria: one error each."""
+    parts = [units[c][common[c]] for c in CRITERIA if c in units and c in common]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def mean_se(values: np.ndarray) -> tuple[float, float]:
+    if not values.size:
         return float("nan"), float("nan")
-    k = len(means)
-    return float(np.mean(means)), float(np.sqrt(np.sum(variances)) / k)
+    se = float(np.std(values, ddof=1) / np.sqrt(values.size)) if values.size > 1 else 0.0
+    return float(np.mean(values)), se
 
 
 def select(
@@ -201,12 +201,14 @@ def select(
         have = [units[name][criterion] for name in laws if criterion in units[name]]
         if len(have) == len(laws) and have:
             common[criterion] = np.all([np.isfinite(v) for v in have], axis=0)
-    scores = {name: score(units[name], common) for name in laws}
-    scored = {name: s for name, s in scores.items() if np.isfinite(s[0])}
+    cells = {name: pooled(units[name], common) for name in laws}
+    scores = {name: mean_se(v) for name, v in cells.items()}
+    scored = {name: sc for name, sc in scores.items() if np.isfinite(sc[0])}
     result: dict[str, Any] = {
         "rule": RULE,
-        "scores": {n: {"held_out_error": s[0], "se": s[1]} for n, s in scores.items()},
+        "scores": {n: {"held_out_error": sc[0], "se": sc[1]} for n, sc in scores.items()},
         "criteria": [c for c in CRITERIA if c in common and common[c].any()],
+        "n_cells": int(sum(int(v.sum()) for v in common.values())),
         "forced": forced is not None,
     }
     order = list(LAWS)
@@ -218,8 +220,12 @@ def select(
         )  # fmt: skip
         return result
     best = min(scored, key=lambda n: (scored[n][0], order.index(n)))
-    limit = scored[best][0] + scored[best][1]
-    within = [n for n in scored if scored[n][0] <= limit + 1e-12]
+    within = []
+    for name in scored:
+        excess, se = mean_se(cells[name] - cells[best])  # paired: the same held-out cells
+        result["scores"][name].update(excess=excess, excess_se=se)
+        if excess <= se + 1e-12:
+            within.append(name)
     chosen = min(within, key=lambda n: (n_params[n], scored[n][0], order.index(n)))
     result["reference"] = best
     if forced:
@@ -228,23 +234,29 @@ def select(
         result["rule_selects"] = chosen
         return result
     result["law"] = chosen
-    err, se = scored[best]
+    err = scored[best][0]
+    n = result["n_cells"]
     if chosen == best:
-        others = ", ".join(f"{n} {100 * s[0]:.1f}%" for n, s in scored.items() if n != best)
+        others = ", ".join(
+            f"{name} {100 * sc[0]:.1f}% (+{100 * result['scores'][name]['excess']:.2f} +- "
+            f"{100 * result['scores'][name]['excess_se']:.2f} points)"
+            for name, sc in scored.items() if name != best
+        )  # fmt: skip
         result["why"] = (
-            f"lowest held-out error {100 * err:.1f}% (SE {100 * se:.1f}%)"
+            f"lowest held-out error {100 * err:.1f}% over {n} held-out cells"
             + (f"; {others}" if others else "")
             + (
-                f"; no simpler law within one SE ({', '.join(sorted(set(within) - {best}))} "
-                "have at least as many parameters)"
+                f"; within one SE but not simpler: {', '.join(sorted(set(within) - {best}))}"
                 if len(within) > 1 else ""
             )
         )  # fmt: skip
     else:
+        sc = result["scores"][chosen]
         result["why"] = (
-            f"within one standard error ({100 * se:.1f}%) of the lowest held-out error "
-            f"({best} {100 * err:.1f}%) with {100 * scored[chosen][0]:.1f}%, and fewer "
-            f"parameters ({n_params[chosen]} against {n_params[best]})"
+            f"{100 * sc['held_out_error']:.1f}% held-out error, {100 * sc['excess']:.2f} points "
+            f"above the lowest ({best} {100 * err:.1f}%), within one standard error of that "
+            f"difference ({100 * sc['excess_se']:.2f}), with fewer parameters "
+            f"({n_params[chosen]} against {n_params[best]})"
         )
     return result
 
@@ -298,3 +310,55 @@ def compare_setting(
         entry["held_out_se"] = s.get("se")
         entry["n_params"] = n_params[name]
     return entries, selection
+
+
+def select_sets(
+    rows: pd.DataFrame,
+    y: np.ndarray,
+    valid: np.ndarray,
+    scale: np.ndarray,
+    dropped: list[frozenset[str]],
+    base_rows: Mapping[str, np.ndarray] | None = None,
+    forced: str | None = None,
+) -> list[str]:
+    """The law the selection picks in each of S data sets on the same runs (simulated sweeps):
+    y, valid (S, runs) log gaps and which exist; scale (S,) each set's Huber threshold;
+    dropped: per set, the exponents identify.py leaves out of its paper law; base_rows: per
+    set A and alpha (S, 1), or None when no set has a BF16 law (then eff_per_G is not fitted).
+
+    Each law is refitted per fold exactly as fit's comparison does, batched over the sets that
+    share one set of left-out exponents."""
+    from qat_sweep.analysis.law.law_fit import engine_for
+
+    splits, notes = make_splits(rows)
+    n_cell, d_cell = cell_values(rows)
+    ratios = len(set(np.round(np.log(d_cell / n_cell), 6)))
+    picks: list[str] = ["paper"] * len(y)
+    groups: dict[frozenset[str], list[int]] = {}
+    for s, out in enumerate(dropped):
+        groups.setdefault(out, []).append(s)
+    for out, members in groups.items():
+        idx = np.array(members)
+        units: dict[str, dict[str, np.ndarray]] = {}
+        n_params: dict[str, int] = {}
+        for name, law in LAWS.items():
+            if law.uses_base and base_rows is None:
+                continue
+            if law.nonlinear and ("gamma_D" in out or ratios < 3):
+                continue  # law_fit.why_not_fitted: no D term to level off, or too few D/N
+            base_point = None
+            if law.uses_base:
+                base_point = {k: float(np.nanmedian(v)) for k, v in base_rows.items()}
+            engine = engine_for(law, rows, out, base_point)
+            sub_base = (
+                {k: np.asarray(v)[idx] for k, v in base_rows.items()} if law.uses_base else None
+            )
+            _, law_units, _ = held_out(
+                engine, splits, notes, y[idx], valid[idx], scale[idx], sub_base
+            )
+            units[name] = law_units  # type: ignore[assignment]
+            n_params[name] = engine.n_theta
+        for j, s in enumerate(members):
+            mine = {name: {c: v[j] for c, v in u.items()} for name, u in units.items()}
+            picks[s] = select(mine, n_params, forced if forced in mine else None)["law"]
+    return picks
