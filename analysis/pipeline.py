@@ -246,14 +246,18 @@ def bootstrap_arrays(outcome: FitOutcome) -> dict[str, np.ndarray]:
 
 
 def prediction_table(saved: SavedFit) -> list[dict[str, Any]]:
-    """Predictions at 1B / 7B / 70B x 20 and 100 tokens per parameter, G = 128, per setting."""
+    """Predictions at 1B / 7B / 70B x 20 and 100 tokens per parameter, G = 128, per setting
+    (its selected law; a setting whose law has no value at G = 128 is left out)."""
     rows = []
     if saved.result["base"]["params"].get("A") is None:
         return rows
     for label, (n, hidden) in PREDICTION_SIZES.items():
         for ratio in PREDICTION_TOKENS_PER_PARAM:
             for key in saved.result["delta"]:
-                pred = predict_point(saved, n, n * ratio, key, PREDICTION_G, hidden)
+                try:
+                    pred = predict_point(saved, n, n * ratio, key, PREDICTION_G, hidden)
+                except InputError:  # a per-G law without G = 128: no prediction there
+                    continue
                 rows.append({"model": label, "tokens_per_param": ratio, "setting": key,
                              "law": pred.get("law"), **{
                     name: pred[name] for name in ("bf16_loss", "delta", "qat_loss", "eff_multiplier")

@@ -178,7 +178,12 @@ def truth_prior(prior: Prior, spec: str, runs: pd.DataFrame) -> Prior:
         elif prior.law(key) == name:
             params, how = dict(prior.delta[key]), "the prior's"
         else:
-            params, how = _project(prior, key, law, part), "fitted to the prior's delta"
+            try:
+                params, how = _project(prior, key, law, part), "fitted to the prior's delta"
+            except InputError as err:  # e.g. one (N, D) cell: no D/N to bend along
+                out.delta[key], out.laws[key] = dict(prior.delta[key]), prior.law(key)
+                out.notes.append(f"{key}: keeps {prior.law(key)}: {err}")
+                continue
         unknown = sorted(set(given) - set(params))
         if unknown:
             raise InputError(
