@@ -125,7 +125,7 @@ def run_design(
 def selection_summary(truth: str, picks: list[str]) -> dict[str, Any]:
     """How often fit's selection picked each law; a hit is the true law or a law that contains
     it (formulas.DeltaLaw.nests: the levelling law contains the paper's, the paper's no_D)."""
-    fitted = [p for p in picks if p != "none"]
+    fitted = [p for p in picks if p not in ("none", "undecided")]
     shares = {
         name: float(np.mean([p == name for p in fitted])) if fitted else None for name in LAWS
     }
@@ -133,6 +133,7 @@ def selection_summary(truth: str, picks: list[str]) -> dict[str, Any]:
     return {
         "truth": truth,
         "sweeps": len(fitted),
+        "undecided": sum(p == "undecided" for p in picks),  # nothing held out: paper by default
         "picks": shares,
         "hit_rate": float(np.mean(hits)) if fitted else None,
         "levelling_off_rate": float(np.mean([LAWS[p].levels_off for p in fitted]))
@@ -185,6 +186,12 @@ def format_design(res: dict[str, Any]) -> str:
         ]
         for key, item in res["selection"].items():
             shares = ", ".join(f"{name} {100 * v:.0f}%" for name, v in item["picks"].items() if v)
+            if not item["sweeps"]:
+                lines.append(
+                    f"{key:<18} truth {item['truth']}: the grid holds out nothing for this "
+                    "setting (the paper's law by default)"
+                )
+                continue
             lines.append(
                 f"{key:<18} truth {item['truth']}: picks {shares or 'none'}; true law or one "
                 f"containing it {100 * (item['hit_rate'] or 0):.0f}%, a levelling-off law "

@@ -18,8 +18,9 @@ Table 2 metric over all the held-out cells of the four criteria that every fitte
 lowest error is the reference; for every law the excess over the reference is averaged over
 those cells with its standard error (paired: the same cells, so the noise they share cancels);
 among the laws whose excess is within one standard error, the one with the fewest parameters is
-selected (ties: lower error, then the order of formulas.LAWS). No criterion at all: the paper's
-law.
+selected (ties: lower error, then the order of formulas.LAWS). Two laws that predict almost
+alike have a tiny paired SE, so an excess under TIE (5 %) of the reference's error also counts
+as within: a simpler law is not dropped for a hair. No criterion at all: the paper's law.
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ from qat_sweep.analysis.law.law_fit import Engine
 CRITERIA = ("leave_largest_N", "leave_largest_D", "largest_D_per_N", "cell_cv")
 AXIS_OF = {"leave_largest_N": "N", "leave_largest_D": "D", "largest_D_per_N": "D"}
 MAX_LOCO_CELLS = 30
+TIE = 0.05  # an excess under 5 % of the reference's error is a tie, however small its SE
 CV_FOLDS = 10
 RULE = (
     "held-out error = the mean |predicted - actual| / actual over every held-out cell of the "
     "four criteria that all fitted laws predict; the law with the lowest is the reference, and "
-    "among the laws whose excess over it is within one standard error of that (paired, over the "
-    "same cells) the one with the fewest parameters is selected (ties: lower error)"
+    "among the laws whose excess over it is within one standard error of that excess (paired, "
+    "over the same cells; an excess under 5 % of the reference's error counts as within) the "
+    "one with the fewest parameters is selected (ties: lower error)"
 )
 
 
@@ -220,11 +223,12 @@ def select(
         )  # fmt: skip
         return result
     best = min(scored, key=lambda n: (scored[n][0], order.index(n)))
+    tie = TIE * scored[best][0]
     within = []
     for name in scored:
         excess, se = mean_se(cells[name] - cells[best])  # paired: the same held-out cells
         result["scores"][name].update(excess=excess, excess_se=se)
-        if excess <= se + 1e-12:
+        if excess <= max(se, tie) + 1e-12:
             within.append(name)
     chosen = min(within, key=lambda n: (n_params[n], scored[n][0], order.index(n)))
     result["reference"] = best
@@ -255,7 +259,8 @@ def select(
         result["why"] = (
             f"{100 * sc['held_out_error']:.1f}% held-out error, {100 * sc['excess']:.2f} points "
             f"above the lowest ({best} {100 * err:.1f}%), within one standard error of that "
-            f"difference ({100 * sc['excess_se']:.2f}), with fewer parameters "
+            f"difference ({100 * sc['excess_se']:.2f}; ties below {100 * tie:.2f}), with fewer "
+            "parameters "
             f"({n_params[chosen]} against {n_params[best]})"
         )
     return result
@@ -327,7 +332,8 @@ def select_sets(
     set A and alpha (S, 1), or None when no set has a BF16 law (then eff_per_G is not fitted).
 
     Each law is refitted per fold exactly as fit's comparison does, batched over the sets that
-    share one set of left-out exponents."""
+    share one set of left-out exponents. A set where no held-out criterion can be computed is
+    'undecided' (fit then keeps the paper's law by default)."""
     from qat_sweep.analysis.law.law_fit import engine_for
 
     splits, notes = make_splits(rows)
@@ -360,5 +366,6 @@ def select_sets(
             n_params[name] = engine.n_theta
         for j, s in enumerate(members):
             mine = {name: {c: v[j] for c, v in u.items()} for name, u in units.items()}
-            picks[s] = select(mine, n_params, forced if forced in mine else None)["law"]
+            chosen = select(mine, n_params, forced if forced in mine else None)
+            picks[s] = chosen["law"] if "reference" in chosen else "undecided"
     return picks

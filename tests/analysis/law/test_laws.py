@@ -107,6 +107,8 @@ def test_one_standard_error_rule():
     n_params = {"paper": 4, "levelled_D": 5}
     chosen = select(units, n_params)
     assert chosen["reference"] == "levelled_D" and chosen["law"] == "paper"  # within one SE
+    units["levelled_D"]["cell_cv"] = noisy - 0.0005  # a hair better everywhere: SE 0, a tie
+    assert select(units, n_params)["law"] == "paper"
     units["levelled_D"]["cell_cv"] = noisy - 0.02  # better on every cell: beyond one SE
     assert select(units, n_params)["law"] == "levelled_D"
     forced = select(units, n_params, forced="paper")
