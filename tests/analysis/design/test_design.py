@@ -461,3 +461,37 @@ def test_decide_with_a_per_group_law_keeps_to_its_groups(paper_fit, capsys):
     assert res["law"] == "eff_per_G" and set(bg["allowed"]) <= {"32", "64", "128", "256", "channel"}
     assert any("no value at G = 512" in w for w in bg["warnings"])
     assert res["int4_vs_fp4"]["available"] is False  # one value per fitted G: no crossover
+
+
+def test_suggest_criterion_linearises_the_selected_law(paper_runs):
+    """suggest's variance for a levelling-law target agrees with refits of that law."""
+    from qat_sweep.analysis.design.criterion import TargetState, rel_width
+    from qat_sweep.analysis.design.suggest import fitted_laws
+    from qat_sweep.analysis.law.formulas import Points
+
+    target = sim.parse_target(TARGET)
+    part = paper_runs[
+        paper_runs["fit_key"].isin(["w4a4/int4", "bf16/bf16"]) & ~paper_runs["holdout"]
+    ]
+    part = part.reset_index(drop=True)
+    prior = sim.truth_prior(sim.paper_prior(), "levelled_D:gamma_D=0.2,c=150", part)
+    result = {
+        "base": {"params": prior.base},
+        "delta": {"w4a4/int4": {"law": "levelled_D", "params": prior.delta["w4a4/int4"]}},
+    }
+    law = fitted_laws(result, [target], part, part)["w4a4/int4"]
+    assert law.law.name == "levelled_D"
+    state = TargetState.at_target(target, law, part[part["fit_key"] == "w4a4/int4"], 0.002)
+    assert len(state.c) == 5  # k, gamma_N, gamma_D, gamma_G and log c
+    predicted = float(rel_width(state.variance()))
+    losses = sim.draw_losses(prior, part, 0.002, 200, np.random.default_rng(0))
+    refits = sim.refit_many(
+        part, losses, sim.true_losses(prior, part), laws={"w4a4/int4": "levelled_D"}
+    )
+    delta = sim.predicted_delta(
+        refits.delta["w4a4/int4"], target.n_params, target.tokens, target.G, "levelled_D",
+        refits.names["w4a4/int4"], target.group_size,
+    )  # fmt: skip
+    truth = float(law.delta(Points.at(target.n_params, target.tokens, target.G, 128))[0])
+    lo, hi = np.percentile(delta, [2.5, 97.5])
+    assert predicted == pytest.approx((hi - lo) / truth, rel=0.15)
