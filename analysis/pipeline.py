@@ -136,23 +136,7 @@ def run_fit(table: pd.DataFrame, skipped: list[dict[str, str]], settings: Settin
     }  # fmt: skip
     bootstrap(bf16, quant, base, deltas, settings.bootstrap, settings.seed, laws)
     paper_fits = dict(deltas)
-    delta_json: dict[str, Any] = {}
-    for key, paper_fit in paper_fits.items():
-        part = quant[quant["fit_key"] == key].reset_index(drop=True)
-        entries, selection = compare_setting(
-            part, laws[key], paper_fit.f_scale, base.params, settings.law, settings.seed
-        )
-        chosen = selection["law"]
-        deltas[key] = laws[key][chosen]
-        delta_json[key] = {
-            **deltas[key].to_json(),
-            "law": chosen,
-            "formula": LAWS[chosen].formula,
-            "selected": chosen,
-            "selection": selection,
-            "laws": {name: _law_json(name, laws[key][name], entries) for name in LAWS},
-            "paper": paper.TABLE1.get(key),
-        }
+    delta_json = _select_laws(quant, base, deltas, laws, settings)
     hold = usable[usable["holdout"]]
     validation = {
         "laws": validate.compare_laws(quant, paper_fits),
@@ -194,6 +178,35 @@ def run_fit(table: pd.DataFrame, skipped: list[dict[str, str]], settings: Settin
     seconds = time.perf_counter() - start
     result["timing_s"] = {"fit": round(seconds, 3)}
     return FitOutcome(result, table, base, deltas, bf16, quant, seconds, laws, paper_fits)
+
+
+def _select_laws(
+    quant: pd.DataFrame,
+    base: LawFit,
+    deltas: dict[str, LawFit],
+    laws: dict[str, dict[str, LawFit | str]],
+    settings: Settings,
+) -> dict[str, Any]:
+    """Compare every setting's laws on held-out cells, put the selected (or --law) fit in
+    `deltas` and return fit.json's delta entries."""
+    out: dict[str, Any] = {}
+    for key, paper_fit in list(deltas.items()):
+        part = quant[quant["fit_key"] == key].reset_index(drop=True)
+        entries, selection = compare_setting(
+            part, laws[key], paper_fit.f_scale, base.params, settings.law, settings.seed
+        )
+        chosen = selection["law"]
+        deltas[key] = laws[key][chosen]
+        out[key] = {
+            **deltas[key].to_json(),
+            "law": chosen,
+            "formula": LAWS[chosen].formula,
+            "selected": chosen,
+            "selection": selection,
+            "laws": {name: _law_json(name, laws[key][name], entries) for name in LAWS},
+            "paper": paper.TABLE1.get(key),
+        }
+    return out
 
 
 def _law_json(name: str, fit: LawFit | str, entries: dict[str, dict[str, Any]]) -> dict[str, Any]:

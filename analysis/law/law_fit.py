@@ -356,58 +356,10 @@ def fit_law(
         fit.internal["law"] = law.name
         return fit
     engine = engine_for(law, rows, paper.not_identifiable, base)
+    fit = _new_fit(rows, engine, name, paper)
     y = np.log(rows["delta"].to_numpy())
-    scale = paper.f_scale
-    fit = LawFit(name, {}, len(rows), count_cells(rows), np.nan, False, scale, 0, 0.0)
-    n_params = engine.n_theta
-    mode, points, cells = _interval_mode(rows, n_params)
-    fit.identifiability = {
-        **paper.identifiability,
-        "n_params": n_params,
-        "exact_fit": points <= n_params,
-        "intervals": mode,
-        "law_needs": law.needs(engine.groups),
-    }
-    fit.not_identifiable = sorted(set(paper.not_identifiable) & set(law.params(engine.groups)))
-    fit.notes = [
-        f"{p} left out as in the paper's law (not identifiable in this grid)"
-        for p in fit.not_identifiable
-    ]
-    if points <= n_params:
-        flag = f"not identifiable: exact fit ({points} points, {n_params} parameters)"
-        fit.interval_flags.update(dict.fromkeys(law.params(engine.groups), flag))
-        fit.notes.append(f"exact fit: {points} distinct (N, D, G) points for {n_params} parameters")
-    elif cells < n_params:
-        flag = f"not identifiable: {cells} (N, D) cells for {n_params} parameters"
-        fit.interval_flags.update(dict.fromkeys(law.params(engine.groups), flag))
-    weights = np.ones((1, len(y)))
     target = (y - engine.offset(engine.points))[None, :]
-    if law.nonlinear:
-        _, grid = engine.profile(target, weights, np.array([scale]))
-        ranked = sorted(grid, key=lambda item: item[1][0])
-        starts = [theta[0] for theta, cost in ranked[:3] if np.isfinite(cost[0])]
-        starts.append(engine._lm(ranked[0][0].copy(), target, weights, np.array([scale]))[0])
-    else:
-        starts = [engine.fit(y, weights, scale)[0]]
-        rng = np.random.default_rng(seed)
-        starts += [starts[0] + rng.normal(0, 0.3, starts[0].shape) for _ in range(2)]
-    lo, hi = engine.bounds()
-    results = []
-    for start in starts:
-        if not np.all(np.isfinite(start)):
-            continue
-        params = lmfit.Parameters()
-        for j in range(engine.n_theta):
-            params.add(f"t{j}", value=float(np.clip(start[j], lo[j], hi[j])), min=lo[j], max=hi[j])
-
-        def resid(p, target=target[0]):
-            theta = np.array([[p[f"t{j}"].value for j in range(engine.n_theta)]])
-            return engine._resid_jac(theta, target[None, :])[0][0]
-
-        out = lmfit.Minimizer(resid, params).minimize(
-            method="least_squares", loss="huber", f_scale=scale
-        )
-        results.append((huber_cost(out.residual, scale), out))
+    results = _refine(engine, _starts(engine, y, target, fit.f_scale, seed), target, fit.f_scale)
     if not results:
         return "no start gave a finite fit"
     best_cost, best = min(results, key=lambda item: item[0])
@@ -420,24 +372,7 @@ def fit_law(
     fit.cost, fit.converged = best_cost, bool(best.success)
     fit.n_starts = len(results)
     fit.frac_best = sum(c <= best_cost * (1 + SAME_COST) + 1e-12 for c, _ in results) / len(results)
-    fit.bound_hits = [
-        names_j
-        for j, names_j in enumerate(
-            [t.param for t in engine.terms] + [p.param for p in law.nonlinear]
-        )
-        if np.isfinite(lo[j]) and (on_bound(theta[j], lo[j]) or on_bound(theta[j], hi[j]))
-    ]
-    for p in law.nonlinear:
-        value = fit.params[p.param]
-        if on_bound(np.log(value), np.log(p.hi)) or on_bound(np.log(value), np.log(p.lo)):
-            fit.interval_flags[p.param] = (
-                f"not identifiable: {p.param} = {value:.3g} on its bound [{p.lo:g}, {p.hi:g}]"
-            )
-            fit.notes.append(
-                f"{p.param} on its bound {value:.3g}: the data show no bend in {p.axis} within "
-                f"the bounds"
-                + ("; the law reduces to the paper's there" if value >= p.hi * 0.999 else "")
-            )
+    _bounds_report(fit, engine, theta)
     fit.resid = best.residual.copy()
     pred = np.exp(engine.log_delta(theta[None, :])[0])
     actual = rows["delta"].to_numpy()
@@ -459,11 +394,96 @@ def fit_law(
     return fit
 
 
-def theta_of(fit: LawFit, engine: Engine) -> np.ndarray:
-    """A fit's parameters as the engine's theta (warm start of its bootstrap)."""
-    if "theta" in fit.internal:
-        return fit.internal["theta"]
-    return engine.from_params({k: v for k, v in fit.params.items() if v is not None})
+def _new_fit(rows: pd.DataFrame, engine: Engine, name: str, paper: LawFit) -> LawFit:
+    """The fit before its parameters: the paper fit's design report with this law's count of
+    parameters, its left-out exponents, and why its intervals cannot be trusted, if so."""
+    law, n_params = engine.law, engine.n_theta
+    fit = LawFit(name, {}, len(rows), count_cells(rows), np.nan, False, paper.f_scale, 0, 0.0)
+    mode, points, cells = _interval_mode(rows, n_params)
+    fit.identifiability = {
+        **paper.identifiability,
+        "n_params": n_params,
+        "exact_fit": points <= n_params,
+        "intervals": mode,
+        "law_needs": law.needs(engine.groups),
+    }
+    fit.not_identifiable = sorted(set(paper.not_identifiable) & set(law.params(engine.groups)))
+    fit.notes = [
+        f"{p} left out as in the paper's law (not identifiable in this grid)"
+        for p in fit.not_identifiable
+    ]
+    if points <= n_params:
+        flag = f"not identifiable: exact fit ({points} points, {n_params} parameters)"
+        fit.interval_flags.update(dict.fromkeys(law.params(engine.groups), flag))
+        fit.notes.append(f"exact fit: {points} distinct (N, D, G) points for {n_params} parameters")
+    elif cells < n_params:
+        flag = f"not identifiable: {cells} (N, D) cells for {n_params} parameters"
+        fit.interval_flags.update(dict.fromkeys(law.params(engine.groups), flag))
+    return fit
+
+
+def _starts(
+    engine: Engine, y: np.ndarray, target: np.ndarray, scale: float, seed: int
+) -> list[np.ndarray]:
+    """The best three points of the law's starting grid (box-Huber optimum of the coefficients
+    at each) and a Levenberg-Marquardt run from the best; without nonlinear parameters, the
+    unique box-Huber optimum and two jittered copies (fit_delta's starts)."""
+    weights = np.ones((1, len(y)))
+    if engine.law.nonlinear:
+        _, grid = engine.profile(target, weights, np.array([scale]))
+        ranked = sorted(grid, key=lambda item: item[1][0])
+        starts = [theta[0] for theta, cost in ranked[:3] if np.isfinite(cost[0])]
+        starts.append(engine._lm(ranked[0][0].copy(), target, weights, np.array([scale]))[0])
+        return starts
+    first = engine.fit(y, weights, scale)[0]
+    rng = np.random.default_rng(seed)
+    return [first] + [first + rng.normal(0, 0.3, first.shape) for _ in range(2)]
+
+
+def _refine(
+    engine: Engine, starts: list[np.ndarray], target: np.ndarray, scale: float
+) -> list[tuple[float, Any]]:
+    """lmfit (least squares, Huber loss, the box) from every finite start: (cost, result)."""
+    lo, hi = engine.bounds()
+    results = []
+    for start in starts:
+        if not np.all(np.isfinite(start)):
+            continue
+        params = lmfit.Parameters()
+        for j in range(engine.n_theta):
+            params.add(f"t{j}", value=float(np.clip(start[j], lo[j], hi[j])), min=lo[j], max=hi[j])
+
+        def resid(p, target=target[0]):
+            theta = np.array([[p[f"t{j}"].value for j in range(engine.n_theta)]])
+            return engine._resid(theta, target[None, :])[0]
+
+        out = lmfit.Minimizer(resid, params).minimize(
+            method="least_squares", loss="huber", f_scale=scale
+        )
+        results.append((huber_cost(out.residual, scale), out))
+    return results
+
+
+def _bounds_report(fit: LawFit, engine: Engine, theta: np.ndarray) -> None:
+    """Parameters on their box; a nonlinear one on its bound says nothing (flagged)."""
+    lo, hi = engine.bounds()
+    names = [t.param for t in engine.terms] + [p.param for p in engine.law.nonlinear]
+    fit.bound_hits = [
+        n
+        for j, n in enumerate(names)
+        if np.isfinite(lo[j]) and (on_bound(theta[j], lo[j]) or on_bound(theta[j], hi[j]))
+    ]
+    for p in engine.law.nonlinear:
+        value = fit.params[p.param]
+        if on_bound(np.log(value), np.log(p.hi)) or on_bound(np.log(value), np.log(p.lo)):
+            fit.interval_flags[p.param] = (
+                f"not identifiable: {p.param} = {value:.3g} on its bound [{p.lo:g}, {p.hi:g}]"
+            )
+            fit.notes.append(
+                f"{p.param} on its bound {value:.3g}: the data show no bend in {p.axis} within "
+                "the bounds"
+                + ("; the law reduces to the paper's there" if value >= p.hi * 0.999 else "")
+            )
 
 
 def aicc(resid: np.ndarray, n_params: int) -> float | None:

@@ -10,6 +10,7 @@ import sys
 from qat_sweep.analysis.collect import InputError
 from qat_sweep.analysis.design import simulate as sim
 from qat_sweep.analysis.design.expected import format_design, noise_level, run_design
+from qat_sweep.analysis.design.truth import truth_prior
 from qat_sweep.commands.args import split_cli
 
 
@@ -71,7 +72,7 @@ def main(argv: list[str]) -> int:
         noise = noise_level(args.noise, prior.noise)
         runs = sim.drop_runs(sim.grid_runs(sweep, overrides, mfu, peak), args.drop)
         if args.truth:
-            prior = sim.truth_prior(prior, args.truth, runs)
+            prior = truth_prior(prior, args.truth, runs)
         res = {"sweep": sweep, "drops": args.drop}
         res |= run_design(
             runs, prior, noise, args.sims, args.seed, targets, args.cell_noise,

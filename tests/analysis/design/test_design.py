@@ -13,6 +13,7 @@ import pytest
 from qat_sweep.analysis.collect import build_table, pair_deltas, twin_index
 from qat_sweep.analysis.design import benchmark as bench
 from qat_sweep.analysis.design import simulate as sim
+from qat_sweep.analysis.design.truth import truth_prior
 from qat_sweep.analysis.law.formulas import DELTA_PARAMS, delta_loss
 from qat_sweep.analysis.pipeline import Settings, run_fit
 from qat_sweep.analysis.predict import SavedFit, predict_point
@@ -372,7 +373,7 @@ def _selection(paper_runs, truth: str, noise: float, cell_noise: float = 0.0, si
     from qat_sweep.analysis.design.expected import run_design
 
     runs = paper_runs[paper_runs["fit_key"].isin(["w4a4/int4", "bf16/bf16"])].reset_index(drop=True)
-    prior = sim.truth_prior(sim.paper_prior(), truth, runs)
+    prior = truth_prior(sim.paper_prior(), truth, runs)
     res = run_design(runs, prior, noise, sims, seed=0, cell_noise=cell_noise, select=True)
     return res["selection"]["w4a4/int4"]
 
@@ -474,7 +475,7 @@ def test_suggest_criterion_linearises_the_selected_law(paper_runs):
         paper_runs["fit_key"].isin(["w4a4/int4", "bf16/bf16"]) & ~paper_runs["holdout"]
     ]
     part = part.reset_index(drop=True)
-    prior = sim.truth_prior(sim.paper_prior(), "levelled_D:gamma_D=0.2,c=150", part)
+    prior = truth_prior(sim.paper_prior(), "levelled_D:gamma_D=0.2,c=150", part)
     result = {
         "base": {"params": prior.base},
         "delta": {"w4a4/int4": {"law": "levelled_D", "params": prior.delta["w4a4/int4"]}},
