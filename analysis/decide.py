@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 from qat_sweep.analysis.collect import InputError
-from qat_sweep.analysis.law.formulas import DELTA_PARAMS, group_value, log_delta
+from qat_sweep.analysis.law.formulas import FittedLaw, Points, group_value
 from qat_sweep.analysis.predict import (
     EXTRAPOLATION_WARN,
     SavedFit,
     _fit_caveats,
-    bootstrap_key,
+    delta_law,
     predict_point,
 )
 
@@ -46,6 +46,7 @@ class Question:
     bits: float = DEFAULT_BITS
     scale_bits: float = DEFAULT_SCALE_BITS
     tolerance: float = DEFAULT_TOLERANCE
+    law: str | None = None  # a delta law of the fit (default: the one it selected)
 
 
 def _interval(values: np.ndarray) -> list[float | None] | None:
@@ -57,16 +58,43 @@ def _interval(values: np.ndarray) -> list[float | None] | None:
     return [float(v) if v < 1e300 else None for v in ends]
 
 
-def _draws(saved: SavedFit, fit_key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(point, draws) of a delta law as rows [k, gamma_N, gamma_D, gamma_G]; unidentified = 0.
+@dataclass(frozen=True)
+class LawRows:
+    """A delta law at one or more parameter rows (the point, or the bootstrap draws)."""
 
-    No draws (none saved, or a fit that cannot give intervals) is an empty array, never the
-    point alone: decisions then have no interval rather than a zero-width one."""
-    fit = saved.result["delta"][fit_key]
-    point = np.array([[fit["params"].get(p) or 0.0 for p in DELTA_PARAMS]])
-    draws = saved.draws.get(bootstrap_key(fit_key), np.zeros((0, len(DELTA_PARAMS))))
-    draws = draws[np.isfinite(draws[:, 0]) & (draws[:, 0] > 0)]  # singular resamples are NaN
-    return point, np.nan_to_num(draws, nan=0.0)
+    law: FittedLaw
+    rows: int
+    name: str = "paper"
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def head(self, size: int) -> LawRows:
+        """The first `size` rows (draws of two settings are paired by resample)."""
+        cut = {k: v[:size] for k, v in self.law.params.items()}
+        base = self.law.base
+        if base is not None and np.ndim(base.get("A")) == 2:
+            base = {k: v[:size] for k, v in base.items()}
+        return LawRows(FittedLaw(self.law.law, cut, base), min(size, self.rows), self.name)
+
+    def column(self, name: str) -> np.ndarray:
+        return np.broadcast_to(self.law.params[name], (self.rows, 1))[:, 0]
+
+
+def _draws(saved: SavedFit, fit_key: str, law: str | None = None) -> tuple[LawRows, LawRows]:
+    """(point, draws) of the setting's delta law (its selection, or `law`); an exponent fit
+    left out contributes nothing.
+
+    No draws (none saved, or a fit that cannot give intervals) is an empty set of rows, never
+    the point alone: decisions then have no interval rather than a zero-width one."""
+    chosen = delta_law(saved, fit_key, law)
+    point = {k: np.array([[v if v is not None else 0.0]]) for k, v in chosen.point.params.items()}
+    draws = chosen.draws if chosen.draws is not None else np.zeros((0, len(chosen.names)))
+    draws = draws[np.isfinite(draws).all(axis=1)]  # singular resamples are NaN
+    return (
+        LawRows(FittedLaw(chosen.point.law, point, chosen.point.base), 1, chosen.name),
+        LawRows(chosen.at_draws(draws), len(draws), chosen.name),
+    )
 
 
 def _caveats(saved: SavedFit, keys: tuple[str, ...], draws: int) -> list[str]:
@@ -77,10 +105,15 @@ def _caveats(saved: SavedFit, keys: tuple[str, ...], draws: int) -> list[str]:
     return out
 
 
-def _log_delta(rows: np.ndarray, n: float, d: float, g) -> np.ndarray:
-    """log delta for each row of parameters (DELTA_PARAMS order) at each G: (rows, len(g))."""
-    params = dict(zip(DELTA_PARAMS, (rows[:, i : i + 1] for i in range(4)), strict=True))
-    return log_delta(params, n, d, np.asarray(g, float)[None, :])
+def _log_delta(rows: LawRows, n: float, d: float, g, labels=None) -> np.ndarray:
+    """log delta for each row of parameters at each G (group labels for per-G laws):
+    (rows, len(g))."""
+    g = np.asarray(g, float)
+    if not len(rows):
+        return np.zeros((0, len(g)))
+    labels = [str(int(v)) for v in g] if labels is None else labels
+    out = rows.law.log_delta(Points.at(n, d, g, np.array(labels, dtype=object)))
+    return np.array(np.broadcast_to(out, (len(rows), len(g))))
 
 
 def _range_warnings(saved: SavedFit, column: str, value: float, label: str) -> list[str]:
@@ -127,14 +160,28 @@ def best_group(saved: SavedFit, q: Question) -> dict[str, Any]:
             f"(per-channel needs {bits.min():.3f}); allowed: --bits > 4"
         )
     allowed = [g for g, ok in zip(options, fits, strict=True) if ok]
-    point, draws = _draws(saved, q.fit_key)
+    point, draws = _draws(saved, q.fit_key, q.law)
     grid = values[fits]
-    choice = allowed[int(np.argmin(_log_delta(point, q.n_params, q.tokens, grid)[0]))]
-    picks = np.argmin(_log_delta(draws, q.n_params, q.tokens, grid), axis=1)
+    at_point = _log_delta(point, q.n_params, q.tokens, grid, [str(g) for g in allowed])[0]
+    if not np.isfinite(at_point).any():
+        raise InputError(
+            f"law {point.name} of {q.fit_key} has no value at the group sizes that fit "
+            f"{q.bits:g} bits per weight ({', '.join(map(str, allowed))})"
+        )
+    unknown = [str(g) for g, v in zip(allowed, at_point, strict=True) if not np.isfinite(v)]
+    allowed = [g for g, v in zip(allowed, at_point, strict=True) if np.isfinite(v)]
+    grid, at_point = grid[np.isfinite(at_point)], at_point[np.isfinite(at_point)]
+    choice = allowed[int(np.argmin(at_point))]
+    labels = [str(g) for g in allowed]
+    picks = np.argmin(_log_delta(draws, q.n_params, q.tokens, grid, labels), axis=1)
     shares = {
         str(g): float(np.mean(picks == i)) if len(draws) else None for i, g in enumerate(allowed)
     }
-    pred = predict_point(saved, q.n_params, q.tokens, q.fit_key, choice, hidden)
+    pred = predict_point(saved, q.n_params, q.tokens, q.fit_key, choice, hidden, law=q.law)
+    if unknown:
+        pred["warnings"].append(
+            f"law {point.name} has no value at G = {', '.join(unknown)} (not fitted): left out"
+        )
     return {
         "bits_budget": q.bits,
         "scale_bits": q.scale_bits,
@@ -210,15 +257,29 @@ def best_format(saved: SavedFit, q: Question) -> dict[str, Any]:
 
 
 def tokens_to_tolerance(saved: SavedFit, q: Question) -> dict[str, Any]:
-    """D at which delta(N, D, G) reaches the tolerance: D = (tol N^gN / (k log2(G)^gG))^(1/gD)."""
+    """D at which delta(N, D, G) reaches the tolerance: D = (tol N^gN / (k log2(G)^gG))^(1/gD)
+    for the paper's law; for any other law the first D where it does, found on a grid in log D
+    and refined by bisection (never: delta stays below the tolerance up to 1e18 tokens)."""
     g = group_value(q.group_size, q.hidden_size)
-    point, draws = _draws(saved, q.fit_key)
+    label = [str(q.group_size)]
+    point, draws = _draws(saved, q.fit_key, q.law)
 
-    def solve(rows: np.ndarray) -> np.ndarray:
-        rest = np.log(q.tolerance) - _log_delta(rows, q.n_params, 1.0, [g])[:, 0]  # D = 1
-        with np.errstate(divide="ignore", invalid="ignore"):
-            log_d = np.where(rows[:, 2] > 0, rest / rows[:, 2], np.inf)  # gD <= 0: never
-        return np.exp(np.minimum(log_d, 700.0))
+    def solve(rows: LawRows) -> np.ndarray:
+        if not len(rows):
+            return np.zeros(0)
+        if rows.name == "paper":
+            rest = (
+                np.log(q.tolerance) - _log_delta(rows, q.n_params, 1.0, [g], label)[:, 0]
+            )  # D = 1
+            gamma_d = np.broadcast_to(rows.law.params["gamma_D"], (len(rows), 1))[:, 0]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                log_d = np.where(gamma_d > 0, rest / gamma_d, np.inf)  # gD <= 0: never
+            return np.exp(np.minimum(log_d, 700.0))
+        return _first_crossing(
+            lambda log_d: _log_delta(rows, q.n_params, np.exp(log_d)[:, None], [g], label)[:, 0]
+            - np.log(q.tolerance),
+            np.log(1e3), np.log(1e18), len(rows),
+        )  # fmt: skip
 
     value = float(solve(point)[0])
     boot = solve(draws)
@@ -226,15 +287,47 @@ def tokens_to_tolerance(saved: SavedFit, q: Question) -> dict[str, Any]:
     warnings += _caveats(saved, (q.fit_key,), len(draws))
     never = float(np.mean(~np.isfinite(boot) | (boot > 1e300))) if len(boot) else 0.0
     if never:
-        warnings.append(f"in {100 * never:.0f}% of draws delta does not grow with D")
+        warnings.append(
+            f"in {100 * never:.0f}% of draws delta does not reach it (up to 1e18 tokens)"
+        )
+    if not np.isfinite(value) and point.name != "paper":
+        warnings.append(f"law {point.name}: delta does not reach the tolerance up to 1e18 tokens")
     return {
         "tolerance": q.tolerance,
         "group_size": str(q.group_size),
+        "law": point.name,
         "tokens": value if value < 1e300 else None,
         "tokens_per_param": value / q.n_params if value < 1e300 else None,
         "ci95": _interval(np.where(boot > 1e300, np.inf, boot)),
         "warnings": warnings,
     }
+
+
+def _first_crossing(f, lo: float, hi: float, rows: int, steps: int = 200) -> np.ndarray:
+    """exp(x) of the first x in [lo, hi] where f (vectorised over rows) turns >= 0; inf where
+    it never does, exp(lo) where it already is."""
+    xs = np.linspace(lo, hi, steps)
+    values = np.column_stack([f(np.full(rows, x)) for x in xs])
+    above = values >= 0
+    first = np.where(above.any(axis=1), above.argmax(axis=1), -1)
+    out = np.full(rows, np.inf)
+    out[first == 0] = np.exp(lo)
+    inside = np.flatnonzero(first > 0)
+    if inside.size:
+        a, b = xs[first[inside] - 1], xs[first[inside]]
+        for _ in range(50):
+            mid = 0.5 * (a + b)
+            up = f_rows(f, mid, inside, rows) >= 0
+            a, b = np.where(up, a, mid), np.where(up, mid, b)
+        out[inside] = np.exp(0.5 * (a + b))
+    return out
+
+
+def f_rows(f, x: np.ndarray, rows: np.ndarray, total: int) -> np.ndarray:
+    """f at a different x per row (only `rows` matter)."""
+    full = np.zeros(total)
+    full[rows] = x
+    return f(full)[rows]
 
 
 def crossover(saved: SavedFit, q: Question) -> dict[str, Any]:
@@ -244,29 +337,60 @@ def crossover(saved: SavedFit, q: Question) -> dict[str, Any]:
     missing = [k for k in keys if k not in saved.result["delta"]]
     if missing:
         return {"available": False, "missing": f"no delta fit for {', '.join(missing)}"}
-    (p_int, d_int), (p_fp, d_fp) = (_draws(saved, k) for k in keys)
+    (p_int, d_int), (p_fp, d_fp) = (_draws(saved, k, q.law) for k in keys)
     size = min(len(d_int), len(d_fp))
+    per_group = [p.name for p in (p_int, p_fp) if p.law.law.per_group]
+    if per_group:
+        return {
+            "available": False,
+            "missing": f"law {per_group[0]} keeps one value per fitted group size: no crossover "
+            "between them",
+        }
 
-    def solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        # log delta_int - log delta_fp = c + dgG * log log2 G: zero at log log2 G = -c / dgG
-        c = _log_delta(a, q.n_params, q.tokens, [2.0])[:, 0]  # G = 2: log log2 G = 0
-        c -= _log_delta(b, q.n_params, q.tokens, [2.0])[:, 0]
-        slope = a[:, 3] - b[:, 3]
-        with np.errstate(divide="ignore", over="ignore"):
-            return np.exp2(np.exp(np.clip(-c / slope, -50, 50)))
+    def solve(a: LawRows, b: LawRows) -> np.ndarray:
+        if not len(a):
+            return np.zeros(0)
+        if a.name == b.name == "paper":
+            # log delta_int - log delta_fp = c + dgG * log log2 G: zero at log log2 G = -c / dgG
+            c = _log_delta(a, q.n_params, q.tokens, [2.0])[:, 0]  # G = 2: log log2 G = 0
+            c -= _log_delta(b, q.n_params, q.tokens, [2.0])[:, 0]
+            slope = a.column("gamma_G") - b.column("gamma_G")
+            with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+                return np.exp2(np.exp(np.clip(-c / slope, -50, 50)))
+        # other laws: the first sign change of the log ratio on a grid of G, interpolated
+        xs = np.geomspace(2.0, 1e6, 400)
+        diff = _log_delta(a, q.n_params, q.tokens, xs) - _log_delta(b, q.n_params, q.tokens, xs)
+        change = np.signbit(diff[:, 1:]) != np.signbit(diff[:, :-1])
+        first = np.where(change.any(axis=1), change.argmax(axis=1), -1)
+        out = np.full(len(a), np.inf)
+        at = np.flatnonzero(first >= 0)
+        j = first[at]
+        lx = np.log(np.log2(xs))
+        d0, d1 = diff[at, j], diff[at, j + 1]
+        out[at] = np.exp2(np.exp(lx[j] + (lx[j + 1] - lx[j]) * d0 / (d0 - d1)))
+        return out
 
     value = float(solve(p_int, p_fp)[0])
-    boot = solve(d_int[:size], d_fp[:size])
+    boot = solve(d_int.head(size), d_fp.head(size))
     boot[boot > 1e6] = np.inf  # beyond any real group size: no crossover in that draw
     g = group_value(q.group_size, q.hidden_size)
-    diff_point = np.exp(_log_delta(p_int, q.n_params, q.tokens, [g])) - np.exp(
-        _log_delta(p_fp, q.n_params, q.tokens, [g])
+    label = [str(q.group_size)]
+    diff_point = np.exp(_log_delta(p_int, q.n_params, q.tokens, [g], label)) - np.exp(
+        _log_delta(p_fp, q.n_params, q.tokens, [g], label)
     )
-    diff = np.exp(_log_delta(d_int[:size], q.n_params, q.tokens, [g])) - np.exp(
-        _log_delta(d_fp[:size], q.n_params, q.tokens, [g])
+    diff = np.exp(_log_delta(d_int.head(size), q.n_params, q.tokens, [g], label)) - np.exp(
+        _log_delta(d_fp.head(size), q.n_params, q.tokens, [g], label)
     )
-    int4_finer = (p_int[0, 3] - p_fp[0, 3]) > 0  # INT4's delta grows faster with G
-    warnings = []
+    if p_int.name == p_fp.name == "paper":
+        int4_finer = (p_int.column("gamma_G")[0] - p_fp.column("gamma_G")[0]) > 0
+    else:
+        ends = _log_delta(p_int, q.n_params, q.tokens, [2.0, 1e6]) - _log_delta(
+            p_fp, q.n_params, q.tokens, [2.0, 1e6]
+        )
+        int4_finer = bool(ends[0, 1] > ends[0, 0])
+    warnings = (
+        [f"laws: {keys[0]} {p_int.name}, {keys[1]} {p_fp.name}"] if p_int.name != p_fp.name else []
+    )
     for k in keys:  # identify.py's reasons for exponents fit left out (treated as 0)
         fit = saved.result["delta"][k]
         exponents = (fit.get("identifiability") or {}).get("exponents", {})
@@ -303,11 +427,15 @@ def decisions(saved: SavedFit, q: Question) -> dict[str, Any]:
         raise InputError(f"--tolerance {q.tolerance}: need a loss gap between 0 and 10")
     if format_of(q.fit_key) in BLOCK_FORMATS:  # its only G, whatever the question's default
         q = dataclasses.replace(q, group_size=BLOCK_FORMATS[format_of(q.fit_key)].block)
-    pred = predict_point(saved, q.n_params, q.tokens, q.fit_key, q.group_size, q.hidden_size)
+    pred = predict_point(
+        saved, q.n_params, q.tokens, q.fit_key, q.group_size, q.hidden_size, law=q.law
+    )
     return {
         "n_params": q.n_params,
         "tokens": q.tokens,
         "setting": q.fit_key,
+        "law": pred["law"],
+        "law_source": pred["law_source"],
         "best_group_size": best_group(saved, q),
         "best_format": best_format(saved, q),
         "tokens_to_tolerance": tokens_to_tolerance(saved, q),
@@ -335,11 +463,11 @@ def report_decisions(outcome: Any) -> list[dict[str, Any]]:
     points = [(n_max, d_max, float(hidden.iloc[0]) if len(hidden) else None), REPORT_POINT_7B]
     rows = []
     for key, fit in res["delta"].items():
-        needed = [
-            p for p in DELTA_PARAMS if not (p == "gamma_G" and format_of(key) in BLOCK_FORMATS)
-        ]
-        if key.endswith("/fp4") or any(fit["params"].get(p) is None for p in needed):
-            continue  # a block format's gamma_G is never identified: its k holds the G term
+        block = format_of(key) in BLOCK_FORMATS  # its gamma_G is never identified: k holds it
+        if key.endswith("/fp4") or any(
+            v is None for p, v in fit["params"].items() if not (block and p == "gamma_G")
+        ):
+            continue
         for n, d, h in points:
             try:
                 rows.append(decisions(saved, Question(n, d, h, key)))

@@ -6,7 +6,7 @@ Deterministic for a given table and seed, so re-running rewrites identical resul
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,12 @@ from qat_sweep.analysis.collect import InputError, excluded_list
 from qat_sweep.analysis.law import validate
 from qat_sweep.analysis.law.base_fit import LawFit, fit_base
 from qat_sweep.analysis.law.bootstrap import bootstrap
+from qat_sweep.analysis.law.compare import compare_setting
 from qat_sweep.analysis.law.delta_fit import fit_delta
+from qat_sweep.analysis.law.formulas import LAWS
 from qat_sweep.analysis.law.joint_fit import fit_joint
-from qat_sweep.analysis.predict import BOOT_FILE, SavedFit, bootstrap_key, predict_point
+from qat_sweep.analysis.law.law_fit import aicc, fit_law
+from qat_sweep.analysis.predict import BOOT_FILE, LAW_SEP, SavedFit, bootstrap_key, predict_point
 from qat_sweep.analysis.report import analyses
 
 from qat_sweep.common import atomic_open, json_safe, write_json_atomic
@@ -47,6 +50,7 @@ class Settings:
     delta_f_scale: float | None = None
     holdout: str | None = None
     base_lr: str = "best"
+    law: str | None = None  # --law NAME: use this law wherever it is fitted, not the selection
     source: str = ""
 
 
@@ -55,10 +59,12 @@ class FitOutcome:
     result: dict[str, Any]
     table: pd.DataFrame
     base: LawFit
-    deltas: dict[str, LawFit]
+    deltas: dict[str, LawFit]  # the selected (or --law) law of each setting
     bf16: pd.DataFrame
     quant: pd.DataFrame
     seconds: float
+    laws: dict[str, dict[str, LawFit | str]] = field(default_factory=dict)  # name -> fit or why not
+    paper: dict[str, LawFit] = field(default_factory=dict)  # the paper's law of each setting
 
 
 def _apply_holdout(table: pd.DataFrame, query: str | None) -> pd.DataFrame:
@@ -118,10 +124,22 @@ def run_fit(table: pd.DataFrame, skipped: list[dict[str, str]], settings: Settin
         if deltas
         else quant
     )
-    bootstrap(bf16, quant, base, deltas, settings.bootstrap, settings.seed)
+    laws = {
+        key: {
+            name: fit_law(
+                quant[quant["fit_key"] == key].reset_index(drop=True), law, key, fit, base.params,
+                settings.seed,
+            )
+            for name, law in LAWS.items()
+        }
+        for key, fit in deltas.items()
+    }  # fmt: skip
+    bootstrap(bf16, quant, base, deltas, settings.bootstrap, settings.seed, laws)
+    paper_fits = dict(deltas)
+    delta_json = _select_laws(quant, base, deltas, laws, settings)
     hold = usable[usable["holdout"]]
     validation = {
-        "laws": validate.compare_laws(quant, deltas),
+        "laws": validate.compare_laws(quant, paper_fits),
         "leave_largest_N_out": validate.leave_largest_out(
             bf16, quant, "n_params", settings.tied, settings.base_f_scale
         ),
@@ -143,12 +161,12 @@ def run_fit(table: pd.DataFrame, skipped: list[dict[str, str]], settings: Settin
                 c: [float(bf16[c].min()), float(bf16[c].max())] for c in ("n_params", "tokens")
             },
         },
-        "delta": {k: {**f.to_json(), "paper": paper.TABLE1.get(k)} for k, f in deltas.items()},
-        "joint": fit_joint(bf16, quant, base, deltas, settings.base_f_scale)
+        "delta": delta_json,
+        "joint": fit_joint(bf16, quant, base, paper_fits, settings.base_f_scale)
         if settings.joint and base.params["A"] is not None
         else None,
         "validation": validation,
-        "analyses": analyses.run_all(table, quant, deltas),
+        "analyses": analyses.run_all(table, quant, paper_fits),
         "excluded": excluded_list(table, skipped),
         "settings": asdict(settings),
         "n_runs": {
@@ -159,10 +177,71 @@ def run_fit(table: pd.DataFrame, skipped: list[dict[str, str]], settings: Settin
     }
     seconds = time.perf_counter() - start
     result["timing_s"] = {"fit": round(seconds, 3)}
-    return FitOutcome(result, table, base, deltas, bf16, quant, seconds)
+    return FitOutcome(result, table, base, deltas, bf16, quant, seconds, laws, paper_fits)
+
+
+def _select_laws(
+    quant: pd.DataFrame,
+    base: LawFit,
+    deltas: dict[str, LawFit],
+    laws: dict[str, dict[str, LawFit | str]],
+    settings: Settings,
+) -> dict[str, Any]:
+    """Compare every setting's laws on held-out cells, put the selected (or --law) fit in
+    `deltas` and return fit.json's delta entries."""
+    out: dict[str, Any] = {}
+    for key, paper_fit in list(deltas.items()):
+        part = quant[quant["fit_key"] == key].reset_index(drop=True)
+        entries, selection = compare_setting(
+            part, laws[key], paper_fit.f_scale, base.params, settings.law, settings.seed
+        )
+        chosen = selection["law"]
+        deltas[key] = laws[key][chosen]
+        out[key] = {
+            **deltas[key].to_json(),
+            "law": chosen,
+            "formula": LAWS[chosen].formula,
+            "selected": chosen,
+            "selection": selection,
+            "laws": {name: _law_json(name, laws[key][name], entries) for name in LAWS},
+            "paper": paper.TABLE1.get(key),
+        }
+    return out
+
+
+def _law_json(name: str, fit: LawFit | str, entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One law of one setting in fit.json: its parameters and every criterion, or why not."""
+    law = LAWS[name]
+    if isinstance(fit, str):
+        return {"fitted": False, "why": fit, "formula": law.formula}
+    full = fit.to_json()
+    entry = entries.get(name, {})
+    n_params = entry.get("n_params", sum(v is not None for v in fit.params.values()))
+    return {
+        "fitted": True,
+        "formula": law.formula,
+        "params": full["params"],
+        "ci95": full["ci95"],
+        "n_params": n_params,
+        "in_sample": full.get("rel_error"),
+        "held_out": entry.get("held_out", dict.fromkeys(("leave_largest_N", "leave_largest_D",
+                                                         "largest_D_per_N", "cell_cv"))),
+        "held_out_error": entry.get("held_out_error"),
+        "held_out_se": entry.get("held_out_se"),
+        "held_out_notes": entry.get("held_out_notes", {}),
+        "aicc": aicc(fit.resid, n_params),
+        "levels_off": law.levels_off,
+        "nests": list(law.nests),
+        "not_identifiable": full["not_identifiable"],
+        "interval_flags": full["interval_flags"],
+        "bound_hits": full["bound_hits"],
+        "notes": full["notes"],
+    }  # fmt: skip
 
 
 def bootstrap_arrays(outcome: FitOutcome) -> dict[str, np.ndarray]:
+    """Draws and residuals: the selected law of each setting under its plain key (what
+    predict reads), and every fitted law under <key>__law__<name> (predict --law NAME)."""
     arrays: dict[str, np.ndarray] = {"resid__base": outcome.base.resid}
     if outcome.base.boot is not None:
         arrays["base"] = outcome.base.boot
@@ -170,19 +249,30 @@ def bootstrap_arrays(outcome: FitOutcome) -> dict[str, np.ndarray]:
         arrays["resid__" + bootstrap_key(key)] = fit.resid
         if fit.boot is not None:
             arrays[bootstrap_key(key)] = fit.boot
+        for name, law_fit in outcome.laws.get(key, {}).items():
+            if isinstance(law_fit, str):
+                continue
+            arrays["resid__" + bootstrap_key(key) + LAW_SEP + name] = law_fit.resid
+            if law_fit.boot is not None:
+                arrays[bootstrap_key(key) + LAW_SEP + name] = law_fit.boot
     return arrays
 
 
 def prediction_table(saved: SavedFit) -> list[dict[str, Any]]:
-    """Predictions at 1B / 7B / 70B x 20 and 100 tokens per parameter, G = 128, per setting."""
+    """Predictions at 1B / 7B / 70B x 20 and 100 tokens per parameter, G = 128, per setting
+    (its selected law; a setting whose law has no value at G = 128 is left out)."""
     rows = []
     if saved.result["base"]["params"].get("A") is None:
         return rows
     for label, (n, hidden) in PREDICTION_SIZES.items():
         for ratio in PREDICTION_TOKENS_PER_PARAM:
             for key in saved.result["delta"]:
-                pred = predict_point(saved, n, n * ratio, key, PREDICTION_G, hidden)
-                rows.append({"model": label, "tokens_per_param": ratio, "setting": key, **{
+                try:
+                    pred = predict_point(saved, n, n * ratio, key, PREDICTION_G, hidden)
+                except InputError:  # a per-G law without G = 128: no prediction there
+                    continue
+                rows.append({"model": label, "tokens_per_param": ratio, "setting": key,
+                             "law": pred.get("law"), **{
                     name: pred[name] for name in ("bf16_loss", "delta", "qat_loss", "eff_multiplier")
                 }, "warnings": pred["warnings"]})  # fmt: skip
     return rows
@@ -218,6 +308,10 @@ def check_intervals(result: dict[str, Any]) -> None:
             bad.append(f"{label}: {value} outside [{lo}, {hi}]")
 
     fits = {"base": result["base"], **{f"delta {k}": f for k, f in result["delta"].items()}}
+    for key, fit in result["delta"].items():
+        for name, entry in (fit.get("laws") or {}).items():
+            if entry.get("fitted"):
+                fits[f"delta {key} law {name}"] = entry
     for label, fit in fits.items():
         for name, value in fit["params"].items():
             inside(f"{label} {name}", value, fit["ci95"].get(name))

@@ -17,28 +17,97 @@ from qat_sweep.analysis.collect import InputError
 from qat_sweep.analysis.law.bootstrap import percentile_95
 from qat_sweep.analysis.law.formulas import (
     BASE_PARAMS,
-    DELTA_PARAMS,
+    LAWS,
+    FittedLaw,
+    Points,
     bf16_loss,
-    delta_loss,
     effective_multiplier,
+    fitted_law,
     group_value,
 )
 
 from qat_sweep.model.precision import BLOCK_FORMATS, base_format
 
 BOOT_FILE = "bootstrap.npz"
+LAW_SEP = "__law__"  # bootstrap.npz: <setting key>__law__<name> holds each fitted law's draws
 
 
 def fit_reader_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """The options every reader of a saved fit shares (predict, decide, suggest)."""
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--fit", type=Path, required=True, help="a `qat-sweep fit` output directory")
+    p.add_argument(
+        "--law",
+        choices=list(LAWS),
+        help="use this delta law of the fit (default: the one the fit selected per setting)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     return p
 
 
 def bootstrap_key(fit_key: str) -> str:
     return "delta__" + fit_key.replace("/", "__")
+
+
+@dataclass
+class DeltaLawDraws:
+    """One setting's delta law from a saved fit: the point law, its bootstrap draws (rows, in
+    the order of its parameters) and residuals, and the fit.json entry its caveats come from."""
+
+    name: str
+    source: str  # "selected" (by the fit's held-out comparison) or "--law"
+    point: FittedLaw
+    names: tuple[str, ...]
+    draws: np.ndarray | None
+    resid: np.ndarray
+    entry: dict[str, Any]
+    base_draws: dict[str, np.ndarray] | None = None
+
+    def at_draws(self, rows: np.ndarray | None = None) -> FittedLaw:
+        """The law with each draw as a column vector (a dropped exponent's column is 0)."""
+        draws = self.draws if rows is None else rows
+        params = {n: draws[:, j : j + 1] for j, n in enumerate(self.names)}
+        base = self.point.base
+        if self.point.law.uses_base and self.base_draws is not None:
+            base = {k: v[: len(draws)] for k, v in self.base_draws.items()}
+        return FittedLaw(self.point.law, params, base)
+
+    @property
+    def label(self) -> str:
+        how = "forced with --law" if self.source == "--law" else "selected by the fit"
+        return f"{self.name} ({how})"
+
+
+def delta_law(saved: SavedFit, fit_key: str, law: str | None = None) -> DeltaLawDraws:
+    """The delta law predict, decide and suggest use for a setting: the fit's selection, or
+    `law` (InputError when the fit could not fit that law for this setting)."""
+    fit = saved.result["delta"].get(fit_key)
+    if fit is None:
+        raise InputError(
+            f"no delta fit for {fit_key}; fitted: {', '.join(saved.result['delta']) or 'none'}"
+        )
+    selected = fit.get("law") or "paper"
+    name = law or selected
+    base_params = saved.result["base"]["params"]
+    base = None
+    if base_params.get("A") is not None:
+        base = {"A": base_params["A"], "alpha": base_params["alpha"]}
+    try:
+        point = fitted_law(fit, base, name)
+    except KeyError as err:
+        raise InputError(f"{fit_key}: {err.args[0]}") from err
+    key = bootstrap_key(fit_key) + ("" if name == selected else LAW_SEP + name)
+    entry = fit if name == selected else fit["laws"][name]
+    draws = saved.draws.get(key)
+    base_draws = None
+    if "base" in saved.draws:
+        b = saved.draws["base"]
+        base_draws = {"A": b[:, 0:1], "alpha": b[:, 1:2]}
+    return DeltaLawDraws(
+        name, "--law" if law and law != selected else "selected", point,
+        tuple(entry["params"]), draws, saved.draws.get("resid__" + key, np.zeros(1)),
+        entry, base_draws,
+    )  # fmt: skip
 
 
 @dataclass
@@ -158,8 +227,10 @@ def predict_point(
     group_size: Any = None,
     hidden_size: float | None = None,
     seed: int = 0,
+    law: str | None = None,
 ) -> dict[str, Any]:
-    """BF16 loss, delta and QAT loss with 95% confidence and prediction intervals.
+    """BF16 loss, delta and QAT loss with 95% confidence and prediction intervals, delta from
+    the setting's selected law (or `law`).
 
     Every interval contains its point and every PI its CI; quantities whose fit cannot give
     trustworthy intervals (not identifiable, exact fit) carry `caveats`, also in `warnings`.
@@ -173,6 +244,8 @@ def predict_point(
         "n_params": n_params,
         "tokens": tokens,
         "setting": fit_key,
+        "group_size": None if group_size is None else str(group_size),
+        "hidden_size": hidden_size,
         "warnings": [],
     }
     if base["params"].get("A") is None:
@@ -190,30 +263,32 @@ def predict_point(
     if fit_key is None or fit_key.startswith("bf16/"):
         out["warnings"] += out["bf16_loss"].get("caveats", [])
         return out
-    fit = saved.result["delta"].get(fit_key)
-    if fit is None:
-        raise InputError(
-            f"no delta fit for {fit_key}; fitted: {', '.join(saved.result['delta']) or 'none'}"
-        )
+    chosen = delta_law(saved, fit_key, law)
+    fit = chosen.entry
+    out["law"] = chosen.name
+    out["law_source"] = chosen.source
     g = group_value(group_size, hidden_size)
     if not np.isfinite(g) or g < 2:
         raise InputError("group_size must be an integer >= 2, or channel with hidden_size")
-    dp = fit["params"]
+    points = Points.at(n_params, tokens, g, group_size)
     out["warnings"] += _left_out(fit, fit_key, g)
-    point_delta = float(
-        _delta(np.array([[dp[p] or 0.0 for p in DELTA_PARAMS]]), n_params, tokens, g)[0]
+    point_delta = float(chosen.point.delta(points)[0])
+    if not np.isfinite(point_delta):
+        raise InputError(
+            f"law {chosen.name} of {fit_key} has no value at group_size={group_size} (it keeps "
+            f"one parameter per fitted group size: {', '.join(fit['params'])})"
+        )
+    draws_d = chosen.draws
+    boot_delta = (
+        chosen.at_draws().delta(points)[:, 0] if draws_d is not None else np.array([np.nan])
     )
-    draws_d = saved.draws.get(bootstrap_key(fit_key))
-    boot_delta = _delta(draws_d, n_params, tokens, g) if draws_d is not None else np.array([np.nan])
-    noise_d = rng.choice(
-        saved.draws.get("resid__" + bootstrap_key(fit_key), np.zeros(1)), size=boot_delta.shape
-    )
+    noise_d = rng.choice(chosen.resid, size=boot_delta.shape)
     size = min(len(boot_base), len(boot_delta))
     boot_qat = boot_base[:size] + boot_delta[:size]
     noisy_qat = boot_base[:size] * np.exp(noise_b[:size]) + boot_delta[:size] * np.exp(
         noise_d[:size]
     )
-    delta_caveats = _fit_caveats(f"delta law {fit_key}", fit)
+    delta_caveats = _fit_caveats(f"delta law {fit_key} ({chosen.name})", fit)
     out["delta"] = _quantity(point_delta, boot_delta, boot_delta * np.exp(noise_d), delta_caveats)
     out["qat_loss"] = _quantity(
         point_base + point_delta, boot_qat, noisy_qat, base_caveats + delta_caveats
@@ -225,15 +300,6 @@ def predict_point(
     for key in ("bf16_loss", "delta", "qat_loss", "eff_multiplier"):
         out["warnings"] += [c for c in out[key].get("caveats", []) if c not in out["warnings"]]
     return out
-
-
-def _delta(draws: np.ndarray, n: float, d: float, g: float) -> np.ndarray:
-    """delta per draw row (DELTA_PARAMS order); a dropped exponent (0 / NaN) contributes
-    nothing, a NaN k stays NaN."""
-    k, *gammas = draws.T
-    exponents = dict(zip(DELTA_PARAMS[1:], map(np.nan_to_num, gammas), strict=True))
-    with np.errstate(divide="ignore"):  # k = 0 (a fit without k): delta 0
-        return delta_loss({"k": k, **exponents}, n, d, g)
 
 
 def format_prediction(pred: dict[str, Any]) -> str:
@@ -250,6 +316,9 @@ def format_prediction(pred: dict[str, Any]) -> str:
     lines = [
         f"N = {pred['n_params']:.4g}, D = {pred['tokens']:.4g}, setting = {pred['setting'] or 'bf16'}"
     ]
+    if pred.get("law"):
+        how = "forced with --law" if pred.get("law_source") == "--law" else "selected by the fit"
+        lines.append(f"delta law: {pred['law']} ({how})")
     lines.append(line("BF16 loss", pred["bf16_loss"]))
     for label, key in (
         ("delta", "delta"),

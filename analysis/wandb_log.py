@@ -14,33 +14,43 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from qat_sweep.analysis.law.formulas import delta_loss
+from qat_sweep.analysis.law.formulas import Points, fitted_law
 
 from qat_sweep import wandb_api
 
 
-def predicted_deltas(result: dict[str, Any], table: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Per quantized run: the fitted law's delta and the residual (measured - predicted).
+def predicted_deltas(result: dict[str, Any], table: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per quantized run: the selected law's delta, the residual (measured - predicted) and
+    the law's name (`fit/law`).
 
     `table` is the fit's run table (`runs.csv`: run_key, scheme, format, n_params, tokens, G,
-    delta); runs whose setting has no delta fit, or that lack G or a measured delta, are left out.
+    group_size, delta); runs whose setting has no delta fit, or that lack G or a measured delta,
+    are left out.
     """
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, Any] = {}
+    base = (result.get("base") or {}).get("params") or {}
+    laws = {
+        key: fitted_law(fit, base if base.get("A") is not None else None)
+        for key, fit in result.get("delta", {}).items()
+    }
     for row in table.itertuples(index=False):
-        fit = result.get("delta", {}).get(f"{row.scheme}/{row.format}")
-        if row.scheme == "bf16" or fit is None or fit["params"].get("k") is None:
+        law = laws.get(f"{row.scheme}/{row.format}")
+        if row.scheme == "bf16" or law is None or all(v is None for v in law.params.values()):
             continue
-        predicted = float(delta_loss(fit["params"], row.n_params, row.tokens, row.G))
+        group = getattr(row, "group_size", None)
+        predicted = float(law.delta(Points.at(row.n_params, row.tokens, row.G, group))[0])
         if math.isfinite(predicted) and math.isfinite(row.delta):
             out[str(row.run_key)] = {
                 "fit/predicted_delta": predicted,
                 "fit/residual": float(row.delta) - predicted,
+                "fit/law": law.law.name,
             }
     return out
 
 
 def fit_summary(result: dict[str, Any]) -> dict[str, Any]:
-    """The law's parameters and their 95% intervals as flat summary keys."""
+    """The laws' parameters (each setting's selected delta law, named in delta/<key>/law) and
+    their 95% intervals as flat summary keys."""
     parts = {"base": result["base"], **{f"delta/{k}": v for k, v in result["delta"].items()}}
     summary: dict[str, Any] = {}
     for prefix, fit in parts.items():
@@ -51,6 +61,8 @@ def fit_summary(result: dict[str, Any]) -> dict[str, Any]:
                 summary[f"{prefix}/{name}_ci95_lo"], summary[f"{prefix}/{name}_ci95_hi"] = interval
         if "rel_error" in fit:
             summary[f"{prefix}/rel_error"] = fit["rel_error"]
+        if prefix != "base":
+            summary[f"{prefix}/law"] = fit.get("law", "paper")  # whose parameters these are
     return summary
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 from qat_sweep.analysis.cells import cell_values
-from qat_sweep.analysis.law.formulas import delta_loss, delta_regressors
+from qat_sweep.analysis.law.formulas import PAPER, FittedLaw, Points, delta_regressors
 from scipy.special import ndtri
 
 if TYPE_CHECKING:
@@ -24,23 +24,30 @@ NORMAL_QUANTILES = ndtri((np.arange(256) + 0.5) / 256)  # a run's gap noise, in 
 
 
 def features(n, d, g) -> np.ndarray:
-    """Rows [1, log D, log log2 G, -log N]: the delta law is linear in these (log space)."""
+    """Rows [1, -log N, log D, log log2 G]: the paper's law is linear in these (log space), in
+    the order of its parameters (k, gamma_N, gamma_D, gamma_G) as FittedLaw.gradient has them."""
     r = delta_regressors(*(np.atleast_1d(np.asarray(v, float)) for v in (n, d, g)))
-    return np.column_stack([np.ones_like(r["gamma_N"]), r["gamma_D"], r["gamma_G"], r["gamma_N"]])
+    return np.column_stack([np.ones_like(r["gamma_N"]), r["gamma_N"], r["gamma_D"], r["gamma_G"]])
+
+
+def as_law(law: FittedLaw | dict[str, float]) -> FittedLaw:
+    """A fitted law; a plain parameter dict is the paper's law."""
+    return law if isinstance(law, FittedLaw) else FittedLaw(PAPER, law)
 
 
 @dataclass
 class Runs:
-    """Design rows of one setting: features, predicted delta, twin cell id."""
+    """Design rows of one setting: the law's gradient in log space (the regressors, for the
+    paper's law), predicted delta, twin cell id."""
 
     x: np.ndarray
     delta: np.ndarray
     cell: np.ndarray
 
     @classmethod
-    def of(cls, frame: pd.DataFrame, law: dict[str, float]) -> Runs:
-        n, d, g = frame["n_params"], frame["tokens"], frame["G"]
-        return cls(features(n, d, g), delta_loss(law, n, d, g), cell_keys(frame))
+    def of(cls, frame: pd.DataFrame, law: FittedLaw | dict[str, float]) -> Runs:
+        law, points = as_law(law), Points.of(frame)
+        return cls(law.gradient(points), law.delta(points), cell_keys(frame))
 
 
 def cell_keys(frame: pd.DataFrame) -> np.ndarray:
@@ -77,10 +84,11 @@ class TargetState:
 
     @classmethod
     def at_target(
-        cls, target: Target, law: dict[str, float], done: pd.DataFrame, sigma: float
+        cls, target: Target, law: FittedLaw | dict[str, float], done: pd.DataFrame, sigma: float
     ) -> TargetState:
-        """The target's state from the done runs of its setting."""
-        c = features(target.n_params, target.tokens, target.G)[0]
+        """The target's state from the done runs of its setting (the law's linearisation)."""
+        point = Points.at(target.n_params, target.tokens, target.G, target.group_size)
+        c = as_law(law).gradient(point)[0]
         return cls.start(c, Runs.of(done[done["fit_key"] == target.fit_key], law), sigma)
 
     def add(self, x: np.ndarray, delta: float, cell: str) -> None:
@@ -120,18 +128,19 @@ class TargetState:
         big_b = np.einsum("n,nij->ij", np.maximum(b - self.sigma**2 * a**2 / delta**2, 0), outer)
         cells: dict[str, np.ndarray] = {}
         for xi, ai, di, ci in zip(x, a, delta, self.cell, strict=True):
-            cells[ci] = cells.get(ci, np.zeros(4)) + ai * xi / di
+            cells[ci] = cells.get(ci, np.zeros(len(xi))) + ai * xi / di
         return threshold, big_a, big_b, cells
 
     def variance(self) -> float:
         """Var(log delta-hat at the target); inf while the design cannot identify it."""
-        if len(self.x) < 4:
+        if len(self.x) < len(self.c):
             return float("inf")
         _, big_a, big_b, cells = self._sums()
         if np.linalg.cond(big_a) > 1e12:
             return float("inf")
+        p = len(self.c)
         meat = big_b + self.sigma**2 * sum(
-            (np.outer(t, t) for t in cells.values()), np.zeros((4, 4))
+            (np.outer(t, t) for t in cells.values()), np.zeros((p, p))
         )
         ainv_c = np.linalg.solve(big_a, self.c)
         return float(ainv_c @ meat @ ainv_c)
@@ -139,15 +148,16 @@ class TargetState:
     def variance_with(self, xs: np.ndarray, deltas: np.ndarray, cells: np.ndarray) -> np.ndarray:
         """Var after adding each candidate alone (vectorised over candidates)."""
         out = np.full(len(xs), np.inf)
-        if len(self.x) < 3 or not len(xs):
+        if len(self.x) < len(self.c) - 1 or not len(xs):
             return out
         threshold, big_a, big_b, sums = self._sums()
         a, b = self._huber(deltas, threshold)
         outer = np.einsum("ji,jk->jik", xs, xs)
         new_a = big_a + a[:, None, None] * outer
-        old = np.stack([sums.get(c, np.zeros(4)) for c in cells])
+        p = len(self.c)
+        old = np.stack([sums.get(c, np.zeros(p)) for c in cells])
         new = old + a[:, None] * xs / deltas[:, None]
-        cell_meat = self.sigma**2 * sum((np.outer(t, t) for t in sums.values()), np.zeros((4, 4)))
+        cell_meat = self.sigma**2 * sum((np.outer(t, t) for t in sums.values()), np.zeros((p, p)))
         meat = (
             big_b
             + cell_meat
@@ -157,7 +167,7 @@ class TargetState:
         )
         ok = np.linalg.cond(new_a) < 1e12
         if ok.any():
-            rhs = np.broadcast_to(self.c, (int(ok.sum()), 4))[..., None]
+            rhs = np.broadcast_to(self.c, (int(ok.sum()), p))[..., None]
             ainv_c = np.linalg.solve(new_a[ok], rhs)[..., 0]
             out[ok] = np.einsum("ji,jik,jk->j", ainv_c, meat[ok], ainv_c)
         return out

@@ -16,7 +16,7 @@ import pandas as pd
 from qat_sweep.analysis.collect import InputError
 from qat_sweep.analysis.design import simulate as sim
 from qat_sweep.analysis.law import identify
-from qat_sweep.analysis.law.formulas import BASE_PARAMS, DELTA_PARAMS, bf16_loss
+from qat_sweep.analysis.law.formulas import BASE_PARAMS, GAMMA_BOUND, LAWS, Points, bf16_loss
 
 
 def _param_rows(truth: dict[str, float], est: np.ndarray, ok: np.ndarray, names) -> dict:
@@ -40,16 +40,20 @@ def target_intervals(target: sim.Target, refits: sim.Refits, prior: sim.Prior) -
             f"it fits: {', '.join(sorted(refits.delta)) or 'none'}"
         )
     n, d, g = target.n_params, target.tokens, target.G
-    delta = sim.predicted_delta(refits.delta[target.fit_key], n, d, g)
-    truth = float(sim.delta_loss(prior.delta[target.fit_key], n, d, g))
+    key = target.fit_key
+    law, names = refits.laws.get(key, "paper"), refits.names.get(key, sim.DELTA_PARAMS)
+    delta = sim.predicted_delta(
+        refits.delta[key], n, d, g, law, names, target.group_size, refits.base
+    )
+    truth = float(prior.fitted_law(key).delta(Points.at(n, d, g, target.group_size))[0])
     base = dict(zip(BASE_PARAMS, refits.base.T, strict=True))
     qat = bf16_loss(base, n, d) + delta
     true_qat = float(bf16_loss(prior.base, n, d)) + truth
     fitted = np.isfinite(refits.delta[target.fit_key][:, 0])
     est, ok = refits.delta[target.fit_key][fitted], refits.delta_ok[target.fit_key][fitted]
-    warnings = []
+    warnings = [] if law == "paper" else [f"refits of law {law}"]
     block = identify.fixed_block(pd.DataFrame({"format": [target.fit_key.partition("/")[2]]}))
-    for j, p in enumerate(DELTA_PARAMS[1:], start=1):
+    for j, p in enumerate(names[1:], start=1):
         left_out = float(np.mean(~np.isfinite(est[:, j]))) if len(est) else 1.0
         on_bound = float(np.mean(np.isfinite(est[:, j]) & ~ok[:, j])) if len(est) else 0.0
         if p == "gamma_G" and block and g == block[1]:
@@ -61,7 +65,8 @@ def target_intervals(target: sim.Target, refits: sim.Refits, prior: sim.Prior) -
             )
         if on_bound:
             warnings.append(
-                f"{p} on its +-{sim.GAMMA_BOUND:g} bound in {100 * on_bound:.0f}% of simulated fits"
+                f"{p} on its bound (+-{GAMMA_BOUND:g} for an exponent) in {100 * on_bound:.0f}% of "
+                "simulated fits"
             )
     return {
         "warnings": warnings,
@@ -69,6 +74,7 @@ def target_intervals(target: sim.Target, refits: sim.Refits, prior: sim.Prior) -
         "n_params": n,
         "tokens": d,
         "setting": target.fit_key,
+        "law": law,
         "group_size": target.group_size,
         "delta": sim.interval(delta, truth),
         "qat_loss": sim.interval(qat, true_qat),
@@ -83,16 +89,20 @@ def run_design(
     seed: int = 0,
     targets: list[sim.Target] | tuple[sim.Target, ...] = (),
     cell_noise: float = 0.0,
+    select: bool = False,
 ) -> dict[str, Any]:
-    """Simulate `n_sims` sweeps of `runs` and summarise what their fits would say."""
+    """Simulate `n_sims` sweeps of `runs` and summarise what their fits would say; with
+    `select`, also how often fit's law comparison picks the law the data were drawn from."""
     start = time.perf_counter()
     prior = sim.covering(prior, tuple(runs.loc[runs["scheme"] != "bf16", "fit_key"].unique()))
     truth = sim.true_losses(prior, runs)
     losses = sim.draw_losses(prior, runs, noise, n_sims, np.random.default_rng(seed), cell_noise)
-    refits = sim.refit_many(runs, losses, truth)
+    keys = runs.loc[runs["scheme"] != "bf16", "fit_key"].unique()
+    laws = {key: prior.law(key) for key in keys}
+    refits = sim.refit_many(runs, losses, truth, laws=laws, select=select)
     params = {"bf16": _param_rows(prior.base, refits.base, refits.base_ok, BASE_PARAMS)}
     for key, est in refits.delta.items():
-        params[key] = _param_rows(prior.delta[key], est, refits.delta_ok[key], DELTA_PARAMS)
+        params[key] = _param_rows(prior.delta[key], est, refits.delta_ok[key], refits.names[key])
     held = runs["holdout"].to_numpy(bool)
     fixed = {}
     for key in refits.delta:
@@ -100,8 +110,11 @@ def run_design(
         if block:
             fixed[key] = identify.fixed_block_why(*block)
     return {
-        "prior": {"source": prior.source, "notes": prior.notes},
+        "prior": {"source": prior.source, "notes": prior.notes, "laws": refits.laws},
         "fixed_block": fixed,
+        "selection": {
+            key: selection_summary(prior.law(key), picks) for key, picks in refits.picks.items()
+        },
         "noise": noise,
         "cell_noise": cell_noise,
         "sims": n_sims,
@@ -120,6 +133,27 @@ def run_design(
     }
 
 
+def selection_summary(truth: str, picks: list[str]) -> dict[str, Any]:
+    """How often fit's selection picked each law; a hit is the true law or a law that contains
+    it (formulas.DeltaLaw.nests: the levelling law contains the paper's, the paper's no_D)."""
+    fitted = [p for p in picks if p not in ("none", "undecided")]
+    shares = {
+        name: float(np.mean([p == name for p in fitted])) if fitted else None for name in LAWS
+    }
+    hits = [p == truth or truth in LAWS[p].nests for p in fitted]
+    return {
+        "truth": truth,
+        "sweeps": len(fitted),
+        "undecided": sum(p == "undecided" for p in picks),  # nothing held out: paper by default
+        "picks": shares,
+        "hit_rate": float(np.mean(hits)) if fitted else None,
+        "levelling_off_rate": float(np.mean([LAWS[p].levels_off for p in fitted]))
+        if fitted
+        else None,
+        "hit": "the true law or a law that contains it",
+    }
+
+
 def _g(value: Any, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}g}"
 
@@ -131,7 +165,13 @@ def format_design(res: dict[str, Any]) -> str:
         f"{grid['holdout_runs']} held out), {grid['gpu_hours']:,.0f} GPU-hours "
         f"(fitted runs {grid['fitted_gpu_hours']:,.0f})"
         + (f"; dropped {', '.join(res['drops'])}" if res["drops"] else ""),
-        f"prior {res['prior']['source']}; noise {res['noise']:g} per run"
+        f"prior {res['prior']['source']}"
+        + (
+            f" (laws: {', '.join(f'{k} {v}' for k, v in res['prior']['laws'].items() if v != 'paper')})"
+            if any(v != "paper" for v in res["prior"].get("laws", {}).values())
+            else ""
+        )
+        + f"; noise {res['noise']:g} per run"
         + (f" + {res['cell_noise']:g} per cell" if res["cell_noise"] else "")
         + f"; {res['sims']} simulated sweeps refitted as `fit` would in {res['seconds']:.1f} s",
         *[f"note: {n}" for n in res["prior"]["notes"]],
@@ -150,6 +190,24 @@ def format_design(res: dict[str, Any]) -> str:
             lines.append(
                 f"{key:<18} {name:<8} {_g(item['truth']):>9} {span:>26} {_g(item['width'], 3):>9} "
                 f"{100 * item['identified']:>9.0f}% {100 * item['left_out']:>7.0f}% {zero:>10}"
+            )
+    if res.get("selection"):
+        lines += [
+            "",
+            "which law fit selects (held-out comparison, one-SE rule) over the simulated sweeps:",
+        ]
+        for key, item in res["selection"].items():
+            shares = ", ".join(f"{name} {100 * v:.0f}%" for name, v in item["picks"].items() if v)
+            if not item["sweeps"]:
+                lines.append(
+                    f"{key:<18} truth {item['truth']}: the grid holds out nothing for this "
+                    "setting (the paper's law by default)"
+                )
+                continue
+            lines.append(
+                f"{key:<18} truth {item['truth']}: picks {shares or 'none'}; true law or one "
+                f"containing it {100 * (item['hit_rate'] or 0):.0f}%, a levelling-off law "
+                f"{100 * (item['levelling_off_rate'] or 0):.0f}% ({item['sweeps']} sweeps)"
             )
     for t in res["targets"]:
         lines.append("")

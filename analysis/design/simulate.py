@@ -32,14 +32,19 @@ from qat_sweep.analysis.law.base_fit import (
     on_bound,
 )
 from qat_sweep.analysis.law.bootstrap import base_lm_batch
-from qat_sweep.analysis.law.delta_fit import DELTA_COLUMNS, GAMMA_BOUND, delta_start, fit_delta
+from qat_sweep.analysis.law.compare import select_sets
+from qat_sweep.analysis.law.delta_fit import DELTA_COLUMNS, delta_start, fit_delta
 from qat_sweep.analysis.law.formulas import (
     BASE_PARAMS,
     DELTA_PARAMS,
+    LAWS,
+    FittedLaw,
+    Points,
     bf16_loss,
     delta_loss,
     group_value,
 )
+from qat_sweep.analysis.law.law_fit import base_of, engine_for
 
 from qat_sweep.common import parse_count, split_overrides
 from qat_sweep.estimates.flops import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS
@@ -59,13 +64,22 @@ DROP_KEYS = ("model", "tokens", "scheme", "format", "group_size", "subgrid", "lr
 
 @dataclass
 class Prior:
-    """The law simulated data are drawn from: a base law and one delta law per setting."""
+    """The law simulated data are drawn from: a base law and one delta law per setting (its
+    name in `laws`, the paper's when absent; its parameters in `delta`)."""
 
     base: dict[str, float]
     delta: dict[str, dict[str, float]]
     source: str
     noise: float | None = None  # per-run loss noise implied by the prior fit's residuals
     notes: list[str] = field(default_factory=list)
+    laws: dict[str, str] = field(default_factory=dict)
+    fitted: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # every law fit
+
+    def law(self, key: str) -> str:
+        return self.laws.get(key, "paper")
+
+    def fitted_law(self, key: str) -> FittedLaw:
+        return FittedLaw(LAWS[self.law(key)], self.delta[key], base_of(self.base))
 
 
 def paper_prior() -> Prior:
@@ -79,10 +93,18 @@ def paper_prior() -> Prior:
     )  # fmt: skip
 
 
-def load_prior(spec: str | None) -> Prior:
-    """`paper` (default) or a fit directory / fit.json; settings a fit lacks come from paper."""
+def load_prior(spec: str | None, law: str | None = None) -> Prior:
+    """`paper` (default) or a fit directory / fit.json; settings a fit lacks come from paper.
+
+    From a fit, each setting's delta law is the one the fit selected, or `law` where the fit
+    could fit it."""
     if spec in (None, "", "paper"):
-        return paper_prior()
+        prior = paper_prior()
+        if law not in (None, "paper"):
+            prior.notes.append(
+                f"--law {law}: the paper prior has only the paper's law (use --truth {law})"
+            )
+        return prior
     path = Path(spec)
     path = path / "fit.json" if path.is_dir() else path
     if not path.is_file():
@@ -97,11 +119,29 @@ def load_prior(spec: str | None) -> Prior:
     fallback = paper_prior()
     prior = Prior(dict(base["params"]), dict(fallback.delta), f"fit {path}")
     for key, fit in result.get("delta", {}).items():
+        name = fit.get("law") or "paper"
         params = fit["params"]
-        missing = [p for p in DELTA_PARAMS if params.get(p) is None]
-        prior.delta[key] = {p: float(params.get(p) or 0.0) for p in DELTA_PARAMS}
+        laws = fit.get("laws") or {}
+        if law and law != name:
+            entry = laws.get(law) or {}
+            if entry.get("fitted"):
+                name, params = law, entry["params"]
+            else:
+                prior.notes.append(
+                    f"{key}: --law {law} not fitted ({entry.get('why', 'not in the fit')}): "
+                    f"its selected law {name} instead"
+                )
+        prior.laws[key] = name
+        prior.fitted[key] = {
+            n: {p: float(v or 0.0) for p, v in e["params"].items()}
+            for n, e in laws.items()
+            if e.get("fitted")
+        }
+        missing = [p for p, v in params.items() if v is None]
+        prior.delta[key] = {p: float(v or 0.0) for p, v in params.items()}
         if missing:
             prior.notes.append(f"{key}: {', '.join(missing)} not identifiable in the prior fit: 0")
+        prior.notes.append(f"{key}: law {name}")
     unfitted = sorted(set(fallback.delta) - set(result.get("delta", {})))
     if unfitted:
         prior.notes.append(f"not in the prior fit, taken from the paper: {', '.join(unfitted)}")
@@ -236,7 +276,7 @@ def true_losses(prior: Prior, runs: pd.DataFrame) -> np.ndarray:
             )
         mask = (runs["fit_key"] == key).to_numpy()
         part = runs[mask]
-        loss[mask] += delta_loss(prior.delta[key], part["n_params"], part["tokens"], part["G"])
+        loss[mask] += prior.fitted_law(key).delta(Points.of(part))
     return loss
 
 
@@ -262,9 +302,11 @@ def draw_losses(
 
 @dataclass
 class Refits:
-    """Estimates of every simulated sweep: raw parameters in BASE_PARAMS / DELTA_PARAMS order.
+    """Estimates of every simulated sweep: raw parameters in BASE_PARAMS order, and per setting
+    its law's parameters (`names`: DELTA_PARAMS for the paper's law).
 
     `*_ok` marks estimates fit would report as identified: in the design, finite, off the bounds.
+    `picks`: per setting, the law fit's selection picks in each sweep (when asked for).
     """
 
     base: np.ndarray
@@ -272,6 +314,9 @@ class Refits:
     delta: dict[str, np.ndarray]
     delta_ok: dict[str, np.ndarray]
     exact_refits: int = 0  # replicates that needed fit_delta itself
+    laws: dict[str, str] = field(default_factory=dict)
+    names: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    picks: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _base_refits(runs: pd.DataFrame, fitted: np.ndarray, losses: np.ndarray, truth: np.ndarray):
@@ -308,27 +353,36 @@ def _base_refits(runs: pd.DataFrame, fitted: np.ndarray, losses: np.ndarray, tru
 
 def _delta_replicate(
     part: pd.DataFrame, y: np.ndarray, mask: np.ndarray
-) -> tuple[np.ndarray, bool]:
+) -> tuple[np.ndarray, bool, float, frozenset[str]]:
     """One replicate's delta law as fit_delta fits it (fit.delta_start: the exponents
     identify.py keeps for these gaps, the box IRLS optimum lmfit refines), NaN for exponents
-    left out; fit_delta itself where the IRLS has no finite answer."""
+    left out; fit_delta itself where the IRLS has no finite answer. Also its Huber threshold
+    and the exponents left out (what the replicate's other laws share)."""
     rows = part if mask.all() else part[mask].reset_index(drop=True)
-    design, _, _, _, _, coef = delta_start(rows, y[mask], None, DELTA_COLUMNS)
+    design, _, _, _, scale, coef = delta_start(rows, y[mask], None, DELTA_COLUMNS)
+    dropped = frozenset(c for c in DELTA_COLUMNS if c not in design.columns)
     if np.all(np.isfinite(coef)):
         raw = design.to_raw(coef)[0]
         raw[[DELTA_PARAMS.index(c) for c in DELTA_COLUMNS if c not in design.columns]] = np.nan
-        return raw, False
+        return raw, False, scale, dropped
     fit = fit_delta(rows.assign(delta=np.exp(y[mask])), "sim")
-    return np.array([np.nan if v is None else v for v in fit.params.values()]), True
+    est = np.array([np.nan if v is None else v for v in fit.params.values()])
+    return est, True, fit.f_scale, frozenset(fit.not_identifiable)
 
 
 def refit_many(
-    runs: pd.DataFrame, losses: np.ndarray, start_losses: np.ndarray | None = None
+    runs: pd.DataFrame,
+    losses: np.ndarray,
+    start_losses: np.ndarray | None = None,
+    laws: dict[str, str] | None = None,
+    select: bool = False,
 ) -> Refits:
     """Refit every row of `losses` (n_sims, n_runs) as `fit` would fit that sweep's records.
 
-    The base law's warm start is fit_base on `start_losses` (the noiseless truth; default the
-    mean over replicates).
+    Each setting is fitted with its law in `laws` (default the paper's); with `select`, fit's
+    law comparison also runs on every sweep and `picks` records the law it selects. The base
+    law's warm start is fit_base on `start_losses` (the noiseless truth; default the mean over
+    replicates).
     """
     runs = runs.reset_index(drop=True)  # row i is column i of losses
     fitted = ~runs["holdout"].to_numpy(bool)
@@ -337,24 +391,109 @@ def refit_many(
     twins = twin_index(runs)
     out = Refits(base, base_ok, {}, {})
     quant = fitted & (twins >= 0)
+    n_sims = losses.shape[0]
     for key in sorted(runs.loc[quant, "fit_key"].unique()):
         rows = np.flatnonzero(quant & (runs["fit_key"] == key).to_numpy())
         part = runs.iloc[rows].reset_index(drop=True)
         gaps = losses[:, rows] - losses[:, twins[rows]]
-        est = np.full((losses.shape[0], len(DELTA_PARAMS)), np.nan)
-        for s in range(losses.shape[0]):
+        est = np.full((n_sims, len(DELTA_PARAMS)), np.nan)
+        scale = np.full(n_sims, np.nan)
+        dropped: list[frozenset[str]] = [frozenset(DELTA_COLUMNS)] * n_sims
+        for s in range(n_sims):
             mask = gaps[s] > 0
             if mask.sum() < 2:  # pipeline skips settings with fewer than two paired runs
                 continue
             y = np.log(np.where(mask, gaps[s], 1.0))
-            est[s], exact = _delta_replicate(part, y, mask)
+            est[s], exact, scale[s], dropped[s] = _delta_replicate(part, y, mask)
             out.exact_refits += exact
-        # identified: fitted (fit reports a left-out exponent as None) and off the +-3 box
-        at_bound = np.vectorize(on_bound)(np.abs(np.nan_to_num(est)), GAMMA_BOUND)
-        ok = np.isfinite(est) & ~at_bound
-        ok[:, 0] = np.isfinite(est[:, 0])
-        out.delta[key], out.delta_ok[key] = est, ok
+        name = (laws or {}).get(key, "paper")
+        valid = gaps > 0
+        y_all = np.log(np.where(valid, gaps, 1.0))
+        usable = valid.sum(axis=1) >= 2
+        if name != "paper":
+            est = _law_refits(part, LAWS[name], y_all, valid, scale, dropped, base, usable)
+        out.laws[key] = name
+        out.names[key] = LAWS[name].params(_groups(part) if LAWS[name].per_group else ())
+        out.delta[key], out.delta_ok[key] = est, _identified(LAWS[name], out.names[key], est)
+        if select:
+            picks = np.array(["none"] * n_sims, dtype=object)
+            idx = np.flatnonzero(usable)
+            base_rows = {"A": base[idx, 0:1], "alpha": base[idx, 1:2]}
+            if not np.isfinite(base[idx, :2]).any():
+                base_rows = None
+            picks[idx] = select_sets(
+                part, y_all[idx], valid[idx], scale[idx], [dropped[i] for i in idx], base_rows
+            )
+            out.picks[key] = list(picks)
     return out
+
+
+def _groups(part: pd.DataFrame) -> tuple[str, ...]:
+    from qat_sweep.analysis.law.law_fit import data_groups
+
+    return data_groups(part)
+
+
+def _identified(law: Any, names: tuple[str, ...], est: np.ndarray) -> np.ndarray:
+    """Finite and off its box: a gamma off +-3, a nonlinear parameter off its bounds."""
+    ok = np.isfinite(est)
+    bounds = {t.param: t.bound for t in law.terms(groups_of_names(names)) if t.bound}
+    for j, name in enumerate(names):
+        value = np.nan_to_num(est[:, j])
+        if name in bounds:
+            ok[:, j] &= ~np.vectorize(on_bound)(np.abs(value), bounds[name])
+        for p in law.nonlinear:
+            if p.param == name:
+                hit = np.vectorize(on_bound)
+                ok[:, j] &= ~(hit(value, p.lo) | hit(value, p.hi))
+    return ok
+
+
+def groups_of_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    from qat_sweep.analysis.law.formulas import groups_of
+
+    return groups_of(dict.fromkeys(names))
+
+
+def _law_refits(
+    part: pd.DataFrame,
+    law: Any,
+    y: np.ndarray,
+    valid: np.ndarray,
+    scale: np.ndarray,
+    dropped: list[frozenset[str]],
+    base: np.ndarray,
+    usable: np.ndarray,
+) -> np.ndarray:
+    """Any other law refitted to every sweep (law_fit.Engine, fresh: profiled over its grid),
+    with the exponents each sweep's paper law leaves out left out (NaN) and each sweep's own
+    BF16 law for a law on it."""
+    groups = _groups(part) if law.per_group else ()
+    names = law.params(groups)
+    est = np.full((len(y), len(names)), np.nan)
+    n_cell, d_cell = snap(part["n_params"]), snap(part["tokens"])
+    ratios = len(set(np.round(np.log(d_cell / n_cell), 6)))
+    by_set: dict[frozenset[str], list[int]] = {}
+    for s in np.flatnonzero(usable):
+        by_set.setdefault(dropped[s], []).append(int(s))
+    for out_set, members in by_set.items():
+        if law.nonlinear and ("gamma_D" in out_set or ratios < 3):
+            continue  # law_fit.why_not_fitted: nothing to level off, or too few D/N
+        idx = np.array(members)
+        base_rows = None
+        if law.uses_base:
+            base_rows = {"A": base[idx, 0:1], "alpha": base[idx, 1:2]}
+        point = {"A": 1.0, "alpha": 0.3} if law.uses_base else None  # per-row bases replace it
+        engine = engine_for(law, part, out_set, point)
+        weights = valid[idx].astype(float)
+        if base_rows is not None:
+            weights[~np.isfinite(base[idx, :2]).all(axis=1)] = 0.0
+        theta = engine.fit(None, weights, scale[idx], base_rows=base_rows, y_rows=y[idx])
+        _, values = engine.to_params(theta, base_rows)
+        for name in out_set & set(names):
+            values[:, names.index(name)] = np.nan
+        est[idx] = values
+    return est
 
 
 # ---------------------------------------------------------------- summaries
@@ -376,11 +515,27 @@ def interval(samples: np.ndarray, truth: float | None) -> dict[str, Any]:
     }
 
 
-def predicted_delta(estimates: np.ndarray, n: float, d: float, g: float) -> np.ndarray:
-    """delta at one point from each row of estimates; unidentified exponents count as 0 (predict)."""
-    params = dict(zip(DELTA_PARAMS, np.nan_to_num(estimates, nan=0.0).T, strict=True))
-    params["k"] = np.where(np.isfinite(estimates[:, 0]), estimates[:, 0], np.nan)
-    return delta_loss(params, n, d, g)
+def predicted_delta(
+    estimates: np.ndarray,
+    n: float,
+    d: float,
+    g: float,
+    law: str = "paper",
+    names: tuple[str, ...] = DELTA_PARAMS,
+    group: Any = None,
+    base: np.ndarray | None = None,
+) -> np.ndarray:
+    """delta at one point from each row of estimates (columns `names` of `law`); unidentified
+    exponents count as 0 (as predict does); `base`: each row's BF16 law for a law on it."""
+    if law == "paper":
+        params = dict(zip(DELTA_PARAMS, np.nan_to_num(estimates, nan=0.0).T, strict=True))
+        params["k"] = np.where(np.isfinite(estimates[:, 0]), estimates[:, 0], np.nan)
+        return delta_loss(params, n, d, g)
+    fitted = np.isfinite(estimates[:, 0])
+    cols = {p: np.nan_to_num(estimates[:, j : j + 1], nan=0.0) for j, p in enumerate(names)}
+    rows_base = None if base is None else {"A": base[:, 0:1], "alpha": base[:, 1:2]}
+    out = FittedLaw(LAWS[law], cols, rows_base).delta(Points.at(n, d, g, group))[:, 0]
+    return np.where(fitted, out, np.nan)
 
 
 # ---------------------------------------------------------------- targets

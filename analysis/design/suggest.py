@@ -19,22 +19,29 @@ from qat_sweep.analysis.design.criterion import cell_keys, features
 from qat_sweep.analysis.design.expected import noise_level
 from qat_sweep.analysis.design.greedy import Choice, choose
 from qat_sweep.analysis.law import identify
-from qat_sweep.analysis.law.formulas import DELTA_PARAMS
+from qat_sweep.analysis.law.formulas import FittedLaw, fitted_law
 
 from qat_sweep.common import json_safe, write_atomic
 
 WHAT = {"gamma_N": "n_params", "gamma_D": "tokens", "gamma_G": "G"}
-FEATURE_OF = {"gamma_D": 0, "gamma_G": 1, "gamma_N": 2}  # column of features()[:, 1:]
+FEATURE_OF = {"gamma_N": 0, "gamma_D": 1, "gamma_G": 2}  # column of features()[:, 1:]
 
 
 # ---------------------------------------------------------------- the command
 
 
 def fitted_laws(
-    result: dict[str, Any], targets: list[sim.Target], done: pd.DataFrame, grid: pd.DataFrame
-) -> dict[str, dict[str, float]]:
-    """Delta laws of the targets' settings; InputError naming the runs that would identify them."""
+    result: dict[str, Any],
+    targets: list[sim.Target],
+    done: pd.DataFrame,
+    grid: pd.DataFrame,
+    law: str | None = None,
+) -> dict[str, FittedLaw]:
+    """Delta laws of the targets' settings (each setting's selected law, or `law`);
+    InputError naming the runs that would identify them."""
     laws = {}
+    base = result["base"]["params"]
+    base = {"A": base["A"], "alpha": base["alpha"]} if base.get("A") is not None else None
     for target in targets:
         fit = result["delta"].get(target.fit_key)
         if fit is None:
@@ -42,10 +49,16 @@ def fitted_laws(
                 f"target {target.label}: the fit has no delta law for {target.fit_key}; "
                 f"fitted: {', '.join(result['delta']) or 'none'}"
             )
-        missing = [p for p in DELTA_PARAMS if fit["params"].get(p) is None]
+        try:
+            chosen = fitted_law(fit, base, law)
+        except KeyError as err:
+            raise InputError(f"target {target.label}: {err.args[0]}") from err
+        missing = [p for p, v in chosen.params.items() if v is None]
         if missing:
             raise InputError(_identify_message(target, fit, missing, done, grid))
-        laws[target.fit_key] = {p: float(fit["params"][p]) for p in DELTA_PARAMS}
+        laws[target.fit_key] = FittedLaw(
+            chosen.law, {p: float(v) for p, v in chosen.params.items()}, base
+        )
     return laws
 
 
@@ -63,6 +76,9 @@ def _identify_message(target, fit, missing, done, grid) -> str:
     extra = features(mine["n_params"], mine["tokens"], mine["G"])[:, 1:]
     for name in missing:
         entry = report.get(name, {})
+        if name not in FEATURE_OF:
+            lines.append(f"  {name}: {entry.get('why', 'left out of the fit')}")
+            continue
         j = FEATURE_OF[name]
         now = identify.independent_variation(base, j)[0] if len(base) > 1 else 0.0
         gain = np.array(
@@ -92,7 +108,7 @@ def done_table(fit_dir: Path, grid: pd.DataFrame) -> pd.DataFrame:
     table = pd.read_csv(path, dtype={"group_size": str})
     table = table[table["excluded"].isna() & ~table["holdout"].astype(bool)]  # '' reads as NaN
     table = table.assign(fit_key=table["scheme"] + "/" + table["format"])
-    cols = ["run_key", "n_params", "tokens", "G", "lr", "seed", "scheme", "fit_key"]
+    cols = ["run_key", "n_params", "tokens", "G", "group_size", "lr", "seed", "scheme", "fit_key"]
     busy = grid["status"].isin(["completed", "running"]) & ~grid["run_key"].isin(table["run_key"])
     done = pd.concat([table[cols], grid.loc[busy, cols]], ignore_index=True)
     # one set of (N, D) cells for the fit's records and the plan, so twins match across both
@@ -163,6 +179,7 @@ def suggest(
     budget: float | None = None,
     noise: float | None = None,
     out: Path | None = None,
+    law: str | None = None,
 ) -> dict[str, Any]:
     """Choose the runs of `sweep` that most shrink the targets' intervals and write them as a
     sweep file; InputError on bad input."""
@@ -187,7 +204,7 @@ def suggest(
             f"sweep {sweep} has no remaining runs of {', '.join(wanted)}: all "
             f"{int(grid['fit_key'].isin(wanted).sum())} are done, running or held out"
         )
-    laws = fitted_laws(saved.result, targets, done, grid)
+    laws = fitted_laws(saved.result, targets, done, grid, law)
     ready = set(cell_keys(done[done["scheme"] == "bf16"])) | set(
         cell_keys(grid[(grid["scheme"] == "bf16") & ~grid["open"]])
     )
@@ -212,6 +229,8 @@ def suggest(
         "fit": str(fit_dir),
         "criterion": "c-optimal: linearised Var(log delta-hat) at the targets of fit's Huber "
         "regression in log space (M-estimator sandwich, shared BF16 twins), greedy per GPU-hour",
+        "laws": {key: fl.law.name for key, fl in laws.items()},
+        "law_source": "--law" if law else "selected by the fit",
         "noise": noise,
         "targets": [
             {"target": t.label, "rel_width_now": b, "rel_width_after": a}

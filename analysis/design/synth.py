@@ -173,3 +173,68 @@ def perturbed_truth(rng: np.random.Generator, base: Mapping[str, float] | None =
         shape = delta_loss({"k": 1.0, **gammas}, 2e8, 3e10, 128)
         truth.delta[key] = {"k": float(rng.uniform(0.02, 0.08) / shape), **gammas}
     return truth
+
+
+# ---------------------------------------------------------------- a levelling-off truth
+#
+# A table in the spirit of public NVFP4 QAT runs (30M-200M parameters, D/N 25-800, BF16 twins,
+# one block size per format), drawn from the levelling law (formulas.LEVELLED_D) with its bend
+# inside the grid: the test table of "which law holds" (docs/laws.md). Parameters are ours.
+
+LEVEL_MODELS: dict[str, tuple[float, int]] = {
+    "30M": (30e6, 512), "50M": (50e6, 640), "85M": (85e6, 768), "130M": (130e6, 1024),
+    "200M": (200e6, 1280),
+}  # fmt: skip
+LEVEL_TOKENS = (1.25e9, 2.5e9, 5e9, 10e9, 20e9)  # one token grid for every N, as public sweeps
+LEVEL_RATIO = (25, 800)  # cells kept: 25 <= D/N <= 800
+LEVEL_FORMATS: dict[str, dict[str, Any]] = {
+    # format -> block size, delta at the grid's centre (N = 80M, D/N = 100) and the levelled
+    # law's shape (gamma_N, gamma_D, gamma_G, c in tokens per parameter)
+    "nvfp4": {"G": 16, "centre": 0.040, "gamma_N": 0.25, "gamma_D": 0.40, "gamma_G": 0.78, "c": 120.0},
+    "mxfp4": {"G": 32, "centre": 0.055, "gamma_N": 0.25, "gamma_D": 0.45, "gamma_G": 0.78, "c": 150.0},
+    "int4": {"G": 32, "centre": 0.045, "gamma_N": 0.22, "gamma_D": 0.35, "gamma_G": 0.78, "c": 100.0},
+}  # fmt: skip
+
+
+def levelling_truth() -> dict[str, dict[str, float]]:
+    """The levelled law's parameters per 'w4a4/<format>' (k from delta at the centre)."""
+    from qat_sweep.analysis.law.formulas import LEVELLED_D, Points, law_log_delta
+
+    out = {}
+    for fmt, spec in LEVEL_FORMATS.items():
+        shape = {k: v for k, v in spec.items() if k not in ("G", "centre")}
+        centre = Points.at(80e6, 80e6 * 100, spec["G"], spec["G"])
+        k = spec["centre"] / float(
+            np.exp(law_log_delta(LEVELLED_D, {"k": 1.0, **shape}, centre))[0]
+        )
+        out[f"w4a4/{fmt}"] = {"k": k, **shape}
+    return out
+
+
+def levelling_table(noise: float = 0.0015, cell_noise: float = 0.01, seed: int = 0) -> pd.DataFrame:
+    """Analysis table (as synthetic_table's) whose delta follows the levelling law: each format
+    at every (N, D) of the grid with 25 <= D/N <= 800, with its BF16 twin; noise per run plus
+    per (N, D) cell."""
+    from qat_sweep.analysis.law.formulas import LEVELLED_D, Points, law_log_delta
+
+    rng = np.random.default_rng(seed)
+    truth = levelling_truth()
+    rows = []
+    for model, (n, hidden) in LEVEL_MODELS.items():
+        for tokens in LEVEL_TOKENS:
+            if not LEVEL_RATIO[0] <= tokens / n <= LEVEL_RATIO[1]:
+                continue
+            shared = rng.normal(0, cell_noise)
+            base = float(bf16_loss(paper.BASE, n, tokens)) + shared
+            common = {"model": model, "n_params": n, "hidden_size": hidden, "tokens": tokens,
+                      "lr": 1e-3, "seed": 0, "holdout": False}  # fmt: skip
+            rows.append({**common, "scheme": "bf16", "format": "bf16", "group_size": None,
+                         "loss": base + rng.normal(0, noise)})  # fmt: skip
+            for fmt, spec in LEVEL_FORMATS.items():
+                point = Points.at(n, tokens, spec["G"], spec["G"])
+                delta = float(np.exp(law_log_delta(LEVELLED_D, truth[f"w4a4/{fmt}"], point))[0])
+                rows.append({**common, "scheme": "w4a4", "format": fmt, "group_size": spec["G"],
+                             "loss": base + delta + rng.normal(0, noise)})  # fmt: skip
+    table = pd.DataFrame(rows)
+    table["run_key"] = [f"lv{i:04d}" for i in range(len(table))]
+    return table

@@ -5,6 +5,8 @@ every refit run batched in numpy, warm-started from the point estimate.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from qat_sweep.analysis.cells import cell_values
@@ -18,7 +20,7 @@ from qat_sweep.analysis.law.formulas import (
 )
 
 EXPONENTS = ("alpha", "beta", "gamma_N", "gamma_D", "gamma_G")
-SCALES = ("A", "B", "k")  # positive multipliers: judged by the ratio of their interval's ends
+SCALES = ("A", "B", "k", "c")  # positive multipliers: judged by the ratio of their interval's ends
 WIDE_EXPONENT = 2.0  # an exponent's 95% interval wider than this says nothing about it
 WIDE_RATIO = 100.0  # a multiplier's interval spanning two orders of magnitude, likewise
 
@@ -117,7 +119,7 @@ def intervals(fit: LawFit, names: tuple[str, ...], draws: np.ndarray) -> dict[st
         wide = None
         if name in EXPONENTS and hi - lo > WIDE_EXPONENT:
             wide = f"not identifiable: its 95% interval spans {hi - lo:.2g} in the exponent"
-        elif name in SCALES and (lo <= 0 or hi / lo > WIDE_RATIO):
+        elif (name in SCALES or name.startswith("eff[")) and (lo <= 0 or hi / lo > WIDE_RATIO):
             wide = "not identifiable: its 95% interval " + (
                 f"spans {np.log10(hi / lo):.1f} orders of magnitude" if lo > 0 else "reaches 0"
             )
@@ -134,8 +136,11 @@ def bootstrap(
     deltas: dict[str, LawFit],
     n_boot: int,
     seed: int,
+    laws: dict[str, dict[str, Any]] | None = None,
 ) -> None:
-    """Fill `boot` and `ci95` of every fit (in place) from shared cell resamples.
+    """Fill `boot` and `ci95` of every fit (in place) from shared cell resamples: the base law,
+    each setting's paper law (`deltas`) and every other law fitted (`laws`: setting -> name ->
+    LawFit, or the reason it was not fitted), all on the same resamples.
 
     Every refit obeys the point fit's bounds and ties; fits the grid cannot give intervals
     (exact fits, fewer cells than parameters) get none, with the reason in `interval_flags`.
@@ -168,7 +173,6 @@ def bootstrap(
     for key, fit in deltas.items():
         if "coef" not in fit.internal:
             continue
-        design = fit.internal["design"]
         mode = fit.identifiability.get("intervals", "cells")
         if mode == "none":
             fit.ci95 = dict.fromkeys(DELTA_PARAMS)
@@ -182,15 +186,67 @@ def bootstrap(
             fit.notes.append(
                 f"only {fit.n_cells} (N, D) cells: bootstrap resamples runs, not cells"
             )
-        x = design.matrix(part["n_params"], part["tokens"], part["G"])
-        lower, upper = design.bounds()
-        coef = huber_irls(
-            x, np.log(part["delta"].to_numpy()), w, fit.f_scale, fit.internal["coef"],
-            lower=lower, upper=upper,
-        )  # fmt: skip
-        fit.boot = design.to_raw(coef)
-        fit.boot[~np.isfinite(coef).all(axis=1)] = np.nan  # singular resample: no draw at all
-        fit.ci95 = intervals(fit, DELTA_PARAMS, fit.boot)
+        _delta_draws(fit, part, w)
+    rng = np.random.default_rng(seed + 1)  # the other laws: the paper's draws stay as they were
+    for key, fits in (laws or {}).items():
+        mask = (quant["fit_key"] == key).to_numpy()
+        part = quant[mask]
+        for fit in fits.values():
+            if isinstance(fit, str) or fit is deltas.get(key):
+                continue
+            names = tuple(fit.params)
+            mode = fit.identifiability.get("intervals", "cells")
+            if mode == "none":
+                fit.ci95 = dict.fromkeys(names)
+                continue
+            if mode == "cells" and fit.n_cells >= MIN_CELLS:
+                w = w_quant[:, mask]
+            else:
+                w = row_weights(len(part), n_boot, rng)
+                fit.notes.append(
+                    f"only {fit.n_cells} (N, D) cells: bootstrap resamples runs, not cells"
+                )
+            if "engine" in fit.internal:
+                _engine_draws(fit, part, w, base)
+            else:
+                _delta_draws(fit, part, w)
+
+
+def _delta_draws(fit: LawFit, part: pd.DataFrame, w: np.ndarray) -> None:
+    """Draws of a fit_delta law (the paper's, or its no-D form): its own columns only."""
+    design = fit.internal["design"]
+    x = design.matrix(part["n_params"], part["tokens"], part["G"])
+    lower, upper = design.bounds()
+    coef = huber_irls(
+        x, np.log(part["delta"].to_numpy()), w, fit.f_scale, fit.internal["coef"],
+        lower=lower, upper=upper,
+    )  # fmt: skip
+    raw = design.to_raw(coef)
+    raw[~np.isfinite(coef).all(axis=1)] = np.nan  # singular resample: no draw at all
+    names = tuple(fit.params)
+    fit.boot = raw[:, [DELTA_PARAMS.index(p) for p in names]]
+    fit.ci95 = intervals(fit, names, fit.boot)
+
+
+def _engine_draws(fit: LawFit, part: pd.DataFrame, w: np.ndarray, base: LawFit) -> None:
+    """Draws of any other law: its batched fit warm-started at the point estimate; a law on
+    the BF16 law takes each resample's own A and alpha (the same resample of the cells)."""
+    engine = fit.internal["engine"]
+    base_rows = None
+    if engine.law.uses_base:
+        if base.boot is not None and len(base.boot) == len(w):
+            base_rows = {"A": base.boot[:, 0:1], "alpha": base.boot[:, 1:2]}
+            bad = ~np.isfinite(base.boot[:, :2]).all(axis=1)
+            w = np.where(bad[:, None], 0.0, w)  # no BF16 draw: no draw of this law either
+        else:
+            fit.notes.append(
+                "no BF16 draws: its intervals hold the BF16 law's A and alpha at their estimates"
+            )
+    y = np.log(part["delta"].to_numpy())
+    theta = engine.fit(y, w, fit.f_scale, start=fit.internal["theta"], base_rows=base_rows)
+    names, draws = engine.to_params(theta, base_rows)
+    fit.boot = draws
+    fit.ci95 = intervals(fit, names, fit.boot)
 
 
 def _spans(values: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -14,9 +14,8 @@ import pandas as pd
 from qat_sweep.analysis.cells import count_cells
 from qat_sweep.analysis.law import identify
 from qat_sweep.analysis.law.base_fit import SAME_COST, LawFit, bound_hits, huber_cost, robust_scale
-from qat_sweep.analysis.law.formulas import DELTA_PARAMS, delta_regressors
+from qat_sweep.analysis.law.formulas import DELTA_PARAMS, GAMMA_BOUND, delta_regressors
 
-GAMMA_BOUND = 3.0
 DELTA_COLUMNS = ("gamma_D", "gamma_G", "gamma_N")
 
 
@@ -78,13 +77,15 @@ def delta_design(rows: pd.DataFrame, terms: tuple[str, ...] = DELTA_COLUMNS) -> 
 def _box_wls(
     x: np.ndarray, y: np.ndarray, w: np.ndarray, lower: np.ndarray, upper: np.ndarray
 ) -> np.ndarray:
-    """Batched argmin_c sum_n w_bn (x_n c - y_n)^2 subject to lower <= c <= upper.
+    """Batched argmin_c sum_n w_bn (x_n c - y_bn)^2 subject to lower <= c <= upper (y: one
+    target for every row, or one per row).
 
     The box optimum is the feasible face optimum of lowest cost, so rows whose free solution is
     infeasible try every face (free, at lower, at upper per bounded coefficient): 27 faces for
     the three exponents of the delta law.
     """
     b, p = w.shape[0], x.shape[1]
+    y = np.broadcast_to(np.asarray(y, float), w.shape)
     bounded = [j for j in range(p) if np.isfinite(lower[j]) or np.isfinite(upper[j])]
     best = np.full((b, p), np.nan)
     best_cost = np.full(b, np.inf)
@@ -101,7 +102,7 @@ def _box_wls(
         free = [j for j in range(p) if j not in fixed]
         rows = np.flatnonzero(todo)
         c = np.zeros((len(rows), p))
-        target = y.astype(float).copy()
+        target = y[rows].copy()
         for j, v in fixed.items():
             c[:, j] = v
             target = target - x[:, j] * v
@@ -109,11 +110,14 @@ def _box_wls(
             xf = x[:, free]
             wr = w[rows]
             hess = np.einsum("bn,ni,nj->bij", wr, xf, xf) + 1e-12 * np.eye(len(free))
-            grad = np.einsum("bn,ni,n->bi", wr, xf, target)
-            c[:, free] = (np.linalg.pinv(hess) @ grad[..., None])[..., 0]
+            grad = np.einsum("bn,ni,bn->bi", wr, xf, target)
+            try:
+                c[:, free] = np.linalg.solve(hess, grad[..., None])[..., 0]
+            except np.linalg.LinAlgError:  # an exactly singular step: the least-norm one
+                c[:, free] = (np.linalg.pinv(hess) @ grad[..., None])[..., 0]
         tol = 1e-12 * (1 + np.abs(c))
         feasible = np.all((c >= lower - tol) & (c <= upper + tol), axis=1)
-        cost = np.einsum("bn,bn->b", w[rows], (c @ x.T - y) ** 2)
+        cost = np.einsum("bn,bn->b", w[rows], (c @ x.T - y[rows]) ** 2)
         take = feasible & (cost < best_cost[rows])
         best[rows[take]] = np.clip(c[take], lower, upper)
         best_cost[rows[take]] = cost[take]
@@ -126,14 +130,15 @@ def huber_irls(
     x: np.ndarray,
     y: np.ndarray,
     weights: np.ndarray,
-    f_scale: float,
+    f_scale: float | np.ndarray,
     coef0: np.ndarray,
     iters: int = 100,
     lower: np.ndarray | None = None,
     upper: np.ndarray | None = None,
 ) -> np.ndarray:
     """Batched robust linear fit: one Huber regression per row of `weights` (bootstrap counts),
-    within the box [lower, upper] (the point fit's bounds; default unbounded).
+    within the box [lower, upper] (the point fit's bounds; default unbounded). `y` and
+    `f_scale` may also be given per row (shapes (rows, points) and (rows,)).
 
     Huber IRLS is a majorise-minimise scheme, so solving each reweighted step inside the box
     converges to the box-constrained Huber optimum. Resamples whose weighted design is singular
@@ -142,14 +147,19 @@ def huber_irls(
     p = x.shape[1]
     lower = np.full(p, -np.inf) if lower is None else np.asarray(lower, float)
     upper = np.full(p, np.inf) if upper is None else np.asarray(upper, float)
-    coef = np.clip(np.tile(coef0, (weights.shape[0], 1)).astype(float), lower, upper)
+    coef0 = np.asarray(coef0, float)
+    coef = np.clip(np.broadcast_to(coef0, (weights.shape[0], p)).copy(), lower, upper)
+    scale = np.broadcast_to(np.reshape(np.asarray(f_scale, float), (-1, 1)), (len(coef), 1))
+    y = np.broadcast_to(np.asarray(y, float), weights.shape)
+    active = np.arange(len(coef))  # rows still moving: a converged row stops being solved
     for _ in range(iters):
-        resid = coef @ x.T - y
-        w = weights * np.minimum(1.0, f_scale / np.maximum(np.abs(resid), 1e-300))
-        new = _box_wls(x, y, w, lower, upper)
-        done = np.nanmax(np.abs(new - coef)) < 1e-10
-        coef = new
-        if done:
+        resid = coef[active] @ x.T - y[active]
+        w = weights[active] * np.minimum(1.0, scale[active] / np.maximum(np.abs(resid), 1e-300))
+        new = _box_wls(x, y[active], w, lower, upper)
+        moving = np.max(np.abs(new - coef[active]), axis=1) >= 1e-10  # NaN: stopped
+        coef[active] = new
+        active = active[moving]
+        if not active.size:
             break
     gram = np.einsum("bn,ni,nj->bij", (weights > 0).astype(float), x, x)
     singular = np.linalg.cond(gram) > 1e10
@@ -312,7 +322,10 @@ def fit_delta(
 
 
 def predict_delta_rows(fit: LawFit, rows: pd.DataFrame) -> np.ndarray:
-    """Point prediction of delta for table rows from a fitted delta law."""
+    """Point prediction of delta for table rows from a fitted delta law (any law: the ones
+    law_fit.py fits carry their own predictor)."""
+    if "predict" in fit.internal:
+        return fit.internal["predict"](rows)
     design: DeltaDesign = fit.internal["design"]
     return np.exp(design.matrix(rows["n_params"], rows["tokens"], rows["G"]) @ fit.internal["coef"])
 

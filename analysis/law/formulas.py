@@ -5,7 +5,8 @@ Kept free of fitting code so predictions, plots and tests all evaluate the same 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -112,3 +113,325 @@ def effective_multiplier(base: Mapping[str, Any], n: ArrayLike, delta: ArrayLike
     a, alpha = base["A"], base["alpha"]
     with np.errstate(divide="ignore", invalid="ignore"):
         return (a / (a + delta * n**alpha)) ** (1.0 / alpha)
+
+
+# ---------------------------------------------------------------- candidate delta laws
+#
+# Every candidate law is one DeltaLaw below: log delta = offset + sum_j coef_j * feature_j, where
+# a feature may depend on the law's nonlinear parameters (fitted in log space from a starting
+# grid) and each coefficient maps to one reported parameter. The fitters (law/law_fit.py), the
+# held-out comparison (law/compare.py), predict, decide, design and suggest all evaluate a law
+# through `law_log_delta`, so adding a law means adding one definition to LAWS.
+
+GAMMA_BOUND = 3.0  # |gamma| <= 3 in every law (delta_fit.py's box)
+C_BOUNDS = (1.0, 1e5)  # the levelling law's bend, in tokens per parameter
+
+
+def group_label(group_size: object) -> str:
+    """'32' or 'channel': the granularity a per-G law keeps one parameter for."""
+    if group_size is None or (isinstance(group_size, float) and np.isnan(group_size)):
+        return ""
+    text = str(group_size).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text.lower()
+    return str(int(number)) if np.isfinite(number) and number == int(number) else text
+
+
+@dataclass(frozen=True)
+class Points:
+    """Where a law is evaluated: N, D, G (the value inside log2 G) and the group label."""
+
+    n: np.ndarray
+    d: np.ndarray
+    g: np.ndarray
+    group: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, rows: Any) -> Points:
+        """From a table (n_params, tokens, G and, when present, group_size)."""
+        group = None
+        if "group_size" in rows:
+            group = np.array([group_label(v) for v in rows["group_size"]], dtype=object)
+        return cls(*(np.asarray(rows[c], float) for c in ("n_params", "tokens", "G")), group)
+
+    @classmethod
+    def at(cls, n: ArrayLike, d: ArrayLike, g: ArrayLike, group: object = None) -> Points:
+        n, d, g = np.broadcast_arrays(*(np.atleast_1d(np.asarray(x, float)) for x in (n, d, g)))
+        labels = None
+        if group is not None:
+            labels = np.broadcast_to(
+                np.array([group_label(v) for v in np.atleast_1d(np.asarray(group, object))],
+                         dtype=object), n.shape)  # fmt: skip
+        return cls(n, d, g, labels)
+
+
+def _identity(value: Any, base: Mapping[str, Any] | None) -> Any:
+    return value
+
+
+@dataclass(frozen=True)
+class Term:
+    """One coefficient of log delta: the reported parameter it is, the regressor it multiplies
+    (which may read the law's nonlinear parameters), the axis that must vary to identify it,
+    its box (|coef| <= bound), and the map between coefficient and reported value."""
+
+    param: str
+    feature: Callable[[Points, Mapping[str, Any]], np.ndarray]
+    axis: str | None = None
+    bound: float | None = None
+    to_param: Callable[[Any, Mapping[str, Any] | None], Any] = _identity
+    from_param: Callable[[Any, Mapping[str, Any] | None], Any] = _identity
+
+
+@dataclass(frozen=True)
+class Nonlinear:
+    """A parameter the features depend on, fitted in log space within [lo, hi] from a grid."""
+
+    param: str
+    lo: float
+    hi: float
+    grid: tuple[float, ...]
+    axis: str
+
+
+@dataclass(frozen=True)
+class DeltaLaw:
+    """One candidate law for delta (see LAWS)."""
+
+    name: str
+    formula: str
+    terms_of: Callable[[tuple[str, ...]], tuple[Term, ...]]  # groups in the data -> terms
+    nonlinear: tuple[Nonlinear, ...] = ()
+    offset: Callable[[Points, Mapping[str, Any] | None], Any] | None = None
+    nests: tuple[str, ...] = ()  # laws that are special cases (or limits) of this one
+    levels_off: bool = False  # delta stops growing with D at large D/N
+    per_group: bool = False  # one parameter per granularity (group_size label)
+    uses_base: bool = False  # needs the BF16 law's A and alpha
+    about: str = ""
+
+    def terms(self, groups: tuple[str, ...] = ()) -> tuple[Term, ...]:
+        return self.terms_of(tuple(groups))
+
+    def params(self, groups: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """Reported parameter names, in the order fit.json and bootstrap.npz keep them."""
+        return tuple(t.param for t in self.terms(groups)) + tuple(p.param for p in self.nonlinear)
+
+    def needs(self, groups: tuple[str, ...] = ()) -> dict[str, str]:
+        """Which axis each parameter needs varied (or present) in the data."""
+        out = {t.param: t.axis for t in self.terms(groups) if t.axis}
+        out |= {p.param: p.axis for p in self.nonlinear}
+        if self.uses_base:
+            out["(A, alpha)"] = "an identified BF16 law"
+        return out
+
+    def describe(self, groups: tuple[str, ...] = ()) -> dict[str, Any]:
+        return {
+            "formula": self.formula,
+            "params": list(self.params(groups)),
+            "needs": self.needs(groups),
+            "nests": list(self.nests),
+            "levels_off": self.levels_off,
+            "about": self.about,
+        }
+
+
+def _one(p: Points, nl: Mapping[str, Any]) -> np.ndarray:
+    return np.ones_like(p.n)
+
+
+def _log_d(p: Points, nl: Mapping[str, Any]) -> np.ndarray:
+    return np.log(p.d)
+
+
+def _log_d_levelled(p: Points, nl: Mapping[str, Any]) -> np.ndarray:
+    """log D_eff with D_eff = D / (1 + D / (c N)): D below c N, c N above it."""
+    return np.log(p.d) - np.log1p(p.d / (nl["c"] * p.n))
+
+
+def _log_log2_g(p: Points, nl: Mapping[str, Any]) -> np.ndarray:
+    return np.log(np.log2(p.g))
+
+
+def _minus_log_n(p: Points, nl: Mapping[str, Any]) -> np.ndarray:
+    return -np.log(p.n)
+
+
+def _exp(value: Any, base: Any) -> Any:
+    return np.exp(value)
+
+
+def _log(value: Any, base: Any) -> Any:
+    return np.log(value)
+
+
+K_TERM = Term("k", _one, None, None, _exp, _log)
+GAMMA_TERMS = {
+    "gamma_D": Term("gamma_D", _log_d, "D", GAMMA_BOUND),
+    "gamma_G": Term("gamma_G", _log_log2_g, "G", GAMMA_BOUND),
+    "gamma_N": Term("gamma_N", _minus_log_n, "N", GAMMA_BOUND),
+}
+
+
+def _power_terms(*names: str, d_term: Term | None = None) -> Callable[..., tuple[Term, ...]]:
+    """k and the named exponents in DELTA_PARAMS order (gamma_D's regressor may be replaced)."""
+    terms = [K_TERM] + [
+        d_term if (name == "gamma_D" and d_term is not None) else GAMMA_TERMS[name]
+        for name in DELTA_PARAMS[1:]
+        if name in names
+    ]
+    return lambda groups: tuple(terms)
+
+
+def _eff_from_u(u: Any, base: Mapping[str, Any] | None) -> Any:
+    """eff = (1 + e^u)^(-1/alpha), u = log(eff^-alpha - 1): always inside (0, 1)."""
+    alpha = base["alpha"]
+    with np.errstate(over="ignore"):
+        return (1.0 + np.exp(u)) ** (-1.0 / alpha)
+
+
+def _u_from_eff(eff: Any, base: Mapping[str, Any] | None) -> Any:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(np.asarray(eff, float) ** -base["alpha"] - 1.0)
+
+
+def _eff_terms(groups: tuple[str, ...]) -> tuple[Term, ...]:
+    def dummy(label: str) -> Callable[[Points, Mapping[str, Any]], np.ndarray]:
+        return lambda p, nl: (p.group == label).astype(float)
+
+    return tuple(Term(f"eff[{g}]", dummy(g), None, None, _eff_from_u, _u_from_eff) for g in groups)
+
+
+def _eff_offset(p: Points, base: Mapping[str, Any] | None) -> Any:
+    """log A - alpha log N: the BF16 law's N term, which eff scales."""
+    return np.log(base["A"]) - base["alpha"] * np.log(p.n)
+
+
+PAPER = DeltaLaw(
+    "paper",
+    "delta = k D^gamma_D (log2 G)^gamma_G / N^gamma_N",
+    _power_terms("gamma_N", "gamma_D", "gamma_G"),
+    nests=("no_D",),
+    about="Chen et al. 2025 (arXiv 2505.14302), eq. 4 and Table 1",
+)
+NO_D = DeltaLaw(
+    "no_D",
+    "delta = k (log2 G)^gamma_G / N^gamma_N",
+    _power_terms("gamma_N", "gamma_G"),
+    about="the paper's law without its D term (its Table 4 ablation)",
+)
+EFF_PER_G = DeltaLaw(
+    "eff_per_G",
+    "L = A/(N eff_G)^alpha + B/D^beta + E, i.e. delta = A N^-alpha (eff_G^-alpha - 1), one eff_G "
+    "per group size; A, alpha from the BF16 law",
+    _eff_terms,
+    offset=_eff_offset,
+    per_group=True,
+    uses_base=True,
+    about="effective-parameter multiplier fitted per G, the earlier laws (Frantar et al. 2025, "
+    "arXiv 2502.16440; Kumar et al. 2024, arXiv 2411.04330) as the paper's Table 2 compares them",
+)
+LEVELLED_D = DeltaLaw(
+    "levelled_D",
+    "delta = k D_eff^gamma_D (log2 G)^gamma_G / N^gamma_N, D_eff = D / (1 + D / (c N))",
+    _power_terms(
+        "gamma_N", "gamma_D", "gamma_G", d_term=Term("gamma_D", _log_d_levelled, "D", GAMMA_BOUND)
+    ),
+    nonlinear=(
+        Nonlinear("c", *C_BOUNDS, tuple(float(v) for v in np.geomspace(*C_BOUNDS, 16)), "D/N"),
+    ),
+    nests=("paper", "no_D"),
+    levels_off=True,
+    about="the paper's law while D << c N, levelling off to k (c N)^gamma_D (log2 G)^gamma_G / "
+    "N^gamma_N (no D) once D >> c N; c -> infinity is the paper's law (docs/laws.md)",
+)
+LAWS: dict[str, DeltaLaw] = {law.name: law for law in (PAPER, NO_D, EFF_PER_G, LEVELLED_D)}
+
+
+def groups_of(params: Mapping[str, Any]) -> tuple[str, ...]:
+    """The group labels of a per-G law's parameter names (eff[32] -> '32')."""
+    return tuple(p[p.index("[") + 1 : -1] for p in params if "[" in p and p.endswith("]"))
+
+
+def get_law(name: str | None) -> DeltaLaw:
+    if name is None:
+        return PAPER
+    if name not in LAWS:
+        raise KeyError(f"unknown law {name!r}; laws: {', '.join(LAWS)}")
+    return LAWS[name]
+
+
+def law_log_delta(
+    law: DeltaLaw,
+    params: Mapping[str, Any],
+    points: Points,
+    base: Mapping[str, Any] | None = None,
+) -> np.ndarray:
+    """log delta of a law; parameters (or base) may hold draws (column vectors) that broadcast
+    against the points. A parameter that is None (not identifiable) contributes nothing, as in
+    log_delta; a per-G law is NaN at a group it has no parameter for."""
+    groups = groups_of(params) if law.per_group else ()
+    nl = {p.param: np.asarray(params[p.param], float) for p in law.nonlinear}
+    out: Any = law.offset(points, base) if law.offset is not None else 0.0
+    out = out + np.zeros(np.shape(points.n))
+    for term in law.terms(groups):
+        value = params.get(term.param)
+        if value is None:
+            continue
+        coef = term.from_param(np.asarray(value, float), base)
+        out = out + coef * term.feature(points, nl)
+    if law.per_group:
+        known = np.isin(points.group, list(groups)) if points.group is not None else False
+        out = np.where(known, out, np.nan)
+    return out
+
+
+@dataclass(frozen=True)
+class FittedLaw:
+    """A law with its parameters (point or draws) and, for laws that need it, the BF16 law."""
+
+    law: DeltaLaw
+    params: Mapping[str, Any]
+    base: Mapping[str, Any] | None = None
+
+    def log_delta(self, points: Points) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return law_log_delta(self.law, self.params, points, self.base)
+
+    def delta(self, points: Points) -> np.ndarray:
+        return np.exp(self.log_delta(points))
+
+    def gradient(self, points: Points, step: float = 1e-6) -> np.ndarray:
+        """d log delta / d (coefficients, log nonlinear parameters) at each point, (m, p): the
+        linearisation suggest's criterion uses (the regressors, for the paper's law)."""
+        groups = groups_of(self.params) if self.law.per_group else ()
+        nl = {p.param: float(self.params[p.param]) for p in self.law.nonlinear}
+        cols = [
+            term.feature(points, nl)
+            for term in self.law.terms(groups)
+            if self.params.get(term.param) is not None
+        ]
+        for p in self.law.nonlinear:
+            up = {**self.params, p.param: nl[p.param] * np.exp(step)}
+            down = {**self.params, p.param: nl[p.param] * np.exp(-step)}
+            cols.append(
+                (law_log_delta(self.law, up, points, self.base)
+                 - law_log_delta(self.law, down, points, self.base)) / (2 * step)
+            )  # fmt: skip
+        return np.column_stack(cols) if cols else np.zeros((len(points.n), 0))
+
+
+def fitted_law(
+    fit: Mapping[str, Any], base: Mapping[str, Any] | None = None, name: str | None = None
+) -> FittedLaw:
+    """The law of a fit.json delta entry: its selected law, or law `name` from its `laws`
+    (KeyError when that law was not fitted); fit.json files from before laws are the paper's."""
+    selected = fit.get("law") or "paper"
+    if name is None or name == selected:
+        return FittedLaw(get_law(selected), dict(fit["params"]), base)
+    entry = (fit.get("laws") or {}).get(name)
+    if not entry or not entry.get("fitted", True) or entry.get("params") is None:
+        why = (entry or {}).get("why", "not in this fit")
+        raise KeyError(f"law {name} was not fitted for this setting ({why})")
+    return FittedLaw(get_law(name), dict(entry["params"]), base)

@@ -13,7 +13,8 @@ from typing import Any
 
 import pandas as pd
 from qat_sweep.analysis import paper
-from qat_sweep.analysis.law.formulas import BASE_PARAMS, DELTA_PARAMS
+from qat_sweep.analysis.law.compare import CRITERIA, RULE
+from qat_sweep.analysis.law.formulas import BASE_PARAMS, DELTA_PARAMS, LAWS
 from qat_sweep.analysis.law.identify import OUTLIER_Z
 
 from qat_sweep.common import write_atomic
@@ -111,15 +112,19 @@ def delta_section(res: dict[str, Any]) -> Section:
     rows, text = [], []
     for key, fit in res["delta"].items():
         ref = paper.TABLE1.get(key, {})
+        ours = (fit.get("laws") or {}).get("paper") or fit  # the paper's law, selected or not
         for p in DELTA_PARAMS:
-            value = fit["params"].get(p)
+            value = ours["params"].get(p)
             rows.append({
                 "setting": key, "param": p,
                 "ours": _f(value) if value is not None else "not identifiable",
-                "95% CI": _ci_of(fit, p), "paper": _f(ref.get(p)),
+                "95% CI": _ci_of(ours, p), "paper": _f(ref.get(p)),
             })  # fmt: skip
+        law = fit.get("law", "paper")
         text.append(
-            f"{key}: {fit['n_runs']} runs, {fit['n_cells']} cells, mean |relative error| of delta {_pct(fit.get('rel_error'))}, "
+            f"{key}: selected law {law}"
+            + ("" if law == "paper" else " (the table shows the paper's law; see Which law holds)")
+            + f". {fit['n_runs']} runs, {fit['n_cells']} cells, mean |relative error| of delta {_pct(fit.get('rel_error'))}, "
             f"converged {fit['converged']}, {_pct(fit['starts']['frac_reached_best'])} of starts at the best cost, "
             f"bound hits: {', '.join(fit['bound_hits']) or 'none'}. " + " ".join(fit["notes"])
         )
@@ -143,6 +148,65 @@ def delta_section(res: dict[str, Any]) -> Section:
         text,
         tables,
         figures,
+    )
+
+
+def laws_section(res: dict[str, Any]) -> Section:
+    """Which law holds: every candidate law by criterion, the selection and why."""
+    rows, text = [], []
+    used: set[str] = set()
+    for key, fit in res["delta"].items():
+        laws = fit.get("laws") or {}
+        selection = fit.get("selection") or {}
+        if not laws:
+            continue
+        chosen = fit.get("law", "paper")
+        text.append(f"{key}: {chosen}. {selection.get('why', '')}.")
+        for name, entry in laws.items():  # the paper's law is always listed
+            used.add(name)
+            mark = ("forced" if selection.get("forced") else "selected") if name == chosen else ""
+            if not entry.get("fitted"):
+                rows.append({"setting": key, "law": name, "": mark, "params": "",
+                             "in sample": "not fitted: " + entry.get("why", "")})  # fmt: skip
+                continue
+            ho = entry.get("held_out") or {}
+            err, se = entry.get("held_out_error"), entry.get("held_out_se")
+            rows.append({
+                "setting": key, "law": name, "": mark, "params": entry.get("n_params"),
+                "in sample": _pct(entry.get("in_sample")),
+                **{c: _pct(ho.get(c)) for c in CRITERIA},
+                "held-out error (SE)": f"{_pct(err)} ({_pct(se)})" if err is not None else "n/a",
+                "AICc": _f(entry.get("aicc"), 5),
+                "fitted parameters": ", ".join(
+                    f"{p}={_f(v, 3)}" for p, v in entry["params"].items() if v is not None
+                ),
+            })  # fmt: skip
+    if not rows:
+        return Section("Which law holds", ["No delta law fitted."])
+    text = [
+        "Every candidate law is fitted to each setting with the same Huber loss, bounds and left-out "
+        "exponents as the paper's law, and judged by how it predicts runs it was not fitted on: "
+        "leave_largest_N / leave_largest_D (fit without the largest N or D, predict it), "
+        "largest_D_per_N (fit without the top quarter of cells by tokens per parameter, predict "
+        "them) and cell_cv (leave one (N, D) cell out at a time). Each is the mean |predicted - "
+        f"actual| / actual of delta over the held-out runs. Rule: {RULE}. AICc (Gaussian log "
+        "residuals) is shown for reference only. docs/laws.md explains the laws and the rule.",
+        *text,
+    ]
+    law_rows = [
+        {"law": name, "formula": law.formula, "needs varied": ", ".join(
+            f"{p}: {a}" for p, a in law.needs().items()) or "-",
+         "contains": ", ".join(law.nests) or "-", "source": law.about}
+        for name, law in LAWS.items() if name in used
+    ]  # fmt: skip
+    return Section(
+        "Which law holds",
+        text,
+        [
+            ("Laws by criterion", pd.DataFrame(rows).fillna("")),
+            ("The candidate laws", pd.DataFrame(law_rows)),
+        ],
+        ["law_residuals"],
     )
 
 
@@ -304,6 +368,7 @@ def predictions_section(res: dict[str, Any]) -> Section:
     rows = [
         {
             "model": p["model"], "D/N": p["tokens_per_param"], "setting": p["setting"],
+            "law": p.get("law", "paper"),
             "BF16 loss": f"{p['bf16_loss']['value']:.4f} {_ci(p['bf16_loss']['ci95'])}",
             "delta": f"{p['delta']['value']:.4f} {_ci(p['delta']['ci95'])}",
             "QAT loss (95% PI)": f"{p['qat_loss']['value']:.4f} {_ci(p['qat_loss']['pi95'])}",
@@ -313,7 +378,8 @@ def predictions_section(res: dict[str, Any]) -> Section:
         for p in res.get("predictions", [])
     ]  # fmt: skip
     text = [
-        "Extrapolations at G = 128 (per-channel would use hidden 2048 / 4096 / 8192); brackets are 95% bootstrap intervals."
+        "Extrapolations at G = 128 (per-channel would use hidden 2048 / 4096 / 8192) with each "
+        "setting's selected delta law (column law); brackets are 95% bootstrap intervals."
     ]
     if not rows:
         text = ["No predictions: the BF16 law or every delta law is missing."]
@@ -335,7 +401,8 @@ def decisions_section(res: dict[str, Any]) -> Section:
             )
         bf = d.get("best_format") or {}
         rows.append({
-            "setting": d["setting"], "N": _f(d["n_params"], 3), "D": _f(d["tokens"], 3),
+            "setting": d["setting"], "law": d.get("law", "paper"), "N": _f(d["n_params"], 3),
+            "D": _f(d["tokens"], 3),
             f"best G at {_f(bg['bits_budget'])} bits": f"{bg['group_size']} ({_pct(bg['share_of_draws'])} of draws)",
             "best fitted format at that budget": (
                 f"{bf['setting']} G={bf['group_size']} ({_f(bf['bits_per_weight'], 4)} bits, "
@@ -359,6 +426,48 @@ def decisions_section(res: dict[str, Any]) -> Section:
     return Section("Decisions", text, [("", pd.DataFrame(rows))] if rows else [])
 
 
+def preregistered_section(res: dict[str, Any]) -> Section:
+    """Sealed predictions (analysis/seal.py) beside the runs that exist now."""
+    rows = []
+    for item in res.get("preregistered") or []:
+        if item["status"] != "ok":
+            rows.append(
+                {"file": item["file"], "status": item["status"].upper() + ": " + item["why"]}
+            )
+            continue
+        for p in item["predictions"]:
+            quantity = "qat_loss" if p["setting"] != "bf16" else "bf16_loss"
+            for name in (quantity, "delta"):
+                c = p.get(name)
+                if not c:
+                    continue
+                measured = c.get("measured")
+                rows.append({
+                    "file": item["file"], "status": "ok", "sealed": item.get("created"),
+                    "law": p.get("law") or "-", "setting": p["setting"],
+                    "N": _f(p["n_params"], 3), "D": _f(p["tokens"], 3),
+                    "G": p.get("group_size") or "-", "quantity": name,
+                    "prediction (95% PI)": f"{_f(c['predicted'])} {_ci(c.get('pi95'))}",
+                    "measured": f"{_f(measured)} ({p['n_runs']} runs)" if measured is not None
+                    else "not run yet",
+                    "error": _pct(c.get("rel_error")) if measured is not None else "",
+                    "covered": ("yes" if c.get("covered") else "NO") if measured is not None else "",
+                })  # fmt: skip
+    text = [
+        "Predictions sealed with `qat-sweep predict --seal` before their runs existed (each file "
+        "holds the prediction, its intervals and law, the hash of the fit it came from, the "
+        "code's git commit and the time, hashed together). Measured: the mean over the usable "
+        "runs that match (same setting and group size, N and D within 2 %); error: (predicted - "
+        "measured) / measured; covered: inside the sealed 95 % prediction interval. A file whose "
+        "hash does not match its content is reported as tampered and not used; fit never "
+        "rewrites a sealed file."
+    ]
+    if not rows:
+        text.append("No sealed predictions found (<sweep>/predictions/, or `fit --sealed DIR`).")
+    tables = [("", pd.DataFrame(rows).fillna(""))] if rows else []
+    return Section("Preregistered predictions", text, tables)
+
+
 def excluded_section(res: dict[str, Any]) -> Section:
     rows = pd.DataFrame(res["excluded"], columns=["run_key", "reason"])
     text = [
@@ -371,9 +480,10 @@ def excluded_section(res: dict[str, Any]) -> Section:
 
 def build_sections(res: dict[str, Any]) -> list[Section]:
     return [
-        base_section(res), delta_section(res), validation_section(res), trends_section(res),
-        analyses_section(res), predictions_section(res), decisions_section(res),
-        excluded_section(res),
+        base_section(res), delta_section(res), laws_section(res), validation_section(res),
+        trends_section(res),
+        analyses_section(res), predictions_section(res), preregistered_section(res),
+        decisions_section(res), excluded_section(res),
     ]  # fmt: skip
 
 

@@ -85,7 +85,8 @@ def delta_trend(
             name = f"G={s}" if series == "group_size" else f"N={format_count(int(float(s)))}"
             ax.scatter(grp[column], grp["delta"], color=color, s=14, label=name)
             ax.plot(grp[column], predict_delta_rows(deltas[key], grp), color=color, lw=1)
-        _label(ax, f"{key} ({fixed}={ref:.3g})", label, "delta", log="xy")
+        law = deltas[key].internal.get("law", "paper")
+        _label(ax, f"{key} [{law}] ({fixed}={ref:.3g})", label, "delta", log="xy")
         ax.legend(fontsize=6)
     return _save(fig, path)
 
@@ -125,6 +126,67 @@ def residuals(
     _label(ax2, "delta log residuals", "predicted delta", "log pred - log actual", log="x")
     ax2.legend(fontsize=6)
     return _save(fig, path)
+
+
+def law_residuals(quant: pd.DataFrame, laws: dict[str, dict[str, Any]], path: Path) -> Path | None:
+    """Per setting, each fitted law's log residuals against D/N, N and G, with the median per
+    value joined by a line: where a law bends away from the data, its line leaves zero."""
+    keys = [k for k, fits in laws.items() if sum(not isinstance(f, str) for f in fits.values()) > 1
+            and quant.loc[quant["fit_key"] == k, "tokens"].nunique() > 1]  # fmt: skip
+    if not keys:
+        return None
+    axes_of = (
+        ("D/N", "tokens per parameter D/N (median per log bin)"),
+        ("n_params", "N"),
+        ("G", "G (channel: hidden size)"),
+    )
+    fig, axes = plt.subplots(
+        len(keys), 3, figsize=(13, 3.2 * len(keys)), squeeze=False, sharey="row"
+    )
+    for row, key in zip(axes, keys, strict=True):
+        part = quant[quant["fit_key"] == key].reset_index(drop=True)
+        part = part.assign(**{"D/N": part["tokens"] / part["n_params"]})
+        everything = []
+        for i, (name, fit) in enumerate(laws[key].items()):
+            if isinstance(fit, str):
+                continue
+            resid = np.log(predict_delta_rows(fit, part)) - np.log(part["delta"].to_numpy())
+            everything.append(resid)
+            for ax, (column, _) in zip(row, axes_of, strict=True):
+                x = part[column].to_numpy(float)
+                ax.scatter(x, resid, s=6, color=f"C{i}", alpha=0.3)
+                centres, med = _binned_median(x, resid, binned=column == "D/N")
+                ax.plot(centres, med, color=f"C{i}", lw=1.6, marker="o", ms=3, label=name)
+        spread = np.concatenate(everything)
+        spread = spread[np.isfinite(spread)]
+        centre = float(np.median(spread)) if spread.size else 0.0
+        half = (
+            max(6 * 1.4826 * float(np.median(np.abs(spread - centre))), 0.05)
+            if spread.size
+            else 1.0
+        )
+        for ax, (_, label) in zip(row, axes_of, strict=True):
+            ax.axhline(0, color="k", lw=0.8)
+            _label(ax, key, label, "log pred - log actual", log="x")
+            ax.set_ylim(
+                centre - half, centre + half
+            )  # beyond: outliers (the delta section lists them)
+        row[0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _binned_median(x: np.ndarray, y: np.ndarray, binned: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Median of y per distinct x, or per log-spaced bin of x (at most 8) when `binned`."""
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0)
+    x, y = x[ok], y[ok]
+    values = np.unique(np.round(x, 6))
+    if not binned or len(values) <= 8:
+        return values, np.array([np.median(y[np.isclose(x, v)]) for v in values])
+    edges = np.geomspace(x.min(), x.max() * (1 + 1e-9), 9)
+    which = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, 7)
+    keep = [b for b in range(8) if (which == b).any()]
+    centres = np.array([np.exp(np.mean(np.log(x[which == b]))) for b in keep])
+    return centres, np.array([np.median(y[which == b]) for b in keep])
 
 
 def decomposition(result: dict[str, Any], path: Path) -> Path | None:
@@ -254,9 +316,10 @@ def make_all(outcome: Any, plots_dir: Path) -> dict[str, Path]:
         "delta_vs_G": delta_trend(quant, deltas, "G", plots_dir / "delta_vs_G.png"),
         "predicted_vs_actual": predicted_vs_actual(quant, deltas, plots_dir / "predicted_vs_actual.png"),
         "residuals": residuals(outcome.base, outcome.bf16, quant, deltas, plots_dir / "residuals.png"),
+        "law_residuals": law_residuals(quant, outcome.laws, plots_dir / "law_residuals.png"),
         "decomposition": decomposition(an["decomposition"], plots_dir / "decomposition.png"),
         "ratio_R": ratio_heatmap(an["ratio_R"], plots_dir / "ratio_R.png"),
-        "contours": contours(deltas, plots_dir / "contours.png"),
+        "contours": contours(outcome.paper or deltas, plots_dir / "contours.png"),
         "fc2_8bit": bars_per_group(
             {k: v.get("reduction_per_G", {}) for k, v in an["fc2_8bit"].items() if k != "paper"},
             "delta reduction with 8-bit FC2 input", "1 - delta_fc2a8 / delta", plots_dir / "fc2_8bit.png",

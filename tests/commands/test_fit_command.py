@@ -342,3 +342,119 @@ def test_tiny_formats_sweep_trains_fits_and_compares_every_format(
     assert compared["w4a4/nvfp4"]["mean_delta_per_G"].keys() == {"16"}
     report = (out / "report.md").read_text()
     assert "Formats compared" in report and all(key in report for key in present)
+
+
+# ---------------------------------------------------------------- laws (issue 22)
+
+
+def test_fit_json_laws_and_selection(fitted):
+    """Every setting lists every candidate law (the paper's always), the selected law's numbers
+    are the top-level ones, and bootstrap.npz holds each fitted law's draws."""
+    import numpy as np
+    from qat_sweep.analysis.law.compare import CRITERIA
+    from qat_sweep.analysis.law.formulas import LAWS
+
+    res = json.loads((fitted / "fit.json").read_text())
+    draws = np.load(fitted / "bootstrap.npz")
+    for key, fit in res["delta"].items():
+        assert set(fit["laws"]) == set(LAWS) and fit["laws"]["paper"]["fitted"]
+        chosen = fit["laws"][fit["selected"]]
+        assert fit["law"] == fit["selected"] and fit["selection"]["why"]
+        assert fit["params"] == chosen["params"] and fit["ci95"] == chosen["ci95"]
+        for name, entry in fit["laws"].items():
+            if not entry["fitted"]:
+                assert entry["why"]
+                continue
+            assert set(entry["held_out"]) == set(CRITERIA)
+            assert entry["n_params"] >= 1 and "aicc" in entry and "in_sample" in entry
+            for p, ci in entry["ci95"].items():  # every interval written holds its estimate
+                if ci is not None:
+                    assert ci[0] <= entry["params"][p] <= ci[1], (key, name, p)
+            stored = draws.get(f"delta__{key.replace('/', '__')}__law__{name}")
+            if entry["ci95"] and any(v is not None for v in entry["ci95"].values()):
+                assert stored.shape[1] == len(entry["params"])
+    assert res["delta"]["w4a4/int4"]["law"] == "paper"
+    assert "## Which law holds" in (fitted / "report.md").read_text()
+
+
+def test_fit_law_forces_one_law_and_predict_says_which(fitted, tmp_path, capsys):
+    out = tmp_path / "forced"
+    argv = ["--table", str(fitted / "runs.csv"), "--out", str(out), "--bootstrap", "50"]
+    assert fit_main([*argv, "--no-plots", "--law", "levelled_D"]) == 0
+    res = json.loads((out / "fit.json").read_text())
+    int4 = res["delta"]["w4a4/int4"]
+    assert int4["law"] == "levelled_D" and int4["selection"]["forced"]
+    assert set(int4["params"]) == {"k", "gamma_N", "gamma_D", "gamma_G", "c"}
+    fp4 = res["delta"]["w4a4/fp4"]  # one cell: the levelling law cannot be fitted there
+    assert fp4["law"] == "paper" and "not fitted for this setting" in fp4["selection"]["why"]
+    assert fit_main([*argv, "--law", "quadratic"]) == 2
+    assert "unknown law" in capsys.readouterr().err
+    point = ["n_params=7e9", "hidden_size=4096", "tokens=140B", "scheme=w4a4", "format=int4",
+             "group_size=128"]  # fmt: skip
+    assert predict_main(["--fit", str(out), *point]) == 0
+    assert "delta law: levelled_D (selected by the fit)" in capsys.readouterr().out
+    assert predict_main(["--fit", str(out), *point, "--law", "no_D", "--json"]) == 0
+    pred = json.loads(capsys.readouterr().out)
+    no_d = res["delta"]["w4a4/int4"]["laws"]["no_D"]["params"]
+    want = no_d["k"] * (1 / 7e9) ** no_d["gamma_N"] * 7.0 ** no_d["gamma_G"]
+    assert pred["law"] == "no_D" and pred["law_source"] == "--law"
+    assert pred["delta"]["value"] == pytest.approx(want, rel=1e-9)
+    assert pred["delta"]["ci95"][0] <= pred["delta"]["value"] <= pred["delta"]["ci95"][1]
+    point_fp4 = ["n_params=3e8", "tokens=50B", "scheme=w4a4", "format=fp4", "group_size=64"]
+    assert predict_main(["--fit", str(out), *point_fp4, "--law", "levelled_D"]) == 2
+    assert "levelled_D was not fitted" in capsys.readouterr().err
+
+
+def test_sealed_predictions_are_written_once_checked_and_tamper_evident(fitted, tmp_path, capsys):
+    import os
+    import stat
+
+    from qat_sweep.analysis.seal import fit_hash, read_sealed
+
+    runs = tmp_path / "runs"
+    for record in table_to_records(synthetic_table(seed=7, cell_noise=0.003), sweep="paper"):
+        (runs / "paper" / record["run_key"]).mkdir(parents=True)
+        (runs / "paper" / record["run_key"] / "result.json").write_text(json.dumps(record))
+    sealed = runs / "paper" / "predictions"
+    point = ["model=973M", "tokens=100B", "scheme=w4a4", "format=int4", "group_size=128"]
+    target = sealed / "973M-100B.json"
+    assert predict_main(["--fit", str(fitted), *point, "--seal", str(target)]) == 0
+    assert "sealed:" in capsys.readouterr().err
+    before = target.read_bytes()
+    assert not os.stat(target).st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+    status, body, _ = read_sealed(target)
+    assert status == "ok" and body["fit"]["sha256"] == fit_hash(fitted)
+    assert body["git_commit"] and body["created"] and body["predictions"][0]["law"] == "paper"
+    assert predict_main(["--fit", str(fitted), *point, "--seal", str(target)]) == 2
+    assert "never rewritten" in capsys.readouterr().err and target.read_bytes() == before
+    forged = json.loads(before)
+    forged["sealed"]["predictions"][0]["qat_loss"]["value"] += 0.01  # a better-looking number
+    (sealed / "forged.json").write_text(json.dumps(forged))
+    out = tmp_path / "report"
+    argv = [
+        "sweep=paper",
+        f"paths.runs={runs}",
+        "--out",
+        str(out),
+        "--bootstrap",
+        "30",
+        "--no-plots",
+    ]
+    assert fit_main(argv) == 0
+    res = json.loads((out / "fit.json").read_text())
+    found = {item["file"]: item for item in res["preregistered"]}
+    assert (
+        found["forged.json"]["status"] == "tampered"
+        and "hash mismatch" in found["forged.json"]["why"]
+    )
+    ok = found["973M-100B.json"]
+    assert ok["status"] == "ok"
+    check = ok["predictions"][0]
+    assert check["n_runs"] == 1  # the held-out 973M/100B G=128 run of the sweep
+    qat = check["qat_loss"]
+    assert qat["measured"] == pytest.approx(qat["predicted"], rel=0.05)
+    assert qat["covered"] == (qat["pi95"][0] <= qat["measured"] <= qat["pi95"][1])
+    report = (out / "report.md").read_text()
+    assert "## Preregistered predictions" in report and "TAMPERED" in report
+    assert target.read_bytes() == before  # fit never rewrites a sealed file
+    assert fit_main([*argv, "--sealed", str(tmp_path / "nowhere")]) == 2

@@ -53,6 +53,8 @@ def test_dom_has_embedded_plots_and_tables(report, tmp_path):
         assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
     assert dom.count("<table") >= 5
     assert "Which of the paper's trends does this data reproduce" in dom
+    assert "Which law holds" in dom and 'alt="law_residuals"' in dom  # the paper's law listed
+    assert "Preregistered predictions" in dom
 
 
 def test_screenshot_is_not_blank(report, tmp_path):

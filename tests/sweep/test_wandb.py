@@ -407,6 +407,7 @@ def test_fit_run_logs_the_law_with_intervals_and_plots_and_per_run_predictions(
 
     predictions = predicted_deltas(result, table)
     assert set(predictions) == {"q"}
+    assert predictions["q"]["fit/law"] == "paper" and summary["delta/w4a4/int4/law"] == "paper"
     expected = law(params, 1e6, 2e7, 128)
     assert predictions["q"]["fit/predicted_delta"] == pytest.approx(expected, rel=1e-12)
     assert predictions["q"]["fit/residual"] == pytest.approx(0.05 - expected, rel=1e-12)
@@ -520,3 +521,21 @@ subgrids:
         cfg = compose_run(run.overrides)
         assert run_key(cfg) == run.run_key  # plan membership stays out of the identity
         assert (cfg.subgrid, cfg.holdout) == (run.subgrid, run.run_key in held)
+
+
+def test_per_run_predictions_follow_the_selected_law() -> None:
+    """fit/predicted_delta is the selected law's (here the levelling law), named in fit/law."""
+    from qat_sweep.analysis.wandb_log import fit_summary, predicted_deltas
+
+    params = {"k": 2.0, "gamma_N": 0.3, "gamma_D": 0.1, "gamma_G": 0.5, "c": 10.0}
+    result = {
+        "base": {"params": {"A": 400.0, "alpha": 0.3, "E": 1.7}, "ci95": {}},
+        "delta": {"w4a4/int4": {"params": params, "ci95": {}, "law": "levelled_D"}},
+    }
+    table = pd.DataFrame([{"run_key": "q", "scheme": "w4a4", "format": "int4", "n_params": 1e6,
+                           "tokens": 2e8, "G": 128.0, "group_size": "128", "delta": 0.05}])  # fmt: skip
+    got = predicted_deltas(result, table)["q"]
+    d_eff = 2e8 / (1 + 2e8 / (10.0 * 1e6))
+    want = 2.0 * d_eff**0.1 * 7.0**0.5 / 1e6**0.3
+    assert got["fit/law"] == "levelled_D" and got["fit/predicted_delta"] == pytest.approx(want)
+    assert fit_summary(result)["delta/w4a4/int4/law"] == "levelled_D"

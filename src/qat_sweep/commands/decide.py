@@ -47,7 +47,7 @@ def question(argv: list[str]) -> tuple[argparse.Namespace, Question]:
         raise InputError(f"--scale-bits {args.scale_bits}: need > 0")
     q = Question(
         target.n_params, target.tokens, target.hidden_size, target.fit_key, target.group_size,
-        args.bits, args.scale_bits, args.tolerance,
+        args.bits, args.scale_bits, args.tolerance, args.law,
     )  # fmt: skip
     return args, q
 
@@ -63,8 +63,10 @@ def format_decisions(res: dict[str, Any]) -> str:
         res[k] for k in ("best_group_size", "tokens_to_tolerance", "int4_vs_fp4", "eff_multiplier")
     )
     bf = res["best_format"]
+    how = "forced with --law" if res.get("law_source") == "--law" else "selected by the fit"
     lines = [
-        f"N = {res['n_params']:.4g}, D = {res['tokens']:.4g}, setting {res['setting']}",
+        f"N = {res['n_params']:.4g}, D = {res['tokens']:.4g}, setting {res['setting']}, "
+        f"delta law {res.get('law', 'paper')} ({how})",
         f"best group size under {bg['bits_budget']:g} bits/weight ({bg['scale_bits']:g}-bit scales): "
         f"G = {bg['group_size']} ({bg['bits_per_weight']:.3f} bits), chosen by "
         + (f"{100 * bg['share_of_draws']:.0f}% of bootstrap draws" if bg["share_of_draws"] is not None else "no bootstrap draws")

@@ -10,6 +10,7 @@ import sys
 from qat_sweep.analysis.collect import InputError
 from qat_sweep.analysis.design import simulate as sim
 from qat_sweep.analysis.design.expected import format_design, noise_level, run_design
+from qat_sweep.analysis.design.truth import truth_prior
 from qat_sweep.commands.args import split_cli
 
 
@@ -21,6 +22,18 @@ def _parser() -> argparse.ArgumentParser:
         "[peak_tflops=] [train overrides]",
     )
     p.add_argument("--prior", default="paper", help="'paper' (Table 1) or a fit directory/json")
+    p.add_argument(
+        "--law",
+        help="from a fit prior, simulate this delta law where the fit has it (default: each "
+        "setting's selected law)",
+    )
+    p.add_argument(
+        "--truth",
+        metavar="LAW[:p=v,...]",
+        help="draw every setting from this delta law (its fit in the prior, else the law closest "
+        "to the prior; p=v sets parameters, e.g. levelled_D:c=150) and report how often fit's "
+        "law comparison selects it",
+    )
     p.add_argument(
         "--noise",
         type=float,
@@ -55,11 +68,16 @@ def main(argv: list[str]) -> int:
         if args.cell_noise < 0:
             raise InputError(f"--cell-noise {args.cell_noise}: need >= 0")
         targets = [sim.parse_target(t) for t in args.target]
-        prior = sim.load_prior(args.prior)
+        prior = sim.load_prior(args.prior, args.law)
         noise = noise_level(args.noise, prior.noise)
         runs = sim.drop_runs(sim.grid_runs(sweep, overrides, mfu, peak), args.drop)
+        if args.truth:
+            prior = truth_prior(prior, args.truth, runs)
         res = {"sweep": sweep, "drops": args.drop}
-        res |= run_design(runs, prior, noise, args.sims, args.seed, targets, args.cell_noise)
+        res |= run_design(
+            runs, prior, noise, args.sims, args.seed, targets, args.cell_noise,
+            select=args.truth is not None,
+        )  # fmt: skip
     except InputError as err:
         print(f"qat-sweep design: error: {err}", file=sys.stderr)
         return 2

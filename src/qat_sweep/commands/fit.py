@@ -59,6 +59,19 @@ def _fit_parser() -> argparse.ArgumentParser:
         help="use BF16 runs at every LR in the base fit (default: best LR)",
     )
     p.add_argument("--no-plots", action="store_true", help="skip figures (report without plots)")
+    p.add_argument(
+        "--law",
+        metavar="NAME",
+        help="use this delta law wherever it is fitted instead of the one selected by held-out "
+        "error (every law is still fitted and compared); see docs/laws.md",
+    )
+    p.add_argument(
+        "--sealed",
+        type=Path,
+        metavar="DIR",
+        help="sealed predictions (`predict --seal`) to check against the runs (default: "
+        "<sweep>/predictions/ for sweep= and --runs)",
+    )
     return p
 
 
@@ -93,12 +106,31 @@ def _load_source(
     )
 
 
+def _sealed_dir(args: argparse.Namespace, overrides: dict[str, str]) -> Path | None:
+    """Where sealed predictions live: --sealed DIR, else <sweep>/predictions or
+    <--runs DIR>/predictions (a folder that does not exist holds none)."""
+    from qat_sweep.analysis.seal import PREDICTIONS_DIR
+
+    if args.sealed is not None:
+        if not args.sealed.is_dir():
+            raise InputError(f"--sealed {args.sealed}: not a directory")
+        return args.sealed
+    if "sweep" in overrides:
+        return (
+            sweep_dir(overrides.get("paths.runs", RUNS_ROOT), overrides["sweep"]) / PREDICTIONS_DIR
+        )
+    if args.runs is not None:
+        return args.runs / PREDICTIONS_DIR
+    return None
+
+
 def main(argv: list[str]) -> int:
     """Run `qat-sweep fit`; returns the process exit code."""
     from qat_sweep.analysis import decide
     from qat_sweep.analysis.pipeline import Settings, run_fit, write_outputs
     from qat_sweep.analysis.report import html as report
     from qat_sweep.analysis.report import plots
+    from qat_sweep.analysis.seal import check_sealed
 
     # lmfit's plain-least-squares stderr takes sqrt of a negative covariance on flat fits; our
     # intervals come from the bootstrap, so those warnings only bury the summary.
@@ -109,16 +141,22 @@ def main(argv: list[str]) -> int:
         args = parser.parse_args(rest)
         if not args.huber_base > 0:
             raise InputError(f"--huber-base must be > 0, got {args.huber_base}")
+        from qat_sweep.analysis.law.formulas import LAWS
+
+        if args.law is not None and args.law not in LAWS:
+            raise InputError(f"--law {args.law}: unknown law; laws: {', '.join(LAWS)}")
         rows, skipped, source, out = _load_source(args, overrides)
+        sealed = _sealed_dir(args, overrides)
         if out.exists() and not out.is_dir():
             raise InputError(f"--out {out} exists and is not a directory")
         table = pair_deltas(build_table(rows))
         settings = Settings(
             bootstrap=args.bootstrap, seed=args.seed, tied=not args.free_beta, joint=args.joint,
             base_f_scale=args.huber_base, holdout=args.holdout,
-            base_lr="all" if args.all_lr else "best", source=source,
+            base_lr="all" if args.all_lr else "best", law=args.law, source=source,
         )  # fmt: skip
         outcome = run_fit(table, skipped, settings)
+        outcome.result["preregistered"] = check_sealed(sealed, outcome.table)
     except InputError as err:
         print(f"qat-sweep fit: error: {err}", file=sys.stderr)
         return 2
@@ -160,5 +198,7 @@ def summary_text(res: dict[str, Any], out: Path, fit_path: Path) -> str:
         f"runs:   {res['n_runs']['usable']} usable, {len(res['excluded'])} excluded",
         f"bf16   {fmt(res['base'])}",
     ]
-    lines += [f"{key:<17}{fmt(f)}" for key, f in res["delta"].items()]
+    lines += [f"{key:<17}[{f.get('law', 'paper')}] {fmt(f)}" for key, f in res["delta"].items()]
+    for item in res.get("preregistered") or []:
+        lines.append(f"sealed: {item['file']}: {item['status']}")
     return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from qat_sweep.analysis.collect import (
@@ -18,11 +19,20 @@ PREDICT_OVERRIDES = {"model", "n_params", "hidden_size", "tokens", "scheme", "fo
 def _predict_parser() -> argparse.ArgumentParser:
     from qat_sweep.analysis.predict import fit_reader_parser
 
-    return fit_reader_parser(
+    p = fit_reader_parser(
         "qat-sweep predict",
         "Predict loss with a fitted law: --fit DIR (model=NAME | n_params=N [hidden_size=H]) "
-        "tokens=20B scheme=w4a4 format=int4 group_size=128|channel",
+        "tokens=20B scheme=w4a4 format=int4 group_size=128|channel [--seal FILE]",
     )
+    p.add_argument(
+        "--seal",
+        type=Path,
+        metavar="FILE",
+        help="also write the prediction, its intervals and law, the fit's hash, the code's git "
+        "commit and the time to FILE, hashed (never overwrites; put it in <sweep>/predictions/ "
+        "so `fit` checks it)",
+    )
+    return p
 
 
 def _resolve_model(overrides: dict[str, str]) -> tuple[float, float | None]:
@@ -95,9 +105,16 @@ def main(argv: list[str]) -> int:
             key,
             group_value,
             hidden,
+            law=args.law,
         )
+        if args.seal is not None:
+            from qat_sweep.analysis.seal import seal
+
+            sealed = seal(args.seal, [pred], args.fit)
     except InputError as err:
         print(f"qat-sweep predict: error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(pred, indent=1) if args.json else format_prediction(pred))
+    if args.seal is not None:
+        print(f"sealed: {args.seal} (sha256 {sealed['sha256'][:16]}...)", file=sys.stderr)
     return 0

@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def format_suggestion(res: dict[str, Any]) -> str:
     lines = [f"criterion: {res['criterion']}; loss noise {res['noise']:.3g} per run"]
+    if res.get("laws"):
+        laws = ", ".join(f"{k} {v}" for k, v in res["laws"].items())
+        lines.append(f"delta law: {laws} ({res.get('law_source', 'selected by the fit')})")
     for t in res["targets"]:
         lines.append(
             f"target {t['target']}: expected 95% interval width of delta now "
@@ -74,7 +77,7 @@ def main(argv: list[str]) -> int:
         targets = [sim.parse_target(t) for t in args.target]
         res = suggest(
             args.fit, sweep, targets, overrides=overrides, mfu=mfu, peak_tflops=peak,
-            k=args.k, budget=args.budget, noise=args.noise, out=args.out,
+            k=args.k, budget=args.budget, noise=args.noise, out=args.out, law=args.law,
         )  # fmt: skip
     except InputError as err:
         print(f"qat-sweep suggest: error: {err}", file=sys.stderr)

@@ -13,6 +13,7 @@ import pytest
 from qat_sweep.analysis.collect import build_table, pair_deltas, twin_index
 from qat_sweep.analysis.design import benchmark as bench
 from qat_sweep.analysis.design import simulate as sim
+from qat_sweep.analysis.design.truth import truth_prior
 from qat_sweep.analysis.law.formulas import DELTA_PARAMS, delta_loss
 from qat_sweep.analysis.pipeline import Settings, run_fit
 from qat_sweep.analysis.predict import SavedFit, predict_point
@@ -79,7 +80,8 @@ def test_fast_refit_is_fits_estimator(paper_runs):
         np.testing.assert_allclose(refits.base[s], base, rtol=1e-3)
         assert set(refits.delta) >= set(res["delta"])
         for key, fit in res["delta"].items():
-            want = [np.nan if fit["params"][p] is None else fit["params"][p] for p in DELTA_PARAMS]
+            paper = fit["laws"]["paper"]["params"]  # refit_many fits the prior's law: the paper's
+            want = [np.nan if paper[p] is None else paper[p] for p in DELTA_PARAMS]
             np.testing.assert_allclose(refits.delta[key][s], want, rtol=1e-5, atol=1e-7)
 
 
@@ -361,3 +363,136 @@ def test_suggest_two_targets_and_a_budget_too_small(seed_sweep, tmp_path, capsys
         "no remaining run shrinks the targets' intervals within 1 GPU-hours"
         in capsys.readouterr().err
     )
+
+
+# ---------------------------------------------------------------- which law (issue 22)
+
+
+def _selection(paper_runs, truth: str, noise: float, cell_noise: float = 0.0, sims: int = 100):
+    """How often fit's law comparison picks each law over simulated W4A4 INT4 paper sweeps."""
+    from qat_sweep.analysis.design.expected import run_design
+
+    runs = paper_runs[paper_runs["fit_key"].isin(["w4a4/int4", "bf16/bf16"])].reset_index(drop=True)
+    prior = truth_prior(sim.paper_prior(), truth, runs)
+    res = run_design(runs, prior, noise, sims, seed=0, cell_noise=cell_noise, select=True)
+    return res["selection"]["w4a4/int4"]
+
+
+@pytest.mark.slow
+def test_selection_finds_a_levelling_law_bent_inside_the_grid(paper_runs):
+    """Issue 22 item 5: a levelling-off truth (bend at D/N = 150, inside the paper grid's 17
+    to 1350) selects a levelling-off law in >= 80 % of sweeps at noise 0.01 per run."""
+    item = _selection(paper_runs, "levelled_D:gamma_D=0.2,c=150", 0.01)
+    assert item["truth"] == "levelled_D" and item["sweeps"] == 100
+    assert item["levelling_off_rate"] >= 0.8, item["picks"]
+
+
+@pytest.mark.slow
+def test_selection_keeps_the_papers_law_where_the_grid_resolves_its_d_term(paper_runs):
+    """Data drawn from the paper's law select it (or a law containing it) in >= 90 % of sweeps
+    under the synthetic tables' noise (0.002 per run, 0.01 shared by a cell's twins)."""
+    item = _selection(paper_runs, "paper", 0.002, cell_noise=0.01)
+    assert item["hit_rate"] >= 0.9, item["picks"]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 22 asks >= 90 % at 0.01 per run; on the paper grid W4A4's gamma_D is then "
+    "only ~2.6 standard errors from 0, so even in-sample AIC prefers the paper's law over no_D "
+    "in ~76 % of sweeps and the one-SE held-out rule in ~25 % (docs/laws.md)",
+)
+def test_selection_keeps_the_papers_law_at_noise_001(paper_runs):
+    assert _selection(paper_runs, "paper", 0.01)["hit_rate"] >= 0.9
+
+
+def test_design_truth_cli(capsys):
+    argv = [
+        "design",
+        "sweep=paper",
+        "--truth",
+        "levelled_D:c=150",
+        "--sims",
+        "10",
+        "--noise",
+        "0.005",
+    ]
+    assert cli_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "which law fit selects" in out and "truth levelled_D" in out
+    assert "w4a4/int4: truth levelled_D (fitted to the prior's delta, then c=150)" in out
+    assert cli_main([*argv[:3], "levelled_D:q=1", "--sims", "10"]) == 2
+    assert "q not parameters of levelled_D" in capsys.readouterr().err
+    assert cli_main([*argv[:3], "cubic", "--sims", "10"]) == 2
+    assert "unknown law 'cubic'" in capsys.readouterr().err
+
+
+def test_decide_follows_the_selected_law(tmp_path, capsys):
+    """decide on a fit whose selection is the levelling law: tokens to a tolerance solved on
+    that law (and 'never' above its plateau); --law eff_per_G keeps to its fitted group sizes."""
+    from qat_sweep.analysis.design.synth import levelling_table
+
+    out = tmp_path / "levelled"
+    out.mkdir()
+    levelling_table(seed=0).to_csv(out / "table.csv", index=False)
+    assert fit_main(["--table", str(out / "table.csv"), "--out", str(out), "--bootstrap", "50",
+                     "--no-plots"]) == 0  # fmt: skip
+    capsys.readouterr()
+    saved = SavedFit.load(out)
+    point = ["n_params=1e8", "hidden_size=768", "scheme=w4a4", "format=mxfp4", "group_size=32"]
+    tol = predict_point(saved, 1e8, 3e9, "w4a4/mxfp4", 32, 768)["delta"]["value"]
+    res = _json(capsys, ["decide", "--fit", str(out), *point, "tokens=10B", "--tolerance",
+                         str(tol), "--json"])  # fmt: skip
+    assert res["law"] == "levelled_D" and res["law_source"] == "selected"
+    tt = res["tokens_to_tolerance"]
+    assert tt["law"] == "levelled_D" and tt["tokens"] == pytest.approx(3e9, rel=1e-4)
+    assert tt["ci95"][0] <= tt["tokens"] <= tt["ci95"][1]
+    never = _json(capsys, ["decide", "--fit", str(out), *point, "tokens=10B", "--tolerance",
+                           "0.5", "--json"])["tokens_to_tolerance"]  # fmt: skip
+    assert never["tokens"] is None and any("does not reach" in w for w in never["warnings"])
+    assert cli_main(["decide", "--fit", str(out), *point, "tokens=10B"]) == 0
+    assert "delta law levelled_D (selected by the fit)" in capsys.readouterr().out
+
+
+def test_decide_with_a_per_group_law_keeps_to_its_groups(paper_fit, capsys):
+    res = _json(capsys, ["decide", "--fit", str(paper_fit), "model=595M", "tokens=100B",
+                         "scheme=w4a4", "group_size=128", "--bits", "4.3", "--law", "eff_per_G",
+                         "--json"])  # fmt: skip
+    bg = res["best_group_size"]
+    assert res["law"] == "eff_per_G" and set(bg["allowed"]) <= {"32", "64", "128", "256", "channel"}
+    assert any("no value at G = 512" in w for w in bg["warnings"])
+    assert res["int4_vs_fp4"]["available"] is False  # one value per fitted G: no crossover
+
+
+def test_suggest_criterion_linearises_the_selected_law(paper_runs):
+    """suggest's variance for a levelling-law target agrees with refits of that law."""
+    from qat_sweep.analysis.design.criterion import TargetState, rel_width
+    from qat_sweep.analysis.design.suggest import fitted_laws
+    from qat_sweep.analysis.law.formulas import Points
+
+    target = sim.parse_target(TARGET)
+    part = paper_runs[
+        paper_runs["fit_key"].isin(["w4a4/int4", "bf16/bf16"]) & ~paper_runs["holdout"]
+    ]
+    part = part.reset_index(drop=True)
+    prior = truth_prior(sim.paper_prior(), "levelled_D:gamma_D=0.2,c=150", part)
+    result = {
+        "base": {"params": prior.base},
+        "delta": {"w4a4/int4": {"law": "levelled_D", "params": prior.delta["w4a4/int4"]}},
+    }
+    law = fitted_laws(result, [target], part, part)["w4a4/int4"]
+    assert law.law.name == "levelled_D"
+    state = TargetState.at_target(target, law, part[part["fit_key"] == "w4a4/int4"], 0.002)
+    assert len(state.c) == 5  # k, gamma_N, gamma_D, gamma_G and log c
+    predicted = float(rel_width(state.variance()))
+    losses = sim.draw_losses(prior, part, 0.002, 200, np.random.default_rng(0))
+    refits = sim.refit_many(
+        part, losses, sim.true_losses(prior, part), laws={"w4a4/int4": "levelled_D"}
+    )
+    delta = sim.predicted_delta(
+        refits.delta["w4a4/int4"], target.n_params, target.tokens, target.G, "levelled_D",
+        refits.names["w4a4/int4"], target.group_size,
+    )  # fmt: skip
+    truth = float(law.delta(Points.at(target.n_params, target.tokens, target.G, 128))[0])
+    lo, hi = np.percentile(delta, [2.5, 97.5])
+    assert predicted == pytest.approx((hi - lo) / truth, rel=0.15)

@@ -1,0 +1,146 @@
+"""Candidate delta laws (issue 22): one definition each, fitted like the paper's law, compared
+on held-out cells, and a selection that finds a levelling-off truth and keeps the paper's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qat_sweep.analysis.collect import build_table, pair_deltas
+from qat_sweep.analysis.design.criterion import features
+from qat_sweep.analysis.design.synth import levelling_table, levelling_truth, synthetic_table
+from qat_sweep.analysis.law.base_fit import fit_base
+from qat_sweep.analysis.law.compare import CRITERIA, make_splits, select
+from qat_sweep.analysis.law.delta_fit import fit_delta
+from qat_sweep.analysis.law.formulas import (
+    EFF_PER_G,
+    LAWS,
+    LEVELLED_D,
+    NO_D,
+    PAPER,
+    FittedLaw,
+    Points,
+    effective_multiplier,
+    law_log_delta,
+    log_delta,
+)
+from qat_sweep.analysis.law.law_fit import fit_law
+from qat_sweep.analysis.pipeline import Settings, check_intervals, run_fit
+
+P = {"k": 0.1582, "gamma_N": 0.2186, "gamma_D": 0.0745, "gamma_G": 0.7779}
+BASE = {"A": 237.7042, "alpha": 0.3022}
+
+
+def _usable(table):
+    table = pair_deltas(build_table(table.to_dict("records")))
+    return table[(table["excluded"] == "") & ~table["holdout"]]
+
+
+def test_each_law_is_one_definition_with_its_needs():
+    n, d, g = np.array([7e7, 6e8, 6e8]), np.array([1e10, 1e10, 1e11]), np.array([32, 128, 768])
+    at = Points.at(n, d, g, ["32", "128", "channel"])
+    assert np.allclose(law_log_delta(PAPER, P, at), log_delta(P, n, d, g))
+    no_d = {k: v for k, v in P.items() if k != "gamma_D"}
+    assert np.allclose(law_log_delta(NO_D, no_d, at), log_delta({**P, "gamma_D": 0.0}, n, d, g))
+    # the levelling law is the paper's while D << c N and stops growing once D >> c N
+    assert np.allclose(law_log_delta(LEVELLED_D, {**P, "c": 1e12}, at), log_delta(P, n, d, g))
+    far = Points.at(1e8, np.array([1e3, 1e4]) * 50 * 1e8, 128)
+    flat = np.exp(law_log_delta(LEVELLED_D, {**P, "c": 50.0}, far))
+    assert flat[1] / flat[0] == pytest.approx(1.0, abs=1e-3)
+    # eff_per_G: delta = A N^-alpha (eff^-alpha - 1), the multiplier effective_multiplier gives
+    eff = {"eff[32]": 0.8, "eff[128]": 0.7}
+    delta = np.exp(law_log_delta(EFF_PER_G, eff, at, BASE))
+    assert delta[0] == pytest.approx(
+        BASE["A"] * 7e7 ** -BASE["alpha"] * (0.8 ** -BASE["alpha"] - 1)
+    )
+    assert effective_multiplier(BASE, 6e8, delta[1]) == pytest.approx(0.7)
+    assert np.isnan(delta[2])  # no parameter for per-channel: no value, never a silent one
+    assert PAPER.needs() == {"gamma_N": "N", "gamma_D": "D", "gamma_G": "G"}
+    assert LEVELLED_D.needs()["c"] == "D/N" and "paper" in LEVELLED_D.nests
+    assert EFF_PER_G.params(("32", "channel")) == ("eff[32]", "eff[channel]")
+    # suggest's linearisation of the paper's law is its regressors
+    grad = FittedLaw(PAPER, P).gradient(at)
+    assert np.allclose(grad, features(n, d, g))
+    assert set(LAWS) == {"paper", "no_D", "eff_per_G", "levelled_D"}
+
+
+def test_fit_law_recovers_a_levelling_truth_and_eff_is_consistent():
+    table = _usable(levelling_table(noise=0.0002, cell_noise=0.0))
+    part = table[table["fit_key"] == "w4a4/mxfp4"].reset_index(drop=True)
+    paper = fit_delta(part, "w4a4/mxfp4")
+    base = fit_base(table[table["scheme"] == "bf16"].reset_index(drop=True))
+    fit = fit_law(part, LEVELLED_D, "w4a4/mxfp4", paper, base.params)
+    truth = levelling_truth()["w4a4/mxfp4"]
+    assert fit.params["c"] == pytest.approx(truth["c"], rel=0.15)
+    assert fit.params["gamma_D"] == pytest.approx(truth["gamma_D"], abs=0.03)
+    assert fit.params["gamma_G"] is None and "gamma_G" in fit.not_identifiable  # one G only
+    assert fit.stats["rel_error"] < 0.5 * paper.stats["rel_error"]
+    eff = fit_law(part, EFF_PER_G, "w4a4/mxfp4", paper, base.params)
+    row = part.iloc[[0]]
+    delta = eff.internal["predict"](row)[0]
+    assert effective_multiplier(base.params, row["n_params"].iloc[0], delta) == pytest.approx(
+        eff.params["eff[32]"]
+    )
+    assert "needs the BF16 law" in fit_law(part, EFF_PER_G, "x", paper, {"A": None})
+
+
+def test_splits_hold_out_what_they_say():
+    table = _usable(levelling_table())
+    part = table[table["fit_key"] == "w4a4/int4"].reset_index(drop=True)
+    splits, notes = make_splits(part)
+    assert not notes and {s.criterion for s in splits} == set(CRITERIA)
+    ratio = part["tokens"] / part["n_params"]
+    top = next(s for s in splits if s.criterion == "largest_D_per_N")
+    assert ratio[top.test].min() > ratio[top.train].max()  # the largest D/N, nothing else
+    assert 0.2 <= top.test.mean() <= 0.4
+    big_d = next(s for s in splits if s.criterion == "leave_largest_D")
+    assert (part["tokens"][big_d.test] == part["tokens"].max()).all()
+    cv = [s for s in splits if s.criterion == "cell_cv"]
+    assert sum(s.test.sum() for s in cv) == len(part)  # each cell held out once
+
+
+def test_one_standard_error_rule():
+    noisy = np.array([0.05, 0.09, 0.04, 0.08, 0.06, 0.07])
+    units = {
+        "paper": {"cell_cv": noisy},
+        "levelled_D": {"cell_cv": noisy - np.array([0.002, -0.004, 0.003, 0.0, 0.004, -0.001])},
+    }
+    n_params = {"paper": 4, "levelled_D": 5}
+    chosen = select(units, n_params)
+    assert chosen["reference"] == "levelled_D" and chosen["law"] == "paper"  # within one SE
+    units["levelled_D"]["cell_cv"] = noisy - 0.0005  # a hair better everywhere: SE 0, a tie
+    assert select(units, n_params)["law"] == "paper"
+    units["levelled_D"]["cell_cv"] = noisy - 0.02  # better on every cell: beyond one SE
+    assert select(units, n_params)["law"] == "levelled_D"
+    forced = select(units, n_params, forced="paper")
+    assert forced["law"] == "paper" and forced["rule_selects"] == "levelled_D"
+    assert select({"paper": {}}, {"paper": 4})["law"] == "paper"
+
+
+def test_levelling_table_selects_the_levelling_law_and_cuts_extrapolation_error():
+    """Issue 22 item 7: a table like the public NVFP4 runs whose truth levels off."""
+    res = run_fit(pair_deltas(build_table(levelling_table(seed=0).to_dict("records"))), [],
+                  Settings(bootstrap=50)).result  # fmt: skip
+    check_intervals(res)
+    for key in ("w4a4/nvfp4", "w4a4/mxfp4", "w4a4/int4"):
+        fit = res["delta"][key]
+        assert fit["law"] == fit["selected"] == "levelled_D", (key, fit["selection"]["why"])
+        paper, levelled = fit["laws"]["paper"], fit["laws"]["levelled_D"]
+        assert levelled["held_out"]["largest_D_per_N"] < 0.6 * paper["held_out"]["largest_D_per_N"]
+        assert levelled["held_out_error"] < paper["held_out_error"]
+        assert fit["params"] == levelled["params"] and fit["ci95"] == levelled["ci95"]
+        assert fit["laws"]["eff_per_G"]["fitted"] and fit["laws"]["no_D"]["fitted"]
+
+
+def test_paper_table_keeps_the_papers_law():
+    res = run_fit(pair_deltas(build_table(synthetic_table(seed=3).to_dict("records"))), [],
+                  Settings(bootstrap=0)).result  # fmt: skip
+    fit = res["delta"]["w4a4/int4"]
+    assert fit["law"] == "paper", fit["selection"]["why"]
+    assert set(fit["laws"]) == set(LAWS)
+    for entry in fit["laws"].values():
+        if entry["fitted"]:
+            assert set(entry["held_out"]) == set(CRITERIA)
+            assert {"params", "ci95", "n_params", "in_sample", "aicc"} <= set(entry)
+    fp4 = res["delta"]["w4a4/fp4"]  # one cell: nothing held out, no D to level off
+    assert fp4["law"] == "paper" and "no held-out criterion" in fp4["selection"]["why"]
+    assert not fp4["laws"]["levelled_D"]["fitted"] and "gamma_D" in fp4["laws"]["levelled_D"]["why"]
