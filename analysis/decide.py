@@ -205,7 +205,8 @@ def best_format(saved: SavedFit, q: Question) -> dict[str, Any]:
     keys = [
         key
         for key, fit in saved.result["delta"].items()
-        if key.split("/")[0] == scheme and fit["params"].get("k") is not None
+        # a setting whose selected law was fitted (its params: that law's, not always k)
+        if key.split("/")[0] == scheme and any(v is not None for v in fit["params"].values())
     ]
     candidates: list[tuple[str, int | str, float]] = []
     for key in keys:
@@ -215,17 +216,35 @@ def best_format(saved: SavedFit, q: Question) -> dict[str, Any]:
                 candidates.append((key, g, float(bits)))
     if not candidates:
         return {"available": False, "missing": f"no fitted {scheme} setting fits {q.bits:g} bits"}
+    # each setting under its own selected law: a law forced with --law may not fit the others
     fitted = {k: _draws(saved, k) for k in dict.fromkeys(c[0] for c in candidates)}
     size = min(len(d) for _, d in fitted.values())
     points, draws = [], []
     for key, g, _ in candidates:
         point, rows = fitted[key]
-        g_value = [group_value(g, hidden)]
-        points.append(float(np.exp(_log_delta(point, q.n_params, q.tokens, g_value))[0, 0]))
-        draws.append(np.exp(_log_delta(rows[:size], q.n_params, q.tokens, g_value))[:, 0])
+        g_value, label = [group_value(g, hidden)], [str(g)]
+        points.append(float(np.exp(_log_delta(point, q.n_params, q.tokens, g_value, label))[0, 0]))
+        draws.append(
+            np.exp(_log_delta(rows.head(size), q.n_params, q.tokens, g_value, label))[:, 0]
+        )
+    # A per-G law (eff_per_G) has no value at a G it was not fitted at: such a candidate is out.
+    unknown = [
+        f"{k} G={gc}"
+        for (k, gc, _), v in zip(candidates, points, strict=True)
+        if not np.isfinite(v)
+    ]
+    keep = [i for i, v in enumerate(points) if np.isfinite(v)]
+    if not keep:
+        return {
+            "available": False,
+            "missing": f"no fitted {scheme} law has a value within {q.bits:g} bits",
+        }
+    candidates, points, draws = ([seq[i] for i in keep] for seq in (candidates, points, draws))
     choice = int(np.argmin(points))
     picks = np.argmin(np.stack(draws, axis=1), axis=1) if size else np.array([], int)
-    warnings = []
+    warnings = (
+        [f"left out, their law has no value at that G: {', '.join(unknown)}"] if unknown else []
+    )
     for key in fitted:
         fit = saved.result["delta"][key]
         if "gamma_G" in fit.get("not_identifiable", []) and format_of(key) not in BLOCK_FORMATS:

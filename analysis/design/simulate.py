@@ -12,6 +12,7 @@ the delta law (the unique minimum of that convex problem in the box, the one lmf
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,11 +170,16 @@ def covering(prior: Prior, keys: list[str] | tuple[str, ...]) -> Prior:
     scale nor a rotation changes delta beyond the element type's law at G = the block. Keys
     with no stand-in in the prior stay missing (true_losses names them)."""
     delta, notes = dict(prior.delta), list(prior.notes)
+    laws, fitted = dict(prior.laws), dict(prior.fitted)
     borrowed: dict[str, list[str]] = {}
     for key in sorted(set(keys) - set(delta)):
         source = stand_in(key)
         if source in delta:
             delta[key] = dict(delta[source])
+            if source in laws:  # the stand-in's law too, not only its parameters
+                laws[key] = laws[source]
+            if source in fitted:
+                fitted[key] = fitted[source]
             borrowed.setdefault(source, []).append(key)
     for source, names in borrowed.items():
         notes.append(
@@ -181,7 +187,7 @@ def covering(prior: Prior, keys: list[str] | tuple[str, ...]) -> Prior:
             "for a block format): the assumption that neither the block scale nor the rotation "
             "changes delta (ours)"
         )
-    return Prior(prior.base, delta, prior.source, prior.noise, notes)
+    return dataclasses.replace(prior, delta=delta, notes=notes, laws=laws, fitted=fitted)
 
 
 def fit_noise(result: dict[str, Any]) -> float | None:
