@@ -304,8 +304,10 @@ def _eff_terms(groups: tuple[str, ...]) -> tuple[Term, ...]:
 
 
 def _eff_offset(p: Points, base: Mapping[str, Any] | None) -> Any:
-    """log A - alpha log N: the BF16 law's N term, which eff scales."""
-    return np.log(base["A"]) - base["alpha"] * np.log(p.n)
+    """log A - alpha log N: the BF16 law's N term, which eff scales (-inf where a bootstrap
+    draw put A on its bound 0: that draw's eff law has no value, and its users drop it)."""
+    with np.errstate(divide="ignore"):
+        return np.log(base["A"]) - base["alpha"] * np.log(p.n)
 
 
 PAPER = DeltaLaw(
