@@ -387,7 +387,7 @@ def predictions_section(res: dict[str, Any]) -> Section:
 
 
 def decisions_section(res: dict[str, Any]) -> Section:
-    """Issue 15: decide's quantities (analysis/decide.py) at the largest fitted (N, D) and 7B."""
+    """The Decisions section: decide's quantities (analysis/decide.py) at the largest fitted (N, D) and 7B."""
     rows = []
     for d in res.get("decisions") or []:
         bg, tt, cx, eff = (

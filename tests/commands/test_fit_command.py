@@ -344,7 +344,7 @@ def test_tiny_formats_sweep_trains_fits_and_compares_every_format(
     assert "Formats compared" in report and all(key in report for key in present)
 
 
-# ---------------------------------------------------------------- laws (issue 22)
+# ---------------------------------------------------------------- candidate laws
 
 
 def test_fit_json_laws_and_selection(fitted):

@@ -365,7 +365,7 @@ def test_suggest_two_targets_and_a_budget_too_small(seed_sweep, tmp_path, capsys
     )
 
 
-# ---------------------------------------------------------------- which law (issue 22)
+# ---------------------------------------------------------------- which law holds
 
 
 def _selection(paper_runs, truth: str, noise: float, cell_noise: float = 0.0, sims: int = 100):
@@ -380,7 +380,7 @@ def _selection(paper_runs, truth: str, noise: float, cell_noise: float = 0.0, si
 
 @pytest.mark.slow
 def test_selection_finds_a_levelling_law_bent_inside_the_grid(paper_runs):
-    """Issue 22 item 5: a levelling-off truth (bend at D/N = 150, inside the paper grid's 17
+    """Law selection by simulation: a levelling-off truth (bend at D/N = 150, inside the paper grid's 17
     to 1350) selects a levelling-off law in >= 80 % of sweeps at noise 0.01 per run."""
     item = _selection(paper_runs, "levelled_D:gamma_D=0.2,c=150", 0.01)
     assert item["truth"] == "levelled_D" and item["sweeps"] == 100
@@ -398,7 +398,7 @@ def test_selection_keeps_the_papers_law_where_the_grid_resolves_its_d_term(paper
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 22 asks >= 90 % at 0.01 per run; on the paper grid W4A4's gamma_D is then "
+    reason="the wanted >= 90 % at 0.01 per run fails; on the paper grid W4A4's gamma_D is then "
     "only ~2.6 standard errors from 0, so even in-sample AIC prefers the paper's law over no_D "
     "in ~76 % of sweeps and the one-SE held-out rule in ~25 % (docs/laws.md)",
 )

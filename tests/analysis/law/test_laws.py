@@ -1,4 +1,4 @@
-"""Candidate delta laws (issue 22): one definition each, fitted like the paper's law, compared
+"""Candidate delta laws: one definition each, fitted like the paper's law, compared
 on held-out cells, and a selection that finds a levelling-off truth and keeps the paper's."""
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def test_one_standard_error_rule():
 
 
 def test_levelling_table_selects_the_levelling_law_and_cuts_extrapolation_error():
-    """Issue 22 item 7: a table like the public NVFP4 runs whose truth levels off."""
+    """A table like the public NVFP4 runs whose truth levels off."""
     res = run_fit(pair_deltas(build_table(levelling_table(seed=0).to_dict("records"))), [],
                   Settings(bootstrap=50)).result  # fmt: skip
     check_intervals(res)
