@@ -13,6 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+from qat_sweep.model.presets import CONF_DIR
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -70,3 +75,16 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from qat_sweep.data.prepare.corpus import build_demo_corpus
 
     return build_demo_corpus(tmp_path_factory.mktemp("data") / "demo", max_bytes=400_000)
+
+
+@pytest.fixture
+def hydra_compose() -> Iterator:
+    """Hydra's compose over the packaged conf/, as `@hydra.main` composes a run."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+
+        def composed(overrides: list[str]) -> DictConfig:
+            return compose("train", overrides=list(overrides))
+
+        yield composed
+    GlobalHydra.instance().clear()

@@ -179,14 +179,7 @@ def bootstrap(
             continue
         mask = (quant["fit_key"] == key).to_numpy()
         part = quant[mask]
-        if mode == "cells" and fit.n_cells >= MIN_CELLS:
-            w = w_quant[:, mask]
-        else:
-            w = row_weights(len(part), n_boot, rng)
-            fit.notes.append(
-                f"only {fit.n_cells} (N, D) cells: bootstrap resamples runs, not cells"
-            )
-        _delta_draws(fit, part, w)
+        _delta_draws(fit, part, _weights(fit, mode, w_quant[:, mask], n_boot, rng))
     rng = np.random.default_rng(seed + 1)  # the other laws: the paper's draws stay as they were
     for key, fits in (laws or {}).items():
         mask = (quant["fit_key"] == key).to_numpy()
@@ -199,17 +192,20 @@ def bootstrap(
             if mode == "none":
                 fit.ci95 = dict.fromkeys(names)
                 continue
-            if mode == "cells" and fit.n_cells >= MIN_CELLS:
-                w = w_quant[:, mask]
-            else:
-                w = row_weights(len(part), n_boot, rng)
-                fit.notes.append(
-                    f"only {fit.n_cells} (N, D) cells: bootstrap resamples runs, not cells"
-                )
+            w = _weights(fit, mode, w_quant[:, mask], n_boot, rng)
             if "engine" in fit.internal:
                 _engine_draws(fit, part, w, base)
             else:
                 _delta_draws(fit, part, w)
+
+
+def _weights(fit: LawFit, mode: str, cell_w: np.ndarray, n_boot: int, rng) -> np.ndarray:
+    """The setting's resample weights: whole (N, D) cells when it has enough, else single runs
+    (said in the fit's notes)."""
+    if mode == "cells" and fit.n_cells >= MIN_CELLS:
+        return cell_w
+    fit.notes.append(f"only {fit.n_cells} (N, D) cells: bootstrap resamples runs, not cells")
+    return row_weights(cell_w.shape[1], n_boot, rng)
 
 
 def _delta_draws(fit: LawFit, part: pd.DataFrame, w: np.ndarray) -> None:

@@ -9,31 +9,16 @@ the trainer composes from the planned overrides (so `status` finds their records
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from qat_sweep.config.compose import compose_run, compose_tree, plan_config, twin_key
 from qat_sweep.model.presets import CONF_DIR
 from qat_sweep.sweep.plan import available_sweeps, plan_sweep
-
-
-@pytest.fixture
-def hydra_compose() -> Iterator:
-    """Hydra's compose over the packaged conf/, as `@hydra.main` composes a run."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-
-        def composed(overrides: list[str]) -> DictConfig:
-            return compose("train", overrides=list(overrides))
-
-        yield composed
-    GlobalHydra.instance().clear()
-
 
 AGREE = [
     ["optim.betas=[0.9,0.99]", "model=0.2M"],

@@ -15,7 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from qat_sweep import common
 from qat_sweep.cli import main
@@ -53,19 +53,6 @@ BAD = [
 HYDRA_REFUSES = {"train.device=gpu", "train.parallelism=zero3", "optim.schedule=linear"}
 HYDRA_REFUSES |= {"logger.wandb.mode=sometimes", "seed=abc", "seed=1.5", "train.threads=many"}
 HYDRA_REFUSES |= {"holdout=maybe"}
-
-
-@pytest.fixture
-def hydra_compose() -> Iterator:
-    """Hydra's compose over the packaged conf/ (and a user's, first), as the trainer's app."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-
-        def composed(overrides: list[str]) -> DictConfig:
-            return compose("train", overrides=list(overrides))
-
-        yield composed
-    GlobalHydra.instance().clear()
 
 
 def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
