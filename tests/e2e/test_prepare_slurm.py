@@ -1,4 +1,4 @@
-"""``qat-sweep prepare`` as a SLURM job array (the README's script) on the loopback cluster."""
+"""``qat-sweep prepare`` as a SLURM job array (the script of docs/guide.md) on the loopback cluster."""
 
 from __future__ import annotations
 
