@@ -31,6 +31,7 @@ RECORD_NAME = "result.json"  # the run record
 METRICS_NAME = "metrics.jsonl"  # one JSON row per logged step, appended by the trainer
 CHECKPOINT_DIR = "checkpoint"  # complete checkpoints of the run (train/checkpoint.py)
 CORRUPT_DIR = "checkpoint-corrupt"  # unreadable checkpoints, moved aside for inspection
+BRANCH_DIR = "branch-checkpoint"  # whole checkpoints at the steps other runs branch from
 RUN_LOCK = ".trainer.lock"  # one trainer per run directory (locks.py)
 # In a sweep directory:
 LAUNCHES_DIR = ".launches"  # what launches wrote: a manifest per launch, the lock, local logs
@@ -40,7 +41,7 @@ SUBMITIT_DIR = ".submitit"  # submitit's job files, unless the launch profile na
 # A run's grid coordinates, named alike in plan rows, records and the analysis table
 # (`config.identity_fields` derives them from a config; the table reads them from records).
 IDENTITY_FIELDS = ("model", "n_params", "hidden_size", "tokens", "scheme", "format", "group_size")
-IDENTITY_FIELDS += ("lr", "seed")
+IDENTITY_FIELDS += ("lr", "seed", "start_fraction")
 RECORD_STATUSES = ("completed", "failed", "diverged")
 REQUIRED_KEYS = (
     "schema",

@@ -41,6 +41,7 @@ CONFIG_GROUPS = ("model", "quant", "data", "optim", "logger")
 # a run resumed on another device, with another micro-batch or logger keeps its identity.
 _EXECUTION_KEYS = ("paths", "logger", "eval", "checkpoint", "sweep_name", "run_key", "hydra")
 _EXECUTION_KEYS += ("subgrid", "holdout")  # plan membership: a run's place, not its result
+_EXECUTION_KEYS += ("branch",)  # a branched run computes what it would from scratch
 _EXECUTION_TRAIN_KEYS = ("micro_batch_seqs", "device", "compile", "threads")
 _EXECUTION_TRAIN_KEYS += ("parallelism", "activation_checkpointing")
 # What a launch profile may set: execution keys, but not a run's place (plan sets those).
@@ -152,7 +153,7 @@ def _quant_label(quant: Mapping[str, Any]) -> tuple[str, Any]:
 def run_key(cfg: DictConfig | dict[str, Any]) -> str:
     """Readable, deterministic slug of a run: same config, same key; any change, new key.
 
-    `<model>_D<tokens>_<scheme>[_<format>_g<G>]_lr<lr>_s<seed>_<hash6>`: the readable part
+    `<model>_D<tokens>_<scheme>[_<format>_g<G>][_from<f>]_lr<lr>_s<seed>_<hash6>`: the readable part
     names the grid point (the format as labelled, e.g. `mxfp4-had`, with a block format's block
     as G), the hash covers every other setting that changes the result.
     Takes a DictConfig or a plain tree (resolved or not).
@@ -166,6 +167,8 @@ def run_key(cfg: DictConfig | dict[str, Any]) -> str:
     if quant["scheme"] != "bf16":
         label, group = _quant_label(quant)
         parts += [label, _group_label(group)]
+    if quant.get("start_fraction"):  # QAT after BF16; absent at 0, as in keys made before it
+        parts.append(f"from{float(quant['start_fraction']):g}")
     parts += [f"lr{_format_lr(float(identity['optim']['lr']))}", f"s{identity['seed']}"]
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
     return "_".join(parts) + "_" + digest[:6]
@@ -231,6 +234,7 @@ def identity_fields(config: DictConfig | Mapping[str, Any], strict: bool = True)
         "group_size": group if group in (None, "channel") else derive(lambda: int(group)),
         "lr": derive(lambda: float(config["optim"]["lr"])),
         "seed": derive(lambda: int(config["seed"])),
+        "start_fraction": derive(lambda: float(quant.get("start_fraction") or 0.0)),
     }
 
 

@@ -149,7 +149,7 @@ class OptimSchema:
     warmup_steps: int = bounded(0)
     warmup_max_fraction: float = bounded(0, 1)
     min_lr_ratio: float = bounded(0, 1)
-    decay_fraction: float = bounded(0, 1, low_open=True)
+    decay_fraction: float = bounded(0, 1)  # 0: no decay (a trunk that runs branch off)
 
 
 @dataclass
@@ -207,6 +207,15 @@ class CheckpointSchema:
     every_steps: int = bounded(0)
     keep: int = bounded(1)
     keep_on_success: bool = MISSING
+    branch_steps: list[int] = MISSING
+
+
+@dataclass
+class BranchSchema:
+    """Where a run starts: a parent's checkpoint (derived by plan, outside run_key)."""
+
+    parent: str | None = MISSING
+    step: int = bounded(0)
 
 
 @dataclass
@@ -238,6 +247,7 @@ class RunConfig:
     run_key: str = field(default=MISSING, metadata={"derived": True})
     subgrid: str | None = MISSING
     holdout: bool = MISSING
+    branch: BranchSchema = MISSING
     train: TrainSchema = MISSING
     eval: EvalSchema = MISSING
     checkpoint: CheckpointSchema = MISSING

@@ -37,6 +37,7 @@ class QuantLinear(nn.Linear):
         self.fmt = None if self.spec is None else self.spec.name
         self.group_size = group_size
         self.rotation = rotation
+        self.quantizing = True  # off: the plain linear (the BF16 phase, see set_quantizing)
 
     def rotated_weight(self) -> Tensor:
         """The weight in the site's rotated basis (the weight itself without rotation)."""
@@ -48,7 +49,7 @@ class QuantLinear(nn.Linear):
         return weight if self.spec is None else fake_quantize(weight, self.spec, self.group_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.quantized_weight())
+        return F.linear(x, self.quantized_weight() if self.quantizing else self.weight)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, fmt={self.fmt}, group_size={self.group_size}"
@@ -84,6 +85,7 @@ class ActQuantizer(nn.Module):
         self.rotation = rotation
         n_groups = dim // resolve_group_size(self.spec.block or group_size, (dim,))
         self.clip_logit = nn.Parameter(torch.zeros(n_groups)) if method == "lac" else None
+        self.quantizing = True
 
     def clip_factor(self) -> Tensor | None:
         return None if self.clip_logit is None else 2 * torch.sigmoid(self.clip_logit)
@@ -93,6 +95,8 @@ class ActQuantizer(nn.Module):
         return x if self.rotation is None else self.rotation.rotate(x)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self.quantizing:
+            return x
         quantized = fake_quantize(self.rotate(x), self.spec, self.group_size, self.clip_factor())
         return quantized.to(x.dtype)
 
@@ -138,6 +142,15 @@ def make_act_quantizer(
     if spec is None:
         return nn.Identity() if rotation is None else rotation
     return ActQuantizer(spec, quant.group, dim, quant.resolved_act_quantizer, rotation)
+
+
+def set_quantizing(model: nn.Module, on: bool) -> None:
+    """Switch a model's quantization (and rotations) on or off in place. Off, every site is
+    the plain BF16 computation bit for bit, so a run that quantizes only from some step on
+    trains its BF16 twin's steps until then; quantizer parameters get no gradient meanwhile."""
+    for module in model.modules():
+        if isinstance(module, QuantLinear | ActQuantizer | HadamardRotation):
+            module.quantizing = on
 
 
 def format_bits(fmt: str | QuantFormat | None) -> int:

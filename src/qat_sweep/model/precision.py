@@ -64,6 +64,7 @@ OPTIONAL_DEFAULTS: dict[str, Any] = {
     "rotation": "none",
     "rotation_block": None,
     "rotation_seed": None,
+    "start_fraction": 0.0,
 }
 # Storage of the scale of a per-group format in bits per weight (decide's memory budget).
 GROUP_SCALE_BITS = 16  # one BF16 scale per group
@@ -125,6 +126,7 @@ class QuantConfig:
     rotation: str = "none"  # none | hadamard
     rotation_block: int | None = None  # null = the group (the format's block, or G)
     rotation_seed: int | None = None  # null = no random sign flip
+    start_fraction: float = 0.0  # BF16 for this fraction of the steps, quantized after
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -159,6 +161,20 @@ class QuantConfig:
             )
         self._check_encoding()
         self._check_rotation()
+        self._check_start()
+
+    def _check_start(self) -> None:
+        start = self.start_fraction
+        if isinstance(start, bool) or not isinstance(start, int | float) or not 0 <= start < 1:
+            raise ValueError(
+                f"quant.start_fraction={start!r}: the fraction of the steps trained in BF16 "
+                "before quantizing; allowed: a number in [0, 1) (0 = QAT from the start)"
+            )
+        if start and self.scheme == "bf16":
+            raise ValueError(
+                f"quant.start_fraction={start!r} with scheme bf16: nothing is ever quantized; "
+                "allowed: 0"
+            )
 
     def _check_group(self) -> None:
         group = self.group_size

@@ -50,6 +50,7 @@ class HadamardRotation(nn.Module):
         self.register_buffer("matrix", hadamard_matrix(block), persistent=False)
         signs = random_signs(dim, seed) if seed is not None else None
         self.register_buffer("signs", signs, persistent=False)
+        self.quantizing = True  # off: the identity, with its site's quantizers (layers)
 
     def rotate(self, x: Tensor) -> Tensor:
         """The rotated ``x`` in fp32 (what a quantizer reads); autocast would run the block
@@ -62,7 +63,7 @@ class HadamardRotation(nn.Module):
             return (blocks @ self.matrix).reshape(x.shape)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.rotate(x).to(x.dtype)
+        return self.rotate(x).to(x.dtype) if self.quantizing else x
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, block={self.block}, seed={self.seed}"

@@ -8,6 +8,10 @@ suffix is complete; the newest ``checkpoint.keep`` of them are kept. Loading fil
 the model and optimizer already own, one stored item at a time, so a resuming rank holds its
 shard plus one tensor beyond what it built. A checkpoint that cannot be read is moved to
 ``<run>/checkpoint-corrupt/`` (kept for inspection) and the next older one is tried.
+
+At a step another run branches from, the checkpoint is also kept whole under
+``<run>/branch-checkpoint/step-N/`` (hard links, never rotated or removed with the run's own),
+with the metrics rows up to that step, so the branch starts exactly where this run was.
 """
 
 from __future__ import annotations
@@ -27,13 +31,15 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from qat_sweep.common import atomic_open, fsync_dir
-from qat_sweep.record import CHECKPOINT_DIR, CORRUPT_DIR
+from qat_sweep.record import BRANCH_DIR, CHECKPOINT_DIR, CORRUPT_DIR
 from qat_sweep.train.distributed import DistInfo, any_rank, barrier
 
 TRAIN_STATE = "train_state.pt"
+BRANCH_METRICS = "metrics.jsonl"  # in a branch checkpoint: the parent's rows up to its step
 _STEP_DIR = re.compile(r"step-(\d+)")
 # DCP warns that a process without a process group saves alone: that is the intent here.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable")
@@ -130,12 +136,24 @@ def checkpoint_problem(path: Path) -> str | None:
 
 
 def _load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Fill model and optimizer from ``path``. Quantizer parameters the checkpoint lacks (a
+    BF16 parent's, or a run saved before its quantization started) keep their initial values
+    and get no optimizer state, as in a run that never stepped them."""
     model_state, optim_state = get_state_dict(model, optimizer)  # the tensors to fill in place
     state = {"model": model_state, "optimizer": optim_state}
-    dcp.load(state, checkpoint_id=path, no_dist=not dist.is_initialized())
+    stored = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+    dcp.load(
+        state,
+        checkpoint_id=path,
+        planner=DefaultLoadPlanner(allow_partial_load=True),
+        no_dist=not dist.is_initialized(),
+    )
     set_state_dict(
         model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
     )
+    for name, param in model.named_parameters():
+        if f"optimizer.state.{name}.step" not in stored:
+            optimizer.state.pop(param, None)
     return torch.load(path / TRAIN_STATE, map_location="cpu", weights_only=False)
 
 
@@ -169,6 +187,41 @@ def load_latest(
             file=sys.stderr,
         )
     return None, moved
+
+
+def branch_checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / BRANCH_DIR / f"step-{step:09d}"
+
+
+def keep_for_branches(run_dir: Path, step: int, metrics_rows: str) -> Path:
+    """Keep the complete checkpoint at ``step`` whole for the runs that branch there, with the
+    metrics rows logged up to it (rank 0; the checkpoint was just saved)."""
+    final = branch_checkpoint_dir(run_dir, step)
+    if final.exists():
+        return final
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    # Hard links: no copy of the shards, and removing the run's own checkpoint keeps these.
+    shutil.copytree(checkpoint_dir(run_dir, step), tmp, copy_function=os.link)
+    with atomic_open(tmp / BRANCH_METRICS, "w") as f:
+        f.write(metrics_rows)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    return final
+
+
+def load_branch(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo
+) -> dict[str, Any]:
+    """Load a parent's branch checkpoint into this run's model and optimizer; its train state.
+
+    Raises ValueError naming the checkpoint when it is absent or cannot be read."""
+    problem = None if path.is_dir() else "not there"
+    problem = problem or checkpoint_problem(path)
+    if any_rank(problem is not None, info):
+        raise ValueError(f"branch checkpoint {path} cannot be used: {problem or 'on some rank'}")
+    return _load(path, model, optimizer)
 
 
 def remove_checkpoint(run_dir: Path) -> None:

@@ -118,14 +118,24 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
         checkpoint(block)
 
 
-def wrap_model(model: nn.Module, parallelism: str, info: DistInfo) -> nn.Module:
-    """The module the training step calls: the model itself (single, FSDP in place) or DDP."""
+def wrap_model(
+    model: nn.Module, parallelism: str, info: DistInfo, unused_parameters: bool = False
+) -> nn.Module:
+    """The module the training step calls: the model itself (single, FSDP in place) or DDP.
+
+    ``unused_parameters``: some parameters get no gradient on some steps (quantizers before
+    quantization starts), which DDP must be told."""
     if parallelism == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [info.local_rank] if info.device.startswith("cuda") else None
         # gradients as views of DDP's buckets: no second fp32 copy of them
-        return DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
+        return DistributedDataParallel(
+            model,
+            device_ids=ids,
+            gradient_as_bucket_view=True,
+            find_unused_parameters=unused_parameters,
+        )
     if parallelism == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 

@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+from qat_sweep.config.steps import decay_start
 from qat_sweep.train.distributed import full_norm, no_grad_sync
 
 
@@ -19,10 +20,10 @@ def lr_multiplier(step: int, total: int, warmup: int, optim: DictConfig) -> floa
     if step < warmup:
         return (step + 1) / warmup
     if optim.schedule == "wsd":
-        decay_start = max(warmup, int(total * (1 - float(optim.decay_fraction))))
-        if step < decay_start:
+        start = decay_start(total, warmup, float(optim.decay_fraction))
+        if step < start:
             return 1.0
-        progress = (step - decay_start) / max(1, total - 1 - decay_start)
+        progress = (step - start) / max(1, total - 1 - start)
         return 1.0 - (1.0 - floor) * min(1.0, progress)
     progress = min(1.0, (step - warmup) / max(1, total - 1 - warmup))
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))

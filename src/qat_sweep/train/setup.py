@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from qat_sweep.config.checks import config_problems
 from qat_sweep.config.compose import parse_tokens
+from qat_sweep.config.steps import run_steps
 from qat_sweep.data.batches import TokenData, check_token_budget, open_data
 from qat_sweep.data.prepare.corpus import build_demo_corpus
 from qat_sweep.data.tokenfiles import needs_build
@@ -35,6 +36,8 @@ class RunSetup:
     global_batch: int
     total_steps: int
     warmup_steps: int
+    decay_start: int | None  # WSD only
+    quant_start: int  # first quantized step (0: QAT from the start)
     eval_every: int
     checkpoint_every: int
     smoothing_window: int
@@ -77,12 +80,9 @@ def validate_run(cfg: DictConfig) -> RunSetup:
     tokens = parse_tokens(cfg.tokens)
     seq_len = int(cfg.train.seq_len)
     global_batch = int(cfg.optim.batch_seqs)
-    total_steps = tokens // (global_batch * seq_len)  # >= 1: config_problems checked it
+    steps = run_steps(cfg)  # total >= 1: config_problems checked it
+    total_steps = steps.total
     check_token_budget(data, seq_len, total_steps * global_batch, cfg.data.get("max_epochs"))
-    warmup = min(
-        int(cfg.optim.warmup_steps),
-        max(1, int(cfg.optim.warmup_max_fraction * total_steps)),
-    )
     smoothing = cfg.train.loss_smoothing
     window = int(min(smoothing.max_steps, max(1, round(smoothing.fraction * total_steps))))
     every = lambda value: int(value) or max(1, total_steps // 10)  # noqa: E731
@@ -95,7 +95,9 @@ def validate_run(cfg: DictConfig) -> RunSetup:
         seq_len=seq_len,
         global_batch=global_batch,
         total_steps=total_steps,
-        warmup_steps=warmup,
+        warmup_steps=steps.warmup,
+        decay_start=steps.decay_start,
+        quant_start=steps.quant_start,
         eval_every=every(cfg.eval.every_steps),
         checkpoint_every=int(cfg.checkpoint.every_steps),
         smoothing_window=window,

@@ -41,10 +41,15 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
     `last_step`, which runs after the save (the trainer evaluates again on resuming there).
     """
     path = Path(run_dir) / METRICS_NAME
-    if not path.exists():
-        return
+    if path.exists():
+        write_atomic(path, metrics_until(run_dir, last_step))
+
+
+def metrics_until(run_dir: Path, last_step: int) -> str:
+    """The rows a checkpoint at `last_step` covers, as the text of a metrics log."""
+    path = Path(run_dir) / METRICS_NAME
     kept = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text().splitlines() if path.exists() else []:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
@@ -52,7 +57,7 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
         step = row.get("step", 0)
         if step < last_step or (step == last_step and "val_loss" not in row):
             kept.append(line)
-    write_atomic(path, "".join(f"{line}\n" for line in kept))
+    return "".join(f"{line}\n" for line in kept)
 
 
 def resolve_wandb_mode(mode: str) -> str:

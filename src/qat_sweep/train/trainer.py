@@ -11,6 +11,7 @@ loop: `train_step()`, at the boundaries `settle()` / `save()` / `evaluate()`, th
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
@@ -25,17 +26,26 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from qat_sweep.common import json_safe, resolve_device, switch, write_json_atomic
+from qat_sweep.common import json_safe, resolve_device, switch, write_atomic, write_json_atomic
 from qat_sweep.config.compose import compose_run, run_dir
 from qat_sweep.data.batches import BatchSchedule, val_batches
 from qat_sweep.data.prefetch import Prefetcher
 from qat_sweep.estimates.flops import flops_per_token, mfu, peak_flops
 from qat_sweep.locks import LockHeld, run_lock
 from qat_sweep.model.instrument import site_stats
+from qat_sweep.model.layers import set_quantizing
 from qat_sweep.model.presets import CONF_DIR
 from qat_sweep.model.transformer import build_model, compile_blocks, compile_enabled
-from qat_sweep.record import RECORD_NAME, read_record
-from qat_sweep.train.checkpoint import load_latest, remove_checkpoint, save_checkpoint
+from qat_sweep.record import METRICS_NAME, RECORD_NAME, read_record
+from qat_sweep.train.checkpoint import (
+    BRANCH_METRICS,
+    branch_checkpoint_dir,
+    keep_for_branches,
+    load_branch,
+    load_latest,
+    remove_checkpoint,
+    save_checkpoint,
+)
 from qat_sweep.train.distributed import (
     all_reduce_mean,
     any_ranks,
@@ -63,7 +73,7 @@ from qat_sweep.train.recipe import (
 from qat_sweep.train.run_record import base_record, run_metrics, wandb_init
 from qat_sweep.train.setup import RunSetup, resolve_execution, validate_run
 from qat_sweep.train.state import TrainState
-from qat_sweep.train.tracking import Tracker, truncate_metrics
+from qat_sweep.train.tracking import Tracker, metrics_until, truncate_metrics
 
 EXIT_FAILED, EXIT_DIVERGED = 1, 3
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another trainer holds the run directory
@@ -138,6 +148,9 @@ class Trainer:
         self.moved_aside = self._resume()
         if self.dist.is_main:  # rows after the checkpoint (or a failed try) go
             truncate_metrics(out_dir, self.state.step)
+        # QAT after BF16: the BF16 computation until the first quantized step
+        set_quantizing(self.model, self.state.step >= setup.quant_start)
+        self.branch_steps = {int(s) for s in cfg.checkpoint.branch_steps}
         self.record = base_record(cfg, setup)
         self.tracker = self._tracker()
         self.record["wandb"] = self.tracker.wandb_info
@@ -159,8 +172,9 @@ class Trainer:
         self.compiled = compile_enabled(cfg.train.compile, self.device)
         if self.compiled:
             compile_blocks(self.model)  # per block, after activation checkpointing, before wrapping
-        # FSDP shards in place
-        self.train_model = wrap_model(self.model, self.execution.parallelism, self.dist)
+        # FSDP shards in place; quantizer parameters have no gradient before quantizing starts
+        unused = setup.quant_start > 0
+        self.train_model = wrap_model(self.model, self.execution.parallelism, self.dist, unused)
         self.optimizer = make_optimizer(self.model, cfg.optim)
 
     def _build_data(self) -> None:
@@ -180,9 +194,12 @@ class Trainer:
             )
 
     def _resume(self) -> list[str]:
-        """Load the newest readable checkpoint, if any; returns the corrupt ones moved aside."""
+        """Load the newest readable checkpoint, if any, else the parent's branch checkpoint;
+        returns the corrupt ones moved aside."""
         checkpoint, moved_aside = load_latest(self.out_dir, self.model, self.optimizer, self.dist)
-        if checkpoint is not None:
+        if checkpoint is None and self.cfg.branch.parent:
+            self._branch()
+        elif checkpoint is not None:
             if checkpoint["run_key"] != self.cfg.run_key:
                 raise ValueError(
                     f"checkpoint in {self.out_dir} belongs to run {checkpoint['run_key']}"
@@ -194,6 +211,32 @@ class Trainer:
                     f"{self.state.step}/{self.setup.total_steps}"
                 )
         return moved_aside
+
+    def _branch(self) -> None:
+        """Start from the parent's checkpoint at the branch step, with the parent's metrics rows
+        up to it as this run's own: the smoothed loss replayed with this run's window, as it
+        would have been computed had this run trained those steps itself."""
+        parent, step = str(self.cfg.branch.parent), int(self.cfg.branch.step)
+        path = branch_checkpoint_dir(self.out_dir.parent / parent, step)
+        checkpoint = load_branch(path, self.model, self.optimizer, self.dist)
+        if checkpoint["run_key"] != parent or checkpoint["step"] != step:
+            raise ValueError(
+                f"branch checkpoint {path} holds run {checkpoint['run_key']} at step "
+                f"{checkpoint['step']}, not {parent} at step {step}"
+            )
+        rows = [json.loads(line) for line in (path / BRANCH_METRICS).read_text().splitlines()]
+        for row in rows:
+            if "loss" in row:
+                row["loss_smoothed"] = self.state.smoothed.update(row["loss"])
+        checkpoint["smoothed"] = (self.state.smoothed.value, self.state.smoothed.weight)
+        self.state.load_state_dict(checkpoint)
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.out_dir / METRICS_NAME, "".join(json.dumps(r) + "\n" for r in rows))
+            print(
+                f"[qat-sweep] branching {self.cfg.run_key} from {parent} at step "
+                f"{step}/{self.setup.total_steps}"
+            )
 
     def _tracker(self) -> Tracker:
         return Tracker(
@@ -241,6 +284,8 @@ class Trainer:
     def train_step(self) -> None:
         """One optimizer step; its loss stays on the device until the next boundary."""
         cfg, setup, state = self.cfg, self.setup, self.state
+        if state.step == setup.quant_start:
+            set_quantizing(self.model, True)
         lr = float(cfg.optim.lr) * lr_multiplier(
             state.step, setup.total_steps, setup.warmup_steps, cfg.optim
         )
@@ -266,7 +311,8 @@ class Trainer:
         at_eval = step % setup.eval_every == 0 and step < setup.total_steps
         every_steps = setup.checkpoint_every and step % setup.checkpoint_every == 0
         at_checkpoint = bool(every_steps) and step < setup.total_steps
-        boundary = at_progress or at_eval or at_checkpoint
+        at_branch = step in self.branch_steps
+        boundary = at_progress or at_eval or at_checkpoint or at_branch
         # Agreeing on a stop or a due save is a collective: with several ranks, only at the
         # boundaries (one process decides every step, at no cost).
         stop = save_due = False
@@ -281,8 +327,10 @@ class Trainer:
         # resumes past them and would never log them again.
         self._log(rows)
         # Save before evaluating: an evaluation must never delay a due checkpoint.
-        if stop or save_due or at_checkpoint:
+        if stop or save_due or at_checkpoint or at_branch:
             self.save()
+        if at_branch and self.dist.is_main:
+            keep_for_branches(self.out_dir, step, metrics_until(self.out_dir, step))
         if stop:
             barrier(self.dist)  # no rank exits while another still writes
             if self.dist.is_main:
