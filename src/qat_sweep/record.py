@@ -74,6 +74,16 @@ def sweep_dir(runs_root: Path | str, sweep: str) -> Path:
     return Path(runs_root) / str(sweep)
 
 
+def branch_checkpoint_path(run_dir: Path, step: int) -> Path:
+    """Where a run keeps its checkpoint at ``step`` whole for the runs that branch there."""
+    return Path(run_dir) / BRANCH_DIR / f"step-{step:09d}"
+
+
+def branch_release_path(run_dir: Path, step: int) -> Path:
+    """Job ids of the held SLURM jobs that may start once the run passes ``step``."""
+    return Path(run_dir) / BRANCH_DIR / f"release-{step:09d}.jobs"
+
+
 def launches_dir(sweep_dir: Path) -> Path:
     """Where launches of a sweep leave their manifests (file names sort by time) and lock."""
     return Path(sweep_dir) / LAUNCHES_DIR

@@ -14,6 +14,7 @@ from qat_sweep.config.checks import (
     data_problems,
 )
 from qat_sweep.estimates.flops import MODEL_COUNT, PAPER_LABEL
+from qat_sweep.sweep.branches import cost_line
 from qat_sweep.sweep.jobs import STATUSES
 from qat_sweep.sweep.plan import load_sweep, plan_sweep
 from qat_sweep.sweep.spec import (
@@ -59,6 +60,9 @@ def plan_table(runs: list[PlannedRun], mfu: float, peak_tflops: float) -> str:
         f"train's MFU counts, {MODEL_COUNT} (x4/3 with activation checkpointing)",
         "status: " + ", ".join(f"{s} {counts[s]}" for s in STATUSES if counts[s]),
     ]
+    branched = cost_line(runs, mfu, peak_tflops)
+    if branched:
+        lines.insert(-2, branched)
     if sized:
         timed = [r.sizing for r in runs if r.sizing is not None and r.sizing.wall_h is not None]
         lines.insert(

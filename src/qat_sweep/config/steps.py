@@ -49,3 +49,12 @@ def run_steps(config: Mapping[str, Any]) -> RunSteps:
     )
     start = quant_start(total, float(config["quant"].get("start_fraction") or 0.0))
     return RunSteps(total, warmup, decay, start, tokens_per_step)
+
+
+def own_fraction(config: Mapping[str, Any]) -> float:
+    """The part of a run's steps it trains itself: those after its branch step (a branched run
+    starts from its parent's checkpoint), else all of them."""
+    branch = config.get("branch") or {}
+    if not branch.get("parent"):
+        return 1.0
+    return 1.0 - int(branch["step"]) / run_steps(config).total

@@ -24,6 +24,7 @@ from qat_sweep.common import write_json_atomic
 from qat_sweep.config_dirs import CONFIG_DIR_ENV, user_root
 from qat_sweep.locks import LockHeld
 from qat_sweep.record import LAUNCH_LOGS, SUBMITIT_DIR, launches_dir, read_record
+from qat_sweep.sweep.branches import BranchGate, parents_first
 from qat_sweep.sweep.profiles import (
     LaunchProfile,
     executor_parameters,
@@ -167,7 +168,11 @@ def _local_command(run: PlannedRun) -> list[str]:
 def run_local(
     runs: list[PlannedRun], profile: LaunchProfile, sweep: str, argv: list[str]
 ) -> dict[str, Any]:
-    """Run each run in its own process, ``max_parallel`` at a time; waits and reports progress."""
+    """Run each run in its own process, ``max_parallel`` at a time; waits and reports progress.
+
+    Parents run first; a child starts once its branch checkpoint exists (``BranchGate``)."""
+    runs = parents_first(runs)
+    gate = BranchGate(runs)
     sweep_dir = runs[0].run_dir.parent
     logs = launches_dir(sweep_dir) / LAUNCH_LOGS
     logs.mkdir(parents=True, exist_ok=True)
@@ -183,6 +188,14 @@ def run_local(
 
     def one(index: int) -> int:
         run, job = runs[index], manifest["jobs"][index]
+        held = gate.wait(run)
+        if held is not None:
+            with lock:
+                job["held"], done[0] = held, done[0] + 1
+                print(f"[{done[0]}/{len(runs)}] {run.run_key} {held}", flush=True)
+                _write_manifest(sweep_dir, manifest, name)
+            gate.finished(run)
+            return 1
         start = time.monotonic()
         with open(job["log"], "ab") as log:
             proc = subprocess.Popen(
@@ -191,6 +204,7 @@ def run_local(
             with lock:
                 job["job_id"] = f"local:{proc.pid}"
             code = proc.wait()
+        gate.finished(run)
         record = read_record(run.run_dir)
         with lock:
             job["exit_code"] = code

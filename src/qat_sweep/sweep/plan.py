@@ -34,6 +34,7 @@ from qat_sweep.config.compose import (
 )
 from qat_sweep.config_dirs import describe_dirs, load_yaml, options
 from qat_sweep.model.presets import conf_dirs
+from qat_sweep.sweep.branches import BRANCH_OPTIONS, DERIVED_KEYS, plan_branches
 from qat_sweep.sweep.jobs import attach_status
 from qat_sweep.sweep.spec import (
     PlanError,
@@ -46,6 +47,7 @@ from qat_sweep.sweep.spec import (
 )
 
 SWEEP_KEYS = ("name", "overrides", "twins", "subgrids", "holdout")
+BRANCH_KEY = "branch"  # in a sub-grid: not an axis, how its runs branch (branches.py)
 MAX_LISTED_PROBLEMS = 60
 
 
@@ -87,17 +89,28 @@ def load_sweep(name: str) -> SweepSpec:
         raise PlanError(f"{where}: key 'subgrids' must be a non-empty mapping of named sub-grids")
     parsed: dict[str, dict[str, list[Any]]] = {}
     problems = []
+    branched = []
     for sub, axes in subgrids.items():
         if not isinstance(axes, dict) or not axes:
             problems.append(f"subgrids.{sub}: must be a non-empty mapping of key: values")
             continue
         parsed[str(sub)] = {}
+        axes = dict(axes)
+        branch = axes.pop(BRANCH_KEY, None)
+        if branch is not None and branch not in BRANCH_OPTIONS:
+            problems.append(
+                f"subgrids.{sub}.{BRANCH_KEY}: {branch!r}; allowed: {', '.join(BRANCH_OPTIONS)} "
+                "(one WSD trunk per group of runs that differ only in D)"
+            )
+        elif branch is not None:
+            branched.append(str(sub))
         for key, values in axes.items():
             values = values if isinstance(values, list) else [values]
             if not values:
                 problems.append(f"subgrids.{sub}.{key}: empty axis (give at least one value)")
             parsed[str(sub)][str(key)] = values
     problems += _unknown_axis_keys(parsed, overrides)
+    problems += _derived_keys(parsed, overrides)
     holdout = raw.get("holdout") or []
     holdout = holdout if isinstance(holdout, list) else [holdout]
     problems += [
@@ -108,7 +121,20 @@ def load_sweep(name: str) -> SweepSpec:
     if problems:
         raise PlanError(f"{where}: " + "; ".join(problems))
     twins = raw.get("twins", True)
-    return SweepSpec(sweep_name, path, list(overrides), twins, parsed, tuple(map(str, holdout)))
+    holdout = tuple(map(str, holdout))
+    return SweepSpec(sweep_name, path, list(overrides), twins, parsed, holdout, tuple(branched))
+
+
+def _derived_keys(subgrids: dict[str, dict[str, list[Any]]], overrides: list[str]) -> list[str]:
+    """Branch points are derived by plan, never set in a sweep file."""
+    where = [("overrides", o.split("=", 1)[0].lstrip("+~")) for o in overrides]
+    where += [(f"subgrids.{sub}", key) for sub, axes in subgrids.items() for key in axes]
+    return [
+        f"{place}: {key} is derived by plan (QAT after BF16 branches from its twin, "
+        f"'{BRANCH_KEY}: tokens' on a WSD sub-grid makes trunks); remove it"
+        for place, key in where
+        if key in DERIVED_KEYS or key.startswith("branch.")
+    ]
 
 
 def holdout_keys(name: str, extra_overrides: list[str] | tuple[str, ...] = ()) -> set[str]:
@@ -203,6 +229,10 @@ def plan_sweep(
         problems[f"duplicate run {key}: appears {counts[key]} times (sub-grids: {where})"] = []
     if spec.twins and not problems:
         runs += add_twins(runs)
+    if not problems:
+        trunks, found = plan_branches(runs, spec.branched)
+        runs += trunks
+        problems |= found
     if not problems and strict:
         found_by_run = data_problems({r.run_key: r.config for r in runs}, load=True)
         for run in runs:

@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from qat_sweep.config.steps import own_fraction
 from qat_sweep.estimates.device_fit import HEADROOM, divisors, fit
 from qat_sweep.estimates.flops import PEAK_BF16_TFLOPS, gpu_hours
 from qat_sweep.estimates.memory import GB
@@ -117,7 +118,9 @@ def size_run(config: dict[str, Any], profile: LaunchProfile, mfu: float) -> RunS
     parallelism, micro, eval_micro, peak = fitted
     wall_h = segments = None
     if on_gpu:
-        wall_h = gpu_hours(model_flops(config), mfu, profile.peak / 1e12) / profile.gpus
+        # a branched run trains only the steps after its branch point
+        flops = model_flops(config) * own_fraction(config)
+        wall_h = gpu_hours(flops, mfu, profile.peak / 1e12) / profile.gpus
         usable = max(1, profile.timeout_min - RESTART_MIN - profile.signal_delay_s / 60)
         segments = max(1, math.ceil(wall_h * 60 / usable))
     return RunSizing(

@@ -18,6 +18,7 @@ from qat_sweep.config.compose import (
     run_dir,
     twin_key,
 )
+from qat_sweep.config.steps import own_fraction
 from qat_sweep.estimates.flops import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS, gpu_hours, paper_flops
 from qat_sweep.sweep.compute import model_flops
 
@@ -34,6 +35,7 @@ class SweepSpec:
     twins: bool
     subgrids: dict[str, dict[str, list[Any]]]
     holdout: tuple[str, ...] = ()  # sub-grids kept out of the fit and predicted from it
+    branched: tuple[str, ...] = ()  # sub-grids with `branch: tokens`: WSD trunks (branches)
 
 
 @dataclass
@@ -51,6 +53,7 @@ class PlannedRun:
     group_size: int | str | None
     lr: float
     seed: int
+    start_fraction: float
     overrides: list[str]
     run_dir: Path
     config: dict[str, Any] = field(repr=False)  # resolved, plain: cheap for 289 runs
@@ -62,6 +65,13 @@ class PlannedRun:
     diverged: bool = False  # failed with a record saying diverged: a rerun diverges again
     sizing: Any = None  # sizing.RunSizing once sized for a launch profile
     resources: Any = None  # the profile.LaunchProfile shape it runs with
+    parent: str | None = None  # the run whose checkpoint it starts from (branches)
+    branch_step: int | None = None  # the parent's step it starts at
+
+    @property
+    def own_fraction(self) -> float:
+        """The part of the run's steps it trains itself: after its branch step, if any."""
+        return own_fraction(self.config)
 
     @property
     def flops(self) -> float:
@@ -92,6 +102,9 @@ class PlannedRun:
             "group_size": self.group_size,
             "lr": self.lr,
             "seed": self.seed,
+            "start_fraction": self.start_fraction,
+            "parent": self.parent,
+            "branch_step": self.branch_step,
             # the plan row's statuses; a queued run counts as running, its job_state says pending
             "status": "running" if self.status == "pending" else self.status,
             "job_state": self.status if self.status in ("running", "pending") else None,
@@ -101,6 +114,7 @@ class PlannedRun:
             "flops": self.flops,
             "model_flops": self.model_flops,
             "gpu_hours": self.gpu_hours(mfu, peak_tflops),
+            "branched_gpu_hours": self.gpu_hours(mfu, peak_tflops) * self.own_fraction,
             "error": self.error,
             "job_id": self.job_id,
             "log": self.log,

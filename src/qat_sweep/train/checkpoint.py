@@ -35,7 +35,7 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from qat_sweep.common import atomic_open, fsync_dir
-from qat_sweep.record import BRANCH_DIR, CHECKPOINT_DIR, CORRUPT_DIR
+from qat_sweep.record import CHECKPOINT_DIR, CORRUPT_DIR, branch_checkpoint_path
 from qat_sweep.train.distributed import DistInfo, any_rank, barrier
 
 TRAIN_STATE = "train_state.pt"
@@ -189,14 +189,10 @@ def load_latest(
     return None, moved
 
 
-def branch_checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / BRANCH_DIR / f"step-{step:09d}"
-
-
 def keep_for_branches(run_dir: Path, step: int, metrics_rows: str) -> Path:
     """Keep the complete checkpoint at ``step`` whole for the runs that branch there, with the
     metrics rows logged up to it (rank 0; the checkpoint was just saved)."""
-    final = branch_checkpoint_dir(run_dir, step)
+    final = branch_checkpoint_path(run_dir, step)
     if final.exists():
         return final
     tmp = final.with_name(final.name + ".tmp")

@@ -36,10 +36,9 @@ from qat_sweep.model.instrument import site_stats
 from qat_sweep.model.layers import set_quantizing
 from qat_sweep.model.presets import CONF_DIR
 from qat_sweep.model.transformer import build_model, compile_blocks, compile_enabled
-from qat_sweep.record import METRICS_NAME, RECORD_NAME, read_record
+from qat_sweep.record import METRICS_NAME, RECORD_NAME, branch_checkpoint_path, read_record
 from qat_sweep.train.checkpoint import (
     BRANCH_METRICS,
-    branch_checkpoint_dir,
     keep_for_branches,
     load_branch,
     load_latest,
@@ -217,7 +216,16 @@ class Trainer:
         up to it as this run's own: the smoothed loss replayed with this run's window, as it
         would have been computed had this run trained those steps itself."""
         parent, step = str(self.cfg.branch.parent), int(self.cfg.branch.step)
-        path = branch_checkpoint_dir(self.out_dir.parent / parent, step)
+        path = branch_checkpoint_path(self.out_dir.parent / parent, step)
+        done = read_record(self.out_dir.parent / parent)
+        if not path.is_dir() and done is not None and done["status"] == "completed":
+            if self.dist.is_main:  # trained before this branch was planned: same result, more cost
+                print(
+                    f"[qat-sweep] warning: parent {parent} completed without a checkpoint at "
+                    f"step {step}: {self.cfg.run_key} trains from scratch",
+                    file=sys.stderr,
+                )
+            return
         checkpoint = load_branch(path, self.model, self.optimizer, self.dist)
         if checkpoint["run_key"] != parent or checkpoint["step"] != step:
             raise ValueError(
