@@ -39,7 +39,7 @@ RECORD_FIELDS = (
 # Table columns that identify a run, and those a run shares with its BF16 twin, for tables
 # without run_key / twin_key (config.run_key() and twin_key() make those). N and D compare by
 # cell (analysis/cells.py), so measured counts still pair and deduplicate.
-RUN_COLUMNS = ("N_cell", "D_cell", "scheme", "format", "group_size", "lr", "seed")
+RUN_COLUMNS = ("N_cell", "D_cell", "scheme", "format", "group_size", "lr", "seed", "start_fraction")
 TWIN_COLUMNS = ("N_cell", "D_cell", "lr", "seed")
 SITES = ("qkv", "o", "fc1", "fc2")
 SITE_METRICS = ("kurtosis", "act_nmse", "weight_nmse")
@@ -63,6 +63,9 @@ def quant_columns(metrics: Mapping[str, Any] | None) -> dict[str, float]:
 def record_to_row(record: Mapping[str, Any]) -> dict[str, Any]:
     """One run record -> one table row (record fields plus flattened metrics)."""
     row = {field: record.get(field) for field in RECORD_FIELDS}
+    optim = (record.get("config") or {}).get("optim") or {}
+    # a WSD run that never decays is a trunk other runs branch from, not a point of the law
+    row["trunk"] = optim.get("schedule") == "wsd" and optim.get("decay_fraction") == 0
     metrics = record.get("metrics") or {}
     row["tokens_per_s"] = metrics.get("tokens_per_s")
     row.update(quant_columns(metrics))
@@ -173,9 +176,13 @@ def build_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
         raise InputError(f"table lacks required columns: {', '.join(missing)}")
-    for column in ("run_key", "status", "holdout", "hidden_size", "val_loss", "twin_key"):
+    for column in ("run_key", "status", "holdout", "hidden_size", "val_loss", "twin_key", "trunk"):
         if column not in table.columns:
             table[column] = None
+    # QAT after BF16: tables and records from before it hold QAT from step 0
+    start = table.get("start_fraction", pd.Series(0.0, index=table.index))
+    table["start_fraction"] = pd.to_numeric(start, errors="coerce").fillna(0.0).astype(float)
+    table["trunk"] = table["trunk"].map(_truthy)
     table["status"] = table["status"].fillna("completed").astype(str)
     table["run_key"] = [
         str(k) if k is not None and k == k else f"row{i}" for i, k in enumerate(table["run_key"])
@@ -190,10 +197,18 @@ def build_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         _group_of(g, h) for g, h in zip(table["group_size"], table["hidden_size"], strict=True)
     ]
     table["N_cell"], table["D_cell"] = snap(table["n_params"]), snap(table["tokens"])
-    table["fit_key"] = table["scheme"] + "/" + table["format"]
+    table["fit_key"] = (
+        table["scheme"] + "/" + table["format"] + table["start_fraction"].map(start_label)
+    )
     table["excluded"] = [_row_problem(r) for r in table.itertuples()]
     _mark_duplicates(table)
     return table
+
+
+def start_label(start_fraction: float) -> str:
+    """A fit setting's suffix for QAT after BF16 (``w4a4/int4-from0.3``): one delta law per
+    start fraction; nothing for QAT from step 0, so settings keep their names."""
+    return f"-from{start_fraction:g}" if start_fraction else ""
 
 
 def _truthy(value: Any) -> bool:
@@ -208,6 +223,8 @@ def _row_problem(row: Any) -> str:
     """Why a row cannot enter a fit ('' if it can); checked before any fitting."""
     if row.status != "completed":
         return f"status {row.status}"
+    if row.trunk:
+        return "WSD trunk (its learning rate never decays): the runs that branch from it count"
     for column in ("loss", "n_params", "tokens"):
         value = getattr(row, column)
         if not np.isfinite(value):
