@@ -233,3 +233,52 @@ def test_two_node_job_trains_as_one_process_group(
     assert record["metrics"]["world_size"] == 2 and record["slurm"]["ntasks"] == "2"
     nodelist = slurm_two_nodes.run("scontrol", "show", "hostnames", record["slurm"]["job_nodelist"])
     assert len(nodelist.split()) == 2  # both slurmd daemons ran a task
+
+
+BRANCHING = """
+overrides: [data=demo, logger=none, train.threads=1]
+subgrids:
+  late:
+    model: 0.2M
+    tokens: 40960
+    quant: w4a4
+    quant.group_size: 32
+    quant.start_fraction: 0.5
+"""
+
+
+def all_parents_failed(sweep: str, runs: Path, capsys, *extra: str) -> Callable[[], bool]:
+    rows = lambda: statuses(sweep, runs, capsys, *extra)  # noqa: E731
+    return lambda: all(r["status"] == "failed" for r in rows() if not r["parent"])
+
+
+def test_child_waits_held_until_its_parent_keeps_the_branch_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], slurm_cluster
+) -> None:
+    """QAT after BF16 on SLURM: the child is queued held; the BF16 twin's trainer releases it
+    once its step-10 checkpoint is kept, long before the twin ends; a failed parent leaves its
+    child held, and a relaunch never resubmits the held child."""
+    (tmp_path / "late.yaml").write_text(BRANCHING)
+    sweep = str(tmp_path / "late.yaml")
+    for runs, extra in ((tmp_path / "runs", []), (tmp_path / "bad", ["model.vocab_size=8"])):
+        argv = [f"sweep={sweep}", "launcher=ci", f"paths.runs={runs}", *extra]
+        assert launch_main(argv) == 0
+        assert "in 2 array(s)" in capsys.readouterr().out  # parents, then held children
+        child = next(r for r in statuses(sweep, runs, capsys, *extra) if r["parent"])
+        assert child["status"] == "running" and child["job_state"] == "pending"
+    runs = tmp_path / "runs"
+    wait_for(all_done(sweep, runs, capsys), 240, "parent and child finished")
+    child = next(r for r in statuses(sweep, runs, capsys) if r["parent"])
+    assert child["status"] == "completed" and child["branch_step"] == 10
+    record = read_record(Path(child["run_dir"]))
+    assert record["metrics"]["branched_from"] == {"parent": child["parent"], "step": 10}
+    # The failed parent holds its child back in the queue; a relaunch reruns only the parent.
+    bad = ["model.vocab_size=8"]
+    wait_for(all_parents_failed(sweep, tmp_path / "bad", capsys, *bad), 180, "parent failed")
+    held = next(r for r in statuses(sweep, tmp_path / "bad", capsys, *bad) if r["parent"])
+    assert held["job_state"] == "pending"
+    assert (
+        launch_main([f"sweep={sweep}", "launcher=ci", f"paths.runs={tmp_path / 'bad'}", *bad]) == 0
+    )
+    assert "launching 1" in capsys.readouterr().out
+    slurm_cluster.run("scancel", held["job_id"])

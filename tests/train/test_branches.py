@@ -85,6 +85,8 @@ def test_branched_run_equals_from_scratch_through_interruptions(
     child_cfg = compose_run([*child.overrides, *SAVES])
     record = train(child_cfg)
     assert record["run_key"] == scratch["run_key"]  # branching leaves the identity alone
+    branched_from = {"parent": parent.run_key, "step": child.branch_step}
+    assert record["metrics"]["branched_from"] == branched_from
     assert losses(child.run_dir) == reference
     assert (record["loss"], record["val_loss"]) == (scratch["loss"], scratch["val_loss"])
 
@@ -94,5 +96,6 @@ def test_branched_run_equals_from_scratch_through_interruptions(
         again = train(child_cfg)
         assert losses(child.run_dir) == reference
         assert (again["loss"], again["val_loss"]) == (scratch["loss"], scratch["val_loss"])
+        assert again["metrics"]["branched_from"] == branched_from
     evals = [r["step"] for r in metrics_rows(child.run_dir) if "val_loss" in r]
     assert len(evals) == len(set(evals))  # each evaluation logged once

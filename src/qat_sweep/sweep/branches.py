@@ -18,14 +18,16 @@ whose child would not compute its from-scratch result. Launching: parents go fir
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections import defaultdict
 from typing import Any
 
+from qat_sweep.common import write_atomic
 from qat_sweep.config.compose import hydra_value, plan_config, run_key, twin_key
 from qat_sweep.config.steps import RunSteps, run_steps
-from qat_sweep.record import branch_checkpoint_path, read_record
+from qat_sweep.record import branch_checkpoint_path, branch_release_path, read_record
 from qat_sweep.sweep.spec import PlannedRun, override_value, planned_run
 
 BRANCH_OPTIONS = ("tokens",)  # what `branch:` on a sub-grid may say
@@ -286,6 +288,27 @@ def held_back(run: PlannedRun) -> str | None:
         f"held back: parent {run.parent} {record['status']} before step {run.branch_step} "
         f"({record.get('error')})"
     )
+
+
+def waiting_for_parents(runs: list[PlannedRun]) -> tuple[list[PlannedRun], list[PlannedRun]]:
+    """(runs that can start now, children whose parent has not passed their branch step)."""
+    ready = [r for r in runs if branch_ready(r)]
+    return ready, [r for r in runs if not branch_ready(r)]
+
+
+def hold_for_parents(jobs: list[tuple[PlannedRun, str]]) -> None:
+    """SLURM: children are submitted held; each job id is noted beside its parent's branch
+    point, where the parent's trainer releases it once the checkpoint is kept. Then the ones
+    whose checkpoint appeared meanwhile are released here: whichever of the two comes second
+    sees the other's write, so no child stays held past its branch point."""
+    for run, job_id in jobs:
+        path = branch_release_path(run.run_dir.parent / str(run.parent), run.branch_step or 0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        noted = path.read_text().split() if path.exists() else []
+        write_atomic(path, "".join(f"{j}\n" for j in [*noted, job_id]))
+    ready = [job_id for run, job_id in jobs if branch_ready(run)]
+    if ready:
+        subprocess.run(["scontrol", "release", ",".join(ready)], check=False, timeout=60)
 
 
 class BranchGate:

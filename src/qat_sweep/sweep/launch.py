@@ -24,7 +24,12 @@ from qat_sweep.common import write_json_atomic
 from qat_sweep.config_dirs import CONFIG_DIR_ENV, user_root
 from qat_sweep.locks import LockHeld
 from qat_sweep.record import LAUNCH_LOGS, SUBMITIT_DIR, launches_dir, read_record
-from qat_sweep.sweep.branches import BranchGate, parents_first
+from qat_sweep.sweep.branches import (
+    BranchGate,
+    hold_for_parents,
+    parents_first,
+    waiting_for_parents,
+)
 from qat_sweep.sweep.profiles import (
     LaunchProfile,
     executor_parameters,
@@ -140,11 +145,21 @@ def submit_slurm(
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
     manifest = _new_manifest(profile, sweep, argv)
     name = _manifest_name()
+    # Children wait for their parent's branch point held in the queue (branches.py).
+    ready, waiting = waiting_for_parents(runs)
+    arrays = [(a, False) for a in job_arrays(ready, profile)]
+    arrays += [(a, True) for a in job_arrays(waiting, profile)]
+    held: list[tuple[PlannedRun, str]] = []
     try:
-        for shape, chunk in job_arrays(runs, profile):
-            executor.update_parameters(**executor_parameters(shape))
+        for (shape, chunk), hold in arrays:
+            parameters = executor_parameters(shape)
+            if hold:
+                extra = parameters["slurm_additional_parameters"]
+                parameters["slurm_additional_parameters"] = {**extra, "hold": True}
+            executor.update_parameters(**parameters)
             with executor.batch():
                 jobs = [executor.submit(TrainRun(run.overrides)) for run in chunk]
+            held += [(run, job.job_id) for run, job in zip(chunk, jobs, strict=True) if hold]
             manifest["arrays"].append(jobs[0].job_id.split("_")[0])
             for run, job in zip(chunk, jobs, strict=True):
                 manifest["jobs"].append(
@@ -158,6 +173,7 @@ def submit_slurm(
     finally:
         if manifest["jobs"]:
             _write_manifest(sweep_dir, manifest, name)
+        hold_for_parents(held)
     return manifest
 
 

@@ -7,10 +7,12 @@ SLURM sends USR1/USR2 ahead of a time limit (sbatch --signal) and TERM on preemp
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM, what a terminated job reports
@@ -67,3 +69,12 @@ def requeue_slurm_job(signum: int) -> None:
     array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     target = f"{array_job}_{task}" if array_job and task else job
     subprocess.run(["scontrol", "requeue", target], check=False, timeout=60)
+
+
+def release_held_jobs(job_list: Path) -> None:
+    """Release the SLURM jobs held until this run passed a branch step (ids in ``job_list``,
+    written by launch): each starts from the checkpoint just kept. Releasing a job that is no
+    longer held does nothing."""
+    ids = job_list.read_text().split() if job_list.exists() else []
+    if ids and shutil.which("scontrol"):
+        subprocess.run(["scontrol", "release", ",".join(ids)], check=False, timeout=60)

@@ -15,7 +15,7 @@ class TrainState:
     """Step, smoothed loss, wall clock and RNG (checkpointed); throughput window (per try).
 
     ``state_dict()`` is the checkpoint's ``train_state.pt``: run_key, step, smoothed
-    (value, weight), rng and wall_s, the format resumes have always read.
+    (value, weight), rng and wall_s, the format resumes have always read, and branched_from.
     """
 
     run_key: str
@@ -28,6 +28,7 @@ class TrainState:
     window_start: float = field(default_factory=time.perf_counter)
     window_tokens: int = 0
     last_save: float = field(default_factory=time.monotonic)
+    branched_from: dict[str, Any] | None = None  # the parent and step this run started from
 
     def wall_s(self) -> float:
         return self.wall_before + time.perf_counter() - self.started
@@ -39,6 +40,7 @@ class TrainState:
             "smoothed": (self.smoothed.value, self.smoothed.weight),
             "rng": rng_state(),
             "wall_s": self.wall_s(),
+            "branched_from": self.branched_from,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -46,6 +48,8 @@ class TrainState:
         self.smoothed.value, self.smoothed.weight = state["smoothed"]
         self.step, self.wall_before = state["step"], state["wall_s"]
         set_rng_state(state["rng"])
+        if state["run_key"] == self.run_key:  # a parent's checkpoint says where the parent began
+            self.branched_from = state.get("branched_from")
 
     def end_window(self) -> float:
         """Tokens per second since the last progress row; starts the next window."""

@@ -36,7 +36,13 @@ from qat_sweep.model.instrument import site_stats
 from qat_sweep.model.layers import set_quantizing
 from qat_sweep.model.presets import CONF_DIR
 from qat_sweep.model.transformer import build_model, compile_blocks, compile_enabled
-from qat_sweep.record import METRICS_NAME, RECORD_NAME, branch_checkpoint_path, read_record
+from qat_sweep.record import (
+    METRICS_NAME,
+    RECORD_NAME,
+    branch_checkpoint_path,
+    branch_release_path,
+    read_record,
+)
 from qat_sweep.train.checkpoint import (
     BRANCH_METRICS,
     keep_for_branches,
@@ -58,6 +64,7 @@ from qat_sweep.train.distributed import (
 from qat_sweep.train.preemption import (
     Preempted,
     install_signal_handlers,
+    release_held_jobs,
     requeue_slurm_job,
     restore_signal_handlers,
     stop_signal,
@@ -238,6 +245,7 @@ class Trainer:
                 row["loss_smoothed"] = self.state.smoothed.update(row["loss"])
         checkpoint["smoothed"] = (self.state.smoothed.value, self.state.smoothed.weight)
         self.state.load_state_dict(checkpoint)
+        self.state.branched_from = {"parent": parent, "step": step}
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_atomic(self.out_dir / METRICS_NAME, "".join(json.dumps(r) + "\n" for r in rows))
@@ -339,6 +347,7 @@ class Trainer:
             self.save()
         if at_branch and self.dist.is_main:
             keep_for_branches(self.out_dir, step, metrics_until(self.out_dir, step))
+            release_held_jobs(branch_release_path(self.out_dir, step))
         if stop:
             barrier(self.dist)  # no rank exits while another still writes
             if self.dist.is_main:
@@ -462,7 +471,7 @@ class Trainer:
         )  # fmt: skip
         # A try resumed at the last step trains none: its per-try figures (last loss, tokens/s)
         # are NaN, which the record's JSON refuses. They become null; the run completes.
-        record["metrics"] = json_safe(metrics)
+        record["metrics"] = json_safe({**metrics, "branched_from": state.branched_from})
         if self.dist.is_main:
             self.tracker.sync()
             write_json_atomic(self.out_dir / RECORD_NAME, record)
