@@ -66,6 +66,7 @@ def record_to_row(record: Mapping[str, Any]) -> dict[str, Any]:
     optim = (record.get("config") or {}).get("optim") or {}
     # a WSD run that never decays is a trunk other runs branch from, not a point of the law
     row["trunk"] = optim.get("schedule") == "wsd" and optim.get("decay_fraction") == 0
+    row["schedule"] = optim.get("schedule")
     metrics = record.get("metrics") or {}
     row["tokens_per_s"] = metrics.get("tokens_per_s")
     row.update(quant_columns(metrics))
@@ -176,7 +177,8 @@ def build_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
         raise InputError(f"table lacks required columns: {', '.join(missing)}")
-    for column in ("run_key", "status", "holdout", "hidden_size", "val_loss", "twin_key", "trunk"):
+    optional = ("run_key", "status", "holdout", "hidden_size", "val_loss", "twin_key", "trunk")
+    for column in (*optional, "schedule"):
         if column not in table.columns:
             table[column] = None
     # QAT after BF16: tables and records from before it hold QAT from step 0
@@ -198,17 +200,25 @@ def build_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     ]
     table["N_cell"], table["D_cell"] = snap(table["n_params"]), snap(table["tokens"])
     table["fit_key"] = (
-        table["scheme"] + "/" + table["format"] + table["start_fraction"].map(start_label)
+        table["scheme"]
+        + "/"
+        + table["format"]
+        + [
+            setting_suffix(s, f)
+            for s, f in zip(table["schedule"], table["start_fraction"], strict=True)
+        ]
     )
     table["excluded"] = [_row_problem(r) for r in table.itertuples()]
     _mark_duplicates(table)
     return table
 
 
-def start_label(start_fraction: float) -> str:
-    """A fit setting's suffix for QAT after BF16 (``w4a4/int4-from0.3``): one delta law per
-    start fraction; nothing for QAT from step 0, so settings keep their names."""
-    return f"-from{start_fraction:g}" if start_fraction else ""
+def setting_suffix(schedule: Any, start_fraction: float) -> str:
+    """What a fit setting's name adds for a run trained otherwise than the paper (cosine, QAT
+    from step 0): ``w4a4/int4-wsd``, ``w4a4/int4-from0.5``. Each schedule and QAT start gets
+    its own delta law; the paper's settings keep their names."""
+    suffix = "-wsd" if schedule == "wsd" else ""
+    return suffix + (f"-from{start_fraction:g}" if start_fraction else "")
 
 
 def _truthy(value: Any) -> bool:

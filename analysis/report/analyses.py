@@ -272,8 +272,49 @@ def _direction(part: pd.DataFrame, column: str) -> dict[str, Any]:
     }
 
 
+def schedule_label(schedule: Any, start_fraction: float) -> str:
+    """``cosine``, ``wsd``, ``cosine, BF16 to 0.5``: how a run was trained (records name it)."""
+    name = str(schedule) if isinstance(schedule, str) else "unknown"
+    return f"{name}, BF16 to {start_fraction:g}" if start_fraction else name
+
+
+def schedule_comparison(quant: pd.DataFrame) -> dict[str, Any]:
+    """Mean delta of each schedule (LR schedule, QAT start) per scheme/format, over the
+    (N, D, G) cells every schedule of that setting has: is the paper's D-trend the cosine's?"""
+    part = _by_cell(quant[quant["delta"].notna()])
+    part = part.assign(
+        setting=part["scheme"] + "/" + part["format"],
+        schedule=[
+            schedule_label(s, f)
+            for s, f in zip(part["schedule"], part["start_fraction"], strict=True)
+        ],
+    )
+    settings: dict[str, Any] = {}
+    for setting, rows in part.groupby("setting"):
+        if rows["schedule"].nunique() < 2:
+            continue
+        cells = rows.pivot_table(
+            index=["n_params", "tokens", "G"], columns="schedule", values="delta", aggfunc="mean"
+        ).dropna()
+        if cells.empty:
+            continue
+        trend = {
+            name: _growth(rows[rows["schedule"] == name].assign(fit_key="x"), "x", "tokens")
+            for name in cells.columns
+        }
+        settings[str(setting)] = {
+            "cells": len(cells),
+            "mean_delta": {str(k): float(v) for k, v in cells.mean().items()},
+            "growth_with_D": {str(k): finite_or_none(v) for k, v in trend.items()},
+        }
+    if not settings:
+        return {"available": False, "missing": "needs one setting trained under two schedules"}
+    return {"available": True, "settings": settings}
+
+
 def run_all(table: pd.DataFrame, quant: pd.DataFrame, deltas: dict[str, LawFit]) -> dict[str, Any]:
     return {
+        "schedules": schedule_comparison(quant),
         "trends": trends(quant),
         "decomposition": decomposition(quant),
         "ratio_R": ratio_r(quant),

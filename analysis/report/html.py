@@ -344,6 +344,22 @@ def analyses_section(res: dict[str, Any]) -> Section:
                 pd.DataFrame(rows),
             )
         )
+    schedules = an.get("schedules", {})
+    if schedules.get("available"):
+        rows = [
+            {"setting": key, "schedule": name, "(N, D, G) cells": item["cells"],
+             "mean delta": _f(value, 4),
+             "growth with D": _pct(item["growth_with_D"].get(name))}
+            for key, item in schedules["settings"].items()
+            for name, value in item["mean_delta"].items()
+        ]  # fmt: skip
+        tables.append(
+            (
+                "Delta per schedule (cells every schedule of a setting has; BF16 to f: QAT "
+                "after BF16 from that fraction of the steps)",
+                pd.DataFrame(rows),
+            )
+        )
     sites = an["sites"]
     if sites.get("available"):
         frame = pd.DataFrame(sites["mean_per_setting"]).T.map(lambda v: _f(v, 3))
