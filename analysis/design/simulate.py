@@ -208,6 +208,7 @@ def grid_runs(
 ) -> pd.DataFrame:
     """A sweep's planned runs as a table (one row per run, twins included) with GPU-hours."""
     from qat_sweep.model.presets import model_config_from
+    from qat_sweep.sweep.branches import TRUNK_SUBGRID
     from qat_sweep.sweep.plan import PlanError, plan_sweep
 
     try:
@@ -216,6 +217,8 @@ def grid_runs(
         raise InputError(str(err)) from err
     rows = []
     for run in planned:
+        if run.subgrid == TRUNK_SUBGRID:
+            continue  # a WSD trunk is no point of the law: its branches are
         row = run.row(mfu, peak_tflops)
         row["hidden_size"] = model_config_from(run.config["model"]).hidden_size
         row["holdout"] = bool(run.config["holdout"])  # plan's membership, as in the record
