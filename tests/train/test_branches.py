@@ -13,7 +13,7 @@ import yaml
 from support import TINY, metrics_rows, train_rows
 
 from qat_sweep.config.compose import compose_run, run_dir
-from qat_sweep.record import BRANCH_DIR, RECORD_NAME
+from qat_sweep.record import BRANCH_DIR, CORRUPT_DIR, RECORD_NAME
 from qat_sweep.sweep.plan import plan_sweep
 from qat_sweep.train.checkpoint import complete_checkpoints
 from qat_sweep.train.trainer import train
@@ -99,3 +99,13 @@ def test_branched_run_equals_from_scratch_through_interruptions(
         assert again["metrics"]["branched_from"] == branched_from
     evals = [r["step"] for r in metrics_rows(child.run_dir) if "val_loss" in r]
     assert len(evals) == len(set(evals))  # each evaluation logged once
+
+    # A torn branch checkpoint of a completed parent is moved aside; the child trains from
+    # scratch, to the same result.
+    kept = parent.run_dir / BRANCH_DIR / f"step-{child.branch_step:09d}"
+    (shard,) = kept.glob("*.distcp")
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    shutil.rmtree(child.run_dir)
+    again = train(child_cfg)
+    assert losses(child.run_dir) == reference and again["metrics"]["branched_from"] is None
+    assert not kept.exists() and list((parent.run_dir / CORRUPT_DIR).iterdir())

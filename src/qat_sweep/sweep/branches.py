@@ -12,8 +12,17 @@ computes exactly what it would from scratch):
 
 Parents get ``checkpoint.branch_steps`` (kept whole), children ``branch.parent`` and
 ``branch.step``: execution keys, so no run_key changes. ``branch_problems`` refuses a branch
-whose child would not compute its from-scratch result. Launching: parents go first
-(``parents_first``); a local child waits for its branch checkpoint (``BranchGate``).
+whose child would not compute its from-scratch result.
+
+Launching: parents go first (``parents_first``). Locally a child waits for its branch
+checkpoint (``BranchGate``). On SLURM a child is queued held (``sbatch --hold``) and the
+parent's trainer runs ``scontrol release`` on it right after keeping the checkpoint
+(``hold_for_parents`` notes the job ids beside it). We chose this over ``afterok``
+dependencies: a dependency waits for the whole parent job, so a QAT-after-BF16 child would
+wait for its twin's last step instead of its first quantized one; and a failed parent leaves
+a dependent job pending forever (DependencyNeverSatisfied) where the held job is simply
+released by the rerun parent. A held child costs no GPU time while it waits, and a failed
+parent keeps it held (squeue shows it pending, JobHeldUser).
 """
 
 from __future__ import annotations

@@ -157,6 +157,21 @@ def _load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dic
     return torch.load(path / TRAIN_STATE, map_location="cpu", weights_only=False)
 
 
+def _move_aside(path: Path, run_dir: Path, problem: str | None, info: DistInfo) -> str:
+    """Move an unreadable checkpoint to the run's ``checkpoint-corrupt/``; where it went."""
+    aside = run_dir / CORRUPT_DIR / f"{path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if info.is_main:
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, aside)
+        print(
+            f"[qat-sweep] warning: checkpoint {path} cannot be read ({problem or 'on a rank'}); "
+            f"moved to {aside}",
+            file=sys.stderr,
+        )
+    barrier(info)
+    return str(aside)
+
+
 def load_latest(
     run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo
 ) -> tuple[dict[str, Any] | None, list[str]]:
@@ -170,17 +185,7 @@ def load_latest(
         problem = checkpoint_problem(path)
         if not any_rank(problem is not None, info):
             return _load(path, model, optimizer), moved
-        aside = Path(run_dir) / CORRUPT_DIR / f"{path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if info.is_main:
-            aside.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, aside)
-            print(
-                f"[qat-sweep] warning: checkpoint {path} cannot be read ({problem}); moved to "
-                f"{aside}",
-                file=sys.stderr,
-            )
-        moved.append(str(aside))
-        barrier(info)
+        moved.append(_move_aside(path, Path(run_dir), problem, info))
     if moved and info.is_main:
         print(
             f"[qat-sweep] warning: no readable checkpoint left in {run_dir}: training from scratch",
@@ -209,15 +214,15 @@ def keep_for_branches(run_dir: Path, step: int, metrics_rows: str) -> Path:
 
 def load_branch(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo
-) -> dict[str, Any]:
-    """Load a parent's branch checkpoint into this run's model and optimizer; its train state.
-
-    Raises ValueError naming the checkpoint when it is absent or cannot be read."""
-    problem = None if path.is_dir() else "not there"
-    problem = problem or checkpoint_problem(path)
-    if any_rank(problem is not None, info):
-        raise ValueError(f"branch checkpoint {path} cannot be used: {problem or 'on some rank'}")
-    return _load(path, model, optimizer)
+) -> dict[str, Any] | None:
+    """Load a parent's branch checkpoint into this run's model and optimizer; its train state,
+    or None when it is absent or unreadable (then moved to the parent's checkpoint-corrupt/)."""
+    if not any_rank(not path.is_dir(), info):
+        problem = checkpoint_problem(path)
+        if not any_rank(problem is not None, info):
+            return _load(path, model, optimizer)
+        _move_aside(path, path.parents[1], problem, info)
+    return None
 
 
 def remove_checkpoint(run_dir: Path) -> None:

@@ -224,16 +224,21 @@ class Trainer:
         would have been computed had this run trained those steps itself."""
         parent, step = str(self.cfg.branch.parent), int(self.cfg.branch.step)
         path = branch_checkpoint_path(self.out_dir.parent / parent, step)
-        done = read_record(self.out_dir.parent / parent)
-        if not path.is_dir() and done is not None and done["status"] == "completed":
-            if self.dist.is_main:  # trained before this branch was planned: same result, more cost
+        checkpoint = load_branch(path, self.model, self.optimizer, self.dist)
+        if checkpoint is None:
+            done = read_record(self.out_dir.parent / parent)
+            if done is None or done["status"] != "completed":
+                raise ValueError(
+                    f"branch checkpoint {path} is not there or cannot be read: parent {parent} "
+                    f"has not kept step {step}; start this run once it has (launch does)"
+                )
+            if self.dist.is_main:  # planned after the parent ran, or its checkpoint was lost
                 print(
-                    f"[qat-sweep] warning: parent {parent} completed without a checkpoint at "
-                    f"step {step}: {self.cfg.run_key} trains from scratch",
+                    f"[qat-sweep] warning: parent {parent} completed without a readable "
+                    f"checkpoint at step {step}: {self.cfg.run_key} trains from scratch",
                     file=sys.stderr,
                 )
             return
-        checkpoint = load_branch(path, self.model, self.optimizer, self.dist)
         if checkpoint["run_key"] != parent or checkpoint["step"] != step:
             raise ValueError(
                 f"branch checkpoint {path} holds run {checkpoint['run_key']} at step "
