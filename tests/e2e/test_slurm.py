@@ -277,6 +277,7 @@ def test_child_waits_held_until_its_parent_keeps_the_branch_checkpoint(
     wait_for(all_parents_failed(sweep, tmp_path / "bad", capsys, *bad), 180, "parent failed")
     held = next(r for r in statuses(sweep, tmp_path / "bad", capsys, *bad) if r["parent"])
     assert held["job_state"] == "pending"
+    assert held["reason"].startswith(f"held back: parent {held['parent']} failed before step 10")
     assert (
         launch_main([f"sweep={sweep}", "launcher=ci", f"paths.runs={tmp_path / 'bad'}", *bad]) == 0
     )

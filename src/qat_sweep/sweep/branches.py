@@ -320,6 +320,16 @@ def hold_for_parents(jobs: list[tuple[PlannedRun, str]]) -> None:
         subprocess.run(["scontrol", "release", ",".join(ready)], check=False, timeout=60)
 
 
+def explain_waiting(runs: list[PlannedRun]) -> None:
+    """A child that is queued or not started yet says what it waits for (status' reason)."""
+    for run in runs:
+        if run.parent is not None and run.status in ("pending", "missing"):
+            reason = held_back(run)
+            if reason is None and not branch_ready(run):
+                reason = f"waiting for parent {run.parent} to pass step {run.branch_step}"
+            run.reason = reason or run.reason
+
+
 class BranchGate:
     """Local launches: each child waits until its branch checkpoint exists; a parent that ends
     without it (failed, killed) holds its children back with that reason."""

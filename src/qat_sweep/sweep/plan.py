@@ -34,7 +34,12 @@ from qat_sweep.config.compose import (
 )
 from qat_sweep.config_dirs import describe_dirs, load_yaml, options
 from qat_sweep.model.presets import conf_dirs
-from qat_sweep.sweep.branches import BRANCH_OPTIONS, DERIVED_KEYS, plan_branches
+from qat_sweep.sweep.branches import (
+    BRANCH_OPTIONS,
+    DERIVED_KEYS,
+    explain_waiting,
+    plan_branches,
+)
 from qat_sweep.sweep.jobs import attach_status
 from qat_sweep.sweep.spec import (
     PlanError,
@@ -243,6 +248,7 @@ def plan_sweep(
         raise PlanError(_problem_report(spec, len(explicit), problems))
     add_membership(runs, spec.holdout)
     attach_status(runs)
+    explain_waiting(runs)
     return runs
 
 
