@@ -151,6 +151,7 @@ class Trainer:
         self._build_model()
         self._build_data()
         self.state = TrainState(str(cfg.run_key), SmoothedLoss(setup.smoothing_window))
+        self.inherited: list[dict[str, Any]] = []  # a branch's rows up to its branch step
         self.moved_aside = self._resume()
         if self.dist.is_main:  # rows after the checkpoint (or a failed try) go
             truncate_metrics(out_dir, self.state.step)
@@ -160,6 +161,7 @@ class Trainer:
         self.record = base_record(cfg, setup)
         self.tracker = self._tracker()
         self.record["wandb"] = self.tracker.wandb_info
+        self._log(self.inherited)  # into metrics.jsonl and the run's own wandb history
         self.flops_token = flops_per_token(setup.model_cfg, setup.seq_len, setup.vocab_size)
         self.peak = peak_flops(torch.device(self.dev)) if self.device == "cuda" else None
         self.progress_every = int(cfg.logger.progress_every_steps)
@@ -251,9 +253,10 @@ class Trainer:
         checkpoint["smoothed"] = (self.state.smoothed.value, self.state.smoothed.weight)
         self.state.load_state_dict(checkpoint)
         self.state.branched_from = {"parent": parent, "step": step}
+        self.inherited = rows
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.out_dir / METRICS_NAME, "".join(json.dumps(r) + "\n" for r in rows))
+            write_atomic(self.out_dir / METRICS_NAME, "")  # rows of an earlier try go
             print(
                 f"[qat-sweep] branching {self.cfg.run_key} from {parent} at step "
                 f"{step}/{self.setup.total_steps}"
