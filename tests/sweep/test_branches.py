@@ -19,6 +19,7 @@ from qat_sweep.config.compose import plan_config
 from qat_sweep.config_dirs import load_yaml
 from qat_sweep.model.presets import conf_dirs
 from qat_sweep.sweep.branches import branch_problems, cycle_problems, parents_first
+from qat_sweep.sweep.launch import to_launch
 from qat_sweep.sweep.plan import plan_sweep
 from qat_sweep.train.trainer import train_from_overrides
 
@@ -70,6 +71,8 @@ def test_schedule_parity_sweep_trains_its_tree_on_cpu(
         assert train_from_overrides(run.overrides)["status"] == "completed", run.run_key
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
 
+    planned = plan_sweep(sweep, runs_root=tmp_path / "runs")
+    assert {r.status for r in planned} == {"completed"} and to_launch(planned) == []
     table = pair_deltas(build_table(load_records(tmp_path / "runs" / "schedules")[0]))
     assert set(table.loc[table["excluded"] != "", "run_key"]) == {t.run_key for t in trunks}
     quant = table[(table["scheme"] != "bf16") & (table["excluded"] == "")]

@@ -14,7 +14,7 @@ from qat_sweep.config.checks import (
     data_problems,
 )
 from qat_sweep.estimates.flops import MODEL_COUNT, PAPER_LABEL
-from qat_sweep.sweep.branches import cost_line
+from qat_sweep.sweep.branches import branch_costs
 from qat_sweep.sweep.jobs import STATUSES
 from qat_sweep.sweep.plan import load_sweep, plan_sweep
 from qat_sweep.sweep.spec import (
@@ -39,7 +39,7 @@ def plan_table(runs: list[PlannedRun], mfu: float, peak_tflops: float) -> str:
     lines = []
     for sub in dict.fromkeys(r.subgrid for r in runs):
         group = [r for r in runs if r.subgrid == sub]
-        hours = sum(r.gpu_hours(mfu, peak_tflops) for r in group)
+        hours = sum(r.gpu_hours(mfu, peak_tflops) * r.own_fraction for r in group)  # as run
         lines += ["", f"## {sub}: {len(group)} runs, {_hours(hours)} GPU-hours", header]
         for r in group:
             lines.append(
@@ -49,7 +49,7 @@ def plan_table(runs: list[PlannedRun], mfu: float, peak_tflops: float) -> str:
                 f"{_hours(r.gpu_hours(mfu, peak_tflops)):>8}{_sizing_cells(r)} {r.status}"
             )
     counts = Counter(r.status for r in runs)
-    total = sum(r.gpu_hours(mfu, peak_tflops) for r in runs)
+    total = sum(r.gpu_hours(mfu, peak_tflops) * r.own_fraction for r in runs)  # as branched
     quantized = sum(r.scheme != "bf16" for r in runs)
     lines += [
         "",
@@ -60,9 +60,15 @@ def plan_table(runs: list[PlannedRun], mfu: float, peak_tflops: float) -> str:
         f"train's MFU counts, {MODEL_COUNT} (x4/3 with activation checkpointing)",
         "status: " + ", ".join(f"{s} {counts[s]}" for s in STATUSES if counts[s]),
     ]
-    branched = cost_line(runs, mfu, peak_tflops)
-    if branched:
-        lines.insert(-2, branched)
+    costs = branch_costs(runs, mfu, peak_tflops)
+    if costs is not None:
+        lines.insert(
+            -2,
+            f"branches: {costs.children} runs start from a parent's checkpoint ({costs.trunks} "
+            f"WSD trunks): {_hours(costs.branched)} GPU-hours as branched, "
+            f"{_hours(costs.independent)} as independent runs "
+            f"({100 * (1 - costs.branched / costs.independent):.0f}% saved)",
+        )
     if sized:
         timed = [r.sizing for r in runs if r.sizing is not None and r.sizing.wall_h is not None]
         lines.insert(

@@ -31,6 +31,7 @@ import subprocess
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 from qat_sweep.common import write_atomic
@@ -243,20 +244,28 @@ def _link(by_key: dict[str, PlannedRun], links: Links) -> None:
         run.config["checkpoint"] = {**run.config["checkpoint"], "branch_steps": ordered}
 
 
-def cost_line(runs: list[PlannedRun], mfu: float, peak_tflops: float) -> str | None:
-    """Plan's line on what branching saves: GPU-hours as branched (trunks included, each child
-    from its branch step) and as independent runs (every grid run from scratch)."""
+@dataclass(frozen=True)
+class BranchCosts:
+    """What branching saves: GPU-hours as branched (trunks included, each child from its
+    branch step) and as independent runs (every grid run from scratch)."""
+
+    children: int
+    trunks: int
+    branched: float
+    independent: float
+
+
+def branch_costs(runs: list[PlannedRun], mfu: float, peak_tflops: float) -> BranchCosts | None:
+    """The sweep's costs with and without branching; None when no run branches."""
     children = sum(r.parent is not None for r in runs)
     if not children:
         return None
-    trunks = sum(r.subgrid == TRUNK_SUBGRID for r in runs)
     hours = {r.run_key: r.gpu_hours(mfu, peak_tflops) for r in runs}
-    branched = sum(hours[r.run_key] * r.own_fraction for r in runs)
-    independent = sum(hours[r.run_key] for r in runs if r.subgrid != TRUNK_SUBGRID)
-    return (
-        f"branches: {children} runs start from a parent's checkpoint ({trunks} WSD trunks): "
-        f"{branched:,.4g} GPU-hours as branched, {independent:,.4g} as independent runs "
-        f"({100 * (1 - branched / independent):.0f}% saved)"
+    return BranchCosts(
+        children,
+        sum(r.subgrid == TRUNK_SUBGRID for r in runs),
+        sum(hours[r.run_key] * r.own_fraction for r in runs),
+        sum(hours[r.run_key] for r in runs if r.subgrid != TRUNK_SUBGRID),
     )
 
 
