@@ -26,6 +26,7 @@ from qat_sweep.analysis.law.formulas import (
     group_value,
 )
 
+from qat_sweep.common import format_number
 from qat_sweep.model.precision import BLOCK_FORMATS, base_format
 
 BOOT_FILE = "bootstrap.npz"
@@ -195,7 +196,7 @@ def _extrapolations(base: dict[str, Any], n_params: float, tokens: float) -> lis
         largest = base.get("range", {}).get(column, [None, None])[1]
         if largest and value > EXTRAPOLATION_WARN * largest:
             warnings.append(
-                f"{column}={value:.3g} is {value / largest:,.0f}x the largest fitted "
+                f"{column}={value:.3g} is {format_number(value / largest, digits=3)}x the largest fitted "
                 f"({largest:.3g}): an extrapolation"
             )
     return warnings

@@ -14,6 +14,7 @@ from qat_sweep.common import (
     InputError,
     atomic_open,
     format_count,
+    format_number,
     json_safe,
     parse_count,
     parse_int,
@@ -54,6 +55,12 @@ def test_format_count_round_trips_run_key_labels() -> None:
     for n in (74_000_000, 2_500_000, 10**10, 123):
         assert parse_tokens(format_count(n)) == n
     assert format_count(10**10) == "10B" and format_count(2_500_000) == "2.5M"
+
+
+def test_format_number_never_prints_a_long_run_of_digits() -> None:
+    assert format_number(1.0142e304 / 1e6, digits=3) == "1.01e+298"
+    assert format_number(4.184072375297546, 4) == "4.1841" and format_number(3e7, 4) == "3e+07"
+    assert format_number(None) == format_number(float("nan")) == "n/a"
 
 
 def test_atomic_write_keeps_old_content_on_failure(tmp_path: Path) -> None:

@@ -135,6 +135,17 @@ def format_count(count: float) -> str:
     return str(count)
 
 
+def format_number(value: float | None, decimals: int | None = None, digits: int = 4) -> str:
+    """A number for a person: ``decimals`` fixed places for an ordinary magnitude (losses: 4),
+    else ``digits`` significant ones, so no result prints as a long run of digits
+    (1.01e+304 and 1.2e+07, never 10,142,320,...); None and NaN read 'n/a'."""
+    if value is None or math.isnan(value):
+        return "n/a"
+    if decimals is not None and abs(value) < 1e6:
+        return f"{value:.{decimals}f}"
+    return f"{value:.{digits}g}"
+
+
 # --- command-line words ---
 
 

@@ -5,6 +5,7 @@ equations, and bad input exits 2."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from qat_sweep.analysis.collect import build_table, pair_deltas, twin_index
 from qat_sweep.analysis.design import benchmark as bench
 from qat_sweep.analysis.design import simulate as sim
 from qat_sweep.analysis.design.truth import truth_prior
-from qat_sweep.analysis.law.formulas import DELTA_PARAMS, delta_loss
+from qat_sweep.analysis.law.formulas import DELTA_PARAMS
 from qat_sweep.analysis.pipeline import Settings, run_fit
 from qat_sweep.analysis.predict import SavedFit, predict_point
 
@@ -292,20 +293,36 @@ def test_decide_solves_its_equations(paper_fit, capsys):
     at = predict_point(saved, res["n_params"], tt["tokens"], "w4a4/int4", 128, 1536)
     assert at["delta"]["value"] == pytest.approx(0.06, rel=1e-6)
     assert tt["ci95"][0] < tt["tokens"] < tt["ci95"][1]
+    # FP4 is one (N, D) cell: its gamma_N is not identifiable, so there is no crossover at 595M
     cx = res["int4_vs_fp4"]
-    if cx["group_size"] is not None:  # at the crossover both formats predict the same delta
-        params = {k: {p: v or 0.0 for p, v in saved.result["delta"][k]["params"].items()}
-                  for k in ("w4a4/int4", "w4a4/fp4")}  # fmt: skip
-        a, b = (delta_loss(params[k], res["n_params"], 100e9, cx["group_size"]) for k in params)
-        assert a == pytest.approx(b, rel=1e-6)
-    # FP4 is one (N, D) cell: fit gives it no intervals, so the crossover has none either
-    assert cx["ci95"] is None and cx["int4_minus_fp4_at_G"]["ci95"] is None
-    assert any("1 (N, D) cells for 2 parameters" in w for w in cx["warnings"])
-    assert any("gamma_N not identifiable (single N value" in w for w in cx["warnings"])
+    assert not cx["available"] and "w4a4/fp4 gamma_N, gamma_D" in cx["missing"]
+    assert "w4a4/fp4 gamma_N not identifiable: single N value in the data" in cx["warnings"]
     eff = res["eff_multiplier"]
     assert eff["ci95"][0] <= eff["value"] <= eff["ci95"][1] < 1
     assert "## Decisions" in (paper_fit / "report.md").read_text()
     assert saved.result["decisions"] and saved.result["decisions"][0]["setting"]
+
+
+def test_decide_gives_no_winner_where_an_exponent_is_not_identifiable(paper_runs, tmp_path, capsys):
+    """One token count: gamma_D cannot be fitted, so neither the tokens at a tolerance nor any
+    choice across settings has an answer, and every printed number stays short."""
+    runs = paper_runs
+    int4 = (runs["fit_key"] == "w4a4/int4") & (runs["tokens"] == 10e9)
+    mask = (int4 | runs["fit_key"].isin(["bf16/bf16", "w4a4/fp4"])) & ~runs["holdout"]
+    fit = _fit_dir(runs, mask.to_numpy(), tmp_path / "fit", boot=30)
+    capsys.readouterr()
+    argv = ["decide", "--fit", str(fit), "model=595M", "tokens=100B", "--bits", "5"]
+    res = _json(capsys, [*argv, "--json"])
+    tt, bf, bg = res["tokens_to_tolerance"], res["best_format"], res["best_group_size"]
+    assert tt["tokens"] is None and "(w4a4/int4 gamma_D)" in tt["undecided"]
+    assert not bf["available"] and "w4a4/int4 gamma_D" in bf["missing"]
+    assert any(w.startswith("w4a4/int4 gamma_D not identifiable: single D") for w in tt["warnings"])
+    # gamma_G varies on its own at one D: the choice of G stands, with its share of draws
+    assert bg["group_size"] == "16" and 0 < bg["share_of_draws"] <= 1
+    assert cli_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "tokens at which delta reaches 0.05 (G = 128): no answer" in out
+    assert not re.search(r"[0-9][0-9,]{12,}", out)
 
 
 def test_decide_without_draws_gives_no_interval(paper_fit):
