@@ -189,7 +189,8 @@ def suggest(
     from qat_sweep.sweep.plan import PlanError, load_sweep
 
     saved = SavedFit.load(fit_dir)
-    noise = noise_level(noise, sim.fit_noise(saved.result))
+    implied = sim.fit_noise(saved.result, fit_dir)
+    noise = noise_level(noise, implied[0] if implied else None)
     grid = sim.grid_runs(sweep, overrides, mfu, peak_tflops)
     done = done_table(fit_dir, grid)
     grid["twin"] = twin_index(grid)

@@ -354,15 +354,33 @@ def test_decide_bad_input_exits_2(paper_fit, argv, message, capsys):
     assert message in err and "Traceback" not in err
 
 
-def test_design_prior_from_a_fit(paper_fit, capsys):
-    """--prior DIR simulates from that fit's law, with its residuals as the default noise."""
+def test_design_prior_from_a_fit(paper_fit, tmp_path, capsys):
+    """--prior DIR simulates from that fit's law; the default noise is its BF16 residual SD
+    (corrected for the fitted parameters) times the median BF16 loss of its runs, and a
+    parameter on its bound is a warning."""
     saved = SavedFit.load(paper_fit)
     argv = ["design", "sweep=paper", "--prior", str(paper_fit), "--sims", "10", "--json"]
     res = _json(capsys, argv)
-    assert res["prior"]["source"].startswith("fit ")
-    assert res["noise"] == pytest.approx(sim.fit_noise(saved.result)) and res["noise"] > 0
+    assert res["prior"]["source"].startswith("fit ") and res["prior"]["warnings"] == []
+    runs = pd.read_csv(paper_fit / "runs.csv")
+    typical = runs.loc[(runs["scheme"] == "bf16") & runs["excluded"].isna(), "loss"].median()
+    base = saved.result["base"]
+    n, p = base["identifiability"]["n_cells"], base["identifiability"]["n_params"]
+    expected = base["resid_log_sd"] * np.sqrt(n / (n - p)) * typical
+    assert res["noise"] == pytest.approx(expected) and res["noise"] > 0
     fitted = saved.result["delta"]["w4a4/int4"]["params"]["gamma_G"]
     assert res["params"]["w4a4/int4"]["gamma_G"]["truth"] == pytest.approx(fitted)
+    # the same fit as if its E sat on a bound (the demo's real fit has E = 0)
+    result = {**saved.result, "base": {**base, "bound_hits": ["E"]}}
+    (tmp_path / "fit.json").write_text(json.dumps(result))
+    res = _json(capsys, [*argv[:3], str(tmp_path / "fit.json"), *argv[4:]])
+    assert res["prior"]["warnings"] == [
+        f"the prior's BF16 law has E = {base['params']['E']:.3g} on its bound: the bound, not "
+        "the data, set it, and every simulated sweep draws from that value"
+    ]
+    # no runs.csv beside it: the law at the fitted range's centre stands for the typical loss
+    assert res["noise"] == pytest.approx(expected, rel=0.3)
+    assert "at the fitted range's centre" in " ".join(res["prior"]["notes"])
 
 
 def test_suggest_two_targets_and_a_budget_too_small(seed_sweep, tmp_path, capsys):
