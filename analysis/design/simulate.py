@@ -47,7 +47,7 @@ from qat_sweep.analysis.law.formulas import (
 )
 from qat_sweep.analysis.law.law_fit import base_of, engine_for
 
-from qat_sweep.common import parse_count, split_overrides
+from qat_sweep.common import parse_count, progress, split_overrides
 from qat_sweep.estimates.flops import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS
 from qat_sweep.model.precision import BLOCK_FORMATS, base_format
 
@@ -454,7 +454,7 @@ def refit_many(
         est = np.full((n_sims, len(DELTA_PARAMS)), np.nan)
         scale = np.full(n_sims, np.nan)
         dropped: list[frozenset[str]] = [frozenset(DELTA_COLUMNS)] * n_sims
-        for s in range(n_sims):
+        for s in progress(range(n_sims), f"simulated fits of {key}", unit="sweep"):
             mask = gaps[s] > 0
             if mask.sum() < 2:  # pipeline skips settings with fewer than two paired runs
                 continue

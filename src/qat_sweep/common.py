@@ -15,8 +15,9 @@ import json
 import math
 import os
 import re
+import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -144,6 +145,28 @@ def format_number(value: float | None, decimals: int | None = None, digits: int 
     if decimals is not None and abs(value) < 1e6:
         return f"{value:.{decimals}f}"
     return f"{value:.{digits}g}"
+
+
+# --- progress of long loops, on stderr ---
+
+_progress_on = True
+
+
+def quiet_progress() -> None:
+    """No progress bars for the rest of this process (a command printing JSON)."""
+    global _progress_on
+    _progress_on = False
+
+
+def progress(
+    items: Iterable[Any], desc: str, total: int | None = None, unit: str = "it"
+) -> Iterable[Any]:
+    """``items`` with a tqdm bar on stderr while they are consumed; no bar when stderr is not a
+    terminal (logs, CI, pipes) or after quiet_progress(). The bar clears itself when done."""
+    from tqdm import tqdm
+
+    shown = _progress_on and sys.stderr.isatty()
+    return tqdm(items, desc, total, leave=False, file=sys.stderr, unit=unit, disable=not shown)
 
 
 # --- command-line words ---

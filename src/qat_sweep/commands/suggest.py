@@ -13,6 +13,7 @@ from qat_sweep.analysis.collect import InputError
 from qat_sweep.analysis.design import simulate as sim
 from qat_sweep.analysis.design.suggest import suggest
 from qat_sweep.commands.args import split_cli
+from qat_sweep.common import quiet_progress
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +70,8 @@ def main(argv: list[str]) -> int:
     """`qat-sweep suggest`; returns the exit code."""
     try:
         args, extra = _parser().parse_known_args(argv)
+        if args.json:
+            quiet_progress()
         sweep, mfu, peak, overrides = split_cli(extra, "suggest")
         if args.k is not None and args.k < 1:
             raise InputError(f"--k {args.k}: need at least 1")
