@@ -220,6 +220,30 @@ def test_suggest_writes_exactly_its_runs(seed_sweep, tmp_path, capsys):
     assert {str(r.run_dir.parent) for r in planned} == {root.split("=", 1)[1] + "/paper"}
 
 
+def test_suggest_off_grid_proposes_runs_the_grid_lacks(seed_sweep, tmp_path, capsys):
+    """--off-grid: candidates around the target that the paper grid does not hold, planned
+    as plan plans them, written to a sweep file that plans to exactly those runs."""
+    from qat_sweep.sweep.plan import plan_sweep
+
+    fit, root = seed_sweep
+    argv = ["suggest", "--fit", str(fit), "sweep=paper", root, "--target", TARGET, "--k", "4",
+            "--out", str(tmp_path), "--off-grid"]  # fmt: skip
+    res = _json(capsys, [*argv, "--json"])
+    grid = {r.run_key for r in plan_sweep("paper", [root], strict=False)}
+    off = [r for r in res["runs"] if r["off_grid"]]
+    assert off and not {r["run_key"] for r in off} & grid
+    assert all(r["run_key"] in grid for r in res["runs"] if not r["off_grid"])
+    quant = [r for r in off if "twin_of" not in r]
+    assert all(r["scheme"] == "w4a4" and r["format"] == "int4" for r in quant)
+    # between the grid's models and the target (973M), at the sweep's own data and twins
+    assert {r["model"] for r in quant} <= {"145M", "297M", "595M", "973M"}
+    planned = {r.run_key for r in plan_sweep(res["sweep_file"], strict=False)}
+    assert planned == {r["run_key"] for r in res["runs"]} | {r["twin_key"] for r in quant}
+    assert res["targets"][0]["rel_width_after"] < res["targets"][0]["rel_width_now"]
+    assert cli_main(argv) == 0
+    assert "* off the sweep's grid" in capsys.readouterr().out
+
+
 def test_suggest_budget(seed_sweep, tmp_path, capsys):
     fit, root = seed_sweep
     res = _json(capsys, ["suggest", "--fit", str(fit), "sweep=paper", root, "--target", TARGET,
@@ -394,8 +418,8 @@ def test_suggest_two_targets_and_a_budget_too_small(seed_sweep, tmp_path, capsys
     ]
     assert all(t["rel_width_after"] < t["rel_width_now"] for t in res["targets"])
     assert cli_main([*base, "--target", TARGET, "--budget", "1"]) == 2
-    assert (
-        "no remaining run shrinks the targets' intervals within 1 GPU-hours"
+    assert (  # the refusal says why: the cheapest run the budget would have to pay
+        "--budget 1 GPU-hours is below the cheapest remaining run of w4a4/int4 (25.3 GPU-hours"
         in capsys.readouterr().err
     )
 
@@ -515,7 +539,7 @@ def test_suggest_criterion_linearises_the_selected_law(paper_runs):
         "base": {"params": prior.base},
         "delta": {"w4a4/int4": {"law": "levelled_D", "params": prior.delta["w4a4/int4"]}},
     }
-    law = fitted_laws(result, [target], part, part)["w4a4/int4"]
+    law = fitted_laws(result, [target], part, part)[0]["w4a4/int4"]
     assert law.law.name == "levelled_D"
     state = TargetState.at_target(target, law, part[part["fit_key"] == "w4a4/int4"], 0.002)
     assert len(state.c) == 5  # k, gamma_N, gamma_D, gamma_G and log c
@@ -531,3 +555,26 @@ def test_suggest_criterion_linearises_the_selected_law(paper_runs):
     truth = float(law.delta(Points.at(target.n_params, target.tokens, target.G, 128))[0])
     lo, hi = np.percentile(delta, [2.5, 97.5])
     assert predicted == pytest.approx((hi - lo) / truth, rel=0.15)
+
+
+def test_suggest_takes_a_loose_exponent_as_zero_and_refuses_a_collinear_one(paper_runs):
+    """An exponent the grid varies but the noise leaves loose: the criterion goes on with it
+    at 0 (and says so); one the grid ties to another axis: a refusal naming the runs."""
+    from qat_sweep.analysis.collect import InputError
+    from qat_sweep.analysis.design.suggest import fitted_laws
+
+    target = sim.parse_target(TARGET)
+    part = paper_runs[paper_runs["fit_key"].isin(["w4a4/int4", "bf16/bf16"])]
+    part = part.reset_index(drop=True).assign(open=~part["holdout"].to_numpy())
+    params = {**sim.paper_prior().delta["w4a4/int4"], "gamma_N": None}
+
+    def fit(variation: float) -> dict:
+        entry = {"independent_variation": variation, "std_error": 0.4, "why": "loose"}
+        delta = {"params": params, "identifiability": {"exponents": {"gamma_N": entry}}}
+        return {"base": {"params": sim.paper_prior().base}, "delta": {"w4a4/int4": delta}}
+
+    laws, notes = fitted_laws(fit(1.0), [target], part, part)
+    assert laws["w4a4/int4"].params["gamma_N"] == 0.0
+    assert notes[0].startswith("gamma_N of w4a4/int4: not identifiable in this fit")
+    with pytest.raises(InputError, match="gamma_N of w4a4/int4 not identifiable"):
+        fitted_laws(fit(0.01), [target], part, part)
