@@ -164,7 +164,7 @@ def main(argv: list[str]) -> int:
             print(plan_table(runs, mfu, peak))
         else:
             print("\n".join(plan_summary(runs, mfu, peak)))
-            print(clip(f"every run: {command_hint('plan', argv, '--runs')} (or --json)"))
+            print(f"every run (or --json): {command_hint('plan', argv, '--runs')}")  # never cut
     if missing_data:
         print(f"warning: {len(missing_data)} run(s) cannot be launched yet:", file=sys.stderr)
         for message in sorted(set(missing_data)):

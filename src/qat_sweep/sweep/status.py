@@ -204,8 +204,9 @@ def status_summary(runs: list[PlannedRun], relaunch: str, every_run: str) -> str
     failed = [r for r in runs if r.status == "failed"]
     if failed:
         lines += ["", f"failed ({len(failed)}), by reason; rerun them with:"]
-        lines += [clip(f"  {relaunch}"), *reason_groups(failed, lambda r: r.error)]
-    return "\n".join([*lines, "", clip(f"each run and its log: {every_run}")])
+        lines += [f"  {relaunch}", *reason_groups(failed, lambda r: r.error)]
+    # hints are never cut: they are pasted as printed
+    return "\n".join([*lines, "", "each run and its log:", f"  {every_run}"])
 
 
 def _pending_text(run: PlannedRun, progress_of: dict[str, dict[str, Any] | None]) -> str:

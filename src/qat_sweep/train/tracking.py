@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from qat_sweep.common import fsync_dir, json_safe, write_atomic
+from qat_sweep.common import format_count, fsync_dir, json_safe, write_atomic
 from qat_sweep.delta import BF16, twin_gap
 from qat_sweep.record import IDENTITY_FIELDS, METRICS_NAME, read_record, sweep_records
 
@@ -148,7 +148,19 @@ def delta_summary(record: dict[str, Any], twin: dict[str, Any] | None) -> dict[s
     values: dict[str, Any] = {"final/delta_excluded": gap.excluded}
     if not math.isnan(gap.delta):
         values |= {"final/bf16_loss": gap.bf16_loss, "final/delta": gap.delta}
+        values |= dict.fromkeys(delta_facets(record.get("model"), record["tokens"]), gap.delta)
     return values
+
+
+def delta_facets(model: Any, tokens: Any) -> list[str]:
+    """Summary keys that hold a run's delta only in the panels of its facet: a wandb panel
+    cannot filter runs, but it draws only the runs that have its y key. Delta against N at
+    one D, against D at one N, against G in one (N, D) cell."""
+    n, d = str(model), format_count(int(tokens))
+    return [f"{DELTA_FACET}D={d}", f"{DELTA_FACET}N={n}", f"{DELTA_FACET}N={n},D={d}"]
+
+
+DELTA_FACET = "facet/delta@"
 
 
 def wandb_path(
