@@ -45,6 +45,12 @@ def test_local_launch_runs_then_skips(tmp_path: Path, capsys: pytest.CaptureFixt
     assert launch_main(argv) == 0
     out = capsys.readouterr().out
     assert "[1/2]" in out and "[2/2]" in out and "completed loss" in out
+    # the BF16 twin runs first: the quantized run finishes second and prints its delta
+    first, second = [line for line in out.splitlines() if line.startswith("[")]
+    assert "_bf16_" in first and "_w4a4_" in second
+    [delta] = [line for line in out.splitlines() if line.strip().startswith("delta ")]
+    assert " - BF16 " in delta and "_w4a4_" in delta
+    assert "local launch done in " in out and ": 2 completed, 0 failed" in out
     rows = run_status(sweep, runs, capsys)
     assert [r["status"] for r in rows] == ["completed", "completed"]
     records = [read_record(Path(r["run_dir"])) for r in rows]
@@ -68,14 +74,21 @@ def test_failing_local_run_is_reported(tmp_path: Path, capsys: pytest.CaptureFix
     # Passes planning, fails in training: a vocabulary smaller than the data's.
     argv = [f"sweep={sweep}", "launcher=local", f"paths.runs={runs}", "model.vocab_size=8"]
     assert launch_main(argv) == 1
-    assert "[1/1]" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "[1/1]" in out and "0 completed, 1 failed, by reason:" in out
+    assert "    1x failed: " in out  # grouped by reason, one line
     (row,) = run_status(sweep, runs, capsys, "model.vocab_size=8")
     assert row["status"] == "failed" and "vocab" in row["error"]
     assert row["log"].endswith(".log") and Path(row["log"]).exists()
     capsys.readouterr()
     assert status_main([f"sweep={sweep}", f"paths.runs={runs}", "model.vocab_size=8"]) == 0
     text = capsys.readouterr().out
-    assert "failed 1" in text and "failed runs:" in text and "log:" in text
+    assert "failed 1" in text and "failed (1), by reason; rerun them with:" in text
+    assert f"qat-sweep launch sweep={sweep} paths.runs={runs} model.vocab_size=8" in text
+    assert (
+        status_main([f"sweep={sweep}", f"paths.runs={runs}", "model.vocab_size=8", "--runs"]) == 0
+    )
+    assert "failed runs:" in (text := capsys.readouterr().out) and "log:" in text
 
 
 def test_a_diverged_run_is_not_relaunched_unless_asked(

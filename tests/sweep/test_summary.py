@@ -78,7 +78,7 @@ def test_paper_status_fits_one_screen_with_eta_and_failures_by_reason(
     assert "sweep ETA " in lines[1] and "8 running run(s)" in lines[1]
     [main] = [line for line in lines if line.startswith("main_int4 ")]
     assert main.split()[1:7] == ["240", "10", "8", "0", "3", "219"]
-    assert sum("loss 3.5123," in line for line in lines) == 6  # running runs shown, 4 decimals
+    assert sum("% loss 3.5123 ETA " in line for line in lines) == 6  # 4 decimals
     assert "... and 2 more" in out
     # three failures, one reason (they differ only in the exit code): one line
     [failure] = [line for line in lines if "x local run exited" in line]

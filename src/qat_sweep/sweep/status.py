@@ -101,6 +101,16 @@ def _progress_cell(info: dict[str, Any] | None) -> str:
     )
 
 
+def _short_progress(info: dict[str, Any] | None) -> str:
+    """A running run's progress in the width the summary screen leaves beside its run_key."""
+    if info is None or info["loss_smoothed"] is None:
+        return "starting"
+    return (
+        f"{100 * info['step'] / info['total_steps']:.0f}% loss {format_loss(info['loss_smoothed'])}"
+        f" ETA {format_duration(info['eta_s'])} restarts {info['restarts']}"
+    )
+
+
 def _done_flops(run: PlannedRun, info: dict[str, Any] | None) -> float:
     """The model FLOPs of a run already spent: all of a completed run, a running run's share."""
     if run.status == "completed":
@@ -194,7 +204,7 @@ def status_summary(runs: list[PlannedRun], relaunch: str, every_run: str) -> str
     if training:
         lines += ["", f"running ({len(training)}, longest ETA first):"]
         for r in training[:MAX_RUNNING_SHOWN]:
-            lines.append(clip(f"  {r.run_key}  {_progress_cell(progress_of.get(r.run_key))}"))
+            lines.append(clip(f"  {r.run_key}  {_short_progress(progress_of.get(r.run_key))}"))
         if len(training) > MAX_RUNNING_SHOWN:
             lines.append(f"  ... and {len(training) - MAX_RUNNING_SHOWN} more")
     pending = [r for r in runs if r.status == "pending"]
