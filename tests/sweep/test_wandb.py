@@ -44,14 +44,18 @@ def leet(wandb_file: Path, *flags: str) -> str:
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
 
 
+def offline_fragments(record: dict) -> list[Path]:
+    """A record's offline wandb logs, oldest first: its own, then any resumed fragment."""
+    return sorted((run_dir_of(record) / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
 def offline_file(record: dict) -> Path:
-    [wandb_file] = (run_dir_of(record) / "wandb").glob("offline-run-*/run-*.wandb")
-    return wandb_file
+    return offline_fragments(record)[0]
 
 
-def inspect(record: dict) -> dict:
+def inspect(record: dict, fragment: int = 0) -> dict:
     """`wandb leet inspect --summary --json` of a record's offline run (config + summary)."""
-    return json.loads(leet(offline_file(record), "--summary"))
+    return json.loads(leet(offline_fragments(record)[fragment], "--summary"))
 
 
 def run_header(record: dict) -> dict:
@@ -129,9 +133,18 @@ def test_final_summary_and_delta_of_the_second_finisher(sweep_runs: dict[str, di
     assert summary["loss"] == pytest.approx(channel["loss"], rel=1e-12)  # what fit --wandb reads
     twin = inspect(bf16)["summary"]
     assert twin["final/loss"] == pytest.approx(bf16["loss"]) and "final/delta" not in twin
-    # G=32 finished before its twin: offline, nobody could write its delta yet (sync does)
+    # G=32 finished before its twin, so its own log has no delta; the twin, finishing second,
+    # wrote it into a resumed offline fragment of G=32's run (sync uploads it after the log)
+    own, late = offline_fragments(g32)
     early = inspect(g32)["summary"]
     assert early["final/loss"] == pytest.approx(g32["loss"]) and "final/delta" not in early
+    written = inspect(g32, 1)["summary"]
+    assert written["final/delta"] == pytest.approx(g32["loss"] - bf16["loss"], abs=1e-12)
+    assert written["facet/delta@N=0.2M,D=20.48K"] == written["final/delta"]
+    assert own.parent.name.endswith(g32["wandb"]["id"]) and late.parent.name.endswith(
+        g32["wandb"]["id"]
+    )
+    assert len(offline_fragments(channel)) == 1  # it finished second itself
 
 
 # ------------------------------------------------------------------------ one delta
@@ -273,8 +286,10 @@ def test_sync_dry_run_lists_uploads_with_real_wandb_and_contacts_no_server(
     out, err = capfd.readouterr()
     assert code == 0, err
     assert f"no fit in reports/{SWEEP}" in out
-    assert "3 offline run file(s)" in out and "0 already uploaded, 3 to upload" in out
-    assert "Would sync 3 run(s)" in out + err  # printed by the real `wandb sync --dry-run`
+    # the three runs' logs and g32's fragment with the delta its twin wrote
+    assert "4 offline run file(s)" in out and "0 already uploaded, 4 to upload" in out
+    assert "Would sync 4 run(s)" in out + err  # printed by the real `wandb sync --dry-run`
+    assert f"`qat-sweep fit sweep={SWEEP} paths.runs={root} --out reports/{SWEEP}`" in out
     assert "2 with final/delta" in out  # g32 (twin finished after it) and channel
     assert "would update " + sweep_runs["g32"]["run_key"] in out
 
@@ -288,7 +303,7 @@ def test_sync_uploads_pending_files_then_writes_summaries_from_the_records(
     fit_dir, params = fit_dir_for(tmp_path, sweep_runs)
     argv = [f"sweep={SWEEP}", f"paths.runs={root}", "--fit", str(fit_dir)]
     assert sync_main(argv) == 0
-    files = sorted(offline_file(r) for r in sweep_runs.values())
+    files = sorted(f for r in sweep_runs.values() for f in offline_fragments(r))
     assert api.named("sync_offline") == [("sync_offline", files, None, None, False)]
     updates = {path: values for _, path, values in api.named("update_summary")}
     ids = {name: r["wandb"]["id"] for name, r in sweep_runs.items()}
@@ -340,8 +355,9 @@ def test_online_bf16_twin_finishing_second_writes_its_quantized_twins_delta(
     api = RecordingApi(monkeypatch)
     bf16, g32, channel = sweep_runs["bf16"], sweep_runs["g32"], sweep_runs["channel"]
     sweep_dir = tmp_path / SWEEP
-    for record in (g32, channel, bf16):
-        write_json_atomic(sweep_dir / record["run_key"] / "result.json", record)
+    for record in (g32, channel, bf16):  # runs that logged online
+        online = {**record, "wandb": {**record["wandb"], "mode": "online"}}
+        write_json_atomic(sweep_dir / record["run_key"] / "result.json", online)
     tracker = Tracker(
         sweep_dir / bf16["run_key"],
         enabled=True,
