@@ -13,6 +13,7 @@ from qat_sweep.sweep.jobs import STATUSES
 from qat_sweep.sweep.spec import PlannedRun
 
 WIDTH = 100  # every summary line fits a terminal this wide
+_VARYING = re.compile(r"(?<!code )(?<!exit )(?<![A-Za-z\d.])\d+(\.\d+)?")  # numbers that differ run to run
 
 
 def clip(line: str, width: int = WIDTH) -> str:
@@ -81,10 +82,11 @@ def reason_groups(runs: list[PlannedRun], text: Callable[[PlannedRun], str | Non
     """Runs grouped by their reason, most frequent first, one line each: '  12x reason'.
 
     A reason is its first line (a failure's traceback stays in its log); reasons that differ
-    only in numbers (a step, a loss, a job id) are one group, shown by their first example."""
+    only in numbers (a step, a loss, a job id; not an exit code) are one group, shown by their
+    first example."""
     groups: dict[str, list[str]] = {}
     for run in runs:
         reason = ((text(run) or "").strip().splitlines() or ["no reason given"])[0]
-        groups.setdefault(re.sub(r"\d+(\.\d+)?", "#", reason), []).append(reason)
+        groups.setdefault(_VARYING.sub("#", reason), []).append(reason)
     ordered = sorted(groups.values(), key=len, reverse=True)
     return [clip(f"  {len(reasons):>3}x {reasons[0]}") for reasons in ordered]
