@@ -13,7 +13,8 @@ from qat_sweep.sweep.jobs import STATUSES
 from qat_sweep.sweep.spec import PlannedRun
 
 WIDTH = 100  # every summary line fits a terminal this wide
-_VARYING = re.compile(r"(?<!code )(?<!exit )(?<![A-Za-z\d.])\d+(\.\d+)?")  # numbers that differ run to run
+# numbers that differ from run to run (steps, losses, job ids), but not an exit code
+_VARYING = re.compile(r"(?<!code )(?<!exit )(?<![A-Za-z\d.])\d+(\.\d+)?")
 
 
 def clip(line: str, width: int = WIDTH) -> str:
