@@ -162,3 +162,16 @@ def test_a_run_completed_in_another_sweep_is_copied_not_retrained(
         assert record["reused_from"]["run_dir"] == str(root / "old" / run.run_key)
         assert record["reused_from"]["sweep"] == "old"
         assert (run.run_dir / METRICS_NAME).read_text() == '{"step": 1, "loss": 5.0}\n'
+
+
+def test_a_begin_time_hold_is_called_requeued_only_for_a_run_that_trained(tmp_path: Path) -> None:
+    from qat_sweep.sweep.jobs import _pending_reason
+    from qat_sweep.sweep.status import _pending_text
+
+    fresh, started = plan_sweep("demo", [f"paths.runs={tmp_path}"], strict=False)[:2]
+    for run in (fresh, started):
+        run.status, run.reason = "pending", _pending_reason("BeginTime")
+    started.run_dir.mkdir(parents=True)
+    (started.run_dir / METRICS_NAME).write_text('{"step": 1, "loss": 5.0}\n')
+    assert "requeued" not in _pending_text(fresh, {}) and "--begin" in _pending_text(fresh, {})
+    assert "requeued: it trained before" in _pending_text(started, {})
