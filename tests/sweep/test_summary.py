@@ -150,7 +150,8 @@ def test_a_run_completed_in_another_sweep_is_copied_not_retrained(
         (run.run_dir / METRICS_NAME).write_text('{"step": 1, "loss": 5.0}\n')
     argv = [f"sweep={new}", "launcher=local", *extra]
     assert launch_main([*argv, "--dry-run"]) == 0
-    assert "would reuse 2 run(s)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "would reuse 2 run(s)" in out and "launching 0" in out
     assert not (root / "new").exists()
     assert launch_main(argv) == 0
     out = capsys.readouterr().out

@@ -165,7 +165,7 @@ def _reuse_completed(runs: list[PlannedRun], dry: bool) -> None:
     for run, source in found.values():
         if not dry:
             reuse(run, source)
-            run.status = "completed"
+        run.status = "completed"  # a dry run counts it as a real launch would
     if found:
         sources = sorted({str(source.parent) for _, source in found.values()})
         verb = "would reuse" if dry else "reused"
