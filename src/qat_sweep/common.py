@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import shlex
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -162,6 +163,13 @@ def format_duration(seconds: float | None) -> str:
 
 
 # --- command-line words ---
+
+
+def command_hint(command: str, argv: list[str], *extra: str) -> str:
+    """`qat-sweep COMMAND` with a command's own arguments (sweep=, launcher=, paths.runs=, every
+    override) and ``extra``, flags left out: a hint the user can paste as printed."""
+    kept = [a for a in argv if not a.startswith("-")]
+    return " ".join(["qat-sweep", command, *map(shlex.quote, [*kept, *extra])])
 
 
 def parse_int(value: Any, minimum: int = 1) -> int:

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import shlex
-
 from qat_sweep.common import InputError, split_overrides
 from qat_sweep.estimates.flops import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS
 from qat_sweep.sweep.plan import available_sweeps
@@ -71,10 +69,3 @@ def split_cli(extra: list[str], command: str) -> tuple[str, float, float, list[s
     except PlanError as err:
         raise InputError(str(err)) from err
     return sweep, mfu, peak, overrides
-
-
-def command_hint(command: str, argv: list[str], *extra: str) -> str:
-    """`qat-sweep COMMAND` with this command's own arguments (sweep=, launcher=, paths.runs=,
-    every override) and ``extra``, flags left out: a hint the user can paste as printed."""
-    kept = [a for a in argv if not a.startswith("-")]
-    return " ".join(["qat-sweep", command, *map(shlex.quote, [*kept, *extra])])

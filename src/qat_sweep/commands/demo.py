@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 from qat_sweep.commands import fit, launch, plan, status
-from qat_sweep.commands.args import command_hint
-from qat_sweep.common import split_overrides
+from qat_sweep.common import command_hint, split_overrides
 from qat_sweep.data.prepare.corpus import build_demo_corpus
 from qat_sweep.record import RUNS_ROOT
 

@@ -8,8 +8,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from qat_sweep.commands.args import command_hint, cost_options, parse_cli
-from qat_sweep.common import format_hours
+from qat_sweep.commands.args import cost_options, parse_cli
+from qat_sweep.common import command_hint, format_hours
 from qat_sweep.config.checks import data_problems
 from qat_sweep.locks import LockHeld, describe_holder, launch_lock
 from qat_sweep.record import SUBMITIT_DIR

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from qat_sweep.commands.args import command_hint, cost_options, parse_cli
-from qat_sweep.common import format_count, format_hours
+from qat_sweep.commands.args import cost_options, parse_cli
+from qat_sweep.common import command_hint, format_count, format_hours
 from qat_sweep.config.checks import data_problems
 from qat_sweep.estimates.flops import MODEL_COUNT, PAPER_LABEL
 from qat_sweep.sweep.plan import load_sweep, plan_sweep

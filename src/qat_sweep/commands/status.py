@@ -8,7 +8,8 @@ import json
 import math
 import sys
 
-from qat_sweep.commands.args import command_hint, parse_cli
+from qat_sweep.commands.args import parse_cli
+from qat_sweep.common import command_hint
 from qat_sweep.sweep.jobs import attach_status
 from qat_sweep.sweep.plan import plan_sweep
 from qat_sweep.sweep.profiles import (

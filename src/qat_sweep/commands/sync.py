@@ -12,8 +12,7 @@ from tqdm import tqdm
 
 from qat_sweep import wandb_api
 from qat_sweep.analysis.wandb_log import fit_predictions
-from qat_sweep.commands.args import command_hint
-from qat_sweep.common import InputError, split_overrides
+from qat_sweep.common import InputError, command_hint, split_overrides
 from qat_sweep.record import RUNS_ROOT, sweep_dir, sweep_records
 from qat_sweep.sweep.sync import SyncError, is_uploaded, offline_files, summary_updates
 from qat_sweep.train.tracking import wandb_path
