@@ -10,7 +10,10 @@ from qat_sweep.analysis.collect import load_records
 
 from qat_sweep.commands.launch import main as launch_main
 from qat_sweep.commands.status import main as status_main
+from qat_sweep.config.compose import twin_key
 from qat_sweep.record import IDENTITY_FIELDS, read_record
+from qat_sweep.sweep.launch import twins_first
+from qat_sweep.sweep.plan import plan_sweep
 
 TINY = """
 overrides: [data=demo, logger=none, train.threads=1]
@@ -123,3 +126,14 @@ def test_bad_launch_input_submits_nothing(
 def test_print_hydra_overrides(capsys: pytest.CaptureFixture[str]) -> None:
     assert launch_main(["sweep=demo", "launcher=local", "--print-hydra-overrides"]) == 0
     assert "hydra/launcher=submitit_local" in capsys.readouterr().out
+
+
+def test_local_order_puts_each_bf16_twin_before_its_quantized_runs() -> None:
+    runs = twins_first(plan_sweep("demo", strict=False))
+    assert runs[0].scheme == "bf16" and runs[0].model == "0.04M" and runs[0].tokens == 250_000
+    position = {r.run_key: i for i, r in enumerate(runs)}
+    for run in runs:
+        if run.scheme != "bf16":
+            assert position[twin_key(run.config)] < position[run.run_key]
+    # cell by cell: the first delta needs two runs, not the whole sweep
+    assert [r.scheme for r in runs[:4]] == ["bf16", "w4a4", "w4a4", "w4a4"]

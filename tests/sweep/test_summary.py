@@ -1,5 +1,5 @@
-"""What researchers look at on a terminal: status of the paper sweep on one 100-column screen,
-`launch --dry-run` with no SLURM and no data, local launch order and reuse of completed runs.
+"""`status` of the paper sweep on one 100-column screen: counts per sub-grid and model, the
+sweep's ETA, running runs, failures grouped by reason, hints that keep the command's overrides.
 Run directories are written as the trainer and the launcher would (records, metrics rows,
 launch manifests); nothing is mocked."""
 
@@ -8,40 +8,16 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 from pathlib import Path
 
 import pytest
+from support import completed_record
 
-from qat_sweep.commands.launch import main as launch_main
 from qat_sweep.commands.status import main as status_main
 from qat_sweep.common import write_json_atomic
-from qat_sweep.config.compose import twin_key
-from qat_sweep.record import METRICS_NAME, RECORD_NAME, launches_dir, read_record
-from qat_sweep.sweep.launch import twins_first
+from qat_sweep.record import METRICS_NAME, RECORD_NAME, launches_dir
 from qat_sweep.sweep.plan import plan_sweep
-from qat_sweep.sweep.spec import PlannedRun
 from qat_sweep.sweep.status import one_screen
-
-
-def completed_record(run: PlannedRun, loss: float) -> dict:
-    return {
-        **run.row(),
-        "schema": 1,
-        "sweep": run.config["sweep_name"],
-        "status": "completed",
-        "error": None,
-        "n_params_total": run.n_params,
-        "loss": loss,
-        "val_loss": loss,
-        "metrics": {},
-        "config": run.config,
-        "versions": {},
-        "slurm": None,
-        "wandb": None,
-        "twin_key": None,
-        "finished": "2026-01-01T00:00:00",
-    }
 
 
 def write_manifest(sweep_dir: Path, jobs: list[dict]) -> None:
@@ -96,73 +72,6 @@ def test_paper_status_fits_one_screen_with_eta_and_failures_by_reason(
     assert "    log: 0.log" in every
     cut = one_screen(every, 20).splitlines()
     assert len(cut) == 20 and cut[-1].endswith("more lines (--runs)")
-
-
-def test_launch_dry_run_needs_no_slurm_and_no_data(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # no sinfo, sbatch, scontrol
-    argv = ["sweep=paper", "launcher=a100-80gb", f"paths.runs={tmp_path / 'runs'}", "--dry-run"]
-    assert launch_main(argv) == 0
-    out = capsys.readouterr().out
-    assert "no SLURM on this machine" in out and "data 'olmo2'" in out
-    assert "would submit 3 job array(s) via sbatch (tasks: 134, 143, 12)" in out
-    scripts = out.split("#!/bin/bash")[1:]
-    assert len(scripts) == 3
-    assert "#SBATCH --array=0-133%64" in scripts[0] and "#SBATCH --gpus-per-node=4" in scripts[0]
-    assert "#SBATCH --nodes=2" in scripts[2] and "#SBATCH --array=0-11%12" in scripts[2]
-    for script in scripts:  # time limit, signal before it, requeue, the job's own python
-        assert "#SBATCH --time=1440" in script and "#SBATCH --signal=USR2@180" in script
-        assert "#SBATCH --requeue" in script and "-m submitit.core._submit" in script
-    assert out.count("_lr") == 289  # every run listed beside its array
-    assert not (tmp_path / "runs").exists()  # nothing written
-
-
-def test_local_order_puts_each_bf16_twin_before_its_quantized_runs() -> None:
-    runs = twins_first(plan_sweep("demo", strict=False))
-    assert runs[0].scheme == "bf16" and runs[0].model == "0.04M" and runs[0].tokens == 250_000
-    position = {r.run_key: i for i, r in enumerate(runs)}
-    for run in runs:
-        if run.scheme != "bf16":
-            assert position[twin_key(run.config)] < position[run.run_key]
-    # cell by cell: the first delta needs two runs, not the whole sweep
-    assert [r.scheme for r in runs[:4]] == ["bf16", "w4a4", "w4a4", "w4a4"]
-
-
-TINY = """
-overrides: [data=demo, logger=none, train.threads=1]
-subgrids:
-  a: {model: 0.2M, tokens: 4096, quant: w4a4, quant.group_size: 16}
-"""
-
-
-def test_a_run_completed_in_another_sweep_is_copied_not_retrained(
-    tmp_path: Path, demo_data: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    root = tmp_path / "runs"
-    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
-    old.write_text(TINY)
-    new.write_text(TINY)
-    extra = [f"paths.runs={root}", f"paths.data={demo_data.parent}"]
-    for run in plan_sweep(str(old), extra, strict=False):  # done earlier, by another sweep
-        run.run_dir.mkdir(parents=True)
-        write_json_atomic(run.run_dir / RECORD_NAME, completed_record(run, 5.0))
-        (run.run_dir / METRICS_NAME).write_text('{"step": 1, "loss": 5.0}\n')
-    argv = [f"sweep={new}", "launcher=local", *extra]
-    assert launch_main([*argv, "--dry-run"]) == 0
-    out = capsys.readouterr().out
-    assert "would reuse 2 run(s)" in out and "launching 0" in out
-    assert not (root / "new").exists()
-    assert launch_main(argv) == 0
-    out = capsys.readouterr().out
-    assert "reused 2 run(s)" in out and "launching 0" in out  # no training at all
-    for run in plan_sweep(str(new), extra, strict=False):
-        assert run.status == "completed"
-        record = read_record(run.run_dir)
-        assert record["sweep"] == "new" and record["subgrid"] == run.subgrid and not record["wandb"]
-        assert record["reused_from"]["run_dir"] == str(root / "old" / run.run_key)
-        assert record["reused_from"]["sweep"] == "old"
-        assert (run.run_dir / METRICS_NAME).read_text() == '{"step": 1, "loss": 5.0}\n'
 
 
 def test_a_begin_time_hold_is_called_requeued_only_for_a_run_that_trained(tmp_path: Path) -> None:
