@@ -15,6 +15,9 @@ from qat_sweep.common import (
     InputError,
     atomic_open,
     format_count,
+    format_duration,
+    format_hours,
+    format_loss,
     format_number,
     json_safe,
     parse_count,
@@ -98,6 +101,23 @@ def test_progress_bars_only_on_a_terminal_and_not_when_quiet(monkeypatch, capsys
     monkeypatch.setattr("qat_sweep.common._progress_on", True)
     assert list(progress(range(3), "simulated fits")) == [0, 1, 2]  # stderr captured: no tty
     assert capsys.readouterr().err == ""
+
+
+def test_numbers_print_short_for_people() -> None:
+    assert format_count(250_000) == "250K" and format_count(20e9) == "20B"
+    assert format_count(74_323_456, 3) == "74.3M" and format_count(36_864.0, 3) == "36.9K"
+    assert format_count(4.184072375297546) == "4.184" and format_count(0) == "0"
+    assert format_loss(4.184072375297546) == "4.1841" and format_loss(None) == "-"
+    assert format_loss(float("nan")) == "-"
+    assert [format_hours(h) for h in (119_387.2, 25.4, 0.00061)] == ["119,387", "25", "0.00061"]
+    assert [format_duration(s) for s in (45, 725, 11_220, 187_200)] == [
+        "45s",
+        "12m05s",
+        "3h07m",
+        "2d04h",
+    ]
+    assert format_duration(None) == "-" and format_duration(float("inf")) == "-"
+    assert format_loss(1e20) == "1e+20"  # never a long run of digits
 
 
 def test_atomic_write_keeps_old_content_on_failure(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from qat_sweep.analysis.collect import InputError
 from qat_sweep.analysis.design import simulate as sim
 from qat_sweep.analysis.design.suggest import suggest
 from qat_sweep.commands.args import split_cli
-from qat_sweep.common import format_count, format_number, quiet_progress
+from qat_sweep.common import format_count, format_hours, quiet_progress
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,9 +64,9 @@ def format_suggestion(res: dict[str, Any]) -> str:
         )
         mark = "*" if r.get("off_grid") else " "
         lines.append(
-            f"{r['run_key'] + mark:<58} {format_count(r['n_params']):>7} "
-            f"{format_count(r['tokens']):>6} {r['scheme']:<10} {r['group_size'] or '-'!s:>7} "
-            f"{format_number(r['gpu_hours'], digits=3):>8} {tail}"
+            f"{r['run_key'] + mark:<58} {format_count(r['n_params'], 3):>7} "
+            f"{format_count(r['tokens'], 3):>6} {r['scheme']:<10} {r['group_size'] or '-'!s:>7} "
+            f"{format_hours(r['gpu_hours']):>8} {tail}"
         )
     if any(r.get("off_grid") for r in res["runs"]):
         lines.append(
@@ -75,7 +75,7 @@ def format_suggestion(res: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"total {len(res['runs'])} runs, {format_number(res['gpu_hours'], digits=3)} GPU-hours; "
+        f"total {len(res['runs'])} runs, {format_hours(res['gpu_hours'])} GPU-hours; "
         f"sweep file: {res['sweep_file']}",
         f"launch them: {res['launch']}",
     ]
