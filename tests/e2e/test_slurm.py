@@ -263,6 +263,11 @@ def test_child_waits_held_until_its_parent_keeps_the_branch_checkpoint(
     child held, and a relaunch never resubmits the held child."""
     (tmp_path / "late.yaml").write_text(BRANCHING)
     sweep = str(tmp_path / "late.yaml")
+    assert (
+        launch_main([f"sweep={sweep}", "launcher=ci", f"paths.runs={tmp_path}", "--dry-run"]) == 0
+    )
+    preview = capsys.readouterr().out  # the parent's array, then the child's, queued held
+    assert "would submit 2 job array(s)" in preview and preview.count("#SBATCH --hold") == 1
     for runs, extra in ((tmp_path / "runs", []), (tmp_path / "bad", ["model.vocab_size=8"])):
         argv = [f"sweep={sweep}", "launcher=ci", f"paths.runs={runs}", *extra]
         assert launch_main(argv) == 0

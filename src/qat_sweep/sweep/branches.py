@@ -31,13 +31,14 @@ import subprocess
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from qat_sweep.common import write_atomic
 from qat_sweep.config.compose import hydra_value, plan_config, run_key, twin_key
 from qat_sweep.config.steps import RunSteps, run_steps
 from qat_sweep.record import branch_checkpoint_path, branch_release_path, read_record
+from qat_sweep.sweep.profiles import LaunchProfile
 from qat_sweep.sweep.spec import PlannedRun, override_value, planned_run
 
 BRANCH_OPTIONS = ("tokens",)  # what `branch:` on a sub-grid may say
@@ -312,6 +313,11 @@ def waiting_for_parents(runs: list[PlannedRun]) -> tuple[list[PlannedRun], list[
     """(runs that can start now, children whose parent has not passed their branch step)."""
     ready = [r for r in runs if branch_ready(r)]
     return ready, [r for r in runs if not branch_ready(r)]
+
+
+def held_shape(shape: LaunchProfile) -> LaunchProfile:
+    """A launch shape whose jobs are queued held (``sbatch --hold``) until released."""
+    return replace(shape, additional_parameters={**shape.additional_parameters, "hold": True})
 
 
 def hold_for_parents(jobs: list[tuple[PlannedRun, str]]) -> None:

@@ -29,6 +29,7 @@ from qat_sweep.locks import LockHeld
 from qat_sweep.record import LAUNCH_LOGS, SUBMITIT_DIR, launches_dir, read_record
 from qat_sweep.sweep.branches import (
     BranchGate,
+    held_shape,
     hold_for_parents,
     parents_first,
     waiting_for_parents,
@@ -112,7 +113,10 @@ def job_arrays(
     """The arrays a SLURM launch submits: per resource shape, chunks of ``size`` (default: the
     cluster's MaxArraySize)."""
     size = size or max_array_size(profile)
-    groups = resource_groups(runs, profile)
+    ready, waiting = waiting_for_parents(runs)
+    # Children whose parent has not passed their branch step are queued held (branches.py).
+    held = [(held_shape(shape), group) for shape, group in resource_groups(waiting, profile)]
+    groups = [*resource_groups(ready, profile), *held]
     return [(shape, chunk) for shape, group in groups for chunk in chunks(group, size)]
 
 
@@ -151,21 +155,14 @@ def submit_slurm(
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
     manifest = _new_manifest(profile, sweep, argv)
     name = _manifest_name()
-    # Children wait for their parent's branch point held in the queue (branches.py).
-    ready, waiting = waiting_for_parents(runs)
-    arrays = [(a, False) for a in job_arrays(ready, profile)]
-    arrays += [(a, True) for a in job_arrays(waiting, profile)]
     held: list[tuple[PlannedRun, str]] = []
     try:
-        for (shape, chunk), hold in arrays:
-            parameters = executor_parameters(shape)
-            if hold:
-                extra = parameters["slurm_additional_parameters"]
-                parameters["slurm_additional_parameters"] = {**extra, "hold": True}
-            executor.update_parameters(**parameters)
+        for shape, chunk in job_arrays(runs, profile):
+            executor.update_parameters(**executor_parameters(shape))
             with executor.batch():
                 jobs = [executor.submit(TrainRun(run.overrides)) for run in chunk]
-            held += [(run, job.job_id) for run, job in zip(chunk, jobs, strict=True) if hold]
+            if shape.additional_parameters.get("hold"):
+                held += [(run, job.job_id) for run, job in zip(chunk, jobs, strict=True)]
             manifest["arrays"].append(jobs[0].job_id.split("_")[0])
             for run, job in zip(chunk, jobs, strict=True):
                 manifest["jobs"].append(
