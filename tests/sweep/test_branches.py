@@ -18,6 +18,7 @@ from qat_sweep.commands.plan import main as plan_main
 from qat_sweep.config.compose import plan_config
 from qat_sweep.config_dirs import load_yaml
 from qat_sweep.model.presets import conf_dirs
+from qat_sweep.record import read_record
 from qat_sweep.sweep.branches import branch_problems, cycle_problems, parents_first
 from qat_sweep.sweep.launch import to_launch
 from qat_sweep.sweep.plan import plan_sweep
@@ -71,6 +72,9 @@ def test_schedule_parity_sweep_trains_its_tree_on_cpu(
         assert train_from_overrides(run.overrides)["status"] == "completed", run.run_key
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
 
+    for run in runs:  # every child started from its parent's checkpoint
+        branched = read_record(run.run_dir)["metrics"]["branched_from"]
+        assert branched == (run.parent and {"parent": run.parent, "step": run.branch_step})
     planned = plan_sweep(sweep, runs_root=tmp_path / "runs")
     assert {r.status for r in planned} == {"completed"} and to_launch(planned) == []
     table = pair_deltas(build_table(load_records(tmp_path / "runs" / "schedules")[0]))
