@@ -278,10 +278,12 @@ def schedule_label(schedule: Any, start_fraction: float) -> str:
     return f"{name}, BF16 to {start_fraction:g}" if start_fraction else name
 
 
-def schedule_comparison(quant: pd.DataFrame) -> dict[str, Any]:
+def schedule_comparison(table: pd.DataFrame) -> dict[str, Any]:
     """Mean delta of each schedule (LR schedule, QAT start) per scheme/format, over the
-    (N, D, G) cells every schedule of that setting has: is the paper's D-trend the cosine's?"""
-    part = _by_cell(quant[quant["delta"].notna()])
+    (N, D, G) cells every schedule of that setting has: is the paper's D-trend the cosine's?
+    As in format_comparison, every measured delta counts (WSD trunks are no runs of a cell)."""
+    quant = table[(table["scheme"] != "bf16") & ~table["trunk"].astype(bool)]
+    part = _by_cell(quant[np.isfinite(quant["delta"].astype(float))])
     part = part.assign(
         setting=part["scheme"] + "/" + part["format"],
         schedule=[
@@ -305,7 +307,9 @@ def schedule_comparison(quant: pd.DataFrame) -> dict[str, Any]:
         settings[str(setting)] = {
             "cells": len(cells),
             "mean_delta": {str(k): float(v) for k, v in cells.mean().items()},
-            "growth_with_D": {str(k): finite_or_none(v) for k, v in trend.items()},
+            "growth_with_D": {
+                str(k): v if v is None else finite_or_none(v) for k, v in trend.items()
+            },
         }
     if not settings:
         return {"available": False, "missing": "needs one setting trained under two schedules"}
@@ -314,7 +318,7 @@ def schedule_comparison(quant: pd.DataFrame) -> dict[str, Any]:
 
 def run_all(table: pd.DataFrame, quant: pd.DataFrame, deltas: dict[str, LawFit]) -> dict[str, Any]:
     return {
-        "schedules": schedule_comparison(quant),
+        "schedules": schedule_comparison(table),
         "trends": trends(quant),
         "decomposition": decomposition(quant),
         "ratio_R": ratio_r(quant),

@@ -83,7 +83,7 @@ def test_schedule_parity_sweep_trains_its_tree_on_cpu(
     assert set(quant["fit_key"]) == {
         "w4a4/int4", "w4a4/int4-wsd", "w4a4/int4-from0.5", "w4a4/int4-from0.8"
     }  # fmt: skip
-    comparison = schedule_comparison(quant)
+    comparison = schedule_comparison(table)
     means = comparison["settings"]["w4a4/int4"]["mean_delta"]
     assert set(means) == {"cosine", "wsd", "cosine, BF16 to 0.5", "cosine, BF16 to 0.8"}
     print(
