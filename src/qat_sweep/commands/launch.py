@@ -85,7 +85,7 @@ def _launch(
         todo = to_launch(runs, retry_diverged="--retry-diverged" in flags)
         from qat_sweep.sweep.sizing import size_sweep  # torch: only on the launch path
 
-        size_sweep(todo, profile, mfu)
+        size_sweep(todo, profile, mfu, sweep_runs=runs)
         arrays = job_arrays(todo, profile) if profile.kind == "slurm" else []
     except PlanError as e:  # its message says that nothing was launched
         print(f"error: {e}", file=sys.stderr)
