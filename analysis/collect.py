@@ -18,7 +18,7 @@ from qat_sweep.analysis.law.formulas import group_value
 
 from qat_sweep.common import InputError as InputError  # the analysis's bad input: exit 2
 from qat_sweep.common import parse_bool
-from qat_sweep.delta import BF16, twin_gap
+from qat_sweep.delta import BF16, EXECUTION_FIELDS, twin_gap
 from qat_sweep.record import IDENTITY_FIELDS, RECORD_NAME, sweep_records
 
 REQUIRED = ("model", "n_params", "tokens", "scheme", "format", "group_size", "lr", "seed", "loss")
@@ -65,6 +65,8 @@ def record_to_row(record: Mapping[str, Any]) -> dict[str, Any]:
     row = {field: record.get(field) for field in RECORD_FIELDS}
     metrics = record.get("metrics") or {}
     row["tokens_per_s"] = metrics.get("tokens_per_s")
+    execution = record.get("execution") or {}  # one column per setting, exec_<name>
+    row |= {f"exec_{name}": execution.get(name) for name in EXECUTION_FIELDS}
     row.update(quant_columns(metrics))
     return row
 
@@ -279,8 +281,12 @@ def pair_deltas(table: pd.DataFrame) -> pd.DataFrame:
     table = table.copy()
     twin = twin_index(table, (table["excluded"] == "").to_numpy())
     rows = table.to_dict("records")
+    for row in rows:
+        row["execution"] = {name: row.get(f"exec_{name}") for name in EXECUTION_FIELDS}
     gaps = [
-        twin_gap(row["loss"], rows[t] if t >= 0 else None, _twin_name(row["twin_key"]))
+        twin_gap(
+            row["loss"], rows[t] if t >= 0 else None, _twin_name(row["twin_key"]), row["execution"]
+        )
         if row["scheme"] != BF16
         else None
         for row, t in zip(rows, twin, strict=True)
