@@ -55,6 +55,7 @@ class Settings:
     source: str = ""
     base_models: str | None = None  # --base-models LO..HI: the BF16 runs of the base fit
     extra_bf16: str | None = None  # --extra-bf16 FILE.csv: external points added to it
+    channel_g: str = "hidden"  # --channel-g: G per channel, hidden size or reduction dims
 
 
 @dataclass
