@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from qat_sweep.analysis import paper
+from qat_sweep.analysis.base_points import select_base_runs
 from qat_sweep.analysis.design.synth import synthetic_table
 from qat_sweep.analysis.law.formulas import bf16_loss
 
@@ -39,24 +41,32 @@ def _fit(table_csv: Path, out: Path, *flags: str) -> dict:
 
 
 def test_base_models_and_extra_points_choose_the_base_fit(table_csv, tmp_path) -> None:
-    every = _fit(table_csv, tmp_path / "all")
     extra = _extra_csv(tmp_path / "olmo.csv")
     res = _fit(table_csv, tmp_path / "c", "--base-models", "145M..595M", "--extra-bf16", str(extra))
     base = res["base"]
-    # 145M..595M of the main grid (3 sizes x 4 D) and the two checkpoints; 74M and the held-out
-    # 973M stay out; the LR sweep's non-best LRs are dropped as before.
-    assert base["n_runs"] == 3 * 4 + 2 < every["base"]["n_runs"] + 2
+    # 145M..595M of the main grid (3 sizes x 4 D, best LR) and the two checkpoints; 74M and the
+    # held-out 973M stay out of the base fit.
+    assert base["n_runs"] == 3 * 4 + 2
     assert base["models"] == "145M..595M"
     assert base["range"]["n_params"] == [pytest.approx(144.7e6), 12.7e9]
     assert [p["model"] for p in base["extra_bf16"]] == ["OLMo-2-7B", "OLMo-2-13B"]
     assert all(abs(p["log_residual"]) < 0.02 for p in base["extra_bf16"])
     assert "74M" in " ".join(base["notes"]) and "remain the twins" in " ".join(base["notes"])
     assert res["settings"]["base_models"] == "145M..595M"
-    # The 74M quantized runs still have their BF16 twins: delta is untouched.
-    assert res["delta"]["w4a4/int4"]["n_runs"] == every["delta"]["w4a4/int4"]["n_runs"]
-    # Counts work as ends as well as model names; an open end keeps everything above.
-    counted = _fit(table_csv, tmp_path / "n", "--base-models", "140M..")
-    assert counted["base"]["n_runs"] == every["base"]["n_runs"] - 4
+    # The 74M quantized runs still have their BF16 twins: every W4A4 INT4 run is fitted (the
+    # main grid's 80 and the LR sweep's 3).
+    assert res["delta"]["w4a4/int4"]["n_runs"] == 83
+
+
+def test_range_ends_are_model_names_or_counts_and_may_be_open(table_csv) -> None:
+    table = pd.read_csv(table_csv)
+    bf16 = table[table["scheme"] == "bf16"]
+    by_name, _ = select_base_runs(bf16, "145M..595M")
+    by_count, _ = select_base_runs(bf16, "140M..600M")
+    assert by_name.index.equals(by_count.index)
+    above, note = select_base_runs(bf16, "140M..")
+    assert set(above["model"]) == {"145M", "297M", "595M", "973M"} and "74M" in note
+    assert select_base_runs(bf16, None) == (bf16, None)
 
 
 @pytest.mark.parametrize(
