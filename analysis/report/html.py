@@ -40,7 +40,8 @@ class Section:
     figures: list[str] = field(default_factory=list)
     details: list[str] = field(default_factory=list)  # diagnostics, folded under the section
     folded: bool = False  # the whole section folded (detail a reader opens on purpose)
-    fold_tables: bool = False  # each table folded under its caption, the first one open
+    fold_from: int | None = None  # tables from this index on are folded under their caption
+    open_first: bool = False  # ...except the first, shown open
     notes: list[str] = field(default_factory=list)  # numbered notes the tables refer to
 
 
@@ -476,7 +477,7 @@ def predictions_section(res: dict[str, Any]) -> Section:
         ))  # fmt: skip
     if not res.get("predictions"):
         text = ["No predictions: the BF16 law or every delta law is missing."]
-    return Section("Predictions", text, tables, ["effective_params"], fold_tables=bool(far) and not near,
+    return Section("Predictions", text, tables, ["effective_params"], fold_from=len(tables) - 1 if far else None,
                    notes=notes.lines())  # fmt: skip
 
 
@@ -611,7 +612,9 @@ def results_section(table: pd.DataFrame | None) -> Section:
         "runs out, listed below the tables. The headline setting is open; click a setting to "
         "open it."
     ]
-    return Section("Results per cell", text, tables, fold_tables=True, notes=notes.lines())
+    return Section(
+        "Results per cell", text, tables, fold_from=0, open_first=True, notes=notes.lines()
+    )
 
 
 def _group_text(group: Any) -> str:
@@ -713,9 +716,9 @@ def _html_table(frame: pd.DataFrame) -> str:
 def _html_section(sec: Section, figures: dict[str, Path]) -> list[str]:
     body = [f"<p>{html.escape(t)}</p>" for t in sec.text]
     for i, (caption, frame) in enumerate(sec.tables):
-        if sec.fold_tables:
+        if sec.fold_from is not None and i >= sec.fold_from:
             body.append(
-                f"<details{' open' if i == 0 else ''}><summary>{html.escape(caption)}</summary>"
+                f"<details{' open' if i == 0 and sec.open_first else ''}><summary>{html.escape(caption)}</summary>"
                 f"{_html_table(frame)}</details>"
             )
             continue

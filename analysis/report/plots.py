@@ -225,6 +225,7 @@ def delta_trend(inputs: Inputs, column: str, path: Path) -> Path | None:
         others = others[others[fixed] == ref].assign(Gl=lambda f: f["group_size"].map(group_label))
         colors = _series_colors(inputs.palette, series, [*part[series], *others[series]])
         law = inputs.law(key)
+        drawn: list[np.ndarray] = []  # curves already in the panel: a law blind to the series
         for value in colors:  # in the colours' order: by N, or by G with channel last
             grp = part[part[series] == value]
             if grp.empty:
@@ -239,6 +240,10 @@ def delta_trend(inputs: Inputs, column: str, path: Path) -> Path | None:
             fit_rows = grp[grp["Gl"] != "channel"] if column == "G" else grp
             if law is not None and fit_rows[x].nunique() >= 2:
                 grid, point, draws = _series_curve(law, fit_rows, x)
+                curve = np.concatenate([grid, point])
+                if any(c.shape == curve.shape and np.allclose(c, curve) for c in drawn):
+                    continue  # (its exponent is not identifiable) gives one line, drawn once
+                drawn.append(curve)
                 ax.plot(grid, point, color=color, lw=1.1)
                 style.band(ax, grid, draws, color)
         positive = part["delta"][part["delta"] > 0]

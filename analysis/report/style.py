@@ -58,9 +58,7 @@ UNITS = {
 
 def figure(rows: int = 1, cols: int = 1, width: float = 3.4, height: float = 2.8) -> Any:
     """A figure of rows x cols panels of width x height inches each (axes always 2-D)."""
-    return plt.subplots(
-        rows, cols, figsize=(width * cols, height * rows), squeeze=False, layout="constrained"
-    )
+    return plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
 
 
 def styled(fn: Any) -> Any:
@@ -75,7 +73,9 @@ def styled(fn: Any) -> Any:
 
 
 def save(fig: Any, path: Path) -> Path:
-    """PNG at DPI and an SVG beside it; returns the PNG's path."""
+    """PNG at DPI and an SVG beside it; returns the PNG's path. The layout is computed once
+    (a layout engine would redo it for each file)."""
+    fig.tight_layout(pad=0.6)
     fig.savefig(path, dpi=DPI)
     fig.savefig(path.with_suffix(".svg"))
     plt.close(fig)

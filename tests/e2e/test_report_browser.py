@@ -52,9 +52,36 @@ def test_dom_has_embedded_plots_and_tables(report, tmp_path):
     for data in images:
         assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
     assert dom.count("<table") >= 5
-    assert "Which of the paper's trends does this data reproduce" in dom
     assert "Which law holds" in dom and 'alt="law_residuals"' in dom  # the paper's law listed
     assert "Preregistered predictions" in dom
+    for data in images:  # 150 dpi: the PNG's pHYs chunk holds pixels per metre
+        raw = base64.b64decode(data)
+        ppm = int.from_bytes(raw[raw.index(b"pHYs") + 4 :][:4], "big")
+        assert ppm >= 150 / 0.0254 - 1
+
+
+def test_the_answer_comes_first_and_the_detail_last(report, tmp_path):
+    dom = _chromium(tmp_path, "--dump-dom", report.as_uri()).stdout.decode()
+    titles = re.findall(
+        r'<h2>([^<]+)</h2>|<details class="section"><summary>([^<]+)</summary>', dom
+    )
+    order = [a or b for a, b in titles]
+    assert order[:3] == ["Verdict", "Results per cell", "Figures"], order
+    assert order[-2:] == ["Validation", "Excluded runs"], order  # folded diagnostics at the end
+    verdict = dom[dom.index("<h2>Verdict</h2>") : dom.index("<h2>Results per cell</h2>")]
+    assert "gamma_N" in verdict and "delta falls with N?" in verdict
+    assert (
+        'alt="delta_vs_G"' in dom
+        and 'alt="pairs_bf16"' in dom
+        and 'alt="predicted_vs_measured"' in dom
+    )
+    # 70B from a grid of at most 595M parameters: only in a folded, flagged table
+    far = dom.index("FAR OUTSIDE THE FITTED RANGE")
+    assert dom.rfind("<details", 0, far) > dom.rfind("</details>", 0, far)
+    predictions = dom[dom.index("<h2>Predictions</h2>") :]
+    assert "): an extrapolation" not in predictions  # the reach column says it, no row warns
+    notes = re.findall(r"<p>\[\d+\] ([^<]+)</p>", predictions)
+    assert notes and len(notes) == len(set(notes))  # each warning said once
 
 
 def test_screenshot_is_not_blank(report, tmp_path):
