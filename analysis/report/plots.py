@@ -391,9 +391,11 @@ def twin_curves(inputs: Inputs, path: Path) -> Path | None:
         name = f"{key} G = {group_label(run['group_size'])}"
         ax.plot(q_curve["tokens"], q_curve["loss"], color=color, label=name)
         ax.plot(b_curve["tokens"], b_curve["loss"], color="0.2", ls="--", lw=1, label="BF16 twin")
-        style.count_axis(ax, "x")
-        tail = pd.concat([q_curve["loss"].iloc[len(q_curve) // 10 :], b_curve["loss"]])
-        ax.set_ylim(tail.min() * 0.98, np.percentile(tail, 95) * 1.02)
+        ax.xaxis.set_major_formatter(style.count_formatter())
+        tail = pd.concat(
+            [q_curve["loss"].iloc[len(q_curve) // 5 :], b_curve["loss"].iloc[len(b_curve) // 5 :]]
+        )
+        ax.set_ylim(tail.min() * 0.99, tail.max() * 1.01)  # the last 80 %: where twins part
         ax.set(xlabel="tokens seen", ylabel="train loss, smoothed (nats)",
                title=f"N = {format_count(run['N_cell'])}, D = {format_count(run['D_cell'])}, "
                f"delta = {run['delta']:.4f}")  # fmt: skip

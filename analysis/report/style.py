@@ -119,13 +119,19 @@ def g_shade(rank: int, count: int) -> Any:
     return plt.get_cmap("Blues")(0.35 + 0.6 * rank / max(count - 1, 1))
 
 
+def count_formatter() -> Any:
+    return ticker.FuncFormatter(lambda v, _: format_count(v) if v > 0 else "")
+
+
 def count_axis(ax: Any, axis: str) -> None:
-    """Log axis of counts (N, D) with ticks like 74M, 10B at 1-2-5 steps."""
+    """Log axis of counts (N, D) with ticks like 74M, 10B: at 1-2-5 steps over at most two
+    decades (call after plotting: the data's span decides), at decades beyond."""
     _log(ax, axis)
-    fmt = ticker.FuncFormatter(lambda v, _: format_count(v) if v > 0 else "")
     target = ax.xaxis if axis == "x" else ax.yaxis
-    target.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=12))
-    target.set_major_formatter(fmt)
+    lo, hi = ax.get_xlim() if axis == "x" else ax.get_ylim()
+    subs = (1.0, 2.0, 5.0) if lo > 0 and hi / lo <= 100 else (1.0,)
+    target.set_major_locator(ticker.LogLocator(base=10, subs=subs, numticks=12))
+    target.set_major_formatter(count_formatter())
     target.set_minor_formatter(ticker.NullFormatter())
 
 
