@@ -363,24 +363,36 @@ def _read_curve(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["tokens", "loss"])
 
 
+def _twin_key(bf16: pd.DataFrame, run: pd.Series) -> str | None:
+    """The run key of a run's BF16 twin: as its record names it, else the BF16 run of the same
+    cell, learning rate and seed (how the fit pairs tables without twin_key)."""
+    named = run.get("twin_key")
+    if isinstance(named, str) and named:
+        return named
+    same = bf16[(bf16["N_cell"] == run["N_cell"]) & (bf16["D_cell"] == run["D_cell"])
+                & (bf16["lr"] == run["lr"]) & (bf16["seed"] == run["seed"])]  # fmt: skip
+    return str(same["run_key"].iloc[0]) if len(same) else None
+
+
 @styled
 def twin_curves(inputs: Inputs, path: Path) -> Path | None:
     """One panel per setting: its run at the largest N and D (first G) beside its BF16 twin."""
-    root, table = inputs.runs_root, inputs.table
-    if root is None or "twin_key" not in table.columns:
+    root = inputs.runs_root
+    if root is None:
         return None
+    table = _with_cells(inputs.table)
+    bf16 = table[table["scheme"] == "bf16"]
     pairs = []
     for key in inputs.outcome.deltas:
-        part = _with_cells(table[(table["fit_key"] == key) & (table["excluded"] == "")])
+        part = table[(table["fit_key"] == key) & (table["excluded"] == "")]
         if part.empty:
             continue
         top = part[(part["N_cell"] == part["N_cell"].max())]
         top = top[top["D_cell"] == top["D_cell"].max()].iloc[0]
-        quant_file, twin_file = (
-            root / top["run_key"] / METRICS_NAME,
-            root / str(top["twin_key"]) / METRICS_NAME,
-        )
-        if quant_file.is_file() and twin_file.is_file():
+        twin = _twin_key(bf16, top)
+        quant_file = root / str(top["run_key"]) / METRICS_NAME
+        twin_file = root / str(twin) / METRICS_NAME
+        if twin and quant_file.is_file() and twin_file.is_file():
             pairs.append((key, top, _read_curve(quant_file), _read_curve(twin_file)))
     pairs = [p for p in pairs if len(p[2]) and len(p[3])]
     if not pairs:
