@@ -93,3 +93,13 @@ def test_screenshot_is_not_blank(report, tmp_path):
     pixels = mpimg.imread(shot)
     assert pixels.shape[0] >= 4000 and pixels.shape[1] >= 1280
     assert pixels.std() > 0.05  # a blank page is uniform
+
+
+def test_nothing_runs_off_a_1280_px_page(report, tmp_path):
+    """Wide tables scroll inside their own box: the page itself never scrolls sideways."""
+    probe = tmp_path / "probe.html"
+    script = "<script>document.body.dataset.sw = document.documentElement.scrollWidth</script>"
+    probe.write_text(report.read_text().replace("</body>", script + "</body>"))
+    dom = _chromium(tmp_path, "--window-size=1280,900", "--dump-dom", probe.as_uri()).stdout
+    width = int(re.search(rb'data-sw="(\d+)"', dom).group(1))
+    assert width <= 1280
