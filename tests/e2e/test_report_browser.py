@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
-from qat_sweep.analysis.design.synth import synthetic_table
+from qat_sweep.analysis.design.synth import synthetic_table, table_to_records
 
 from qat_sweep.commands.fit import main as fit_main
 
@@ -30,11 +31,11 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("browser")
-    synthetic_table(seed=3).to_csv(tmp / "runs.csv", index=False)
-    assert (
-        fit_main(["--table", str(tmp / "runs.csv"), "--out", str(tmp / "out"), "--bootstrap", "50"])
-        == 0
-    )
+    for record in table_to_records(synthetic_table(seed=3)):  # records carry per-site metrics
+        (tmp / "runs" / record["run_key"]).mkdir(parents=True)
+        (tmp / "runs" / record["run_key"] / "result.json").write_text(json.dumps(record))
+    argv = ["--runs", str(tmp / "runs"), "--out", str(tmp / "out"), "--bootstrap", "50"]
+    assert fit_main(argv) == 0
     return tmp / "out" / "report.html"
 
 
