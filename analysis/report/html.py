@@ -22,6 +22,7 @@ from qat_sweep.analysis.law.formulas import BASE_PARAMS, DELTA_PARAMS, LAWS
 from qat_sweep.analysis.law.identify import OUTLIER_Z
 from qat_sweep.analysis.predict import EXTRAPOLATION_WARN
 from qat_sweep.analysis.report.plots import CAPTIONS
+from qat_sweep.analysis.report.style import DPI
 
 from qat_sweep.common import format_count, write_atomic
 
@@ -71,8 +72,8 @@ def _f(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def _ci(ci: Any) -> str:
-    return f"[{_f(ci[0])}, {_f(ci[1])}]" if ci else "n/a"
+def _ci(ci: Any, digits: int = 4) -> str:
+    return f"[{_f(ci[0], digits)}, {_f(ci[1], digits)}]" if ci else "n/a"
 
 
 def _pct(value: Any) -> str:
@@ -287,7 +288,7 @@ def _exponent(fit: dict[str, Any], name: str) -> str:
     flag = (fit.get("interval_flags") or {}).get(name, "")
     if value is None or flag.startswith("not identifiable"):
         return "not identifiable"
-    return f"{_f(value, 3)} {_ci(fit['ci95'].get(name))}"
+    return f"{_f(value, 3)} {_ci(fit['ci95'].get(name), 3)}"
 
 
 def _trend(entry: dict[str, Any], axis: str, key: str) -> str:
@@ -310,7 +311,7 @@ def verdict_section(res: dict[str, Any]) -> Section:
     if base["params"].get("A") is not None:
         text = [
             f"BF16 law: alpha = {_exponent(base, 'alpha')}, E = {_f(base['params']['E'], 3)} "
-            f"{_ci(base['ci95'].get('E'))}, R^2 = {_f(base.get('r2'), 3)} (paper alpha "
+            f"{_ci(base['ci95'].get('E'), 3)}, R^2 = {_f(base.get('r2'), 3)} (paper alpha "
             f"{_f(paper.BASE['alpha'], 3)}, E {_f(paper.BASE['E'], 3)})."
         ]
     else:
@@ -609,8 +610,7 @@ def results_section(table: pd.DataFrame | None) -> Section:
     text = [
         "Each cell: QAT loss (delta = QAT - BF16 twin), means over seeds and learning rates when "
         "a cell holds several runs (their count in brackets); marks [n] name why the fit left "
-        "runs out, listed below the tables. The headline setting is open; click a setting to "
-        "open it."
+        "runs out, listed below the tables."
     ]
     return Section(
         "Results per cell", text, tables, fold_from=0, open_first=True, notes=notes.lines()
@@ -703,7 +703,7 @@ def write_markdown(
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 table{border-collapse:collapse;margin:0.4em 0 1.2em;font-size:12.5px}td,th{border:1px solid #ccc;padding:2px 6px;vertical-align:top}
 th{background:#f0f0f0;position:sticky;top:0}.wide{overflow-x:auto;max-width:100%}
-img{max-width:100%;border:1px solid #e4e4e4}figure{margin:1em 0 2em}figcaption{font-size:13px;color:#444}
+img{max-width:100%;height:auto;border:1px solid #e4e4e4}figure{margin:1em 0 2em}figcaption{font-size:13px;color:#444}
 h2{border-bottom:2px solid #ccc;margin-top:1.6em}details{margin:0.4em 0}summary{cursor:pointer;font-weight:600}
 details.section>summary{font-size:1.3em;border-bottom:2px solid #ccc}.notes{font-size:13px;color:#444}
 .verdict p{margin:0.3em 0}.verdict{background:#f7f9fc;border:1px solid #d8e0ec;padding:0.6em 1em}"""
@@ -733,9 +733,12 @@ def _html_section(sec: Section, figures: dict[str, Path]) -> list[str]:
         )
     for name in sec.figures:
         if name in figures:
-            data = base64.b64encode(figures[name].read_bytes()).decode()
+            raw = figures[name].read_bytes()
+            data = base64.b64encode(raw).decode()
+            width = int.from_bytes(raw[16:20], "big") * 96 // DPI  # CSS px at the printed size
             body.append(
-                f'<figure id="fig-{name}"><img alt="{name}" src="data:image/png;base64,{data}">'
+                f'<figure id="fig-{name}"><img alt="{name}" width="{width}" '
+                f'src="data:image/png;base64,{data}">'
                 f"<figcaption>{html.escape(_caption(name))}</figcaption></figure>"
             )
     if sec.details:

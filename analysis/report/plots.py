@@ -432,15 +432,16 @@ def delta_vs_lr(inputs: Inputs, path: Path) -> Path | None:
         part = runs[runs["fit_key"] == key]
         positive = part["delta"][part["delta"] > 0]
         floor = float(positive.min()) * 0.7 if len(positive) else 1e-3
-        for (n, g), grp in part.groupby(["N_cell", part["group_size"].map(group_label)]):
+        series = part.groupby(["N_cell", "D_cell", part["group_size"].map(group_label)])
+        for (n, d, g), grp in series:
             grp = grp.sort_values("lr")
             used = grp[(grp["excluded"] == "") & (grp["delta"] > 0)]
-            marker = style.g_marker(g)
-            ax.plot(used["lr"], used["delta"], color=pal.n(n), marker=marker, ms=4,
-                    label=f"N = {format_count(n)}")  # fmt: skip
+            ax.plot(used["lr"], used["delta"], color=pal.n(n), marker=style.g_marker(g), ms=4,
+                    label=f"N = {format_count(n)}, D = {format_count(d)}, G = {g}")  # fmt: skip
             left = grp[grp["excluded"] != ""]
             _draw_left_out(ax, left, "lr", [pal.n(v) for v in left["N_cell"]], floor)
         style.value_axis(ax, "x")
+        style.data_ticks(ax, part["lr"])
         style.value_axis(ax, "y")
         ax.set(xlabel=UNITS["lr"], ylabel=UNITS["delta"], title=key)
         style.legend(ax, fontsize=6)

@@ -144,6 +144,14 @@ def value_axis(ax: Any, axis: str) -> None:
     target.set_minor_formatter(ticker.NullFormatter())
 
 
+def data_ticks(ax: Any, values: Iterable[float]) -> None:
+    """x ticks at the values a sweep used (learning rates), when there are few of them."""
+    vals = sorted({float(v) for v in values if np.isfinite(v) and v > 0})
+    if 2 <= len(vals) <= 6:
+        ax.set_xticks(vals)
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
+
+
 def group_axis(ax: Any, values: Iterable[float]) -> None:
     """log2 axis of G with a tick at every power of two in the data's range, no overlap."""
     vals = np.asarray([v for v in values if np.isfinite(v) and v > 0], float)
