@@ -499,10 +499,12 @@ def pairs_bf16(inputs: Inputs, path: Path) -> Path | None:
         return None
     base = inputs.outcome.base
     names = list(BASE_PARAMS)
+    title = "BF16 law: bootstrap draws"
     if inputs.outcome.result["settings"]["tied"]:  # beta = alpha: one column says it
         keep = [i for i, n in enumerate(names) if n != "beta"]
         names, draws = [names[i] for i in keep], draws[:, keep]
-    return _pair_plot(names, draws, base.params, "BF16 law: bootstrap draws", path)
+        title += " (beta tied to alpha)"
+    return _pair_plot(names, draws, base.params, title, path)
 
 
 @styled
