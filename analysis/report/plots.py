@@ -225,7 +225,7 @@ def delta_trend(inputs: Inputs, column: str, path: Path) -> Path | None:
         others = others[others[fixed] == ref].assign(Gl=lambda f: f["group_size"].map(group_label))
         colors = _series_colors(inputs.palette, series, [*part[series], *others[series]])
         law = inputs.law(key)
-        drawn: list[np.ndarray] = []  # curves already in the panel: a law blind to the series
+        drawn: list[tuple[np.ndarray, Any, Any]] = []  # (curve, line, band) in the panel
         for value in colors:  # in the colours' order: by N, or by G with channel last
             grp = part[part[series] == value]
             if grp.empty:
@@ -241,11 +241,12 @@ def delta_trend(inputs: Inputs, column: str, path: Path) -> Path | None:
             if law is not None and fit_rows[x].nunique() >= 2:
                 grid, point, draws = _series_curve(law, fit_rows, x)
                 curve = np.concatenate([grid, point])
-                if any(c.shape == curve.shape and np.allclose(c, curve) for c in drawn):
-                    continue  # (its exponent is not identifiable) gives one line, drawn once
-                drawn.append(curve)
-                ax.plot(grid, point, color=color, lw=1.1)
-                style.band(ax, grid, draws, color)
+                same = [d for d in drawn if d[0].shape == curve.shape and np.allclose(d[0], curve)]
+                if same:  # the law is blind to the series (its exponent not identifiable)
+                    _shared(same[0][1], same[0][2], "N" if series == "N_cell" else "G")
+                    continue
+                (line,) = ax.plot(grid, point, color=color, lw=1.1)
+                drawn.append((curve, line, style.band(ax, grid, draws, color)))
         positive = part["delta"][part["delta"] > 0]
         floor = float(positive.min()) * 0.7 if len(positive) else 1e-3
         _draw_left_out(ax, others, x, [colors[v] for v in others[series]], floor)
@@ -259,6 +260,14 @@ def delta_trend(inputs: Inputs, column: str, path: Path) -> Path | None:
         ax.set(xlabel=UNITS[column], ylabel=UNITS["delta"])
         style.legend(ax, fontsize=6)
     return style.save(fig, path)
+
+
+def _shared(line: Any, band: Any, axis: str) -> None:
+    """One line for every series: grey, and says so in the legend."""
+    line.set_color("0.35")
+    line.set_label(f"law: one line for every {axis}")
+    if band is not None:
+        band.set_color("0.35")
 
 
 def _series_colors(palette: Palette, series: str, values: list[Any]) -> dict[Any, Any]:

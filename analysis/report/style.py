@@ -140,7 +140,7 @@ def value_axis(ax: Any, axis: str) -> None:
     _log(ax, axis)
     target = ax.xaxis if axis == "x" else ax.yaxis
     target.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=12))
-    target.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
+    target.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.4g}"))
     target.set_minor_formatter(ticker.NullFormatter())
 
 
@@ -169,15 +169,15 @@ def _log(ax: Any, axis: str) -> None:
     (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
 
 
-def band(ax: Any, x: np.ndarray, draws: np.ndarray | None, color: Any) -> None:
-    """95% band over bootstrap draws (rows: draws, columns: x); nothing without draws."""
+def band(ax: Any, x: np.ndarray, draws: np.ndarray | None, color: Any) -> Any:
+    """95% band over bootstrap draws (rows: draws, columns: x); None without draws."""
     if draws is None or draws.ndim != 2 or draws.shape[0] < 10:
-        return
+        return None
     ok = np.isfinite(draws).all(axis=1)
     if ok.sum() < 10:
-        return
+        return None
     lo, hi = np.percentile(draws[ok], [2.5, 97.5], axis=0)
-    ax.fill_between(x, lo, hi, color=color, alpha=BAND_ALPHA, lw=0)
+    return ax.fill_between(x, lo, hi, color=color, alpha=BAND_ALPHA, lw=0)
 
 
 def reason_label(reason: str) -> str:
