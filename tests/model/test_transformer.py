@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import shutil
 from pathlib import Path
@@ -141,14 +143,30 @@ def test_forward_shapes_and_initial_loss() -> None:
     assert loss.item() == pytest.approx(math.log(VOCAB), rel=0.05)
 
 
-def test_residual_output_init_is_scaled() -> None:
-    cfg = load_preset("2M")
+def test_scaled_init_shrinks_the_residual_outputs() -> None:
+    cfg = dataclasses.replace(load_preset("2M"), init="scaled")
     torch.manual_seed(0)
     model = build_model(cfg, None, vocab_size=VOCAB)
     expected = 0.02 / math.sqrt(2 * cfg.n_layers)
     assert model.blocks[0].mlp.down.weight.std().item() == pytest.approx(expected, rel=0.05)
     assert model.blocks[0].attn.o.weight.std().item() == pytest.approx(expected, rel=0.05)
     assert model.blocks[0].mlp.up.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.blocks[0].mlp.up.weight.abs().max().item() > 0.06  # untruncated
+
+
+def test_olmo2_init_is_one_truncated_normal_for_every_weight() -> None:
+    cfg = load_preset("2M")
+    assert cfg.init == "olmo2"
+    torch.manual_seed(0)
+    model = build_model(cfg, None, vocab_size=VOCAB)
+    # N(0, 0.02) cut at +-3 sigma has std 0.02 x 0.9866
+    for weight in (model.embed.weight[:VOCAB], model.lm_head.weight[:VOCAB]):
+        assert weight.std().item() == pytest.approx(0.01973, rel=0.05)
+    for name, module in model.blocks[0].named_modules():
+        if isinstance(module, torch.nn.Linear):
+            assert module.weight.std().item() == pytest.approx(0.01973, rel=0.05), name
+            assert module.weight.abs().max().item() <= 0.06, name
+    assert torch.equal(model.embed.weight[VOCAB:], torch.zeros_like(model.embed.weight[VOCAB:]))
 
 
 def test_bf16_scheme_is_bitwise_the_plain_model() -> None:
@@ -195,7 +213,7 @@ def test_group_size_error_names_layer_shape_and_allowed() -> None:
     assert (
         "(256, 640)" in message
         and "allowed: 2, 4, 8, 16" in message
-        and message.endswith("128, channel")
+        and message.endswith("128, channel, tensor")
     )
     with pytest.raises(ValueError, match=r"group size 48 .*blocks\.0\.attn\.q"):
         build_model(load_preset("0.2M"), QuantConfig("w16a4", "int4", 48), vocab_size=VOCAB)

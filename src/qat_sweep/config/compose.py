@@ -30,7 +30,7 @@ from qat_sweep.config.typed import typed_tree
 from qat_sweep.config_dirs import find
 from qat_sweep.data.tokenfiles import data_identity
 from qat_sweep.model.precision import BLOCK_FORMATS, format_label, quant_identity
-from qat_sweep.model.presets import conf_dirs, model_config_from
+from qat_sweep.model.presets import EARLIER_MODEL_VALUES, conf_dirs, model_config_from
 from qat_sweep.record import sweep_dir
 
 SWEEP_KEY = "sweep_name"  # the train config key naming runs/<sweep_name>/ (`sweep` is this group)
@@ -43,6 +43,13 @@ _EXECUTION_KEYS = ("paths", "logger", "eval", "checkpoint", "sweep_name", "run_k
 _EXECUTION_KEYS += ("subgrid", "holdout")  # plan membership: a run's place, not its result
 _EXECUTION_TRAIN_KEYS = ("micro_batch_seqs", "device", "compile", "threads")
 _EXECUTION_TRAIN_KEYS += ("parallelism", "activation_checkpointing")
+# Settings added after the first sweeps ran, at the values those runs used (the quant ones:
+# precision.OPTIONAL_DEFAULTS): an identity leaves them out there, so a run that sets them all
+# to these values keeps the run_key it had before they existed.
+_EARLIER_VALUES: dict[str, dict[str, Any]] = {
+    "model": EARLIER_MODEL_VALUES,
+    "optim": {"decay_norms": False},
+}
 # What a launch profile may set: execution keys, but not a run's place (plan sets those).
 PROFILE_KEYS = (
     "paths",
@@ -130,7 +137,15 @@ def _identity(resolved: dict[str, Any]) -> dict[str, Any]:
     identity["data"] = data_identity(resolved.get("data", {}), root)
     identity["tokens"] = parse_tokens(identity["tokens"])
     identity["quant"] = quant_identity(identity.get("quant", {}))
+    for section, earlier in _EARLIER_VALUES.items():
+        if isinstance(identity.get(section), dict):
+            identity[section] = {
+                k: v for k, v in identity[section].items() if earlier.get(k, _ABSENT) != v
+            }
     return identity
+
+
+_ABSENT = object()  # no earlier value: always kept
 
 
 def _quant_label(quant: Mapping[str, Any]) -> tuple[str, Any]:
