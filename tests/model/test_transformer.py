@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 import math
 import shutil
 from pathlib import Path
@@ -70,12 +69,52 @@ def test_available_presets_order_and_small_sizes() -> None:
 
 
 @pytest.mark.parametrize("name", SMALL[:4])
-def test_model_n_params_matches_config(name: str) -> None:
-    cfg = load_preset(name)
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_model_n_params_matches_config(name: str, qk_norm: bool) -> None:
+    cfg = dataclasses.replace(load_preset(name), qk_norm=qk_norm)
     model = build_model(cfg, QuantConfig("w4a4", "int4", 32), vocab_size=VOCAB)
     assert model.n_params == cfg.n_params
     total = sum(p.numel() for n, p in model.named_parameters() if "clip_logit" not in n)
     assert total == cfg.n_params_total(padded_vocab(VOCAB))  # embedding rows padded to 128
+
+
+def test_qk_norm_normalises_the_whole_q_and_k_projections() -> None:
+    cfg = dataclasses.replace(load_preset("0.2M"), qk_norm=True, norm_eps=1e-6)
+    torch.manual_seed(0)
+    attn = build_model(cfg, None, vocab_size=VOCAB).blocks[0].attn
+    assert attn.q_norm.weight.shape == (cfg.hidden_size,) and attn.q_norm.eps == 1e-6
+    assert attn.k_norm.weight.shape == (cfg.kv_dim,)
+    q = attn.q_norm(attn.q(torch.randn(3, cfg.hidden_size)))
+    torch.testing.assert_close(q.square().mean(-1), torch.ones(3), rtol=1e-4, atol=0)
+
+
+def test_z_loss_adds_to_the_gradient_not_to_the_loss() -> None:
+    idx, targets = tokens(), tokens(seed=1)
+    losses, grads = [], []
+    for z_loss in (0.0, 1e-2):
+        torch.manual_seed(0)
+        cfg = dataclasses.replace(load_preset("0.2M"), z_loss=z_loss)
+        model = build_model(cfg, None, vocab_size=VOCAB)
+        loss = model(idx, targets)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(model.lm_head.weight.grad.clone())
+    assert losses[0] == losses[1]  # the recorded loss is the cross-entropy either way
+    assert not torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"init": "xavier"}, "model.init='xavier': unknown initialisation; allowed: olmo2, scaled"),
+        ({"z_loss": -1.0}, "model.z_loss=-1.0: allowed: a number >= 0"),
+        ({"norm_eps": 0.0}, "model.norm_eps=0.0: allowed: a number > 0"),
+    ],
+)
+def test_model_choices_refuse_bad_values_by_name(change: dict, message: str) -> None:
+    with pytest.raises(ValueError) as error:
+        model_config_from({**vars(load_preset("1M")), **change})
+    assert message in str(error.value)
 
 
 def test_unknown_preset_names_value_and_allowed() -> None:

@@ -29,7 +29,13 @@ from qat_sweep.common import parse_tokens as parse_tokens  # re-exported: plan a
 from qat_sweep.config.typed import typed_tree
 from qat_sweep.config_dirs import find
 from qat_sweep.data.tokenfiles import data_identity
-from qat_sweep.model.precision import BLOCK_FORMATS, format_label, quant_identity
+from qat_sweep.model.precision import (
+    BLOCK_FORMATS,
+    GROUP_WORDS,
+    format_label,
+    quant_identity,
+    quantizer_suffix,
+)
 from qat_sweep.model.presets import EARLIER_MODEL_VALUES, conf_dirs, model_config_from
 from qat_sweep.record import sweep_dir
 
@@ -150,7 +156,8 @@ _ABSENT = object()  # no earlier value: always kept
 
 def _quant_label(quant: Mapping[str, Any]) -> tuple[str, Any]:
     """(format label, G) of a quantized run: the label names a block format's rounding, INT4
-    range and a rotation (precision.format_label); a block format's G is its block."""
+    range, a rotation (precision.format_label) and quantizers other than the paper's
+    (precision.quantizer_suffix); a block format's G is its block."""
     fmt = str(quant["format"])
     label = format_label(
         fmt,
@@ -159,7 +166,7 @@ def _quant_label(quant: Mapping[str, Any]) -> tuple[str, Any]:
         quant.get("rotation", "none"),
         quant.get("rotation_block"),
         quant.get("rotation_seed"),
-    )
+    ) + quantizer_suffix(quant)
     block = BLOCK_FORMATS[fmt].block if fmt in BLOCK_FORMATS else None
     return label, quant["group_size"] if block is None else block
 
@@ -243,7 +250,7 @@ def identity_fields(config: DictConfig | Mapping[str, Any], strict: bool = True)
         "tokens": derive(lambda: parse_tokens(config["tokens"])),
         "scheme": scheme,
         "format": label,
-        "group_size": group if group in (None, "channel") else derive(lambda: int(group)),
+        "group_size": group if group in (None, *GROUP_WORDS) else derive(lambda: int(group)),
         "lr": derive(lambda: float(config["optim"]["lr"])),
         "seed": derive(lambda: int(config["seed"])),
     }

@@ -314,7 +314,8 @@ class QuantConfig:
         """The format as the analysis keys it: the name plus any non-default encoding and the
         rotation, e.g. ``mxfp4-rceil-had``; runs that differ here are different settings."""
         return format_label(self.format, self.scale_rounding, self.int4_range,
-                            self.rotation, self.rotation_block, self.rotation_seed)  # fmt: skip
+                            self.rotation, self.rotation_block, self.rotation_seed) + (
+            quantizer_suffix(dataclasses.asdict(self)))  # fmt: skip
 
     @property
     def resolved_act_quantizer(self) -> str:
@@ -354,6 +355,25 @@ def format_label(
         label += "-had" + (str(rotation_block) if rotation_block is not None else "")
         label += f"s{rotation_seed}" if rotation_seed is not None else ""
     return label
+
+
+def quantizer_suffix(quant: Mapping[str, Any]) -> str:
+    """What sets a run's quantizers apart from the paper's, for its label: ``-lsq``, ``-lwc``
+    (weight quantizer), ``-absmax``/``-lac`` (an activation quantizer chosen, not auto),
+    ``-lacmin257``, ``-lacraw``, ``-lac0.9`` (LAC's threshold, parametrisation, start),
+    ``-ag`` (gradient through the AbsMax). Defaults add nothing, so earlier labels stay."""
+    suffix = ""
+    if quant.get("weight_quantizer", "absmax") != "absmax":
+        suffix += f"-{quant['weight_quantizer']}"
+    if quant.get("act_quantizer", "auto") != "auto":
+        suffix += f"-{quant['act_quantizer']}"
+    if quant.get("lac_min_group", LAC_MIN_GROUP) != LAC_MIN_GROUP:
+        suffix += f"-lacmin{quant['lac_min_group']}"
+    if quant.get("lac_param", "sigmoid") != "sigmoid":
+        suffix += f"-lac{quant['lac_param']}"
+    if float(quant.get("lac_init", 1.0)) != 1.0:
+        suffix += f"-lac{float(quant['lac_init']):g}"
+    return suffix + ("-ag" if quant.get("absmax_grad") else "")
 
 
 def base_format(label: str) -> str:
