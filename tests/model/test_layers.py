@@ -308,3 +308,20 @@ def test_site_stats_null_where_unquantized(scheme: str) -> None:
         assert (values["weight_nmse"] is None) == (weights == 16)
         assert (values["act_nmse"] is None) == (acts == 16)
         assert (values["weight_bits"], values["act_bits"]) == (weights, acts)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "label"),
+    [
+        ({}, "int4"),
+        ({"weight_quantizer": "lsq"}, "int4-lsq"),
+        ({"weight_quantizer": "lwc", "absmax_grad": True}, "int4-lwc-ag"),
+        ({"act_quantizer": "absmax"}, "int4"),  # the paper's pick at G = 32: no mark
+        ({"act_quantizer": "lac"}, "int4-lac"),
+        ({"group_size": "channel", "act_quantizer": "absmax"}, "int4-absmax"),
+        ({"group_size": 256, "lac_min_group": 257}, "int4-lacmin257"),
+        ({"lac_param": "raw", "lac_init": 0.9}, "int4-lacraw-lac0.9"),
+    ],
+)
+def test_labels_name_the_quantizers_that_differ_from_the_papers(kwargs: dict, label: str) -> None:
+    assert QuantConfig("w4a4", **{"format": "int4", "group_size": 32, **kwargs}).label == label

@@ -322,9 +322,7 @@ class QuantConfig:
         """'absmax' or 'lac'; 'auto' follows the paper (LAC for G >= 256 and per-token)."""
         if self.act_quantizer != "auto":
             return self.act_quantizer
-        if self.group in GROUP_WORDS:
-            return "lac"
-        return "lac" if int(self.group or 0) >= self.lac_min_group else "absmax"
+        return paper_act_quantizer(self.group, self.lac_min_group)
 
     def site_formats(self, site: str) -> tuple[str | None, str | None]:
         """(weight format, input format) of a site; None where it stays in high precision."""
@@ -357,17 +355,30 @@ def format_label(
     return label
 
 
+def paper_act_quantizer(group: GroupSize, lac_min_group: int = LAC_MIN_GROUP) -> str:
+    """The paper's activation quantizer for a group: LAC from ``lac_min_group`` up, per channel
+    and per tensor; AbsMax below."""
+    if group in GROUP_WORDS:
+        return "lac"
+    return "lac" if int(group or 0) >= lac_min_group else "absmax"
+
+
 def quantizer_suffix(quant: Mapping[str, Any]) -> str:
     """What sets a run's quantizers apart from the paper's, for its label: ``-lsq``, ``-lwc``
-    (weight quantizer), ``-absmax``/``-lac`` (an activation quantizer chosen, not auto),
-    ``-lacmin257``, ``-lacraw``, ``-lac0.9`` (LAC's threshold, parametrisation, start),
-    ``-ag`` (gradient through the AbsMax). Defaults add nothing, so earlier labels stay."""
+    (weight quantizer), ``-absmax``/``-lac`` (an activation quantizer other than the paper's
+    rule picks), ``-lacmin257``, ``-lacraw``, ``-lac0.9`` (LAC's threshold, parametrisation,
+    start), ``-ag`` (gradient through the AbsMax). The paper's choices add nothing."""
     suffix = ""
     if quant.get("weight_quantizer", "absmax") != "absmax":
         suffix += f"-{quant['weight_quantizer']}"
-    if quant.get("act_quantizer", "auto") != "auto":
-        suffix += f"-{quant['act_quantizer']}"
-    if quant.get("lac_min_group", LAC_MIN_GROUP) != LAC_MIN_GROUP:
+    min_group = quant.get("lac_min_group", LAC_MIN_GROUP)
+    fmt = quant.get("format")
+    group = BLOCK_FORMATS[fmt].block if fmt in BLOCK_FORMATS else quant.get("group_size")
+    chosen = quant.get("act_quantizer", "auto")
+    readable = group in GROUP_WORDS or (isinstance(group, int) and isinstance(min_group, int))
+    if chosen != "auto" and readable and chosen != paper_act_quantizer(group, min_group):
+        suffix += f"-{chosen}"
+    if min_group != LAC_MIN_GROUP:
         suffix += f"-lacmin{quant['lac_min_group']}"
     if quant.get("lac_param", "sigmoid") != "sigmoid":
         suffix += f"-lac{quant['lac_param']}"
