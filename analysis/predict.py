@@ -268,6 +268,12 @@ def predict_point(
     fit = chosen.entry
     out["law"] = chosen.name
     out["law_source"] = chosen.source
+    if str(group_size) == "channel" and saved.result["settings"].get("channel_g") == "reduction":
+        raise InputError(
+            "this fit took G per channel as the layers' reduction dimensions (fit --channel-g "
+            "reduction), not the hidden size: give that G as group_size=<G> (runs.csv's G "
+            "column has it for each fitted preset)"
+        )
     g = group_value(group_size, hidden_size)
     if not np.isfinite(g) or g < 2:
         raise InputError("group_size must be an integer >= 2, or channel with hidden_size")

@@ -33,7 +33,7 @@ from qat_sweep.data.prefetch import Prefetcher
 from qat_sweep.estimates.flops import flops_per_token, mfu, peak_flops
 from qat_sweep.locks import LockHeld, run_lock
 from qat_sweep.model.instrument import site_stats
-from qat_sweep.model.layers import set_quantizing
+from qat_sweep.model.layers import set_quantizing, start_quantizing
 from qat_sweep.model.presets import CONF_DIR
 from qat_sweep.model.transformer import build_model, compile_blocks, compile_enabled
 from qat_sweep.record import (
@@ -76,7 +76,7 @@ from qat_sweep.train.recipe import (
     mean_loss,
     train_step,
 )
-from qat_sweep.train.run_record import base_record, run_metrics, wandb_init
+from qat_sweep.train.run_record import base_record, execution_record, run_metrics, wandb_init
 from qat_sweep.train.setup import RunSetup, resolve_execution, validate_run
 from qat_sweep.train.state import TrainState
 from qat_sweep.train.tracking import Tracker, metrics_until, truncate_metrics
@@ -308,8 +308,8 @@ class Trainer:
     def train_step(self) -> None:
         """One optimizer step; its loss stays on the device until the next boundary."""
         cfg, setup, state = self.cfg, self.setup, self.state
-        if state.step == setup.quant_start:
-            set_quantizing(self.model, True)
+        if state.step == setup.quant_start and state.step > 0:  # QAT after BF16 starts
+            start_quantizing(self.model)
         lr = float(cfg.optim.lr) * lr_multiplier(
             state.step, setup.total_steps, setup.warmup_steps, cfg.optim
         )
@@ -480,6 +480,9 @@ class Trainer:
         # A try resumed at the last step trains none: its per-try figures (last loss, tokens/s)
         # are NaN, which the record's JSON refuses. They become null; the run completes.
         record["metrics"] = json_safe({**metrics, "branched_from": state.branched_from})
+        record["execution"] = execution_record(
+            self.execution, self.device, world, self.autocast, self.compiled
+        )
         if self.dist.is_main:
             self.tracker.sync()
             write_json_atomic(self.out_dir / RECORD_NAME, record)
