@@ -138,6 +138,68 @@ def format_count(count: float) -> str:
 # --- command-line words ---
 
 
+@dataclasses.dataclass(frozen=True)
+class Bound:
+    """The finite numbers a field allows: ``low`` and ``high`` ends, each closed or open."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def allows(self, x: float) -> bool:
+        if not math.isfinite(x):
+            return False
+        above = self.low is None or (x > self.low if self.low_open else x >= self.low)
+        below = self.high is None or (x < self.high if self.high_open else x <= self.high)
+        return above and below
+
+    def describe(self, whole: bool) -> str:
+        kind = "a whole number" if whole else "a number"
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"{kind} in {left}{_end(self.low)}, {_end(self.high)}{right}"
+        if self.low is not None:
+            return f"{kind} {'>' if self.low_open else '>='} {_end(self.low)}"
+        if self.high is not None:
+            return f"{kind} {'<' if self.high_open else '<='} {_end(self.high)}"
+        return f"a finite {kind[2:]}"
+
+
+def _end(x: float) -> str:
+    """An end of a bound as written: whole ends in full (a seed's 2**63 - 1), others short."""
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def bounded_arg(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    whole: bool = False,
+    low_open: bool = False,
+) -> Callable[[str], Any]:
+    """An argparse ``type`` for a finite number within a bound (float('nan'), 'inf' and
+    out-of-range values are refused with what is allowed, as config keys are)."""
+    bound = Bound(low, high, low_open=low_open)
+
+    def parse(text: str) -> int | float:
+        try:
+            value: int | float = int(text) if whole else float(text)
+        except ValueError:
+            value = math.nan
+        if not bound.allows(value):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {bound.describe(whole)}")
+        return value
+
+    parse.__name__ = "whole number" if whole else "number"  # argparse's word for a bad value
+    return parse
+
+
+def wants_help(argv: list[str]) -> bool:
+    """Whether a command's arguments ask for its help (-h or --help anywhere)."""
+    return any(arg in ("-h", "--help") for arg in argv)
+
+
 def parse_int(value: Any, minimum: int = 1) -> int:
     """A whole number >= ``minimum`` from a command-line word (for `parse_keys` specs)."""
     try:

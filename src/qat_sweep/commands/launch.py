@@ -7,6 +7,7 @@ import contextlib
 import sys
 
 from qat_sweep.commands.args import cost_options, parse_cli
+from qat_sweep.common import wants_help
 from qat_sweep.locks import LockHeld, describe_holder, launch_lock
 from qat_sweep.sweep.jobs import STATUSES, attach_status
 from qat_sweep.sweep.launch import (
@@ -31,8 +32,27 @@ from qat_sweep.sweep.spec import PlanError, PlannedRun
 LAUNCH_FLAGS = ("--dry-run", "--print-hydra-overrides", "--retry-diverged")
 
 
+HELP = """usage: qat-sweep launch sweep=NAME launcher=PROFILE [--dry-run] [--retry-diverged]
+                        [--print-hydra-overrides] [key=value ...]
+
+Submit the runs of a sweep that have no completed record and are not queued or running: SLURM
+job arrays (launcher kind slurm) or processes on this machine (kind local, max_parallel at a
+time). Every run is validated first; a bad one launches nothing.
+
+  sweep=NAME               the sweep: a file in conf/sweep/ or a path
+  launcher=PROFILE         launchers/PROFILE.yaml or a path (e.g. launcher=local)
+  --dry-run                print what would be submitted, submit nothing
+  --retry-diverged         also rerun diverged runs (kept out by default)
+  --print-hydra-overrides  the hydra/launcher overrides of the profile, for `train -m`
+  key=value                train overrides applied to every run (e.g. paths.runs=DIR)
+"""
+
+
 def main(argv: list[str]) -> int:
     """``qat-sweep launch sweep=NAME launcher=PROFILE [--dry-run] [--retry-diverged] [overrides]``."""
+    if wants_help(argv):
+        print(HELP)
+        return 0
     try:
         sweep, options, flags, overrides = parse_cli(argv, LAUNCH_FLAGS)
         if "launcher" not in options:

@@ -9,7 +9,7 @@ from collections import Counter
 from typing import Any
 
 from qat_sweep.commands.args import cost_options, parse_cli
-from qat_sweep.common import format_count
+from qat_sweep.common import format_count, wants_help
 from qat_sweep.config.checks import (
     data_problems,
 )
@@ -86,11 +86,29 @@ def _hours(hours: float) -> str:
     return f"{hours:,.0f}" if hours >= 10 else f"{hours:.2g}"
 
 
+HELP = """usage: qat-sweep plan sweep=NAME [launcher=PROFILE] [--json] [mfu=0.4] [peak_tflops=312]
+                      [key=value ...]
+
+Every run of a sweep (conf/sweep/NAME.yaml, or a path to a sweep file), validated as `train`
+validates one run, with its compute; nothing is written or launched.
+
+  sweep=NAME         the sweep: a file in conf/sweep/ or a path
+  launcher=PROFILE   size each run for a launch profile (launchers/PROFILE.yaml): GPUs,
+                     micro-batch, memory per GPU, wall-clock hours
+  mfu=, peak_tflops= the cost model of the GPU-hours column
+  --json             one JSON row per run instead of the table
+  key=value          train overrides applied to every run (e.g. paths.runs=DIR)
+"""
+
+
 def main(argv: list[str]) -> int:
     """``qat-sweep plan sweep=NAME [launcher=PROFILE] [--json] [mfu=0.4] [peak_tflops=312] ...``.
 
     With ``launcher=`` every run is sized for the profile's GPUs (``qat_sweep.sweep.sizing``).
     """
+    if wants_help(argv):
+        print(HELP)
+        return 0
     try:
         sweep, options, flags, overrides = parse_cli(argv, ("--json",))
         mfu, peak = cost_options(options)

@@ -10,12 +10,16 @@ so a sweep reports every bad run at once instead of failing on the first.
 from __future__ import annotations
 
 import json
+import math
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from qat_sweep.common import format_count
 from qat_sweep.config.compose import compose_tree, parse_tokens, resolve_tree, run_key
 from qat_sweep.config.typed import SchemaError, schema_message, schema_problems
 from qat_sweep.config_dirs import options
@@ -48,6 +52,14 @@ def config_problems(config: dict[str, Any], gpus: int | None = None) -> list[str
             f"train.micro_batch_seqs={micro} does not divide the global batch of {batch} "
             f"sequences (optim.batch_seqs); allowed: {', '.join(map(str, divisors))}"
         )
+    eval_micro, eval_batch = config["eval"]["micro_batch_seqs"], int(config["eval"]["batch_seqs"])
+    if eval_micro is not None and eval_batch % int(eval_micro):
+        divisors = [d for d in range(1, eval_batch + 1) if eval_batch % d == 0]
+        problems.append(
+            f"eval.micro_batch_seqs={eval_micro} does not divide the eval batch of {eval_batch} "
+            f"sequences (eval.batch_seqs); allowed: {', '.join(map(str, divisors))}"
+        )
+    problems += data_value_problems(config["data"])
     tokens = parse_tokens(config["tokens"])
     if tokens < batch * seq_len:
         problems.append(
@@ -60,6 +72,48 @@ def config_problems(config: dict[str, Any], gpus: int | None = None) -> list[str
             "(gpus_per_node: 0); use train.device=cpu or auto, or a profile with GPUs"
         )
     return problems
+
+
+# Every key a data config may have (conf/data: a prepared directory or token files); data
+# stays an open mapping in the schema, so its keys and values are checked here.
+DATA_KEYS = (
+    "name", "dir", "root", "paths", "mix", "tokenizer", "dtype", "vocab_size", "eos_token_id",
+    "val_paths", "val_fraction", "val_block", "build_if_missing", "check", "max_epochs",
+)  # fmt: skip
+DATA_CHECKS = ("sample", "full")
+
+
+def data_value_problems(data: Mapping[str, Any]) -> list[str]:
+    """Unknown data keys and values the data reader would refuse only once a run has started."""
+    problems = [
+        f"unknown config key 'data.{key}'; allowed: {', '.join(DATA_KEYS)}"
+        for key in data
+        if key not in DATA_KEYS
+    ]
+    epochs = data.get("max_epochs")
+    if epochs is not None and not (_is_number(epochs) and 0 < epochs < math.inf):
+        problems.append(
+            f"data.max_epochs={epochs!r}: must be null (no limit) or a number > 0 of passes "
+            "over the training tokens"
+        )
+    if data.get("check", "sample") not in DATA_CHECKS:
+        problems.append(f"data.check={data['check']!r}: allowed: {', '.join(DATA_CHECKS)}")
+    if not isinstance(data.get("build_if_missing", False), bool):
+        problems.append(
+            f"data.build_if_missing={data['build_if_missing']!r}: must be true or false"
+        )
+    for key in ("vocab_size", "eos_token_id", "val_block"):
+        value = data.get(key)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool)):
+            problems.append(f"data.{key}={value!r}: must be null or a whole number")
+    fraction = data.get("val_fraction")
+    if fraction is not None and not (_is_number(fraction) and 0 <= fraction <= 0.5):
+        problems.append(f"data.val_fraction={fraction!r}: must be a number in [0, 0.5]")
+    return problems
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def run_problems(config: dict[str, Any]) -> list[str]:
@@ -95,7 +149,24 @@ def override_problems(overrides: list[str], has_cuda: bool | None = None) -> lis
     if has_cuda is False and config["train"]["device"] == "cuda":
         problems.append("train.device='cuda' but this machine has no CUDA device")
     data = _data_problem(config["data"], load=False)
-    return problems + ([data] if data else [])
+    budget = budget_problems({config["run_key"]: config}).values()
+    runs = runs_root_problem(str(config["paths"]["runs"]))
+    return problems + [p for p in (data, runs) if p] + list(budget)
+
+
+def runs_root_problem(root: str) -> str | None:
+    """Why run directories cannot be made under ``paths.runs`` on this machine (None: they
+    can): its nearest existing ancestor must be a directory this user may write to."""
+    path = Path(root).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        return f"paths.runs={root}: {existing} is a file, not a directory; give a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return (
+            f"paths.runs={root}: cannot create run directories there ({existing} is not "
+            "writable by this user); give a directory you can write to"
+        )
+    return None
 
 
 # What composing one run can raise for a user's overrides (KeyError: a key a run needs, gone).
@@ -138,6 +209,36 @@ def _data_problem(data: dict[str, Any], load: bool) -> str | None:
         except (ValueError, FileNotFoundError) as e:
             return f"data {data['name']!r}: {e}"
     return problem
+
+
+def budget_problems(configs: Mapping[str, dict[str, Any]]) -> dict[str, str]:
+    """Runs (run_key -> resolved config) whose token budget needs more passes over their data
+    than its ``max_epochs`` allows, from file sizes (the trainer's check, before any job)."""
+    from qat_sweep.data.tokenfiles import available_tokens
+
+    counted: dict[str, int | None] = {}
+    problems = {}
+    for key_of_run, config in configs.items():
+        data, epochs = config["data"], config["data"].get("max_epochs")
+        if epochs is None:
+            continue
+        key = json.dumps(data, sort_keys=True)
+        if key not in counted:
+            counted[key] = available_tokens(data)
+        if not counted[key]:
+            continue
+        seq_len, batch = int(config["train"]["seq_len"]), int(config["optim"]["batch_seqs"])
+        tokens = parse_tokens(config["tokens"])
+        sequences = tokens // (batch * seq_len) * batch
+        passes = sequences * (seq_len + 1) / counted[key]  # each window reads seq_len + 1
+        if passes > epochs:
+            problems[key_of_run] = (
+                f"tokens={format_count(tokens)} needs {passes:,.0f} passes over the "
+                f"{counted[key]:,} tokens of data {data.get('name')!r}; data.max_epochs="
+                f"{epochs:g} allows at most {epochs:g}: lower tokens, add data, or raise "
+                "data.max_epochs"
+            )
+    return problems
 
 
 def data_problems(configs: Mapping[str, dict[str, Any]], load: bool = False) -> dict[str, str]:

@@ -370,10 +370,31 @@ def data_problem(cfg: Mapping[str, Any]) -> str | None:
     try:
         resolve_data(cfg)
     except FileNotFoundError as e:
-        return f"data {cfg.get('name')!r}: {e} — it is not prepared (see conf/data/{cfg.get('name')}.yaml)"
+        return f"data {cfg.get('name')!r}: {e} — it is not prepared{_see_config(cfg)}"
     except ValueError as e:
         return f"data {cfg.get('name')!r}: {e}"
     return None
+
+
+def available_tokens(cfg: Mapping[str, Any]) -> int | None:
+    """Tokens in a data config's files, validation ones excepted where they are files of their
+    own, from file sizes only (None: not prepared or not readable yet, which `data_problem`
+    reports). Held-out blocks are counted in: a bound that never overstates the passes."""
+    if needs_build(cfg):
+        return None
+    try:
+        spec = resolve_data(cfg)
+    except (FileNotFoundError, ValueError):
+        return None
+    return sum(p.stat().st_size for p in spec.train) // spec.dtype.itemsize
+
+
+def _see_config(cfg: Mapping[str, Any]) -> str:
+    """' (see <its file>)': the data option's file where it is, never a path that is not."""
+    from qat_sweep.config_dirs import find, search_dirs
+
+    path = find(search_dirs("conf"), f"data/{cfg.get('name')}.yaml")
+    return f" (see {path})" if path else ""
 
 
 def _describe(items: tuple[Path, ...] | list[Any]) -> str:

@@ -171,9 +171,13 @@ class QuantConfig:
                 )
             return
         if group != "channel" and (
-            isinstance(group, bool) or not isinstance(group, int) or group <= 0
+            isinstance(group, bool) or not isinstance(group, int) or group < 2
         ):
-            raise ValueError(f"group_size must be a positive int or 'channel', got {group!r}")
+            # G = 1 has no log2 G for the law to fit: fit and predict refuse it, so train does
+            raise ValueError(
+                f"quant.group_size={group!r}: allowed an integer >= 2 (dividing the model's "
+                "widths) or channel"
+            )
 
     def _check_encoding(self) -> None:
         encoding = BLOCK_FORMATS.get(self.format)

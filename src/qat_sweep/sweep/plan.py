@@ -20,10 +20,12 @@ from omegaconf import OmegaConf
 
 from qat_sweep.config.checks import (
     COMPOSE_ERRORS,
+    budget_problems,
     compose_problem,
     config_problems,
     data_problems,
     run_problems,
+    runs_root_problem,
 )
 from qat_sweep.config.compose import (
     CONFIG_GROUPS,
@@ -204,11 +206,18 @@ def plan_sweep(
     if spec.twins and not problems:
         runs += add_twins(runs)
     if not problems and strict:
+        for root in sorted({str(r.config["paths"]["runs"]) for r in runs}):
+            if (cannot := runs_root_problem(root)) is not None:
+                problems[cannot] = []
         found_by_run = data_problems({r.run_key: r.config for r in runs}, load=True)
         for run in runs:
             if run.run_key in found_by_run:
                 label = f"{run.subgrid} {run.run_key}"
                 problems.setdefault(found_by_run[run.run_key], []).append(label)
+    by_key = {r.run_key: r for r in runs}
+    for key, problem in budget_problems({r.run_key: r.config for r in runs}).items():
+        # plan too: a job would fail on it
+        problems.setdefault(problem, []).append(f"{by_key[key].subgrid} {key}")
     if problems:
         raise PlanError(_problem_report(spec, len(explicit), problems))
     add_membership(runs, spec.holdout)
