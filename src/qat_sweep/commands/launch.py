@@ -142,7 +142,12 @@ def _launch(
         )
         return 0
     manifest = run_local(todo, profile, sweep, argv)
+    if manifest.get("interrupted"):
+        return EXIT_INTERRUPTED
     return 1 if manifest["failed"] else 0
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 def _say_waiting(held: LockHeld) -> None:
