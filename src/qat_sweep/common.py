@@ -171,15 +171,15 @@ def _end(x: float) -> str:
     return str(x) if isinstance(x, int) else f"{x:g}"
 
 
-def bounded_arg(
+def bounded_number(
     low: float | None = None,
     high: float | None = None,
     *,
     whole: bool = False,
     low_open: bool = False,
 ) -> Callable[[str], Any]:
-    """An argparse ``type`` for a finite number within a bound (float('nan'), 'inf' and
-    out-of-range values are refused with what is allowed, as config keys are)."""
+    """A parser of a finite number within a bound (for `parse_keys` specs): 'nan', 'inf' and
+    values out of range raise ValueError saying what is allowed, as config keys do."""
     bound = Bound(low, high, low_open=low_open)
 
     def parse(text: str) -> int | float:
@@ -188,10 +188,28 @@ def bounded_arg(
         except ValueError:
             value = math.nan
         if not bound.allows(value):
-            raise argparse.ArgumentTypeError(f"{text!r}: must be {bound.describe(whole)}")
+            raise ValueError(f"must be {bound.describe(whole)}")
         return value
 
-    parse.__name__ = "whole number" if whole else "number"  # argparse's word for a bad value
+    return parse
+
+
+def bounded_arg(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    whole: bool = False,
+    low_open: bool = False,
+) -> Callable[[str], Any]:
+    """`bounded_number` as an argparse ``type``: its error names the value."""
+    number = bounded_number(low, high, whole=whole, low_open=low_open)
+
+    def parse(text: str) -> int | float:
+        try:
+            return number(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+
     return parse
 
 

@@ -85,6 +85,8 @@ DATA_CHECKS = ("sample", "full")
 
 def data_value_problems(data: Mapping[str, Any]) -> list[str]:
     """Unknown data keys and values the data reader would refuse only once a run has started."""
+    from qat_sweep.data.tokenfiles import DTYPES
+
     problems = [
         f"unknown config key 'data.{key}'; allowed: {', '.join(DATA_KEYS)}"
         for key in data
@@ -95,6 +97,13 @@ def data_value_problems(data: Mapping[str, Any]) -> list[str]:
         problems.append(
             f"data.max_epochs={epochs!r}: must be null (no limit) or a number > 0 of passes "
             "over the training tokens"
+        )
+    if data.get("dtype", DTYPES[0]) not in DTYPES:
+        problems.append(f"data.dtype={data['dtype']!r}: allowed: {', '.join(DTYPES)}")
+    if not any(data.get(key) for key in ("dir", "paths", "mix")):
+        problems.append(
+            f"data {data.get('name')!r} names no token files: set data.paths=[...] (paths or "
+            "globs), data.mix=FILE, or data.dir to a prepared directory"
         )
     if data.get("check", "sample") not in DATA_CHECKS:
         problems.append(f"data.check={data['check']!r}: allowed: {', '.join(DATA_CHECKS)}")
