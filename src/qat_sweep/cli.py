@@ -182,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[command](rest)
+    except SystemExit as e:
+        # argparse refuses (2) or answers --help (0) by exiting: returned, as every command's
+        # code is, to in-process callers; the trainer's exits (preemption) stay exits
+        if command == "train" or not isinstance(e.code, int | None):
+            raise
+        return e.code or 0
     except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
         # A bad input a subcommand did not word itself; QAT_SWEEP_DEBUG=1 shows the traceback.
         if os.environ.get("QAT_SWEEP_DEBUG") == "1":

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qat_sweep.cli import main
+from qat_sweep import __version__
+from qat_sweep.cli import COMMANDS, main
+from qat_sweep.config.typed import did_you_mean
 from qat_sweep.config_dirs import CONFIG_DIR_ENV
 
 TINY_SWEEP = "overrides: [data=demo, logger=none]\nsubgrids: {a: {model: 0.2M, tokens: 4096}}\n"
@@ -440,8 +442,6 @@ def test_bad_input_is_refused_before_any_work(
     capsys.readouterr()
     try:
         code = main(args)
-    except SystemExit as e:  # argparse refuses by exiting, as it does for the console script
-        code = e.code
     finally:
         os.environ.pop(CONFIG_DIR_ENV, None)  # --config-dir sets it for the process
     out = capsys.readouterr()
@@ -450,3 +450,36 @@ def test_bad_input_is_refused_before_any_work(
     assert "Traceback" not in output
     assert expected in output, output
     assert _listing(case_root) == before, "a refused command must write nothing"
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_answers_help_and_version(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        code = main([command, "--help"])
+    except SystemExit as e:  # train's help is its Hydra app's, which exits
+        code = e.code
+    help_text = capsys.readouterr().out
+    assert code == 0
+    assert f"qat-sweep {command}" in help_text or "powered by Hydra" in help_text
+    assert main([command, "--version"]) == 0
+    assert capsys.readouterr().out == f"qat-sweep {__version__}\n"
+
+
+@pytest.mark.parametrize(
+    ("key", "suggested"),
+    [
+        ("train.lr", "'optim.lr'"),
+        ("optim.lrr", "'optim.lr'"),
+        ("optim.warmup", "'optim.warmup_steps'"),
+        ("train.seqlen", "'train.seq_len'"),
+        ("eval.every", "'eval.every_steps'"),
+        ("logger.wandb.mod", "'logger.wandb.mode'"),
+        ("quant.group", "'quant.group_size'"),
+        ("seeds", "'seed'"),
+    ],
+)
+def test_a_misspelt_key_gets_the_key_it_meant(key: str, suggested: str) -> None:
+    assert did_you_mean(key).startswith(f" (did you mean {suggested}")
+    assert did_you_mean("completely.unrelated") == ""
