@@ -186,10 +186,15 @@ CONFIG_CASES: list[tuple[str, str]] = [
     ("data=npy", "names no token files"),
 ]
 
-# Refused by train and launch, which write run directories; plan writes nothing there.
-RUNS_ROOT_CASES: list[tuple[str, str]] = [
+# Refused by train and launch: plan runs where the runs' files and data may not be (a
+# laptop), so it only warns of what it finds missing there.
+TRAIN_AND_LAUNCH_CASES: list[tuple[str, str]] = [
     ("paths.runs={tmp}/notes.txt", "is a file, not a directory"),
     ("paths.runs={tmp}/notes.txt/runs", "is a file, not a directory"),
+    (f"{NPY} data.val_block=1000000", "20,000 tokens make 0 block(s) of data.val_block=1000000"),
+    (f"{NPY} data.val_block=12000", "data.val_block=12000: too few to hold one out"),
+    ("data=npy data.paths=[{tmp}/none.npy] data.vocab_size=512 data.eos_token_id=0", "none.npy"),
+    ("data=custom paths.data={tmp}/none", "not prepared"),
 ]
 
 TINY = "sweep={tmp}/tiny.yaml"
@@ -379,7 +384,7 @@ TRAIN_RUN = ["model=0.2M", "tokens=4096", "logger=none"]  # tiny: a case that pa
 def _cases() -> list[tuple[str, list[str], str]]:
     """(id, argv with {tmp}/{fit} placeholders, text the refusal must contain)."""
     cases = []
-    for override, expected in CONFIG_CASES + RUNS_ROOT_CASES:
+    for override, expected in CONFIG_CASES + TRAIN_AND_LAUNCH_CASES:
         words = override.split()
         cases.append((f"train {override}", ["train", *TRAIN_RUN, *words], expected))
         if (override, expected) in CONFIG_CASES:

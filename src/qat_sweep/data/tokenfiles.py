@@ -368,12 +368,30 @@ def data_problem(cfg: Mapping[str, Any]) -> str | None:
     if needs_build(cfg):
         return None  # built by the first run that needs it (under a lock)
     try:
-        resolve_data(cfg)
+        spec = resolve_data(cfg)
+        if not spec.val:  # validation held out of the training files: enough of them?
+            tokens = sum(p.stat().st_size for p in spec.train) // spec.dtype.itemsize
+            held_out_blocks(tokens, spec.val_block, round(1 / spec.val_fraction))
     except FileNotFoundError as e:
         return f"data {cfg.get('name')!r}: {e} — it is not prepared{_see_config(cfg)}"
     except ValueError as e:
         return f"data {cfg.get('name')!r}: {e}"
     return None
+
+
+def held_out_blocks(n_tokens: int, block: int, stride: int) -> tuple[int, int, int]:
+    """(blocks, offset of the first validation block, validation blocks) of ``n_tokens`` cut
+    into blocks of ``block`` with every ``stride``-th held out; ValueError when too few."""
+    n_blocks = n_tokens // block
+    offset = min(stride // 2, n_blocks // 2)
+    n_val = -(-(n_blocks - offset) // stride)
+    if n_blocks < 2 or 2 * n_val * block > n_tokens:
+        raise ValueError(
+            f"{n_tokens:,} tokens make {n_blocks} block(s) of data.val_block={block}: too few "
+            "to hold one out for validation and train on the rest; lower data.val_block or "
+            "give data.val_paths"
+        )
+    return n_blocks, offset, n_val
 
 
 def available_tokens(cfg: Mapping[str, Any]) -> int | None:
