@@ -92,7 +92,7 @@ CASES = [
         "config key 'quant.format' cannot be deleted",
     ),
     ("train-no-equals", ["train", "tokens"], "key=value"),
-    ("train-data-group", ["train", "data=nope"], "data/nope"),
+    ("train-data-group", ["train", "data=nope"], "data=nope"),
     ("train-data-missing", ["train", "data=custom", "paths.data={tmp}/none"], "not prepared"),
     ("train-progress", ["train", "logger.progress_every_steps=0"], "progress_every_steps=0"),
     # plan

@@ -9,9 +9,11 @@ so a sweep reports every bad run at once instead of failing on the first.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -198,10 +200,17 @@ def compose_problem(error: Exception) -> str:
     text = str(error).splitlines()[0]
     if text.startswith("Error parsing override"):
         return f"{text}: expected key=value (Hydra's override grammar), e.g. tokens=2M"
-    if "model/" in text:
-        return f"{text}; model presets: {', '.join(available_presets())}"
-    if "quant/" in text:
-        return f"{text}; schemes: {', '.join(schemes())}"
+    if missing := re.search(r"Could not find '(\w+)/([^']*)'", text):
+        group, option = missing.groups()
+        allowed = available_presets() if group == "model" else list(options(conf_dirs(), group))
+        close = difflib.get_close_matches(option.lower(), [a.lower() for a in allowed], n=1)
+        meant = [a for a in allowed if close and a.lower() == close[0]]
+        noun = {"model": "model presets", "quant": "schemes"}.get(group, f"{group} options")
+        return (
+            f"{group}={option}: no such option"
+            + (f" (did you mean {group}={meant[0]}?)" if meant else "")
+            + f"; {noun}: {', '.join(allowed)}"
+        )
     return text
 
 
