@@ -14,6 +14,9 @@ from qat_sweep.common import (
     InputError,
     atomic_open,
     format_count,
+    format_duration,
+    format_hours,
+    format_loss,
     json_safe,
     parse_count,
     parse_int,
@@ -54,6 +57,22 @@ def test_format_count_round_trips_run_key_labels() -> None:
     for n in (74_000_000, 2_500_000, 10**10, 123):
         assert parse_tokens(format_count(n)) == n
     assert format_count(10**10) == "10B" and format_count(2_500_000) == "2.5M"
+
+
+def test_numbers_print_short_for_people() -> None:
+    assert format_count(250_000) == "250K" and format_count(20e9) == "20B"
+    assert format_count(74_323_456, 3) == "74.3M" and format_count(36_864.0, 3) == "36.9K"
+    assert format_count(4.184072375297546) == "4.184" and format_count(0) == "0"
+    assert format_loss(4.184072375297546) == "4.1841" and format_loss(None) == "-"
+    assert format_loss(float("nan")) == "-"
+    assert [format_hours(h) for h in (119_387.2, 25.4, 0.00061)] == ["119,387", "25", "0.00061"]
+    assert [format_duration(s) for s in (45, 725, 11_220, 187_200)] == [
+        "45s",
+        "12m05s",
+        "3h07m",
+        "2d04h",
+    ]
+    assert format_duration(None) == "-" and format_duration(float("inf")) == "-"
 
 
 def test_atomic_write_keeps_old_content_on_failure(tmp_path: Path) -> None:

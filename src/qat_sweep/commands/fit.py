@@ -20,7 +20,7 @@ from qat_sweep.analysis.collect import (
     pair_deltas,
     read_table,
 )
-from qat_sweep.common import bounded_arg, split_overrides
+from qat_sweep.common import bounded_arg, command_hint, split_overrides
 from qat_sweep.record import RUNS_ROOT, sweep_dir
 
 FIT_OVERRIDES = {"sweep", "paths.runs"}
@@ -174,7 +174,9 @@ def main(argv: list[str]) -> int:
     if args.wandb:
         from qat_sweep.analysis.wandb_log import log_fit
 
-        log_fit(args.wandb, outcome.result, outcome.table, figures, out_dir=out)
+        sync = [f"{key}={value}" for key, value in overrides.items()]  # sweep=, paths.runs=
+        sync_hint = command_hint("sync", sync, "--fit", str(out))
+        log_fit(args.wandb, outcome.result, outcome.table, figures, out, sync_hint=sync_hint)
     print(summary_text(outcome.result, out, fit_path))
     return 0
 

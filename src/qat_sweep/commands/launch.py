@@ -4,11 +4,15 @@ missing runs (SLURM job arrays or local processes), under the sweep's launch loc
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
+from pathlib import Path
 
 from qat_sweep.commands.args import cost_options, parse_cli
-from qat_sweep.common import wants_help
+from qat_sweep.common import command_hint, format_hours, wants_help
+from qat_sweep.config.checks import data_problems
 from qat_sweep.locks import LockHeld, describe_holder, launch_lock
+from qat_sweep.record import SUBMITIT_DIR
 from qat_sweep.sweep.jobs import STATUSES, attach_status
 from qat_sweep.sweep.launch import (
     EXIT_LOCKED,
@@ -18,8 +22,10 @@ from qat_sweep.sweep.launch import (
     run_local,
     submit_slurm,
     to_launch,
+    twins_first,
 )
 from qat_sweep.sweep.plan import plan_sweep
+from qat_sweep.sweep.preview import SLURM_DEFAULT_MAX_ARRAY_SIZE, sbatch_script
 from qat_sweep.sweep.profiles import (
     LaunchProfile,
     check_against_cluster,
@@ -27,6 +33,7 @@ from qat_sweep.sweep.profiles import (
     load_profile,
     placement,
 )
+from qat_sweep.sweep.reuse import completed_elsewhere, reuse
 from qat_sweep.sweep.spec import PlanError, PlannedRun
 
 LAUNCH_FLAGS = ("--dry-run", "--print-hydra-overrides", "--retry-diverged")
@@ -41,7 +48,8 @@ time). Every run is validated first; a bad one launches nothing.
 
   sweep=NAME               the sweep: a file in conf/sweep/ or a path
   launcher=PROFILE         launchers/PROFILE.yaml or a path (e.g. launcher=local)
-  --dry-run                print what would be submitted, submit nothing
+  --dry-run                print what would be submitted (the sbatch scripts), submit
+                           nothing; needs no scheduler and no prepared data
   --retry-diverged         also rerun diverged runs (kept out by default)
   --print-hydra-overrides  the hydra/launcher overrides of the profile, for `train -m`
   key=value                train overrides applied to every run (e.g. paths.runs=DIR)
@@ -49,7 +57,9 @@ time). Every run is validated first; a bad one launches nothing.
 
 
 def main(argv: list[str]) -> int:
-    """``qat-sweep launch sweep=NAME launcher=PROFILE [--dry-run] [--retry-diverged] [overrides]``."""
+    """``qat-sweep launch sweep=NAME launcher=PROFILE [--dry-run] [--retry-diverged] [overrides]``.
+
+    ``--dry-run`` needs no scheduler and no prepared data: it prints what would be submitted."""
     if wants_help(argv):
         print(HELP)
         return 0
@@ -58,13 +68,16 @@ def main(argv: list[str]) -> int:
         if "launcher" not in options:
             raise PlanError("missing launcher=PROFILE (a file in launchers/, e.g. launcher=local)")
         profile = load_profile(options["launcher"])
-        check_against_cluster(profile)  # --print-hydra-overrides too: the same profile, same limits
+        dry = "--dry-run" in flags
+        offline = dry and profile.kind == "slurm" and shutil.which("sinfo") is None
+        if not offline:  # --print-hydra-overrides too: the same profile, same limits
+            check_against_cluster(profile)
         if "--print-hydra-overrides" in flags:
             print(" ".join(hydra_launcher_overrides(profile)))
             return 0
         mfu = cost_options(options)[0]
         extra = [*overrides, *profile.train_overrides()]
-        runs = plan_sweep(sweep, extra, strict=True, **placement(profile))
+        runs = plan_sweep(sweep, extra, strict=not dry, **placement(profile))
         if profile.kind == "local":
             _check_local_devices(runs)
     except PlanError as e:
@@ -73,7 +86,16 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         print(f"error: {e}\nnothing was launched.", file=sys.stderr)
         return 2
-    if "--dry-run" in flags:
+    if dry:
+        print("dry run: nothing is submitted, run or copied")
+        if offline:
+            print(
+                "no SLURM on this machine (no sinfo on PATH): the profile is not checked against "
+                "a partition, and arrays split at the profile's max_array_size or SLURM's default"
+            )
+        missing_data = sorted(set(data_problems({r.run_key: r.config for r in runs}).values()))
+        for message in missing_data:
+            print(f"warning: a real launch refuses until the data is ready: {message}")
         return _launch(runs, profile, sweep, argv, flags, mfu)
     with contextlib.ExitStack() as stack:
         try:
@@ -99,18 +121,24 @@ def _launch(
     flags: set[str],
     mfu: float,
 ) -> int:
-    """Status under the launch lock (a launch that just ended changed it), size, then submit."""
+    """Status under the launch lock (a launch that just ended changed it), reuse runs other
+    sweeps completed, size, then submit."""
     attach_status(runs)
+    dry = "--dry-run" in flags
     try:
+        _reuse_completed(runs, dry)
         todo = to_launch(runs, retry_diverged="--retry-diverged" in flags)
         from qat_sweep.sweep.sizing import size_sweep  # torch: only on the launch path
 
         size_sweep(todo, profile, mfu)
-        arrays = job_arrays(todo, profile) if profile.kind == "slurm" else []
+        size = None
+        if dry and shutil.which("scontrol") is None:
+            size = profile.max_array_size or SLURM_DEFAULT_MAX_ARRAY_SIZE
+        arrays = job_arrays(todo, profile, size) if profile.kind == "slurm" else []
     except PlanError as e:  # its message says that nothing was launched
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         print(f"error: {e}\nnothing was launched.", file=sys.stderr)
         return 2
     counts = {s: sum(r.status == s for r in runs) for s in STATUSES}
@@ -127,24 +155,63 @@ def _launch(
         )
     if not todo:
         return 0
-    if "--dry-run" in flags:
+    if dry:
         if profile.kind == "slurm":
-            sizes = ", ".join(str(len(a)) for _, a in arrays)
-            print(f"dry run: would submit {len(arrays)} job array(s) via sbatch (tasks: {sizes})")
-        for run in todo:
-            print(f"  {run.run_key}  {' '.join(run.overrides)}")
+            _print_arrays(arrays, command_hint("plan", argv, "--json"))
+        else:
+            print(f"would run {len(todo)} run(s) here, {profile.max_parallel} at a time, in order:")
+            for run in twins_first(todo):
+                print(f"  {run.run_key}  {' '.join(run.overrides)}")
         return 0
     if profile.kind == "slurm":
         manifest = submit_slurm(todo, profile, sweep, argv)
         print(
             f"submitted {len(manifest['jobs'])} runs in {len(manifest['arrays'])} array(s): "
-            f"{', '.join(manifest['arrays'])}; follow with `qat-sweep status sweep={sweep}`"
+            f"{', '.join(manifest['arrays'])}; follow with `{command_hint('status', argv)}`"
         )
         return 0
     manifest = run_local(todo, profile, sweep, argv)
     if manifest.get("interrupted"):
         return EXIT_INTERRUPTED
     return 1 if manifest["failed"] else 0
+
+
+def _reuse_completed(runs: list[PlannedRun], dry: bool) -> None:
+    """Missing runs that another sweep under the same paths.runs completed are copied, not
+    retrained (``sweep.reuse``); a dry run only says which."""
+    found = {}
+    for run in runs:
+        fresh = run.status == "missing" and not run.run_dir.exists()
+        if fresh and (source := completed_elsewhere(run)) is not None:
+            found[run.run_key] = (run, source)
+    for run, source in found.values():
+        if not dry:
+            reuse(run, source)
+        run.status = "completed"  # a dry run counts it as a real launch would
+    if found:
+        sources = sorted({str(source.parent) for _, source in found.values()})
+        verb = "would reuse" if dry else "reused"
+        print(
+            f"{verb} {len(found)} run(s) already completed under the same run_key in "
+            f"{', '.join(sources)} (record and metrics copied, with `reused_from`)"
+        )
+
+
+def _print_arrays(arrays: list[tuple[LaunchProfile, list[PlannedRun]]], rows_hint: str) -> None:
+    """Each job array's sbatch script (submitit's text) beside the runs it holds."""
+    sizes = ", ".join(str(len(chunk)) for _, chunk in arrays)
+    print(f"would submit {len(arrays)} job array(s) via sbatch (tasks: {sizes})")
+    for number, (shape, chunk) in enumerate(arrays, 1):
+        folder = Path(shape.folder) if shape.folder else chunk[0].run_dir.parent / SUBMITIT_DIR
+        models = ", ".join(dict.fromkeys(r.model for r in chunk))
+        print(f"\n=== array {number} of {len(arrays)}: {len(chunk)} runs ({models}) ===")
+        print(sbatch_script(shape, len(chunk), folder).rstrip())
+        print("# runs: array index, run_key, GPUs, estimated wall-h, time-limit segments")
+        for index, run in enumerate(chunk):
+            s = run.sizing
+            wall = "-" if s.wall_h is None else format_hours(s.wall_h)
+            print(f"#  {index:>4} {run.run_key:<58} {s.gpus:>3} {wall:>6} {s.segments or '-':>3}")
+    print(f"\neach run's train overrides: {rows_hint}")
 
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C

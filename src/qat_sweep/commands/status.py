@@ -1,5 +1,6 @@
-"""`qat-sweep status sweep=NAME [--json] [--watch[=SECONDS]]`: completed / running / failed /
-missing runs, with progress and the reason of each failure."""
+"""`qat-sweep status sweep=NAME [--runs | --json] [--watch[=SECONDS]]`: one screen of where the
+sweep is (counts per sub-grid and model, GPU-hours done, ETA, failures by reason); `--runs`
+lists every open run with its progress and each failure with its log."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ import math
 import sys
 
 from qat_sweep.commands.args import parse_cli
-from qat_sweep.common import wants_help
+from qat_sweep.common import command_hint, wants_help
 from qat_sweep.sweep.jobs import attach_status
 from qat_sweep.sweep.plan import plan_sweep
 from qat_sweep.sweep.profiles import (
     load_profile,
 )
 from qat_sweep.sweep.spec import PlanError
-from qat_sweep.sweep.status import status_rows, status_table, watch
+from qat_sweep.sweep.status import status_rows, status_summary, status_table, watch
 
 MAX_WATCH_S = 86400
 
@@ -33,14 +34,15 @@ def _watch_period(value: str | None) -> float:
     return every
 
 
-HELP = """usage: qat-sweep status sweep=NAME [launcher=PROFILE] [--json] [--watch[=SECONDS]]
-                        [key=value ...]
+HELP = """usage: qat-sweep status sweep=NAME [launcher=PROFILE] [--runs | --json]
+                        [--watch[=SECONDS]] [key=value ...]
 
 Completed, running, pending, failed and missing runs of a sweep, with progress and the reason
 of each failure; reads run records and the scheduler, writes nothing.
 
   sweep=NAME          the sweep: a file in conf/sweep/ or a path
   launcher=PROFILE    the runs as launched with this profile (its paths.runs)
+  --runs              every run instead of the one-screen summary
   --json              one JSON row per run
   --watch[=SECONDS]   redraw every SECONDS (default 10) until Ctrl-C
   key=value           the train overrides the sweep was launched with (e.g. paths.runs=DIR)
@@ -48,12 +50,12 @@ of each failure; reads run records and the scheduler, writes nothing.
 
 
 def main(argv: list[str]) -> int:
-    """``qat-sweep status sweep=NAME [launcher=PROFILE] [--json] [--watch[=SECONDS]] [overrides...]``."""
+    """``qat-sweep status sweep=NAME [launcher=PROFILE] [--runs|--json] [--watch[=S]] [overrides]``."""
     if wants_help(argv):
         print(HELP)
         return 0
     try:
-        sweep, options, flags, overrides = parse_cli(argv, ("--json", "--watch"))
+        sweep, options, flags, overrides = parse_cli(argv, ("--json", "--watch", "--runs"))
         every = _watch_period(options.get("--watch"))
         if "launcher" in options:  # the runs as launched with it: under its paths.runs
             overrides = [*overrides, *load_profile(options["launcher"]).train_overrides()]
@@ -63,13 +65,24 @@ def main(argv: list[str]) -> int:
         return 2
     if "--json" in flags:
         print(json.dumps(status_rows(runs), indent=1))
-    elif "--watch" in flags:
+        return 0
+    relaunch = command_hint(
+        "launch", argv, *([] if "launcher" in options else ["launcher=PROFILE"])
+    )
+    every_run = command_hint("status", argv, "--runs")
+
+    def screen() -> str:
+        if "--runs" in flags:
+            return status_table(runs)
+        return status_summary(runs, relaunch, every_run)
+
+    if "--watch" in flags:
 
         def refreshed() -> str:
             attach_status(runs)
-            return status_table(runs)
+            return screen()
 
         watch(refreshed, every)
     else:
-        print(status_table(runs))
+        print(screen())
     return 0

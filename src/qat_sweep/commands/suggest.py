@@ -13,7 +13,7 @@ from qat_sweep.analysis.collect import InputError
 from qat_sweep.analysis.design import simulate as sim
 from qat_sweep.analysis.design.suggest import suggest
 from qat_sweep.commands.args import split_cli
-from qat_sweep.common import bounded_arg
+from qat_sweep.common import bounded_arg, format_count, format_hours
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,8 +63,9 @@ def format_suggestion(res: dict[str, Any]) -> str:
             else f"{'(BF16 twin)':>22}"
         )
         lines.append(
-            f"{r['run_key']:<58} {r['n_params'] / 1e6:>6.0f}M {r['tokens'] / 1e9:>5.0f}B "
-            f"{r['scheme']:<10} {r['group_size'] or '-'!s:>7} {r['gpu_hours']:>8,.0f} {tail}"
+            f"{r['run_key']:<58} {format_count(r['n_params'], 3):>7} "
+            f"{format_count(r['tokens'], 3):>6} {r['scheme']:<10} {r['group_size'] or '-'!s:>7} "
+            f"{format_hours(r['gpu_hours']):>8} {tail}"
         )
     lines += [
         "",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import socket
@@ -22,8 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from qat_sweep.common import write_json_atomic
+from qat_sweep.common import format_duration, format_loss, write_json_atomic
+from qat_sweep.config.compose import twin_key
 from qat_sweep.config_dirs import CONFIG_DIR_ENV, user_root
+from qat_sweep.delta import BF16, twin_gap
 from qat_sweep.locks import LockHeld, is_held, run_lock_path
 from qat_sweep.record import LAUNCH_LOGS, SUBMITIT_DIR, launches_dir, read_record
 from qat_sweep.sweep.profiles import (
@@ -32,7 +35,9 @@ from qat_sweep.sweep.profiles import (
     max_array_size,
 )
 from qat_sweep.sweep.spec import PlanError, PlannedRun
+from qat_sweep.sweep.summary import reason_groups
 from qat_sweep.train.preemption import EXIT_PREEMPTED
+from qat_sweep.train.tracking import quantized_twins, twin_record
 
 LAUNCH_LOCK_WAIT_S = 120.0  # a second launch waits this long for the first to finish submitting
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another launch holds the sweep; try again later
@@ -99,10 +104,11 @@ def resource_groups(
 
 
 def job_arrays(
-    runs: list[PlannedRun], profile: LaunchProfile
+    runs: list[PlannedRun], profile: LaunchProfile, size: int | None = None
 ) -> list[tuple[LaunchProfile, list[PlannedRun]]]:
-    """The arrays a SLURM launch submits: per resource shape, chunks of MaxArraySize."""
-    size = max_array_size(profile)
+    """The arrays a SLURM launch submits: per resource shape, chunks of ``size`` (default: the
+    cluster's MaxArraySize)."""
+    size = size or max_array_size(profile)
     groups = resource_groups(runs, profile)
     return [(shape, chunk) for shape, group in groups for chunk in chunks(group, size)]
 
@@ -167,6 +173,18 @@ def _local_command(run: PlannedRun) -> list[str]:
     return [sys.executable, "-m", "qat_sweep.train", *run.overrides]
 
 
+def twins_first(runs: list[PlannedRun]) -> list[PlannedRun]:
+    """The local order: cell by cell, cheapest cell first, each BF16 twin before its quantized
+    runs, so the first deltas exist after a few runs instead of at the end of the sweep."""
+    keys = {r.run_key for r in runs}
+
+    def cell(run: PlannedRun) -> str:
+        return run.run_key if run.scheme == BF16 else twin_key(run.config)
+
+    cost = {cell(r): r.model_flops for r in runs if r.scheme == BF16 or cell(r) not in keys}
+    return sorted(runs, key=lambda r: (cost.get(cell(r), r.model_flops), cell(r), r.scheme != BF16))
+
+
 LOCAL_POLL_S = 2.0  # how often a launch waiting for free slots looks again
 STOP_WAIT_S = 120.0  # after Ctrl-C, how long trainers get to checkpoint before they are killed
 
@@ -174,13 +192,15 @@ STOP_WAIT_S = 120.0  # after Ctrl-C, how long trainers get to checkpoint before 
 def run_local(
     runs: list[PlannedRun], profile: LaunchProfile, sweep: str, argv: list[str]
 ) -> dict[str, Any]:
-    """Run each run in its own process, ``max_parallel`` at a time; waits and reports progress.
+    """Run each run in its own process, ``max_parallel`` at a time, BF16 twins first
+    (`twins_first`); waits, prints each outcome and delta as it comes, then a closing summary.
 
     Trainers still running from an earlier launch of the sweep (its launcher killed) hold
     their run locks: they count against ``max_parallel``. Ctrl-C stops cleanly: no new run
     starts, running trainers get SIGTERM (they checkpoint at a step boundary and exit), and a
     summary says what a relaunch resumes; ``manifest["interrupted"]`` is then True.
     """
+    runs = twins_first(runs)
     sweep_dir = runs[0].run_dir.parent
     logs = launches_dir(sweep_dir) / LAUNCH_LOGS
     logs.mkdir(parents=True, exist_ok=True)
@@ -235,14 +255,22 @@ def run_local(
             del active[run.run_key]
             job["exit_code"] = code
             done[0] += 1
+            outcomes[run.run_key] = _outcome(record, code, job["log"])
             print(
-                f"[{done[0]}/{len(runs)}] {run.run_key} {_outcome(record, code, job['log'])} "
-                f"({time.monotonic() - begin:.1f} s)",
+                f"[{done[0]}/{len(runs)}] {run.run_key} {outcomes[run.run_key]} "
+                f"({format_duration(time.monotonic() - begin)})",
                 flush=True,
             )
+            for key, line in _new_deltas(record, sweep_dir):
+                if key not in shown:  # a pair finishing together is seen by both
+                    shown.add(key)
+                    print(f"  {line}", flush=True)
             _write_manifest(sweep_dir, manifest, name)
         return code
 
+    started = time.monotonic()
+    outcomes: dict[str, str] = {}
+    shown: set[str] = set()
     pool = ThreadPoolExecutor(max_workers=profile.max_parallel)
     futures = [pool.submit(one, i) for i in range(len(runs))]
     try:
@@ -256,11 +284,22 @@ def run_local(
     if manifest.get("interrupted"):
         stopped = sum(1 for c in codes if c == EXIT_PREEMPTED)
         print(
-            f"interrupted: {sum(c == 0 for c in codes)} run(s) completed, {stopped} stopped "
-            f"after a checkpoint, {sum(c is None for c in codes)} not started; launch again "
-            "to resume them",
+            f"interrupted after {format_duration(time.monotonic() - started)}: "
+            f"{sum(c == 0 for c in codes)} run(s) completed, {stopped} stopped after a "
+            f"checkpoint, {sum(c is None for c in codes)} not started; launch again to "
+            "resume them",
             flush=True,
         )
+        return manifest
+    failed = [r for r, c in zip(runs, codes, strict=True) if c != 0]
+    print(
+        f"local launch done in {format_duration(time.monotonic() - started)}: "
+        f"{len(runs) - len(failed)} completed, {len(failed)} failed"
+        + (", by reason:" if failed else ""),
+        flush=True,
+    )
+    for line in reason_groups(failed, lambda r: outcomes[r.run_key]):
+        print(line, flush=True)
     return manifest
 
 
@@ -306,11 +345,38 @@ def _trainers_elsewhere(sweep_dir: Path, mine: set[str]) -> int:
     )
 
 
+def _new_deltas(record: dict[str, Any] | None, sweep_dir: Path) -> list[tuple[str, str]]:
+    """The deltas a run's completion makes known: its own against its BF16 twin, or, for a
+    twin, its quantized runs' that completed before it."""
+    if record is None or record["status"] != "completed":
+        return []
+    if record["scheme"] == BF16:
+        pairs = [(other, record) for other in quantized_twins(record, sweep_dir)]
+    else:
+        pairs = [(record, twin_record(record, sweep_dir))]
+    lines = []
+    for quantized, twin in pairs:
+        gap = twin_gap(quantized["loss"], twin, str(quantized.get("twin_key")))
+        if not math.isnan(gap.delta):
+            lines.append(
+                (
+                    quantized["run_key"],
+                    f"delta {gap.delta:+.4f} = {format_loss(quantized['loss'])} - BF16 "
+                    f"{format_loss(gap.bf16_loss)}: {quantized['run_key']}"
+                    + (f" ({gap.excluded})" if gap.excluded else ""),
+                )
+            )
+    return lines
+
+
 def _outcome(record: dict[str, Any] | None, code: int, log: str) -> str:
     if code == EXIT_PREEMPTED and (record is None or record["status"] != "completed"):
         return "stopped after a checkpoint (a relaunch resumes it)"
     if record is None:
         return f"failed (exit {code}, no record; log {log})"
     if record["status"] == "completed":
-        return f"completed loss {record['loss']:.4f} val_loss {record.get('val_loss')}"
+        return (
+            f"completed loss {format_loss(record['loss'])} "
+            f"val_loss {format_loss(record.get('val_loss'))}"
+        )
     return f"{record['status']}: {record.get('error')} (log {log})"

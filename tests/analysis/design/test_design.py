@@ -396,11 +396,19 @@ def test_selection_keeps_the_papers_law_where_the_grid_resolves_its_d_term(paper
 
 
 @pytest.mark.slow
+def test_selection_keeps_the_papers_law_at_noise_0005(paper_runs):
+    """Independent noise of 0.005 per run, twins included: the paper's law is kept (or a law
+    containing it) in >= 90 % of sweeps, because another law must beat it by one SE."""
+    item = _selection(paper_runs, "paper", 0.005)
+    assert item["hit_rate"] >= 0.9, item["picks"]
+
+
+@pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
     reason="the wanted >= 90 % at 0.01 per run fails; on the paper grid W4A4's gamma_D is then "
-    "only ~2.6 standard errors from 0, so even in-sample AIC prefers the paper's law over no_D "
-    "in ~76 % of sweeps and the one-SE held-out rule in ~25 % (docs/laws.md)",
+    "only ~2-3 standard errors from 0, so even in-sample AIC prefers the paper's law over no_D "
+    "in ~76 % of sweeps and the held-out rule keeps it in ~63 % (docs/laws.md)",
 )
 def test_selection_keeps_the_papers_law_at_noise_001(paper_runs):
     assert _selection(paper_runs, "paper", 0.01)["hit_rate"] >= 0.9
