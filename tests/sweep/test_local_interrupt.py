@@ -80,7 +80,7 @@ def test_relaunch_keeps_max_parallel_and_ctrl_c_checkpoints(tmp_path: Path) -> N
     output = out.read_text()
     assert second.returncode == 130, output
     assert "Traceback" not in output
-    assert "interrupted: 0 run(s) completed, 1 stopped after a checkpoint" in output
+    assert "0 run(s) completed, 1 stopped after a checkpoint, 0 not started" in output
     assert trainers() == 0
     for run_dir in sweep_dir.iterdir():
         if run_dir.is_dir() and not run_dir.name.startswith("."):
