@@ -185,7 +185,6 @@ CONFIG_CASES: list[tuple[str, str]] = [
     (f"{NPY} data.vocab_size=abc", "data.vocab_size='abc'"),
     (f"{NPY} tokens=1e9", "tokens=1B needs 50,391 passes over the 20,000 tokens of data 'npy'"),
     (f"{NPY} tokens=5M", "tokens=5M needs 252 passes"),
-    ("data=npy", "names no token files"),
 ]
 
 # Refused by train and launch: plan runs where the runs' files and data may not be (a
@@ -197,6 +196,7 @@ TRAIN_AND_LAUNCH_CASES: list[tuple[str, str]] = [
     (f"{NPY} data.val_block=12000", "data.val_block=12000: too few to hold one out"),
     ("data=npy data.paths=[{tmp}/none.npy] data.vocab_size=512 data.eos_token_id=0", "none.npy"),
     ("data=custom paths.data={tmp}/none", "not prepared"),
+    ("data=npy", "names no token files"),
 ]
 
 TINY = "sweep={tmp}/tiny.yaml"

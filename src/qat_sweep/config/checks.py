@@ -102,11 +102,6 @@ def data_value_problems(data: Mapping[str, Any]) -> list[str]:
         )
     if data.get("dtype", DTYPES[0]) not in DTYPES:
         problems.append(f"data.dtype={data['dtype']!r}: allowed: {', '.join(DTYPES)}")
-    if not any(data.get(key) for key in ("dir", "paths", "mix")):
-        problems.append(
-            f"data {data.get('name')!r} names no token files: set data.paths=[...] (paths or "
-            "globs), data.mix=FILE, or data.dir to a prepared directory"
-        )
     if data.get("check", "sample") not in DATA_CHECKS:
         problems.append(f"data.check={data['check']!r}: allowed: {', '.join(DATA_CHECKS)}")
     if not isinstance(data.get("build_if_missing", False), bool):
