@@ -182,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[command](rest)
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback (a local launch stops its runs)
+        print(f"\nqat-sweep {command}: interrupted", file=sys.stderr)
+        return 130
     except SystemExit as e:
         # argparse refuses (2) or answers --help (0) by exiting: returned, as every command's
         # code is, to in-process callers; the trainer's exits (preemption) stay exits

@@ -9,6 +9,8 @@ check is the exit code."""
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -490,3 +492,17 @@ def test_every_command_answers_help_and_version(
 def test_a_misspelt_key_gets_the_key_it_meant(key: str, suggested: str) -> None:
     assert did_you_mean(key).startswith(f" (did you mean {suggested}")
     assert did_you_mean("completely.unrelated") == ""
+
+
+def test_ctrl_c_ends_a_command_with_a_line_not_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))  # Ctrl-C, mid-way
+    timer.start()
+    try:
+        code = main(["design", "sweep=paper", "--sims", "1000000"])  # minutes of simulation
+    finally:
+        timer.cancel()
+    assert code == 130
+    err = capsys.readouterr().err
+    assert "qat-sweep design: interrupted" in err and "Traceback" not in err
