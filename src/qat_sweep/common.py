@@ -240,6 +240,21 @@ def bounded_arg(
     return parse
 
 
+def creatable_dir_problem(key: str, value: str | Path, what: str) -> str | None:
+    """Why ``what`` cannot be created at directory ``value`` (config key ``key``) by this user
+    (None: it can): its nearest existing ancestor must be a directory this user may write to."""
+    path = Path(value).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        return f"{key}={value}: {existing} is a file, not a directory; give a directory"
+    if os.access(existing, os.W_OK | os.X_OK):
+        return None
+    return (
+        f"{key}={value}: cannot create {what} there ({existing} is not writable by this "
+        "user); give a directory you can write to"
+    )
+
+
 def wants_help(argv: list[str]) -> bool:
     """Whether a command's arguments ask for its help (-h or --help anywhere)."""
     return any(arg in ("-h", "--help") for arg in argv)

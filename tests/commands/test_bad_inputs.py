@@ -199,6 +199,8 @@ TRAIN_AND_LAUNCH_CASES: list[tuple[str, str]] = [
     ("data=npy data.paths=[{tmp}/none.npy] data.vocab_size=512 data.eos_token_id=0", "none.npy"),
     ("data=custom paths.data={tmp}/none", "not prepared"),
     ("data=npy", "names no token files"),
+    ("paths.data={tmp}/notes.txt", "data.dir={tmp}/notes.txt/demo: {tmp}/notes.txt is a file"),
+    (f"{NPY} model.vocab_size=100", "model.vocab_size=100 is smaller than the vocabulary"),
 ]
 
 TINY = "sweep={tmp}/tiny.yaml"
@@ -457,7 +459,7 @@ def test_bad_input_is_refused_before_any_work(
     output = out.out + out.err
     assert code == 2, output
     assert "Traceback" not in output
-    assert expected in output, output
+    assert expected.replace("{tmp}", str(case_root)) in output, output
     assert _listing(case_root) == before, "a refused command must write nothing"
 
 

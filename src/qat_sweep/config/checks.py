@@ -12,16 +12,14 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from qat_sweep.common import format_count
+from qat_sweep.common import creatable_dir_problem, format_count
 from qat_sweep.config.compose import compose_tree, parse_tokens, resolve_tree, run_key
 from qat_sweep.config.typed import SchemaError, schema_message, schema_problems
 from qat_sweep.config_dirs import options
@@ -155,24 +153,9 @@ def override_problems(overrides: list[str], has_cuda: bool | None = None) -> lis
     if has_cuda is False and config["train"]["device"] == "cuda":
         problems.append("train.device='cuda' but this machine has no CUDA device")
     data = _data_problem(config["data"], load=False)
-    budget = budget_problems({config["run_key"]: config}).values()
-    runs = runs_root_problem(str(config["paths"]["runs"]))
+    budget = data_fit_problems({config["run_key"]: config}).values()
+    runs = creatable_dir_problem("paths.runs", config["paths"]["runs"], "run directories")
     return problems + [p for p in (data, runs) if p] + list(budget)
-
-
-def runs_root_problem(root: str) -> str | None:
-    """Why run directories cannot be made under ``paths.runs`` on this machine (None: they
-    can): its nearest existing ancestor must be a directory this user may write to."""
-    path = Path(root).expanduser().absolute()
-    existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
-    if not existing.is_dir():
-        return f"paths.runs={root}: {existing} is a file, not a directory; give a directory"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return (
-            f"paths.runs={root}: cannot create run directories there ({existing} is not "
-            "writable by this user); give a directory you can write to"
-        )
-    return None
 
 
 # What composing one run can raise for a user's overrides (KeyError: a key a run needs, gone).
@@ -224,30 +207,38 @@ def _data_problem(data: dict[str, Any], load: bool) -> str | None:
     return problem
 
 
-def budget_problems(configs: Mapping[str, dict[str, Any]]) -> dict[str, str]:
-    """Runs (run_key -> resolved config) whose token budget needs more passes over their data
-    than its ``max_epochs`` allows, from file sizes (the trainer's check, before any job)."""
-    from qat_sweep.data.tokenfiles import available_tokens
+def data_fit_problems(configs: Mapping[str, dict[str, Any]]) -> dict[str, str]:
+    """Runs (run_key -> resolved config) their data cannot feed, from its files' sizes and
+    manifest (the trainer's checks, before any job): a token budget needing more passes than
+    ``data.max_epochs`` allows, token ids beyond the model's vocabulary."""
+    from qat_sweep.data.tokenfiles import data_extent
 
-    counted: dict[str, int | None] = {}
+    extents: dict[str, tuple[int, int] | None] = {}
     problems = {}
     for key_of_run, config in configs.items():
         data, epochs = config["data"], config["data"].get("max_epochs")
-        if epochs is None:
-            continue
         key = json.dumps(data, sort_keys=True)
-        if key not in counted:
-            counted[key] = available_tokens(data)
-        if not counted[key]:
+        if key not in extents:
+            extents[key] = data_extent(data)
+        if extents[key] is None:
+            continue
+        available, vocab = extents[key]  # type: ignore[misc]
+        model_vocab = config["model"].get("vocab_size")
+        if model_vocab is not None and model_vocab < vocab:
+            problems[key_of_run] = (
+                f"model.vocab_size={model_vocab} is smaller than the vocabulary of data "
+                f"{data.get('name')!r} ({vocab} tokens); set model.vocab_size=null to take it "
+                "from the data"
+            )
             continue
         seq_len, batch = int(config["train"]["seq_len"]), int(config["optim"]["batch_seqs"])
         tokens = parse_tokens(config["tokens"])
         sequences = tokens // (batch * seq_len) * batch
-        passes = sequences * (seq_len + 1) / counted[key]  # each window reads seq_len + 1
-        if passes > epochs:
+        passes = sequences * (seq_len + 1) / available  # each window reads seq_len + 1
+        if epochs is not None and passes > epochs:
             problems[key_of_run] = (
                 f"tokens={format_count(tokens)} needs {passes:,.0f} passes over the "
-                f"{counted[key]:,} tokens of data {data.get('name')!r}; data.max_epochs="
+                f"{available:,} tokens of data {data.get('name')!r}; data.max_epochs="
                 f"{epochs:g} allows at most {epochs:g}: lower tokens, add data, or raise "
                 "data.max_epochs"
             )

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from qat_sweep.common import creatable_dir_problem
+
 DTYPES = ("uint16", "uint32")
 MANIFEST = "manifest.json"
 FORMAT = "qat-sweep-tokens"
@@ -365,8 +367,8 @@ def needs_build(cfg: Mapping[str, Any]) -> bool:
 
 def data_problem(cfg: Mapping[str, Any]) -> str | None:
     """Why a data config cannot feed a run, from file names and sizes only (None: fine)."""
-    if needs_build(cfg):
-        return None  # built by the first run that needs it (under a lock)
+    if needs_build(cfg):  # built by the first run that needs it (under a lock): can it be?
+        return creatable_dir_problem("data.dir", str(cfg["dir"]), "the corpus")
     try:
         spec = resolve_data(cfg)
         if not spec.val:  # validation held out of the training files: enough of them?
@@ -394,17 +396,17 @@ def held_out_blocks(n_tokens: int, block: int, stride: int) -> tuple[int, int, i
     return n_blocks, offset, n_val
 
 
-def available_tokens(cfg: Mapping[str, Any]) -> int | None:
-    """Tokens in a data config's files, validation ones excepted where they are files of their
-    own, from file sizes only (None: not prepared or not readable yet, which `data_problem`
-    reports). Held-out blocks are counted in: a bound that never overstates the passes."""
+def data_extent(cfg: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(tokens, vocabulary size) of a data config's files, validation ones excepted where they
+    are files of their own, from file sizes only (None: not prepared or not readable yet, which
+    `data_problem` reports). Held-out blocks count in: a bound never overstating the passes."""
     if needs_build(cfg):
         return None
     try:
         spec = resolve_data(cfg)
     except (FileNotFoundError, ValueError):
         return None
-    return sum(p.stat().st_size for p in spec.train) // spec.dtype.itemsize
+    return sum(p.stat().st_size for p in spec.train) // spec.dtype.itemsize, spec.vocab_size
 
 
 def _see_config(cfg: Mapping[str, Any]) -> str:

@@ -19,14 +19,14 @@ from typing import Any
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
+from qat_sweep.common import creatable_dir_problem
 from qat_sweep.config.checks import (
     COMPOSE_ERRORS,
-    budget_problems,
     compose_problem,
     config_problems,
+    data_fit_problems,
     data_problems,
     run_problems,
-    runs_root_problem,
 )
 from qat_sweep.config.compose import (
     CONFIG_GROUPS,
@@ -208,7 +208,7 @@ def plan_sweep(
         runs += add_twins(runs)
     if not problems and strict:
         for root in sorted({str(r.config["paths"]["runs"]) for r in runs}):
-            if (cannot := runs_root_problem(root)) is not None:
+            if (cannot := creatable_dir_problem("paths.runs", root, "run directories")) is not None:
                 problems[cannot] = []
         found_by_run = data_problems({r.run_key: r.config for r in runs}, load=True)
         for run in runs:
@@ -216,7 +216,7 @@ def plan_sweep(
                 label = f"{run.subgrid} {run.run_key}"
                 problems.setdefault(found_by_run[run.run_key], []).append(label)
     by_key = {r.run_key: r for r in runs}
-    for key, problem in budget_problems({r.run_key: r.config for r in runs}).items():
+    for key, problem in data_fit_problems({r.run_key: r.config for r in runs}).items():
         # plan too: a job would fail on it
         problems.setdefault(problem, []).append(f"{by_key[key].subgrid} {key}")
     if problems:
