@@ -269,6 +269,7 @@ COMMAND_CASES: list[tuple[str, str]] = [
     ("fit --seed -1 --table {tmp}/table.csv", "--seed: '-1'"),
     ("fit --seed abc --table {tmp}/table.csv", "--seed: 'abc'"),
     ("fit --bogus", "--bogus"),
+    ("fit --table {fit}/runs.csv --out {tmp}/notes.txt/fit", "--out={tmp}/notes.txt/fit: {tmp}/"),
     ("fit --law cubic --table {tmp}/table.csv", "cubic"),
     ("fit sweep=nope", "nope"),
     # design
@@ -332,6 +333,10 @@ COMMAND_CASES: list[tuple[str, str]] = [
     ("suggest --fit {fit} sweep=demo --target 'model=7X tokens=20B'", "7X"),
     ("suggest --fit {fit} sweep=nope --target 'model=973M tokens=20B'", "unknown sweep 'nope'"),
     ("suggest --fit {fit} sweep=demo", "--target"),
+    (
+        "suggest --fit {fit} sweep=paper --target 'model=973M tokens=20B' --out {tmp}/notes.txt/s",
+        "--out={tmp}/notes.txt/s: {tmp}/notes.txt is a file",
+    ),
     ("suggest --fit {fit} sweep=demo --target 'model=973M tokens=20B' mfu=3", "mfu=3"),
     # prepare
     ("prepare input={tmp}/none.txt out={tmp}/out", "none.txt"),

@@ -20,7 +20,7 @@ from qat_sweep.analysis.collect import (
     pair_deltas,
     read_table,
 )
-from qat_sweep.common import bounded_arg, command_hint, split_overrides
+from qat_sweep.common import bounded_arg, command_hint, creatable_dir_problem, split_overrides
 from qat_sweep.record import RUNS_ROOT, sweep_dir
 
 FIT_OVERRIDES = {"sweep", "paths.runs"}
@@ -145,16 +145,14 @@ def main(argv: list[str]) -> int:
         parser = _fit_parser()
         overrides, rest = split_overrides(argv, FIT_OVERRIDES, parser)
         args = parser.parse_args(rest)
-        if not args.huber_base > 0:
-            raise InputError(f"--huber-base must be > 0, got {args.huber_base}")
         from qat_sweep.analysis.law.formulas import LAWS
 
         if args.law is not None and args.law not in LAWS:
             raise InputError(f"--law {args.law}: unknown law; laws: {', '.join(LAWS)}")
         rows, skipped, source, out = _load_source(args, overrides)
         sealed = _sealed_dir(args, overrides)
-        if out.exists() and not out.is_dir():
-            raise InputError(f"--out {out} exists and is not a directory")
+        if (cannot := creatable_dir_problem("--out", out, "the fit's outputs")) is not None:
+            raise InputError(cannot)  # before minutes of bootstrap, not after
         table = pair_deltas(build_table(rows))
         settings = Settings(
             bootstrap=args.bootstrap, seed=args.seed, tied=not args.free_beta, joint=args.joint,

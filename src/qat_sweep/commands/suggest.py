@@ -13,7 +13,7 @@ from qat_sweep.analysis.collect import InputError
 from qat_sweep.analysis.design import simulate as sim
 from qat_sweep.analysis.design.suggest import suggest
 from qat_sweep.commands.args import split_cli
-from qat_sweep.common import bounded_arg, format_count, format_hours
+from qat_sweep.common import bounded_arg, creatable_dir_problem, format_count, format_hours
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,6 +81,8 @@ def main(argv: list[str]) -> int:
         args, extra = _parser().parse_known_args(argv)
         sweep, mfu, peak, overrides = split_cli(extra, "suggest")
         targets = [sim.parse_target(t) for t in args.target]
+        if args.out and (cannot := creatable_dir_problem("--out", args.out, "the sweep file")):
+            raise InputError(cannot)
         res = suggest(
             args.fit, sweep, targets, overrides=overrides, mfu=mfu, peak_tflops=peak,
             k=args.k, budget=args.budget, noise=args.noise, out=args.out, law=args.law,
