@@ -16,8 +16,9 @@ import math
 import os
 import re
 import shlex
+import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -139,7 +140,7 @@ def format_count(count: float, digits: int = 4) -> str:
 
 def format_loss(loss: float | None) -> str:
     """A loss or delta as every command prints it: 4 decimals, '-' when there is none."""
-    return "-" if loss is None or not math.isfinite(loss) else f"{loss:.4f}"
+    return "-" if loss is None or not math.isfinite(loss) else format_number(loss, 4)
 
 
 def format_hours(hours: float) -> str:
@@ -160,6 +161,39 @@ def format_duration(seconds: float | None) -> str:
     if hours:
         return f"{hours}h{minutes:02d}m"
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def format_number(value: float | None, decimals: int | None = None, digits: int = 4) -> str:
+    """A number for a person: ``decimals`` fixed places for an ordinary magnitude (losses: 4),
+    else ``digits`` significant ones, so no result prints as a long run of digits
+    (1.01e+304 and 1.2e+07, never 10,142,320,...); None and NaN read 'n/a'."""
+    if value is None or math.isnan(value):
+        return "n/a"
+    if decimals is not None and abs(value) < 1e6:
+        return f"{value:.{decimals}f}"
+    return f"{value:.{digits}g}"
+
+
+# --- progress of long loops, on stderr ---
+
+_progress_on = True
+
+
+def quiet_progress() -> None:
+    """No progress bars for the rest of this process (a command printing JSON)."""
+    global _progress_on
+    _progress_on = False
+
+
+def progress(
+    items: Iterable[Any], desc: str, total: int | None = None, unit: str = "it"
+) -> Iterable[Any]:
+    """``items`` with a tqdm bar on stderr while they are consumed; no bar when stderr is not a
+    terminal (logs, CI, pipes) or after quiet_progress(). The bar clears itself when done."""
+    from tqdm import tqdm
+
+    shown = _progress_on and sys.stderr.isatty()
+    return tqdm(items, desc, total, leave=False, file=sys.stderr, unit=unit, disable=not shown)
 
 
 # --- command-line words ---

@@ -12,7 +12,7 @@ from qat_sweep.analysis.design import simulate as sim
 from qat_sweep.analysis.design.expected import format_design, noise_level, run_design
 from qat_sweep.analysis.design.truth import truth_prior
 from qat_sweep.commands.args import split_cli
-from qat_sweep.common import bounded_arg
+from qat_sweep.common import bounded_arg, quiet_progress
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,6 +65,8 @@ def main(argv: list[str]) -> int:
     """`qat-sweep design`; returns the exit code."""
     try:
         args, extra = _parser().parse_known_args(argv)
+        if args.json:
+            quiet_progress()
         sweep, mfu, peak, overrides = split_cli(extra, "design")
         targets = [sim.parse_target(t) for t in args.target]
         prior = sim.load_prior(args.prior, args.law)

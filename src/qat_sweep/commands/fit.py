@@ -64,6 +64,27 @@ def _fit_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="use BF16 runs at every LR in the base fit (default: best LR)",
     )
+    p.add_argument(
+        "--base-models",
+        metavar="LO..HI",
+        help="BF16 runs whose N lies in this range enter the base (Chinchilla) fit, e.g. "
+        "145M..2.8B as the paper's Appendix C; model names or counts, either end open "
+        "(default: all); runs outside stay twins of their quantized runs",
+    )
+    p.add_argument(
+        "--extra-bf16",
+        type=Path,
+        metavar="FILE.csv",
+        help="external BF16 points for the base fit, columns model, n_params (non-embedding), "
+        "tokens, loss, source (e.g. OLMo-2-7B evaluated on the same data); shown apart",
+    )
+    p.add_argument(
+        "--channel-g",
+        default="hidden",
+        metavar="hidden|reduction",
+        help="the G inside log2 G of a per-channel run: the hidden size (default), or each "
+        "layer's reduction dimension (FFN size for FC2), weighted by the layers' weights",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip figures (report without plots)")
     p.add_argument(
         "--law",
@@ -112,6 +133,13 @@ def _load_source(
     )
 
 
+def _runs_dir(args: argparse.Namespace, overrides: dict[str, str]) -> Path | None:
+    """The run directories' folder (sweep= or --runs); None for a table or wandb."""
+    if "sweep" in overrides:
+        return sweep_dir(overrides.get("paths.runs", RUNS_ROOT), overrides["sweep"])
+    return args.runs
+
+
 def _sealed_dir(args: argparse.Namespace, overrides: dict[str, str]) -> Path | None:
     """Where sealed predictions live: --sealed DIR, else <sweep>/predictions or
     <--runs DIR>/predictions (a folder that does not exist holds none)."""
@@ -121,19 +149,15 @@ def _sealed_dir(args: argparse.Namespace, overrides: dict[str, str]) -> Path | N
         if not args.sealed.is_dir():
             raise InputError(f"--sealed {args.sealed}: not a directory")
         return args.sealed
-    if "sweep" in overrides:
-        return (
-            sweep_dir(overrides.get("paths.runs", RUNS_ROOT), overrides["sweep"]) / PREDICTIONS_DIR
-        )
-    if args.runs is not None:
-        return args.runs / PREDICTIONS_DIR
-    return None
+    runs = _runs_dir(args, overrides)
+    return None if runs is None else runs / PREDICTIONS_DIR
 
 
 def main(argv: list[str]) -> int:
     """Run `qat-sweep fit`; returns the process exit code."""
     from qat_sweep.analysis import decide
-    from qat_sweep.analysis.pipeline import Settings, run_fit, write_outputs
+    from qat_sweep.analysis.pipeline import Settings, bootstrap_arrays, run_fit, write_outputs
+    from qat_sweep.analysis.predict import SavedFit
     from qat_sweep.analysis.report import html as report
     from qat_sweep.analysis.report import plots
     from qat_sweep.analysis.seal import check_sealed
@@ -145,30 +169,40 @@ def main(argv: list[str]) -> int:
         parser = _fit_parser()
         overrides, rest = split_overrides(argv, FIT_OVERRIDES, parser)
         args = parser.parse_args(rest)
-        from qat_sweep.analysis.law.formulas import LAWS
+        from qat_sweep.analysis.law.formulas import CHANNEL_G, LAWS
+
+        if args.channel_g not in CHANNEL_G:
+            raise InputError(f"--channel-g {args.channel_g}: allowed: {', '.join(CHANNEL_G)}")
 
         if args.law is not None and args.law not in LAWS:
             raise InputError(f"--law {args.law}: unknown law; laws: {', '.join(LAWS)}")
+        from qat_sweep.analysis.base_points import read_extra_bf16
+
+        extra = None if args.extra_bf16 is None else read_extra_bf16(args.extra_bf16)
         rows, skipped, source, out = _load_source(args, overrides)
         sealed = _sealed_dir(args, overrides)
         if (cannot := creatable_dir_problem("--out", out, "the fit's outputs")) is not None:
             raise InputError(cannot)  # before minutes of bootstrap, not after
-        table = pair_deltas(build_table(rows))
+        table = pair_deltas(build_table(rows, args.channel_g))
         settings = Settings(
             bootstrap=args.bootstrap, seed=args.seed, tied=not args.free_beta, joint=args.joint,
             base_f_scale=args.huber_base, holdout=args.holdout,
             base_lr="all" if args.all_lr else "best", law=args.law, source=source,
+            base_models=args.base_models, channel_g=args.channel_g,
+            extra_bf16=None if args.extra_bf16 is None else str(args.extra_bf16),
         )  # fmt: skip
-        outcome = run_fit(table, skipped, settings)
+        outcome = run_fit(table, skipped, settings, extra)
         outcome.result["preregistered"] = check_sealed(sealed, outcome.table)
     except InputError as err:
         print(f"qat-sweep fit: error: {err}", file=sys.stderr)
         return 2
     outcome.result["decisions"] = decide.report_decisions(outcome)  # the report's Decisions section
     fit_path = write_outputs(outcome, out)
-    figures = {} if args.no_plots else plots.make_all(outcome, out / "plots")
-    report.write_markdown(outcome.result, figures, out / "report.md")
-    report.write_html(outcome.result, figures, out / "report.html")
+    saved = SavedFit(outcome.result, bootstrap_arrays(outcome))
+    runs_dir = _runs_dir(args, overrides)
+    figures = {} if args.no_plots else plots.make_all(outcome, saved, out / "plots", runs_dir)
+    report.write_markdown(outcome.result, figures, out / "report.md", outcome.table)
+    report.write_html(outcome.result, figures, out / "report.html", outcome.table)
     if args.wandb:
         from qat_sweep.analysis.wandb_log import log_fit
 

@@ -130,7 +130,7 @@ def _launch(
         todo = to_launch(runs, retry_diverged="--retry-diverged" in flags)
         from qat_sweep.sweep.sizing import size_sweep  # torch: only on the launch path
 
-        size_sweep(todo, profile, mfu)
+        size_sweep(todo, profile, mfu, sweep_runs=runs)
         size = None
         if dry and shutil.which("scontrol") is None:
             size = profile.max_array_size or SLURM_DEFAULT_MAX_ARRAY_SIZE

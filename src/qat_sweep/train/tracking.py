@@ -144,7 +144,7 @@ def delta_summary(record: dict[str, Any], twin: dict[str, Any] | None) -> dict[s
     runs named their twin) gets neither: only the fit's table can pair it, by its cells."""
     if not record.get("twin_key"):
         return {}
-    gap = twin_gap(record["loss"], twin, str(record["twin_key"]))
+    gap = twin_gap(record["loss"], twin, str(record["twin_key"]), record.get("execution"))
     values: dict[str, Any] = {"final/delta_excluded": gap.excluded}
     if not math.isnan(gap.delta):
         values |= {"final/bf16_loss": gap.bf16_loss, "final/delta": gap.delta}
