@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int:
         every = _watch_period(options.get("--watch"))
         if "launcher" in options:  # the runs as launched with it: under its paths.runs
             overrides = [*overrides, *load_profile(options["launcher"]).train_overrides()]
-        runs = plan_sweep(sweep, overrides, strict=False)
+        runs = plan_sweep(sweep, overrides, strict=False, data_fit=False)
     except PlanError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
