@@ -46,6 +46,7 @@ CONFIG_CASES: list[tuple[str, str]] = [
     ("+model.dropout=0.1", "unknown config key 'model.dropout'"),
     ("+optim.momentum=0.9", "unknown config key 'optim.momentum'"),
     ("+data.foo=1", "unknown config key 'data.foo'"),
+    ("+data.max_epoch=2", "unknown config key 'data.max_epoch' (did you mean 'data.max_epochs'?)"),
     ("+eval.foo=1", "unknown config key 'eval.foo'"),
     ("foo=1", "unknown config key 'foo'"),
     ("optim.lrr=1e-3", "'optim.lrr' in override 'optim.lrr=1e-3' (did you mean 'optim.lr'?)"),

@@ -27,11 +27,6 @@ from qat_sweep.model.precision import check_group_size, quant_config_from
 from qat_sweep.model.presets import available_presets, conf_dirs, model_config_from
 
 
-def schemes() -> list[str]:
-    """Scheme names: the files of conf/quant (each names its scheme)."""
-    return list(options(conf_dirs(), "quant"))
-
-
 def config_problems(config: dict[str, Any], gpus: int | None = None) -> list[str]:
     """The trainer's start-of-run checks on a resolved config, torch- and data-free.
 
@@ -88,7 +83,8 @@ def data_value_problems(data: Mapping[str, Any]) -> list[str]:
     from qat_sweep.data.tokenfiles import DTYPES
 
     problems = [
-        f"unknown config key 'data.{key}'; allowed: {', '.join(DATA_KEYS)}"
+        f"unknown config key 'data.{key}'{_closest(key, DATA_KEYS)}; allowed: "
+        + ", ".join(DATA_KEYS)
         for key in data
         if key not in DATA_KEYS
     ]
@@ -114,6 +110,11 @@ def data_value_problems(data: Mapping[str, Any]) -> list[str]:
     if fraction is not None and not (_is_number(fraction) and 0 <= fraction <= 0.5):
         problems.append(f"data.val_fraction={fraction!r}: must be a number in [0, 0.5]")
     return problems
+
+
+def _closest(key: str, keys: tuple[str, ...]) -> str:
+    found = difflib.get_close_matches(key, keys, n=1)
+    return f" (did you mean 'data.{found[0]}'?)" if found else ""
 
 
 def _is_number(value: Any) -> bool:
