@@ -24,7 +24,14 @@ from qat_sweep.train.trainer import train
 
 LAC = QuantConfig("w4a4", "int4", "channel", "lac")
 OPTIM = OmegaConf.create(
-    {"lr": 3e-3, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1, "grad_clip": 1.0}
+    {
+        "lr": 3e-3,
+        "betas": [0.9, 0.95],
+        "eps": 1e-8,
+        "weight_decay": 0.1,
+        "grad_clip": 1.0,
+        "decay_norms": True,
+    }
 )
 
 
