@@ -354,6 +354,8 @@ def read_table(path: Path) -> list[dict[str, Any]]:
         raw = pd.read_csv(path, dtype={"group_size": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise InputError(f"cannot read table {path}: {err}") from err
+    if raw.empty:
+        raise InputError(f"table {path} has no rows (columns: {', '.join(map(str, raw.columns))})")
     derived = ["G", "fit_key", "excluded", "bf16_loss", "delta", "N_cell", "D_cell"]
     return raw.drop(columns=[c for c in derived if c in raw.columns]).to_dict("records")
 

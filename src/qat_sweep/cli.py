@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from qat_sweep import __version__
 from qat_sweep.config_dirs import CONFIG_DIR_ENV
 
 USAGE = """usage: qat-sweep <command> [key=value ...]
@@ -29,6 +30,8 @@ commands:
             sync sweep=NAME [--dry-run]
   wandb-workspace  save a wandb workspace of a sweep and print its URL:
             wandb-workspace sweep=NAME --entity E --project P
+
+`qat-sweep <command> --help` describes a command; `qat-sweep --version` prints the version.
 
 configs: the packaged conf/ and launchers/, overlaid by ./conf and ./launchers (or those of
 --config-dir=DIR); a file of yours with the same name wins.
@@ -163,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     argv = given
+    if "--version" in argv:  # on every command too: `qat-sweep fit --version`
+        print(f"qat-sweep {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2
@@ -176,6 +182,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[command](rest)
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback (a local launch stops its runs)
+        print(f"\nqat-sweep {command}: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as e:
+        # argparse refuses (2) or answers --help (0) by exiting: returned, as every command's
+        # code is, to in-process callers; the trainer's exits (preemption) stay exits
+        if command == "train" or not isinstance(e.code, int | None):
+            raise
+        return e.code or 0
     except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
         # A bad input a subcommand did not word itself; QAT_SWEEP_DEBUG=1 shows the traceback.
         if os.environ.get("QAT_SWEEP_DEBUG") == "1":

@@ -199,6 +199,101 @@ def progress(
 # --- command-line words ---
 
 
+@dataclasses.dataclass(frozen=True)
+class Bound:
+    """The finite numbers a field allows: ``low`` and ``high`` ends, each closed or open."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def allows(self, x: float) -> bool:
+        if not math.isfinite(x):
+            return False
+        above = self.low is None or (x > self.low if self.low_open else x >= self.low)
+        below = self.high is None or (x < self.high if self.high_open else x <= self.high)
+        return above and below
+
+    def describe(self, whole: bool) -> str:
+        kind = "a whole number" if whole else "a number"
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"{kind} in {left}{_end(self.low)}, {_end(self.high)}{right}"
+        if self.low is not None:
+            return f"{kind} {'>' if self.low_open else '>='} {_end(self.low)}"
+        if self.high is not None:
+            return f"{kind} {'<' if self.high_open else '<='} {_end(self.high)}"
+        return f"a finite {kind[2:]}"
+
+
+def _end(x: float) -> str:
+    """An end of a bound as written: whole ends in full (a seed's 2**63 - 1), others short."""
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def bounded_number(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    whole: bool = False,
+    low_open: bool = False,
+) -> Callable[[str], Any]:
+    """A parser of a finite number within a bound (for `parse_keys` specs): 'nan', 'inf' and
+    values out of range raise ValueError saying what is allowed, as config keys do."""
+    bound = Bound(low, high, low_open=low_open)
+
+    def parse(text: str) -> int | float:
+        try:
+            value: int | float = int(text) if whole else float(text)
+        except ValueError:
+            value = math.nan
+        if not bound.allows(value):
+            raise ValueError(f"must be {bound.describe(whole)}")
+        return value
+
+    return parse
+
+
+def bounded_arg(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    whole: bool = False,
+    low_open: bool = False,
+) -> Callable[[str], Any]:
+    """`bounded_number` as an argparse ``type``: its error names the value."""
+    number = bounded_number(low, high, whole=whole, low_open=low_open)
+
+    def parse(text: str) -> int | float:
+        try:
+            return number(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+
+    return parse
+
+
+def creatable_dir_problem(key: str, value: str | Path, what: str) -> str | None:
+    """Why ``what`` cannot be created at directory ``value`` (config key ``key``) by this user
+    (None: it can): its nearest existing ancestor must be a directory this user may write to."""
+    path = Path(value).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        return f"{key}={value}: {existing} is a file, not a directory; give a directory"
+    if os.access(existing, os.W_OK | os.X_OK):
+        return None
+    return (
+        f"{key}={value}: cannot create {what} there ({existing} is not writable by this "
+        "user); give a directory you can write to"
+    )
+
+
+def wants_help(argv: list[str]) -> bool:
+    """Whether a command's arguments ask for its help (-h or --help anywhere)."""
+    return any(arg in ("-h", "--help") for arg in argv)
+
+
 def command_hint(command: str, argv: list[str], *extra: str) -> str:
     """`qat-sweep COMMAND` with a command's own arguments (sweep=, launcher=, paths.runs=, every
     override) and ``extra``, flags left out: a hint the user can paste as printed."""

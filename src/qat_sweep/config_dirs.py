@@ -67,6 +67,14 @@ def describe_dirs(dirs: list[Path], group: str = "") -> str:
     return ", ".join(str(root / group) for root in dirs)
 
 
+def yaml_problem(path: Path, error: Exception) -> str:
+    """A YAML syntax error as one sentence naming the file and line."""
+    mark = getattr(error, "problem_mark", None)
+    where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"{where}: not valid YAML ({problem}); fix the file's syntax"
+
+
 def load_yaml(path: Path, error: type[Exception]) -> Any:
     """A YAML file as plain data; ``error`` names the file and line of a syntax error."""
     import yaml  # here, not at the top: the console script imports this module at start
@@ -77,9 +85,6 @@ def load_yaml(path: Path, error: type[Exception]) -> Any:
     try:
         return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise error(f"{where}: not valid YAML ({problem}); fix the file's syntax") from e
+        raise error(yaml_problem(path, e)) from e
     except (ValueError, HydraException, OmegaConfBaseException) as e:
         raise error(f"{path}: {str(e).splitlines()[0]}") from e

@@ -142,17 +142,19 @@ def test_failing_run_is_reported_with_reason_and_log(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], slurm_cluster
 ) -> None:
     sweep, runs = sweep_file(tmp_path, "bad", quant="bf16", twins=False), tmp_path / "runs"
-    extra = "model.vocab_size=8"  # passes planning, fails in the trainer (data has 512 tokens)
-    assert launch_main([f"sweep={sweep}", "launcher=ci", f"paths.runs={runs}", extra]) == 0
-    wait_for(all_done(sweep, runs, capsys, extra), 180, "failing run ended")
-    (row,) = statuses(sweep, runs, capsys, extra)
+    # Passes planning, fails in the trainer: the corpus its job builds has 512 tokens (a built
+    # corpus would be refused before any job).
+    extra, data = "model.vocab_size=8", f"paths.data={tmp_path}/data"
+    assert launch_main([f"sweep={sweep}", "launcher=ci", f"paths.runs={runs}", extra, data]) == 0
+    wait_for(all_done(sweep, runs, capsys, extra, data), 180, "failing run ended")
+    (row,) = statuses(sweep, runs, capsys, extra, data)
     assert row["status"] == "failed" and "vocab" in row["error"]
     assert row["log"] and Path(row["log"]).exists()
     capsys.readouterr()
-    assert status_main([f"sweep={sweep}", f"paths.runs={runs}", extra]) == 0
+    assert status_main([f"sweep={sweep}", f"paths.runs={runs}", extra, data]) == 0
     out = capsys.readouterr().out
     assert "failed 1" in out and "failed (1), by reason" in out
-    assert status_main([f"sweep={sweep}", f"paths.runs={runs}", extra, "--runs"]) == 0
+    assert status_main([f"sweep={sweep}", f"paths.runs={runs}", extra, data, "--runs"]) == 0
     out = capsys.readouterr().out
     assert row["run_key"] in out and "log: " in out
 

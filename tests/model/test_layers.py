@@ -165,7 +165,8 @@ def test_lac_learns_to_clip_large_gaussian_groups() -> None:
     [
         ({"scheme": "w3a3"}, r"'w3a3'.*bf16, w4a4"),
         ({"scheme": "w4a4", "format": "nf4"}, r"'nf4'.*int4, int4_sym, fp4"),
-        ({"scheme": "w4a4", "group_size": 0}, "group_size must be"),
+        ({"scheme": "w4a4", "group_size": 0}, "quant.group_size=0: allowed an integer >= 2"),
+        ({"scheme": "w4a4", "group_size": 1}, "quant.group_size=1: allowed an integer >= 2"),
         ({"scheme": "w4a4", "group_size": "row"}, "'row'"),
         ({"scheme": "w4a4", "act_quantizer": "minmax"}, "'minmax'"),
         ({"scheme": "w4a4", "fc2_format": "fp8"}, "'fp8'"),

@@ -74,22 +74,25 @@ def test_local_launch_runs_then_skips(tmp_path: Path, capsys: pytest.CaptureFixt
 @pytest.mark.slow
 def test_failing_local_run_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     sweep, runs = tiny_sweep(tmp_path, "fail", quant="bf16", twins=False), tmp_path / "runs"
-    # Passes planning, fails in training: a vocabulary smaller than the data's.
-    argv = [f"sweep={sweep}", "launcher=local", f"paths.runs={runs}", "model.vocab_size=8"]
+    # Passes planning, fails in training: a vocabulary smaller than the data's, which plan
+    # cannot know of a corpus the first run builds (a built one is refused before any run).
+    data = f"paths.data={tmp_path}/data"
+    argv = [f"sweep={sweep}", "launcher=local", f"paths.runs={runs}", "model.vocab_size=8", data]
     assert launch_main(argv) == 1
     out = capsys.readouterr().out
     assert "[1/1]" in out and "0 completed, 1 failed, by reason:" in out
     assert "    1x failed: " in out  # grouped by reason, one line
-    (row,) = run_status(sweep, runs, capsys, "model.vocab_size=8")
+    (row,) = run_status(sweep, runs, capsys, "model.vocab_size=8", data)
     assert row["status"] == "failed" and "vocab" in row["error"]
     assert row["log"].endswith(".log") and Path(row["log"]).exists()
     capsys.readouterr()
-    assert status_main([f"sweep={sweep}", f"paths.runs={runs}", "model.vocab_size=8"]) == 0
+    assert status_main([f"sweep={sweep}", f"paths.runs={runs}", "model.vocab_size=8", data]) == 0
     text = capsys.readouterr().out
     assert "failed 1" in text and "failed (1), by reason; rerun them with:" in text
-    assert f"qat-sweep launch sweep={sweep} paths.runs={runs} model.vocab_size=8" in text
+    assert f"qat-sweep launch sweep={sweep} paths.runs={runs} model.vocab_size=8 {data}" in text
     assert (
-        status_main([f"sweep={sweep}", f"paths.runs={runs}", "model.vocab_size=8", "--runs"]) == 0
+        status_main([f"sweep={sweep}", f"paths.runs={runs}", "model.vocab_size=8", data, "--runs"])
+        == 0
     )
     assert "failed runs:" in (text := capsys.readouterr().out) and "log:" in text
 

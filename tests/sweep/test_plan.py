@@ -169,8 +169,8 @@ subgrids:
     message = str(err.value)
     assert "5 problem(s)" in message and "nothing was launched" in message
     assert "g 0.2M_D8.192K_w4a4_int4_g48" in message and "allowed: 2, 4, 8, 16, 32, 64" in message
-    assert "model/7B" in message and "model presets: " in message
-    assert "quant/w3a3" in message and "schemes: bf16" in message
+    assert "model=7B: no such option" in message and "model presets: " in message
+    assert "quant=w3a3: no such option" in message and "schemes: bf16" in message
     assert "unknown format 'int3'" in message
     assert "tokens=100 is smaller than one global batch" in message
 

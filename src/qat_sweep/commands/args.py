@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 from qat_sweep.common import InputError, split_overrides
 from qat_sweep.estimates.flops import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS
 from qat_sweep.sweep.plan import available_sweeps
@@ -46,8 +48,10 @@ def cost_options(options: dict[str, str]) -> tuple[float, float]:
         peak = float(options.get("peak_tflops", DEFAULT_PEAK_TFLOPS))
     except ValueError as e:
         raise PlanError(f"mfu and peak_tflops must be numbers: {e}") from e
-    if not 0 < mfu <= 1 or peak <= 0:
-        raise PlanError(f"need 0 < mfu <= 1 and peak_tflops > 0, got mfu={mfu} peak={peak}")
+    if not 0 < mfu <= 1 or not 0 < peak < math.inf:
+        raise PlanError(
+            f"need 0 < mfu <= 1 and a finite peak_tflops > 0, got mfu={mfu} peak={peak}"
+        )
     return mfu, peak
 
 

@@ -4,9 +4,11 @@ side by side in one process."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,9 +19,10 @@ from qat_sweep.common import (
     parse_int,
     parse_keys,
     resolve_device,
+    wants_help,
     write_json_atomic,
 )
-from qat_sweep.model.precision import ROTATIONS, SCHEMES, WEIGHT_FORMATS
+from qat_sweep.model.precision import ACT_QUANTIZERS, ROTATIONS, SCHEMES, WEIGHT_FORMATS
 from qat_sweep.model.presets import PAPER_PRESETS, PAPER_VOCAB, load_preset
 from qat_sweep.model.transformer import compile_enabled
 from qat_sweep.train.bench import BenchSettings, run
@@ -53,6 +56,25 @@ def _group_sizes(value: str) -> tuple[int | str, ...]:
     return groups
 
 
+def _one_of(allowed: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(f"allowed: {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _json_target(value: str) -> str:
+    """Where the result goes: checked before the benchmark runs, not after."""
+    folder = Path(value).expanduser().absolute().parent
+    if value not in ("", "-") and not (folder.is_dir() and os.access(folder, os.W_OK)):
+        raise ValueError(
+            f"{folder} is not a directory this user can write to; give json=- or a path"
+        )
+    return value
+
+
 COMPILE_CHOICES = (*SWITCHES, "both")  # both: compiled and eager side by side
 
 
@@ -78,12 +100,12 @@ KEYS: dict[str, Callable[[str], Any]] = {
     "format": _choices(WEIGHT_FORMATS, "unknown formats"),  # or a list (int4,mxfp4,nvfp4)
     "group_size": _group_sizes,  # or a list (128,channel): each per-group format once per G
     "rotation": _choices(ROTATIONS, "unknown rotations"),  # or none,hadamard: both
-    "act_quantizer": str,
+    "act_quantizer": _one_of(ACT_QUANTIZERS),
     "vocab_size": parse_int,  # default: the preset's, else OLMo-2's for paper presets, else 4096
     "compile": _compile,  # as train.compile (auto = on CUDA, off on CPU), or both
     "device": str,  # auto, cpu or cuda, as train.device
     "seed": partial(parse_int, minimum=0),
-    "json": str,  # a path, or '-' for stdout
+    "json": _json_target,  # a path, or '-' for stdout
 }
 
 
@@ -157,8 +179,23 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+HELP = """usage: qat-sweep bench [key=value ...]
+
+The trainer's step time, tokens/s, MFU and peak memory per scheme against BF16, side by side in
+one process (compiled and eager with compile=both). Keys (defaults in brackets):
+
+  model=PRESET [1M]  batch=SEQS [8]  micro_batch=SEQS  seq_len=N  steps=N [10]  warmup=N [3]
+  schemes=LIST [bf16,w4a4,w4a16,w16a4,w4a4_fc2a8]  format=LIST [int4]  group_size=LIST [32]
+  rotation=LIST [none]  act_quantizer=WORD [auto]  vocab_size=N  compile=auto|true|false|both
+  device=auto|cpu|cuda  seed=N [0]  json=PATH (or json=- for JSON on stdout)
+"""
+
+
 def main(argv: list[str]) -> int:
     """``qat-sweep bench key=value ...``; returns the process exit code."""
+    if wants_help(argv):
+        print(HELP)
+        return 0
     try:
         settings = parse_args(argv)
         result = run(settings)

@@ -21,7 +21,7 @@ from qat_sweep.analysis.predict import (
     SavedFit,
     fit_reader_parser,
 )
-from qat_sweep.common import format_number
+from qat_sweep.common import bounded_arg, format_number
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,9 +30,24 @@ def _parser() -> argparse.ArgumentParser:
         "Decisions from a fitted law: decide --fit DIR (model=NAME | n_params=N "
         "[hidden_size=H]) tokens=D [scheme=w4a4 format=int4 group_size=128]",
     )
-    p.add_argument("--bits", type=float, default=DEFAULT_BITS, help="memory budget, bits/weight")
-    p.add_argument("--scale-bits", type=float, default=DEFAULT_SCALE_BITS, help="bits per scale")
-    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="delta tolerance")
+    p.add_argument(
+        "--bits",
+        type=bounded_arg(0, low_open=True),
+        default=DEFAULT_BITS,
+        help="memory budget, bits/weight",
+    )
+    p.add_argument(
+        "--scale-bits",
+        type=bounded_arg(0, low_open=True),
+        default=DEFAULT_SCALE_BITS,
+        help="bits per scale",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=bounded_arg(0, low_open=True),
+        default=DEFAULT_TOLERANCE,
+        help="delta tolerance",
+    )
     return p
 
 
@@ -44,8 +59,6 @@ def question(argv: list[str]) -> tuple[argparse.Namespace, Question]:
     if bad:
         raise InputError(f"unexpected argument(s) {bad} (see qat-sweep decide --help)")
     target = parse_target(" ".join(extra))  # same keys, checks and ranges as design/suggest
-    if args.scale_bits <= 0:
-        raise InputError(f"--scale-bits {args.scale_bits}: need > 0")
     q = Question(
         target.n_params, target.tokens, target.hidden_size, target.fit_key, target.group_size,
         args.bits, args.scale_bits, args.tolerance, args.law,

@@ -12,7 +12,7 @@ from qat_sweep.analysis.design import simulate as sim
 from qat_sweep.analysis.design.expected import format_design, noise_level, run_design
 from qat_sweep.analysis.design.truth import truth_prior
 from qat_sweep.commands.args import split_cli
-from qat_sweep.common import quiet_progress
+from qat_sweep.common import bounded_arg, quiet_progress
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,12 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--noise",
-        type=float,
+        type=bounded_arg(0),
         help=f"SD of each run's final loss (default: from the prior fit's residuals, else {sim.DEFAULT_NOISE})",
     )
-    p.add_argument("--cell-noise", type=float, default=0.0, help="SD shared by a cell's twins")
-    p.add_argument("--sims", type=int, default=200, help="simulated sweeps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--cell-noise", type=bounded_arg(0), default=0.0, help="SD shared by a cell's twins"
+    )
+    p.add_argument("--sims", type=bounded_arg(10, whole=True), default=200, help="simulated sweeps")
+    p.add_argument("--seed", type=bounded_arg(0, whole=True), default=0)
     p.add_argument(
         "--target",
         action="append",
@@ -66,10 +68,6 @@ def main(argv: list[str]) -> int:
         if args.json:
             quiet_progress()
         sweep, mfu, peak, overrides = split_cli(extra, "design")
-        if args.sims < 10:
-            raise InputError(f"--sims {args.sims}: need at least 10 simulated sweeps")
-        if args.cell_noise < 0:
-            raise InputError(f"--cell-noise {args.cell_noise}: need >= 0")
         targets = [sim.parse_target(t) for t in args.target]
         prior = sim.load_prior(args.prior, args.law)
         noise = noise_level(args.noise, prior.noise)

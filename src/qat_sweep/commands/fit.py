@@ -20,7 +20,7 @@ from qat_sweep.analysis.collect import (
     pair_deltas,
     read_table,
 )
-from qat_sweep.common import command_hint, split_overrides
+from qat_sweep.common import bounded_arg, command_hint, creatable_dir_problem, split_overrides
 from qat_sweep.record import RUNS_ROOT, sweep_dir
 
 FIT_OVERRIDES = {"sweep", "paths.runs"}
@@ -35,9 +35,12 @@ def _fit_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", type=Path, help="analysis table CSV (e.g. a previous runs.csv)")
     p.add_argument("--out", type=Path, help="output directory (default reports/<sweep> for sweep=)")
     p.add_argument(
-        "--bootstrap", type=int, default=1000, help="resamples of (N, D) cells (0: none)"
+        "--bootstrap",
+        type=bounded_arg(0, whole=True),
+        default=1000,
+        help="resamples of (N, D) cells (0: none)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=bounded_arg(0, whole=True), default=0)
     p.add_argument("--free-beta", action="store_true", help="fit beta separately from alpha")
     p.add_argument("--joint", action="store_true", help="also fit all runs jointly")
     p.add_argument(
@@ -51,7 +54,10 @@ def _fit_parser() -> argparse.ArgumentParser:
         help="pandas query marking held-out runs, e.g. 'n_params > 9e8'",
     )
     p.add_argument(
-        "--huber-base", type=float, default=1e-3, help="Huber threshold on log-loss residuals"
+        "--huber-base",
+        type=bounded_arg(0, low_open=True),
+        default=1e-3,
+        help="Huber threshold on log-loss residuals",
     )
     p.add_argument(
         "--all-lr",
@@ -163,8 +169,6 @@ def main(argv: list[str]) -> int:
         parser = _fit_parser()
         overrides, rest = split_overrides(argv, FIT_OVERRIDES, parser)
         args = parser.parse_args(rest)
-        if not args.huber_base > 0:
-            raise InputError(f"--huber-base must be > 0, got {args.huber_base}")
         from qat_sweep.analysis.law.formulas import CHANNEL_G, LAWS
 
         if args.channel_g not in CHANNEL_G:
@@ -177,8 +181,8 @@ def main(argv: list[str]) -> int:
         extra = None if args.extra_bf16 is None else read_extra_bf16(args.extra_bf16)
         rows, skipped, source, out = _load_source(args, overrides)
         sealed = _sealed_dir(args, overrides)
-        if out.exists() and not out.is_dir():
-            raise InputError(f"--out {out} exists and is not a directory")
+        if (cannot := creatable_dir_problem("--out", out, "the fit's outputs")) is not None:
+            raise InputError(cannot)  # before minutes of bootstrap, not after
         table = pair_deltas(build_table(rows, args.channel_g))
         settings = Settings(
             bootstrap=args.bootstrap, seed=args.seed, tied=not args.free_beta, joint=args.joint,

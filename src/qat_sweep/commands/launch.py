@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from qat_sweep.commands.args import cost_options, parse_cli
-from qat_sweep.common import command_hint, format_hours
+from qat_sweep.common import command_hint, format_hours, wants_help
 from qat_sweep.config.checks import data_problems
 from qat_sweep.locks import LockHeld, describe_holder, launch_lock
 from qat_sweep.record import SUBMITIT_DIR
@@ -39,10 +39,30 @@ from qat_sweep.sweep.spec import PlanError, PlannedRun
 LAUNCH_FLAGS = ("--dry-run", "--print-hydra-overrides", "--retry-diverged")
 
 
+HELP = """usage: qat-sweep launch sweep=NAME launcher=PROFILE [--dry-run] [--retry-diverged]
+                        [--print-hydra-overrides] [key=value ...]
+
+Submit the runs of a sweep that have no completed record and are not queued or running: SLURM
+job arrays (launcher kind slurm) or processes on this machine (kind local, max_parallel at a
+time). Every run is validated first; a bad one launches nothing.
+
+  sweep=NAME               the sweep: a file in conf/sweep/ or a path
+  launcher=PROFILE         launchers/PROFILE.yaml or a path (e.g. launcher=local)
+  --dry-run                print what would be submitted (the sbatch scripts), submit
+                           nothing; needs no scheduler and no prepared data
+  --retry-diverged         also rerun diverged runs (kept out by default)
+  --print-hydra-overrides  the hydra/launcher overrides of the profile, for `train -m`
+  key=value                train overrides applied to every run (e.g. paths.runs=DIR)
+"""
+
+
 def main(argv: list[str]) -> int:
     """``qat-sweep launch sweep=NAME launcher=PROFILE [--dry-run] [--retry-diverged] [overrides]``.
 
     ``--dry-run`` needs no scheduler and no prepared data: it prints what would be submitted."""
+    if wants_help(argv):
+        print(HELP)
+        return 0
     try:
         sweep, options, flags, overrides = parse_cli(argv, LAUNCH_FLAGS)
         if "launcher" not in options:
@@ -151,6 +171,8 @@ def _launch(
         )
         return 0
     manifest = run_local(todo, profile, sweep, argv)
+    if manifest.get("interrupted"):
+        return EXIT_INTERRUPTED
     return 1 if manifest["failed"] else 0
 
 
@@ -190,6 +212,9 @@ def _print_arrays(arrays: list[tuple[LaunchProfile, list[PlannedRun]]], rows_hin
             wall = "-" if s.wall_h is None else format_hours(s.wall_h)
             print(f"#  {index:>4} {run.run_key:<58} {s.gpus:>3} {wall:>6} {s.segments or '-':>3}")
     print(f"\neach run's train overrides: {rows_hint}")
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 def _say_waiting(held: LockHeld) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from qat_sweep.commands.args import cost_options, parse_cli
-from qat_sweep.common import command_hint, format_count, format_hours
+from qat_sweep.common import command_hint, format_count, format_hours, wants_help
 from qat_sweep.config.checks import data_problems
 from qat_sweep.estimates.flops import MODEL_COUNT, PAPER_LABEL
 from qat_sweep.sweep.branches import branch_costs
@@ -143,11 +143,30 @@ def _sizing_cells(run: PlannedRun) -> str:
     )
 
 
+HELP = """usage: qat-sweep plan sweep=NAME [launcher=PROFILE] [--runs | --json] [mfu=0.4]
+                      [peak_tflops=312] [key=value ...]
+
+Every run of a sweep (conf/sweep/NAME.yaml, or a path to a sweep file), validated as `train`
+validates one run, and a summary of its compute; nothing is written or launched.
+
+  sweep=NAME         the sweep: a file in conf/sweep/ or a path
+  launcher=PROFILE   size each run for a launch profile (launchers/PROFILE.yaml): GPUs,
+                     micro-batch, memory per GPU, wall-clock hours
+  mfu=, peak_tflops= the cost model of the GPU-hours column
+  --runs             every run, grouped by sub-grid, instead of the summary
+  --json             one JSON row per run
+  key=value          train overrides applied to every run (e.g. paths.runs=DIR)
+"""
+
+
 def main(argv: list[str]) -> int:
     """``qat-sweep plan sweep=NAME [launcher=PROFILE] [--runs|--json] [mfu=0.4] [peak_tflops=312]``.
 
     With ``launcher=`` every run is sized for the profile's GPUs (``qat_sweep.sweep.sizing``).
     """
+    if wants_help(argv):
+        print(HELP)
+        return 0
     try:
         sweep, options, flags, overrides = parse_cli(argv, ("--json", "--runs"))
         mfu, peak = cost_options(options)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qat_sweep.common import InputError, parse_bool, parse_keys, parse_tokens
+from qat_sweep.common import InputError, bounded_number, parse_bool, parse_keys, parse_tokens
 from qat_sweep.data.prepare.hf_corpus import prepare_hf
 from qat_sweep.data.prepare.text_corpus import prepare_text
 from qat_sweep.data.tokenfiles import MANIFEST
@@ -35,31 +35,36 @@ def _paths(value: str) -> list[Path]:
     return [Path(v) for v in value.split(",") if v]
 
 
-_PARALLEL: dict[str, Callable[[str], Any]] = {"workers": int, "shards": int, "shard": int}
+_COUNT = bounded_number(1, whole=True)  # workers, shards, vocabulary sizes...
+_PARALLEL: dict[str, Callable[[str], Any]] = {
+    "workers": _COUNT,
+    "shards": _COUNT,
+    "shard": bounded_number(0, whole=True),
+}
 _COMMON: dict[str, Callable[[str], Any]] = {
     "out": Path,
-    "val_fraction": float,
-    "min_val_tokens": int,
-    "seed": int,
+    "val_fraction": bounded_number(0, 0.5, low_open=True),
+    "min_val_tokens": bounded_number(0, whole=True),
+    "seed": bounded_number(0, whole=True),
     "force": parse_bool,
     **_PARALLEL,
 }
 TEXT_KEYS: dict[str, Callable[[str], Any]] = {
     "input": _paths,
-    "vocab_size": int,
+    "vocab_size": _COUNT,
     "tokenizer": Path,
     "pattern": str,
-    "min_frequency": int,
+    "min_frequency": _COUNT,
     "eos_token": str,
-    "part_mb": float,
+    "part_mb": bounded_number(0, low_open=True),
     **_COMMON,
 }
 DEMO_KEYS: dict[str, Callable[[str], Any]] = {
     "out": Path,
-    "vocab_size": int,
-    "max_bytes": int,
+    "vocab_size": _COUNT,
+    "max_bytes": _COUNT,
     "force": parse_bool,
-    "workers": int,
+    "workers": _COUNT,
 }
 HF_KEYS: dict[str, Callable[[str], Any]] = {
     "dataset": str,
@@ -69,8 +74,8 @@ HF_KEYS: dict[str, Callable[[str], Any]] = {
     "max_tokens": parse_tokens,  # 250B, 2.5e11 or 250000000000
     "name": str,
     "streaming": parse_bool,
-    "batch_docs": int,
-    "parts": int,
+    "batch_docs": _COUNT,
+    "parts": _COUNT,
     **_COMMON,
 }
 

@@ -9,7 +9,7 @@ import math
 import sys
 
 from qat_sweep.commands.args import parse_cli
-from qat_sweep.common import command_hint
+from qat_sweep.common import command_hint, wants_help
 from qat_sweep.sweep.jobs import attach_status
 from qat_sweep.sweep.plan import plan_sweep
 from qat_sweep.sweep.profiles import (
@@ -18,25 +18,48 @@ from qat_sweep.sweep.profiles import (
 from qat_sweep.sweep.spec import PlanError
 from qat_sweep.sweep.status import status_rows, status_summary, status_table, watch
 
+MAX_WATCH_S = 86400
+
 
 def _watch_period(value: str | None) -> float:
     try:
         every = float(value or 10)
     except ValueError:
         every = math.nan
-    if not every > 0:
-        raise PlanError(f"--watch={value}: give the refresh period in seconds > 0, e.g. --watch=30")
+    if not 0 < every <= MAX_WATCH_S:
+        raise PlanError(
+            f"--watch={value}: give the refresh period in seconds, > 0 and at most "
+            f"{MAX_WATCH_S} (a day), e.g. --watch=30"
+        )
     return every
+
+
+HELP = """usage: qat-sweep status sweep=NAME [launcher=PROFILE] [--runs | --json]
+                        [--watch[=SECONDS]] [key=value ...]
+
+Completed, running, pending, failed and missing runs of a sweep, with progress and the reason
+of each failure; reads run records and the scheduler, writes nothing.
+
+  sweep=NAME          the sweep: a file in conf/sweep/ or a path
+  launcher=PROFILE    the runs as launched with this profile (its paths.runs)
+  --runs              every run instead of the one-screen summary
+  --json              one JSON row per run
+  --watch[=SECONDS]   redraw every SECONDS (default 10) until Ctrl-C
+  key=value           the train overrides the sweep was launched with (e.g. paths.runs=DIR)
+"""
 
 
 def main(argv: list[str]) -> int:
     """``qat-sweep status sweep=NAME [launcher=PROFILE] [--runs|--json] [--watch[=S]] [overrides]``."""
+    if wants_help(argv):
+        print(HELP)
+        return 0
     try:
         sweep, options, flags, overrides = parse_cli(argv, ("--json", "--watch", "--runs"))
         every = _watch_period(options.get("--watch"))
         if "launcher" in options:  # the runs as launched with it: under its paths.runs
             overrides = [*overrides, *load_profile(options["launcher"]).train_overrides()]
-        runs = plan_sweep(sweep, overrides, strict=False)
+        runs = plan_sweep(sweep, overrides, strict=False, data_fit=False)
     except PlanError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -13,7 +13,13 @@ from qat_sweep.analysis.collect import InputError
 from qat_sweep.analysis.design import simulate as sim
 from qat_sweep.analysis.design.suggest import suggest
 from qat_sweep.commands.args import split_cli
-from qat_sweep.common import format_count, format_hours, quiet_progress
+from qat_sweep.common import (
+    bounded_arg,
+    creatable_dir_problem,
+    format_count,
+    format_hours,
+    quiet_progress,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,9 +32,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--target", action="append", required=True,
                    help="'model=973M tokens=200B scheme=w4a4 format=int4 group_size=128'")  # fmt: skip
-    p.add_argument("--k", type=int, help="how many runs (default 10 without --budget)")
-    p.add_argument("--budget", type=float, help="GPU-hours to spend, BF16 twins included")
-    p.add_argument("--noise", type=float, help="SD of a run's final loss (default: from the fit)")
+    p.add_argument(
+        "--k", type=bounded_arg(1, whole=True), help="how many runs (default 10 without --budget)"
+    )
+    p.add_argument(
+        "--budget",
+        type=bounded_arg(0, low_open=True),
+        help="GPU-hours to spend, BF16 twins included",
+    )
+    p.add_argument(
+        "--noise", type=bounded_arg(0), help="SD of a run's final loss (default: from the fit)"
+    )
     p.add_argument(
         "--off-grid",
         action="store_true",
@@ -89,11 +103,9 @@ def main(argv: list[str]) -> int:
         if args.json:
             quiet_progress()
         sweep, mfu, peak, overrides = split_cli(extra, "suggest")
-        if args.k is not None and args.k < 1:
-            raise InputError(f"--k {args.k}: need at least 1")
-        if args.budget is not None and args.budget <= 0:
-            raise InputError(f"--budget {args.budget}: need a positive number of GPU-hours")
         targets = [sim.parse_target(t) for t in args.target]
+        if args.out and (cannot := creatable_dir_problem("--out", args.out, "the sweep file")):
+            raise InputError(cannot)
         res = suggest(
             args.fit, sweep, targets, overrides=overrides, mfu=mfu, peak_tflops=peak,
             k=args.k, budget=args.budget, noise=args.noise, out=args.out, law=args.law,

@@ -19,9 +19,9 @@ def main(argv: list[str]) -> int:
         if problems:
             print("error: " + "\n  ".join(["this run cannot start:", *problems]), file=sys.stderr)
             return 2
-        from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.global_hydra import GlobalHydra
 
-        GlobalHydra.instance().clear()  # the check composed with Hydra; hydra.main starts afresh
+    GlobalHydra.instance().clear()  # a check (or a caller) composed with Hydra; hydra.main starts afresh
     # Hydra parses sys.argv itself, so -m, --cfg job, hydra/launcher=... all work as usual.
     sys.argv = ["qat-sweep train", *argv]
     train.main()

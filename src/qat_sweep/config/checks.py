@@ -9,23 +9,22 @@ so a sweep reports every bad run at once instead of failing on the first.
 
 from __future__ import annotations
 
+import difflib
 import json
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from qat_sweep.common import creatable_dir_problem, format_count
 from qat_sweep.config.compose import compose_tree, parse_tokens, resolve_tree, run_key
 from qat_sweep.config.typed import SchemaError, schema_message, schema_problems
 from qat_sweep.config_dirs import options
 from qat_sweep.model.precision import check_group_size, quant_config_from
 from qat_sweep.model.presets import available_presets, conf_dirs, model_config_from
-
-
-def schemes() -> list[str]:
-    """Scheme names: the files of conf/quant (each names its scheme)."""
-    return list(options(conf_dirs(), "quant"))
 
 
 def config_problems(config: dict[str, Any], gpus: int | None = None) -> list[str]:
@@ -48,6 +47,14 @@ def config_problems(config: dict[str, Any], gpus: int | None = None) -> list[str
             f"train.micro_batch_seqs={micro} does not divide the global batch of {batch} "
             f"sequences (optim.batch_seqs); allowed: {', '.join(map(str, divisors))}"
         )
+    eval_micro, eval_batch = config["eval"]["micro_batch_seqs"], int(config["eval"]["batch_seqs"])
+    if eval_micro is not None and eval_batch % int(eval_micro):
+        divisors = [d for d in range(1, eval_batch + 1) if eval_batch % d == 0]
+        problems.append(
+            f"eval.micro_batch_seqs={eval_micro} does not divide the eval batch of {eval_batch} "
+            f"sequences (eval.batch_seqs); allowed: {', '.join(map(str, divisors))}"
+        )
+    problems += data_value_problems(config["data"])
     tokens = parse_tokens(config["tokens"])
     if tokens < batch * seq_len:
         problems.append(
@@ -60,6 +67,58 @@ def config_problems(config: dict[str, Any], gpus: int | None = None) -> list[str
             "(gpus_per_node: 0); use train.device=cpu or auto, or a profile with GPUs"
         )
     return problems
+
+
+# Every key a data config may have (conf/data: a prepared directory or token files); data
+# stays an open mapping in the schema, so its keys and values are checked here.
+DATA_KEYS = (
+    "name", "dir", "root", "paths", "mix", "tokenizer", "dtype", "vocab_size", "eos_token_id",
+    "val_paths", "val_fraction", "val_block", "build_if_missing", "check", "max_epochs",
+)  # fmt: skip
+DATA_CHECKS = ("sample", "full")
+
+
+def data_value_problems(data: Mapping[str, Any]) -> list[str]:
+    """Unknown data keys and values the data reader would refuse only once a run has started."""
+    from qat_sweep.data.tokenfiles import DTYPES
+
+    problems = [
+        f"unknown config key 'data.{key}'{_closest(key, DATA_KEYS)}; allowed: "
+        + ", ".join(DATA_KEYS)
+        for key in data
+        if key not in DATA_KEYS
+    ]
+    epochs = data.get("max_epochs")
+    if epochs is not None and not (_is_number(epochs) and 0 < epochs < math.inf):
+        problems.append(
+            f"data.max_epochs={epochs!r}: must be null (no limit) or a number > 0 of passes "
+            "over the training tokens"
+        )
+    if data.get("dtype", DTYPES[0]) not in DTYPES:
+        problems.append(f"data.dtype={data['dtype']!r}: allowed: {', '.join(DTYPES)}")
+    if data.get("check", "sample") not in DATA_CHECKS:
+        problems.append(f"data.check={data['check']!r}: allowed: {', '.join(DATA_CHECKS)}")
+    if not isinstance(data.get("build_if_missing", False), bool):
+        problems.append(
+            f"data.build_if_missing={data['build_if_missing']!r}: must be true or false"
+        )
+    for key in ("vocab_size", "eos_token_id", "val_block"):
+        value = data.get(key)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool)):
+            problems.append(f"data.{key}={value!r}: must be null or a whole number")
+    fraction = data.get("val_fraction")
+    if fraction is not None and not (_is_number(fraction) and 0 <= fraction <= 0.5):
+        problems.append(f"data.val_fraction={fraction!r}: must be a number in [0, 0.5]")
+    return problems
+
+
+def _closest(key: str, keys: tuple[str, ...]) -> str:
+    found = difflib.get_close_matches(key, keys, n=1)
+    return f" (did you mean 'data.{found[0]}'?)" if found else ""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def run_problems(config: dict[str, Any]) -> list[str]:
@@ -95,7 +154,9 @@ def override_problems(overrides: list[str], has_cuda: bool | None = None) -> lis
     if has_cuda is False and config["train"]["device"] == "cuda":
         problems.append("train.device='cuda' but this machine has no CUDA device")
     data = _data_problem(config["data"], load=False)
-    return problems + ([data] if data else [])
+    budget = data_fit_problems({config["run_key"]: config}).values()
+    runs = creatable_dir_problem("paths.runs", config["paths"]["runs"], "run directories")
+    return problems + [p for p in (data, runs) if p] + list(budget)
 
 
 # What composing one run can raise for a user's overrides (KeyError: a key a run needs, gone).
@@ -118,10 +179,17 @@ def compose_problem(error: Exception) -> str:
     text = str(error).splitlines()[0]
     if text.startswith("Error parsing override"):
         return f"{text}: expected key=value (Hydra's override grammar), e.g. tokens=2M"
-    if "model/" in text:
-        return f"{text}; model presets: {', '.join(available_presets())}"
-    if "quant/" in text:
-        return f"{text}; schemes: {', '.join(schemes())}"
+    if missing := re.search(r"Could not find '(\w+)/([^']*)'", text):
+        group, option = missing.groups()
+        allowed = available_presets() if group == "model" else list(options(conf_dirs(), group))
+        close = difflib.get_close_matches(option.lower(), [a.lower() for a in allowed], n=1)
+        meant = [a for a in allowed if close and a.lower() == close[0]]
+        noun = {"model": "model presets", "quant": "schemes"}.get(group, f"{group} options")
+        return (
+            f"{group}={option}: no such option"
+            + (f" (did you mean {group}={meant[0]}?)" if meant else "")
+            + f"; {noun}: {', '.join(allowed)}"
+        )
     return text
 
 
@@ -138,6 +206,44 @@ def _data_problem(data: dict[str, Any], load: bool) -> str | None:
         except (ValueError, FileNotFoundError) as e:
             return f"data {data['name']!r}: {e}"
     return problem
+
+
+def data_fit_problems(configs: Mapping[str, dict[str, Any]]) -> dict[str, str]:
+    """Runs (run_key -> resolved config) their data cannot feed, from its files' sizes and
+    manifest (the trainer's checks, before any job): a token budget needing more passes than
+    ``data.max_epochs`` allows, token ids beyond the model's vocabulary."""
+    from qat_sweep.data.tokenfiles import data_extent
+
+    extents: dict[str, tuple[int, int] | None] = {}
+    problems = {}
+    for key_of_run, config in configs.items():
+        data, epochs = config["data"], config["data"].get("max_epochs")
+        key = json.dumps(data, sort_keys=True)
+        if key not in extents:
+            extents[key] = data_extent(data)
+        if extents[key] is None:
+            continue
+        available, vocab = extents[key]  # type: ignore[misc]
+        model_vocab = config["model"].get("vocab_size")
+        if model_vocab is not None and model_vocab < vocab:
+            problems[key_of_run] = (
+                f"model.vocab_size={model_vocab} is smaller than the vocabulary of data "
+                f"{data.get('name')!r} ({vocab} tokens); set model.vocab_size=null to take it "
+                "from the data"
+            )
+            continue
+        seq_len, batch = int(config["train"]["seq_len"]), int(config["optim"]["batch_seqs"])
+        tokens = parse_tokens(config["tokens"])
+        sequences = tokens // (batch * seq_len) * batch
+        passes = sequences * (seq_len + 1) / available  # each window reads seq_len + 1
+        if epochs is not None and passes > epochs:
+            problems[key_of_run] = (
+                f"tokens={format_count(tokens)} needs {passes:,.0f} passes over the "
+                f"{available:,} tokens of data {data.get('name')!r}; data.max_epochs="
+                f"{epochs:g} allows at most {epochs:g}: lower tokens, add data, or raise "
+                "data.max_epochs"
+            )
+    return problems
 
 
 def data_problems(configs: Mapping[str, dict[str, Any]], load: bool = False) -> dict[str, str]:

@@ -10,24 +10,27 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
+from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hydra_plugins.qat_sweep_conf import QatSweepUserConf
-from qat_sweep.common import format_count
+from qat_sweep.common import InputError, format_count
 from qat_sweep.common import parse_tokens as parse_tokens  # re-exported: plan and train parse here
-from qat_sweep.config.typed import typed_tree
-from qat_sweep.config_dirs import find
+from qat_sweep.config.typed import allowed, did_you_mean, schema_field, typed_tree
+from qat_sweep.config_dirs import find, yaml_problem
 from qat_sweep.data.tokenfiles import data_identity
 from qat_sweep.model.precision import (
     BLOCK_FORMATS,
@@ -288,14 +291,41 @@ def _group_option(group: str, option: str, dirs: tuple[Path, ...]) -> Any:
     if path is not None:
         text = path.read_text()
         if "defaults" not in text and "@package" not in text:
-            return OmegaConf.to_container(OmegaConf.load(path))
+            try:
+                return OmegaConf.to_container(OmegaConf.load(path))
+            except yaml.YAMLError as e:  # a user's option file
+                raise InputError(yaml_problem(path, e)) from None
     return _compose_groups((f"{group}={option}",), dirs)[group]
 
 
 @lru_cache(maxsize=4096)
 def parse_override(text: str) -> Any:
-    """One `key=value` override as Hydra's grammar reads it (an `Override`)."""
-    return OverridesParser.create().parse_overrides([text])[0]
+    """One `key=value` override as Hydra's grammar reads it (an `Override`); InputError names
+    the override, its key and how to write it when the grammar refuses it."""
+    try:
+        override = OverridesParser.create().parse_overrides([text])[0]
+    except OverrideParseException as e:
+        lines = [line for line in str(e).splitlines() if not line.startswith(("Error", "See"))]
+        reason = "an unclosed quote or bracket" if "LexerNoViableAlt" in str(e) else lines[0]
+        key = text.partition("=")[0].lstrip("+~")
+        raise InputError(
+            f"cannot read override {text!r} (key {key!r}): {reason}; expected key=value in "
+            "Hydra's override grammar, e.g. tokens=2M or optim.betas=[0.9,0.95]; quote a value "
+            "holding = , [ ] { } or spaces: key='a value'"
+        ) from None
+    if not override.key_or_group:
+        raise InputError(f"override {text!r} names no key; expected key=value, e.g. tokens=2M")
+    value = override.value()
+    if isinstance(value, float) and math.isinf(value) and "inf" not in text.lower():
+        found = schema_field(override.key_or_group)
+        bound = found[0].metadata.get("bound") if found else None
+        raise InputError(
+            f"{text}: {text.partition('=')[2]} is beyond the largest number a config holds "
+            f"(about 1.8e308; it would read as inf)"
+            + (f"; {allowed(*found)}" if bound else "")
+            + ("; use e.g. 2M or 20B" if override.key_or_group == "tokens" else "")
+        )
+    return override
 
 
 def hydra_value(value: Any) -> str:
@@ -325,7 +355,8 @@ def _set_value(tree: dict[str, Any], key: str, value: Any, line: str) -> None:
         node = node.get(part) if isinstance(node, dict) else None
     if not isinstance(node, dict) or leaf not in node:
         raise ValueError(
-            f"unknown config key {key!r} in override {line!r}; prefix it with '+' to add a new key"
+            f"unknown config key {key!r} in override {line!r}{did_you_mean(key)}; the run "
+            "config's keys are in conf/train.yaml and its groups"
         )
     node[leaf] = value
 

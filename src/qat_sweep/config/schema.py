@@ -11,7 +11,6 @@ silent default. Plan's fast composition checks its plain trees against the same 
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from qat_sweep.common import (
     PARALLELISMS,
     SCHEDULES,
     WANDB_MODES,
+    Bound,
     InputError,
     parse_tokens,
     switch,
@@ -33,6 +33,7 @@ from qat_sweep.common import (
 from qat_sweep.model.precision import QuantConfig
 from qat_sweep.model.presets import ModelConfig
 
+MAX_THREADS = 1024  # intra-op threads of one run: more than any node's cores
 SCHEMA_NAME = "run_schema"  # the ConfigStore entry conf/train.yaml lists first in its defaults
 
 
@@ -54,32 +55,6 @@ Schedule = _words("Schedule", SCHEDULES)
 WandbMode = _words("WandbMode", WANDB_MODES)
 
 # --- what a field allows beyond its type: field metadata that `config.typed` checks ---
-
-
-@dataclass(frozen=True)
-class Bound:
-    """The finite numbers a field allows: ``low`` and ``high`` ends, each closed or open."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def allows(self, x: float) -> bool:
-        if not math.isfinite(x):
-            return False
-        above = self.low is None or (x > self.low if self.low_open else x >= self.low)
-        below = self.high is None or (x < self.high if self.high_open else x <= self.high)
-        return above and below
-
-    def describe(self, whole: bool) -> str:
-        kind = "a whole number" if whole else "a number"
-        if self.low is not None and self.high is not None:
-            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            return f"{kind} in {left}{self.low:g}, {self.high:g}{right}"
-        if self.low is not None:
-            return f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
-        return f"{kind} {'<' if self.high_open else '<='} {self.high:g}"
 
 
 def bounded(
@@ -111,13 +86,26 @@ def _betas(value: Any, key: str) -> Any:
 # --- the groups: model and quant reuse the trainer's dataclasses ---
 
 
-def _composable(cls: type, name: str, types: dict[str, Any] | None = None) -> type:
+def _composable(
+    cls: type,
+    name: str,
+    types: dict[str, Any] | None = None,
+    bounds: dict[str, Bound] | None = None,
+) -> type:
     """``cls``'s fields, types and defaults as an unfrozen dataclass (a frozen one composes
     read-only, so no override could set it), with ``types`` for annotations OmegaConf cannot
-    hold (unions such as QuantConfig's int | str | None group size)."""
-    hints = typing.get_type_hints(cls)
+    hold (unions such as QuantConfig's int | str | None group size) and ``bounds`` for the
+    numbers a field allows."""
+    hints, bounds = typing.get_type_hints(cls), bounds or {}
     specs = [
-        (f.name, (types or {}).get(f.name, hints[f.name]), field(default=_default(f)))
+        (
+            f.name,
+            (types or {}).get(f.name, hints[f.name]),
+            field(
+                default=_default(f),
+                metadata={"bound": bounds[f.name]} if f.name in bounds else {},
+            ),
+        )
         for f in dataclasses.fields(cls)
     ]
     made = dataclasses.make_dataclass(name, specs)
@@ -130,7 +118,13 @@ def _default(f: dataclasses.Field[Any]) -> Any:
     return MISSING if f.default is dataclasses.MISSING else f.default
 
 
-ModelSchema = _composable(ModelConfig, "ModelSchema")
+_POSITIVE = Bound(0, low_open=True)
+# A negative norm eps or RoPE base trains into NaN, recorded as "diverged" and never rerun.
+ModelSchema = _composable(
+    ModelConfig,
+    "ModelSchema",
+    bounds={"norm_eps": _POSITIVE, "rope_theta": _POSITIVE, "lr": _POSITIVE},
+)
 QuantSchema = _composable(QuantConfig, "QuantSchema", {"group_size": Any})  # an int or channel
 
 
@@ -189,7 +183,7 @@ class TrainSchema:
     # booleans (`train.compile=true` is one), and a run_key keeps the boolean as given.
     compile: Any = parsed(switch)
     autocast_bf16: Any = parsed(switch)
-    threads: int | None = bounded(0)
+    threads: int | None = bounded(0, MAX_THREADS)  # torch crashes (SIGSEGV) on 100000
     parallelism: Parallelism = MISSING
     activation_checkpointing: bool = MISSING
 
@@ -243,7 +237,7 @@ class RunConfig:
     logger: LoggerSchema = MISSING
     sweep_name: str = MISSING
     tokens: Any = parsed(parse_tokens)  # an int or a count such as 2M: OmegaConf has no int | str
-    seed: int = bounded(0)
+    seed: int = bounded(0, 2**63 - 1)  # torch.manual_seed takes an int64
     # Derived from the others (config.compose.run_key): a tree being checked may lack it yet.
     run_key: str = field(default=MISSING, metadata={"derived": True})
     subgrid: str | None = MISSING

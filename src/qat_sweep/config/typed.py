@@ -10,6 +10,7 @@ cached by each value and by each section's text: a 289-run plan repeats a few do
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import json
 import typing
@@ -153,7 +154,38 @@ def _shown(number: float) -> str:
 
 
 def _unknown(key: str, allowed_keys: list[str]) -> str:
-    return f"unknown config key {key!r}; allowed: {', '.join(allowed_keys)}"
+    return f"unknown config key {key!r}{did_you_mean(key)}; allowed: {', '.join(allowed_keys)}"
+
+
+@functools.cache
+def schema_keys() -> tuple[str, ...]:
+    """Every dotted key of the run schema, sections included (data's own keys are open)."""
+
+    def walk(cls: type, prefix: str) -> list[str]:
+        keys = []
+        for name, (_, hint) in _fields(cls).items():
+            keys.append(prefix + name)
+            if dataclasses.is_dataclass(hint):
+                keys += walk(hint, f"{prefix}{name}.")  # type: ignore[arg-type]
+        return keys
+
+    return tuple(walk(RunConfig, ""))
+
+
+def did_you_mean(key: str) -> str:
+    """' (did you mean 'optim.lr'?)' for a misspelt or misplaced key, else ''.
+
+    A key whose last part is a schema field's name elsewhere (train.lr) points there first;
+    otherwise the closest dotted keys by spelling (optim.lrr)."""
+    leaf = key.rpartition(".")[2]
+    keys = schema_keys()
+    found = [k for k in keys if k.rpartition(".")[2] == leaf and k != key]
+    found.sort(key=lambda k: -difflib.SequenceMatcher(None, key, k).ratio())
+    found = found or difflib.get_close_matches(key, keys, n=2, cutoff=0.75)
+    if not found:
+        leaves = {k.rpartition(".")[2]: k for k in keys}
+        found = [leaves[m] for m in difflib.get_close_matches(leaf, list(leaves), n=2, cutoff=0.8)]
+    return f" (did you mean {' or '.join(map(repr, found))}?)" if found else ""
 
 
 def allowed(f: dataclasses.Field[Any], hint: Any) -> str:

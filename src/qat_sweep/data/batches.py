@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from qat_sweep.data.permutation import FeistelPermutation, derive_key
-from qat_sweep.data.tokenfiles import TokenFiles, check_token_ids, resolve_data
+from qat_sweep.data.tokenfiles import TokenFiles, check_token_ids, held_out_blocks, resolve_data
 
 
 class TokenStream(Protocol):
@@ -67,15 +67,7 @@ class HeldOutBlocks:
                 f"held-out blocks need block > 0 and stride >= 2, got {block}, {stride}"
             )
         self.base, self.block, self.stride, self.val = base, block, stride, val
-        self.n_blocks = len(base) // block
-        self.offset = min(stride // 2, self.n_blocks // 2)
-        self.n_val = -(-(self.n_blocks - self.offset) // stride)
-        if self.n_blocks < 2 or 2 * self.n_val * block > len(base):
-            raise ValueError(
-                f"{len(base):,} tokens make {self.n_blocks} block(s) of data.val_block={block}: "
-                f"too few to hold one out for validation and train on the rest; lower "
-                f"data.val_block or give data.val_paths"
-            )
+        self.n_blocks, self.offset, self.n_val = held_out_blocks(len(base), block, stride)
         self.tail = len(base) - self.n_blocks * block
 
     def __len__(self) -> int:

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from qat_sweep.common import creatable_dir_problem
+
 DTYPES = ("uint16", "uint32")
 MANIFEST = "manifest.json"
 FORMAT = "qat-sweep-tokens"
@@ -365,15 +367,54 @@ def needs_build(cfg: Mapping[str, Any]) -> bool:
 
 def data_problem(cfg: Mapping[str, Any]) -> str | None:
     """Why a data config cannot feed a run, from file names and sizes only (None: fine)."""
-    if needs_build(cfg):
-        return None  # built by the first run that needs it (under a lock)
+    if needs_build(cfg):  # built by the first run that needs it (under a lock): can it be?
+        return creatable_dir_problem("data.dir", str(cfg["dir"]), "the corpus")
     try:
-        resolve_data(cfg)
+        spec = resolve_data(cfg)
+        if not spec.val:  # validation held out of the training files: enough of them?
+            tokens = sum(p.stat().st_size for p in spec.train) // spec.dtype.itemsize
+            held_out_blocks(tokens, spec.val_block, round(1 / spec.val_fraction))
     except FileNotFoundError as e:
-        return f"data {cfg.get('name')!r}: {e} — it is not prepared (see conf/data/{cfg.get('name')}.yaml)"
+        return f"data {cfg.get('name')!r}: {e} — it is not prepared{_see_config(cfg)}"
     except ValueError as e:
         return f"data {cfg.get('name')!r}: {e}"
     return None
+
+
+def held_out_blocks(n_tokens: int, block: int, stride: int) -> tuple[int, int, int]:
+    """(blocks, offset of the first validation block, validation blocks) of ``n_tokens`` cut
+    into blocks of ``block`` with every ``stride``-th held out; ValueError when too few."""
+    n_blocks = n_tokens // block
+    offset = min(stride // 2, n_blocks // 2)
+    n_val = -(-(n_blocks - offset) // stride)
+    if n_blocks < 2 or 2 * n_val * block > n_tokens:
+        raise ValueError(
+            f"{n_tokens:,} tokens make {n_blocks} block(s) of data.val_block={block}: too few "
+            "to hold one out for validation and train on the rest; lower data.val_block or "
+            "give data.val_paths"
+        )
+    return n_blocks, offset, n_val
+
+
+def data_extent(cfg: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(tokens, vocabulary size) of a data config's files, validation ones excepted where they
+    are files of their own, from file sizes only (None: not prepared or not readable yet, which
+    `data_problem` reports). Held-out blocks count in: a bound never overstating the passes."""
+    if needs_build(cfg):
+        return None
+    try:
+        spec = resolve_data(cfg)
+    except (FileNotFoundError, ValueError):
+        return None
+    return sum(p.stat().st_size for p in spec.train) // spec.dtype.itemsize, spec.vocab_size
+
+
+def _see_config(cfg: Mapping[str, Any]) -> str:
+    """' (see <its file>)': the data option's file where it is, never a path that is not."""
+    from qat_sweep.config_dirs import find, search_dirs
+
+    path = find(search_dirs("conf"), f"data/{cfg.get('name')}.yaml")
+    return f" (see {path})" if path else ""
 
 
 def _describe(items: tuple[Path, ...] | list[Any]) -> str:

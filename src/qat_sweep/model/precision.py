@@ -205,10 +205,12 @@ class QuantConfig:
                 )
             return
         if group not in GROUP_WORDS and (
-            isinstance(group, bool) or not isinstance(group, int) or group <= 0
+            isinstance(group, bool) or not isinstance(group, int) or group < 2
         ):
+            # G = 1 has no log2 G for the law to fit: fit and predict refuse it, so train does
             raise ValueError(
-                f"group_size must be a positive int, 'channel' or 'tensor', got {group!r}"
+                f"quant.group_size={group!r}: allowed an integer >= 2 (dividing the model's "
+                f"widths), {' or '.join(GROUP_WORDS)}"
             )
 
     def _check_encoding(self) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from qat_sweep.common import structured_fields
-from qat_sweep.config_dirs import options, packaged_dir, user_dirs
+from qat_sweep.config_dirs import load_yaml, options, packaged_dir, user_dirs
 
 CONF_DIR: Path = packaged_dir("conf")  # the shipped configs; see qat_sweep.config_dirs
 
@@ -164,7 +164,7 @@ def load_preset(name: str) -> ModelConfig:
 
 def _load(name: str) -> ModelConfig:
     path = _preset_files()[name]
-    config = model_config_from(OmegaConf.load(path))
+    config = model_config_from(load_yaml(path, ValueError))
     if config.name != name:
         raise ValueError(f"{path} declares name {config.name!r}; they must match")
     return config

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import subprocess
 import threading
-import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Any
@@ -353,9 +352,10 @@ class BranchGate:
         self.ended = {r.run_key: threading.Event() for r in runs}
         self.poll_s = poll_s
 
-    def wait(self, run: PlannedRun) -> str | None:
-        """Block until ``run`` may start (None) or is held back (the reason)."""
-        while not branch_ready(run):
+    def wait(self, run: PlannedRun, stop: threading.Event) -> str | None:
+        """Block until ``run`` may start or ``stop`` is set (None), or is held back (the
+        reason)."""
+        while not (branch_ready(run) or stop.is_set()):
             ended = self.ended.get(run.parent or "")
             if ended is not None and ended.is_set() and not branch_ready(run):
                 return held_back(run) or (
@@ -363,7 +363,7 @@ class BranchGate:
                 )
             if ended is None and held_back(run):  # a parent outside this launch failed
                 return held_back(run)
-            time.sleep(self.poll_s)
+            stop.wait(self.poll_s)
         return None
 
     def finished(self, run: PlannedRun) -> None:

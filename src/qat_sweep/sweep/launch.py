@@ -9,9 +9,11 @@ callable is a plain function call that resumes from the run's checkpoint when re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +27,7 @@ from qat_sweep.common import format_duration, format_loss, write_json_atomic
 from qat_sweep.config.compose import twin_key
 from qat_sweep.config_dirs import CONFIG_DIR_ENV, user_root
 from qat_sweep.delta import BF16, twin_gap
-from qat_sweep.locks import LockHeld
+from qat_sweep.locks import LockHeld, is_held, run_lock_path
 from qat_sweep.record import LAUNCH_LOGS, SUBMITIT_DIR, launches_dir, read_record
 from qat_sweep.sweep.branches import (
     BranchGate,
@@ -41,6 +43,7 @@ from qat_sweep.sweep.profiles import (
 )
 from qat_sweep.sweep.spec import PlanError, PlannedRun
 from qat_sweep.sweep.summary import reason_groups
+from qat_sweep.train.preemption import EXIT_PREEMPTED
 from qat_sweep.train.tracking import quantized_twins, twin_record
 
 LAUNCH_LOCK_WAIT_S = 120.0  # a second launch waits this long for the first to finish submitting
@@ -196,13 +199,23 @@ def twins_first(runs: list[PlannedRun]) -> list[PlannedRun]:
     return sorted(runs, key=lambda r: (cost.get(cell(r), r.model_flops), cell(r), r.scheme != BF16))
 
 
+LOCAL_POLL_S = 2.0  # how often a launch waiting for free slots looks again
+STOP_WAIT_S = 120.0  # after Ctrl-C, how long trainers get to checkpoint before they are killed
+
+
 def run_local(
     runs: list[PlannedRun], profile: LaunchProfile, sweep: str, argv: list[str]
 ) -> dict[str, Any]:
     """Run each run in its own process, ``max_parallel`` at a time, BF16 twins first
     (`twins_first`) and parents before their children, each child once its branch checkpoint
     exists (``BranchGate``); waits, prints each outcome and delta as it comes, then a closing
-    summary."""
+    summary.
+
+    Trainers still running from an earlier launch of the sweep (its launcher killed) hold
+    their run locks: they count against ``max_parallel``. Ctrl-C stops cleanly: no new run
+    starts, running trainers get SIGTERM (they checkpoint at a step boundary and exit), and a
+    summary says what a relaunch resumes; ``manifest["interrupted"]`` is then True.
+    """
     runs = parents_first(twins_first(runs))
     gate = BranchGate(runs)
     sweep_dir = runs[0].run_dir.parent
@@ -215,36 +228,62 @@ def run_local(
     name = _manifest_name()
     _write_manifest(sweep_dir, manifest, name)
     env = {**os.environ, **profile.env}
-    lock = threading.Lock()
+    lock, stopping = threading.Lock(), threading.Event()
     done = [0]
+    active: dict[str, subprocess.Popen[bytes]] = {}  # run_key -> its trainer, while it runs
 
-    def one(index: int) -> int:
+    def start(run: PlannedRun, log: str) -> subprocess.Popen[bytes] | None:
+        """Start ``run`` once fewer than max_parallel trainers of the sweep run (None: stopping)."""
+        told = False
+        while not stopping.is_set():
+            with lock:
+                busy = len(active) + _trainers_elsewhere(sweep_dir, set(active))
+                if busy < profile.max_parallel:
+                    # its own session: Ctrl-C in the terminal reaches the launcher, which stops
+                    # each trainer with SIGTERM (a checkpoint) rather than SIGINT (a traceback)
+                    with open(log, "ab") as out:
+                        proc = subprocess.Popen(
+                            _local_command(run), stdout=out, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True,
+                        )  # fmt: skip
+                    active[run.run_key] = proc
+                    return proc
+            if not told:
+                print(
+                    f"waiting: {busy} trainer(s) of this sweep running (max_parallel="
+                    f"{profile.max_parallel}), some from an earlier launch",
+                    flush=True,
+                )
+                told = True
+            stopping.wait(LOCAL_POLL_S)
+        return None
+
+    def one(index: int) -> int | None:
         run, job = runs[index], manifest["jobs"][index]
-        held = gate.wait(run)
+        held = gate.wait(run, stopping)
         if held is not None:
             with lock:
                 job["held"], done[0], outcomes[run.run_key] = held, done[0] + 1, held
                 print(f"[{done[0]}/{len(runs)}] {run.run_key} {held}", flush=True)
                 _write_manifest(sweep_dir, manifest, name)
+        proc = None if held is not None or stopping.is_set() else start(run, job["log"])
+        if proc is None:
             gate.finished(run)
-            return 1
-        start = time.monotonic()
-        with open(job["log"], "ab") as log:
-            proc = subprocess.Popen(
-                _local_command(run), stdout=log, stderr=subprocess.STDOUT, env=env
-            )
-            with lock:
-                job["job_id"] = f"local:{proc.pid}"
-            code = proc.wait()
+            return None if held is None else 1
+        begin = time.monotonic()
+        with lock:
+            job["job_id"] = f"local:{proc.pid}"
+        code = proc.wait()
         gate.finished(run)
         record = read_record(run.run_dir)
         with lock:
+            del active[run.run_key]
             job["exit_code"] = code
             done[0] += 1
             outcomes[run.run_key] = _outcome(record, code, job["log"])
             print(
                 f"[{done[0]}/{len(runs)}] {run.run_key} {outcomes[run.run_key]} "
-                f"({format_duration(time.monotonic() - start)})",
+                f"({format_duration(time.monotonic() - begin)})",
                 flush=True,
             )
             for key, line in _new_deltas(record, sweep_dir):
@@ -257,10 +296,26 @@ def run_local(
     started = time.monotonic()
     outcomes: dict[str, str] = {}
     shown: set[str] = set()
-    with ThreadPoolExecutor(max_workers=profile.max_parallel) as pool:
-        codes = list(pool.map(one, range(len(runs))))
-    manifest["failed"] = sum(1 for c in codes if c != 0)
+    pool = ThreadPoolExecutor(max_workers=profile.max_parallel)
+    futures = [pool.submit(one, i) for i in range(len(runs))]
+    try:
+        codes = [f.result() for f in futures]
+    except KeyboardInterrupt:
+        codes = _stop_local(futures, active, lock, stopping)
+        manifest["interrupted"] = True
+    pool.shutdown(wait=True)
+    manifest["failed"] = sum(1 for c in codes if c not in (0, None))
     _write_manifest(sweep_dir, manifest, name)
+    if manifest.get("interrupted"):
+        stopped = sum(1 for c in codes if c == EXIT_PREEMPTED)
+        print(
+            f"interrupted after {format_duration(time.monotonic() - started)}: "
+            f"{sum(c == 0 for c in codes)} run(s) completed, {stopped} stopped after a "
+            f"checkpoint, {sum(c is None for c in codes)} not started; launch again to "
+            "resume them",
+            flush=True,
+        )
+        return manifest
     failed = [r for r, c in zip(runs, codes, strict=True) if c != 0]
     print(
         f"local launch done in {format_duration(time.monotonic() - started)}: "
@@ -271,6 +326,48 @@ def run_local(
     for line in reason_groups(failed, lambda r: outcomes[r.run_key]):
         print(line, flush=True)
     return manifest
+
+
+def _stop_local(
+    futures: list[Any],
+    active: dict[str, subprocess.Popen[bytes]],
+    lock: threading.Lock,
+    stopping: threading.Event,
+) -> list[int | None]:
+    """After Ctrl-C: start nothing more, SIGTERM each trainer (it checkpoints and exits), wait
+    for them; a second Ctrl-C, or STOP_WAIT_S, kills those still running."""
+    stopping.set()
+    with lock:
+        procs = list(active.values())
+    print(
+        f"\nstopping: {len(procs)} running trainer(s) checkpoint and exit (Ctrl-C again to "
+        "kill them)",
+        flush=True,
+    )
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_WAIT_S
+    try:
+        for proc in procs:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except (KeyboardInterrupt, subprocess.TimeoutExpired):
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+    return [f.result() for f in futures]
+
+
+def _trainers_elsewhere(sweep_dir: Path, mine: set[str]) -> int:
+    """Trainers holding a run of this sweep that this launch did not start (an earlier
+    launch whose launcher was killed, or a run started by hand)."""
+    if not sweep_dir.is_dir():
+        return 0
+    return sum(
+        1
+        for run_dir in sweep_dir.iterdir()
+        if run_dir.name not in mine and is_held(run_lock_path(run_dir))
+    )
 
 
 def _new_deltas(record: dict[str, Any] | None, sweep_dir: Path) -> list[tuple[str, str]]:
@@ -298,6 +395,8 @@ def _new_deltas(record: dict[str, Any] | None, sweep_dir: Path) -> list[tuple[st
 
 
 def _outcome(record: dict[str, Any] | None, code: int, log: str) -> str:
+    if code == EXIT_PREEMPTED and (record is None or record["status"] != "completed"):
+        return "stopped after a checkpoint (a relaunch resumes it)"
     if record is None:
         return f"failed (exit {code}, no record; log {log})"
     if record["status"] == "completed":

@@ -19,10 +19,12 @@ from typing import Any
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
+from qat_sweep.common import creatable_dir_problem
 from qat_sweep.config.checks import (
     COMPOSE_ERRORS,
     compose_problem,
     config_problems,
+    data_fit_problems,
     data_problems,
     run_problems,
 )
@@ -148,7 +150,11 @@ def holdout_keys(name: str, extra_overrides: list[str] | tuple[str, ...] = ()) -
     spec = load_sweep(name)
     if not spec.holdout:
         return set()
-    runs = [r for r in plan_sweep(name, extra_overrides, strict=False) if r.subgrid in spec.holdout]
+    runs = [
+        r
+        for r in plan_sweep(name, extra_overrides, strict=False, data_fit=False)
+        if r.subgrid in spec.holdout
+    ]
     return {r.run_key for r in runs} | {twin_key(r.config) for r in runs}
 
 
@@ -199,13 +205,15 @@ def plan_sweep(
     runs_root: str | Path | None = None,
     strict: bool = True,
     gpus: int | None = None,
+    data_fit: bool = True,
 ) -> list[PlannedRun]:
     """Every run of sweep ``name``, validated, with its status; PlanError lists all problems.
 
     ``extra_overrides`` apply to every run (and its twin); ``runs_root`` sets ``paths.runs``.
     ``strict`` (launch) also loads each data directory: missing data is then an error.
     ``plan`` uses ``strict=False`` and only warns about data (a laptop without the corpus).
-    ``gpus`` (per node) comes from the launch profile.
+    ``gpus`` (per node) comes from the launch profile. ``data_fit`` refuses runs their data
+    (where it exists) cannot feed: its passes, its vocabulary; `status` shows runs as they are.
     """
     spec = load_sweep(name)
     extra = list(extra_overrides)
@@ -240,11 +248,17 @@ def plan_sweep(
         runs += trunks
         problems |= found
     if not problems and strict:
+        for root in sorted({str(r.config["paths"]["runs"]) for r in runs}):
+            if (cannot := creatable_dir_problem("paths.runs", root, "run directories")) is not None:
+                problems[cannot] = []
         found_by_run = data_problems({r.run_key: r.config for r in runs}, load=True)
         for run in runs:
             if run.run_key in found_by_run:
                 label = f"{run.subgrid} {run.run_key}"
                 problems.setdefault(found_by_run[run.run_key], []).append(label)
+    unfed = data_fit_problems({r.run_key: r.config for r in runs}) if data_fit else {}
+    for run in (r for r in runs if r.run_key in unfed):  # plan too: a job would fail on it
+        problems.setdefault(unfed[run.run_key], []).append(f"{run.subgrid} {run.run_key}")
     if problems:
         raise PlanError(_problem_report(spec, len(explicit), problems))
     add_membership(runs, spec.holdout)
