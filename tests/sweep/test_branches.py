@@ -174,17 +174,18 @@ def test_a_branch_that_would_change_the_result_is_refused() -> None:
 
 @pytest.mark.slow
 def test_failed_parent_holds_its_child_back_in_a_local_launch(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], demo_data: Path
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sweep = tmp_path / "late.yaml"
     late = {"tokens": 40960, "quant": "w4a4", "quant.group_size": 32, "quant.start_fraction": 0.5}
     sweep.write_text(yaml.safe_dump({"overrides": CPU, "subgrids": {"late": late}}))
-    # Passes planning, fails in the trainer: a vocabulary smaller than the data's.
+    # Passes planning, fails in the trainer: a vocabulary smaller than that of the corpus the
+    # parent builds (a built one would be refused before any run).
     argv = [f"sweep={sweep}", "launcher=local", f"paths.runs={tmp_path / 'runs'}"]
-    argv += [f"data.dir={demo_data}", "model.vocab_size=8"]
+    argv += [f"paths.data={tmp_path / 'data'}", "model.vocab_size=8"]
+    (child,) = [r for r in plan_sweep(str(sweep), argv[3:]) if r.parent]
     assert launch_main(argv) == 1
     out = capsys.readouterr().out
-    (child,) = [r for r in plan_sweep(str(sweep), argv[3:]) if r.parent]
     assert f"{child.run_key} held back: parent {child.parent} failed before step 10" in out
     assert "vocab" in out
     assert not child.run_dir.exists()  # never started
