@@ -18,11 +18,14 @@ from __future__ import annotations
 import json
 import math
 import platform
+import re
 import subprocess
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from qat_sweep.common import format_count
 
 SCHEMA = 1
 RUNS_ROOT = "runs"  # conf/train.yaml's paths.runs: where commands look when none is given
@@ -109,8 +112,35 @@ class RunRecord:
         return self.run_dir / RECORD_NAME
 
 
+# A trainer's run_key, `<model>_D<tokens>_<scheme>[_<format>_g<G>]_lr<lr>_s<seed>_<hash6>`
+# (config.run_key): its readable part names the grid point the record must describe.
+_RUN_KEY = re.compile(
+    r"(?P<model>.+?)_D(?P<tokens>[^_]+)_(?P<scheme>[^_]+)_.*_s(?P<seed>-?\d+)_[0-9a-f]{6}"
+)
+
+
+def ownership_problems(record: dict[str, Any], run_dir: Path) -> list[str]:
+    """Why a valid record does not prove the run of `run_dir` (empty list: it does): a record
+    copied, restored or edited into another run's directory must not count as that run."""
+    key, name = record["run_key"], Path(run_dir).name
+    if key != name:
+        return [f"the record of run {key!r}, not of this directory's run {name!r}"]
+    match = _RUN_KEY.fullmatch(str(key))
+    if match is None or record["status"] != "completed":
+        return []  # a key written by hand (no readable part), or a failure's partial fields
+    found = {"model": record["model"], "scheme": record["scheme"], "seed": str(record["seed"])}
+    tokens = record["tokens"]
+    found["tokens"] = format_count(tokens) if isinstance(tokens, int | float) else str(tokens)
+    return [
+        f"its {field}={value!r} is not the run_key's {match[field]!r}"
+        for field, value in found.items()
+        if value != match[field]
+    ]
+
+
 def load_record(run_dir: Path) -> RunRecord:
-    """The record file of `run_dir`, checked once here for every reader (record_problems)."""
+    """The record file of `run_dir`, checked once here for every reader (record_problems), and
+    shown to be this directory's run (ownership_problems)."""
     run_dir = Path(run_dir)
     try:
         record = json.loads((run_dir / RECORD_NAME).read_text())
@@ -120,6 +150,8 @@ def load_record(run_dir: Path) -> RunRecord:
         return RunRecord(run_dir, None, f"unreadable ({e})")
     if problems := record_problems(record):
         return RunRecord(run_dir, None, f"not a valid record ({'; '.join(problems)})")
+    if problems := ownership_problems(record, run_dir):
+        return RunRecord(run_dir, None, f"not this run's record ({'; '.join(problems)})")
     return RunRecord(run_dir, record)
 
 

@@ -81,6 +81,16 @@ def _launch(
 ) -> int:
     """Status under the launch lock (a launch that just ended changed it), size, then submit."""
     attach_status(runs)
+    if silent := next((r.reason for r in runs if r.status == "unknown"), None):
+        unknown = sum(r.status == "unknown" for r in runs)
+        print(
+            f"error: cannot tell which runs are queued: {silent}; {unknown} run(s) of sweep "
+            f"{sweep!r} may be queued or running, so submitting nothing (a second submission "
+            "would run them twice). Try again when the scheduler answers "
+            f"(`qat-sweep status sweep={sweep}`).",
+            file=sys.stderr,
+        )
+        return EXIT_LOCKED
     try:
         todo = to_launch(runs, retry_diverged="--retry-diverged" in flags)
         from qat_sweep.sweep.sizing import size_sweep  # torch: only on the launch path

@@ -32,7 +32,7 @@ from qat_sweep.sweep.profiles import (
 from qat_sweep.sweep.spec import PlanError, PlannedRun
 
 LAUNCH_LOCK_WAIT_S = 120.0  # a second launch waits this long for the first to finish submitting
-EXIT_LOCKED = 75  # EX_TEMPFAIL: another launch holds the sweep; try again later
+EXIT_LOCKED = 75  # EX_TEMPFAIL: another launch holds the sweep, or squeue fails; try later
 
 
 class TrainRun:

@@ -111,9 +111,12 @@ def summary(runs: list[PlannedRun], progress_of: dict[str, dict[str, Any] | None
         if run.status == "running" and info:
             done += run.model_flops * min(1.0, info["tokens"] / run.tokens)
     etas = [i["eta_s"] for i in progress_of.values() if i and i["eta_s"] is not None]
-    counts = ", ".join(f"{s} {sum(r.status == s for r in runs)}" for s in STATUSES)
+    shown = [s for s in STATUSES if s != "unknown" or any(r.status == s for r in runs)]
+    counts = ", ".join(f"{s} {sum(r.status == s for r in runs)}" for s in shown)
     line = f"{len(runs)} runs: {counts}; {100 * done / total:.1f}% of the sweep's GPU-hours done"
-    return line + (f"; running runs end in {_duration(max(etas))}" if etas else "")
+    line += f"; running runs end in {_duration(max(etas))}" if etas else ""
+    silent = next((r.reason for r in runs if r.status == "unknown"), None)
+    return line + (f"\nunknown: the scheduler did not answer, {silent}" if silent else "")
 
 
 def status_rows(runs: list[PlannedRun]) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from qat_sweep.common import json_safe, resolve_device, switch, write_json_atomic
-from qat_sweep.config.compose import compose_run, run_dir
+from qat_sweep.config.compose import compose_run, identity_fields, run_dir
 from qat_sweep.data.batches import BatchSchedule, val_batches
 from qat_sweep.data.prefetch import Prefetcher
 from qat_sweep.estimates.flops import flops_per_token, mfu, peak_flops
@@ -34,7 +34,7 @@ from qat_sweep.locks import LockHeld, run_lock
 from qat_sweep.model.instrument import site_stats
 from qat_sweep.model.presets import CONF_DIR
 from qat_sweep.model.transformer import build_model, compile_blocks, compile_enabled
-from qat_sweep.record import RECORD_NAME, read_record
+from qat_sweep.record import IDENTITY_FIELDS, RECORD_NAME, read_record
 from qat_sweep.train.checkpoint import load_latest, remove_checkpoint, save_checkpoint
 from qat_sweep.train.distributed import (
     all_reduce_mean,
@@ -111,6 +111,15 @@ def _completed(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     """The run's completed record, if any; checkpoints a kill right after it left are removed."""
     existing = read_record(out_dir)
     if existing is None or existing["status"] != "completed":
+        return None
+    expected = identity_fields(cfg, strict=False)
+    if differs := [f for f in IDENTITY_FIELDS if existing[f] != expected[f]]:
+        print(
+            f"[qat-sweep] {out_dir / RECORD_NAME} does not describe run {cfg.run_key} "
+            f"({', '.join(f'{f} {existing[f]!r} != {expected[f]!r}' for f in differs)}): "
+            "training the run, its record will replace that one",
+            file=sys.stderr,
+        )
         return None
     if not cfg.checkpoint.keep_on_success and int(os.environ.get("RANK", "0")) == 0:
         remove_checkpoint(out_dir)

@@ -1,0 +1,129 @@
+"""What status, launch and fit may trust: a scheduler that does not answer is no answer, and a
+record counts only for the run it describes (no SLURM: a stand-in squeue, real trainers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from qat_sweep.analysis.collect import load_records
+
+from qat_sweep.commands.launch import main as launch_main
+from qat_sweep.commands.status import main as status_main
+from qat_sweep.common import write_json_atomic
+from qat_sweep.record import RECORD_NAME, launches_dir
+from qat_sweep.sweep import jobs
+from qat_sweep.sweep.plan import plan_sweep
+
+SWEEP = """
+overrides: [data=demo, logger=none, train.threads=1]
+twins: {twins}
+subgrids:
+  a: {{model: 0.2M, tokens: 4096, quant: {quant}, quant.group_size: 16}}
+"""
+
+
+def tiny_sweep(tmp_path: Path, quant: str = "w4a4", twins: bool = True) -> str:
+    path = tmp_path / "trust.yaml"
+    path.write_text(SWEEP.format(quant=quant, twins=str(twins).lower()))
+    return str(path)
+
+
+def status_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> list[dict]:
+    capsys.readouterr()
+    assert status_main([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, body: str) -> Path:
+    """A program `name` first on PATH running `body`; returns the file counting its calls."""
+    bin_dir, calls = tmp_path / f"{name}-bin", tmp_path / f"{name}-calls"
+    bin_dir.mkdir(exist_ok=True)
+    program = bin_dir / name
+    program.write_text(f'#!/bin/bash\necho "$@" >> {calls}\n{body}\n')
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    calls.touch()
+    return calls
+
+
+def fake_slurm_launch(sweep: str, runs: Path) -> None:
+    """A manifest as submit_slurm writes it: the sweep's runs in array 4242, queued."""
+    planned = plan_sweep(sweep, [f"paths.runs={runs}"], strict=False)
+    jobs_ = [{"run_key": r.run_key, "job_id": f"4242_{i}"} for i, r in enumerate(planned)]
+    manifest = {"kind": "slurm", "arrays": ["4242"], "jobs": jobs_}
+    write_json_atomic(launches_dir(planned[0].run_dir.parent) / "20260101-000000-1.json", manifest)
+
+
+def test_a_failing_or_stalled_squeue_is_unknown_and_launch_submits_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(jobs, "QUERY_RETRY_DELAYS_S", (0.01, 0.02))
+    sweep, runs = tiny_sweep(tmp_path), tmp_path / "runs"
+    fake_slurm_launch(sweep, runs)
+    timeout = "squeue: error: slurm_load_jobs error: Socket timed out on send/recv operation"
+    calls = stand_in(tmp_path, monkeypatch, "squeue", f"echo '{timeout}' >&2; exit 1")
+    argv = [f"sweep={sweep}", f"paths.runs={runs}"]
+    rows = status_json(argv, capsys)
+    assert [r["status"] for r in rows] == ["unknown", "unknown"]
+    assert len(calls.read_text().splitlines()) == 3  # one try and two retries
+    assert all("Socket timed out" in r["reason"] and "3 tries" in r["reason"] for r in rows)
+    assert status_main(argv) == 0
+    table = capsys.readouterr().out
+    assert "missing 0, unknown 2" in table and "the scheduler did not answer" in table
+    manifests = sorted(launches_dir(runs / "trust").glob("*.json"))
+    assert launch_main([*argv, "launcher=local"]) == 75
+    err = capsys.readouterr().err
+    assert "cannot tell which runs are queued: `squeue` failed" in err
+    assert "submitting nothing" in err
+    assert sorted(launches_dir(runs / "trust").glob("*.json")) == manifests
+    assert not any(p.is_dir() for p in (runs / "trust").iterdir() if p.name != ".launches")
+
+    # A squeue that hangs is cut off by its timeout and reads the same.
+    monkeypatch.setattr(jobs, "QUERY_TIMEOUT_S", 0.3)
+    stand_in(tmp_path, monkeypatch, "squeue", "sleep 5")
+    rows = status_json(argv, capsys)
+    assert {r["status"] for r in rows} == {"unknown"} and "timed out" in rows[0]["reason"]
+
+    # squeue saying the jobs are gone (purged after MinJobAge) is an answer: the runs are missing.
+    stand_in(tmp_path, monkeypatch, "squeue", "echo 'Invalid job id specified' >&2; exit 1")
+    stand_in(tmp_path, monkeypatch, "sacct", "exit 0")
+    assert [r["status"] for r in status_json(argv, capsys)] == ["missing", "missing"]
+
+
+@pytest.mark.slow
+def test_a_record_counts_only_for_the_run_it_describes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep, runs = tiny_sweep(tmp_path), tmp_path / "runs"
+    argv = [f"sweep={sweep}", f"paths.runs={runs}"]
+    assert launch_main([*argv, "launcher=local"]) == 0
+    quantized, twin = (Path(r["run_dir"]) for r in status_json(argv, capsys))
+    original = (quantized / RECORD_NAME).read_text()
+
+    # The twin's record copied into the quantized run's directory (rsync into the wrong place).
+    shutil.copy(twin / RECORD_NAME, quantized / RECORD_NAME)
+    row = status_json(argv, capsys)[0]
+    assert row["status"] == "failed"
+    assert f"the record of run {twin.name!r}, not of this directory's run" in row["error"]
+    rows, skipped = load_records(runs / "trust")
+    assert [r["run_key"] for r in rows] == [twin.name]
+    assert skipped[0]["run_key"] == quantized.name
+    assert "not this run's record" in skipped[0]["reason"]
+
+    # A record edited by hand: its run_key is right, its seed is not the key's.
+    (quantized / RECORD_NAME).write_text(original.replace('"seed": 0', '"seed": 1'))
+    row = status_json(argv, capsys)[0]
+    assert row["status"] == "failed" and "its seed='1' is not the run_key's '0'" in row["error"]
+    # ... or a field the key does not spell (lr): the plan of the run says so.
+    (quantized / RECORD_NAME).write_text(original.replace('"lr": 0.003', '"lr": 0.1'))
+    row = status_json(argv, capsys)[0]
+    assert row["status"] == "failed" and "lr 0.1 != planned 0.003" in row["error"]
+
+    # launch trains the run again and its own record replaces the foreign one.
+    assert launch_main([*argv, "launcher=local"]) == 0
+    assert "launching 1" in capsys.readouterr().out
+    assert [r["status"] for r in status_json(argv, capsys)] == ["completed", "completed"]
