@@ -71,6 +71,18 @@ REQUIRED_KEYS = (
 )
 
 
+def name_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` cannot name a directory below its root (sweep_name, run_key), or None: a
+    name with a path separator or a dot name would put the runs outside `paths.runs`."""
+    text = str(value)
+    if not text.strip() or text in (".", "..") or "/" in text or "\\" in text or "\0" in text:
+        return (
+            f"{key}={text!r}: must be a name (letters, digits, '.', '_', '-'), not a path: "
+            f"no '/' and not '.' or '..'; the directory goes below paths.runs"
+        )
+    return None
+
+
 def sweep_dir(runs_root: Path | str, sweep: str) -> Path:
     """`<paths.runs>/<sweep>/`: one directory per run below it, named by its run_key."""
     return Path(runs_root) / str(sweep)

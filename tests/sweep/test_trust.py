@@ -12,7 +12,9 @@ import pytest
 from qat_sweep.analysis.collect import load_records
 
 from qat_sweep.commands.launch import main as launch_main
+from qat_sweep.commands.plan import main as plan_main
 from qat_sweep.commands.status import main as status_main
+from qat_sweep.commands.train import main as train_main
 from qat_sweep.common import write_json_atomic
 from qat_sweep.record import RECORD_NAME, launches_dir
 from qat_sweep.sweep import jobs
@@ -127,3 +129,27 @@ def test_a_record_counts_only_for_the_run_it_describes(
     assert launch_main([*argv, "launcher=local"]) == 0
     assert "launching 1" in capsys.readouterr().out
     assert [r["status"] for r in status_json(argv, capsys)] == ["completed", "completed"]
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "sweep_name=../..",
+        "sweep_name=/tmp/elsewhere",
+        "sweep_name=a/b",
+        "run_key=../x",
+        "paths.runs=",
+    ],
+)
+def test_run_directories_stay_below_paths_runs(
+    override: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    sweep = tiny_sweep(tmp_path, quant="bf16", twins=False)
+    assert train_main(["model=0.2M", "tokens=4096", "logger=none", "data=demo", override]) == 2
+    key = override.split("=")[0]
+    assert f"{key}=" in capsys.readouterr().err
+    if key != "run_key":  # plan derives the run_key itself
+        assert plan_main([f"sweep={sweep}", override]) == 2
+        assert f"{key}=" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trust.yaml"]

@@ -25,7 +25,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from qat_sweep.common import json_safe, resolve_device, switch, write_json_atomic
+from qat_sweep.common import InputError, json_safe, resolve_device, switch, write_json_atomic
+from qat_sweep.config.checks import place_problems
 from qat_sweep.config.compose import compose_run, identity_fields, run_dir
 from qat_sweep.data.batches import BatchSchedule, val_batches
 from qat_sweep.data.prefetch import Prefetcher
@@ -74,7 +75,10 @@ class Diverged(RuntimeError):
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run (or resume, or skip) one run; returns its record. Never raises for a failed run."""
+    """Run (or resume, or skip) one run; returns its record. Never raises for a failed run;
+    InputError (nothing written) for a run directory that would leave paths.runs."""
+    if problems := place_problems(cfg):
+        raise InputError("; ".join(problems))
     out_dir = run_dir(cfg)
     existing = _completed(cfg, out_dir)
     if existing is not None:
@@ -442,6 +446,9 @@ def main(cfg: DictConfig) -> None:
 
     try:
         record = train(cfg)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     except LockHeld as held:
         print(f"[qat-sweep] not started: {held}", file=sys.stderr)
         sys.exit(EXIT_LOCKED)
