@@ -20,6 +20,8 @@ import math
 import platform
 import re
 import subprocess
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -81,6 +83,52 @@ def name_problem(key: str, value: Any) -> str | None:
             f"no '/' and not '.' or '..'; the directory goes below paths.runs"
         )
     return None
+
+
+# Numeric columns of a metrics row that readers compute with (status, resume).
+_METRIC_NUMBERS = ("loss", "loss_smoothed", "tokens", "tokens_per_s", "val_loss", "lr")
+
+
+def metrics_row_problem(row: Any) -> str | None:
+    """Why one parsed line of metrics.jsonl is no row a reader can use (None: it is one)."""
+    if not isinstance(row, dict):
+        return f"not a JSON object but {type(row).__name__}"
+    step = row.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"step {step!r} is not a whole number >= 0"
+    for key in _METRIC_NUMBERS:
+        value = row.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return f"{key} {value!r} is not a number"
+    return None
+
+
+def metrics_rows(
+    path: Path, text: str, first_line: Callable[[], int] = lambda: 1
+) -> list[tuple[str, dict[str, Any]]]:
+    """(line, row) of each usable row in ``text``, lines ``first_line()``... of metrics log
+    ``path`` (a callable: a tail's line numbers are counted only to name a bad row). A torn last line (a killed writer) is dropped quietly; any other malformed row is
+    skipped with a warning naming the file and line, so one bad row never blocks a resume or
+    the status of a sweep."""
+    lines = text.splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1 and not text.endswith("\n"):
+                continue
+            problem: str | None = "not valid JSON"
+        else:
+            problem = metrics_row_problem(row)
+        if problem is None:
+            rows.append((line, row))
+        else:
+            print(
+                f"[qat-sweep] warning: {path}, line {first_line() + i}: {problem}; row skipped",
+                file=sys.stderr,
+            )
+    return rows
 
 
 def sweep_dir(runs_root: Path | str, sweep: str) -> Path:

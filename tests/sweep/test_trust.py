@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,21 +19,24 @@ from qat_sweep.commands.plan import main as plan_main
 from qat_sweep.commands.status import main as status_main
 from qat_sweep.commands.train import main as train_main
 from qat_sweep.common import write_json_atomic
-from qat_sweep.record import RECORD_NAME, launches_dir
+from qat_sweep.record import METRICS_NAME, RECORD_NAME, launches_dir
 from qat_sweep.sweep import jobs
 from qat_sweep.sweep.plan import plan_sweep
+from qat_sweep.sweep.status import progress
+from qat_sweep.train.tracking import truncate_metrics
 
 SWEEP = """
 overrides: [data=demo, logger=none, train.threads=1]
 twins: {twins}
 subgrids:
-  a: {{model: 0.2M, tokens: 4096, quant: {quant}, quant.group_size: 16}}
+  a: {{model: 0.2M, tokens: 4096, quant: {quant}{group}}}
 """
 
 
 def tiny_sweep(tmp_path: Path, quant: str = "w4a4", twins: bool = True) -> str:
     path = tmp_path / "trust.yaml"
-    path.write_text(SWEEP.format(quant=quant, twins=str(twins).lower()))
+    group = "" if quant == "bf16" else ", quant.group_size: 16"
+    path.write_text(SWEEP.format(quant=quant, twins=str(twins).lower(), group=group))
     return str(path)
 
 
@@ -151,5 +157,75 @@ def test_run_directories_stay_below_paths_runs(
     assert f"{key}=" in capsys.readouterr().err
     if key != "run_key":  # plan derives the run_key itself
         assert plan_main([f"sweep={sweep}", override]) == 2
-        assert f"{key}=" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "1 problem(s)" in err and f"{key}=" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trust.yaml"]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 400 KiB filesystem (tmpfs): a run's first checkpoint fills it."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)])
+    if mounted.returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.slow
+def test_a_full_then_read_only_disk_is_shown_and_the_launcher_survives(
+    tmp_path: Path, small_disk: Path, capsys
+) -> None:
+    sweep = tiny_sweep(tmp_path, quant="bf16", twins=False)
+    argv = [f"sweep={sweep}", f"paths.runs={small_disk}", "checkpoint.every_steps=1"]
+    launch = [sys.executable, "-m", "qat_sweep.cli", "launch", *argv, "launcher=local"]
+    done = subprocess.run(
+        launch, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    out, err = done.stdout, done.stderr
+    assert done.returncode == 1, err  # the run failed; the launcher reported it
+    assert "[1/1]" in out and "failed" in out and "Traceback" not in out + err
+    assert "cannot write the launch manifest" in err and "No space left on device" in err
+    (row,) = status_json(argv, capsys)
+    assert row["status"] == "failed" and "started but left no run record" in row["error"]
+    assert "is full" in row["error"]
+
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    (row,) = status_json(argv, capsys)
+    assert row["status"] == "failed" and "read-only filesystem" in row["error"]
+    assert launch_main([*argv, "launcher=local"]) == 1
+    err = capsys.readouterr().err
+    assert "Read-only file system" in err and "nothing was launched" in err
+
+
+def test_malformed_metrics_rows_are_skipped_with_file_and_line(tmp_path: Path, capsys) -> None:
+    sweep = tiny_sweep(tmp_path, quant="bf16", twins=False)
+    (run,) = plan_sweep(sweep, [f"paths.runs={tmp_path / 'runs'}"], strict=False)
+    run.run_dir.mkdir(parents=True)
+    metrics = run.run_dir / METRICS_NAME
+    rows = [
+        {"step": 0, "loss": 6.2, "loss_smoothed": 6.2, "tokens": 2048},
+        [1, 2],  # valid JSON, no row
+        {"step": "abc", "loss": 6.0},
+        {"step": 1, "loss": 6.1, "loss_smoothed": 6.15, "tokens": 4096, "tokens_per_s": 900.0},
+        {"step": 1.5, "loss": 6.0},
+        {"step": 1, "val_loss": 6.3},
+        {"step": 2, "loss": "nan?", "tokens": 6144},
+    ]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "lo')
+    capsys.readouterr()
+    info = progress(run)  # what status shows of a running run
+    assert info["step"] == 1 and info["tokens"] == 4096 and info["tokens_per_s"] == 900.0
+    err = capsys.readouterr().err
+    for line, problem in [(2, "not a JSON object"), (3, "step 'abc'"), (5, "step 1.5")]:
+        assert f"{metrics}, line {line}: {problem}" in err
+    assert "line 7: loss 'nan?' is not a number" in err and "line 8" not in err  # torn: quiet
+
+    truncate_metrics(run.run_dir, last_step=2)  # a resume from the checkpoint at step 2
+    kept = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert kept == [rows[0], rows[3], rows[5]]
+    assert f"{metrics}, line 3: step 'abc'" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import sys
 
 from qat_sweep.commands.args import cost_options, parse_cli
 from qat_sweep.locks import LockHeld, describe_holder, launch_lock
-from qat_sweep.sweep.jobs import STATUSES, attach_status
+from qat_sweep.sweep.jobs import STATUSES, attach_status, disk_problem
 from qat_sweep.sweep.launch import (
     EXIT_LOCKED,
     LAUNCH_LOCK_WAIT_S,
@@ -60,6 +60,9 @@ def main(argv: list[str]) -> int:
             stack.enter_context(
                 launch_lock(runs[0].run_dir.parent, LAUNCH_LOCK_WAIT_S, on_wait=_say_waiting)
             )
+        except OSError as e:  # a read-only or full sweep directory: nothing can be recorded
+            print(f"error: cannot take the launch lock: {e}; nothing was launched", file=sys.stderr)
+            return 1
         except LockHeld as held:
             print(
                 f"error: another launch of sweep {sweep!r} is still running "
@@ -117,6 +120,13 @@ def _launch(
         )
     if not todo:
         return 0
+    sweep_dir = runs[0].run_dir.parent
+    if "--dry-run" not in flags and (full := disk_problem(sweep_dir)):
+        print(
+            f"error: {full}: the runs could not write their records; nothing was launched",
+            file=sys.stderr,
+        )
+        return 1
     if "--dry-run" in flags:
         if profile.kind == "slurm":
             sizes = ", ".join(str(len(a)) for _, a in arrays)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -23,6 +24,7 @@ STATUSES = ("completed", "running", "pending", "failed", "missing", "unknown")
 # squeue/sacct are asked again after these pauses (a busy controller times out for seconds).
 QUERY_RETRY_DELAYS_S = (1.0, 3.0, 9.0)
 QUERY_TIMEOUT_S = 30.0
+FULL_DISK_BYTES = 64 << 10  # less free space than this reads as a full disk: no record fits
 
 
 def attach_status(runs: list[PlannedRun]) -> None:
@@ -61,6 +63,25 @@ def attach_status(runs: list[PlannedRun]) -> None:
             run.status = "running"
         elif job is not None and job.state == "local":
             run.status = "pending"
+        elif run.run_dir.is_dir():  # it started, but no record, no trainer and no job remain
+            why = disk_problem(run.run_dir) or log_reason(run.log) or "killed?"
+            run.status, run.error = "failed", f"started but left no run record ({why})"
+
+
+def disk_problem(path: Path) -> str | None:
+    """Why nothing can be written under ``path`` now: a read-only or a full filesystem."""
+    try:
+        fs = os.statvfs(path)
+    except OSError as e:
+        return f"cannot inspect its filesystem: {e}"
+    if fs.f_flag & os.ST_RDONLY:
+        return f"{path} is on a read-only filesystem"
+    if not os.access(path, os.W_OK):
+        return f"{path} is not writable"
+    free = fs.f_bavail * fs.f_frsize
+    if free < FULL_DISK_BYTES:
+        return f"the filesystem of {path} is full ({free // 1024} KiB free)"
+    return None
 
 
 def _differs_from_plan(record: dict[str, Any], run: PlannedRun) -> str:
@@ -119,20 +140,49 @@ def job_states(sweep_dir: Path, run_keys: list[str]) -> dict[str, JobState]:
             out[key] = JobState(job["job_id"], log, "unknown", silent)
         elif manifest.get("kind") == "slurm":
             state, reason = states.get(job["job_id"], (None, None))
-            out[key] = JobState(job["job_id"], log, *_slurm_state(job["job_id"], state, reason))
+            out[key] = JobState(
+                job["job_id"], log, *_slurm_state(job["job_id"], state, reason, log)
+            )
         else:
             out[key] = JobState(job.get("job_id"), log, *_local_state(manifest, job, log))
     return out
 
 
-def _slurm_state(job_id: str, state: str | None, reason: str | None) -> tuple[str, str | None]:
+def _slurm_state(
+    job_id: str, state: str | None, reason: str | None, log: str | None
+) -> tuple[str, str | None]:
     if state is None:
         return "gone", None  # neither squeue nor sacct lists it: ended long ago, or purged
     if state in _PENDING:
         return "pending", _pending_reason(reason)
     if state in _RUNNING:
         return "running", None
-    return "failed", f"SLURM job {job_id} ended {state} without a run record"
+    why = log_reason(log)
+    return "failed", f"SLURM job {job_id} ended {state} without a run record" + (
+        f": {why}" if why else ""
+    )
+
+
+_EXCEPTION_LINE = re.compile(r"[A-Za-z_.]*(Error|Exception|Interrupt)\b: ")
+
+
+def log_reason(log: str | None) -> str | None:
+    """The trainer's last word in a run's log (`[qat-sweep] run ... failed: ...`), when it could
+    not write its record (a full disk, a read-only directory); None if the log says nothing."""
+    if not log:
+        return None
+    try:
+        with open(log, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 8192))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    said = [line for line in lines if line.startswith("[qat-sweep] run ")]
+    if said:
+        return said[-1].removeprefix("[qat-sweep] ")
+    last = next((line for line in reversed(lines) if line.strip()), "")
+    return last if _EXCEPTION_LINE.match(last) else None  # a traceback's last line
 
 
 # squeue's reason codes a user meets most, in words (others are shown as SLURM spells them)
@@ -158,7 +208,10 @@ def _local_state(
 ) -> tuple[str, str | None]:
     code = job.get("exit_code")
     if code is not None and code != 0:
-        return "failed", f"local run exited with code {code} without a run record"
+        why = job.get("error") or log_reason(log)
+        return "failed", f"local run exited with code {code} without a run record" + (
+            f": {why}" if why else ""
+        )
     if code is None and manifest.get("host") == socket.gethostname() and _alive(manifest["pid"]):
         return "local", None
     return "gone", None

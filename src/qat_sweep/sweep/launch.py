@@ -110,6 +110,16 @@ def _write_manifest(sweep_dir: Path, manifest: dict[str, Any], name: str) -> Pat
     return path
 
 
+def _try_write_manifest(sweep_dir: Path, manifest: dict[str, Any], name: str) -> str | None:
+    """A local launch's manifest, written if the disk lets it: a full disk or a read-only
+    directory must not stop the runs still to start. Returns why it was not written."""
+    try:
+        _write_manifest(sweep_dir, manifest, name)
+    except OSError as e:
+        return f"{launches_dir(sweep_dir) / name}: {e}"
+    return None
+
+
 def _manifest_name() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.time_ns() % 10**9:09d}.json"
 
@@ -170,13 +180,25 @@ def run_local(
     """Run each run in its own process, ``max_parallel`` at a time; waits and reports progress."""
     sweep_dir = runs[0].run_dir.parent
     logs = launches_dir(sweep_dir) / LAUNCH_LOGS
-    logs.mkdir(parents=True, exist_ok=True)
     manifest = _new_manifest(profile, sweep, argv)
     manifest["jobs"] = [
         {"run_key": r.run_key, "job_id": None, "log": str(logs / f"{r.run_key}.log")} for r in runs
     ]
     name = _manifest_name()
-    _write_manifest(sweep_dir, manifest, name)
+    unwritten: list[str] = []  # why the manifest could not be written, each time it failed
+
+    def save() -> None:
+        if (problem := _try_write_manifest(sweep_dir, manifest, name)) is not None:
+            if not unwritten:
+                print(
+                    f"[qat-sweep] warning: cannot write the launch manifest {problem}; "
+                    "the runs go on",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            unwritten.append(problem)
+
+    save()
     env = {**os.environ, **profile.env}
     lock = threading.Lock()
     done = [0]
@@ -184,29 +206,42 @@ def run_local(
     def one(index: int) -> int:
         run, job = runs[index], manifest["jobs"][index]
         start = time.monotonic()
-        with open(job["log"], "ab") as log:
-            proc = subprocess.Popen(
-                _local_command(run), stdout=log, stderr=subprocess.STDOUT, env=env
-            )
-            with lock:
-                job["job_id"] = f"local:{proc.pid}"
-            code = proc.wait()
-        record = read_record(run.run_dir)
+        try:
+            logs.mkdir(parents=True, exist_ok=True)
+            log = open(job["log"], "ab")  # noqa: SIM115 (closed below)
+        except OSError as e:  # full disk, read-only directory: the run cannot start here
+            code, outcome = 1, f"not started: cannot open its log ({e})"
+            job["error"] = outcome
+        else:
+            with log:
+                proc = subprocess.Popen(
+                    _local_command(run), stdout=log, stderr=subprocess.STDOUT, env=env
+                )
+                with lock:
+                    job["job_id"] = f"local:{proc.pid}"
+                code = proc.wait()
+            outcome = _outcome(read_record(run.run_dir), code, job["log"])
         with lock:
             job["exit_code"] = code
             done[0] += 1
             print(
-                f"[{done[0]}/{len(runs)}] {run.run_key} {_outcome(record, code, job['log'])} "
+                f"[{done[0]}/{len(runs)}] {run.run_key} {outcome} "
                 f"({time.monotonic() - start:.1f} s)",
                 flush=True,
             )
-            _write_manifest(sweep_dir, manifest, name)
+            save()
         return code
 
     with ThreadPoolExecutor(max_workers=profile.max_parallel) as pool:
         codes = list(pool.map(one, range(len(runs))))
     manifest["failed"] = sum(1 for c in codes if c != 0)
-    _write_manifest(sweep_dir, manifest, name)
+    save()
+    if unwritten:
+        print(
+            f"[qat-sweep] the launch manifest could not be written ({unwritten[-1]}): "
+            "`status` cannot show these runs' jobs, only their records",
+            file=sys.stderr,
+        )
     return manifest
 
 

@@ -24,7 +24,13 @@ from typing import Any
 
 from qat_sweep.common import fsync_dir, json_safe, write_atomic
 from qat_sweep.delta import BF16, twin_gap
-from qat_sweep.record import IDENTITY_FIELDS, METRICS_NAME, read_record, sweep_records
+from qat_sweep.record import (
+    IDENTITY_FIELDS,
+    METRICS_NAME,
+    metrics_rows,
+    read_record,
+    sweep_records,
+)
 
 _WANDB_FORBIDDEN = re.compile(r"[:;,#?/'\s]")
 
@@ -44,12 +50,8 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
     if not path.exists():
         return
     kept = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line from a killed process
-        step = row.get("step", 0)
+    for line, row in metrics_rows(path, path.read_text(errors="replace")):
+        step = row["step"]
         if step < last_step or (step == last_step and "val_loss" not in row):
             kept.append(line)
     write_atomic(path, "".join(f"{line}\n" for line in kept))

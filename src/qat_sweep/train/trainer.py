@@ -102,10 +102,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             record["status"] = "diverged" if isinstance(exc, Diverged) else "failed"
             record["error"] = f"{type(exc).__name__}: {exc}"
             record["metrics"]["traceback"] = traceback.format_exc(limit=20)
+            unwritten = ""
             if int(os.environ.get("RANK", "0")) == 0:
-                write_json_atomic(out_dir / RECORD_NAME, record)
+                try:
+                    write_json_atomic(out_dir / RECORD_NAME, record)
+                except OSError as e:  # the disk that failed the run refuses its record too
+                    unwritten = f" (its record could not be written: {e})"
             print(
-                f"[qat-sweep] run {cfg.run_key} {record['status']}: {record['error']}",
+                f"[qat-sweep] run {cfg.run_key} {record['status']}: {record['error']}{unwritten}",
                 file=sys.stderr,
             )
             return record
