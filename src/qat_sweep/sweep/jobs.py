@@ -63,8 +63,8 @@ def attach_status(runs: list[PlannedRun]) -> None:
             run.status = "running"
         elif job is not None and job.state == "local":
             run.status = "pending"
-        elif run.run_dir.is_dir():  # it started, but no record, no trainer and no job remain
-            why = disk_problem(run.run_dir) or log_reason(run.log) or "killed?"
+        elif run.run_dir.is_dir() and (why := disk_problem(run.run_dir) or log_reason(run.log)):
+            # it started, and no record, trainer or job remain: the disk or its log says why
             run.status, run.error = "failed", f"started but left no run record ({why})"
 
 
