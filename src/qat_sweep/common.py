@@ -70,6 +70,13 @@ def current_umask() -> int:
     return mask
 
 
+def user_cache_dir() -> Path:
+    """qat-sweep's cache outside any run (wandb sync's logs, matplotlib's font cache):
+    ``$XDG_CACHE_HOME/qat-sweep``, else ``~/.cache/qat-sweep``."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "qat-sweep"
+
+
 def fsync_dir(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -8,11 +8,65 @@ is easy to audit.
 
 from __future__ import annotations
 
+import configparser
 import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from qat_sweep.common import user_cache_dir
+
+REACH_TIMEOUT_S = 3.0  # a server that opens no connection in this long is taken as unreachable
+
+
+def server_unreachable(timeout_s: float = REACH_TIMEOUT_S) -> str | None:
+    """Why the wandb server (or the HTTPS proxy in front of it) opens no TCP connection within
+    ``timeout_s``, name lookup included; None when it does. A compute node without network
+    otherwise stalls in wandb.init for minutes before giving up."""
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    url = urlsplit(proxy or base_url())
+    host, port = url.hostname or "", url.port or (80 if url.scheme == "http" else 443)
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+            outcome.append(None)
+        except OSError as e:
+            outcome.append(str(e) or type(e).__name__)
+
+    thread = threading.Thread(target=connect, daemon=True)  # getaddrinfo has no timeout
+    thread.start()
+    thread.join(timeout_s)
+    if not outcome:
+        return f"{host}:{port} did not answer within {timeout_s:g} s"
+    return None if outcome[0] is None else f"cannot reach {host}:{port} ({outcome[0]})"
+
+
+def base_url() -> str:
+    """The server wandb talks to: WANDB_BASE_URL, else `wandb login --host`'s settings file,
+    else wandb's default."""
+    if os.environ.get("WANDB_BASE_URL"):
+        return os.environ["WANDB_BASE_URL"]
+    config_dir = os.environ.get("WANDB_CONFIG_DIR") or Path.home() / ".config" / "wandb"
+    settings = configparser.ConfigParser()
+    settings.read(Path(config_dir) / "settings")
+    if settings.has_option("default", "base_url"):
+        return settings.get("default", "base_url")
+    import wandb
+
+    return str(wandb.Settings().base_url)
+
+
+def cache_env(cache_dir: Path) -> dict[str, str]:
+    """wandb's cache and staging directories (its service's debug logs go to the cache) under
+    ``cache_dir``, where the user has not chosen them, so nothing lands unasked in $HOME."""
+    wanted = {"WANDB_CACHE_DIR": cache_dir / "cache", "WANDB_DATA_DIR": cache_dir / "data"}
+    return {var: str(path) for var, path in wanted.items() if not os.environ.get(var)}
 
 
 def has_api_key() -> bool:
@@ -39,7 +93,8 @@ def sync_offline(
     command += ["--dry-run"] if dry_run else []
     command += ["--entity", entity] if entity else []
     command += ["--project", project] if project else []
-    return subprocess.run([*command, *map(str, files)], check=False).returncode
+    env = {**os.environ, **cache_env(user_cache_dir() / "wandb")}
+    return subprocess.run([*command, *map(str, files)], check=False, env=env).returncode
 
 
 def default_entity() -> str | None:

@@ -58,16 +58,31 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
 
 
 def resolve_wandb_mode(mode: str) -> str:
-    """`auto`: online with credentials, else offline with a warning (wandb.init fails without credentials)."""
-    if mode != "auto":
+    """The mode a run logs to wandb with. `auto`: WANDB_MODE when it names a mode; else offline
+    without an API key; else online. Online (asked for or chosen) falls back to offline when
+    the server opens no connection within seconds (wandb.init would stall ~100 s, then fail).
+    Each fallback is a warning: `qat-sweep sync` uploads offline runs later."""
+    if mode == "auto":
+        env = os.environ.get("WANDB_MODE")
+        if env is not None and env not in _WANDB_ENV_MODES:
+            return _offline(f"WANDB_MODE={env!r} is none of {', '.join(_WANDB_ENV_MODES)}")
+        has_key = bool(os.environ.get("WANDB_API_KEY")) or (Path.home() / ".netrc").exists()
+        mode = env or ("online" if has_key else _offline("no wandb API key found"))
+    if mode != "online":
         return mode
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    has_key = bool(os.environ.get("WANDB_API_KEY")) or (Path.home() / ".netrc").exists()
-    if not has_key:
-        warnings.warn("no wandb API key found: logging wandb offline", stacklevel=2)
-        return "offline"
+    from qat_sweep import wandb_api
+
+    if (unreachable := wandb_api.server_unreachable()) is not None:
+        return _offline(f"the wandb server is unreachable: {unreachable}")
     return "online"
+
+
+_WANDB_ENV_MODES = ("online", "offline", "disabled")
+
+
+def _offline(why: str) -> str:
+    warnings.warn(f"{why}: logging wandb offline (`qat-sweep sync` uploads it later)", stacklevel=3)
+    return "offline"
 
 
 def group_elems(group_size: Any, hidden_size: Any) -> int | None:
@@ -189,6 +204,12 @@ class Tracker:
             self._start_wandb(mode, wandb_settings, wandb_init)
 
     def _start_wandb(self, mode: str, settings: dict[str, Any], init: dict[str, Any]) -> None:
+        from qat_sweep import wandb_api
+
+        # wandb reads these itself: the chosen mode (an empty or unknown WANDB_MODE would
+        # fail it), and its cache (service debug logs) in the run directory, not in $HOME
+        os.environ["WANDB_MODE"] = mode
+        os.environ.update(wandb_api.cache_env(self.run_dir / "wandb"))
         try:
             import wandb
 
@@ -211,6 +232,13 @@ class Tracker:
                 "dir": str(Path(self.wandb_run.dir).parent),
             }
         except Exception as exc:  # a wandb failure never fails a run
+            if mode == "online":  # an invalid key, a server gone: the run still logs offline
+                warnings.warn(f"wandb online failed ({exc}): logging offline", stacklevel=2)
+                import wandb
+
+                wandb.teardown()  # the failed attempt holds the run id until its service ends
+                self._start_wandb("offline", settings, init)
+                return
             warnings.warn(f"wandb disabled for this run: {exc}", stacklevel=2)
             self.wandb_run = None
 
