@@ -40,3 +40,16 @@ def run_cli(
         env=full_env,
         **kwargs,
     )
+
+
+def stand_in(bin_dir: Path, name: str, body: str) -> Path:
+    """A bash program ``name`` in ``bin_dir`` (put it first on PATH) that logs its arguments,
+    one call a line, to the returned file, then runs ``body``: a scheduler that fails, stalls or
+    refuses, in front of the real one."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    calls = bin_dir / f"{name}.calls"
+    program = bin_dir / name
+    program.write_text(f'#!/bin/bash\necho "$@" >> {calls}\n{body}\n')
+    program.chmod(0o755)
+    calls.touch()
+    return calls

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from qat_sweep.analysis.collect import load_records
+from support import stand_in
 
 from qat_sweep.commands.launch import main as launch_main
 from qat_sweep.commands.plan import main as plan_main
@@ -46,15 +47,11 @@ def status_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> list[dic
     return json.loads(capsys.readouterr().out)
 
 
-def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, body: str) -> Path:
-    """A program `name` first on PATH running `body`; returns the file counting its calls."""
-    bin_dir, calls = tmp_path / f"{name}-bin", tmp_path / f"{name}-calls"
-    bin_dir.mkdir(exist_ok=True)
-    program = bin_dir / name
-    program.write_text(f'#!/bin/bash\necho "$@" >> {calls}\n{body}\n')
-    program.chmod(0o755)
+def stand_in_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, body: str) -> Path:
+    """`support.stand_in` first on PATH; returns the file counting its calls."""
+    bin_dir = tmp_path / f"{name}-bin"
+    calls = stand_in(bin_dir, name, body)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    calls.touch()
     return calls
 
 
@@ -73,7 +70,7 @@ def test_a_failing_or_stalled_squeue_is_unknown_and_launch_submits_nothing(
     sweep, runs = tiny_sweep(tmp_path), tmp_path / "runs"
     fake_slurm_launch(sweep, runs)
     timeout = "squeue: error: slurm_load_jobs error: Socket timed out on send/recv operation"
-    calls = stand_in(tmp_path, monkeypatch, "squeue", f"echo '{timeout}' >&2; exit 1")
+    calls = stand_in_first(tmp_path, monkeypatch, "squeue", f"echo '{timeout}' >&2; exit 1")
     argv = [f"sweep={sweep}", f"paths.runs={runs}"]
     rows = status_json(argv, capsys)
     assert [r["status"] for r in rows] == ["unknown", "unknown"]
@@ -92,13 +89,13 @@ def test_a_failing_or_stalled_squeue_is_unknown_and_launch_submits_nothing(
 
     # A squeue that hangs is cut off by its timeout and reads the same.
     monkeypatch.setattr(jobs, "QUERY_TIMEOUT_S", 0.3)
-    stand_in(tmp_path, monkeypatch, "squeue", "sleep 5")
+    stand_in_first(tmp_path, monkeypatch, "squeue", "sleep 5")
     rows = status_json(argv, capsys)
     assert {r["status"] for r in rows} == {"unknown"} and "timed out" in rows[0]["reason"]
 
     # squeue saying the jobs are gone (purged after MinJobAge) is an answer: the runs are missing.
-    stand_in(tmp_path, monkeypatch, "squeue", "echo 'Invalid job id specified' >&2; exit 1")
-    stand_in(tmp_path, monkeypatch, "sacct", "exit 0")
+    stand_in_first(tmp_path, monkeypatch, "squeue", "echo 'Invalid job id specified' >&2; exit 1")
+    stand_in_first(tmp_path, monkeypatch, "sacct", "exit 0")
     assert [r["status"] for r in status_json(argv, capsys)] == ["missing", "missing"]
 
 

@@ -12,7 +12,9 @@ from qat_sweep.sweep.jobs import STATUSES, attach_status, disk_problem
 from qat_sweep.sweep.launch import (
     EXIT_LOCKED,
     LAUNCH_LOCK_WAIT_S,
+    SubmitError,
     _check_local_devices,
+    array_limits,
     job_arrays,
     run_local,
     submit_slurm,
@@ -131,11 +133,20 @@ def _launch(
         if profile.kind == "slurm":
             sizes = ", ".join(str(len(a)) for _, a in arrays)
             print(f"dry run: would submit {len(arrays)} job array(s) via sbatch (tasks: {sizes})")
+            limits = array_limits([len(a) for _, a in arrays], profile.array_parallelism)
+            split = ", ".join(
+                f"%{n}" + (f" after array {a + 1}" if a is not None else "") for n, a in limits
+            )
+            print(f"at most {profile.array_parallelism} runs at once (array_parallelism): {split}")
         for run in todo:
             print(f"  {run.run_key}  {' '.join(run.overrides)}")
         return 0
     if profile.kind == "slurm":
-        manifest = submit_slurm(todo, profile, sweep, argv)
+        try:
+            manifest = submit_slurm(todo, profile, sweep, argv)
+        except SubmitError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         print(
             f"submitted {len(manifest['jobs'])} runs in {len(manifest['arrays'])} array(s): "
             f"{', '.join(manifest['arrays'])}; follow with `qat-sweep status sweep={sweep}`"

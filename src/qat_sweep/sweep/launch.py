@@ -138,22 +138,72 @@ def _new_manifest(profile: LaunchProfile, sweep: str, argv: list[str]) -> dict[s
     }
 
 
+class SubmitError(RuntimeError):
+    """sbatch refused an array; the message says which arrays (if any) were already queued."""
+
+
+def array_limits(sizes: list[int], limit: int) -> list[tuple[int, int | None]]:
+    """(task parallelism, index of the array it waits for) per array, so that one launch runs
+    at most ``limit`` tasks at once however many arrays it is split into: the limit shared out
+    (no array gets more than its tasks; the shares sum to the limit), or, with more arrays
+    than the limit, one task at a time each and array i after array i - limit has ended."""
+    if len(sizes) > limit:
+        return [(1, i - limit if i >= limit else None) for i in range(len(sizes))]
+    shares, left = [0] * len(sizes), limit
+    while left and (open_ := [i for i, n in enumerate(sizes) if shares[i] < n]):
+        each = max(1, left // len(open_))
+        for i in open_:
+            give = min(each, sizes[i] - shares[i], left)
+            shares[i], left = shares[i] + give, left - give
+    return [(max(1, share), None) for share in shares]
+
+
 def submit_slurm(
     runs: list[PlannedRun], profile: LaunchProfile, sweep: str, argv: list[str]
 ) -> dict[str, Any]:
-    """Submit ``runs`` as job arrays (one sbatch per chunk) and record them in a manifest."""
+    """Submit ``runs`` as job arrays (one sbatch per chunk) and record them in a manifest.
+
+    The profile's array_parallelism bounds the whole launch (array_limits). An array sbatch
+    refuses is a SubmitError; the files submitit wrote for it are removed, and the arrays
+    queued before it are in the manifest."""
     import submitit
+    from submitit.core.utils import FailedJobError, FailedSubmissionError
 
     sweep_dir = runs[0].run_dir.parent
     folder = Path(profile.folder) if profile.folder else sweep_dir / SUBMITIT_DIR
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
     manifest = _new_manifest(profile, sweep, argv)
     name = _manifest_name()
+    arrays = job_arrays(runs, profile)
+    limits = array_limits([len(chunk) for _, chunk in arrays], profile.array_parallelism)
     try:
-        for shape, chunk in job_arrays(runs, profile):
-            executor.update_parameters(**executor_parameters(shape))
-            with executor.batch():
-                jobs = [executor.submit(TrainRun(run.overrides)) for run in chunk]
+        for index, ((shape, chunk), (parallel, after)) in enumerate(
+            zip(arrays, limits, strict=True)
+        ):
+            params = executor_parameters(shape)
+            params["slurm_array_parallelism"] = parallel
+            if after is not None:
+                waits = f"afterany:{manifest['arrays'][after]}"
+                params["slurm_additional_parameters"] = {
+                    **params["slurm_additional_parameters"],
+                    "dependency": waits,
+                }
+            executor.update_parameters(**params)
+            before = set(folder.iterdir()) if folder.is_dir() else set()
+            try:
+                with executor.batch():
+                    jobs = [executor.submit(TrainRun(run.overrides)) for run in chunk]
+            except (FailedJobError, FailedSubmissionError, OSError) as e:
+                for left in set(folder.iterdir()) - before:  # its pickles and sbatch script
+                    if left.is_file():
+                        left.unlink()
+                if not any(folder.iterdir()):
+                    folder.rmdir()  # nothing was queued from it
+                queued = ", ".join(manifest["arrays"]) or "none"
+                raise SubmitError(
+                    f"sbatch refused array {index + 1} of {len(arrays)} ({len(chunk)} runs): "
+                    f"{str(e).strip() or type(e).__name__}; arrays already queued: {queued}"
+                ) from e
             manifest["arrays"].append(jobs[0].job_id.split("_")[0])
             for run, job in zip(chunk, jobs, strict=True):
                 manifest["jobs"].append(
