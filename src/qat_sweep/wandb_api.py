@@ -10,41 +10,42 @@ from __future__ import annotations
 
 import configparser
 import os
-import socket
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from qat_sweep.common import user_cache_dir
 
-REACH_TIMEOUT_S = 3.0  # a server that opens no connection in this long is taken as unreachable
+REACH_TIMEOUT_S = 3.0  # a server that gives no answer in this long is taken as unreachable
 
 
-def server_unreachable(timeout_s: float = REACH_TIMEOUT_S) -> str | None:
-    """Why the wandb server (or the HTTPS proxy in front of it) opens no TCP connection within
-    ``timeout_s``, name lookup included; None when it does. A compute node without network
-    otherwise stalls in wandb.init for minutes before giving up."""
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
-    url = urlsplit(proxy or base_url())
-    host, port = url.hostname or "", url.port or (80 if url.scheme == "http" else 443)
+def server_unreachable(timeout_s: float | None = None) -> str | None:
+    """Why the wandb server gives no HTTP answer within ``timeout_s`` (default REACH_TIMEOUT_S; through HTTPS_PROXY when
+    set, name lookup included); None when it answers, whatever the status. A compute node
+    without network otherwise stalls in wandb.init for minutes before giving up."""
+    timeout_s = REACH_TIMEOUT_S if timeout_s is None else timeout_s
+    url = base_url()
     outcome: list[str | None] = []
 
-    def connect() -> None:
+    def ask() -> None:
         try:
-            socket.create_connection((host, port), timeout=timeout_s).close()
+            urllib.request.urlopen(url, timeout=timeout_s).close()
             outcome.append(None)
-        except OSError as e:
-            outcome.append(str(e) or type(e).__name__)
+        except urllib.error.HTTPError:  # an answer: the server is there
+            outcome.append(None)
+        except (OSError, ValueError) as e:  # URLError, timeouts, a malformed URL
+            outcome.append(str(getattr(e, "reason", e)) or type(e).__name__)
 
-    thread = threading.Thread(target=connect, daemon=True)  # getaddrinfo has no timeout
+    thread = threading.Thread(target=ask, daemon=True)  # name lookup has no timeout of its own
     thread.start()
     thread.join(timeout_s)
     if not outcome:
-        return f"{host}:{port} did not answer within {timeout_s:g} s"
-    return None if outcome[0] is None else f"cannot reach {host}:{port} ({outcome[0]})"
+        return f"{url} did not answer within {timeout_s:g} s"
+    return None if outcome[0] is None else f"cannot reach {url} ({outcome[0]})"
 
 
 def base_url() -> str:

@@ -4,7 +4,9 @@ later, and wandb's cache stays out of $HOME."""
 
 from __future__ import annotations
 
+import http.server
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,10 +30,15 @@ def closed_port() -> int:
 
 @pytest.fixture
 def listening() -> Iterator[int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        yield s.getsockname()[1]
+    """A local HTTP server that answers 404 to everything: a server that is there."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture
@@ -39,7 +46,7 @@ def with_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    for var in ("HTTPS_PROXY", "https_proxy"):
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -48,15 +55,25 @@ def test_auto_with_a_key_and_no_server_falls_back_offline_in_seconds(
 ) -> None:
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port}")
     start = time.monotonic()
-    with pytest.warns(UserWarning, match=f"unreachable: cannot reach 127.0.0.1:{closed_port}"):
+    with pytest.warns(UserWarning, match=f"cannot reach http://127.0.0.1:{closed_port} "):
         assert resolve_wandb_mode("auto") == "offline"
     with pytest.warns(UserWarning, match="logging wandb offline"):
         assert resolve_wandb_mode("online") == "offline"  # asked for, but nobody answers
     assert time.monotonic() - start < 2 * wandb_api.REACH_TIMEOUT_S
     # a name that does not resolve, as on a compute node without DNS
     monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.invalid")
-    with pytest.warns(UserWarning, match="cannot reach wandb.invalid:443"):
+    with pytest.warns(UserWarning, match="cannot reach https://wandb.invalid "):
         assert resolve_wandb_mode("auto") == "offline"
+    # a server that takes the connection and never answers is cut off by the timeout
+    monkeypatch.setattr(wandb_api, "REACH_TIMEOUT_S", 0.5)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        start = time.monotonic()
+        with pytest.warns(UserWarning, match="did not answer within 0.5 s|timed out"):
+            assert resolve_wandb_mode("auto") == "offline"
+        assert time.monotonic() - start < 1.5
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{listening}")
     assert wandb_api.server_unreachable() is None
     assert resolve_wandb_mode("auto") == "online"
