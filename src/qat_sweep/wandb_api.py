@@ -24,9 +24,9 @@ REACH_TIMEOUT_S = 3.0  # a server that gives no answer in this long is taken as 
 
 
 def server_unreachable(timeout_s: float | None = None) -> str | None:
-    """Why the wandb server gives no HTTP answer within ``timeout_s`` (default REACH_TIMEOUT_S; through HTTPS_PROXY when
-    set, name lookup included); None when it answers, whatever the status. A compute node
-    without network otherwise stalls in wandb.init for minutes before giving up."""
+    """Why the wandb server gives no HTTP answer within ``timeout_s`` (REACH_TIMEOUT_S unless
+    given; through HTTPS_PROXY when set, name lookup included); None when it answers, whatever
+    the status. A compute node without network otherwise stalls in wandb.init for minutes."""
     timeout_s = REACH_TIMEOUT_S if timeout_s is None else timeout_s
     url = base_url()
     outcome: list[str | None] = []
