@@ -55,6 +55,8 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         print(f"error: {e}\nnothing was launched.", file=sys.stderr)
         return 2
+    if _scheduler_silent(runs, sweep):  # planning asked the scheduler already
+        return EXIT_LOCKED
     if "--dry-run" in flags:
         return _launch(runs, profile, sweep, argv, flags, mfu)
     with contextlib.ExitStack() as stack:
@@ -86,15 +88,7 @@ def _launch(
 ) -> int:
     """Status under the launch lock (a launch that just ended changed it), size, then submit."""
     attach_status(runs)
-    if silent := next((r.reason for r in runs if r.status == "unknown"), None):
-        unknown = sum(r.status == "unknown" for r in runs)
-        print(
-            f"error: cannot tell which runs are queued: {silent}; {unknown} run(s) of sweep "
-            f"{sweep!r} may be queued or running, so submitting nothing (a second submission "
-            "would run them twice). Try again when the scheduler answers "
-            f"(`qat-sweep status sweep={sweep}`).",
-            file=sys.stderr,
-        )
+    if _scheduler_silent(runs, sweep):
         return EXIT_LOCKED
     try:
         todo = to_launch(runs, retry_diverged="--retry-diverged" in flags)
@@ -154,6 +148,22 @@ def _launch(
         return 0
     manifest = run_local(todo, profile, sweep, argv)
     return 1 if manifest["failed"] else 0
+
+
+def _scheduler_silent(runs: list[PlannedRun], sweep: str) -> bool:
+    """Whether the scheduler could not say which runs are queued (then nothing is submitted:
+    a second submission would run them twice); says so on stderr."""
+    silent = next((r.reason for r in runs if r.status == "unknown"), None)
+    if silent is not None:
+        unknown = sum(r.status == "unknown" for r in runs)
+        print(
+            f"error: cannot tell which runs are queued: {silent}; {unknown} run(s) of sweep "
+            f"{sweep!r} may be queued or running, so submitting nothing (a second submission "
+            "would run them twice). Try again when the scheduler answers "
+            f"(`qat-sweep status sweep={sweep}`).",
+            file=sys.stderr,
+        )
+    return silent is not None
 
 
 def _say_waiting(held: LockHeld) -> None:
