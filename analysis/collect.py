@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from qat_sweep.analysis.cells import snap
-from qat_sweep.analysis.law.formulas import group_value
+from qat_sweep.analysis.law.formulas import CHANNEL_G, group_value, reduction_group
 
 from qat_sweep.common import InputError as InputError  # the analysis's bad input: exit 2
 from qat_sweep.common import parse_bool
-from qat_sweep.delta import BF16, twin_gap
+from qat_sweep.delta import BF16, EXECUTION_FIELDS, twin_gap
 from qat_sweep.record import IDENTITY_FIELDS, RECORD_NAME, sweep_records
 
 REQUIRED = ("model", "n_params", "tokens", "scheme", "format", "group_size", "lr", "seed", "loss")
@@ -66,6 +66,12 @@ def record_to_row(record: Mapping[str, Any]) -> dict[str, Any]:
     row = {field: record.get(field) for field in RECORD_FIELDS}
     metrics = record.get("metrics") or {}
     row["tokens_per_s"] = metrics.get("tokens_per_s")
+    model = ((record.get("config") or {}).get("model")) or {}
+    if isinstance(model, Mapping) and model.get("ffn_size") and model.get("n_heads"):
+        row["ffn_size"] = model["ffn_size"]  # the FC2 reduction dimension (--channel-g)
+        row["kv_dim"] = model["hidden_size"] // model["n_heads"] * model["n_kv_heads"]
+    execution = record.get("execution") or {}  # one column per setting, exec_<name>
+    row |= {f"exec_{name}": execution.get(name) for name in EXECUTION_FIELDS}
     row.update(quant_columns(metrics))
     return row
 
@@ -160,14 +166,22 @@ def _normalise_group(value: Any) -> Any:
     return int(number) if np.isfinite(number) and number == int(number) else text
 
 
-def _group_of(group_size: Any, hidden_size: float) -> float:
+def _group_of(row: Any, channel_g: str) -> float:
+    group_size = row.group_size
     if isinstance(group_size, str) and group_size != "channel":
         return float("nan")
-    return group_value(group_size, hidden_size)
+    if group_size == "channel" and channel_g == "reduction":
+        shapes = (row.hidden_size, row.ffn_size, row.kv_dim)
+        return reduction_group(*shapes) if np.isfinite(shapes).all() else float("nan")
+    return group_value(group_size, row.hidden_size)
 
 
-def build_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """Rows -> typed analysis table with `excluded` reasons ('' for usable rows) and G."""
+def build_table(rows: Iterable[Mapping[str, Any]], channel_g: str = "hidden") -> pd.DataFrame:
+    """Rows -> typed analysis table with `excluded` reasons ('' for usable rows) and G; per
+    channel, G is the hidden size or (`channel_g="reduction"`) the layers' reduction
+    dimensions (formulas.reduction_group)."""
+    if channel_g not in CHANNEL_G:
+        raise InputError(f"--channel-g {channel_g}: allowed: {', '.join(CHANNEL_G)}")
     table = pd.DataFrame(list(rows))
     if table.empty:
         raise InputError("no runs found")
@@ -177,6 +191,8 @@ def build_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     for column in ("run_key", "status", "holdout", "hidden_size", "val_loss", "twin_key"):
         if column not in table.columns:
             table[column] = None
+    for column in ("ffn_size", "kv_dim"):
+        table[column] = pd.to_numeric(table.get(column), errors="coerce")
     table["status"] = table["status"].fillna("completed").astype(str)
     table["run_key"] = [
         str(k) if k is not None and k == k else f"row{i}" for i, k in enumerate(table["run_key"])
@@ -187,12 +203,10 @@ def build_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     table["format"] = table["format"].astype(str).str.lower()
     table["group_size"] = [_normalise_group(v) for v in table["group_size"]]
     table["holdout"] = table["holdout"].map(_truthy)
-    table["G"] = [
-        _group_of(g, h) for g, h in zip(table["group_size"], table["hidden_size"], strict=True)
-    ]
+    table["G"] = [_group_of(row, channel_g) for row in table.itertuples()]
     table["N_cell"], table["D_cell"] = snap(table["n_params"]), snap(table["tokens"])
     table["fit_key"] = table["scheme"] + "/" + table["format"]
-    table["excluded"] = [_row_problem(r) for r in table.itertuples()]
+    table["excluded"] = [_row_problem(r, channel_g) for r in table.itertuples()]
     _mark_duplicates(table)
     return table
 
@@ -205,7 +219,7 @@ def _truthy(value: Any) -> bool:
         return False
 
 
-def _row_problem(row: Any) -> str:
+def _row_problem(row: Any, channel_g: str) -> str:
     """Why a row cannot enter a fit ('' if it can); checked before any fitting."""
     if row.status != "completed":
         return f"status {row.status}"
@@ -220,6 +234,8 @@ def _row_problem(row: Any) -> str:
             return f"group_size {row.group_size!r}: allowed an integer >= 2 or channel"
         if row.group_size == "channel" and not np.isfinite(row.hidden_size):
             return "per-channel group without hidden_size (G = hidden size)"
+        if row.group_size == "channel" and channel_g == "reduction" and not np.isfinite(row.G):
+            return "per-channel group without ffn_size and kv_dim (--channel-g reduction)"
         if not np.isfinite(row.G):
             return "missing group_size"
         if row.G < 2:
@@ -282,8 +298,12 @@ def pair_deltas(table: pd.DataFrame) -> pd.DataFrame:
     table = table.copy()
     twin = twin_index(table, (table["excluded"] == "").to_numpy())
     rows = table.to_dict("records")
+    for row in rows:
+        row["execution"] = {name: row.get(f"exec_{name}") for name in EXECUTION_FIELDS}
     gaps = [
-        twin_gap(row["loss"], rows[t] if t >= 0 else None, _twin_name(row["twin_key"]))
+        twin_gap(
+            row["loss"], rows[t] if t >= 0 else None, _twin_name(row["twin_key"]), row["execution"]
+        )
         if row["scheme"] != BF16
         else None
         for row, t in zip(rows, twin, strict=True)

@@ -27,6 +27,7 @@ from qat_sweep.analysis.predict import (
     predict_point,
 )
 
+from qat_sweep.common import format_number
 from qat_sweep.model.precision import BLOCK_FORMATS, base_format, bits_per_weight
 
 GROUP_CANDIDATES = (16, 32, 64, 128, 256, 512, 1024)
@@ -105,6 +106,37 @@ def _caveats(saved: SavedFit, keys: tuple[str, ...], draws: int) -> list[str]:
     return out
 
 
+def unidentified(
+    saved: SavedFit, fit_key: str, names: tuple[str, ...], law: str | None = None
+) -> dict[str, str]:
+    """The exponents among `names` that the setting's delta law left out as not identifiable
+    (identify.py), each with the fit's reason; a block format's gamma_G is not among them (its
+    block is its only G, and k holds that term)."""
+    fit = saved.result["delta"][fit_key]
+    params = delta_law(saved, fit_key, law).point.params
+    exponents = (fit.get("identifiability") or {}).get("exponents", {})
+    return {
+        name: exponents.get(name, {}).get("why", "left out of the fit")
+        for name in names
+        if name in params
+        and params[name] is None
+        and not exponents.get(name, {}).get("fixed_by_format")
+    }
+
+
+def no_winner(depends: dict[str, dict[str, str]], what: str) -> tuple[str, list[str]]:
+    """Why a decision gives no answer (the exponents it turns on that the fit cannot identify:
+    the bootstrap keeps them at 0, so a share of draws would only echo that), and one warning
+    per exponent with identify.py's reason."""
+    named = "; ".join(f"{key} {', '.join(names)}" for key, names in depends.items() if names)
+    reasons = [
+        f"{key} {name} not identifiable: {why}"
+        for key, names in depends.items()
+        for name, why in names.items()
+    ]
+    return f"{what} turns on exponents this fit cannot identify ({named})", reasons
+
+
 def _log_delta(rows: LawRows, n: float, d: float, g, labels=None) -> np.ndarray:
     """log delta for each row of parameters at each G (group labels for per-G laws):
     (rows, len(g))."""
@@ -119,7 +151,8 @@ def _log_delta(rows: LawRows, n: float, d: float, g, labels=None) -> np.ndarray:
 def _range_warnings(saved: SavedFit, column: str, value: float, label: str) -> list[str]:
     lo, hi = saved.result["base"].get("range", {}).get(column, [None, None])
     if hi and np.isfinite(value) and value > EXTRAPOLATION_WARN * hi:
-        return [f"{label} {value:.3g} is {value / hi:,.0f}x the largest fitted {column} ({hi:.3g})"]
+        ratio = format_number(value / hi, digits=3)
+        return [f"{label} {value:.3g} is {ratio}x the largest fitted {column} ({hi:.3g})"]
     if lo and np.isfinite(value) and value < lo / EXTRAPOLATION_WARN:
         return [f"{label} {value:.3g} is below a tenth of the smallest fitted {column} ({lo:.3g})"]
     return []
@@ -160,6 +193,19 @@ def best_group(saved: SavedFit, q: Question) -> dict[str, Any]:
             f"(per-channel needs {bits.min():.3f}); allowed: --bits > 4"
         )
     allowed = [g for g, ok in zip(options, fits, strict=True) if ok]
+    depends = unidentified(saved, q.fit_key, ("gamma_G",), q.law) if len(allowed) > 1 else {}
+    if depends:
+        pred = predict_point(
+            saved, q.n_params, q.tokens, q.fit_key, q.group_size, q.hidden_size, law=q.law
+        )
+        why, reasons = no_winner({q.fit_key: depends}, "the choice of G")
+        return {
+            "bits_budget": q.bits, "scale_bits": q.scale_bits,
+            "allowed": [str(g) for g in allowed], "group_size": None, "bits_per_weight": None,
+            "share_of_draws": None, "draw_shares": {}, "undecided": why,
+            "delta": pred["delta"], "qat_loss": pred["qat_loss"],
+            "warnings": reasons + pred["warnings"],
+        }  # fmt: skip
     point, draws = _draws(saved, q.fit_key, q.law)
     grid = values[fits]
     at_point = _log_delta(point, q.n_params, q.tokens, grid, [str(g) for g in allowed])[0]
@@ -240,6 +286,13 @@ def best_format(saved: SavedFit, q: Question) -> dict[str, Any]:
             "missing": f"no fitted {scheme} law has a value within {q.bits:g} bits",
         }
     candidates, points, draws = ([seq[i] for i in keep] for seq in (candidates, points, draws))
+    settings = list(dict.fromkeys(c[0] for c in candidates))
+    # one setting: only its G term separates the candidates; several: every exponent of each
+    exponents = ("gamma_G",) if len(settings) == 1 else ("gamma_N", "gamma_D", "gamma_G")
+    depends = {key: unidentified(saved, key, exponents) for key in settings}
+    if len(candidates) > 1 and any(depends.values()):
+        why, reasons = no_winner(depends, "the choice")
+        return {"available": False, "missing": why, "warnings": reasons}
     choice = int(np.argmin(points))
     picks = np.argmin(np.stack(draws, axis=1), axis=1) if size else np.array([], int)
     warnings = (
@@ -282,6 +335,14 @@ def tokens_to_tolerance(saved: SavedFit, q: Question) -> dict[str, Any]:
     g = group_value(q.group_size, q.hidden_size)
     label = [str(q.group_size)]
     point, draws = _draws(saved, q.fit_key, q.law)
+    depends = unidentified(saved, q.fit_key, ("gamma_D",), q.law)
+    if depends:
+        why, reasons = no_winner({q.fit_key: depends}, "the answer")
+        return {
+            "tolerance": q.tolerance, "group_size": str(q.group_size), "law": point.name,
+            "tokens": None, "tokens_per_param": None, "ci95": None, "undecided": why,
+            "warnings": reasons + _caveats(saved, (q.fit_key,), len(draws)),
+        }  # fmt: skip
 
     def solve(rows: LawRows) -> np.ndarray:
         if not len(rows):
@@ -302,7 +363,9 @@ def tokens_to_tolerance(saved: SavedFit, q: Question) -> dict[str, Any]:
 
     value = float(solve(point)[0])
     boot = solve(draws)
-    warnings = _range_warnings(saved, "tokens", value, "tokens at the tolerance")
+    warnings = (
+        _range_warnings(saved, "tokens", value, "tokens at the tolerance") if value < 1e300 else []
+    )
     warnings += _caveats(saved, (q.fit_key,), len(draws))
     never = float(np.mean(~np.isfinite(boot) | (boot > 1e300))) if len(boot) else 0.0
     if never:
@@ -356,6 +419,11 @@ def crossover(saved: SavedFit, q: Question) -> dict[str, Any]:
     missing = [k for k in keys if k not in saved.result["delta"]]
     if missing:
         return {"available": False, "missing": f"no delta fit for {', '.join(missing)}"}
+    # the crossing G turns on both gamma_G; its place at (N, D) on the other exponents too
+    depends = {k: unidentified(saved, k, ("gamma_N", "gamma_D", "gamma_G"), q.law) for k in keys}
+    if any(depends.values()):
+        why, reasons = no_winner(depends, "the crossover")
+        return {"available": False, "missing": why, "warnings": reasons}
     (p_int, d_int), (p_fp, d_fp) = (_draws(saved, k, q.law) for k in keys)
     size = min(len(d_int), len(d_fp))
     per_group = [p.name for p in (p_int, p_fp) if p.law.law.per_group]
@@ -410,15 +478,6 @@ def crossover(saved: SavedFit, q: Question) -> dict[str, Any]:
     warnings = (
         [f"laws: {keys[0]} {p_int.name}, {keys[1]} {p_fp.name}"] if p_int.name != p_fp.name else []
     )
-    for k in keys:  # identify.py's reasons for exponents fit left out (treated as 0)
-        fit = saved.result["delta"][k]
-        exponents = (fit.get("identifiability") or {}).get("exponents", {})
-        for name in fit.get("not_identifiable", []):
-            why = exponents.get(name, {}).get("why", "left out of the fit")
-            where = "the fitted cell" if name != "gamma_G" else "the fitted group sizes"
-            warnings.append(
-                f"{k}: {name} not identifiable ({why}), treated as 0: the crossover holds only at {where}"
-            )
     warnings += _caveats(saved, keys, size)
     if not 2 <= value <= 1e6:
         warnings.append("no crossover between G = 2 and 1e6: one format is better throughout")

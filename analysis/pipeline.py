@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from qat_sweep.analysis import paper
+from qat_sweep.analysis.base_points import select_base_runs, with_extra
 from qat_sweep.analysis.cells import cell_values
 from qat_sweep.analysis.collect import InputError, excluded_list
 from qat_sweep.analysis.law import validate
@@ -52,6 +53,9 @@ class Settings:
     base_lr: str = "best"
     law: str | None = None  # --law NAME: use this law wherever it is fitted, not the selection
     source: str = ""
+    base_models: str | None = None  # --base-models LO..HI: the BF16 runs of the base fit
+    extra_bf16: str | None = None  # --extra-bf16 FILE.csv: external points added to it
+    channel_g: str = "hidden"  # --channel-g: G per channel, hidden size or reduction dims
 
 
 @dataclass
@@ -90,8 +94,14 @@ def _best_lr(bf16: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return best, len(bf16) - len(best)
 
 
-def run_fit(table: pd.DataFrame, skipped: list[dict[str, str]], settings: Settings) -> FitOutcome:
-    """Fit everything; raise InputError when nothing usable is left."""
+def run_fit(
+    table: pd.DataFrame,
+    skipped: list[dict[str, str]],
+    settings: Settings,
+    extra_bf16: pd.DataFrame | None = None,
+) -> FitOutcome:
+    """Fit everything; raise InputError when nothing usable is left. `extra_bf16` holds
+    external BF16 points (base_points.read_extra_bf16) that join the base fit only."""
     start = time.perf_counter()
     table = _apply_holdout(table, settings.holdout)
     usable = table[table["excluded"] == ""]
@@ -103,9 +113,12 @@ def run_fit(table: pd.DataFrame, skipped: list[dict[str, str]], settings: Settin
         raise InputError(
             "no usable runs to fit" + (f" (excluded: {'; '.join(reasons[:5])})" if reasons else "")
         )
-    bf16, dropped_lr = _best_lr(bf16_all) if settings.base_lr == "best" else (bf16_all, 0)
-    bf16 = bf16.reset_index(drop=True)
+    in_range, range_note = select_base_runs(bf16_all, settings.base_models)
+    bf16, dropped_lr = _best_lr(in_range) if settings.base_lr == "best" else (in_range, 0)
+    bf16 = with_extra(bf16.reset_index(drop=True), extra_bf16)
     base = fit_base(bf16, tied=settings.tied, f_scale=settings.base_f_scale)
+    if range_note:
+        base.notes.append(range_note)
     if dropped_lr:
         base.notes.append(
             f"{dropped_lr} BF16 runs at a non-best learning rate left out of the base fit"
@@ -163,6 +176,8 @@ def run_fit(table: pd.DataFrame, skipped: list[dict[str, str]], settings: Settin
             "range": {
                 c: [float(bf16[c].min()), float(bf16[c].max())] for c in ("n_params", "tokens")
             },
+            "models": settings.base_models,
+            "extra_bf16": _extra_points(bf16, base),
         },
         "delta": delta_json,
         "joint": fit_joint(bf16, quant, base, paper_fits, settings.base_f_scale)
@@ -181,6 +196,19 @@ def run_fit(table: pd.DataFrame, skipped: list[dict[str, str]], settings: Settin
     seconds = time.perf_counter() - start
     result["timing_s"] = {"fit": round(seconds, 3)}
     return FitOutcome(result, table, base, deltas, bf16, quant, seconds, laws, paper_fits)
+
+
+def _extra_points(bf16: pd.DataFrame, base: LawFit) -> list[dict[str, Any]]:
+    """fit.json's external BF16 points with the base law's residual at each (log loss)."""
+    if "source" not in bf16.columns:
+        return []
+    extra = (bf16["source"] != "").to_numpy()
+    resid = base.resid if base.resid.size == len(bf16) else np.full(len(bf16), np.nan)
+    return [
+        {**{k: row[k] for k in ("model", "n_params", "tokens", "loss", "source")},
+         "log_residual": float(r)}
+        for row, r in zip(bf16[extra].to_dict("records"), resid[extra], strict=True)
+    ]  # fmt: skip
 
 
 def _select_laws(

@@ -26,6 +26,7 @@ from qat_sweep.analysis.law.formulas import (
     group_value,
 )
 
+from qat_sweep.common import format_number
 from qat_sweep.model.precision import BLOCK_FORMATS, base_format
 
 BOOT_FILE = "bootstrap.npz"
@@ -195,7 +196,7 @@ def _extrapolations(base: dict[str, Any], n_params: float, tokens: float) -> lis
         largest = base.get("range", {}).get(column, [None, None])[1]
         if largest and value > EXTRAPOLATION_WARN * largest:
             warnings.append(
-                f"{column}={value:.3g} is {value / largest:,.0f}x the largest fitted "
+                f"{column}={value:.3g} is {format_number(value / largest, digits=3)}x the largest fitted "
                 f"({largest:.3g}): an extrapolation"
             )
     return warnings
@@ -267,6 +268,12 @@ def predict_point(
     fit = chosen.entry
     out["law"] = chosen.name
     out["law_source"] = chosen.source
+    if str(group_size) == "channel" and saved.result["settings"].get("channel_g") == "reduction":
+        raise InputError(
+            "this fit took G per channel as the layers' reduction dimensions (fit --channel-g "
+            "reduction), not the hidden size: give that G as group_size=<G> (runs.csv's G "
+            "column has it for each fitted preset)"
+        )
     g = group_value(group_size, hidden_size)
     if not np.isfinite(g) or g < 2:
         raise InputError("group_size must be an integer >= 2, or channel with hidden_size")
@@ -306,11 +313,11 @@ def format_prediction(pred: dict[str, Any]) -> str:
     """Human-readable lines for the predict command."""
 
     def line(label: str, item: dict[str, Any]) -> str:
-        text = f"{label:<16}{item['value']:.4f}"
-        if item.get("ci95"):
-            text += f"   95% CI [{item['ci95'][0]:.4f}, {item['ci95'][1]:.4f}]"
-        if item.get("pi95"):
-            text += f"   95% PI [{item['pi95'][0]:.4f}, {item['pi95'][1]:.4f}]"
+        text = f"{label:<16}{format_number(item['value'], 4)}"
+        for name, key in (("CI", "ci95"), ("PI", "pi95")):
+            if item.get(key):
+                lo, hi = (format_number(v, 4) for v in item[key])
+                text += f"   95% {name} [{lo}, {hi}]"
         return text
 
     lines = [

@@ -73,11 +73,13 @@ def log_fit(
     figures: dict[str, Path],
     out_dir: Path | None = None,
     sweep: str | None = None,
+    sync_hint: str | None = None,
 ) -> bool:
     """Log the fit to a `fit` run in ENTITY/PROJECT (respects WANDB_MODE), then write each
     quantized run's predicted delta into that run's summary (online only; offline runs get it
     from `qat-sweep sync`). The run's local files go to `<out_dir>/wandb`, beside the fit's
-    outputs, where `qat-sweep sync` finds an offline fit run to upload."""
+    outputs, where `qat-sweep sync` finds an offline fit run to upload. `sync_hint` is the sync
+    command that writes the predictions later, with the fit's own arguments."""
     sweep = sweep or _single_sweep(table)
     try:
         import wandb
@@ -108,7 +110,8 @@ def log_fit(
         )
         run.finish()
         if mode == "online" and sweep:
-            write_predictions(entity or None, project, sweep, predicted_deltas(result, table))
+            values = predicted_deltas(result, table)
+            write_predictions(entity or None, project, sweep, values, sync_hint)
         return True
     except Exception as err:  # any wandb failure (network, auth, version) must not lose the fit
         print(f"warning: wandb logging to {target} failed: {err}", file=sys.stderr)
@@ -122,9 +125,14 @@ def _single_sweep(table: pd.DataFrame) -> str | None:
 
 
 def write_predictions(
-    entity: str | None, project: str, sweep: str, values: dict[str, dict[str, float]]
+    entity: str | None,
+    project: str,
+    sweep: str,
+    values: dict[str, dict[str, float]],
+    sync_hint: str | None = None,
 ) -> None:
-    """`fit/*` values into the summaries of the sweep's runs on the server."""
+    """`fit/*` values into the summaries of the sweep's runs on the server; runs not found
+    there get them from ``sync_hint`` (the `qat-sweep sync` command) once synced."""
     from qat_sweep.train.tracking import wandb_id
 
     entity = entity or wandb_api.default_entity()
@@ -137,7 +145,7 @@ def write_predictions(
     print(
         f"wandb: fit/predicted_delta written to {len(values) - failed} run(s)"
         + (
-            f", {failed} not found (sync them, then `qat-sweep sync sweep={sweep}`)"
+            f", {failed} not found (sync them, then `{sync_hint or f'qat-sweep sync sweep={sweep}'}`)"
             if failed
             else ""
         )

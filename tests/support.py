@@ -53,3 +53,25 @@ def stand_in(bin_dir: Path, name: str, body: str) -> Path:
     program.chmod(0o755)
     calls.touch()
     return calls
+
+
+def completed_record(run, loss: float) -> dict:
+    """A valid record of a planned run (`sweep.spec.PlannedRun`) that completed with `loss`, as
+    the trainer writes it; for tests of what reads run directories."""
+    return {
+        **run.row(),
+        "schema": 1,
+        "sweep": run.config["sweep_name"],
+        "status": "completed",
+        "error": None,
+        "n_params_total": run.n_params,
+        "loss": loss,
+        "val_loss": loss,
+        "metrics": {},
+        "config": run.config,
+        "versions": {},
+        "slurm": None,
+        "wandb": None,
+        "twin_key": None,
+        "finished": "2026-01-01T00:00:00",
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,11 +15,16 @@ from qat_sweep.common import (
     InputError,
     atomic_open,
     format_count,
+    format_duration,
+    format_hours,
+    format_loss,
+    format_number,
     json_safe,
     parse_count,
     parse_int,
     parse_keys,
     parse_tokens,
+    progress,
     resolve_device,
     split_overrides,
     stale_temps,
@@ -54,6 +60,64 @@ def test_format_count_round_trips_run_key_labels() -> None:
     for n in (74_000_000, 2_500_000, 10**10, 123):
         assert parse_tokens(format_count(n)) == n
     assert format_count(10**10) == "10B" and format_count(2_500_000) == "2.5M"
+
+
+def test_format_number_never_prints_a_long_run_of_digits() -> None:
+    assert format_number(1.0142e304 / 1e6, digits=3) == "1.01e+298"
+    assert format_number(4.184072375297546, 4) == "4.1841" and format_number(3e7, 4) == "3e+07"
+    assert format_number(None) == format_number(float("nan")) == "n/a"
+
+
+def _bar_text(monkeypatch: pytest.MonkeyPatch, quiet: bool) -> str:
+    """What progress() writes to a terminal of 100 columns while 3 items pass."""
+    import fcntl
+    import struct
+    import sys
+    import termios
+
+    from qat_sweep import common
+
+    monkeypatch.setattr(common, "_progress_on", True)
+    if quiet:
+        common.quiet_progress()
+    leader, follower = os.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+    os.set_blocking(leader, False)
+    with os.fdopen(follower, "w") as tty, monkeypatch.context() as patch:
+        patch.setattr(sys, "stderr", tty)
+        assert list(progress(range(3), "simulated fits", unit="sweep")) == [0, 1, 2]
+        tty.flush()
+        try:  # read while the terminal is open (a closed one reads as an I/O error)
+            return os.read(leader, 4096).decode()
+        except BlockingIOError:
+            return ""
+        finally:
+            os.close(leader)
+
+
+def test_progress_bars_only_on_a_terminal_and_not_when_quiet(monkeypatch, capsys) -> None:
+    assert "simulated fits: " in _bar_text(monkeypatch, quiet=False)
+    assert _bar_text(monkeypatch, quiet=True) == ""
+    monkeypatch.setattr("qat_sweep.common._progress_on", True)
+    assert list(progress(range(3), "simulated fits")) == [0, 1, 2]  # stderr captured: no tty
+    assert capsys.readouterr().err == ""
+
+
+def test_numbers_print_short_for_people() -> None:
+    assert format_count(250_000) == "250K" and format_count(20e9) == "20B"
+    assert format_count(74_323_456, 3) == "74.3M" and format_count(36_864.0, 3) == "36.9K"
+    assert format_count(4.184072375297546) == "4.184" and format_count(0) == "0"
+    assert format_loss(4.184072375297546) == "4.1841" and format_loss(None) == "-"
+    assert format_loss(float("nan")) == "-"
+    assert [format_hours(h) for h in (119_387.2, 25.4, 0.00061)] == ["119,387", "25", "0.00061"]
+    assert [format_duration(s) for s in (45, 725, 11_220, 187_200)] == [
+        "45s",
+        "12m05s",
+        "3h07m",
+        "2d04h",
+    ]
+    assert format_duration(None) == "-" and format_duration(float("inf")) == "-"
+    assert format_loss(1e20) == "1e+20"  # never a long run of digits
 
 
 def test_atomic_write_keeps_old_content_on_failure(tmp_path: Path) -> None:

@@ -18,6 +18,8 @@ from qat_sweep.analysis.design import simulate as sim
 from qat_sweep.analysis.law import identify
 from qat_sweep.analysis.law.formulas import BASE_PARAMS, GAMMA_BOUND, LAWS, Points, bf16_loss
 
+from qat_sweep.common import format_number
+
 
 def _param_rows(truth: dict[str, float], est: np.ndarray, ok: np.ndarray, names) -> dict:
     """Per parameter: expected interval over identified estimates, the identified share, and
@@ -110,7 +112,12 @@ def run_design(
         if block:
             fixed[key] = identify.fixed_block_why(*block)
     return {
-        "prior": {"source": prior.source, "notes": prior.notes, "laws": refits.laws},
+        "prior": {
+            "source": prior.source,
+            "notes": prior.notes,
+            "warnings": prior.warnings,
+            "laws": refits.laws,
+        },
         "fixed_block": fixed,
         "selection": {
             key: selection_summary(prior.law(key), picks) for key, picks in refits.picks.items()
@@ -154,10 +161,6 @@ def selection_summary(truth: str, picks: list[str]) -> dict[str, Any]:
     }
 
 
-def _g(value: Any, digits: int = 4) -> str:
-    return "n/a" if value is None else f"{value:.{digits}g}"
-
-
 def format_design(res: dict[str, Any]) -> str:
     grid = res["grid"]
     lines = [
@@ -171,10 +174,11 @@ def format_design(res: dict[str, Any]) -> str:
             if any(v != "paper" for v in res["prior"].get("laws", {}).values())
             else ""
         )
-        + f"; noise {res['noise']:g} per run"
+        + f"; noise {format_number(res['noise'], digits=3)} per run"
         + (f" + {res['cell_noise']:g} per cell" if res["cell_noise"] else "")
         + f"; {res['sims']} simulated sweeps refitted as `fit` would in {res['seconds']:.1f} s",
         *[f"note: {n}" for n in res["prior"]["notes"]],
+        *[f"warning: {w}" for w in res["prior"].get("warnings", [])],
         *[f"note: {key}: {why}" for key, why in res.get("fixed_block", {}).items()],
         "",
         f"{'setting':<18} {'param':<8} {'truth':>9} {'expected 95% interval':>26} "
@@ -185,10 +189,10 @@ def format_design(res: dict[str, Any]) -> str:
             if key == "bf16" and name == "beta":
                 continue  # tied to alpha
             ci = item["ci95"]
-            span = f"[{_g(ci[0])}, {_g(ci[1])}]" if ci else "not identifiable"
+            span = f"[{format_number(ci[0])}, {format_number(ci[1])}]" if ci else "not identifiable"
             zero = ("yes" if item.get("excludes_zero") else "NO") if ci else "-"
             lines.append(
-                f"{key:<18} {name:<8} {_g(item['truth']):>9} {span:>26} {_g(item['width'], 3):>9} "
+                f"{key:<18} {name:<8} {format_number(item['truth']):>9} {span:>26} {format_number(item['width'], digits=3):>9} "
                 f"{100 * item['identified']:>9.0f}% {100 * item['left_out']:>7.0f}% {zero:>10}"
             )
     if res.get("selection"):
@@ -215,8 +219,8 @@ def format_design(res: dict[str, Any]) -> str:
             item = t[label]
             ci = item["ci95"]
             lines.append(
-                f"target {t['target']}: {label} truth {_g(item['truth'])}, expected 95% interval "
-                + (f"[{_g(ci[0])}, {_g(ci[1])}] (width {_g(item['width'], 3)}, "
+                f"target {t['target']}: {label} truth {format_number(item['truth'])}, expected 95% interval "
+                + (f"[{format_number(ci[0])}, {format_number(ci[1])}] (width {format_number(item['width'], digits=3)}, "
                    f"{100 * (item['rel_width'] or 0):.0f}% of the truth)" if ci else "none")
             )  # fmt: skip
         lines += [f"warning: {w}" for w in t["warnings"]]

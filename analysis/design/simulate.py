@@ -47,7 +47,7 @@ from qat_sweep.analysis.law.formulas import (
 )
 from qat_sweep.analysis.law.law_fit import base_of, engine_for
 
-from qat_sweep.common import parse_count, split_overrides
+from qat_sweep.common import parse_count, progress, split_overrides
 from qat_sweep.estimates.flops import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS
 from qat_sweep.model.precision import BLOCK_FORMATS, base_format
 
@@ -73,6 +73,7 @@ class Prior:
     source: str
     noise: float | None = None  # per-run loss noise implied by the prior fit's residuals
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what makes the prior itself doubtful
     laws: dict[str, str] = field(default_factory=dict)
     fitted: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # every law fit
 
@@ -119,6 +120,7 @@ def load_prior(spec: str | None, law: str | None = None) -> Prior:
         raise InputError(f"--prior {path}: its BF16 law is not identifiable; fit more BF16 runs")
     fallback = paper_prior()
     prior = Prior(dict(base["params"]), dict(fallback.delta), f"fit {path}")
+    prior.warnings += bound_warnings("BF16 law", base)
     for key, fit in result.get("delta", {}).items():
         name = fit.get("law") or "paper"
         params = fit["params"]
@@ -133,6 +135,7 @@ def load_prior(spec: str | None, law: str | None = None) -> Prior:
                     f"its selected law {name} instead"
                 )
         prior.laws[key] = name
+        prior.warnings += bound_warnings(f"{key} law {name}", laws.get(name) or fit)
         prior.fitted[key] = {
             n: {p: float(v or 0.0) for p, v in e["params"].items()}
             for n, e in laws.items()
@@ -146,8 +149,24 @@ def load_prior(spec: str | None, law: str | None = None) -> Prior:
     unfitted = sorted(set(fallback.delta) - set(result.get("delta", {})))
     if unfitted:
         prior.notes.append(f"not in the prior fit, taken from the paper: {', '.join(unfitted)}")
-    prior.noise = fit_noise(result)
+    noise = fit_noise(result, path.parent)
+    if noise is not None:
+        prior.noise = noise[0]
+        prior.notes.append(f"noise {noise[0]:.3g} per run: {noise[1]}")
     return prior
+
+
+def bound_warnings(label: str, fit: dict[str, Any]) -> list[str]:
+    """A warning for the parameters a prior fit left on their bounds: there the bound, not the
+    data, set the value, and every simulated sweep inherits it."""
+    hits = [p for p in fit.get("bound_hits") or [] if fit["params"].get(p) is not None]
+    if not hits:
+        return []
+    values = ", ".join(f"{p} = {fit['params'][p]:.3g}" for p in hits)
+    return [
+        f"the prior's {label} has {values} on its bound: the bound, not the data, set "
+        f"{'it' if len(hits) == 1 else 'them'}, and every simulated sweep draws from that value"
+    ]
 
 
 ELEMENT_FORMAT = {"e2m1": "fp4", "int4": "int4"}
@@ -190,11 +209,41 @@ def covering(prior: Prior, keys: list[str] | tuple[str, ...]) -> Prior:
     return dataclasses.replace(prior, delta=delta, notes=notes, laws=laws, fitted=fitted)
 
 
-def fit_noise(result: dict[str, Any]) -> float | None:
-    """A run's loss noise implied by a fit: BF16 log-residual SD x a typical loss (E + 0.5)."""
+def typical_loss(result: dict[str, Any], fit_dir: Path | None) -> tuple[float, str] | None:
+    """The fit's typical BF16 loss and where it comes from: the median of its BF16 runs
+    (runs.csv beside fit.json), else its BF16 law at the geometric centre of the fitted range."""
+    path = fit_dir / "runs.csv" if fit_dir else None
+    if path and path.is_file():
+        runs = pd.read_csv(path, usecols=lambda c: c in ("scheme", "loss", "excluded"))
+        keep = runs["scheme"].eq("bf16")
+        if "excluded" in runs:
+            keep &= runs["excluded"].isna()
+        losses = runs.loc[keep, "loss"].dropna()
+        if len(losses):
+            return float(losses.median()), f"median of its {len(losses)} BF16 runs"
     base = result["base"]
-    sd, e = base.get("resid_log_sd"), base["params"].get("E")
-    return float(sd) * (float(e) + 0.5) if sd and e is not None else None
+    span = base.get("range") or {}
+    if any(base["params"].get(p) is None for p in BASE_PARAMS) or not span:
+        return None
+    n, d = (float(np.sqrt(np.prod(span[c]))) for c in ("n_params", "tokens"))
+    return float(bf16_loss(base["params"], n, d)), "its BF16 law at the fitted range's centre"
+
+
+def fit_noise(result: dict[str, Any], fit_dir: Path | None = None) -> tuple[float, str] | None:
+    """A run's loss noise implied by a fit, and how: its BF16 log-residual SD, scaled up for
+    the parameters fitted (sqrt(n / (n - p))), times the typical BF16 loss of its data."""
+    base = result["base"]
+    sd, typical = base.get("resid_log_sd"), typical_loss(result, fit_dir)
+    if not sd or typical is None:
+        return None
+    ident = base.get("identifiability") or {}
+    n, p = ident.get("n_cells") or base.get("n_cells"), ident.get("n_params")
+    dof = float(np.sqrt(n / (n - p))) if n and p and n > p else 1.0
+    how = (
+        f"the prior fit's BF16 log-residual SD {sd:.3g} x {dof:.3g} (for its {p} fitted "
+        f"parameters) x typical loss {typical[0]:.4f} ({typical[1]})"
+    )
+    return float(sd) * dof * typical[0], how
 
 
 # ---------------------------------------------------------------- the grid
@@ -405,7 +454,7 @@ def refit_many(
         est = np.full((n_sims, len(DELTA_PARAMS)), np.nan)
         scale = np.full(n_sims, np.nan)
         dropped: list[frozenset[str]] = [frozenset(DELTA_COLUMNS)] * n_sims
-        for s in range(n_sims):
+        for s in progress(range(n_sims), f"simulated fits of {key}", unit="sweep"):
             mask = gaps[s] > 0
             if mask.sum() < 2:  # pipeline skips settings with fewer than two paired runs
                 continue

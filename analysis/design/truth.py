@@ -31,8 +31,9 @@ def truth_prior(prior: Prior, spec: str, runs: pd.DataFrame) -> Prior:
         if not sep:
             raise InputError(f"--truth {spec!r}: {item!r} is not param=number")
     out = Prior(
-        dict(prior.base), {}, f"{prior.source}; truth {spec}", prior.noise, list(prior.notes)
-    )
+        dict(prior.base), {}, f"{prior.source}; truth {spec}", prior.noise, list(prior.notes),
+        list(prior.warnings),
+    )  # fmt: skip
     quant = runs[(runs["scheme"] != "bf16") & ~runs["holdout"].to_numpy(bool)]
     for key in sorted(quant["fit_key"].unique()):
         if key not in prior.delta:

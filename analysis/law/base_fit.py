@@ -19,6 +19,8 @@ from qat_sweep.analysis.law.formulas import BASE_PARAMS, log_bf16_loss
 from scipy.optimize import nnls
 from scipy.special import huber
 
+from qat_sweep.common import progress
+
 N_UNIT, D_UNIT = 1e6, 1e9  # normalised units inside the base fit, reported back in raw units
 EXPONENT_GRID = np.linspace(0.05, 1.2, 47)
 BASE_BOUNDS = {"A": (0.0, 1e6), "B": (0.0, 1e6), "E": (0.0, 10.0), "alpha": (0.01, 2.0)}
@@ -164,7 +166,8 @@ def fit_base(
     x_n, x_d = bf16["n_params"].to_numpy() / N_UNIT, bf16["tokens"].to_numpy() / D_UNIT
     loss = bf16["loss"].to_numpy()
     results = []
-    for theta0 in _grid_starts(x_n, x_d, loss, tied, f_scale, starts):
+    grid = _grid_starts(x_n, x_d, loss, tied, f_scale, starts)
+    for theta0 in progress(grid, "BF16 law fit", unit="start"):
         params = lmfit.Parameters()
         for i, name in enumerate(("A", "B", "E", "alpha")):
             lo, hi = BASE_BOUNDS[name]

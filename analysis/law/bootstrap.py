@@ -19,6 +19,8 @@ from qat_sweep.analysis.law.formulas import (
     log_bf16_theta,
 )
 
+from qat_sweep.common import progress
+
 EXPONENTS = ("alpha", "beta", "gamma_N", "gamma_D", "gamma_G")
 SCALES = ("A", "B", "k", "c")  # positive multipliers: judged by the ratio of their interval's ends
 WIDE_EXPONENT = 2.0  # an exponent's 95% interval wider than this says nothing about it
@@ -170,7 +172,7 @@ def bootstrap(
         base.ci95 = intervals(base, BASE_PARAMS, base.boot)
     elif "theta" in base.internal:
         base.ci95 = dict.fromkeys(BASE_PARAMS)
-    for key, fit in deltas.items():
+    for key, fit in progress(deltas.items(), "bootstrap: paper law", len(deltas), "setting"):
         if "coef" not in fit.internal:
             continue
         mode = fit.identifiability.get("intervals", "cells")
@@ -181,7 +183,8 @@ def bootstrap(
         part = quant[mask]
         _delta_draws(fit, part, _weights(fit, mode, w_quant[:, mask], n_boot, rng))
     rng = np.random.default_rng(seed + 1)  # the other laws: the paper's draws stay as they were
-    for key, fits in (laws or {}).items():
+    others = laws or {}
+    for key, fits in progress(others.items(), "bootstrap: other laws", len(others), "setting"):
         mask = (quant["fit_key"] == key).to_numpy()
         part = quant[mask]
         for fit in fits.values():

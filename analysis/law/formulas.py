@@ -27,6 +27,23 @@ def group_value(group_size: object, hidden_size: float | None) -> float:
     return float(group_size)
 
 
+# What G stands for per channel (`fit --channel-g`): the hidden size (ours, the default), or
+# the reduction dimension of each quantized linear, hidden for qkv/o/FC1 and FFN for FC2.
+CHANNEL_G = ("hidden", "reduction")
+
+
+def reduction_group(hidden_size: float, ffn_size: float, kv_dim: float) -> float:
+    """G per channel as the layers' reduction dimensions, one number per run: their geometric
+    mean weighted by each linear's weight count (qkv, o and FC1 reduce over the hidden size,
+    FC2 over the FFN size), i.e. the G a quantized weight sees on average in log G."""
+    d, f, kv = float(hidden_size), float(ffn_size), float(kv_dim)
+    over_hidden = d * (d + 2 * kv) + d * d + 2 * f * d  # qkv, o, gate and up
+    over_ffn = f * d  # down_proj (FC2)
+    return float(
+        np.exp((over_hidden * np.log(d) + over_ffn * np.log(f)) / (over_hidden + over_ffn))
+    )
+
+
 def chinchilla(a, alpha, b, beta, e, n: ArrayLike, d: ArrayLike) -> np.ndarray:
     """A / N^alpha + B / D^beta + E in any units; parameters broadcast (draws) against points."""
     return a * np.asarray(n, float) ** -alpha + b * np.asarray(d, float) ** -beta + e

@@ -16,6 +16,7 @@ from qat_sweep.analysis import paper
 from qat_sweep.analysis.law.compare import CRITERIA, RULE
 from qat_sweep.analysis.law.formulas import BASE_PARAMS, DELTA_PARAMS, LAWS
 from qat_sweep.analysis.law.identify import OUTLIER_Z
+from qat_sweep.analysis.report import reproduced
 
 from qat_sweep.common import write_atomic
 
@@ -481,7 +482,7 @@ def excluded_section(res: dict[str, Any]) -> Section:
 def build_sections(res: dict[str, Any]) -> list[Section]:
     return [
         base_section(res), delta_section(res), laws_section(res), validation_section(res),
-        trends_section(res),
+        trends_section(res), Section(*reproduced.section(res)),
         analyses_section(res), predictions_section(res), preregistered_section(res),
         decisions_section(res), excluded_section(res),
     ]  # fmt: skip

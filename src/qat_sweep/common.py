@@ -15,8 +15,10 @@ import json
 import math
 import os
 import re
+import shlex
+import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -150,15 +152,81 @@ def parse_tokens(value: Any, name: str = "tokens") -> int:
     return int(number)
 
 
-def format_count(count: float) -> str:
-    """Short form of a count (run keys, plot labels): 10000000000 -> '10B', 2500000 -> '2.5M'."""
+def format_count(count: float, digits: int = 4) -> str:
+    """Short form of a count (run keys, plot labels, tables): 10000000000 -> '10B',
+    2500000 -> '2.5M', 74323456 -> '74.32M' (``digits`` significant digits; run keys use 4)."""
     for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if count >= scale:
-            return f"{count / scale:.4g}{suffix}"
-    return str(count)
+        if abs(count) >= scale:
+            return f"{count / scale:.{digits}g}{suffix}"
+    return f"{count:.{digits}g}"
+
+
+def format_loss(loss: float | None) -> str:
+    """A loss or delta as every command prints it: 4 decimals, '-' when there is none."""
+    return "-" if loss is None or not math.isfinite(loss) else format_number(loss, 4)
+
+
+def format_hours(hours: float) -> str:
+    """GPU-hours for a table: '119,387', '25', '0.12'."""
+    return f"{hours:,.0f}" if hours >= 10 else f"{hours:.2g}"
+
+
+def format_duration(seconds: float | None) -> str:
+    """A wall time for a person: '45s', '12m05s', '3h07m', '2d04h'; '-' when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    seconds = max(0, round(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def format_number(value: float | None, decimals: int | None = None, digits: int = 4) -> str:
+    """A number for a person: ``decimals`` fixed places for an ordinary magnitude (losses: 4),
+    else ``digits`` significant ones, so no result prints as a long run of digits
+    (1.01e+304 and 1.2e+07, never 10,142,320,...); None and NaN read 'n/a'."""
+    if value is None or math.isnan(value):
+        return "n/a"
+    if decimals is not None and abs(value) < 1e6:
+        return f"{value:.{decimals}f}"
+    return f"{value:.{digits}g}"
+
+
+# --- progress of long loops, on stderr ---
+
+_progress_on = True
+
+
+def quiet_progress() -> None:
+    """No progress bars for the rest of this process (a command printing JSON)."""
+    global _progress_on
+    _progress_on = False
+
+
+def progress(
+    items: Iterable[Any], desc: str, total: int | None = None, unit: str = "it"
+) -> Iterable[Any]:
+    """``items`` with a tqdm bar on stderr while they are consumed; no bar when stderr is not a
+    terminal (logs, CI, pipes) or after quiet_progress(). The bar clears itself when done."""
+    from tqdm import tqdm
+
+    shown = _progress_on and sys.stderr.isatty()
+    return tqdm(items, desc, total, leave=False, file=sys.stderr, unit=unit, disable=not shown)
 
 
 # --- command-line words ---
+
+
+def command_hint(command: str, argv: list[str], *extra: str) -> str:
+    """`qat-sweep COMMAND` with a command's own arguments (sweep=, launcher=, paths.runs=, every
+    override) and ``extra``, flags left out: a hint the user can paste as printed."""
+    kept = [a for a in argv if not a.startswith("-")]
+    return " ".join(["qat-sweep", command, *map(shlex.quote, [*kept, *extra])])
 
 
 def parse_int(value: Any, minimum: int = 1) -> int:

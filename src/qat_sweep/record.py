@@ -9,7 +9,8 @@ not done. Every reader goes through `load_record` (one run) or `sweep_records` (
 the trainer, status, launch, sync, wandb and the fit agree on which records count.
 
 Beyond REQUIRED_KEYS a record carries `twin_key` (its BF16 twin's run_key), `subgrid` and
-`holdout` (its place in the sweep's plan; null / false for a run trained outside a plan) and
+`holdout` (its place in the sweep's plan; null / false for a run trained outside a plan),
+`execution` (how a completed run computed, `delta.EXECUTION_FIELDS`) and
 `finished`; readers treat them as optional, as records written before them lack them.
 """
 

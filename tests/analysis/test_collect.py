@@ -204,3 +204,63 @@ def test_fit_takes_holdout_from_the_records_without_planning(tmp_path, monkeypat
     assert fit_main([*argv, "--no-plots"]) == 0
     res = json.loads((out / "fit.json").read_text())
     assert res["n_runs"]["holdout"] == int(table["holdout"].sum()) > 0
+
+
+def test_a_pair_computed_otherwise_is_left_out_with_the_difference(tmp_path):
+    """Twins must share their execution: a QAT run on 2 DDP ranks against a BF16 twin on one
+    process carries a difference of numerics, not only quantization."""
+    one = {"device_type": "cpu", "world_size": 1, "parallelism": "single", "micro_batch_seqs": 16,
+           "compute_dtype": "fp32", "gather_dtype": None, "compiled": False, "autocast": False}  # fmt: skip
+    two = one | {"world_size": 2, "parallelism": "ddp", "micro_batch_seqs": 8}
+    quant = {"scheme": "w4a4", "format": "int4", "twin_key": "bf16"}
+    records = [
+        _record(run_key="bf16", twin_key="bf16", loss=3.0, execution=one),
+        _record(run_key="alike", group_size=32, loss=3.2, execution=one, **quant),
+        _record(run_key="other", group_size=64, loss=3.1, execution=two, **quant),
+        _record(run_key="older", group_size=128, loss=3.1, **quant),  # no execution: compared
+    ]
+    paired = pair_deltas(build_table(map(record_to_row, records))).set_index("run_key")
+    assert paired.loc["alike", "excluded"] == paired.loc["older", "excluded"] == ""
+    reason = paired.loc["other", "excluded"]
+    assert reason == (
+        "executed otherwise than its BF16 twin: world_size 2 vs 1; parallelism ddp vs single; "
+        "micro_batch_seqs 8 vs 16"
+    )
+    assert paired.loc["other", "delta"] == pytest.approx(0.1)  # kept for the report
+    path = tmp_path / "runs.csv"  # the same verdict from the table fit writes and reads back
+    paired.reset_index().to_csv(path, index=False)
+    again = pair_deltas(build_table(read_table(path))).set_index("run_key")
+    assert again["excluded"].to_dict() == paired["excluded"].to_dict()
+
+
+def test_channel_g_is_the_hidden_size_or_the_layers_reduction_dimensions(tmp_path, capsys):
+    """fit --channel-g reduction: FC2 reduces over the FFN size, the other linears over the
+    hidden size; the run's G is their weight-weighted geometric mean."""
+    from qat_sweep.analysis.law.formulas import reduction_group
+
+    from qat_sweep.commands.fit import main as fit_main
+
+    model = {"hidden_size": 768, "ffn_size": 2048, "n_heads": 12, "n_kv_heads": 4}
+    quant = {"scheme": "w4a4", "format": "int4", "twin_key": "bf16", "config": {"model": model}}
+    records = [
+        _record(run_key="bf16", twin_key="bf16"),
+        _record(run_key="ch", group_size="channel", loss=3.2, **quant),
+        _record(run_key="g32", group_size=32, loss=3.3, **quant),
+        _record(run_key="bare", group_size="channel", loss=3.2, scheme="w4a4", format="int4"),
+    ]
+    rows = [record_to_row(r) for r in records]
+    hidden = build_table(rows).set_index("run_key")
+    reduction = build_table(rows, "reduction").set_index("run_key")
+    assert hidden.loc["ch", "G"] == 768 and reduction.loc["g32", "G"] == 32
+    # weights: qkv 768 x (768 + 2 x 256), o 768^2, FC1 768 x 4096 over 768; FC2 2048 x 768
+    over_d, over_f = 768 * 1280 + 768**2 + 768 * 4096, 2048 * 768
+    expected = np.exp((over_d * np.log(768) + over_f * np.log(2048)) / (over_d + over_f))
+    assert reduction.loc["ch", "G"] == pytest.approx(expected)
+    assert 768 < reduction_group(768, 2048, 256) < 2048
+    assert reduction.loc["bare", "excluded"] == (
+        "per-channel group without ffn_size and kv_dim (--channel-g reduction)"
+    )
+    assert (
+        fit_main(["--runs", str(tmp_path), "--out", str(tmp_path / "o"), "--channel-g", "ffn"]) == 2
+    )
+    assert "--channel-g ffn: allowed: hidden, reduction" in capsys.readouterr().err

@@ -151,7 +151,10 @@ def test_failing_run_is_reported_with_reason_and_log(
     capsys.readouterr()
     assert status_main([f"sweep={sweep}", f"paths.runs={runs}", extra]) == 0
     out = capsys.readouterr().out
-    assert "failed 1" in out and row["run_key"] in out and "log: " in out
+    assert "failed 1" in out and "failed (1), by reason" in out
+    assert status_main([f"sweep={sweep}", f"paths.runs={runs}", extra, "--runs"]) == 0
+    out = capsys.readouterr().out
+    assert row["run_key"] in out and "log: " in out
 
 
 def test_two_task_fsdp_job_on_fake_gpus(

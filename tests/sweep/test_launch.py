@@ -10,7 +10,10 @@ from qat_sweep.analysis.collect import load_records
 
 from qat_sweep.commands.launch import main as launch_main
 from qat_sweep.commands.status import main as status_main
+from qat_sweep.config.compose import twin_key
 from qat_sweep.record import IDENTITY_FIELDS, read_record
+from qat_sweep.sweep.launch import twins_first
+from qat_sweep.sweep.plan import plan_sweep
 
 TINY = """
 overrides: [data=demo, logger=none, train.threads=1]
@@ -45,6 +48,12 @@ def test_local_launch_runs_then_skips(tmp_path: Path, capsys: pytest.CaptureFixt
     assert launch_main(argv) == 0
     out = capsys.readouterr().out
     assert "[1/2]" in out and "[2/2]" in out and "completed loss" in out
+    # the BF16 twin runs first: the quantized run finishes second and prints its delta
+    first, second = [line for line in out.splitlines() if line.startswith("[")]
+    assert "_bf16_" in first and "_w4a4_" in second
+    [delta] = [line for line in out.splitlines() if line.strip().startswith("delta ")]
+    assert " - BF16 " in delta and "_w4a4_" in delta
+    assert "local launch done in " in out and ": 2 completed, 0 failed" in out
     rows = run_status(sweep, runs, capsys)
     assert [r["status"] for r in rows] == ["completed", "completed"]
     records = [read_record(Path(r["run_dir"])) for r in rows]
@@ -68,14 +77,21 @@ def test_failing_local_run_is_reported(tmp_path: Path, capsys: pytest.CaptureFix
     # Passes planning, fails in training: a vocabulary smaller than the data's.
     argv = [f"sweep={sweep}", "launcher=local", f"paths.runs={runs}", "model.vocab_size=8"]
     assert launch_main(argv) == 1
-    assert "[1/1]" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "[1/1]" in out and "0 completed, 1 failed, by reason:" in out
+    assert "    1x failed: " in out  # grouped by reason, one line
     (row,) = run_status(sweep, runs, capsys, "model.vocab_size=8")
     assert row["status"] == "failed" and "vocab" in row["error"]
     assert row["log"].endswith(".log") and Path(row["log"]).exists()
     capsys.readouterr()
     assert status_main([f"sweep={sweep}", f"paths.runs={runs}", "model.vocab_size=8"]) == 0
     text = capsys.readouterr().out
-    assert "failed 1" in text and "failed runs:" in text and "log:" in text
+    assert "failed 1" in text and "failed (1), by reason; rerun them with:" in text
+    assert f"qat-sweep launch sweep={sweep} paths.runs={runs} model.vocab_size=8" in text
+    assert (
+        status_main([f"sweep={sweep}", f"paths.runs={runs}", "model.vocab_size=8", "--runs"]) == 0
+    )
+    assert "failed runs:" in (text := capsys.readouterr().out) and "log:" in text
 
 
 def test_a_diverged_run_is_not_relaunched_unless_asked(
@@ -110,3 +126,14 @@ def test_bad_launch_input_submits_nothing(
 def test_print_hydra_overrides(capsys: pytest.CaptureFixture[str]) -> None:
     assert launch_main(["sweep=demo", "launcher=local", "--print-hydra-overrides"]) == 0
     assert "hydra/launcher=submitit_local" in capsys.readouterr().out
+
+
+def test_local_order_puts_each_bf16_twin_before_its_quantized_runs() -> None:
+    runs = twins_first(plan_sweep("demo", strict=False))
+    assert runs[0].scheme == "bf16" and runs[0].model == "0.04M" and runs[0].tokens == 250_000
+    position = {r.run_key: i for i, r in enumerate(runs)}
+    for run in runs:
+        if run.scheme != "bf16":
+            assert position[twin_key(run.config)] < position[run.run_key]
+    # cell by cell: the first delta needs two runs, not the whole sweep
+    assert [r.scheme for r in runs[:4]] == ["bf16", "w4a4", "w4a4", "w4a4"]

@@ -94,14 +94,29 @@ def test_plan_json_rows(capsys: pytest.CaptureFixture[str]) -> None:
         assert row["gpu_hours"] == pytest.approx(row["model_flops"] / (0.4 * 312e12 * 3600))
 
 
-def test_plan_table_groups_by_subgrid(capsys: pytest.CaptureFixture[str]) -> None:
-    assert plan_main(["sweep=demo", "mfu=0.5", "peak_tflops=100"]) == 0
+def test_plan_summary_fits_100_columns_and_runs_lists_every_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert plan_main(["sweep=paper", "launcher=a100-80gb", "mfu=0.5", "peak_tflops=100"]) == 0
+    out = capsys.readouterr().out
+    assert max(map(len, out.splitlines())) <= 100
+    assert "289 runs (268 quantized + 21 BF16)" in out and "at mfu=0.5 x 100 TFLOP/s" in out
+    lines = out.splitlines()
+    # one row per model and per sub-grid, with runs, tokens, GPU-hours, share and sizing
+    [row] = [line for line in lines if line.startswith("973M ")]
+    assert row.split()[1:4] == ["973M", "12", "100B"] and "16" in row.split()  # 2 nodes x 8
+    [row] = [line for line in lines if line.startswith("bf16_twins ")]
+    assert row.split()[1:3] == ["21", "21"] and row.endswith("missing 21")
+    shares = [float(w[:-1]) for line in lines for w in line.split() if w.endswith("%")]
+    assert sum(shares) == pytest.approx(200, abs=0.5)  # models, then sub-grids: 100 % each
+    # each FLOP count is named: 6ND for the law, the model count for GPU-hours
+    assert " FLOPs(6ND) " in out and "the model FLOPs train's MFU counts" in out
+    assert "qat-sweep plan sweep=paper launcher=a100-80gb mfu=0.5 peak_tflops=100 --runs" in out
+
+    assert plan_main(["sweep=demo", "--runs"]) == 0
     out = capsys.readouterr().out
     assert "## w4a4_int4: 27 runs" in out and "## bf16_twins: 9 runs" in out
-    assert "total: 42 runs (33 quantized + 9 BF16)" in out
-    # Each FLOP count is named: the column and total are 6ND, the GPU-hours the model count.
-    assert " FLOPs(6ND) " in out and "FLOPs(6ND), " in out and "at mfu=0.5 x 100 TFLOP/s" in out
-    assert "GPU-hours: the model FLOPs train's MFU counts, 6(N+Vd)+12LTd per token" in out
+    assert sum(" missing" in line for line in out.splitlines()) == 42
 
 
 def test_unknown_sweep_lists_available() -> None:

@@ -70,10 +70,12 @@ def test_second_trainer_is_refused_and_status_follows_a_run(
     capsys.readouterr()
     assert status_main([f"sweep={sweep}", *overrides]) == 0
     table = capsys.readouterr().out
-    assert table.startswith("1 runs: completed 0, running 1, pending 0, failed 0, missing 0; ")
-    assert "of the sweep's GPU-hours done; running runs end in " in table
+    assert table.startswith("1 runs: running 1\n")
+    assert "of the sweep's GPU-hours done; sweep ETA " in table
+    assert "% loss " in table and " ETA " in table and "restarts 0" in table
+    assert status_main([f"sweep={sweep}", *overrides, "--runs"]) == 0
+    table = capsys.readouterr().out
     assert f"step {info['step']}/{steps} (" in table and "tok/s, ETA " in table
-    assert "restarts 0" in table
 
     second = trainer(run.overrides)
     _, err = second.communicate(timeout=60)

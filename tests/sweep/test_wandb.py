@@ -44,14 +44,18 @@ def leet(wandb_file: Path, *flags: str) -> str:
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
 
 
+def offline_fragments(record: dict) -> list[Path]:
+    """A record's offline wandb logs, oldest first: its own, then any resumed fragment."""
+    return sorted((run_dir_of(record) / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
 def offline_file(record: dict) -> Path:
-    [wandb_file] = (run_dir_of(record) / "wandb").glob("offline-run-*/run-*.wandb")
-    return wandb_file
+    return offline_fragments(record)[0]
 
 
-def inspect(record: dict) -> dict:
+def inspect(record: dict, fragment: int = 0) -> dict:
     """`wandb leet inspect --summary --json` of a record's offline run (config + summary)."""
-    return json.loads(leet(offline_file(record), "--summary"))
+    return json.loads(leet(offline_fragments(record)[fragment], "--summary"))
 
 
 def run_header(record: dict) -> dict:
@@ -129,9 +133,18 @@ def test_final_summary_and_delta_of_the_second_finisher(sweep_runs: dict[str, di
     assert summary["loss"] == pytest.approx(channel["loss"], rel=1e-12)  # what fit --wandb reads
     twin = inspect(bf16)["summary"]
     assert twin["final/loss"] == pytest.approx(bf16["loss"]) and "final/delta" not in twin
-    # G=32 finished before its twin: offline, nobody could write its delta yet (sync does)
+    # G=32 finished before its twin, so its own log has no delta; the twin, finishing second,
+    # wrote it into a resumed offline fragment of G=32's run (sync uploads it after the log)
+    own, late = offline_fragments(g32)
     early = inspect(g32)["summary"]
     assert early["final/loss"] == pytest.approx(g32["loss"]) and "final/delta" not in early
+    written = inspect(g32, 1)["summary"]
+    assert written["final/delta"] == pytest.approx(g32["loss"] - bf16["loss"], abs=1e-12)
+    assert written["facet/delta@N=0.2M,D=20.48K"] == written["final/delta"]
+    assert own.parent.name.endswith(g32["wandb"]["id"]) and late.parent.name.endswith(
+        g32["wandb"]["id"]
+    )
+    assert len(offline_fragments(channel)) == 1  # it finished second itself
 
 
 # ------------------------------------------------------------------------ one delta
@@ -273,8 +286,10 @@ def test_sync_dry_run_lists_uploads_with_real_wandb_and_contacts_no_server(
     out, err = capfd.readouterr()
     assert code == 0, err
     assert f"no fit in reports/{SWEEP}" in out
-    assert "3 offline run file(s)" in out and "0 already uploaded, 3 to upload" in out
-    assert "Would sync 3 run(s)" in out + err  # printed by the real `wandb sync --dry-run`
+    # the three runs' logs and g32's fragment with the delta its twin wrote
+    assert "4 offline run file(s)" in out and "0 already uploaded, 4 to upload" in out
+    assert "Would sync 4 run(s)" in out + err  # printed by the real `wandb sync --dry-run`
+    assert f"`qat-sweep fit sweep={SWEEP} paths.runs={root} --out reports/{SWEEP}`" in out
     assert "2 with final/delta" in out  # g32 (twin finished after it) and channel
     assert "would update " + sweep_runs["g32"]["run_key"] in out
 
@@ -288,7 +303,7 @@ def test_sync_uploads_pending_files_then_writes_summaries_from_the_records(
     fit_dir, params = fit_dir_for(tmp_path, sweep_runs)
     argv = [f"sweep={SWEEP}", f"paths.runs={root}", "--fit", str(fit_dir)]
     assert sync_main(argv) == 0
-    files = sorted(offline_file(r) for r in sweep_runs.values())
+    files = sorted(f for r in sweep_runs.values() for f in offline_fragments(r))
     assert api.named("sync_offline") == [("sync_offline", files, None, None, False)]
     updates = {path: values for _, path, values in api.named("update_summary")}
     ids = {name: r["wandb"]["id"] for name, r in sweep_runs.items()}
@@ -340,8 +355,9 @@ def test_online_bf16_twin_finishing_second_writes_its_quantized_twins_delta(
     api = RecordingApi(monkeypatch)
     bf16, g32, channel = sweep_runs["bf16"], sweep_runs["g32"], sweep_runs["channel"]
     sweep_dir = tmp_path / SWEEP
-    for record in (g32, channel, bf16):
-        write_json_atomic(sweep_dir / record["run_key"] / "result.json", record)
+    for record in (g32, channel, bf16):  # runs that logged online
+        online = {**record, "wandb": {**record["wandb"], "mode": "online"}}
+        write_json_atomic(sweep_dir / record["run_key"] / "result.json", online)
     tracker = Tracker(
         sweep_dir / bf16["run_key"],
         enabled=True,
@@ -427,7 +443,10 @@ def panels_of(workspace) -> dict[str, list]:
 
 @pytest.mark.slow
 def test_workspace_panels_read_what_the_runs_log(
-    sweep_runs: dict[str, dict], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    sweep_runs: dict[str, dict],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
     import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws
@@ -440,10 +459,12 @@ def test_workspace_panels_read_what_the_runs_log(
     workspace = build_workspace("demo", "lab", "law", runs)
     sections = panels_of(workspace)
     assert list(sections) == [
-        "Loss vs tokens",
-        "Delta vs N, D, G",
+        "Twins: each quantized run beside its BF16 twin",
+        "Delta vs N at each D",
+        "Delta vs D at each N",
+        "Delta vs G in each (N, D) cell",
+        "Fit: predicted beside measured delta",
         "FC2 input and the other quantization sites",
-        "Fit",
     ]
     # every history metric a line plot draws is one the trainer logs (metrics.jsonl mirrors it)
     channel = sweep_runs["channel"]
@@ -453,16 +474,36 @@ def test_workspace_panels_read_what_the_runs_log(
     lines = [p for panels in sections.values() for p in panels if isinstance(p, wr.LinePlot)]
     assert all(p.x == "tokens" and set(p.y) <= logged for p in lines), [p.y for p in lines]
     assert {"quant/fc2/kurtosis", "quant/fc2/act_nmse"} <= {y for p in lines for y in p.y}
-    by_scheme = sections["Loss vs tokens"][0]
-    assert by_scheme.groupby == wr.Config("scheme") and by_scheme.y == ["loss_smoothed"]
-    # the scatter axes are the flat identity in the run config and final/delta in its summary
+    twin_scatter = sections["Twins: each quantized run beside its BF16 twin"][0]
+    assert (twin_scatter.x, twin_scatter.y) == (
+        wr.SummaryMetric("final/bf16_loss"),
+        wr.SummaryMetric("final/loss"),
+    )
+    # the scatter axes are the flat identity in the run config and, per facet, a summary key
+    # only the runs of that facet carry; no log y axis drops a negative delta
     config, summary = inspect(channel)["config"], inspect(channel)["summary"]
-    scatters = [p for p in sections["Delta vs N, D, G"] if isinstance(p, wr.ScatterPlot)]
-    assert [p.x.name for p in scatters[:3]] == ["n_params", "tokens", "group_elems"]
-    assert all(p.x.name in config for p in scatters[:3])
-    assert all(p.y == wr.SummaryMetric("final/delta") for p in scatters)
-    assert "final/delta" in summary
-    [media] = sections["Fit"]
+    scatters = [p for panels in sections.values() for p in panels if isinstance(p, wr.ScatterPlot)]
+    assert not any(p.log_y for p in scatters)
+    facets = {
+        title: [p for p in sections[title]]
+        for title in (
+            "Delta vs N at each D",
+            "Delta vs D at each N",
+            "Delta vs G in each (N, D) cell",
+        )
+    }
+    assert [len(panels) for panels in facets.values()] == [3, 3, 9]  # 3 D, 3 N, 9 cells
+    for panels, axis in zip(facets.values(), ("n_params", "tokens", "group_elems"), strict=True):
+        assert all(p.x == wr.Config(axis) and axis in config for p in panels)
+    # the channel run (0.2M, 20480 tokens) carries its delta in exactly its three facets
+    facet_keys = {k for k in summary if k.startswith("facet/")}
+    assert facet_keys == {
+        "facet/delta@D=20.48K",
+        "facet/delta@N=0.2M",
+        "facet/delta@N=0.2M,D=20.48K",
+    }
+    assert all(summary[k] == summary["final/delta"] for k in facet_keys)
+    *_, media = sections["Fit: predicted beside measured delta"]
     assert media.media_keys == ["plots"]  # the key log_fit writes its figures under
     # filtered to the sweep's group (the runs' and the fit run's); coloured by format and G
     model = workspace._to_model().model_dump(by_alias=True, exclude_none=True)
@@ -481,7 +522,7 @@ def test_workspace_panels_read_what_the_runs_log(
     assert len(colour) == 1 + 3 + 2  # bf16, int4 x {8, 32, channel}, fp4 x {32, channel}
     assert colour[("bf16", "bf16", "None")] == BF16_COLOUR
     assert len(set(colour.values())) == len(colour)  # every (format, G) has its own colour
-    assert len(model["spec"]["section"]["panelBankConfig"]["sections"]) == 4
+    assert len(model["spec"]["section"]["panelBankConfig"]["sections"]) == 6
 
     api = RecordingApi(monkeypatch)
     assert workspace_main(["sweep=demo", "--entity", "lab", "--project", "law"]) == 0
@@ -490,6 +531,20 @@ def test_workspace_panels_read_what_the_runs_log(
     assert "https://wandb.example/lab/law?nw=abc" in capsys.readouterr().out
     assert workspace_main(["sweep=nosuch", "--entity", "lab", "--project", "law"]) == 2
     assert "unknown sweep 'nosuch'" in capsys.readouterr().err
+    # the preview: no key, no server, the same workspace as a file a person reads
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    out = tmp_path / "spec.json"
+    assert workspace_main(["sweep=demo", "--dry-run", "--out", str(out)]) == 0
+    assert "nothing was sent" in capsys.readouterr().out
+    spec = json.loads(out.read_text())
+    assert [s["name"] for s in spec["sections"]] == list(sections)
+    first = spec["sections"][0]["panels"][0]
+    assert first["x"] == "summary:final/bf16_loss" and first["y"] == "summary:final/loss"
+    assert len(spec["colours"]["runs"]) == 42
+    assert {c["colour"] for c in spec["colours"]["runs"].values() if c["scheme"] == "bf16"} == {
+        BF16_COLOUR
+    }
+    assert len(api.named("save_workspace")) == 1  # the dry run saved nothing
 
 
 # ----------------------------------------------------------------------------- plan membership

@@ -14,6 +14,7 @@ import pytest
 from support import train_rows
 
 from qat_sweep.config.compose import compose_run, run_dir
+from qat_sweep.delta import execution_difference
 from qat_sweep.record import read_record
 from qat_sweep.train.distributed import export_slurm_environment
 from qat_sweep.train.trainer import train
@@ -89,6 +90,15 @@ def test_two_fsdp_ranks_match_one_process(reference) -> None:
     assert fsdp["val_loss"] == pytest.approx(single["val_loss"], abs=1e-4)
     # The quantization diagnostics read whole (unsharded) weights.
     assert fsdp["metrics"]["quant"]["sites"].keys() == single["metrics"]["quant"]["sites"].keys()
+    # Each record says how it computed; the fit would not pair these two.
+    assert single["execution"] == {
+        "device_type": "cpu", "world_size": 1, "parallelism": "single", "micro_batch_seqs": 16,
+        "compute_dtype": "fp32", "gather_dtype": None, "compiled": False, "autocast": False,
+    }  # fmt: skip
+    assert fsdp["execution"]["gather_dtype"] == "fp32"
+    assert execution_difference(fsdp["execution"], single["execution"]) == (
+        "world_size 2 vs 1; parallelism fsdp vs single; micro_batch_seqs 8 vs 16"
+    )
 
 
 @pytest.mark.slow

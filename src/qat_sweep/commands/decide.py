@@ -21,6 +21,7 @@ from qat_sweep.analysis.predict import (
     SavedFit,
     fit_reader_parser,
 )
+from qat_sweep.common import format_number
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,47 +53,98 @@ def question(argv: list[str]) -> tuple[argparse.Namespace, Question]:
     return args, q
 
 
-def _ci(item: dict[str, Any] | None, fmt: str = "{:.4g}") -> str:
+def _ci(item: dict[str, Any] | None, decimals: int | None = 4) -> str:
     ci = (item or {}).get("ci95")
-    ends = [fmt.format(v) if v is not None else "never" for v in ci] if ci else None
-    return f"[{ends[0]}, {ends[1]}]" if ends else "n/a"
+    if not ci:
+        return "n/a"
+    ends = [format_number(v, decimals) if v is not None else "never" for v in ci]
+    return f"[{ends[0]}, {ends[1]}]"
+
+
+def _shares(item: dict[str, Any]) -> str:
+    share = item["share_of_draws"]
+    return f"{100 * share:.0f}% of bootstrap draws" if share is not None else "no bootstrap draws"
+
+
+def _best_group(bg: dict[str, Any]) -> str:
+    head = (
+        f"best group size under {bg['bits_budget']:g} bits/weight "
+        f"({bg['scale_bits']:g}-bit scales): "
+    )
+    at = (
+        f"delta {format_number(bg['delta']['value'], 4)} {_ci(bg['delta'])}, "
+        f"QAT loss {format_number(bg['qat_loss']['value'], 4)} {_ci(bg['qat_loss'])}"
+    )
+    if bg["group_size"] is None:
+        return f"{head}no answer: {bg['undecided']}; at the asked G: {at}"
+    how = (
+        "the only G within the budget"
+        if len(bg["allowed"]) == 1
+        else f"chosen by {_shares(bg)} among G = {', '.join(bg['allowed'])}"
+    )
+    return f"{head}G = {bg['group_size']} ({bg['bits_per_weight']:.3f} bits), {how}; {at}"
+
+
+def _best_format(bf: dict[str, Any]) -> str:
+    if not bf["available"]:
+        return f"best fitted format: no answer: {bf['missing']}"
+    best = sorted(bf["candidates"], key=lambda c: c["delta"])[:6]
+    return (
+        f"best fitted format under {bf['bits_budget']:g} bits/weight (each with its own scale "
+        f"bits): {bf['setting']} G = {bf['group_size']} ({bf['bits_per_weight']:.3f} bits), "
+        f"delta {format_number(bf['delta'], 4)}, chosen by {_shares(bf)}; "
+        + ", ".join(
+            f"{c['setting']} G={c['group_size']} ({c['bits_per_weight']:.3f} bits) "
+            f"{format_number(c['delta'], 4)}"
+            for c in best
+        )
+    )
+
+
+def _tokens(tt: dict[str, Any]) -> str:
+    head = f"tokens at which delta reaches {tt['tolerance']:g} (G = {tt['group_size']}): "
+    if tt.get("undecided"):
+        return head + f"no answer: {tt['undecided']}"
+    if not tt["tokens"]:
+        return head + "never (delta does not grow with D)"
+    return head + (
+        f"{format_number(tt['tokens'], digits=3)} ({format_number(tt['tokens_per_param'], digits=3)} "
+        f"per parameter) {_ci(tt, None)}"
+    )
+
+
+def _crossover(cx: dict[str, Any]) -> str:
+    if not cx["available"]:
+        return f"INT4 vs FP4: no answer: {cx['missing']}"
+    at = cx["int4_minus_fp4_at_G"]
+    where = (
+        f"crossover at G = {format_number(cx['group_size'], digits=3)} {_ci(cx, None)}, "
+        f"{cx['better_below']} better below it; "
+        if cx["group_size"]
+        else "no crossover; "
+    )
+    return f"INT4 vs FP4: {where}INT4 - FP4 at G = {at['group_size']}: {at['value']:+.4f} {_ci(at)}"
 
 
 def format_decisions(res: dict[str, Any]) -> str:
-    bg, tt, cx, eff = (
-        res[k] for k in ("best_group_size", "tokens_to_tolerance", "int4_vs_fp4", "eff_multiplier")
-    )
-    bf = res["best_format"]
+    bg, bf, tt, cx, eff = (
+        res[k]
+        for k in (
+            "best_group_size", "best_format", "tokens_to_tolerance", "int4_vs_fp4",
+            "eff_multiplier",
+        )
+    )  # fmt: skip
     how = "forced with --law" if res.get("law_source") == "--law" else "selected by the fit"
     lines = [
-        f"N = {res['n_params']:.4g}, D = {res['tokens']:.4g}, setting {res['setting']}, "
-        f"delta law {res.get('law', 'paper')} ({how})",
-        f"best group size under {bg['bits_budget']:g} bits/weight ({bg['scale_bits']:g}-bit scales): "
-        f"G = {bg['group_size']} ({bg['bits_per_weight']:.3f} bits), chosen by "
-        + (f"{100 * bg['share_of_draws']:.0f}% of bootstrap draws" if bg["share_of_draws"] is not None else "no bootstrap draws")
-        + f"; delta {bg['delta']['value']:.4f} "
-        f"{_ci(bg['delta'])}, QAT loss {bg['qat_loss']['value']:.4f} {_ci(bg['qat_loss'])}",
-        (
-            f"best fitted format under {bf['bits_budget']:g} bits/weight (each with its own scale "
-            f"bits): {bf['setting']} G = {bf['group_size']} ({bf['bits_per_weight']:.3f} bits), "
-            f"delta {bf['delta']:.4f}, chosen by "
-            + (f"{100 * bf['share_of_draws']:.0f}% of bootstrap draws" if bf["share_of_draws"] is not None else "no bootstrap draws")
-            + "; " + ", ".join(f"{c['setting']} G={c['group_size']} ({c['bits_per_weight']:.3f} bits) {c['delta']:.4f}"
-                               for c in sorted(bf["candidates"], key=lambda c: c["delta"])[:6])
-            if bf["available"] else f"best format: not available ({bf['missing']})"
-        ),
-        f"tokens at which delta reaches {tt['tolerance']:g} (G = {tt['group_size']}): "
-        + (f"{tt['tokens']:.3g} ({tt['tokens_per_param']:.3g} per parameter) {_ci(tt, '{:.3g}')}" if tt["tokens"] else "never (delta does not grow with D)"),
-        "INT4 vs FP4: "
-        + (
-            (f"crossover at G = {cx['group_size']:.3g} {_ci(cx, '{:.3g}')}, {cx['better_below']} better below it; "
-             if cx["group_size"] else "no crossover; ")
-            + f"INT4 - FP4 at G = {cx['int4_minus_fp4_at_G']['group_size']}: "
-            f"{cx['int4_minus_fp4_at_G']['value']:+.4f} {_ci(cx['int4_minus_fp4_at_G'])}"
-            if cx["available"] else f"not available ({cx['missing']})"
-        ),
-        f"effective parameter multiplier (G = {eff['group_size']}): {eff['value']:.3f} {_ci(eff, '{:.3f}')}",
-    ]  # fmt: skip
+        f"N = {format_number(res['n_params'])}, D = {format_number(res['tokens'])}, "
+        f"setting {res['setting']}, delta law {res.get('law', 'paper')} ({how})",
+        _best_group(bg),
+        _best_format(bf),
+        _tokens(tt),
+        _crossover(cx),
+        f"effective parameter multiplier (G = {eff['group_size']}): "
+        f"{format_number(eff['value'], 3)} {_ci(eff, 3)}",
+    ]
     warnings = [*bg["warnings"], *bf.get("warnings", []), *tt["warnings"], *cx.get("warnings", [])]
     lines += [f"warning: {w}" for w in dict.fromkeys(warnings)]
     return "\n".join(lines)

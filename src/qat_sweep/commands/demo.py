@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from qat_sweep.commands import fit, launch, plan, status
-from qat_sweep.common import split_overrides
+from qat_sweep.common import command_hint, split_overrides
 from qat_sweep.data.prepare.corpus import build_demo_corpus
 from qat_sweep.record import RUNS_ROOT
 
@@ -50,8 +50,11 @@ def main(argv: list[str]) -> int:
     _step(f"3/4 launch sweep={sweep} launcher={launcher} (completed runs are skipped)")
     launch_code = launch.main([f"sweep={sweep}", f"launcher={launcher}", *overrides])
     if launch_code:
-        print("some runs failed; fitting the completed ones (see `qat-sweep status`)")
-        status.main([f"sweep={sweep}", *overrides])
+        status_argv = [f"sweep={sweep}", *overrides]
+        print(
+            f"some runs failed; fitting the completed ones (see `{command_hint('status', status_argv)}`)"
+        )
+        status.main(status_argv)
 
     _step("4/4 fit the unified QAT scaling law and write the report")
     out = Path(reports_root) / sweep

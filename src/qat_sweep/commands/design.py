@@ -12,6 +12,7 @@ from qat_sweep.analysis.design import simulate as sim
 from qat_sweep.analysis.design.expected import format_design, noise_level, run_design
 from qat_sweep.analysis.design.truth import truth_prior
 from qat_sweep.commands.args import split_cli
+from qat_sweep.common import quiet_progress
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,6 +63,8 @@ def main(argv: list[str]) -> int:
     """`qat-sweep design`; returns the exit code."""
     try:
         args, extra = _parser().parse_known_args(argv)
+        if args.json:
+            quiet_progress()
         sweep, mfu, peak, overrides = split_cli(extra, "design")
         if args.sims < 10:
             raise InputError(f"--sims {args.sims}: need at least 10 simulated sweeps")

@@ -20,7 +20,7 @@ from qat_sweep.analysis.collect import (
     pair_deltas,
     read_table,
 )
-from qat_sweep.common import split_overrides
+from qat_sweep.common import command_hint, split_overrides
 from qat_sweep.record import RUNS_ROOT, sweep_dir
 
 FIT_OVERRIDES = {"sweep", "paths.runs"}
@@ -57,6 +57,27 @@ def _fit_parser() -> argparse.ArgumentParser:
         "--all-lr",
         action="store_true",
         help="use BF16 runs at every LR in the base fit (default: best LR)",
+    )
+    p.add_argument(
+        "--base-models",
+        metavar="LO..HI",
+        help="BF16 runs whose N lies in this range enter the base (Chinchilla) fit, e.g. "
+        "145M..2.8B as the paper's Appendix C; model names or counts, either end open "
+        "(default: all); runs outside stay twins of their quantized runs",
+    )
+    p.add_argument(
+        "--extra-bf16",
+        type=Path,
+        metavar="FILE.csv",
+        help="external BF16 points for the base fit, columns model, n_params (non-embedding), "
+        "tokens, loss, source (e.g. OLMo-2-7B evaluated on the same data); shown apart",
+    )
+    p.add_argument(
+        "--channel-g",
+        default="hidden",
+        metavar="hidden|reduction",
+        help="the G inside log2 G of a per-channel run: the hidden size (default), or each "
+        "layer's reduction dimension (FFN size for FC2), weighted by the layers' weights",
     )
     p.add_argument("--no-plots", action="store_true", help="skip figures (report without plots)")
     p.add_argument(
@@ -141,21 +162,29 @@ def main(argv: list[str]) -> int:
         args = parser.parse_args(rest)
         if not args.huber_base > 0:
             raise InputError(f"--huber-base must be > 0, got {args.huber_base}")
-        from qat_sweep.analysis.law.formulas import LAWS
+        from qat_sweep.analysis.law.formulas import CHANNEL_G, LAWS
+
+        if args.channel_g not in CHANNEL_G:
+            raise InputError(f"--channel-g {args.channel_g}: allowed: {', '.join(CHANNEL_G)}")
 
         if args.law is not None and args.law not in LAWS:
             raise InputError(f"--law {args.law}: unknown law; laws: {', '.join(LAWS)}")
+        from qat_sweep.analysis.base_points import read_extra_bf16
+
+        extra = None if args.extra_bf16 is None else read_extra_bf16(args.extra_bf16)
         rows, skipped, source, out = _load_source(args, overrides)
         sealed = _sealed_dir(args, overrides)
         if out.exists() and not out.is_dir():
             raise InputError(f"--out {out} exists and is not a directory")
-        table = pair_deltas(build_table(rows))
+        table = pair_deltas(build_table(rows, args.channel_g))
         settings = Settings(
             bootstrap=args.bootstrap, seed=args.seed, tied=not args.free_beta, joint=args.joint,
             base_f_scale=args.huber_base, holdout=args.holdout,
             base_lr="all" if args.all_lr else "best", law=args.law, source=source,
+            base_models=args.base_models, channel_g=args.channel_g,
+            extra_bf16=None if args.extra_bf16 is None else str(args.extra_bf16),
         )  # fmt: skip
-        outcome = run_fit(table, skipped, settings)
+        outcome = run_fit(table, skipped, settings, extra)
         outcome.result["preregistered"] = check_sealed(sealed, outcome.table)
     except InputError as err:
         print(f"qat-sweep fit: error: {err}", file=sys.stderr)
@@ -168,7 +197,9 @@ def main(argv: list[str]) -> int:
     if args.wandb:
         from qat_sweep.analysis.wandb_log import log_fit
 
-        log_fit(args.wandb, outcome.result, outcome.table, figures, out_dir=out)
+        sync = [f"{key}={value}" for key, value in overrides.items()]  # sweep=, paths.runs=
+        sync_hint = command_hint("sync", sync, "--fit", str(out))
+        log_fit(args.wandb, outcome.result, outcome.table, figures, out, sync_hint=sync_hint)
     print(summary_text(outcome.result, out, fit_path))
     return 0
 

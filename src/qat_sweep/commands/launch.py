@@ -4,10 +4,15 @@ missing runs (SLURM job arrays or local processes), under the sweep's launch loc
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
+from pathlib import Path
 
 from qat_sweep.commands.args import cost_options, parse_cli
+from qat_sweep.common import command_hint, format_hours
+from qat_sweep.config.checks import data_problems
 from qat_sweep.locks import LockHeld, describe_holder, launch_lock
+from qat_sweep.record import SUBMITIT_DIR
 from qat_sweep.sweep.jobs import STATUSES, attach_status, disk_problem
 from qat_sweep.sweep.launch import (
     EXIT_LOCKED,
@@ -19,8 +24,10 @@ from qat_sweep.sweep.launch import (
     run_local,
     submit_slurm,
     to_launch,
+    twins_first,
 )
 from qat_sweep.sweep.plan import plan_sweep
+from qat_sweep.sweep.preview import SLURM_DEFAULT_MAX_ARRAY_SIZE, sbatch_script
 from qat_sweep.sweep.profiles import (
     LaunchProfile,
     check_against_cluster,
@@ -28,25 +35,31 @@ from qat_sweep.sweep.profiles import (
     load_profile,
     placement,
 )
+from qat_sweep.sweep.reuse import completed_elsewhere, reuse
 from qat_sweep.sweep.spec import PlanError, PlannedRun
 
 LAUNCH_FLAGS = ("--dry-run", "--print-hydra-overrides", "--retry-diverged")
 
 
 def main(argv: list[str]) -> int:
-    """``qat-sweep launch sweep=NAME launcher=PROFILE [--dry-run] [--retry-diverged] [overrides]``."""
+    """``qat-sweep launch sweep=NAME launcher=PROFILE [--dry-run] [--retry-diverged] [overrides]``.
+
+    ``--dry-run`` needs no scheduler and no prepared data: it prints what would be submitted."""
     try:
         sweep, options, flags, overrides = parse_cli(argv, LAUNCH_FLAGS)
         if "launcher" not in options:
             raise PlanError("missing launcher=PROFILE (a file in launchers/, e.g. launcher=local)")
         profile = load_profile(options["launcher"])
-        check_against_cluster(profile)  # --print-hydra-overrides too: the same profile, same limits
+        dry = "--dry-run" in flags
+        offline = dry and profile.kind == "slurm" and shutil.which("sinfo") is None
+        if not offline:  # --print-hydra-overrides too: the same profile, same limits
+            check_against_cluster(profile)
         if "--print-hydra-overrides" in flags:
             print(" ".join(hydra_launcher_overrides(profile)))
             return 0
         mfu = cost_options(options)[0]
         extra = [*overrides, *profile.train_overrides()]
-        runs = plan_sweep(sweep, extra, strict=True, **placement(profile))
+        runs = plan_sweep(sweep, extra, strict=not dry, **placement(profile))
         if profile.kind == "local":
             _check_local_devices(runs)
     except PlanError as e:
@@ -55,18 +68,24 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         print(f"error: {e}\nnothing was launched.", file=sys.stderr)
         return 2
-    if _scheduler_silent(runs, sweep):  # planning asked the scheduler already
+    if _scheduler_silent(runs, sweep, dry):  # planning asked the scheduler already
         return EXIT_LOCKED
-    if "--dry-run" in flags:
+    if dry:
+        print("dry run: nothing is submitted, run or copied")
+        if offline:
+            print(
+                "no SLURM on this machine (no sinfo on PATH): the profile is not checked against "
+                "a partition, and arrays split at the profile's max_array_size or SLURM's default"
+            )
+        missing_data = sorted(set(data_problems({r.run_key: r.config for r in runs}).values()))
+        for message in missing_data:
+            print(f"warning: a real launch refuses until the data is ready: {message}")
         return _launch(runs, profile, sweep, argv, flags, mfu)
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(
                 launch_lock(runs[0].run_dir.parent, LAUNCH_LOCK_WAIT_S, on_wait=_say_waiting)
             )
-        except OSError as e:  # a read-only or full sweep directory: nothing can be recorded
-            print(f"error: cannot take the launch lock: {e}; nothing was launched", file=sys.stderr)
-            return 1
         except LockHeld as held:
             print(
                 f"error: another launch of sweep {sweep!r} is still running "
@@ -86,20 +105,26 @@ def _launch(
     flags: set[str],
     mfu: float,
 ) -> int:
-    """Status under the launch lock (a launch that just ended changed it), size, then submit."""
+    """Status under the launch lock (a launch that just ended changed it), reuse runs other
+    sweeps completed, size, then submit."""
     attach_status(runs)
-    if _scheduler_silent(runs, sweep):
+    dry = "--dry-run" in flags
+    if _scheduler_silent(runs, sweep, dry, quiet=dry):
         return EXIT_LOCKED
     try:
+        _reuse_completed(runs, dry)
         todo = to_launch(runs, retry_diverged="--retry-diverged" in flags)
         from qat_sweep.sweep.sizing import size_sweep  # torch: only on the launch path
 
-        size_sweep(todo, profile, mfu)
-        arrays = job_arrays(todo, profile) if profile.kind == "slurm" else []
+        size_sweep(todo, profile, mfu, sweep_runs=runs)
+        size = None
+        if dry and shutil.which("scontrol") is None:
+            size = profile.max_array_size or SLURM_DEFAULT_MAX_ARRAY_SIZE
+        arrays = job_arrays(todo, profile, size) if profile.kind == "slurm" else []
     except PlanError as e:  # its message says that nothing was launched
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         print(f"error: {e}\nnothing was launched.", file=sys.stderr)
         return 2
     counts = {s: sum(r.status == s for r in runs) for s in STATUSES}
@@ -116,24 +141,19 @@ def _launch(
         )
     if not todo:
         return 0
-    sweep_dir = runs[0].run_dir.parent
-    if "--dry-run" not in flags and (full := disk_problem(sweep_dir)):
+    if not dry and (full := disk_problem(runs[0].run_dir.parent)):
         print(
             f"error: {full}: the runs could not write their records; nothing was launched",
             file=sys.stderr,
         )
         return 1
-    if "--dry-run" in flags:
+    if dry:
         if profile.kind == "slurm":
-            sizes = ", ".join(str(len(a)) for _, a in arrays)
-            print(f"dry run: would submit {len(arrays)} job array(s) via sbatch (tasks: {sizes})")
-            limits = array_limits([len(a) for _, a in arrays], profile.array_parallelism)
-            split = ", ".join(
-                f"%{n}" + (f" after array {a + 1}" if a is not None else "") for n, a in limits
-            )
-            print(f"at most {profile.array_parallelism} runs at once (array_parallelism): {split}")
-        for run in todo:
-            print(f"  {run.run_key}  {' '.join(run.overrides)}")
+            _print_arrays(arrays, profile, command_hint("plan", argv, "--json"))
+        else:
+            print(f"would run {len(todo)} run(s) here, {profile.max_parallel} at a time, in order:")
+            for run in twins_first(todo):
+                print(f"  {run.run_key}  {' '.join(run.overrides)}")
         return 0
     if profile.kind == "slurm":
         try:
@@ -143,27 +163,79 @@ def _launch(
             return 1
         print(
             f"submitted {len(manifest['jobs'])} runs in {len(manifest['arrays'])} array(s): "
-            f"{', '.join(manifest['arrays'])}; follow with `qat-sweep status sweep={sweep}`"
+            f"{', '.join(manifest['arrays'])}; follow with `{command_hint('status', argv)}`"
         )
         return 0
     manifest = run_local(todo, profile, sweep, argv)
     return 1 if manifest["failed"] else 0
 
 
-def _scheduler_silent(runs: list[PlannedRun], sweep: str) -> bool:
-    """Whether the scheduler could not say which runs are queued (then nothing is submitted:
-    a second submission would run them twice); says so on stderr."""
-    silent = next((r.reason for r in runs if r.status == "unknown"), None)
-    if silent is not None:
-        unknown = sum(r.status == "unknown" for r in runs)
+def _reuse_completed(runs: list[PlannedRun], dry: bool) -> None:
+    """Missing runs that another sweep under the same paths.runs completed are copied, not
+    retrained (``sweep.reuse``); a dry run only says which."""
+    found = {}
+    for run in runs:
+        fresh = run.status == "missing" and not run.run_dir.exists()
+        if fresh and (source := completed_elsewhere(run)) is not None:
+            found[run.run_key] = (run, source)
+    for run, source in found.values():
+        if not dry:
+            reuse(run, source)
+        run.status = "completed"  # a dry run counts it as a real launch would
+    if found:
+        sources = sorted({str(source.parent) for _, source in found.values()})
+        verb = "would reuse" if dry else "reused"
         print(
-            f"error: cannot tell which runs are queued: {silent}; {unknown} run(s) of sweep "
-            f"{sweep!r} may be queued or running, so submitting nothing (a second submission "
-            "would run them twice). Try again when the scheduler answers "
-            f"(`qat-sweep status sweep={sweep}`).",
-            file=sys.stderr,
+            f"{verb} {len(found)} run(s) already completed under the same run_key in "
+            f"{', '.join(sources)} (record and metrics copied, with `reused_from`)"
         )
-    return silent is not None
+
+
+def _print_arrays(
+    arrays: list[tuple[LaunchProfile, list[PlannedRun]]], profile: LaunchProfile, rows_hint: str
+) -> None:
+    """Each job array's sbatch script (submitit's text) beside the runs it holds."""
+    sizes = ", ".join(str(len(chunk)) for _, chunk in arrays)
+    print(f"would submit {len(arrays)} job array(s) via sbatch (tasks: {sizes})")
+    limits = array_limits([len(chunk) for _, chunk in arrays], profile.array_parallelism)
+    split = ", ".join(
+        f"%{n}" + (f" after array {a + 1}" if a is not None else "") for n, a in limits
+    )
+    print(f"at most {profile.array_parallelism} runs at once (array_parallelism): {split}")
+    for number, ((shape, chunk), (parallel, after)) in enumerate(
+        zip(arrays, limits, strict=True), 1
+    ):
+        folder = Path(shape.folder) if shape.folder else chunk[0].run_dir.parent / SUBMITIT_DIR
+        models = ", ".join(dict.fromkeys(r.model for r in chunk))
+        print(f"\n=== array {number} of {len(arrays)}: {len(chunk)} runs ({models}) ===")
+        waits = None if after is None else f"<array {after + 1}>"
+        print(sbatch_script(shape, len(chunk), folder, parallel, waits).rstrip())
+        print("# runs: array index, run_key, GPUs, estimated wall-h, time-limit segments")
+        for index, run in enumerate(chunk):
+            s = run.sizing
+            wall = "-" if s.wall_h is None else format_hours(s.wall_h)
+            print(f"#  {index:>4} {run.run_key:<58} {s.gpus:>3} {wall:>6} {s.segments or '-':>3}")
+    print(f"\neach run's train overrides: {rows_hint}")
+
+
+def _scheduler_silent(runs: list[PlannedRun], sweep: str, dry: bool, quiet: bool = False) -> bool:
+    """Whether a real launch must stop because the scheduler could not say which runs are
+    queued (a second submission would run them twice); says so on stderr. A dry run goes on
+    (the unknown runs are not listed) with a warning, unless ``quiet``."""
+    silent = next((r.reason for r in runs if r.status == "unknown"), None)
+    if silent is None or (dry and quiet):
+        return False
+    unknown = sum(r.status == "unknown" for r in runs)
+    why = f"cannot tell which runs are queued: {silent}; {unknown} run(s) may be queued or running"
+    if dry:
+        print(f"warning: {why}; a real launch would submit nothing now", file=sys.stderr)
+        return False
+    print(
+        f"error: {why}, so submitting nothing (a second submission would run them twice). "
+        f"Try again when the scheduler answers (`qat-sweep status sweep={sweep}`).",
+        file=sys.stderr,
+    )
+    return True
 
 
 def _say_waiting(held: LockHeld) -> None:

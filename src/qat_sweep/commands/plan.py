@@ -1,23 +1,28 @@
-"""`qat-sweep plan sweep=NAME [launcher=PROFILE] [--json]`: every run of a sweep, validated, with its
-compute (and, with a launch profile, its GPUs, memory and wall time)."""
+"""`qat-sweep plan sweep=NAME [launcher=PROFILE] [--runs | --json]`: every run of a sweep, validated;
+where its compute goes per model and sub-grid (and, with a launch profile, GPUs, memory and wall
+time); `--runs` lists every run, `--json` gives the plan rows."""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from qat_sweep.commands.args import cost_options, parse_cli
-from qat_sweep.common import format_count
-from qat_sweep.config.checks import (
-    data_problems,
-)
+from qat_sweep.common import command_hint, format_count, format_hours
+from qat_sweep.config.checks import data_problems
 from qat_sweep.estimates.flops import MODEL_COUNT, PAPER_LABEL
-from qat_sweep.sweep.jobs import STATUSES
 from qat_sweep.sweep.plan import load_sweep, plan_sweep
-from qat_sweep.sweep.spec import (
-    PlannedRun,
+from qat_sweep.sweep.spec import PlannedRun
+from qat_sweep.sweep.summary import (
+    Column,
+    clip,
+    counts_line,
+    grouped_table,
+    share,
+    token_values,
+    wrap,
 )
 
 
@@ -25,49 +30,89 @@ def _fmt_group(group_size: Any) -> str:
     return "-" if group_size is None else str(group_size)
 
 
-def plan_table(runs: list[PlannedRun], mfu: float, peak_tflops: float) -> str:
-    """Human table grouped by sub-grid, with compute estimates and totals.
-
-    Two FLOP counts, each named: the FLOPs column is the paper's 6ND (the law's compute axis),
-    GPU-hours come from the model count that train's MFU uses (``estimates.flops``)."""
+def plan_summary(runs: list[PlannedRun], mfu: float, peak_tflops: float) -> list[str]:
+    """Where the compute goes, per model and per sub-grid, in lines of at most 100 columns."""
     sized = any(r.sizing is not None for r in runs)
-    header = f"{'run_key':<58} {'preset':>6} {'N':>9} {'D':>7} {'scheme':<11} {'format':<8}"
-    header += f" {'G':>7} {'LR':>8} {PAPER_LABEL:>10} {'GPU-h':>8}"
-    header += f" {'micro':>5} {'par':>6} {'GPUs':>4} {'GB/GPU':>6} {'wall-h':>7} {'seg':>3}" * sized
+    total = sum(r.gpu_hours(mfu, peak_tflops) for r in runs)
+    quantized = sum(r.scheme != "bf16" for r in runs)
+
+    def hours(group: list[PlannedRun]) -> float:
+        return sum(r.gpu_hours(mfu, peak_tflops) for r in group)
+
+    common = [
+        Column(PAPER_LABEL, 10, lambda g: f"{sum(r.flops for r in g):.2e}"),
+        Column("GPU-h", 8, lambda g: format_hours(hours(g))),
+        Column("share", 6, lambda g: share(hours(g), total)),
+    ]
+    by_model = [
+        Column("N", 7, lambda g: format_count(g[0].n_params, 3)),
+        Column("runs", 4, lambda g: str(len(g))),
+        Column("tokens", 17, token_values),
+        *common,
+    ]
+    if sized:
+        by_model += [
+            Column("GPUs", 4, lambda g: "/".join(sorted({str(r.sizing.gpus) for r in g}))),
+            Column("GB/GPU", 6, lambda g: f"{max(r.sizing.memory_gb for r in g):.1f}"),
+            Column("wall-h", 6, lambda g: _max_wall(g)),
+        ]
+    by_subgrid = [
+        Column("runs", 4, lambda g: str(len(g))),
+        Column("BF16", 4, lambda g: str(sum(r.scheme == "bf16" for r in g))),
+        *common,
+        Column("status", 30, counts_line, left=True),
+    ]
+    lines = [
+        f"{len(runs)} runs ({quantized} quantized + {len(runs) - quantized} BF16), "
+        f"{format_hours(total)} GPU-hours at mfu={mfu:g} x {peak_tflops:g} TFLOP/s",
+        "",
+        *grouped_table(runs, lambda r: r.model, by_model, "model"),
+        "",
+        *grouped_table(runs, lambda r: r.subgrid, by_subgrid, "sub-grid"),
+        "",
+        *wrap(
+            f"{PAPER_LABEL}: the paper's compute (N non-embedding); GPU-hours: the model FLOPs "
+            f"train's MFU counts, {MODEL_COUNT} (x4/3 with activation checkpointing)"
+        ),
+    ]
+    if sized:
+        lines += wrap(_sized_note(runs))
+    return lines
+
+
+def _max_wall(group: list[PlannedRun]) -> str:
+    walls = [r.sizing.wall_h for r in group if r.sizing.wall_h is not None]
+    return format_hours(max(walls)) if walls else "-"
+
+
+def _sized_note(runs: list[PlannedRun]) -> str:
+    timed = [r.sizing for r in runs if r.sizing is not None and r.sizing.wall_h is not None]
+    return (
+        f"sized: {format_hours(sum(s.wall_h * s.gpus for s in timed))} GPU-hours of wall clock "
+        f"({format_hours(sum(s.wall_h for s in timed))} run-hours, "
+        f"{sum(s.segments for s in timed)} time-limit segments), peak memory per GPU up to "
+        f"{max(r.sizing.memory_gb for r in runs if r.sizing):.1f} GB; wall-h is the longest run"
+    )
+
+
+def plan_table(runs: list[PlannedRun], mfu: float, peak_tflops: float) -> str:
+    """``--runs``: every run, grouped by sub-grid, with its compute (and sizing)."""
+    sized = any(r.sizing is not None for r in runs)
+    header = f"{'run_key':<58} {'N':>7} {'D':>5} {'G':>7} {PAPER_LABEL:>10} {'GPU-h':>8}"
+    header += f" {'micro':>5} {'par':>6} {'GPUs':>4} {'GB/GPU':>6} {'wall-h':>6} {'seg':>3}" * sized
     header += " status"
     lines = []
     for sub in dict.fromkeys(r.subgrid for r in runs):
         group = [r for r in runs if r.subgrid == sub]
         hours = sum(r.gpu_hours(mfu, peak_tflops) for r in group)
-        lines += ["", f"## {sub}: {len(group)} runs, {_hours(hours)} GPU-hours", header]
+        lines += ["", f"## {sub}: {len(group)} runs, {format_hours(hours)} GPU-hours", header]
         for r in group:
             lines.append(
-                f"{r.run_key:<58} {r.model:>6} {format_count(r.n_params):>9} "
-                f"{format_count(r.tokens):>7} {r.scheme:<11} {r.format:<8} "
-                f"{_fmt_group(r.group_size):>7} {r.lr:>8.2g} {r.flops:>10.2e} "
-                f"{_hours(r.gpu_hours(mfu, peak_tflops)):>8}{_sizing_cells(r)} {r.status}"
+                f"{r.run_key:<58} {format_count(r.n_params, 3):>7} "
+                f"{format_count(r.tokens, 3):>5} {_fmt_group(r.group_size):>7} "
+                f"{r.flops:>10.2e} {format_hours(r.gpu_hours(mfu, peak_tflops)):>8}"
+                f"{_sizing_cells(r)} {r.status}"
             )
-    counts = Counter(r.status for r in runs)
-    total = sum(r.gpu_hours(mfu, peak_tflops) for r in runs)
-    quantized = sum(r.scheme != "bf16" for r in runs)
-    lines += [
-        "",
-        f"total: {len(runs)} runs ({quantized} quantized + {len(runs) - quantized} BF16), "
-        f"{sum(r.flops for r in runs):.3e} {PAPER_LABEL}, {_hours(total)} GPU-hours "
-        f"at mfu={mfu:g} x {peak_tflops:g} TFLOP/s",
-        f"{PAPER_LABEL}: the paper's compute (N non-embedding); GPU-hours: the model FLOPs "
-        f"train's MFU counts, {MODEL_COUNT} (x4/3 with activation checkpointing)",
-        "status: " + ", ".join(f"{s} {counts[s]}" for s in STATUSES if counts[s]),
-    ]
-    if sized:
-        timed = [r.sizing for r in runs if r.sizing is not None and r.sizing.wall_h is not None]
-        lines.insert(
-            -1,
-            f"sized: {_hours(sum(s.wall_h * s.gpus for s in timed))} GPU-hours of wall clock "
-            f"({_hours(sum(s.wall_h for s in timed))} run-hours, {sum(s.segments for s in timed)} "
-            f"time-limit segments), peak memory per GPU up to "
-            f"{max(r.sizing.memory_gb for r in runs if r.sizing):.1f} GB",
-        )
     return "\n".join(lines[1:])
 
 
@@ -75,24 +120,20 @@ def _sizing_cells(run: PlannedRun) -> str:
     s = run.sizing
     if s is None:
         return ""
-    wall = "-" if s.wall_h is None else _hours(s.wall_h)
+    wall = "-" if s.wall_h is None else format_hours(s.wall_h)
     return (
         f" {s.micro_batch_seqs:>5} {s.parallelism:>6} {s.gpus:>4} {s.memory_gb:>6.1f} "
-        f"{wall:>7} {s.segments or '-':>3}"
+        f"{wall:>6} {s.segments or '-':>3}"
     )
 
 
-def _hours(hours: float) -> str:
-    return f"{hours:,.0f}" if hours >= 10 else f"{hours:.2g}"
-
-
 def main(argv: list[str]) -> int:
-    """``qat-sweep plan sweep=NAME [launcher=PROFILE] [--json] [mfu=0.4] [peak_tflops=312] ...``.
+    """``qat-sweep plan sweep=NAME [launcher=PROFILE] [--runs|--json] [mfu=0.4] [peak_tflops=312]``.
 
     With ``launcher=`` every run is sized for the profile's GPUs (``qat_sweep.sweep.sizing``).
     """
     try:
-        sweep, options, flags, overrides = parse_cli(argv, ("--json",))
+        sweep, options, flags, overrides = parse_cli(argv, ("--json", "--runs"))
         mfu, peak = cost_options(options)
         profile = None
         if "launcher" in options:
@@ -113,15 +154,25 @@ def main(argv: list[str]) -> int:
     if "--json" in flags:
         print(json.dumps([r.row(mfu, peak) for r in runs], indent=1))
     else:
-        print(f"sweep {sweep!r} from {load_sweep(sweep).path.resolve()}")
+        print(clip(f"sweep {sweep!r} from {_shown(load_sweep(sweep).path)}"))
         if "launcher" in options:
             from qat_sweep.sweep.profiles import profile_path
 
-            source = profile_path(options["launcher"]).resolve()
-            print(f"launch profile {options['launcher']!r} from {source}")
-        print(plan_table(runs, mfu, peak))
+            source = _shown(profile_path(options["launcher"]))
+            print(clip(f"launch profile {options['launcher']!r} from {source}"))
+        if "--runs" in flags:
+            print(plan_table(runs, mfu, peak))
+        else:
+            print("\n".join(plan_summary(runs, mfu, peak)))
+            print(f"every run (or --json): {command_hint('plan', argv, '--runs')}")  # never cut
     if missing_data:
         print(f"warning: {len(missing_data)} run(s) cannot be launched yet:", file=sys.stderr)
         for message in sorted(set(missing_data)):
-            print(f"  - {message}", file=sys.stderr)
+            print("\n".join(wrap(f"  - {message}", "    ")), file=sys.stderr)
     return 0
+
+
+def _shown(path: Path) -> str:
+    """A file as short as it is unambiguous: relative to the working directory when inside it."""
+    path = path.resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)

@@ -1,5 +1,6 @@
-"""`qat-sweep status sweep=NAME [--json] [--watch[=SECONDS]]`: completed / running / failed /
-missing runs, with progress and the reason of each failure."""
+"""`qat-sweep status sweep=NAME [--runs | --json] [--watch[=SECONDS]]`: one screen of where the
+sweep is (counts per sub-grid and model, GPU-hours done, ETA, failures by reason); `--runs`
+lists every open run with its progress and each failure with its log."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import math
 import sys
 
 from qat_sweep.commands.args import parse_cli
+from qat_sweep.common import command_hint
 from qat_sweep.sweep.jobs import attach_status
 from qat_sweep.sweep.plan import plan_sweep
 from qat_sweep.sweep.profiles import (
     load_profile,
 )
 from qat_sweep.sweep.spec import PlanError
-from qat_sweep.sweep.status import status_rows, status_table, watch
+from qat_sweep.sweep.status import status_rows, status_summary, status_table, watch
 
 
 def _watch_period(value: str | None) -> float:
@@ -28,9 +30,9 @@ def _watch_period(value: str | None) -> float:
 
 
 def main(argv: list[str]) -> int:
-    """``qat-sweep status sweep=NAME [launcher=PROFILE] [--json] [--watch[=SECONDS]] [overrides...]``."""
+    """``qat-sweep status sweep=NAME [launcher=PROFILE] [--runs|--json] [--watch[=S]] [overrides]``."""
     try:
-        sweep, options, flags, overrides = parse_cli(argv, ("--json", "--watch"))
+        sweep, options, flags, overrides = parse_cli(argv, ("--json", "--watch", "--runs"))
         every = _watch_period(options.get("--watch"))
         if "launcher" in options:  # the runs as launched with it: under its paths.runs
             overrides = [*overrides, *load_profile(options["launcher"]).train_overrides()]
@@ -40,13 +42,24 @@ def main(argv: list[str]) -> int:
         return 2
     if "--json" in flags:
         print(json.dumps(status_rows(runs), indent=1))
-    elif "--watch" in flags:
+        return 0
+    relaunch = command_hint(
+        "launch", argv, *([] if "launcher" in options else ["launcher=PROFILE"])
+    )
+    every_run = command_hint("status", argv, "--runs")
+
+    def screen() -> str:
+        if "--runs" in flags:
+            return status_table(runs)
+        return status_summary(runs, relaunch, every_run)
+
+    if "--watch" in flags:
 
         def refreshed() -> str:
             attach_status(runs)
-            return status_table(runs)
+            return screen()
 
         watch(refreshed, every)
     else:
-        print(status_table(runs))
+        print(screen())
     return 0

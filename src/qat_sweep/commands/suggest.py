@@ -13,6 +13,7 @@ from qat_sweep.analysis.collect import InputError
 from qat_sweep.analysis.design import simulate as sim
 from qat_sweep.analysis.design.suggest import suggest
 from qat_sweep.commands.args import split_cli
+from qat_sweep.common import format_count, format_hours, quiet_progress
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,6 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, help="GPU-hours to spend, BF16 twins included")
     p.add_argument("--noise", type=float, help="SD of a run's final loss (default: from the fit)")
     p.add_argument(
+        "--off-grid",
+        action="store_true",
+        help="also consider runs the sweep's grid lacks: the target's setting at the model "
+        "presets between the grid and the target, at the grid's and the target's tokens per "
+        "parameter and group sizes",
+    )
+    p.add_argument(
         "--out", type=Path, help="sweep file directory (default reports/<sweep>/suggest)"
     )
     return p
@@ -44,6 +52,7 @@ def format_suggestion(res: dict[str, Any]) -> str:
             f"target {t['target']}: expected 95% interval width of delta now "
             f"{100 * t['rel_width_now']:.1f}% of delta, after these runs {100 * t['rel_width_after']:.1f}%"
         )
+    lines += [f"note: {n}" for n in res.get("notes", [])]
     lines += ["", f"{'run_key':<58} {'N':>7} {'D':>6} {'scheme':<10} {'G':>7} {'GPU-h':>8} "
               f"{'width after':>11} {'gain/GPU-h':>10}"]  # fmt: skip
     for r in res["runs"]:
@@ -53,13 +62,21 @@ def format_suggestion(res: dict[str, Any]) -> str:
             if gain
             else f"{'(BF16 twin)':>22}"
         )
+        mark = "*" if r.get("off_grid") else " "
         lines.append(
-            f"{r['run_key']:<58} {r['n_params'] / 1e6:>6.0f}M {r['tokens'] / 1e9:>5.0f}B "
-            f"{r['scheme']:<10} {r['group_size'] or '-'!s:>7} {r['gpu_hours']:>8,.0f} {tail}"
+            f"{r['run_key'] + mark:<58} {format_count(r['n_params'], 3):>7} "
+            f"{format_count(r['tokens'], 3):>6} {r['scheme']:<10} {r['group_size'] or '-'!s:>7} "
+            f"{format_hours(r['gpu_hours']):>8} {tail}"
+        )
+    if any(r.get("off_grid") for r in res["runs"]):
+        lines.append(
+            "* off the sweep's grid: every other setting from the sweep's run of that setting "
+            "nearest in N (a learning rate the sweep does not set is the model preset's)"
         )
     lines += [
         "",
-        f"total {len(res['runs'])} runs, {res['gpu_hours']:,.0f} GPU-hours; sweep file: {res['sweep_file']}",
+        f"total {len(res['runs'])} runs, {format_hours(res['gpu_hours'])} GPU-hours; "
+        f"sweep file: {res['sweep_file']}",
         f"launch them: {res['launch']}",
     ]
     return "\n".join(lines)
@@ -69,6 +86,8 @@ def main(argv: list[str]) -> int:
     """`qat-sweep suggest`; returns the exit code."""
     try:
         args, extra = _parser().parse_known_args(argv)
+        if args.json:
+            quiet_progress()
         sweep, mfu, peak, overrides = split_cli(extra, "suggest")
         if args.k is not None and args.k < 1:
             raise InputError(f"--k {args.k}: need at least 1")
@@ -78,6 +97,7 @@ def main(argv: list[str]) -> int:
         res = suggest(
             args.fit, sweep, targets, overrides=overrides, mfu=mfu, peak_tflops=peak,
             k=args.k, budget=args.budget, noise=args.noise, out=args.out, law=args.law,
+            off_grid=args.off_grid,
         )  # fmt: skip
     except InputError as err:
         print(f"qat-sweep suggest: error: {err}", file=sys.stderr)

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from qat_sweep import wandb_api
 from qat_sweep.analysis.wandb_log import fit_predictions
-from qat_sweep.common import InputError, split_overrides
+from qat_sweep.common import InputError, command_hint, split_overrides
 from qat_sweep.record import RUNS_ROOT, sweep_dir, sweep_records
 from qat_sweep.sweep.sync import SyncError, is_uploaded, offline_files, summary_updates
 from qat_sweep.train.tracking import wandb_path
@@ -76,7 +76,8 @@ def main(argv: list[str]) -> int:
             print(f"qat-sweep sync: wandb sync exited with {code}", file=sys.stderr)
     predictions = fit_predictions(fit_dir)
     if not predictions:
-        print(f"no fit in {fit_dir} (qat-sweep fit sweep={sweep}): fit/* not written")
+        fit_hint = command_hint("fit", [a for a in argv if "=" in a], "--out", str(fit_dir))
+        print(f"no fit in {fit_dir} (`{fit_hint}`): fit/* not written")
     records = [found.record for found in sweep_records(sweep_dir) if found.record is not None]
     updates = summary_updates(records, sweep_dir, predictions)
     with_delta = sum("final/delta" in v for v in updates.values())

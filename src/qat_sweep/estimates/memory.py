@@ -7,11 +7,11 @@ logits' fp32 copies around the loss, the fake quantizer's fp32 temporaries, fore
 temporaries, the evaluation batch). Three numeric settings cover the trainer:
 
 * ``fp32``: CPU training (no autocast), every tensor 4 bytes;
-* ``bf16`` with DDP or one process: fp32 parameters under CUDA bf16 autocast; the residual
-  stream and norms stay fp32, linear outputs are bf16, and autocast casts an fp32 linear input
-  once per consumer (q, k and v each hold their own bf16 copy) and each weight once per forward;
-* ``bf16`` with FSDP: bf16 parameters (MixedPrecisionPolicy), so activations are bf16 and
-  fp32 appears only where the model casts (norm statistics, RoPE, the loss).
+* ``bf16``: fp32 parameters under CUDA bf16 autocast, alike for one process, DDP and FSDP
+  (FSDP gathers fp32 parameters, so twins compute alike whatever their parallelism); the
+  residual stream and norms stay fp32, linear outputs are bf16, and autocast casts an fp32
+  linear input once per consumer (q, k and v each hold their own bf16 copy) and each weight
+  once per forward.
 """
 
 from __future__ import annotations
@@ -133,7 +133,6 @@ def _training_state(
     weights: dict[str, int],
     rope: float,
     fsdp_world: int | None,
-    bf16: bool,
 ) -> dict[str, float]:
     """Parameters, gradients and AdamW state per GPU (sharded ``fsdp_world`` ways under FSDP)."""
     n_params = model.n_params_total(vocab_size) + _lac_params(model, quant)
@@ -145,10 +144,9 @@ def _training_state(
         "buffers": rope,
     }
     if fsdp_world is not None:
-        # unsharded copies of the unit in use and the prefetched one, one unit's gradients
+        # unsharded fp32 copies of the unit in use and the prefetched one, one unit's gradients
         unit = max(vocab_size * model.hidden_size, sum(weights.values()) + 2 * model.hidden_size)
-        p = BF16 if bf16 else FP32
-        state["fsdp_unsharded"] = 2 * unit * p + unit * (p + FP32 if p != FP32 else p)
+        state["fsdp_unsharded"] = 3 * unit * FP32
     return state
 
 
@@ -176,8 +174,8 @@ def estimate_memory(
     L, h = model.n_layers, model.n_heads
     fsdp = parallelism == "fsdp"
     bf16 = dtype == "bf16"
-    autocast = bf16 and not fsdp  # fp32 parameters under autocast
-    resid = BF16 if bf16 and fsdp else FP32  # residual stream: the embedding's dtype
+    autocast = bf16  # fp32 parameters under autocast, whatever the parallelism
+    resid = FP32  # residual stream: the embedding's dtype
     act = BF16 if bf16 else FP32  # linear outputs
     weight_copy = BF16 if bf16 else FP32  # a quantized weight as its linear saves it
 
@@ -215,7 +213,7 @@ def estimate_memory(
         "logits_and_head": head,
     }
 
-    state = _training_state(model, quant, V, weights, rope, world_size if fsdp else None, bf16)
+    state = _training_state(model, quant, V, weights, rope, world_size if fsdp else None)
     logits = act * V + (FP32 * V if act != FP32 else 0.0) + FP32 * V
     transient = {
         # around the loss: bf16 logits, their fp32 copy, the gradient of log_softmax

@@ -187,7 +187,7 @@ def log_reason(log: str | None) -> str | None:
 
 # squeue's reason codes a user meets most, in words (others are shown as SLURM spells them)
 _REASONS = {
-    "BeginTime": "requeued: SLURM holds a requeued job ~2 min before it may start again",
+    "BeginTime": "held until its begin time",  # a requeue's ~2 min hold, or the user's --begin
     "Resources": "waiting for free resources",
     "Priority": "higher-priority jobs go first",
     "JobArrayTaskLimit": "the array's parallelism limit (array_parallelism) is reached",

@@ -10,6 +10,7 @@ callable is a plain function call that resumes from the run's checkpoint when re
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -20,8 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from qat_sweep.common import write_json_atomic
+from qat_sweep.common import format_duration, format_loss, write_json_atomic
+from qat_sweep.config.compose import twin_key
 from qat_sweep.config_dirs import CONFIG_DIR_ENV, user_root
+from qat_sweep.delta import BF16, twin_gap
 from qat_sweep.locks import LockHeld
 from qat_sweep.record import LAUNCH_LOGS, SUBMITIT_DIR, launches_dir, read_record
 from qat_sweep.sweep.profiles import (
@@ -30,6 +33,8 @@ from qat_sweep.sweep.profiles import (
     max_array_size,
 )
 from qat_sweep.sweep.spec import PlanError, PlannedRun
+from qat_sweep.sweep.summary import reason_groups
+from qat_sweep.train.tracking import quantized_twins, twin_record
 
 LAUNCH_LOCK_WAIT_S = 120.0  # a second launch waits this long for the first to finish submitting
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another launch holds the sweep, or squeue fails; try later
@@ -96,10 +101,11 @@ def resource_groups(
 
 
 def job_arrays(
-    runs: list[PlannedRun], profile: LaunchProfile
+    runs: list[PlannedRun], profile: LaunchProfile, size: int | None = None
 ) -> list[tuple[LaunchProfile, list[PlannedRun]]]:
-    """The arrays a SLURM launch submits: per resource shape, chunks of MaxArraySize."""
-    size = max_array_size(profile)
+    """The arrays a SLURM launch submits: per resource shape, chunks of ``size`` (default: the
+    cluster's MaxArraySize)."""
+    size = size or max_array_size(profile)
     groups = resource_groups(runs, profile)
     return [(shape, chunk) for shape, group in groups for chunk in chunks(group, size)]
 
@@ -180,15 +186,8 @@ def submit_slurm(
         for index, ((shape, chunk), (parallel, after)) in enumerate(
             zip(arrays, limits, strict=True)
         ):
-            params = executor_parameters(shape)
-            params["slurm_array_parallelism"] = parallel
-            if after is not None:
-                waits = f"afterany:{manifest['arrays'][after]}"
-                params["slurm_additional_parameters"] = {
-                    **params["slurm_additional_parameters"],
-                    "dependency": waits,
-                }
-            executor.update_parameters(**params)
+            waits = None if after is None else manifest["arrays"][after]
+            executor.update_parameters(**executor_parameters(shape, parallel, waits))
             before = set(folder.iterdir()) if folder.is_dir() else set()
             try:
                 with executor.batch():
@@ -224,10 +223,25 @@ def _local_command(run: PlannedRun) -> list[str]:
     return [sys.executable, "-m", "qat_sweep.train", *run.overrides]
 
 
+def twins_first(runs: list[PlannedRun]) -> list[PlannedRun]:
+    """The local order: cell by cell, cheapest cell first, each BF16 twin before its quantized
+    runs, so the first deltas exist after a few runs instead of at the end of the sweep."""
+    keys = {r.run_key for r in runs}
+
+    def cell(run: PlannedRun) -> str:
+        return run.run_key if run.scheme == BF16 else twin_key(run.config)
+
+    cost = {cell(r): r.model_flops for r in runs if r.scheme == BF16 or cell(r) not in keys}
+    return sorted(runs, key=lambda r: (cost.get(cell(r), r.model_flops), cell(r), r.scheme != BF16))
+
+
 def run_local(
     runs: list[PlannedRun], profile: LaunchProfile, sweep: str, argv: list[str]
 ) -> dict[str, Any]:
-    """Run each run in its own process, ``max_parallel`` at a time; waits and reports progress."""
+    """Run each run in its own process, ``max_parallel`` at a time, BF16 twins first
+    (`twins_first`); waits, prints each outcome and delta as it comes, then a closing summary.
+    A manifest the disk refuses is reported, and the runs go on."""
+    runs = twins_first(runs)
     sweep_dir = runs[0].run_dir.parent
     logs = launches_dir(sweep_dir) / LAUNCH_LOGS
     manifest = _new_manifest(profile, sweep, argv)
@@ -256,12 +270,12 @@ def run_local(
     def one(index: int) -> int:
         run, job = runs[index], manifest["jobs"][index]
         start = time.monotonic()
+        record = None
         try:
             logs.mkdir(parents=True, exist_ok=True)
             log = open(job["log"], "ab")  # noqa: SIM115 (closed below)
         except OSError as e:  # full disk, read-only directory: the run cannot start here
-            code, outcome = 1, f"not started: cannot open its log ({e})"
-            job["error"] = outcome
+            code, job["error"] = 1, f"not started: cannot open its log ({e})"
         else:
             with log:
                 proc = subprocess.Popen(
@@ -270,22 +284,39 @@ def run_local(
                 with lock:
                     job["job_id"] = f"local:{proc.pid}"
                 code = proc.wait()
-            outcome = _outcome(read_record(run.run_dir), code, job["log"])
+            record = read_record(run.run_dir)
         with lock:
             job["exit_code"] = code
             done[0] += 1
+            outcomes[run.run_key] = job.get("error") or _outcome(record, code, job["log"])
             print(
-                f"[{done[0]}/{len(runs)}] {run.run_key} {outcome} "
-                f"({time.monotonic() - start:.1f} s)",
+                f"[{done[0]}/{len(runs)}] {run.run_key} {outcomes[run.run_key]} "
+                f"({format_duration(time.monotonic() - start)})",
                 flush=True,
             )
+            for key, line in _new_deltas(record, sweep_dir):
+                if key not in shown:  # a pair finishing together is seen by both
+                    shown.add(key)
+                    print(f"  {line}", flush=True)
             save()
         return code
 
+    started = time.monotonic()
+    outcomes: dict[str, str] = {}
+    shown: set[str] = set()
     with ThreadPoolExecutor(max_workers=profile.max_parallel) as pool:
         codes = list(pool.map(one, range(len(runs))))
     manifest["failed"] = sum(1 for c in codes if c != 0)
     save()
+    failed = [r for r, c in zip(runs, codes, strict=True) if c != 0]
+    print(
+        f"local launch done in {format_duration(time.monotonic() - started)}: "
+        f"{len(runs) - len(failed)} completed, {len(failed)} failed"
+        + (", by reason:" if failed else ""),
+        flush=True,
+    )
+    for line in reason_groups(failed, lambda r: outcomes[r.run_key]):
+        print(line, flush=True)
     if unwritten:
         print(
             f"[qat-sweep] the launch manifest could not be written ({unwritten[-1]}): "
@@ -295,9 +326,36 @@ def run_local(
     return manifest
 
 
+def _new_deltas(record: dict[str, Any] | None, sweep_dir: Path) -> list[tuple[str, str]]:
+    """The deltas a run's completion makes known: its own against its BF16 twin, or, for a
+    twin, its quantized runs' that completed before it."""
+    if record is None or record["status"] != "completed":
+        return []
+    if record["scheme"] == BF16:
+        pairs = [(other, record) for other in quantized_twins(record, sweep_dir)]
+    else:
+        pairs = [(record, twin_record(record, sweep_dir))]
+    lines = []
+    for quantized, twin in pairs:
+        gap = twin_gap(quantized["loss"], twin, str(quantized.get("twin_key")))
+        if not math.isnan(gap.delta):
+            lines.append(
+                (
+                    quantized["run_key"],
+                    f"delta {gap.delta:+.4f} = {format_loss(quantized['loss'])} - BF16 "
+                    f"{format_loss(gap.bf16_loss)}: {quantized['run_key']}"
+                    + (f" ({gap.excluded})" if gap.excluded else ""),
+                )
+            )
+    return lines
+
+
 def _outcome(record: dict[str, Any] | None, code: int, log: str) -> str:
     if record is None:
         return f"failed (exit {code}, no record; log {log})"
     if record["status"] == "completed":
-        return f"completed loss {record['loss']:.4f} val_loss {record.get('val_loss')}"
+        return (
+            f"completed loss {format_loss(record['loss'])} "
+            f"val_loss {format_loss(record.get('val_loss'))}"
+        )
     return f"{record['status']}: {record.get('error')} (log {log})"

@@ -5,8 +5,9 @@ Every run is composed with ``qat_sweep.config.compose.plan_config`` from the exa
 before anything is launched and all problems are reported at once: a grid that fails on run 200
 of 289 after 199 submissions wastes a cluster day.
 
-The spec and its expansion live in ``sweep``, the checks in ``validation``, job state in ``jobs``;
-this module loads the file, plans the sweep and prints the ``qat-sweep plan`` table.
+The spec and its expansion live in ``spec``, the checks in ``config.checks``, job state in
+``jobs``; this module loads the file and plans the sweep. ``summary`` holds the 100-column
+tables that ``qat-sweep plan`` and ``status`` print from the planned runs.
 """
 
 from __future__ import annotations

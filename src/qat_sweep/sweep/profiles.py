@@ -253,18 +253,24 @@ def _resource_problems(entry: dict[str, Any], where: str) -> list[str]:
     return problems + _gpu_problems(entry, where)
 
 
-def executor_parameters(profile: LaunchProfile) -> dict[str, Any]:
-    """``AutoExecutor.update_parameters`` arguments for a SLURM profile."""
+def executor_parameters(
+    profile: LaunchProfile, parallelism: int | None = None, after: str | None = None
+) -> dict[str, Any]:
+    """``AutoExecutor.update_parameters`` arguments for a SLURM profile: one array's, with
+    ``parallelism`` tasks at once (default the profile's array_parallelism) and, ``after`` an
+    array id, started once that array has ended (launch.array_limits chooses both)."""
     additional = dict(profile.additional_parameters)
     if profile.requeue:
         additional.setdefault("requeue", True)
+    if after is not None:
+        additional["dependency"] = f"afterany:{after}"
     params: dict[str, Any] = {
         "name": f"qat-{profile.name}",
         "timeout_min": profile.timeout_min,
         "nodes": profile.nodes,
         "tasks_per_node": profile.tasks_per_node,
         "cpus_per_task": profile.cpus_per_task,
-        "slurm_array_parallelism": profile.array_parallelism,
+        "slurm_array_parallelism": parallelism or profile.array_parallelism,
         "slurm_signal_delay_s": profile.signal_delay_s,
         "slurm_additional_parameters": additional,
     }

@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from qat_sweep.config.compose import twin_key
 from qat_sweep.estimates.device_fit import HEADROOM, divisors, fit
 from qat_sweep.estimates.flops import PEAK_BF16_TFLOPS, gpu_hours
 from qat_sweep.estimates.memory import GB
@@ -126,22 +127,55 @@ def size_run(config: dict[str, Any], profile: LaunchProfile, mfu: float) -> RunS
     )  # fmt: skip
 
 
-def size_sweep(runs: list[Any], profile: LaunchProfile, mfu: float) -> None:
+def size_family(
+    family: list[Any], profile: LaunchProfile, mfu: float
+) -> tuple[LaunchProfile, list[RunSizing]]:
+    """One execution for a BF16 run and its quantized twins, so their delta carries only
+    quantization: the most constrained member decides (FSDP over DDP, then the smallest
+    micro-batch), on the resource shape with the most GPUs, and every member runs with it.
+    Eval micro-batches stay per run: they change no training step."""
+    shape = max((profile.for_run(r.model, r.subgrid) for r in family), key=lambda s: s.gpus)
+    own = [size_run(run.config, shape, mfu) for run in family]
+    decider = max(own, key=lambda s: (s.parallelism == "fsdp", -s.micro_batch_seqs))
+    chosen = {"parallelism": decider.parallelism, "micro_batch_seqs": decider.micro_batch_seqs}
+    return shape, [
+        size_run({**run.config, "train": {**run.config["train"], **chosen}}, shape, mfu)
+        for run in family
+    ]
+
+
+def _family_key(run: Any) -> str:
+    """A twin family's name: the BF16 run's run_key (its own for a BF16 run)."""
+    return run.run_key if run.scheme == "bf16" else twin_key(run.config)
+
+
+def size_sweep(
+    runs: list[Any], profile: LaunchProfile, mfu: float, sweep_runs: list[Any] | None = None
+) -> None:
     """Sizes every PlannedRun for its resource shape and appends the chosen overrides.
 
+    A run is sized with its twin family (`size_family`), drawn from ``sweep_runs`` (default
+    ``runs``): a launch that reruns one quantized run sizes it as its completed twin ran.
     Raises sweep.PlanError listing every run that cannot be sized: nothing is launched then.
     """
     from qat_sweep.sweep.spec import PlanError
 
+    families: dict[str, list[Any]] = {}
+    for run in sweep_runs or runs:
+        families.setdefault(_family_key(run), []).append(run)
+    sized: dict[str, tuple[LaunchProfile, RunSizing]] = {}
     problems = []
     for run in runs:
-        shape = profile.for_run(run.model, run.subgrid)
-        try:
-            run.sizing = size_run(run.config, shape, mfu)
-        except SizingError as e:
-            problems.append(f"{run.subgrid} {run.run_key}: {e}")
-            continue
-        run.resources = shape
+        if run.run_key not in sized:
+            family = families.get(_family_key(run)) or [run]
+            family = family if run in family else [*family, run]
+            try:
+                shape, sizings = size_family(family, profile, mfu)
+            except SizingError as e:
+                problems.append(f"{run.subgrid} {run.run_key}: {e}")
+                continue
+            sized |= {r.run_key: (shape, s) for r, s in zip(family, sizings, strict=True)}
+        run.resources, run.sizing = sized[run.run_key]
         run.overrides = [*run.overrides, *run.sizing.overrides()]
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems[:60])

@@ -3,7 +3,10 @@ shows a sweep the way the law reads it.
 
 Built with `wandb-workspaces` from the sweep's plan (every planned run gets its colour, so runs
 still training are coloured too): runs are filtered to the sweep's group; each quantized run is
-coloured by its format (hue) and G (shade, darker = coarser), BF16 twins are black.
+coloured by its format (hue) and G (shade, darker = coarser), BF16 twins are black. The panels
+put each quantized run beside its BF16 twin, draw delta against N, D and G faceted by the other
+axes on linear y axes (negative deltas stay), and the fit's predicted delta beside the measured
+one. `workspace_spec` is the same workspace as a file a person can read.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import wandb_workspaces.reports.v2 as wr
 import wandb_workspaces.workspaces as ws
 from wandb_workspaces import expr
 
+from qat_sweep.common import format_count
+from qat_sweep.delta import BF16
 from qat_sweep.model.precision import SITES, base_format  # per-site metrics: quant/<site>/<stat>
 from qat_sweep.sweep.spec import PlannedRun
-from qat_sweep.train.tracking import group_elems, wandb_id
+from qat_sweep.train.tracking import delta_facets, group_elems, wandb_id
 
 FORMAT_CMAPS = {"int4": "Blues", "int4_sym": "Purples", "fp4": "Oranges", "mxfp4": "Reds"}
 FORMAT_CMAPS |= {"nvfp4": "Greens", "mxint4": "PuBu", "nvint4": "YlGn"}  # labels: by base format
@@ -34,11 +39,11 @@ def run_colours(runs: list[PlannedRun]) -> dict[str, str]:
         hidden = run.config["model"]["hidden_size"]
         return float(group_elems(run.group_size, hidden) or 0)
 
-    sizes = sorted({g_of(r) for r in runs if r.scheme != "bf16"})
+    sizes = sorted({g_of(r) for r in runs if r.scheme != BF16})
     colours = {}
     for run in runs:
         run_id = wandb_id(str(run.config["sweep_name"]), run.run_key)
-        if run.scheme == "bf16":
+        if run.scheme == BF16:
             colours[run_id] = BF16_COLOUR
             continue
         shade = 0.4 + 0.55 * sizes.index(g_of(run)) / max(len(sizes) - 1, 1)
@@ -47,8 +52,20 @@ def run_colours(runs: list[PlannedRun]) -> dict[str, str]:
     return colours
 
 
-def _loss_panels() -> list[Any]:
+def _twin_panels() -> list[Any]:
     return [
+        wr.ScatterPlot(
+            title="final loss of each quantized run against its BF16 twin's (diagonal: delta 0)",
+            x=wr.SummaryMetric("final/bf16_loss"),
+            y=wr.SummaryMetric("final/loss"),
+        ),
+        wr.LinePlot(
+            title="smoothed loss vs tokens per run (BF16 twins black)",
+            x="tokens",
+            y=[LOSS],
+            log_x=True,
+            log_y=True,
+        ),
         wr.LinePlot(
             title="smoothed loss vs tokens by scheme (mean, min-max band); bf16 = the twins",
             x="tokens",
@@ -59,31 +76,53 @@ def _loss_panels() -> list[Any]:
             log_x=True,
             log_y=True,
         ),
-        wr.LinePlot(
-            title="smoothed loss vs tokens per run (BF16 twins black)",
-            x="tokens",
-            y=[LOSS],
+        wr.ScatterPlot(
+            title="final loss vs N: each twin (black) beside its quantized runs",
+            x=wr.Config("n_params"),
+            y=wr.SummaryMetric("final/loss"),
             log_x=True,
-            log_y=True,
         ),
         wr.LinePlot(title="validation loss vs tokens per run", x="tokens", y=["val_loss"]),
     ]
 
 
-def _delta_panels() -> list[Any]:
-    def scatter(axis: str, title: str, log: bool = True) -> wr.ScatterPlot:
-        return wr.ScatterPlot(title=title, x=wr.Config(axis), y=DELTA, log_x=log, log_y=True)
+def _facet_panels(runs: list[PlannedRun]) -> list[tuple[str, list[Any]]]:
+    """Delta against N at each D, against D at each N, against G in each (N, D) cell, on
+    linear y axes (a negative delta is data). Each panel's y key is a summary key only the
+    runs of its facet carry (`tracking.delta_facets`): wandb panels cannot filter runs."""
+    cells = dict.fromkeys((r.model, r.tokens) for r in runs if r.scheme != BF16)
+    by_d, by_n, by_cell = {}, {}, {}
+    for model, tokens in cells:
+        at_d, at_n, at_cell = delta_facets(model, tokens)
+        by_d[at_d] = f"delta vs N at D = {format_count(tokens)}"
+        by_n[at_n] = f"delta vs D at N = {model}"
+        by_cell[at_cell] = f"delta vs G at N = {model}, D = {format_count(tokens)}"
+
+    def scatter(axis: str, keys: dict[str, str]) -> list[Any]:
+        return [
+            wr.ScatterPlot(title=title, x=wr.Config(axis), y=wr.SummaryMetric(key), log_x=True)
+            for key, title in keys.items()
+        ]
 
     return [
-        scatter("n_params", "final delta vs N (non-embedding parameters)"),
-        scatter("tokens", "final delta vs D (tokens)"),
-        scatter("group_elems", "final delta vs G (elements per group)"),
+        ("Delta vs N at each D", scatter("n_params", by_d)),
+        ("Delta vs D at each N", scatter("tokens", by_n)),
+        ("Delta vs G in each (N, D) cell", scatter("group_elems", by_cell)),
+    ]
+
+
+def _fit_panels() -> list[Any]:
+    return [
         wr.ScatterPlot(
-            title="measured vs fitted delta (after qat-sweep fit + sync)",
+            title="measured delta vs the fit's predicted delta (after qat-sweep fit + sync)",
             x=wr.SummaryMetric("fit/predicted_delta"),
             y=DELTA,
+        ),
+        wr.ScatterPlot(
+            title="measured - predicted delta vs N",
+            x=wr.Config("n_params"),
+            y=wr.SummaryMetric("fit/residual"),
             log_x=True,
-            log_y=True,
         ),
         wr.ParallelCoordinatesPlot(
             title="N, D, G -> delta",
@@ -94,6 +133,7 @@ def _delta_panels() -> list[Any]:
                 wr.ParallelCoordinatesPlotColumn(metric=DELTA),
             ],
         ),
+        wr.MediaBrowser(title="plots of the fit run", media_keys=["plots"]),
     ]
 
 
@@ -126,10 +166,10 @@ def build_workspace(
 ) -> ws.Workspace:
     """The workspace object (nothing is sent anywhere until it is saved)."""
     sections = [
-        ("Loss vs tokens", _loss_panels()),
-        ("Delta vs N, D, G", _delta_panels()),
+        ("Twins: each quantized run beside its BF16 twin", _twin_panels()),
+        *_facet_panels(runs),
+        ("Fit: predicted beside measured delta", _fit_panels()),
         ("FC2 input and the other quantization sites", _site_panels()),
-        ("Fit", [wr.MediaBrowser(title="plots of the fit run", media_keys=["plots"])]),
     ]
     return ws.Workspace(
         entity=entity,
@@ -152,3 +192,54 @@ def build_workspace(
             },
         ),
     )
+
+
+def workspace_spec(workspace: ws.Workspace, runs: list[PlannedRun]) -> dict[str, Any]:
+    """What `build_workspace` would save, for a person to read (`wandb-workspace --dry-run`):
+    the filter, each section's panels with their axes and grouping, and each run's colour."""
+    colours = run_colours(runs)
+    return {
+        "name": workspace.name,
+        "entity": workspace.entity,
+        "project": workspace.project,
+        "runs": "the wandb runs whose group is the sweep's name (its runs and its fit run)",
+        "sections": [
+            {"name": section.name, "panels": [_panel_spec(p) for p in section.panels]}
+            for section in workspace.sections
+        ],
+        "pinned_columns": list(workspace.runset_settings.pinned_columns),
+        "colours": {
+            "rule": "BF16 twins black; quantized runs: hue by format, shade by G (darker = coarser)",
+            "runs": {
+                r.run_key: {
+                    "colour": colours[wandb_id(str(r.config["sweep_name"]), r.run_key)],
+                    "scheme": r.scheme,
+                    "format": r.format,
+                    "G": r.group_size,
+                }
+                for r in runs
+            },
+        },
+    }
+
+
+def _panel_spec(panel: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {"type": type(panel).__name__, "title": panel.title}
+    for field in ("x", "y", "log_x", "log_y", "groupby", "groupby_aggfunc", "media_keys"):
+        value = getattr(panel, field, None)
+        if value not in (None, False, []):
+            spec[field] = _metric_name(value)
+    if isinstance(panel, wr.ParallelCoordinatesPlot):
+        spec["columns"] = [_metric_name(c.metric) for c in panel.columns]
+    return spec
+
+
+def _metric_name(value: Any) -> Any:
+    """`config:n_params`, `summary:final/delta`, a history key as is."""
+    if isinstance(value, list):
+        return [_metric_name(v) for v in value]
+    if isinstance(value, wr.Config):
+        return f"config:{value.name}"
+    if isinstance(value, wr.SummaryMetric):
+        return f"summary:{value.name}"
+    return value

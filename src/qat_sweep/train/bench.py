@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from qat_sweep.common import progress
 from qat_sweep.config.compose import compose_run
 from qat_sweep.data.prefetch import Prefetcher
 from qat_sweep.estimates.flops import flops_per_token, mfu, peak_flops
@@ -166,7 +167,7 @@ def run(settings: BenchSettings) -> dict[str, Any]:
     peak_bytes = dict.fromkeys(timed, 0)
     n = len(timed)
     try:
-        for rep in range(n_steps):
+        for rep in progress(range(n_steps), f"bench: {n} variants", unit="step"):
             for variant in [timed[(rep + k) % n] for k in range(n)]:
                 elapsed, transient = _time(steps[variant], settings.device)
                 peak_bytes[variant] = max(peak_bytes[variant], transient)

@@ -1,8 +1,11 @@
 """torch.distributed setup from torchrun or a SLURM job (one or more nodes); DDP or FSDP2.
 
 FSDP2 (``fully_shard``) shards the embedding, every block and the lm_head, then the root, so
-at most two of those units are unsharded at a time; on CUDA parameters are gathered in bf16
-and gradients reduced in fp32. DDP keeps the whole fp32 state on every GPU.
+at most two of those units are unsharded at a time. DDP keeps the whole fp32 state on every
+GPU. Both compute alike: fp32 parameters (FSDP gathers them in fp32), bf16 matmuls under CUDA
+autocast, an fp32 residual stream and fp32 quantizer inputs where the residual feeds them, and
+fp32 gradient reductions; so a BF16 run and its quantized twin differ by quantization, not by
+the dtype their parallelism computes in (docs/science.md).
 """
 
 from __future__ import annotations
@@ -129,9 +132,7 @@ def wrap_model(model: nn.Module, parallelism: str, info: DistInfo) -> nn.Module:
     if parallelism == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        policy = MixedPrecisionPolicy()
-        if info.device.startswith("cuda"):
-            policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        policy = MixedPrecisionPolicy()  # fp32 gathers: autocast computes in bf16 as under DDP
         for unit in [model.embed, *model.blocks, model.lm_head]:
             fully_shard(unit, mp_policy=policy)
         fully_shard(model, mp_policy=policy)

@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from qat_sweep.config.compose import identity_fields, twin_key
+from qat_sweep.delta import EXECUTION_FIELDS
 from qat_sweep.record import SCHEMA, software_versions
 from qat_sweep.train.setup import Execution, RunSetup
 from qat_sweep.train.state import TrainState
@@ -101,3 +102,23 @@ def run_metrics(
         "wall_s": elapsed,
         **measured,
     }
+
+
+def execution_record(
+    execution: Execution, device_type: str, world_size: int, autocast: bool, compiled: bool
+) -> dict[str, Any]:
+    """The record's `execution`: how the run computed, which its BF16 twin must share
+    (delta.EXECUTION_FIELDS; the fit leaves a pair that differs out)."""
+    fsdp = execution.parallelism == "fsdp"
+    settings = {
+        "device_type": device_type,
+        "world_size": world_size,
+        "parallelism": execution.parallelism,
+        "micro_batch_seqs": execution.micro,
+        "compute_dtype": "bf16" if autocast else "fp32",
+        "gather_dtype": "fp32" if fsdp else None,  # distributed.wrap_model's policy
+        "compiled": compiled,
+        "autocast": autocast,
+    }
+    assert tuple(settings) == EXECUTION_FIELDS
+    return settings

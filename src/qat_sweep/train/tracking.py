@@ -7,9 +7,9 @@ For dashboards each wandb run carries its identity flat in the config (`run_iden
 `final/*` summary from its record (`final_summary`), including the gap to its BF16 twin
 (`final/delta`, and `final/delta_excluded`: why the fit leaves the pair out, both as
 `qat_sweep.delta` defines them for the fit) once both records exist: whichever of the pair
-finishes second writes it (an online BF16 twin updates its quantized twins through
-`wandb_api`; offline runs leave that to `qat-sweep sync`, which recomputes every summary from
-the records anyway).
+finishes second writes it (a BF16 twin finishing second updates its quantized twins through
+`wandb_api` when they are online, and in a resumed offline fragment of their run when they
+are offline; `qat-sweep sync` recomputes every summary from the records anyway).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from qat_sweep.common import fsync_dir, json_safe, write_atomic
+from qat_sweep.common import format_count, fsync_dir, json_safe, write_atomic
 from qat_sweep.delta import BF16, twin_gap
 from qat_sweep.record import (
     IDENTITY_FIELDS,
@@ -161,11 +161,23 @@ def delta_summary(record: dict[str, Any], twin: dict[str, Any] | None) -> dict[s
     runs named their twin) gets neither: only the fit's table can pair it, by its cells."""
     if not record.get("twin_key"):
         return {}
-    gap = twin_gap(record["loss"], twin, str(record["twin_key"]))
+    gap = twin_gap(record["loss"], twin, str(record["twin_key"]), record.get("execution"))
     values: dict[str, Any] = {"final/delta_excluded": gap.excluded}
     if not math.isnan(gap.delta):
         values |= {"final/bf16_loss": gap.bf16_loss, "final/delta": gap.delta}
+        values |= dict.fromkeys(delta_facets(record.get("model"), record["tokens"]), gap.delta)
     return values
+
+
+def delta_facets(model: Any, tokens: Any) -> list[str]:
+    """Summary keys that hold a run's delta only in the panels of its facet: a wandb panel
+    cannot filter runs, but it draws only the runs that have its y key. Delta against N at
+    one D, against D at one N, against G in one (N, D) cell."""
+    n, d = str(model), format_count(int(tokens))
+    return [f"{DELTA_FACET}D={d}", f"{DELTA_FACET}N={n}", f"{DELTA_FACET}N={n},D={d}"]
+
+
+DELTA_FACET = "facet/delta@"
 
 
 def wandb_path(
@@ -284,11 +296,10 @@ class Tracker:
         if not self.enabled:
             return
         summary: dict[str, Any] = {"loss": record.get("loss"), "val_loss": record.get("val_loss")}
-        online = (self.wandb_info or {}).get("mode") == "online"
         others: list[dict[str, Any]] = []
         try:
             summary |= final_summary(record, twin_record(record, self.run_dir.parent))
-            if online:  # offline twins cannot be edited; `qat-sweep sync` writes their delta
+            if self.wandb_info:  # this run logs to wandb: so, presumably, do its twins
                 others = quantized_twins(record, self.run_dir.parent)
         except Exception as exc:  # unreadable neighbours: the sync step fills delta in later
             warnings.warn(f"wandb final summary incomplete: {exc}", stacklevel=2)
@@ -297,15 +308,37 @@ class Tracker:
             self._update_twins(record, others)
 
     def _update_twins(self, bf16: dict[str, Any], quantized: list[dict[str, Any]]) -> None:
-        """This BF16 run finished after its quantized twins: write their deltas online."""
+        """This BF16 run finished after its quantized twins: write their deltas, on the server
+        for online twins, and for offline twins into a resumed offline fragment of their run,
+        which `qat-sweep sync` uploads after the run's own log (`wandb_api.sync_offline`)."""
         from qat_sweep import wandb_api
 
         entity = (self.wandb_info or {}).get("entity")
         for other in quantized:
-            path = wandb_path(other, entity)
-            if path is None:
-                continue
+            info = other.get("wandb") or {}
+            values = json_safe(final_summary(other, bf16))
             try:
-                wandb_api.update_summary(path, json_safe(final_summary(other, bf16)))
+                if info.get("mode") == "offline" and info.get("id"):
+                    self._offline_summary(other, values)
+                elif (path := wandb_path(other, entity)) is not None:
+                    wandb_api.update_summary(path, values)
             except Exception as exc:
-                warnings.warn(f"wandb summary of twin {path} not updated: {exc}", stacklevel=2)
+                warnings.warn(
+                    f"wandb summary of twin {other['run_key']} not updated: {exc}", stacklevel=2
+                )
+
+    def _offline_summary(self, other: dict[str, Any], values: dict[str, Any]) -> None:
+        import wandb
+
+        info = other["wandb"]
+        run = wandb.init(
+            mode="offline",
+            id=info["id"],
+            project=info.get("project") or "qat-sweep",
+            entity=info.get("entity"),
+            dir=str(self.run_dir.parent / str(other["run_key"])),
+            resume="allow",
+            reinit="finish_previous",
+        )
+        run.summary.update(values)
+        run.finish()

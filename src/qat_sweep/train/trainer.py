@@ -61,7 +61,7 @@ from qat_sweep.train.recipe import (
     mean_loss,
     train_step,
 )
-from qat_sweep.train.run_record import base_record, run_metrics, wandb_init
+from qat_sweep.train.run_record import base_record, execution_record, run_metrics, wandb_init
 from qat_sweep.train.setup import RunSetup, resolve_execution, validate_run
 from qat_sweep.train.state import TrainState
 from qat_sweep.train.tracking import Tracker, truncate_metrics
@@ -424,6 +424,9 @@ class Trainer:
         # A try resumed at the last step trains none: its per-try figures (last loss, tokens/s)
         # are NaN, which the record's JSON refuses. They become null; the run completes.
         record["metrics"] = json_safe(metrics)
+        record["execution"] = execution_record(
+            self.execution, self.device, world, self.autocast, self.compiled
+        )
         if self.dist.is_main:
             self.tracker.sync()
             write_json_atomic(self.out_dir / RECORD_NAME, record)

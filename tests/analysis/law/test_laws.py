@@ -116,6 +116,22 @@ def test_one_standard_error_rule():
     assert select({"paper": {}}, {"paper": 4})["law"] == "paper"
 
 
+def test_the_papers_law_is_kept_unless_beaten_by_one_se():
+    """A simpler law a hair better on average, within one SE, does not replace the paper's law;
+    one better on every cell does; between two challengers, parsimony decides."""
+    noisy = np.array([0.05, 0.09, 0.04, 0.08, 0.06, 0.07])
+    wobble = np.array([0.004, -0.006, 0.005, -0.002, 0.006, 0.001])
+    units = {"paper": {"cell_cv": noisy}, "no_D": {"cell_cv": noisy - wobble}}
+    n_params = {"paper": 4, "no_D": 3, "levelled_D": 5}
+    chosen = select(units, n_params)
+    assert chosen["reference"] == "no_D" and chosen["law"] == "paper"
+    assert "the paper's law is kept: no law beats it by more than one SE" in chosen["why"]
+    units["no_D"]["cell_cv"] = noisy - 0.02
+    assert select(units, n_params)["law"] == "no_D"
+    units["levelled_D"] = {"cell_cv": noisy - 0.02 + wobble / 10}
+    assert select(units, n_params)["law"] == "no_D"  # both beat the paper's: the simpler
+
+
 def test_levelling_table_selects_the_levelling_law_and_cuts_extrapolation_error():
     """A table like the public NVFP4 runs whose truth levels off."""
     res = run_fit(pair_deltas(build_table(levelling_table(seed=0).to_dict("records"))), [],

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from qat_sweep.common import atomic_open, stale_temps, write_json_atomic
+from qat_sweep.common import atomic_open, progress, stale_temps, write_json_atomic
 from qat_sweep.data.tokenfiles import FORMAT, FORMAT_VERSION, MANIFEST, SPLITS
 
 PLAN = "plan.json"
@@ -257,7 +257,7 @@ def run_parts(
         pool = ctx.Pool(min(workers, len(tasks)), initializer=_single_threaded_worker)
         results = pool.imap_unordered(_run_one, tasks)
     try:
-        for done, (part, marker, _) in enumerate(results, 1):
+        for done, (part, marker, _) in enumerate(progress(results, "parts", len(tasks), "part"), 1):
             n_tokens += marker["train"]["tokens"] + marker["val"]["tokens"]
             rate = n_tokens / max(time.monotonic() - start, 1e-9)
             log(
