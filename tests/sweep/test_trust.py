@@ -78,7 +78,8 @@ def test_a_failing_or_stalled_squeue_is_unknown_and_launch_submits_nothing(
     assert all("Socket timed out" in r["reason"] and "3 tries" in r["reason"] for r in rows)
     assert status_main(argv) == 0
     table = capsys.readouterr().out
-    assert "missing 0, unknown 2" in table and "the scheduler did not answer" in table
+    assert "2 runs: unknown 2" in table and "the scheduler did not answer" in table
+    assert "Socket timed out" in table
     manifests = sorted(launches_dir(runs / "trust").glob("*.json"))
     assert launch_main([*argv, "launcher=local"]) == 75
     err = capsys.readouterr().err

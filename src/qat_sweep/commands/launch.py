@@ -86,6 +86,9 @@ def main(argv: list[str]) -> int:
             stack.enter_context(
                 launch_lock(runs[0].run_dir.parent, LAUNCH_LOCK_WAIT_S, on_wait=_say_waiting)
             )
+        except OSError as e:  # a read-only or full sweep directory: nothing can be recorded
+            print(f"error: cannot take the launch lock: {e}; nothing was launched", file=sys.stderr)
+            return 1
         except LockHeld as held:
             print(
                 f"error: another launch of sweep {sweep!r} is still running "
