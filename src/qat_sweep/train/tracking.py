@@ -192,6 +192,9 @@ def wandb_path(
     return f"{entity}/{project or info.get('project') or 'qat-sweep'}/{info['id']}"
 
 
+_OWN_CACHE_ENV: dict[str, str] = {}  # wandb cache variables a Tracker set, not the user
+
+
 class Tracker:
     """Appends metric rows to metrics.jsonl and mirrors them to a wandb run."""
 
@@ -221,7 +224,12 @@ class Tracker:
         # wandb reads these itself: the chosen mode (an empty or unknown WANDB_MODE would
         # fail it), and its cache (service debug logs) in the run directory, not in $HOME
         os.environ["WANDB_MODE"] = mode
-        os.environ.update(wandb_api.cache_env(self.run_dir / "wandb"))
+        for var, value in list(_OWN_CACHE_ENV.items()):  # an earlier run's of this process
+            if os.environ.get(var) == value:
+                del os.environ[var]
+        chosen = wandb_api.cache_env(self.run_dir / "wandb")
+        os.environ.update(chosen)
+        _OWN_CACHE_ENV.update(chosen)
         try:
             import wandb
 
