@@ -302,7 +302,8 @@ def prediction_table(saved: SavedFit) -> list[dict[str, Any]]:
                     pred = predict_point(saved, n, n * ratio, key, PREDICTION_G, hidden)
                 except InputError:  # a per-G law without G = 128: no prediction there
                     continue
-                rows.append({"model": label, "tokens_per_param": ratio, "setting": key,
+                rows.append({"model": label, "n_params": n, "tokens": n * ratio,
+                             "tokens_per_param": ratio, "setting": key,
                              "law": pred.get("law"), **{
                     name: pred[name] for name in ("bf16_loss", "delta", "qat_loss", "eff_multiplier")
                 }, "warnings": pred["warnings"]})  # fmt: skip

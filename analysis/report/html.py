@@ -1,6 +1,8 @@
 """report.md and a self-contained report.html (PNGs inlined as base64) from one fit.
 
-Both formats render the same list of sections, so they never disagree.
+Both formats render the same list of sections, so they never disagree. The order answers
+first: the verdict, the results per run cell, the figures, the fitted laws and predictions;
+the diagnostics (identifiability, outliers, validation, excluded runs) come last, folded.
 """
 
 from __future__ import annotations
@@ -11,14 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from qat_sweep.analysis import paper
+from qat_sweep.analysis.cells import cell_values
 from qat_sweep.analysis.law.compare import CRITERIA, RULE
 from qat_sweep.analysis.law.formulas import BASE_PARAMS, DELTA_PARAMS, LAWS
 from qat_sweep.analysis.law.identify import OUTLIER_Z
+from qat_sweep.analysis.predict import EXTRAPOLATION_WARN
 from qat_sweep.analysis.report import reproduced
+from qat_sweep.analysis.report.plots import CAPTIONS
+from qat_sweep.analysis.report.style import DPI
 
-from qat_sweep.common import write_atomic
+from qat_sweep.common import format_count, write_atomic
 
 EXPECTED = {"N": "falls", "D": "rises", "G": "rises"}
 PAPER_CHANGE = {
@@ -33,6 +40,29 @@ class Section:
     text: list[str] = field(default_factory=list)
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)  # diagnostics, folded under the section
+    folded: bool = False  # the whole section folded (detail a reader opens on purpose)
+    fold_from: int | None = None  # tables from this index on are folded under their caption
+    open_first: bool = False  # ...except the first, shown open
+    notes: list[str] = field(default_factory=list)  # numbered notes the tables refer to
+
+
+class Notes:
+    """Warnings numbered once: a table cell names the number, the text is said once below."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def refs(self, warnings: list[str]) -> str:
+        numbers = []
+        for text in dict.fromkeys(warnings):
+            if text not in self.texts:
+                self.texts.append(text)
+            numbers.append(str(self.texts.index(text) + 1))
+        return ", ".join(numbers)
+
+    def lines(self) -> list[str]:
+        return [f"[{i}] {text}" for i, text in enumerate(self.texts, 1)]
 
 
 def _f(value: Any, digits: int = 4) -> str:
@@ -43,8 +73,8 @@ def _f(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def _ci(ci: Any) -> str:
-    return f"[{_f(ci[0])}, {_f(ci[1])}]" if ci else "n/a"
+def _ci(ci: Any, digits: int = 4) -> str:
+    return f"[{_f(ci[0], digits)}, {_f(ci[1], digits)}]" if ci else "n/a"
 
 
 def _pct(value: Any) -> str:
@@ -100,17 +130,15 @@ def base_section(res: dict[str, Any]) -> Section:
         f"R^2 = {_f(base.get('r2'))} (paper {paper.BASE_R2}); converged: {base['converged']}; "
         f"{_pct(base['starts']['frac_reached_best'])} of {base['starts']['n']} grid starts reached the best cost; "
         f"bound hits: {', '.join(base['bound_hits']) or 'none'}.",
-        *base["notes"],
-        *_identifiability(base),
-        *_outliers(base),
     ]
+    details = [*base["notes"], *_identifiability(base), *_outliers(base)]
     return Section(
-        "BF16 law  L = A/N^alpha + B/D^beta + E", text, [("", pd.DataFrame(rows))], ["loss_vs_D"]
+        "BF16 law  L = A/N^alpha + B/D^beta + E", text, [("", pd.DataFrame(rows))], details=details
     )
 
 
 def delta_section(res: dict[str, Any]) -> Section:
-    rows, text = [], []
+    rows, text, details = [], [], []
     for key, fit in res["delta"].items():
         ref = paper.TABLE1.get(key, {})
         ours = (fit.get("laws") or {}).get("paper") or fit  # the paper's law, selected or not
@@ -127,9 +155,11 @@ def delta_section(res: dict[str, Any]) -> Section:
             + ("" if law == "paper" else " (the table shows the paper's law; see Which law holds)")
             + f". {fit['n_runs']} runs, {fit['n_cells']} cells, mean |relative error| of delta {_pct(fit.get('rel_error'))}, "
             f"converged {fit['converged']}, {_pct(fit['starts']['frac_reached_best'])} of starts at the best cost, "
-            f"bound hits: {', '.join(fit['bound_hits']) or 'none'}. " + " ".join(fit["notes"])
+            f"bound hits: {', '.join(fit['bound_hits']) or 'none'}."
         )
-        text += [f"{key}: {line}" for line in _identifiability(fit) + _outliers(fit)]
+        details += [
+            f"{key}: {line}" for line in fit["notes"] + _identifiability(fit) + _outliers(fit)
+        ]
     if not rows:
         text.append("No quantized runs with a BF16 twin: no delta law fitted.")
     joint = res.get("joint")
@@ -143,12 +173,11 @@ def delta_section(res: dict[str, Any]) -> Section:
         text.append(
             f"Joint fit: {joint['n_runs']} runs, converged {joint['converged']}. {joint['note']}."
         )
-    figures = ["delta_vs_N", "delta_vs_D", "delta_vs_G", "predicted_vs_actual", "residuals"]
     return Section(
         "Quantization error  delta = k D^gamma_D (log2 G)^gamma_G / N^gamma_N",
         text,
         tables,
-        figures,
+        details=details,
     )
 
 
@@ -248,44 +277,82 @@ def validation_section(res: dict[str, Any]) -> Section:
             ("Delta laws compared", pd.DataFrame(rows)),
             ("Held-out predictions", pd.DataFrame(out_rows)),
         ],
+        folded=True,
     )
 
 
-def trends_section(res: dict[str, Any]) -> Section:
-    text = []
-    for key, entry in res["analyses"]["trends"].items():
-        parts = []
-        for axis, want in EXPECTED.items():
-            t = entry[axis]
-            if not t["comparisons"]:
-                parts.append(f"delta vs {axis}: not testable (one value)")
-                continue
-            verdict = "reproduced" if t["verdict"] == want else "NOT reproduced"
-            ref = (
-                f"; paper {_pct(PAPER_CHANGE[axis])}"
-                if axis in PAPER_CHANGE and key == "w4a4/int4"
-                else ""
-            )
-            parts.append(
-                f"delta {want} with {axis}: {verdict} ({_pct(1 - t['frac_rising'] if want == 'falls' else t['frac_rising'])} "
-                f"of {t['comparisons']} comparisons, mean change {_pct(t['mean_rel_change'])}{ref})"
-            )
-        text.append(f"{key}: " + "; ".join(parts) + ".")
-    fp = res["analyses"]["int4_vs_fp4"]
-    if fp.get("available"):
-        diffs = fp["int4_minus_fp4_per_G"]
-        channel = diffs.get("channel")
-        grouped = [v for g, v in diffs.items() if g != "channel"]
-        line = "INT4 vs FP4 (W4A4): "
-        if grouped:
-            line += f"with groups INT4 - FP4 averages {_f(sum(grouped) / len(grouped), 3)} (paper: about equal); "
-        if channel is not None:
-            better = "INT4 better" if channel < 0 else "FP4 better"
-            line += f"per channel {_f(channel, 3)} ({better}; paper -0.015, INT4 better)."
-        text.append(line)
+def _exponent(fit: dict[str, Any], name: str) -> str:
+    """An exponent with its 95% interval, or why there is none."""
+    if name not in fit["params"]:
+        return "not in the law"
+    value = fit["params"][name]
+    flag = (fit.get("interval_flags") or {}).get(name, "")
+    if value is None or flag.startswith("not identifiable"):
+        return "not identifiable"
+    return f"{_f(value, 3)} {_ci(fit['ci95'].get(name), 3)}"
+
+
+def _trend(entry: dict[str, Any], axis: str, key: str) -> str:
+    """Does delta move as the paper says along one axis, from the data alone."""
+    t, want = entry[axis], EXPECTED[axis]
+    if not t["comparisons"]:
+        return "not testable (one value)"
+    share = 1 - t["frac_rising"] if want == "falls" else t["frac_rising"]
+    verdict = "yes" if t["verdict"] == want else "NO"
+    ref = (
+        f", paper {_pct(PAPER_CHANGE[axis])}" if axis in PAPER_CHANGE and key == "w4a4/int4" else ""
+    )
+    return f"{verdict}: {_pct(share)} of {t['comparisons']}, mean {_pct(t['mean_rel_change'])}{ref}"
+
+
+def verdict_section(res: dict[str, Any]) -> Section:
+    """What the data say, first: the BF16 law, each setting's law with its exponents, whether
+    delta moves with N, D and G as the paper says, and INT4 against FP4."""
+    base = res["base"]
+    if base["params"].get("A") is not None:
+        text = [
+            f"BF16 law: alpha = {_exponent(base, 'alpha')}, E = {_f(base['params']['E'], 3)} "
+            f"{_ci(base['ci95'].get('E'), 3)}, R^2 = {_f(base.get('r2'), 3)} (paper alpha "
+            f"{_f(paper.BASE['alpha'], 3)}, E {_f(paper.BASE['E'], 3)})."
+        ]
     else:
-        text.append("INT4 vs FP4: not testable, " + fp["missing"] + ".")
-    return Section("Which of the paper's trends does this data reproduce", text)
+        text = ["BF16 law: not identifiable from these runs (see its section's diagnostics)."]
+    trends = res["analyses"]["trends"]
+    rows = []
+    for key, fit in res["delta"].items():
+        forced = (fit.get("selection") or {}).get("forced")
+        row = {"setting": key, "law": f"{fit.get('law', 'paper')}{' (--law)' if forced else ''}"}
+        row |= {name: _exponent(fit, name) for name in ("gamma_N", "gamma_D", "gamma_G")}
+        entry = trends.get(key)
+        for axis, want in EXPECTED.items():
+            row[f"delta {want} with {axis}?"] = _trend(entry, axis, key) if entry else "n/a"
+        rows.append(row)
+    text += _int4_vs_fp4(res)
+    text.append(
+        "Brackets: 95% bootstrap intervals over (N, D) cells. Law: the one selected by held-out "
+        "error (Which law holds). The trend columns compare cells that differ in one axis only: "
+        "the share of comparisons that move as the paper says and the mean relative change."
+    )
+    tables = [("", pd.DataFrame(rows))] if rows else []
+    if not rows:
+        text.append("No quantized runs with a BF16 twin: no delta law fitted.")
+    return Section("Verdict", text, tables)
+
+
+def _int4_vs_fp4(res: dict[str, Any]) -> list[str]:
+    fp = res["analyses"]["int4_vs_fp4"]
+    if not fp.get("available"):
+        return ["INT4 vs FP4: not testable, " + fp["missing"] + "."]
+    diffs = fp["int4_minus_fp4_per_G"]
+    channel = diffs.get("channel")
+    grouped = [v for g, v in diffs.items() if g != "channel"]
+    line = "INT4 vs FP4 (W4A4): "
+    if grouped:
+        line += f"with groups INT4 - FP4 averages {_f(sum(grouped) / len(grouped), 3)} (paper: about equal); "
+    if channel is not None:
+        better = "INT4 better" if channel < 0 else "FP4 better"
+        line += f"per channel {_f(channel, 3)} ({better}; paper -0.015, INT4 better)."
+    return [line]
 
 
 def analyses_section(res: dict[str, Any]) -> Section:
@@ -347,12 +414,13 @@ def analyses_section(res: dict[str, Any]) -> Section:
         )
     sites = an["sites"]
     if sites.get("available"):
-        frame = pd.DataFrame(sites["mean_per_setting"]).T.map(lambda v: _f(v, 3))
+        frame = pd.DataFrame(sites["mean_per_setting"]).dropna(how="all")  # metric_site x setting
+        frame = frame.map(lambda v: "" if v is None or pd.isna(v) else _f(v, 3))
         tables.append(
             (
                 "Per-site kurtosis and quantization NMSE ||x_hat - x||^2 / ||x||^2 (means; paper FC2 kurtosis "
                 f"{paper.FINDINGS['fc2_kurtosis_bf16']:g} BF16, {paper.FINDINGS['fc2_kurtosis_w4a4']:g} W4A4)",
-                frame.reset_index(names="setting"),
+                frame.reset_index(names="metric and site"),
             )
         )
     else:
@@ -366,30 +434,58 @@ def analyses_section(res: dict[str, Any]) -> Section:
 
 
 def predictions_section(res: dict[str, Any]) -> Section:
-    rows = [
-        {
+    """Predictions at 1B-70B: within EXTRAPOLATION_WARN x the fitted N and D as a table; beyond,
+    only in a folded table that says how far out each row is. Each warning is a numbered note."""
+    largest = {c: (res["base"].get("range") or {}).get(c, [None, None])[1]
+               for c in ("n_params", "tokens")}  # fmt: skip
+    notes = Notes()
+    near, far, reaches = [], [], [0.0]
+    for p in res.get("predictions", []):
+        reach = max(
+            (p.get("n_params") or 0) / (largest["n_params"] or np.inf),
+            (p.get("tokens") or 0) / (largest["tokens"] or np.inf),
+        )
+        warnings = [w for w in p["warnings"] if ": an extrapolation" not in w]  # the column says it
+        row = {
             "model": p["model"], "D/N": p["tokens_per_param"], "setting": p["setting"],
             "law": p.get("law", "paper"),
             "BF16 loss": f"{p['bf16_loss']['value']:.4f} {_ci(p['bf16_loss']['ci95'])}",
             "delta": f"{p['delta']['value']:.4f} {_ci(p['delta']['ci95'])}",
             "QAT loss (95% PI)": f"{p['qat_loss']['value']:.4f} {_ci(p['qat_loss']['pi95'])}",
             "eff. multiplier": f"{p['eff_multiplier']['value']:.3f} {_ci(p['eff_multiplier']['ci95'])}",
-            "warnings": "; ".join(p["warnings"]),
-        }
-        for p in res.get("predictions", [])
-    ]  # fmt: skip
+            "beyond the fitted N, D": f"{reach:,.0f}x" if reach > 1 else "inside",
+            "notes": notes.refs(warnings),
+        }  # fmt: skip
+        (far if reach > EXTRAPOLATION_WARN else near).append(row)
+        reaches.append(reach)
+    reach_text = (
+        f"largest fitted N {format_count(largest['n_params'])}, D {format_count(largest['tokens'])}"
+        if largest["n_params"] and largest["tokens"] else "fitted range unknown"
+    )  # fmt: skip
     text = [
         "Extrapolations at G = 128 (per-channel would use hidden 2048 / 4096 / 8192) with each "
-        "setting's selected delta law (column law); brackets are 95% bootstrap intervals."
+        "setting's selected delta law (column law); brackets are 95% bootstrap intervals; "
+        f"{reach_text}. A prediction more than {EXTRAPOLATION_WARN:g}x beyond the fitted N or D "
+        "is not supported by the data: those rows are folded apart and flagged."
     ]
-    if not rows:
+    tables = []
+    if near:
+        tables.append((f"Within {EXTRAPOLATION_WARN:g}x of the fitted range", pd.DataFrame(near)))
+    if far:
+        tables.append((
+            f"FAR OUTSIDE THE FITTED RANGE ({len(far)} rows, up to "
+            f"{max(reaches):,.0f}x): "
+            "for orientation only", pd.DataFrame(far),
+        ))  # fmt: skip
+    if not res.get("predictions"):
         text = ["No predictions: the BF16 law or every delta law is missing."]
-    return Section("Predictions", text, [("", pd.DataFrame(rows))], ["effective_params"])
+    return Section("Predictions", text, tables, ["effective_params"], fold_from=len(tables) - 1 if far else None,
+                   notes=notes.lines())  # fmt: skip
 
 
 def decisions_section(res: dict[str, Any]) -> Section:
     """The Decisions section: decide's quantities (analysis/decide.py) at the largest fitted (N, D) and 7B."""
-    rows = []
+    rows, notes = [], Notes()
     for d in res.get("decisions") or []:
         bg, tt, cx, eff = (
             d[k]
@@ -411,7 +507,7 @@ def decisions_section(res: dict[str, Any]) -> Section:
             f"D where delta = {_f(tt['tolerance'])} (G={tt['group_size']})": f"{_f(tt['tokens'], 3)} {_ci(tt['ci95'])}",
             "INT4 = FP4 at": cross,
             "eff. multiplier": f"{_f(eff['value'], 3)} {_ci(eff.get('ci95'))}",
-            "warnings": "; ".join(dict.fromkeys(bg["warnings"] + tt["warnings"] + cx.get("warnings", []))),
+            "notes": notes.refs(bg["warnings"] + tt["warnings"] + cx.get("warnings", [])),
         })  # fmt: skip
     text = [
         "Per setting: the group size minimising loss within a memory budget of 4 + 16/G bits per "
@@ -424,7 +520,9 @@ def decisions_section(res: dict[str, Any]) -> Section:
     ]
     if not rows:
         text = ["No decisions: no fully identified delta law (or no BF16 law)."]
-    return Section("Decisions", text, [("", pd.DataFrame(rows))] if rows else [])
+    return Section(
+        "Decisions", text, [("", pd.DataFrame(rows))] if rows else [], notes=notes.lines()
+    )
 
 
 def preregistered_section(res: dict[str, Any]) -> Section:
@@ -476,16 +574,95 @@ def excluded_section(res: dict[str, Any]) -> Section:
         if len(rows)
         else "No run was excluded."
     ]
-    return Section("Excluded runs", text, [("", rows)] if len(rows) else [])
+    return Section("Excluded runs", text, [("", rows)] if len(rows) else [], folded=True)
 
 
-def build_sections(res: dict[str, Any]) -> list[Section]:
+def _group_order(label: str) -> tuple[bool, float]:
+    return (label == "channel", float(label) if label.replace(".", "").isdigit() else 0.0)
+
+
+def results_section(table: pd.DataFrame | None) -> Section:
+    """Per setting, one row per (N, D) cell and one column per G: QAT loss (delta) beside the
+    BF16 twin's loss; runs the fit left out are marked, each reason said once below."""
+    if table is None or table.empty:
+        return Section("Results per cell", ["No run table given: no per-cell results."])
+    quant = table[table["scheme"] != "bf16"]
+    if quant.empty:
+        return Section("Results per cell", ["No quantized runs."])
+    n_cell, d_cell = cell_values(quant)
+    quant = quant.assign(N=n_cell, D=d_cell, Gl=quant["group_size"].map(_group_text))
+    notes = Notes()
+    tables = []
+    keys = sorted(quant["fit_key"].unique(), key=lambda k: (k != "w4a4/int4", k))
+    for key in keys:
+        part = quant[quant["fit_key"] == key]
+        groups = sorted(part["Gl"].unique(), key=_group_order)
+        rows = []
+        for (n, d), cell in part.groupby(["N", "D"], sort=True):
+            bf16 = cell["bf16_loss"].astype(float)
+            row = {"N": format_count(n), "D": format_count(d),
+                   "BF16 loss": _f(bf16.mean(), 5) if bf16.notna().any() else "no twin"}  # fmt: skip
+            for g in groups:
+                runs = cell[cell["Gl"] == g]
+                row[f"G = {g}"] = _cell_text(runs, notes) if len(runs) else ""
+            rows.append(row)
+        used = int(((part["excluded"] == "") & ~part["holdout"].astype(bool)).sum())
+        tables.append((f"{key}: {len(part)} runs, {used} in the fit", pd.DataFrame(rows)))
+    text = [
+        "Each cell: QAT loss (delta = QAT - BF16 twin), means over seeds and learning rates when "
+        "a cell holds several runs (their count in brackets); marks [n] name why the fit left "
+        "runs out, listed below the tables."
+    ]
+    return Section(
+        "Results per cell", text, tables, fold_from=0, open_first=True, notes=notes.lines()
+    )
+
+
+def _group_text(group: Any) -> str:
+    from qat_sweep.analysis.law.formulas import group_label
+
+    return group_label(group) or "-"
+
+
+def _cell_text(runs: pd.DataFrame, notes: Notes) -> str:
+    loss, delta = runs["loss"].astype(float).mean(), runs["delta"].astype(float).mean()
+    text = f"{loss:.4f} ({delta:+.4f})" if np.isfinite(delta) else f"{loss:.4f} (no twin)"
+    if len(runs) > 1:
+        text += f" [{len(runs)} runs]"
+    left = [r for r in runs["excluded"] if r] + (
+        ["held out (never fitted)"] if runs["holdout"].any() else []
+    )
+    if left:
+        text += f" excluded [{notes.refs(left)}]"
+    return text
+
+
+FIGURES = ["bf16_law", "delta_vs_N", "delta_vs_D", "delta_vs_G", "predicted_vs_measured",
+           "twin_curves", "delta_vs_lr", "residuals", "pairs_bf16", "pairs_delta"]  # fmt: skip
+
+
+def figures_section() -> Section:
+    return Section("Figures", [], figures=FIGURES)
+
+
+def build_sections(res: dict[str, Any], table: pd.DataFrame | None = None) -> list[Section]:
+    """The report in reading order: the answer, the data, the figures, the fitted laws and
+    what they predict, then the paper's analyses and the folded diagnostics. One line each."""
     return [
-        base_section(res), delta_section(res), laws_section(res), validation_section(res),
-        trends_section(res), Section(*reproduced.section(res)),
-        analyses_section(res), predictions_section(res), preregistered_section(res),
-        decisions_section(res), excluded_section(res),
-    ]  # fmt: skip
+        verdict_section(res),
+        results_section(table),
+        figures_section(),
+        base_section(res),
+        delta_section(res),
+        laws_section(res),
+        Section(*reproduced.section(res)),
+        preregistered_section(res),
+        decisions_section(res),
+        predictions_section(res),
+        analyses_section(res),
+        validation_section(res),
+        excluded_section(res),
+    ]
 
 
 def _md_table(frame: pd.DataFrame) -> str:
@@ -504,37 +681,86 @@ def _header(res: dict[str, Any]) -> list[str]:
     ]
 
 
-def write_markdown(res: dict[str, Any], figures: dict[str, Path], path: Path) -> None:
+def _caption(name: str) -> str:
+    return f"{name}: {CAPTIONS.get(name, '')}".rstrip(": ")
+
+
+def write_markdown(
+    res: dict[str, Any], figures: dict[str, Path], path: Path, table: pd.DataFrame | None = None
+) -> None:
     out = ["# QAT scaling-law fit", "", *_header(res), ""]
-    for sec in build_sections(res):
+    for sec in build_sections(res, table):
         out += [f"## {sec.title}", ""] + [t + "\n" for t in sec.text]
         for caption, frame in sec.tables:
             out += ([f"**{caption}**", ""] if caption else []) + [_md_table(frame), ""]
-        out += [
-            f"![{name}](plots/{figures[name].name})\n" for name in sec.figures if name in figures
-        ]
+        out += [t + "\n" for t in sec.notes]
+        for name in sec.figures:
+            if name in figures:
+                out += [f"![{name}](plots/{figures[name].name})", "", f"*{_caption(name)}*", ""]
+        if sec.details:
+            out += ["**Diagnostics**", ""] + [f"- {t}" for t in sec.details] + [""]
     write_atomic(path, "\n".join(out))
 
 
-CSS = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:13px}td,th{border:1px solid #bbb;padding:3px 7px}
-th{background:#eee}img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}h2{border-bottom:2px solid #ccc}"""
+CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:0.4em 0 1.2em;font-size:12.5px}td,th{border:1px solid #ccc;padding:2px 6px;vertical-align:top}
+th{background:#f0f0f0;position:sticky;top:0}.wide{overflow-x:auto;max-width:100%}
+img{max-width:100%;height:auto;border:1px solid #e4e4e4}figure{margin:1em 0 2em}figcaption{font-size:13px;color:#444}
+h2{border-bottom:2px solid #ccc;margin-top:1.6em}details{margin:0.4em 0}summary{cursor:pointer;font-weight:600}
+details.section>summary{font-size:1.3em;border-bottom:2px solid #ccc}.notes{font-size:13px;color:#444}
+.verdict p{margin:0.3em 0}.verdict{background:#f7f9fc;border:1px solid #d8e0ec;padding:0.6em 1em}"""
 
 
-def write_html(res: dict[str, Any], figures: dict[str, Path], path: Path) -> None:
+def _html_table(frame: pd.DataFrame) -> str:
+    return '<div class="wide">' + frame.to_html(index=False, border=0, escape=True) + "</div>"
+
+
+def _html_section(sec: Section, figures: dict[str, Path]) -> list[str]:
+    body = [f"<p>{html.escape(t)}</p>" for t in sec.text]
+    for i, (caption, frame) in enumerate(sec.tables):
+        if sec.fold_from is not None and i >= sec.fold_from:
+            body.append(
+                f"<details{' open' if i == 0 and sec.open_first else ''}><summary>{html.escape(caption)}</summary>"
+                f"{_html_table(frame)}</details>"
+            )
+            continue
+        if caption:
+            body.append(f"<h3>{html.escape(caption)}</h3>")
+        body.append(_html_table(frame))
+    if sec.notes:
+        body.append(
+            '<div class="notes">'
+            + "".join(f"<p>{html.escape(t)}</p>" for t in sec.notes)
+            + "</div>"
+        )
+    for name in sec.figures:
+        if name in figures:
+            raw = figures[name].read_bytes()
+            data = base64.b64encode(raw).decode()
+            width = int.from_bytes(raw[16:20], "big") * 96 // DPI  # CSS px at the printed size
+            body.append(
+                f'<figure id="fig-{name}"><img alt="{name}" width="{width}" '
+                f'src="data:image/png;base64,{data}">'
+                f"<figcaption>{html.escape(_caption(name))}</figcaption></figure>"
+            )
+    if sec.details:
+        items = "".join(f"<li>{html.escape(t)}</li>" for t in sec.details)
+        body.append(
+            f"<details><summary>Diagnostics (identifiability, outliers, notes)</summary><ul>{items}</ul></details>"
+        )
+    title = html.escape(sec.title)
+    if sec.folded:
+        return [f'<details class="section"><summary>{title}</summary>', *body, "</details>"]
+    if sec.title == "Verdict":
+        return [f"<h2>{title}</h2>", '<div class="verdict">', *body, "</div>"]
+    return [f"<h2>{title}</h2>", *body]
+
+
+def write_html(
+    res: dict[str, Any], figures: dict[str, Path], path: Path, table: pd.DataFrame | None = None
+) -> None:
     body = ["<h1>QAT scaling-law fit</h1>", *(f"<p>{html.escape(t)}</p>" for t in _header(res))]
-    for sec in build_sections(res):
-        body.append(f"<h2>{html.escape(sec.title)}</h2>")
-        body += [f"<p>{html.escape(t)}</p>" for t in sec.text]
-        for caption, frame in sec.tables:
-            if caption:
-                body.append(f"<h3>{html.escape(caption)}</h3>")
-            body.append(frame.to_html(index=False, border=0, escape=True))
-        for name in sec.figures:
-            if name in figures:
-                data = base64.b64encode(figures[name].read_bytes()).decode()
-                body.append(
-                    f'<figure><img alt="{name}" src="data:image/png;base64,{data}"><figcaption>{name}</figcaption></figure>'
-                )
+    for sec in build_sections(res, table):
+        body += _html_section(sec, figures)
     page = f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>QAT scaling-law fit</title><style>{CSS}</style></head><body>{"".join(body)}</body></html>'
     write_atomic(path, page)

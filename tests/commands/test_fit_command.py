@@ -187,7 +187,9 @@ def test_python_m_entry_point_with_plots(fitted, tmp_path):
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "report:" in proc.stdout and len(list((out / "plots").glob("*.png"))) >= 8
+    pngs = list((out / "plots").glob("*.png"))
+    assert "report:" in proc.stdout and len(pngs) >= 8
+    assert all(p.with_suffix(".svg").is_file() for p in pngs)  # vector beside every PNG
 
 
 BAD_ROWS = {

@@ -106,6 +106,17 @@ QUANT_CASES = [
     ["quant=w4a4", "quant.group_size=32", "quant.rotation=hadamard", "quant.rotation_seed=1"],
     ["quant=w4a4", "quant.group_size=channel", "quant.rotation=hadamard"],
     ["quant=bf16", "quant.rotation=hadamard"],
+    ["quant=w4a4", "quant.group_size=tensor"],
+    ["quant=w4a4", "quant.group_size=tensor", "quant.rotation=hadamard"],
+    ["quant=w4a16", "quant.weight_quantizer=lwc", "quant.group_size=32"],
+    ["quant=w4a16", "quant.weight_quantizer=lwc", "quant.format=fp4"],
+    ["quant=w4a16", "quant.weight_quantizer=lsq", "quant.format=nvfp4", "quant.group_size=null"],
+    ["quant=w4a4", "quant.lac_param=raw", "quant.lac_init=0.9"],
+    ["quant=w4a4", "quant.lac_init=2.5"],
+    ["quant=w4a4", "quant.absmax_grad=true"],
+    ["quant=w4a4_fc2a8", "quant.fc2_format=int8_full"],
+    ["model.init=scaled", "model.qk_norm=true", "model.z_loss=1e-5"],
+    ["model.norm_eps=0"],
 ]
 
 

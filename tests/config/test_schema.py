@@ -48,11 +48,15 @@ BAD = [
     ("optim.warmup_max_fraction=2", "optim.warmup_max_fraction=2: must be a number in [0, 1]"),
     ("holdout=maybe", "holdout='maybe': must be true or false"),
     ("tokens=abc", "tokens=abc: not a count"),
+    ("optim.decay_norms=maybe", "optim.decay_norms='maybe': must be true or false"),
+    ("model.init=xavier", "model.init='xavier': unknown initialisation; allowed: olmo2, scaled"),
+    ("quant.weight_quantizer=gptq", "unknown quant.weight_quantizer 'gptq'; allowed: absmax"),
+    ("quant.lac_param=tanh", "unknown quant.lac_param 'tanh'; allowed: sigmoid, raw"),
 ]
 # Refused by Hydra's own merge onto the schema's types; the rest by the schema's rules.
 HYDRA_REFUSES = {"train.device=gpu", "train.parallelism=zero3", "optim.schedule=linear"}
 HYDRA_REFUSES |= {"logger.wandb.mode=sometimes", "seed=abc", "seed=1.5", "train.threads=many"}
-HYDRA_REFUSES |= {"holdout=maybe"}
+HYDRA_REFUSES |= {"holdout=maybe", "optim.decay_norms=maybe"}
 
 
 def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:

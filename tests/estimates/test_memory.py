@@ -25,6 +25,9 @@ QUANTS = {
     "bf16": None,
     "w4a4_g32": QuantConfig("w4a4", "int4", 32, "absmax"),
     "w4a4_channel_lac": QuantConfig("w4a4", "int4", "channel", "lac"),
+    "w4a4_g32_lsq": QuantConfig("w4a4", "int4", 32, weight_quantizer="lsq"),
+    "w4a4_tensor_lwc": QuantConfig("w4a4", "int4", "tensor", weight_quantizer="lwc"),
+    "w4a4_g32_absmax_grad": QuantConfig("w4a4", "int4", 32, absmax_grad=True),
 }
 
 
@@ -81,6 +84,16 @@ def test_estimate_is_within_15_percent_of_measured_bytes(
     assert est.state_bytes == pytest.approx(measured["state"], rel=0.15), est.state
     total = measured["saved"] + measured["state"]
     assert est.saved_bytes + est.state_bytes == pytest.approx(total, rel=0.15)
+
+
+@pytest.mark.parametrize("scheme", list(QUANTS))
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_parameters_counted_are_the_models_own(scheme: str, qk_norm: bool) -> None:
+    """LAC factors, LSQ steps, LWC logits and the q/k norm gains: the estimate counts each."""
+    cfg = replace(load_preset("0.2M"), qk_norm=qk_norm)
+    model = build_model(cfg, QUANTS[scheme], VOCAB)  # VOCAB is a multiple of 128: no padding
+    est = estimate_memory(cfg, QUANTS[scheme], vocab_size=VOCAB, seq_len=8, micro_batch_seqs=1)
+    assert est.state["parameters"] == 4 * sum(p.numel() for p in model.parameters())
 
 
 def test_items_scale_the_way_the_trainer_allocates() -> None:

@@ -110,7 +110,13 @@ def test_quant_linear_uses_grouped_fake_quantized_weight() -> None:
 
 @pytest.mark.parametrize(
     ("group", "method", "expected"),
-    [(32, "absmax", None), (128, "absmax", None), (256, "lac", 2), ("channel", "lac", 1)],
+    [
+        (32, "absmax", None),
+        (128, "absmax", None),
+        (256, "lac", 2),
+        ("channel", "lac", 1),
+        ("tensor", "lac", 1),
+    ],
 )
 def test_auto_act_quantizer_follows_paper(
     group: int | str, method: str, expected: int | None
@@ -123,6 +129,9 @@ def test_auto_act_quantizer_follows_paper(
     assert (act.clip_logit is None) if expected is None else act.clip_logit.shape == (expected,)
     assert QuantConfig("w16a4", "int4", 32, act_quantizer="lac").resolved_act_quantizer == "lac"
     assert QuantConfig("w16a4", "int4", "channel", "absmax").resolved_act_quantizer == "absmax"
+    # Appendix E's "G > 256": LAC from the next G up; Section 4.1's ">= 256" is the default.
+    after = QuantConfig("w16a4", "int4", 256, lac_min_group=257)
+    assert after.resolved_act_quantizer == "absmax"
 
 
 def test_lac_starts_at_absmax_and_learns() -> None:
@@ -172,6 +181,23 @@ def test_lac_learns_to_clip_large_gaussian_groups() -> None:
             r"'ceil'; allowed: null, floor, rceil",
         ),
         ({"scheme": "w4a4", "scale_rounding": "floor"}, r"with format int4"),
+        ({"scheme": "w4a4", "weight_quantizer": "gptq"}, r"'gptq'; allowed: absmax, lsq, lwc"),
+        (
+            {"scheme": "w4a4", "format": "fp4", "weight_quantizer": "lwc"},
+            r"weight_quantizer=lwc with format fp4: allowed formats: int4",
+        ),
+        (
+            {"scheme": "w4a4", "format": "mxfp4", "group_size": None, "weight_quantizer": "lsq"},
+            r"allowed formats: int4, int4_sym, fp4",
+        ),
+        ({"scheme": "w4a4", "lac_param": "tanh"}, r"'tanh'; allowed: sigmoid, raw"),
+        ({"scheme": "w4a4", "lac_init": 2.0}, r"lac_init=2.0 with lac_param sigmoid: .*\(0, 2\)"),
+        ({"scheme": "w4a4", "lac_param": "raw", "lac_init": 0.0}, r"lac_init=0.0 .*\(0, inf\)"),
+        ({"scheme": "w4a4", "lac_min_group": 0}, r"lac_min_group=0: allowed: a whole number >= 1"),
+        (
+            {"scheme": "w4a4", "format": "mxint4", "group_size": None, "absmax_grad": True},
+            r"absmax_grad=true with format mxint4: .*allowed: false",
+        ),
         (
             {"scheme": "w4a4", "format": "mxfp4", "group_size": None, "int4_range": "full"},
             r"int4_range='full' with format mxfp4: only mxint4, nvint4",
@@ -282,3 +308,20 @@ def test_site_stats_null_where_unquantized(scheme: str) -> None:
         assert (values["weight_nmse"] is None) == (weights == 16)
         assert (values["act_nmse"] is None) == (acts == 16)
         assert (values["weight_bits"], values["act_bits"]) == (weights, acts)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "label"),
+    [
+        ({}, "int4"),
+        ({"weight_quantizer": "lsq"}, "int4-lsq"),
+        ({"weight_quantizer": "lwc", "absmax_grad": True}, "int4-lwc-ag"),
+        ({"act_quantizer": "absmax"}, "int4"),  # the paper's pick at G = 32: no mark
+        ({"act_quantizer": "lac"}, "int4-lac"),
+        ({"group_size": "channel", "act_quantizer": "absmax"}, "int4-absmax"),
+        ({"group_size": 256, "lac_min_group": 257}, "int4-lacmin257"),
+        ({"lac_param": "raw", "lac_init": 0.9}, "int4-lacraw-lac0.9"),
+    ],
+)
+def test_labels_name_the_quantizers_that_differ_from_the_papers(kwargs: dict, label: str) -> None:
+    assert QuantConfig("w4a4", **{"format": "int4", "group_size": 32, **kwargs}).label == label

@@ -1,12 +1,25 @@
-"""fake_quantize against an independent numpy reference, plus its numerical invariants."""
+"""fake_quantize against an independent numpy reference, plus its numerical invariants; LSQ,
+LWC, the AbsMax gradient and per-tensor groups against numpy (forward values and the gradients
+each paper derives) or plain torch autograd (PrefixQuant's gradient through the AbsMax)."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 import torch
 
-from qat_sweep.model.quantizers import fake_quantize, kurtosis, nmse
+from qat_sweep.model.layers import ActQuantizer, QuantLinear
+from qat_sweep.model.quantizers import (
+    FORMATS,
+    fake_quantize,
+    kurtosis,
+    lsq_init,
+    lsq_quantize,
+    lwc_quantize,
+    nmse,
+)
 
 # Independent reference: (divisor, integer code range) or the E2M1 level list.
 INT_SPECS = {"int4": (8.0, -8, 7), "int4_sym": (7.0, -7, 7), "int8": (127.0, -127, 127)}
@@ -317,3 +330,176 @@ def test_compiled_matches_eager(fmt: str) -> None:
     except Exception as err:  # inductor needs a working C++ toolchain
         pytest.skip(f"torch.compile unusable on this machine: {type(err).__name__}: {err}")
     torch.testing.assert_close(out, fake_quantize(x, fmt, 32), rtol=0, atol=0)
+
+
+# --- LSQ, LWC, the gradient through the AbsMax, per-tensor groups ---
+
+RANGES = {"int4": (-8, 7), "int4_sym": (-7, 7), "fp4": (-6, 6)}
+
+
+def ref_lsq(x: np.ndarray, step: np.ndarray, fmt: str, g: np.ndarray):
+    """LSQ's forward and its paper's gradients (Esser et al. 2020, eq. 3 and the step's
+    gradient scale 1 / sqrt(G qmax)), in float64 numpy; groups along the last axis."""
+    qmin, qmax = RANGES[fmt]
+    group = x.shape[-1] // step.shape[-1]
+    xg = x.reshape(*step.shape, group)
+    gg = g.reshape(xg.shape)
+    s = step[..., None]
+    v = xg / s
+    clipped = np.clip(v, qmin, qmax)
+    code = ref_e2m1(clipped).astype(np.float32) if fmt == "fp4" else np.round(clipped)
+    inside = (v >= qmin) & (v <= qmax)
+    d_step = np.where(inside, code - v, np.where(v < qmin, qmin, qmax))
+    grad_step = (gg * d_step).sum(-1) / math.sqrt(group * qmax)
+    return (code * s).reshape(x.shape), (gg * inside).reshape(x.shape), grad_step
+
+
+@pytest.mark.parametrize("fmt", ["int4", "int4_sym", "fp4"])
+@pytest.mark.parametrize("group", [8, 32])
+def test_lsq_forward_and_gradients_match_the_paper(fmt: str, group: int) -> None:
+    x = gaussian(16, 64, seed=1) * torch.logspace(-2, 1, 64, dtype=torch.float32)
+    step = (lsq_init(x, FORMATS[fmt], group) * torch.linspace(0.3, 1.5, 64 // group)).detach()
+    x.requires_grad_(True)
+    step.requires_grad_(True)
+    g = gaussian(16, 64, seed=2)
+    out = lsq_quantize(x, step, FORMATS[fmt], group)
+    out.backward(g)
+    ref_out, ref_dx, ref_dstep = ref_lsq(x.detach().numpy(), step.detach().numpy(), fmt, g.numpy())
+    np.testing.assert_array_equal(out.detach().numpy(), ref_out)
+    np.testing.assert_allclose(x.grad.numpy(), ref_dx, rtol=1e-6)  # g / s * s: not exactly g
+    np.testing.assert_array_equal(x.grad.numpy() == 0, ref_dx == 0)
+    np.testing.assert_allclose(step.grad.numpy(), ref_dstep, rtol=1e-5, atol=1e-6)
+
+
+def test_lsq_init_is_twice_the_mean_magnitude_over_root_qmax() -> None:
+    x = gaussian(4, 32)
+    expected = 2 * np.abs(x.numpy().reshape(4, 2, 16)).mean(-1) / math.sqrt(7)
+    np.testing.assert_allclose(lsq_init(x, FORMATS["int4"], 16).numpy(), expected, rtol=1e-6)
+    assert lsq_init(x, FORMATS["int4"], "tensor").shape == (1, 1)
+
+
+def sigmoid(a: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-a))
+
+
+def ref_lwc(x: np.ndarray, upper: np.ndarray, lower: np.ndarray, g: np.ndarray, bits: int = 4):
+    """OmniQuant's LWC forward and the gradients autograd gives its code, derived by hand:
+    the STE through the rounding, none through the rounded zero point, the step's gradient into
+    the two logits and, through the max and min, into each group's extreme elements."""
+    levels = 2**bits - 1
+    group = x.shape[-1] // upper.shape[-1]
+    xg = x.reshape(*upper.shape, group)
+    gg = g.reshape(xg.shape)
+    top, bottom = xg.max(-1, keepdims=True), xg.min(-1, keepdims=True)
+    su, sl = sigmoid(upper)[..., None], sigmoid(lower)[..., None]
+    raw = (top * su - bottom * sl) / levels
+    h = np.clip(raw, 1e-5, 1e4)
+    zero = np.round(np.clip(-bottom * sl / h, -1e4, 1e4))
+    v = xg / h
+    t = np.round(v) + zero
+    inside = (t >= 0) & (t <= levels)
+    q = np.clip(t, 0, levels)
+    out = (q - zero) * h
+    d_h = (gg * ((q - zero) - inside * v)).sum(-1, keepdims=True) * ((raw >= 1e-5) & (raw <= 1e4))
+    d_top, d_bottom = d_h / levels, -d_h / levels
+    grad_upper = (d_top * top * su * (1 - su))[..., 0]
+    grad_lower = (d_bottom * bottom * sl * (1 - sl))[..., 0]
+    is_top, is_bottom = xg == top, xg == bottom
+    dx = gg * inside
+    dx = dx + is_top / is_top.sum(-1, keepdims=True) * d_top * su
+    dx = dx + is_bottom / is_bottom.sum(-1, keepdims=True) * d_bottom * sl
+    return out.reshape(x.shape), dx.reshape(x.shape), grad_upper, grad_lower
+
+
+@pytest.mark.parametrize("group", [16, "channel"])
+def test_lwc_forward_and_gradients_match_omniquant(group: int | str) -> None:
+    x = (gaussian(8, 64, seed=3) + 0.3).requires_grad_(True)  # asymmetric groups
+    n = 64 // (64 if group == "channel" else group)
+    upper = torch.linspace(1.0, 4.0, 8 * n, dtype=torch.float32).reshape(8, n).requires_grad_(True)
+    lower = torch.linspace(4.0, 0.5, 8 * n, dtype=torch.float32).reshape(8, n).requires_grad_(True)
+    g = gaussian(8, 64, seed=4)
+    out = lwc_quantize(x, upper, lower, 4, group)
+    out.backward(g)
+    ref = ref_lwc(*(t.detach().numpy() for t in (x, upper, lower)), g.numpy())
+    np.testing.assert_allclose(out.detach().numpy(), ref[0], rtol=1e-6, atol=1e-6)
+    for got, expected in zip((x.grad, upper.grad, lower.grad), ref[1:], strict=True):
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_lwc_without_clipping_rounds_to_sixteen_levels_over_the_range() -> None:
+    x = gaussian(4, 32, seed=5)
+    big = torch.full((4, 1), 30.0)  # sigmoid(30) = 1: no clipping
+    out = lwc_quantize(x, big, big, 4, "channel")
+    for row, x_row in zip(out, x, strict=True):
+        step = (x_row.max() - x_row.min()) / 15
+        assert len(torch.unique(row)) <= 16
+        assert (row - x_row).abs().max() <= step / 2 * (1 + 1e-5)
+
+
+def prefixquant_style(x: torch.Tensor, clip: torch.Tensor, fmt: str, group: int) -> torch.Tensor:
+    """Plain autograd, as PrefixQuant's quantizer: scale from |x|'s max (with its gradient) times
+    the factor, clamp(round_ste(x / s)) * s."""
+    divisor, qmin, qmax = INT_SPECS[fmt]
+    xg = x.reshape(*x.shape[:-1], x.shape[-1] // group, group)
+    scale = xg.abs().amax(-1, keepdim=True) / divisor * clip[:, None]
+    u = xg / scale
+    code = ((u.round() - u).detach() + u).clamp(qmin, qmax)
+    return (code * scale).reshape(x.shape)
+
+
+@pytest.mark.parametrize("fmt", ["int4", "int4_sym", "int8"])
+def test_gradient_through_the_absmax_matches_plain_autograd(fmt: str) -> None:
+    x = gaussian(6, 32, seed=6)
+    x[0, :8] = 1.5  # a tied maximum: torch's amax shares its gradient
+    clip = torch.tensor([0.9, 1.1, 0.7, 1.0], dtype=torch.float32)
+    g = gaussian(6, 32, seed=7)
+    ours_x, ours_c = x.clone().requires_grad_(True), clip.clone().requires_grad_(True)
+    ref_x, ref_c = x.clone().requires_grad_(True), clip.clone().requires_grad_(True)
+    out = fake_quantize(ours_x, fmt, 8, ours_c, absmax_grad=True)
+    out.backward(g)
+    expected = prefixquant_style(ref_x, ref_c, fmt, 8)
+    expected.backward(g)
+    assert torch.equal(out, expected)
+    torch.testing.assert_close(ours_x.grad, ref_x.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours_c.grad, ref_c.grad, rtol=1e-5, atol=1e-6)
+    plain_x = x.clone().requires_grad_(True)
+    fake_quantize(plain_x, fmt, 8, clip).backward(g)
+    assert not torch.equal(plain_x.grad, ours_x.grad)  # the AbsMax term is what differs
+
+
+@pytest.mark.parametrize("fmt", ["int4", "fp4", "int8"])
+def test_tensor_group_is_one_scale_for_the_whole_tensor(fmt: str) -> None:
+    x = gaussian(2, 8, 64, seed=8).float() * torch.logspace(-2, 2, 64)
+    expected = ref_fake_quantize(x.numpy().reshape(1, -1), fmt, x.numel()).reshape(x.shape)
+    np.testing.assert_array_equal(fake_quantize(x, fmt, "tensor").numpy(), expected)
+
+
+def test_per_tensor_layers_learn_one_factor_or_one_step() -> None:
+    act = ActQuantizer("int4", "tensor", 64, "lac")
+    linear = QuantLinear(64, 16, "int4", "tensor", weight_quantizer="lsq")
+    linear.reset_quantizer()
+    assert act.clip_logit.shape == (1,) and linear.lsq_step.shape == (1, 1)
+    linear(act(gaussian(4, 64).float())).square().sum().backward()
+    assert act.clip_logit.grad.abs().item() > 0 and linear.lsq_step.grad.abs().item() > 0
+
+
+def test_weight_quantizer_parameters_have_the_groups_shape() -> None:
+    lsq = QuantLinear(64, 16, "int4", 16, weight_quantizer="lsq")
+    lwc = QuantLinear(64, 16, "int4", "channel", weight_quantizer="lwc")
+    lsq.reset_quantizer()
+    torch.testing.assert_close(lsq.lsq_step, lsq_init(lsq.weight, FORMATS["int4"], 16))
+    assert lsq.lsq_step.shape == (16, 4)
+    assert lwc.lwc_upper.shape == lwc.lwc_lower.shape == (16, 1)
+    assert torch.all(lwc.lwc_upper == 4.0)  # OmniQuant's initial logit
+
+
+@pytest.mark.parametrize(("param", "init", "start"), [("sigmoid", 1.0, 1.0), ("raw", 0.9, 0.9)])
+def test_lac_parametrisations_start_at_their_initial_factor(
+    param: str, init: float, start: float
+) -> None:
+    act = ActQuantizer("int4", 16, 64, "lac", lac_param=param, lac_init=init)
+    torch.testing.assert_close(act.clip_factor(), torch.full((4,), start))
+    if param == "sigmoid":
+        assert torch.equal(act.clip_logit, torch.zeros(4))  # exactly 2 sigmoid(0) = 1
+    other = ActQuantizer("int4", 16, 64, "lac", lac_init=0.5)
+    torch.testing.assert_close(other.clip_factor(), torch.full((4,), 0.5))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 from pathlib import Path
@@ -68,12 +69,52 @@ def test_available_presets_order_and_small_sizes() -> None:
 
 
 @pytest.mark.parametrize("name", SMALL[:4])
-def test_model_n_params_matches_config(name: str) -> None:
-    cfg = load_preset(name)
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_model_n_params_matches_config(name: str, qk_norm: bool) -> None:
+    cfg = dataclasses.replace(load_preset(name), qk_norm=qk_norm)
     model = build_model(cfg, QuantConfig("w4a4", "int4", 32), vocab_size=VOCAB)
     assert model.n_params == cfg.n_params
     total = sum(p.numel() for n, p in model.named_parameters() if "clip_logit" not in n)
     assert total == cfg.n_params_total(padded_vocab(VOCAB))  # embedding rows padded to 128
+
+
+def test_qk_norm_normalises_the_whole_q_and_k_projections() -> None:
+    cfg = dataclasses.replace(load_preset("0.2M"), qk_norm=True, norm_eps=1e-6)
+    torch.manual_seed(0)
+    attn = build_model(cfg, None, vocab_size=VOCAB).blocks[0].attn
+    assert attn.q_norm.weight.shape == (cfg.hidden_size,) and attn.q_norm.eps == 1e-6
+    assert attn.k_norm.weight.shape == (cfg.kv_dim,)
+    q = attn.q_norm(attn.q(torch.randn(3, cfg.hidden_size)))
+    torch.testing.assert_close(q.square().mean(-1), torch.ones(3), rtol=1e-4, atol=0)
+
+
+def test_z_loss_adds_to_the_gradient_not_to_the_loss() -> None:
+    idx, targets = tokens(), tokens(seed=1)
+    losses, grads = [], []
+    for z_loss in (0.0, 1e-2):
+        torch.manual_seed(0)
+        cfg = dataclasses.replace(load_preset("0.2M"), z_loss=z_loss)
+        model = build_model(cfg, None, vocab_size=VOCAB)
+        loss = model(idx, targets)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(model.lm_head.weight.grad.clone())
+    assert losses[0] == losses[1]  # the recorded loss is the cross-entropy either way
+    assert not torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"init": "xavier"}, "model.init='xavier': unknown initialisation; allowed: olmo2, scaled"),
+        ({"z_loss": -1.0}, "model.z_loss=-1.0: allowed: a number >= 0"),
+        ({"norm_eps": 0.0}, "model.norm_eps=0.0: allowed: a number > 0"),
+    ],
+)
+def test_model_choices_refuse_bad_values_by_name(change: dict, message: str) -> None:
+    with pytest.raises(ValueError) as error:
+        model_config_from({**vars(load_preset("1M")), **change})
+    assert message in str(error.value)
 
 
 def test_unknown_preset_names_value_and_allowed() -> None:
@@ -141,14 +182,30 @@ def test_forward_shapes_and_initial_loss() -> None:
     assert loss.item() == pytest.approx(math.log(VOCAB), rel=0.05)
 
 
-def test_residual_output_init_is_scaled() -> None:
-    cfg = load_preset("2M")
+def test_scaled_init_shrinks_the_residual_outputs() -> None:
+    cfg = dataclasses.replace(load_preset("2M"), init="scaled")
     torch.manual_seed(0)
     model = build_model(cfg, None, vocab_size=VOCAB)
     expected = 0.02 / math.sqrt(2 * cfg.n_layers)
     assert model.blocks[0].mlp.down.weight.std().item() == pytest.approx(expected, rel=0.05)
     assert model.blocks[0].attn.o.weight.std().item() == pytest.approx(expected, rel=0.05)
     assert model.blocks[0].mlp.up.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.blocks[0].mlp.up.weight.abs().max().item() > 0.06  # untruncated
+
+
+def test_olmo2_init_is_one_truncated_normal_for_every_weight() -> None:
+    cfg = load_preset("2M")
+    assert cfg.init == "olmo2"
+    torch.manual_seed(0)
+    model = build_model(cfg, None, vocab_size=VOCAB)
+    # N(0, 0.02) cut at +-3 sigma has std 0.02 x 0.9866
+    for weight in (model.embed.weight[:VOCAB], model.lm_head.weight[:VOCAB]):
+        assert weight.std().item() == pytest.approx(0.01973, rel=0.05)
+    for name, module in model.blocks[0].named_modules():
+        if isinstance(module, torch.nn.Linear):
+            assert module.weight.std().item() == pytest.approx(0.01973, rel=0.05), name
+            assert module.weight.abs().max().item() <= 0.06, name
+    assert torch.equal(model.embed.weight[VOCAB:], torch.zeros_like(model.embed.weight[VOCAB:]))
 
 
 def test_bf16_scheme_is_bitwise_the_plain_model() -> None:
@@ -195,7 +252,7 @@ def test_group_size_error_names_layer_shape_and_allowed() -> None:
     assert (
         "(256, 640)" in message
         and "allowed: 2, 4, 8, 16" in message
-        and message.endswith("128, channel")
+        and message.endswith("128, channel, tensor")
     )
     with pytest.raises(ValueError, match=r"group size 48 .*blocks\.0\.attn\.q"):
         build_model(load_preset("0.2M"), QuantConfig("w16a4", "int4", 48), vocab_size=VOCAB)

@@ -60,9 +60,12 @@ def test_bf16_and_w4a4_twins_see_the_same_batches(tiny: list[str]) -> None:
         for name, o in (("bf16", tiny), ("qat", [*tiny, "quant=w4a4", "quant.group_size=32"]))
     }
     assert crc["bf16"] == crc["qat"] and len(set(crc["bf16"])) == 20
-    assert qat["loss"] > bf16["loss"]  # 4-bit weights and activations cost loss
+    # 4-bit weights and activations change the run; at 20 steps the sign of delta is noise
+    # (under the OLMo-2 initialisation this W4A4 run ends 0.0014 below its twin).
+    assert qat["loss"] != bf16["loss"]
     sites = qat["metrics"]["quant"]["sites"]
     assert sites["fc2"]["act_bits"] == 4 and sites["qkv"]["weight_bits"] == 4
+    assert sites["fc2"]["act_nmse"] > 0 and sites["qkv"]["weight_nmse"] > 0
     assert bf16["metrics"]["quant"]["sites"]["fc2"]["act_nmse"] is None
     # A different seed changes the data order.
     other = train(compose_run([*tiny, "seed=1"]))

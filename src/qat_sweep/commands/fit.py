@@ -127,6 +127,13 @@ def _load_source(
     )
 
 
+def _runs_dir(args: argparse.Namespace, overrides: dict[str, str]) -> Path | None:
+    """The run directories' folder (sweep= or --runs); None for a table or wandb."""
+    if "sweep" in overrides:
+        return sweep_dir(overrides.get("paths.runs", RUNS_ROOT), overrides["sweep"])
+    return args.runs
+
+
 def _sealed_dir(args: argparse.Namespace, overrides: dict[str, str]) -> Path | None:
     """Where sealed predictions live: --sealed DIR, else <sweep>/predictions or
     <--runs DIR>/predictions (a folder that does not exist holds none)."""
@@ -136,19 +143,15 @@ def _sealed_dir(args: argparse.Namespace, overrides: dict[str, str]) -> Path | N
         if not args.sealed.is_dir():
             raise InputError(f"--sealed {args.sealed}: not a directory")
         return args.sealed
-    if "sweep" in overrides:
-        return (
-            sweep_dir(overrides.get("paths.runs", RUNS_ROOT), overrides["sweep"]) / PREDICTIONS_DIR
-        )
-    if args.runs is not None:
-        return args.runs / PREDICTIONS_DIR
-    return None
+    runs = _runs_dir(args, overrides)
+    return None if runs is None else runs / PREDICTIONS_DIR
 
 
 def main(argv: list[str]) -> int:
     """Run `qat-sweep fit`; returns the process exit code."""
     from qat_sweep.analysis import decide
-    from qat_sweep.analysis.pipeline import Settings, run_fit, write_outputs
+    from qat_sweep.analysis.pipeline import Settings, bootstrap_arrays, run_fit, write_outputs
+    from qat_sweep.analysis.predict import SavedFit
     from qat_sweep.analysis.report import html as report
     from qat_sweep.analysis.report import plots
     from qat_sweep.analysis.seal import check_sealed
@@ -191,9 +194,11 @@ def main(argv: list[str]) -> int:
         return 2
     outcome.result["decisions"] = decide.report_decisions(outcome)  # the report's Decisions section
     fit_path = write_outputs(outcome, out)
-    figures = {} if args.no_plots else plots.make_all(outcome, out / "plots")
-    report.write_markdown(outcome.result, figures, out / "report.md")
-    report.write_html(outcome.result, figures, out / "report.html")
+    saved = SavedFit(outcome.result, bootstrap_arrays(outcome))
+    runs_dir = _runs_dir(args, overrides)
+    figures = {} if args.no_plots else plots.make_all(outcome, saved, out / "plots", runs_dir)
+    report.write_markdown(outcome.result, figures, out / "report.md", outcome.table)
+    report.write_html(outcome.result, figures, out / "report.html", outcome.table)
     if args.wandb:
         from qat_sweep.analysis.wandb_log import log_fit
 

@@ -29,8 +29,14 @@ from qat_sweep.common import parse_tokens as parse_tokens  # re-exported: plan a
 from qat_sweep.config.typed import typed_tree
 from qat_sweep.config_dirs import find
 from qat_sweep.data.tokenfiles import data_identity
-from qat_sweep.model.precision import BLOCK_FORMATS, format_label, quant_identity
-from qat_sweep.model.presets import conf_dirs, model_config_from
+from qat_sweep.model.precision import (
+    BLOCK_FORMATS,
+    GROUP_WORDS,
+    format_label,
+    quant_identity,
+    quantizer_suffix,
+)
+from qat_sweep.model.presets import EARLIER_MODEL_VALUES, conf_dirs, model_config_from
 from qat_sweep.record import sweep_dir
 
 SWEEP_KEY = "sweep_name"  # the train config key naming runs/<sweep_name>/ (`sweep` is this group)
@@ -43,6 +49,13 @@ _EXECUTION_KEYS = ("paths", "logger", "eval", "checkpoint", "sweep_name", "run_k
 _EXECUTION_KEYS += ("subgrid", "holdout")  # plan membership: a run's place, not its result
 _EXECUTION_TRAIN_KEYS = ("micro_batch_seqs", "device", "compile", "threads")
 _EXECUTION_TRAIN_KEYS += ("parallelism", "activation_checkpointing")
+# Settings added after the first sweeps ran, at the values those runs used (the quant ones:
+# precision.OPTIONAL_DEFAULTS): an identity leaves them out there, so a run that sets them all
+# to these values keeps the run_key it had before they existed.
+_EARLIER_VALUES: dict[str, dict[str, Any]] = {
+    "model": EARLIER_MODEL_VALUES,
+    "optim": {"decay_norms": False},
+}
 # What a launch profile may set: execution keys, but not a run's place (plan sets those).
 PROFILE_KEYS = (
     "paths",
@@ -130,12 +143,21 @@ def _identity(resolved: dict[str, Any]) -> dict[str, Any]:
     identity["data"] = data_identity(resolved.get("data", {}), root)
     identity["tokens"] = parse_tokens(identity["tokens"])
     identity["quant"] = quant_identity(identity.get("quant", {}))
+    for section, earlier in _EARLIER_VALUES.items():
+        if isinstance(identity.get(section), dict):
+            identity[section] = {
+                k: v for k, v in identity[section].items() if earlier.get(k, _ABSENT) != v
+            }
     return identity
+
+
+_ABSENT = object()  # no earlier value: always kept
 
 
 def _quant_label(quant: Mapping[str, Any]) -> tuple[str, Any]:
     """(format label, G) of a quantized run: the label names a block format's rounding, INT4
-    range and a rotation (precision.format_label); a block format's G is its block."""
+    range, a rotation (precision.format_label) and quantizers other than the paper's
+    (precision.quantizer_suffix); a block format's G is its block."""
     fmt = str(quant["format"])
     label = format_label(
         fmt,
@@ -144,7 +166,7 @@ def _quant_label(quant: Mapping[str, Any]) -> tuple[str, Any]:
         quant.get("rotation", "none"),
         quant.get("rotation_block"),
         quant.get("rotation_seed"),
-    )
+    ) + quantizer_suffix(quant)
     block = BLOCK_FORMATS[fmt].block if fmt in BLOCK_FORMATS else None
     return label, quant["group_size"] if block is None else block
 
@@ -228,7 +250,7 @@ def identity_fields(config: DictConfig | Mapping[str, Any], strict: bool = True)
         "tokens": derive(lambda: parse_tokens(config["tokens"])),
         "scheme": scheme,
         "format": label,
-        "group_size": group if group in (None, "channel") else derive(lambda: int(group)),
+        "group_size": group if group in (None, *GROUP_WORDS) else derive(lambda: int(group)),
         "lr": derive(lambda: float(config["optim"]["lr"])),
         "seed": derive(lambda: int(config["seed"])),
     }

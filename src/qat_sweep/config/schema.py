@@ -143,6 +143,7 @@ class OptimSchema:
     betas: list[float] = parsed(_betas)
     eps: float = bounded(0, low_open=True)
     weight_decay: float = bounded(0)
+    decay_norms: bool = MISSING
     grad_clip: float = bounded(0, low_open=True)
     batch_seqs: int = bounded(1)
     schedule: Schedule = MISSING

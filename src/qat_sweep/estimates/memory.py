@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from qat_sweep.common import PARALLELISMS
-from qat_sweep.model.precision import SCHEMES, SITES, QuantConfig
+from qat_sweep.model.precision import SCHEMES, QuantConfig
 from qat_sweep.model.presets import ModelConfig
 
 # What a run uses once `auto` is resolved: the memory of each is estimated.
@@ -84,43 +84,69 @@ def _site_quant(quant: QuantConfig | None, site: str) -> tuple[bool, bool, bool]
     return precision.weight_bits < 16, act, act and quant.resolved_act_quantizer == "lac"
 
 
-def _lac_params(model: ModelConfig, quant: QuantConfig | None) -> int:
-    """LAC clipping factors: one per group position of each quantized site input."""
+def _quantizer_params(model: ModelConfig, quant: QuantConfig | None) -> int:
+    """Learned quantizer parameters: LAC's factors, one per group position of each quantized
+    site input (one per tensor), and LSQ's step (LWC's two logits) per weight group."""
+    if quant is None or quant.scheme == "bf16":
+        return 0
     total = 0
-    for site in SITES:
-        _, _, lac = _site_quant(quant, site)
+    per_group = {"lsq": 1, "lwc": 2}.get(quant.weight_quantizer, 0)
+    for site, linears in site_linears(model).items():
+        weighted, _, lac = _site_quant(quant, site)
+        dim = linears[0][1]
         if lac:
-            dim = model.ffn_size if site == "fc2" else model.hidden_size
-            group = dim if quant.group_size == "channel" else int(quant.group_size)
-            total += dim // group
+            total += 1 if quant.group == "tensor" else dim // _group_elems(quant, dim)
+        if weighted and per_group:
+            for out_dim, in_dim in linears:
+                groups = (
+                    1
+                    if quant.group == "tensor"
+                    else out_dim * in_dim // _group_elems(quant, in_dim)
+                )
+                total += per_group * groups
     return total * model.n_layers
+
+
+def _group_elems(quant: QuantConfig, dim: int) -> int:
+    """Elements per group along a reduction dim of ``dim`` (not for per-tensor groups)."""
+    return dim if quant.group == "channel" else int(quant.group)  # type: ignore[arg-type]
+
+
+def site_linears(model: ModelConfig) -> dict[str, list[tuple[int, int]]]:
+    """(out, in) shape of each linear a site's input feeds, per block."""
+    d, kv, f = model.hidden_size, model.kv_dim, model.ffn_size
+    return {"qkv": [(d, d), (kv, d), (kv, d)], "o": [(d, d)], "fc1": [(f, d)] * 2, "fc2": [(d, f)]}
 
 
 def site_weights(model: ModelConfig) -> dict[str, int]:
     """Weight elements per block read by each site's linears."""
-    d, kv, f = model.hidden_size, model.kv_dim, model.ffn_size
-    return {"qkv": d * d + 2 * kv * d, "o": d * d, "fc1": 2 * f * d, "fc2": f * d}
+    return {site: sum(o * i for o, i in shapes) for site, shapes in site_linears(model).items()}
 
 
 def _quantizer_bytes(quant: QuantConfig | None, d: int, f: int) -> tuple[float, float]:
-    """Per token per block: the mask and LAC bytes that the quantized input sites save."""
-    masks, lac = 0.0, 0.0
+    """Per token per block: the mask bytes that the quantized input sites save, and the fp32
+    scale-gradient terms of LAC (d x_hat / d s) and of the AbsMax gradient (d s / d x)."""
+    masks, scale_grads = 0.0, 0.0
     for site, dim in (("qkv", d), ("o", d), ("fc1", d), ("fc2", f)):
         _, quantized, lac_site = _site_quant(quant, site)
+        absmax_grad = quantized and quant is not None and quant.absmax_grad
         masks += MASK * dim if quantized else 0.0
-        lac += FP32 * dim if lac_site else 0.0
-    return masks, lac
+        scale_grads += FP32 * dim * ((lac_site or absmax_grad) + absmax_grad)
+    return masks, scale_grads
 
 
 def _block_weights(
     quant: QuantConfig | None, weights: dict[str, int], weight_copy: int, autocast: bool
 ) -> float:
-    """Per block per forward: masks and quantized copies of the weights (or autocast's casts)."""
+    """Per block per forward: masks and quantized copies of the weights (or autocast's casts),
+    and the two fp32 tensors per weight that LSQ, LWC or the AbsMax gradient keep for the
+    scale's gradient (LSQ's x/s and codes, LWC's likewise, or d x_hat / d s and d s / d x)."""
     total = 0.0
+    learned = quant is not None and (quant.weight_quantizer != "absmax" or quant.absmax_grad)
     for site, count in weights.items():
         quantized_weight = _site_quant(quant, site)[0]
         if quantized_weight:
-            total += (MASK + weight_copy) * count
+            total += (MASK + weight_copy + 2 * FP32 * learned) * count
         elif autocast:
             total += BF16 * count  # autocast's cached bf16 weight cast
     return total
@@ -135,7 +161,7 @@ def _training_state(
     fsdp_world: int | None,
 ) -> dict[str, float]:
     """Parameters, gradients and AdamW state per GPU (sharded ``fsdp_world`` ways under FSDP)."""
-    n_params = model.n_params_total(vocab_size) + _lac_params(model, quant)
+    n_params = model.n_params_total(vocab_size) + _quantizer_params(model, quant)
     param_bytes = FP32 * n_params / (1 if fsdp_world is None else fsdp_world)
     state = {
         "parameters": param_bytes,
@@ -184,8 +210,9 @@ def estimate_memory(
         return consumers * BF16 if autocast and dtype_bytes == FP32 else dtype_bytes
 
     norm = (FP32 + resid) * d + FP32  # fp32 x (or its fp32 copy), the normalised x, rsqrt
+    qk_norm = ((FP32 + act) * (d + kv) + 2 * FP32) * model.qk_norm  # on q and k outputs
     per_token = {  # bytes one block saves per token, by what saves it
-        "norms": 2 * norm,
+        "norms": 2 * norm + qk_norm,
         "linear_inputs": (linear_input(resid, 3) + act + linear_input(resid, 2)) * d + act * f,
         "attention": act * (2 * d + 2 * kv) + FP32 * h,  # q, k, v, output, logsumexp
         "mlp": 3 * act * f,  # gate and up outputs, silu output

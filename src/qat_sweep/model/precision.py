@@ -50,9 +50,16 @@ BLOCK_FORMATS: dict[str, BlockEncoding] = {
 }
 GROUP_FORMATS: tuple[str, ...] = ("int4", "int4_sym", "fp4")  # fp32 AbsMax scale per group of G
 WEIGHT_FORMATS: tuple[str, ...] = (*GROUP_FORMATS, *BLOCK_FORMATS)  # the 4-bit formats
-FORMAT_NAMES: tuple[str, ...] = (*WEIGHT_FORMATS, "int8")  # = quantizers.FORMATS (held by a test)
+FORMAT_NAMES: tuple[str, ...] = (*WEIGHT_FORMATS, "int8", "int8_full")  # = quantizers.FORMATS
 ACT_QUANTIZERS: tuple[str, ...] = ("auto", "absmax", "lac")
-LAC_MIN_GROUP = 256  # paper: AbsMax for G < 256, LAC for G >= 256 and per-token
+# Weight quantizers (the paper's Fig. 14): AbsMax (the paper's), LSQ (a learned step per group,
+# Esser et al. 2020), LWC (learned upper and lower clipping factors, OmniQuant).
+WEIGHT_QUANTIZERS: tuple[str, ...] = ("absmax", "lsq", "lwc")
+LSQ_FORMATS: tuple[str, ...] = GROUP_FORMATS  # a learned step on the format's own grid
+LWC_FORMATS: tuple[str, ...] = ("int4",)  # OmniQuant's asymmetric grid of 2^4 levels
+LAC_MIN_GROUP = 256  # paper, Section 4.1: AbsMax for G < 256, LAC for G >= 256 and per-token
+LAC_PARAMS: tuple[str, ...] = ("sigmoid", "raw")  # 2 sigmoid(theta) | the factor (PrefixQuant)
+GROUP_WORDS: tuple[str, ...] = ("channel", "tensor")  # one group per row/token | per tensor
 SCALE_ROUNDINGS: tuple[str, ...] = ("floor", "rceil")  # E8M0: OCP MX v1.0 rule | NVIDIA's cast
 INT4_RANGES: tuple[str, ...] = ("symmetric", "full")  # [-7, 7] (default) | [-8, 7]
 ROTATIONS: tuple[str, ...] = ("none", "hadamard")
@@ -64,6 +71,11 @@ OPTIONAL_DEFAULTS: dict[str, Any] = {
     "rotation": "none",
     "rotation_block": None,
     "rotation_seed": None,
+    "weight_quantizer": "absmax",
+    "lac_min_group": LAC_MIN_GROUP,
+    "lac_param": "sigmoid",
+    "lac_init": 1.0,
+    "absmax_grad": False,
 }
 # Storage of the scale of a per-group format in bits per weight (decide's memory budget).
 GROUP_SCALE_BITS = 16  # one BF16 scale per group
@@ -125,6 +137,11 @@ class QuantConfig:
     rotation: str = "none"  # none | hadamard
     rotation_block: int | None = None  # null = the group (the format's block, or G)
     rotation_seed: int | None = None  # null = no random sign flip
+    weight_quantizer: str = "absmax"  # absmax | lsq | lwc (WEIGHT_QUANTIZERS)
+    lac_min_group: int = LAC_MIN_GROUP  # auto: LAC from this G up (and per channel, per tensor)
+    lac_param: str = "sigmoid"  # sigmoid: factor = 2 sigmoid(theta) | raw: the factor itself
+    lac_init: float = 1.0  # LAC's initial factor (PrefixQuant's code: raw, 0.9)
+    absmax_grad: bool = False  # true: gradient flows through the AbsMax into the scale
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -159,6 +176,7 @@ class QuantConfig:
             )
         self._check_encoding()
         self._check_rotation()
+        self._check_learned()
 
     def _check_group(self) -> None:
         group = self.group_size
@@ -170,10 +188,12 @@ class QuantConfig:
                     f"is part of the format; allowed: null or {block}"
                 )
             return
-        if group != "channel" and (
+        if group not in GROUP_WORDS and (
             isinstance(group, bool) or not isinstance(group, int) or group <= 0
         ):
-            raise ValueError(f"group_size must be a positive int or 'channel', got {group!r}")
+            raise ValueError(
+                f"group_size must be a positive int, 'channel' or 'tensor', got {group!r}"
+            )
 
     def _check_encoding(self) -> None:
         encoding = BLOCK_FORMATS.get(self.format)
@@ -241,6 +261,36 @@ class QuantConfig:
                 f"quant.rotation_seed={seed!r}: allowed: null (no sign flip) or an int >= 0"
             )
 
+    def _check_learned(self) -> None:
+        """The weight quantizer, LAC's settings and the AbsMax gradient, each against the format."""
+        for key, value, allowed in (
+            ("weight_quantizer", self.weight_quantizer, WEIGHT_QUANTIZERS),
+            ("lac_param", self.lac_param, LAC_PARAMS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"unknown quant.{key} {value!r}; allowed: {', '.join(allowed)}")
+        formats = {"lsq": LSQ_FORMATS, "lwc": LWC_FORMATS}.get(self.weight_quantizer)
+        if formats and self.scheme != "bf16" and self.format not in formats:
+            raise ValueError(
+                f"quant.weight_quantizer={self.weight_quantizer} with format {self.format}: "
+                f"allowed formats: {', '.join(formats)} (a block format's scale is its own)"
+            )
+        min_group = self.lac_min_group
+        if isinstance(min_group, bool) or not isinstance(min_group, int) or min_group < 1:
+            raise ValueError(f"quant.lac_min_group={min_group!r}: allowed: a whole number >= 1")
+        init, high = self.lac_init, 2.0 if self.lac_param == "sigmoid" else math.inf
+        if isinstance(init, bool) or not isinstance(init, (int, float)) or not 0 < init < high:
+            raise ValueError(
+                f"quant.lac_init={init!r} with lac_param {self.lac_param}: allowed: a number in "
+                + ("(0, 2), the range of 2 sigmoid(theta)" if high < math.inf else "(0, inf)")
+            )
+        if self.absmax_grad and self.block is not None:
+            raise ValueError(
+                f"quant.absmax_grad=true with format {self.format}: its "
+                f"{BLOCK_FORMATS[self.format].scale.upper()} scale is rounded from the AbsMax "
+                "and passes no gradient; allowed: false"
+            )
+
     @property
     def block(self) -> int | None:
         """The block of a fixed-block format (MX/NV), None for a per-group format."""
@@ -264,16 +314,15 @@ class QuantConfig:
         """The format as the analysis keys it: the name plus any non-default encoding and the
         rotation, e.g. ``mxfp4-rceil-had``; runs that differ here are different settings."""
         return format_label(self.format, self.scale_rounding, self.int4_range,
-                            self.rotation, self.rotation_block, self.rotation_seed)  # fmt: skip
+                            self.rotation, self.rotation_block, self.rotation_seed) + (
+            quantizer_suffix(dataclasses.asdict(self)))  # fmt: skip
 
     @property
     def resolved_act_quantizer(self) -> str:
         """'absmax' or 'lac'; 'auto' follows the paper (LAC for G >= 256 and per-token)."""
         if self.act_quantizer != "auto":
             return self.act_quantizer
-        if self.group == "channel":
-            return "lac"
-        return "lac" if int(self.group or 0) >= LAC_MIN_GROUP else "absmax"
+        return paper_act_quantizer(self.group, self.lac_min_group)
 
     def site_formats(self, site: str) -> tuple[str | None, str | None]:
         """(weight format, input format) of a site; None where it stays in high precision."""
@@ -304,6 +353,38 @@ def format_label(
         label += "-had" + (str(rotation_block) if rotation_block is not None else "")
         label += f"s{rotation_seed}" if rotation_seed is not None else ""
     return label
+
+
+def paper_act_quantizer(group: GroupSize, lac_min_group: int = LAC_MIN_GROUP) -> str:
+    """The paper's activation quantizer for a group: LAC from ``lac_min_group`` up, per channel
+    and per tensor; AbsMax below."""
+    if group in GROUP_WORDS:
+        return "lac"
+    return "lac" if int(group or 0) >= lac_min_group else "absmax"
+
+
+def quantizer_suffix(quant: Mapping[str, Any]) -> str:
+    """What sets a run's quantizers apart from the paper's, for its label: ``-lsq``, ``-lwc``
+    (weight quantizer), ``-absmax``/``-lac`` (an activation quantizer other than the paper's
+    rule picks), ``-lacmin257``, ``-lacraw``, ``-lac0.9`` (LAC's threshold, parametrisation,
+    start), ``-ag`` (gradient through the AbsMax). The paper's choices add nothing."""
+    suffix = ""
+    if quant.get("weight_quantizer", "absmax") != "absmax":
+        suffix += f"-{quant['weight_quantizer']}"
+    min_group = quant.get("lac_min_group", LAC_MIN_GROUP)
+    fmt = quant.get("format")
+    group = BLOCK_FORMATS[fmt].block if fmt in BLOCK_FORMATS else quant.get("group_size")
+    chosen = quant.get("act_quantizer", "auto")
+    readable = group in GROUP_WORDS or (isinstance(group, int) and isinstance(min_group, int))
+    if chosen != "auto" and readable and chosen != paper_act_quantizer(group, min_group):
+        suffix += f"-{chosen}"
+    if min_group != LAC_MIN_GROUP:
+        suffix += f"-lacmin{quant['lac_min_group']}"
+    if quant.get("lac_param", "sigmoid") != "sigmoid":
+        suffix += f"-lac{quant['lac_param']}"
+    if float(quant.get("lac_init", 1.0)) != 1.0:
+        suffix += f"-lac{float(quant['lac_init']):g}"
+    return suffix + ("-ag" if quant.get("absmax_grad") else "")
 
 
 def base_format(label: str) -> str:
@@ -349,9 +430,9 @@ def reduction_dims(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
 
 
 def allowed_group_sizes(cfg: ModelConfig) -> list[int | str]:
-    """Integer G values dividing every reduction dim of the preset, plus 'channel'."""
+    """Integer G values dividing every reduction dim of the preset, plus channel and tensor."""
     common = reduce(math.gcd, {shape[1] for shape in reduction_dims(cfg).values()})
-    return [g for g in range(2, common + 1) if common % g == 0] + ["channel"]
+    return [g for g in range(2, common + 1) if common % g == 0] + list(GROUP_WORDS)
 
 
 def check_group_size(cfg: ModelConfig, quant: QuantConfig) -> None:
@@ -361,7 +442,7 @@ def check_group_size(cfg: ModelConfig, quant: QuantConfig) -> None:
         return
     rotation = quant.resolved_rotation_block
     for name, (out_dim, in_dim) in reduction_dims(cfg).items():
-        if quant.group != "channel" and in_dim % int(quant.group or 0):
+        if quant.group not in GROUP_WORDS and in_dim % int(quant.group or 0):
             allowed = ", ".join(map(str, allowed_group_sizes(cfg)))
             if quant.block:
                 allowed = f"a format whose block divides it, or group_size one of {allowed}"
@@ -371,7 +452,7 @@ def check_group_size(cfg: ModelConfig, quant: QuantConfig) -> None:
                 f"{in_dim})) in model {cfg.name!r}; allowed: {allowed}"
             )
         if rotation is not None and in_dim % rotation:
-            powers = [g for g in allowed_group_sizes(cfg) if g != "channel" and is_power_of_two(g)]
+            powers = [g for g in allowed_group_sizes(cfg) if is_power_of_two(g)]
             raise ValueError(
                 f"quant.rotation_block={rotation} does not divide the reduction dim of {name} "
                 f"(weight shape ({out_dim}, {in_dim})) in model {cfg.name!r}; allowed: "

@@ -25,6 +25,13 @@ PAPER_PRESETS: tuple[str, ...] = ("74M", "145M", "297M", "595M", "973M", "2.8B")
 # Their vocabulary, the OLMo-2 tokenizer's (= conf/data/olmo2.yaml): estimates assume it for a
 # paper preset whose data is not prepared yet.
 PAPER_VOCAB = 100_278
+# Weight initialisations (docs/science.md, choices the paper leaves open): olmo2 = N(0, 0.02)
+# truncated at 3 sigma for every weight (OLMo-2's released configs); scaled = N(0, 0.02) with
+# the residual outputs (o, down) at 0.02 / sqrt(2 L), GPT-2 style (this project's first choice).
+INITS: tuple[str, ...] = ("olmo2", "scaled")
+# Model settings added after the first sweeps ran, at the values those runs used: a run's
+# identity leaves them out at these values, so runs that set them keep their earlier run_keys.
+EARLIER_MODEL_VALUES: dict[str, Any] = {"init": "scaled", "qk_norm": False, "z_loss": 0.0}
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,9 @@ class ModelConfig:
     warmup_steps: int
     rope_theta: float
     norm_eps: float
+    init: str = "olmo2"  # olmo2 | scaled (INITS)
+    qk_norm: bool = False  # RMSNorm on the q and k projections' outputs (OLMo-2: true)
+    z_loss: float = 0.0  # weight of the z-loss mean(logsumexp(logits)^2) (OLMo-2: 1e-5)
 
     def __post_init__(self) -> None:
         for field in ("n_layers", "hidden_size", "ffn_size", "n_heads", "n_kv_heads", "seq_len"):
@@ -66,6 +76,14 @@ class ModelConfig:
             raise ValueError(f"model {self.name!r}: head_dim {self.head_dim} must be even for RoPE")
         if self.vocab_size is not None and self.vocab_size <= 0:
             raise ValueError(f"model {self.name!r}: vocab_size must be positive or null")
+        if self.init not in INITS:
+            raise ValueError(
+                f"model.init={self.init!r}: unknown initialisation; allowed: {', '.join(INITS)}"
+            )
+        if not (isinstance(self.z_loss, (int, float)) and 0 <= self.z_loss < float("inf")):
+            raise ValueError(f"model.z_loss={self.z_loss!r}: allowed: a number >= 0")
+        if not self.norm_eps > 0:
+            raise ValueError(f"model.norm_eps={self.norm_eps!r}: allowed: a number > 0")
 
     @property
     def head_dim(self) -> int:
@@ -84,11 +102,13 @@ class ModelConfig:
         return self.n_layers * (attention + mlp)
 
     def n_params_total(self, vocab_size: int | None = None) -> int:
-        """All parameters: N plus untied embedding and lm_head plus the RMSNorm gains."""
+        """All parameters: N plus untied embedding and lm_head plus the RMSNorm gains (the
+        q and k norms' with ``qk_norm``)."""
         vocab = vocab_size if vocab_size is not None else self.vocab_size
         if vocab is None:
             raise ValueError(f"model {self.name!r}: vocab_size is null; pass the tokenizer's size")
-        norms = (2 * self.n_layers + 1) * self.hidden_size
+        per_layer = 2 * self.hidden_size + (self.hidden_size + self.kv_dim) * self.qk_norm
+        norms = self.n_layers * per_layer + self.hidden_size
         return self.n_params + 2 * vocab * self.hidden_size + norms
 
 

@@ -10,6 +10,7 @@ its block.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -68,7 +69,11 @@ FORMATS: dict[str, QuantFormat] = {
     **{name: _block_format(name, enc.element == "e2m1") for name, enc in BLOCK_FORMATS.items()},
     # Ours for the FC2-input variant: symmetric INT8, s = absmax/127, codes [-127, 127].
     "int8": QuantFormat("int8", 8, 127.0, -127.0, 127.0, floating=False, clip_margin=0.5),
+    # The paper's INT4 rule at 8 bits: s = absmax/128, codes [-128, 127].
+    "int8_full": QuantFormat("int8_full", 8, 128.0, -128.0, 127.0, floating=False, clip_margin=0.5),
 }
+LWC_INIT = 4.0  # OmniQuant's initial clipping logits: sigmoid(4) = 0.982 of the max and min
+LWC_MIN_STEP, LWC_MAX_STEP = 1e-5, 1e4  # OmniQuant's clamp of the step (CLIPMIN)
 
 
 def get_format(
@@ -99,7 +104,8 @@ def get_format(
 
 
 def resolve_group_size(group_size: GroupSize, shape: torch.Size | tuple[int, ...]) -> int:
-    """The number of elements per group for a tensor of ``shape`` (None/'channel': whole row)."""
+    """The number of elements per group for a tensor of ``shape`` (None/'channel': whole row;
+    'tensor' is ``grouped``'s and ``fake_quantize``'s, never a row's)."""
     dim = shape[-1] if len(shape) else 0
     if group_size is None or group_size == "channel":
         return dim
@@ -145,29 +151,45 @@ class _FakeQuantize(torch.autograd.Function):
 
     "Clipped" means x / s rounds to a code outside the range (OmniQuant's clamp(round_ste(u))),
     not merely that x / s exceeds qmax: otherwise fp32 rounding of absmax / divisor would
-    randomly cut the gradient of each group's largest element. The AbsMax part of the scale is a constant for autograd. An optional clipping factor
+    randomly cut the gradient of each group's largest element. An optional clipping factor
     (LAC, one per group position) multiplies the scale and gets the LSQ/OmniQuant gradient
-    d x_hat / d s = code - u inside the range and code where clipped.
+    d x_hat / d s = code - u inside the range and code where clipped. The AbsMax is a constant
+    for autograd unless ``absmax_grad``: then d x_hat / d s also flows through the scale into
+    each group's largest |x| (shared among ties, as torch's amax does), as plain autograd of
+    PrefixQuant's quantizer would.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, clip: Tensor | None, fmt: QuantFormat, group_size: int) -> Tensor:
+    def forward(
+        ctx, x: Tensor, clip: Tensor | None, fmt: QuantFormat, group_size: int, absmax_grad: bool
+    ) -> Tensor:
         shape = x.shape
         xg = x.float().reshape(*shape[:-1], shape[-1] // group_size, group_size)
+        factor = None
         if fmt.block is not None:
             u, scale = block_scaled(xg, fmt)[:2]
         else:
-            base_scale = xg.abs().amax(dim=-1, keepdim=True) / fmt.divisor
-            scale = base_scale * clip.float().unsqueeze(-1) if clip is not None else base_scale
+            absmax = xg.abs().amax(dim=-1, keepdim=True)
+            base_scale = absmax / fmt.divisor
+            factor = clip.float().unsqueeze(-1) if clip is not None else None
+            scale = base_scale * factor if factor is not None else base_scale
             safe = torch.where(scale > 0, scale, torch.ones_like(scale))
             u = xg / safe
         inside = code_in_range(u, fmt)
         code = round_to_grid(u.clamp(fmt.qmin, fmt.qmax), fmt)
         out = (code * scale).reshape(shape).to(x.dtype)
-        if clip is not None and ctx.needs_input_grad[1]:
-            ctx.save_for_backward(inside, (code - u * inside) * base_scale)
-        else:
-            ctx.save_for_backward(inside)
+        saved = [inside]
+        ctx.clip_grad = clip is not None and ctx.needs_input_grad[1]
+        ctx.absmax_grad = absmax_grad and ctx.needs_input_grad[0]
+        if ctx.clip_grad or ctx.absmax_grad:
+            saved.append(code - u * inside)  # d x_hat / d scale
+        if ctx.clip_grad:
+            saved.append(base_scale)
+        if ctx.absmax_grad:
+            peak = xg.abs() == absmax
+            share = torch.sign(xg) * peak / peak.sum(dim=-1, keepdim=True)
+            saved.append(share * ((factor if factor is not None else 1.0) / fmt.divisor))
+        ctx.save_for_backward(*saved)
         ctx.shape = shape
         ctx.dtype = x.dtype
         ctx.clip_dtype = clip.dtype if clip is not None else None
@@ -177,14 +199,93 @@ class _FakeQuantize(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         inside, *rest = ctx.saved_tensors
         g = grad_out.float().reshape(inside.shape)
-        grad_x = (g * inside).reshape(ctx.shape).to(ctx.dtype) if ctx.needs_input_grad[0] else None
+        grad_x = g * inside if ctx.needs_input_grad[0] else None
         grad_clip = None
         if rest:
-            (d_clip,) = rest
-            per_group = g * d_clip
-            grad_clip = per_group.sum(dim=-1).reshape(-1, per_group.shape[-2]).sum(0)
-            grad_clip = grad_clip.to(ctx.clip_dtype)
-        return grad_x, grad_clip, None, None
+            d_scale = rest.pop(0)
+            per_scale = (g * d_scale).sum(dim=-1, keepdim=True)  # d loss / d scale, per group
+            if ctx.clip_grad:
+                per_group = per_scale * rest.pop(0)
+                grad_clip = per_group.reshape(-1, per_group.shape[-2]).sum(0)
+                grad_clip = grad_clip.to(ctx.clip_dtype)
+            if ctx.absmax_grad:
+                grad_x = grad_x + per_scale * rest.pop(0)
+        if grad_x is not None:
+            grad_x = grad_x.reshape(ctx.shape).to(ctx.dtype)
+        return grad_x, grad_clip, None, None, None
+
+
+class _RoundSTE(torch.autograd.Function):
+    """The format's rounding in the forward, the identity in the backward (round_ste)."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, fmt: QuantFormat) -> Tensor:
+        return round_to_grid(u, fmt)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad, None
+
+
+class _GradScale(torch.autograd.Function):
+    """The identity in the forward; the gradient times ``factor`` (LSQ's step gradient scale)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, factor: float) -> Tensor:
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.factor, None
+
+
+def grouped(x: Tensor, group_size: GroupSize) -> Tensor:
+    """``x`` in fp32 as ``(..., n_groups, G)``: groups of G along the last dimension, one group
+    per row (None, 'channel'), or the whole tensor as one group ('tensor': shape (1, 1, numel))."""
+    if group_size == "tensor":
+        return x.float().reshape(1, 1, -1)
+    g = resolve_group_size(group_size, x.shape)
+    return x.float().reshape(*x.shape[:-1], x.shape[-1] // g, g)
+
+
+def lsq_quantize(x: Tensor, step: Tensor, fmt: QuantFormat, group_size: GroupSize) -> Tensor:
+    """LSQ (Esser et al. 2020): x_hat = step * round(clamp(x / step, qmin, qmax)) on the format's
+    grid, with one learned step per group (``step`` has the groups' shape, ``grouped(x)`` less
+    its last axis). The gradient is the paper's: the identity for x inside [qmin, qmax], zero
+    outside; for the step, round(u) - u inside and qmin or qmax outside, scaled by
+    1 / sqrt(G qmax) (G: the elements that share a step)."""
+    xg = grouped(x, group_size)
+    scaled = _GradScale.apply(step.float(), 1.0 / math.sqrt(xg.shape[-1] * fmt.qmax))
+    s = scaled.unsqueeze(-1)
+    code = _RoundSTE.apply((xg / s).clamp(fmt.qmin, fmt.qmax), fmt)
+    return (code * s).reshape(x.shape).to(x.dtype)
+
+
+def lsq_init(x: Tensor, fmt: QuantFormat, group_size: GroupSize) -> Tensor:
+    """LSQ's initial step per group: 2 mean|x| / sqrt(qmax)."""
+    return 2 * grouped(x.detach(), group_size).abs().mean(-1) / math.sqrt(fmt.qmax)
+
+
+def lwc_quantize(
+    x: Tensor, upper: Tensor, lower: Tensor, bits: int, group_size: GroupSize
+) -> Tensor:
+    """LWC (OmniQuant, Shao et al. 2024): an asymmetric grid of 2^bits levels between
+    sigmoid(upper) x max and sigmoid(lower) x min of each group, with a zero point.
+
+    As OmniQuant's code: step h = (max' - min') / (2^bits - 1) clamped to [1e-5, 1e4], zero
+    point z = round(-min' / h) without gradient, x_hat = (clamp(round_ste(x / h) + z, 0,
+    2^bits - 1) - z) h; autograd carries the gradient into the logits and, through the max
+    and min, into each group's extreme elements.
+    """
+    xg = grouped(x, group_size)
+    levels = 2**bits - 1
+    high = xg.amax(-1, keepdim=True) * torch.sigmoid(upper.float()).unsqueeze(-1)
+    low = xg.amin(-1, keepdim=True) * torch.sigmoid(lower.float()).unsqueeze(-1)
+    h = ((high - low) / levels).clamp(LWC_MIN_STEP, LWC_MAX_STEP)
+    zero = (-low / h).clamp(-1e4, 1e4).round().detach()
+    code = (_RoundSTE.apply(xg / h, FORMATS["int8"]) + zero).clamp(0, levels)
+    return ((code - zero) * h).reshape(x.shape).to(x.dtype)
 
 
 def block_scaled(xg: Tensor, fmt: QuantFormat):
@@ -208,31 +309,40 @@ def block_encode(x: Tensor, fmt: str | QuantFormat) -> tuple[Tensor, Tensor, Ten
 
 
 def fake_quantize(
-    x: Tensor, fmt: str | QuantFormat, group_size: GroupSize, clip: Tensor | None = None
+    x: Tensor,
+    fmt: str | QuantFormat,
+    group_size: GroupSize,
+    clip: Tensor | None = None,
+    absmax_grad: bool = False,
 ) -> Tensor:
     """Quantize-dequantize ``x`` in groups of ``group_size`` along its last dimension.
 
-    ``group_size`` None or 'channel' means one group over the whole last dimension; a block
-    format (``get_format`` applies its settings) takes None or its block.
-    ``clip`` (optional, shape ``(n_groups,)``) multiplies each group position's AbsMax scale.
+    ``group_size`` None or 'channel' means one group over the whole last dimension, 'tensor'
+    one group over the whole tensor; a block format (``get_format`` applies its settings)
+    takes None or its block. ``clip`` (optional, shape ``(n_groups,)``) multiplies each group
+    position's AbsMax scale; ``absmax_grad`` passes the gradient through the AbsMax.
     """
     spec = get_format(fmt)
     if spec.block is not None:
-        if group_size not in (None, spec.block) or clip is not None:
+        if group_size not in (None, spec.block) or clip is not None or absmax_grad:
             raise ValueError(
                 f"format {spec.name} quantizes in its blocks of {spec.block} with their own "
                 f"scales; got group_size {group_size!r}"
                 + (" and a clip factor" if clip is not None else "")
-                + f"; allowed: group_size None or {spec.block}, no clip"
+                + (" and absmax_grad" if absmax_grad else "")
+                + f"; allowed: group_size None or {spec.block}, no clip, no absmax_grad"
             )
         group_size = spec.block
+    if group_size == "tensor":
+        flat = x.reshape(1, -1)
+        return fake_quantize(flat, spec, None, clip, absmax_grad).reshape(x.shape)
     g = resolve_group_size(group_size, x.shape)
     if clip is not None and tuple(clip.shape) != (x.shape[-1] // g,):
         raise ValueError(
             f"clip has shape {tuple(clip.shape)}, expected ({x.shape[-1] // g},) for groups of "
             f"{g} over a last dimension of {x.shape[-1]}"
         )
-    return _FakeQuantize.apply(x, clip, spec, g)
+    return _FakeQuantize.apply(x, clip, spec, g, absmax_grad)
 
 
 def nmse(x: Tensor, x_hat: Tensor) -> float:

@@ -17,12 +17,19 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from qat_sweep.common import switch
-from qat_sweep.model.layers import make_act_quantizer, make_linear, make_rotation, site_spec
+from qat_sweep.model.layers import (
+    QuantLinear,
+    make_act_quantizer,
+    make_linear,
+    make_rotation,
+    site_spec,
+)
 from qat_sweep.model.precision import QuantConfig, check_group_size
 from qat_sweep.model.presets import ModelConfig
 from qat_sweep.model.quantizers import QuantFormat
 
 INIT_STD = 0.02
+INIT_CUTOFF = 3.0  # olmo2: the normal truncated at 3 sigma (OLMo-2's init_cutoff_factor)
 VOCAB_MULTIPLE = 128
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 
@@ -65,20 +72,22 @@ class Attention(nn.Module):
         d, kv = cfg.hidden_size, cfg.kv_dim
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         w_qkv, w_o = _weight_format(quant, "qkv"), _weight_format(quant, "o")
-        group = None if quant is None else quant.group
         rot_qkv, rot_o = make_rotation(quant, d), make_rotation(quant, d)
         self.act_qkv = make_act_quantizer(quant, "qkv", d, rot_qkv)
-        self.q = make_linear(d, d, w_qkv, group, rot_qkv)
-        self.k = make_linear(d, kv, w_qkv, group, rot_qkv)
-        self.v = make_linear(d, kv, w_qkv, group, rot_qkv)
+        self.q = make_linear(d, d, w_qkv, quant, rot_qkv)
+        self.k = make_linear(d, kv, w_qkv, quant, rot_qkv)
+        self.v = make_linear(d, kv, w_qkv, quant, rot_qkv)
         self.act_o = make_act_quantizer(quant, "o", d, rot_o)
-        self.o = make_linear(d, d, w_o, group, rot_o)
+        self.o = make_linear(d, d, w_o, quant, rot_o)
+        # OLMo-2's qk-norm: one RMSNorm over the whole q (and k) projection, before the heads.
+        self.q_norm = RMSNorm(d, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(kv, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         b, t, _ = x.shape
         xq = self.act_qkv(x)
-        q = self.q(xq).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k(xq).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.q_norm(self.q(xq)).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_norm(self.k(xq)).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v(xq).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if _SDPA_HAS_GQA:
@@ -98,13 +107,12 @@ class MLP(nn.Module):
         super().__init__()
         d, f = cfg.hidden_size, cfg.ffn_size
         w_fc1, w_fc2 = _weight_format(quant, "fc1"), _weight_format(quant, "fc2")
-        group = None if quant is None else quant.group
         rot_fc1, rot_fc2 = make_rotation(quant, d), make_rotation(quant, f)
         self.act_fc1 = make_act_quantizer(quant, "fc1", d, rot_fc1)
-        self.gate = make_linear(d, f, w_fc1, group, rot_fc1)
-        self.up = make_linear(d, f, w_fc1, group, rot_fc1)
+        self.gate = make_linear(d, f, w_fc1, quant, rot_fc1)
+        self.up = make_linear(d, f, w_fc1, quant, rot_fc1)
         self.act_fc2 = make_act_quantizer(quant, "fc2", f, rot_fc2)
-        self.down = make_linear(f, d, w_fc2, group, rot_fc2)
+        self.down = make_linear(f, d, w_fc2, quant, rot_fc2)
 
     def forward(self, x: Tensor) -> Tensor:
         xq = self.act_fc1(x)
@@ -158,11 +166,14 @@ class Transformer(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """Normal(0, 0.02) everywhere; o and down (residual outputs) get 0.02 / sqrt(2 L).
+        """``model.init``: olmo2 draws every weight from N(0, 0.02) truncated at 3 sigma;
+        scaled draws N(0, 0.02) untruncated, the residual outputs (o, down) at 0.02 / sqrt(2 L).
+        Norm gains start at 1; a learned weight quantizer then starts from its weight.
 
         Only the real vocabulary rows are drawn (padded rows are zero), so the random stream,
         and with it the whole run, is the same whatever the padding.
         """
+        scaled = self.config.init == "scaled"
         residual_std = INIT_STD / math.sqrt(2 * self.config.n_layers)
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -171,7 +182,13 @@ class Transformer(nn.Module):
                 if module is self.embed or module is self.lm_head:
                     nn.init.zeros_(weight[self.vocab_size :])
                     weight = weight[: self.vocab_size]
-                nn.init.normal_(weight, std=residual_std if is_residual_out else INIT_STD)
+                if scaled:
+                    nn.init.normal_(weight, std=residual_std if is_residual_out else INIT_STD)
+                else:
+                    cut = INIT_CUTOFF * INIT_STD
+                    nn.init.trunc_normal_(weight, std=INIT_STD, a=-cut, b=cut)
+            if isinstance(module, QuantLinear):
+                module.reset_quantizer()
 
     @property
     def n_params(self) -> int:
@@ -194,9 +211,18 @@ class Transformer(nn.Module):
         return self.loss(logits, targets)
 
     def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """Mean fp32 cross-entropy over the real vocabulary (the padded columns are dropped)."""
-        real = logits[..., : self.vocab_size].float()
-        return F.cross_entropy(real.flatten(0, 1), targets.flatten())
+        """Mean fp32 cross-entropy over the real vocabulary (the padded columns are dropped).
+
+        With ``model.z_loss`` the gradient also carries z_loss x mean(logsumexp^2), but the
+        value stays the cross-entropy (the z term enters as z - z.detach(), exactly 0), so the
+        recorded, smoothed and evaluated loss is the same quantity whatever the z-loss.
+        """
+        real = logits[..., : self.vocab_size].float().flatten(0, 1)
+        ce = F.cross_entropy(real, targets.flatten())
+        if not self.config.z_loss:
+            return ce
+        z = self.config.z_loss * torch.logsumexp(real, dim=-1).square().mean()
+        return ce + (z - z.detach())
 
 
 def compile_enabled(setting: object, device_type: str) -> bool:

@@ -10,6 +10,8 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+from qat_sweep.model.layers import is_quantizer_param
+from qat_sweep.model.transformer import RMSNorm
 from qat_sweep.train.distributed import full_norm, no_grad_sync
 
 
@@ -31,17 +33,23 @@ def lr_multiplier(step: int, total: int, warmup: int, optim: DictConfig) -> floa
 def make_optimizer(
     model: torch.nn.Module, optim: DictConfig, fused: bool | None = None
 ) -> torch.optim.AdamW:
-    """AdamW with weight decay on the linear weights only (not on norms and embeddings).
+    """AdamW with weight decay on the linear weights (block linears and lm_head), and on the
+    RMSNorm gains with ``optim.decay_norms`` (OLMo-2's decay_norm_and_bias); never on the
+    embedding (OLMo-2 neither) or a quantizer's learned factors (LAC, LSQ, LWC), whose decay
+    would pull them to an arbitrary point of their parametrisation.
 
     The fused kernel on CUDA (one launch for all parameters), the foreach one elsewhere; both
     compute the same update. ``fused`` overrides the choice.
     """
+    norms = {id(p) for m in model.modules() if isinstance(m, RMSNorm) for p in m.parameters()}
+    decay_norms = bool(optim.decay_norms)
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        is_matrix = param.ndim >= 2 and "embed" not in name
-        (decay if is_matrix else no_decay).append(param)
+        is_matrix = param.ndim >= 2 and "embed" not in name and not is_quantizer_param(name)
+        decayed = is_matrix or (decay_norms and id(param) in norms)
+        (decay if decayed else no_decay).append(param)
     groups = [
         {"params": decay, "weight_decay": float(optim.weight_decay)},
         {"params": no_decay, "weight_decay": 0.0},

@@ -183,7 +183,7 @@ def test_outliers_are_listed_with_their_run_keys():
     assert all(abs(o["robust_z"]) > OUTLIER_Z for f in outcome.deltas.values() for o in f.outliers)
     from qat_sweep.analysis.report.html import build_sections
 
-    text = " ".join(t for sec in build_sections(outcome.result) for t in sec.text)
+    text = " ".join(t for sec in build_sections(outcome.result) for t in sec.text + sec.details)
     assert all(key in text for key in hit) and "Outliers" in text
 
 
