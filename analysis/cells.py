@@ -4,7 +4,7 @@ or token budget (74.31M and 74.33M) group as the same cell.
 Values sorted on a log scale join one cell while each is within CELL_RTOL of the previous one;
 the cell is represented by its median. The paper's grids step N and D by about 2x, far beyond
 the tolerance. The fits themselves use each run's own N and D; cells only decide grouping
-(twins, duplicates, bootstrap resampling units, held-out slices).
+(twins, replicates, bootstrap resampling units, held-out slices).
 """
 
 from __future__ import annotations

@@ -36,10 +36,12 @@ RECORD_FIELDS = (
     "holdout",
     "twin_key",
 )
-# Table columns that identify a run, and those a run shares with its BF16 twin, for tables
-# without run_key / twin_key (config.run_key() and twin_key() make those). N and D compare by
-# cell (analysis/cells.py), so measured counts still pair and deduplicate.
-RUN_COLUMNS = ("N_cell", "D_cell", "scheme", "format", "group_size", "lr", "seed", "start_fraction")
+# Table columns that identify a run, for tables without run_key / twin_key (config.run_key()
+# and twin_key() make those), and those a run shares with its BF16 twin. Twins pair by (N, D)
+# cell (analysis/cells.py), so measured counts still pair; a duplicate is the same run twice
+# (every identity column and the loss equal), while runs that only share a cell are replicates.
+RUN_COLUMNS = ("n_params", "tokens", "scheme", "format", "group_size", "lr", "seed")
+RUN_COLUMNS += ("start_fraction",)  # QAT after BF16: another start is another run
 TWIN_COLUMNS = ("N_cell", "D_cell", "lr", "seed")
 SITES = ("qkv", "o", "fc1", "fc2")
 SITE_METRICS = ("kurtosis", "act_nmse", "weight_nmse")
@@ -270,20 +272,22 @@ def _row_problem(row: Any, channel_g: str) -> str:
 
 
 def _mark_duplicates(table: pd.DataFrame) -> None:
-    """Same key fields twice: keep the first run_key, exclude the others.
+    """The same measurement twice (identity and loss equal): keep the first run_key, exclude
+    the others. Runs that share a cell but differ (seed, N or D within the cell tolerance, or
+    their loss) are replicates: all enter the fit, and the bootstrap draws them with their cell.
 
     Records of qat-sweep carry `twin_key`, which covers every non-quant setting (schedule,
     data...), so runs that differ only there are not duplicates of each other.
     """
     usable = table[table["excluded"] == ""]
-    columns = [*RUN_COLUMNS, "twin_key"]
-    keys = ["|".join(map(str, vals)) for vals in usable[columns].itertuples(index=False)]
+    columns = [*RUN_COLUMNS, "twin_key", "loss"]
+    keys = ["|".join(map(repr, vals)) for vals in usable[columns].itertuples(index=False)]
     order = usable.assign(_key=keys).sort_values("run_key")
     first = order.drop_duplicates("_key")
     for index, row in order.iterrows():
         if index not in first.index:
             keep = first.loc[first["_key"] == row["_key"], "run_key"].iloc[0]
-            table.loc[index, "excluded"] = f"duplicate of {keep}"
+            table.loc[index, "excluded"] = f"duplicate of {keep} (same run and loss)"
 
 
 def twin_index(table: pd.DataFrame, usable: np.ndarray | None = None) -> np.ndarray:

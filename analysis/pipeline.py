@@ -84,10 +84,13 @@ def _apply_holdout(table: pd.DataFrame, query: str | None) -> pd.DataFrame:
 
 
 def _best_lr(bf16: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """Base law on the best learning rate per (N, D, seed): the Chinchilla envelope."""
+    """Base law on the best learning rate per (N, D, seed): the Chinchilla envelope. Every run
+    at that learning rate stays (replicates of the cell are data)."""
     n_cell, d_cell = cell_values(bf16)
-    ranked = bf16.assign(_n=n_cell, _d=d_cell).sort_values("loss")
-    best = ranked.drop_duplicates(["_n", "_d", "seed"]).sort_index().drop(columns=["_n", "_d"])
+    cells = bf16.assign(_n=n_cell, _d=d_cell)
+    by_loss = cells.sort_values("loss").groupby(["_n", "_d", "seed"], dropna=False)
+    best_lr = by_loss["lr"].transform("first").reindex(cells.index)
+    best = bf16[(cells["lr"] == best_lr) | (cells["lr"].isna() & best_lr.isna())]
     return best, len(bf16) - len(best)
 
 

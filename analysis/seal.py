@@ -23,7 +23,7 @@ import pandas as pd
 from qat_sweep.analysis.collect import InputError
 from qat_sweep.analysis.law.formulas import group_label
 
-from qat_sweep.common import json_safe
+from qat_sweep.common import current_umask, json_safe
 from qat_sweep.record import software_versions
 
 PREDICTIONS_DIR = "predictions"  # <sweep>/predictions/*.json: where fit looks for sealed files
@@ -76,7 +76,7 @@ def seal(path: Path, predictions: list[dict[str, Any]], fit_dir: Path) -> dict[s
             f.write(json.dumps(sealed, indent=1, allow_nan=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o444)
+        os.chmod(tmp, 0o444 & ~current_umask())  # read-only; readable as the umask says
         try:
             os.link(tmp, path)  # fails if the name exists: never replaces a file
         except FileExistsError as err:

@@ -42,6 +42,19 @@ def run_cli(
     )
 
 
+def stand_in(bin_dir: Path, name: str, body: str) -> Path:
+    """A bash program ``name`` in ``bin_dir`` (put it first on PATH) that logs its arguments,
+    one call a line, to the returned file, then runs ``body``: a scheduler that fails, stalls or
+    refuses, in front of the real one."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    calls = bin_dir / f"{name}.calls"
+    program = bin_dir / name
+    program.write_text(f'#!/bin/bash\necho "$@" >> {calls}\n{body}\n')
+    program.chmod(0o755)
+    calls.touch()
+    return calls
+
+
 def completed_record(run, loss: float) -> dict:
     """A valid record of a planned run (`sweep.spec.PlannedRun`) that completed with `loss`, as
     the trainer writes it; for tests of what reads run directories."""

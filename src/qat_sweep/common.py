@@ -36,7 +36,8 @@ class InputError(ValueError):
 @contextmanager
 def atomic_open(path: Path | str, mode: str = "w") -> Iterator[IO[Any]]:
     """A file that replaces ``path`` only once the block finishes; readers never see half of it,
-    and once it returns the new content and the rename are on disk.
+    and once it returns the new content and the rename are on disk. Its mode is what the umask
+    gives a new file (0644 under 022), as for any file the tool opens.
 
     The temp name (``.<name>.<random>.tmp``) is unique, so concurrent writers never share one;
     on an exception it is removed and ``path`` keeps its old content.
@@ -45,6 +46,7 @@ def atomic_open(path: Path | str, mode: str = "w") -> Iterator[IO[Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600: collaborators read
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -54,6 +56,27 @@ def atomic_open(path: Path | str, mode: str = "w") -> Iterator[IO[Any]]:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)  # the rename itself survives a crash
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (a change would race other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc (macOS): read it by setting it, and set it back at once
+    os.umask(mask)
+    return mask
+
+
+def user_cache_dir() -> Path:
+    """qat-sweep's cache outside any run (wandb sync's logs, matplotlib's font cache):
+    ``$XDG_CACHE_HOME/qat-sweep``, else ``~/.cache/qat-sweep``."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "qat-sweep"
 
 
 def fsync_dir(path: Path | str) -> None:

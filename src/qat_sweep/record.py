@@ -19,11 +19,16 @@ from __future__ import annotations
 import json
 import math
 import platform
+import re
 import subprocess
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from qat_sweep.common import format_count
 
 SCHEMA = 1
 RUNS_ROOT = "runs"  # conf/train.yaml's paths.runs: where commands look when none is given
@@ -68,6 +73,64 @@ REQUIRED_KEYS = (
     "slurm",
     "wandb",
 )
+
+
+def name_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` cannot name a directory below its root (sweep_name, run_key), or None: a
+    name with a path separator or a dot name would put the runs outside `paths.runs`."""
+    text = str(value)
+    if not text.strip() or text in (".", "..") or "/" in text or "\\" in text or "\0" in text:
+        return (
+            f"{key}={text!r}: must be a name (letters, digits, '.', '_', '-'), not a path: "
+            f"no '/' and not '.' or '..'; the directory goes below paths.runs"
+        )
+    return None
+
+
+# Numeric columns of a metrics row that readers compute with (status, resume).
+_METRIC_NUMBERS = ("loss", "loss_smoothed", "tokens", "tokens_per_s", "val_loss", "lr")
+
+
+def metrics_row_problem(row: Any) -> str | None:
+    """Why one parsed line of metrics.jsonl is no row a reader can use (None: it is one)."""
+    if not isinstance(row, dict):
+        return f"not a JSON object but {type(row).__name__}"
+    step = row.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"step {step!r} is not a whole number >= 0"
+    for key in _METRIC_NUMBERS:
+        value = row.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return f"{key} {value!r} is not a number"
+    return None
+
+
+def metrics_rows(
+    path: Path, text: str, first_line: Callable[[], int] = lambda: 1
+) -> list[tuple[str, dict[str, Any]]]:
+    """(line, row) of each usable row in ``text``, lines ``first_line()``... of metrics log
+    ``path`` (a callable: a tail's line numbers are counted only to name a bad row). A torn last line (a killed writer) is dropped quietly; any other malformed row is
+    skipped with a warning naming the file and line, so one bad row never blocks a resume or
+    the status of a sweep."""
+    lines = text.splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1 and not text.endswith("\n"):
+                continue
+            problem: str | None = "not valid JSON"
+        else:
+            problem = metrics_row_problem(row)
+        if problem is None:
+            rows.append((line, row))
+        else:
+            print(
+                f"[qat-sweep] warning: {path}, line {first_line() + i}: {problem}; row skipped",
+                file=sys.stderr,
+            )
+    return rows
 
 
 def sweep_dir(runs_root: Path | str, sweep: str) -> Path:
@@ -121,8 +184,35 @@ class RunRecord:
         return self.run_dir / RECORD_NAME
 
 
+# A trainer's run_key, `<model>_D<tokens>_<scheme>[_<format>_g<G>]_lr<lr>_s<seed>_<hash6>`
+# (config.run_key): its readable part names the grid point the record must describe.
+_RUN_KEY = re.compile(
+    r"(?P<model>.+?)_D(?P<tokens>[^_]+)_(?P<scheme>[^_]+)_.*_s(?P<seed>-?\d+)_[0-9a-f]{6}"
+)
+
+
+def ownership_problems(record: dict[str, Any], run_dir: Path) -> list[str]:
+    """Why a valid record does not prove the run of `run_dir` (empty list: it does): a record
+    copied, restored or edited into another run's directory must not count as that run."""
+    key, name = record["run_key"], Path(run_dir).name
+    if key != name:
+        return [f"the record of run {key!r}, not of this directory's run {name!r}"]
+    match = _RUN_KEY.fullmatch(str(key))
+    if match is None or record["status"] != "completed":
+        return []  # a key written by hand (no readable part), or a failure's partial fields
+    found = {"model": record["model"], "scheme": record["scheme"], "seed": str(record["seed"])}
+    tokens = record["tokens"]
+    found["tokens"] = format_count(tokens) if isinstance(tokens, int | float) else str(tokens)
+    return [
+        f"its {field}={value!r} is not the run_key's {match[field]!r}"
+        for field, value in found.items()
+        if value != match[field]
+    ]
+
+
 def load_record(run_dir: Path) -> RunRecord:
-    """The record file of `run_dir`, checked once here for every reader (record_problems)."""
+    """The record file of `run_dir`, checked once here for every reader (record_problems), and
+    shown to be this directory's run (ownership_problems)."""
     run_dir = Path(run_dir)
     try:
         record = json.loads((run_dir / RECORD_NAME).read_text())
@@ -132,6 +222,8 @@ def load_record(run_dir: Path) -> RunRecord:
         return RunRecord(run_dir, None, f"unreadable ({e})")
     if problems := record_problems(record):
         return RunRecord(run_dir, None, f"not a valid record ({'; '.join(problems)})")
+    if problems := ownership_problems(record, run_dir):
+        return RunRecord(run_dir, None, f"not this run's record ({'; '.join(problems)})")
     return RunRecord(run_dir, record)
 
 

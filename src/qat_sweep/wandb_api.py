@@ -8,11 +8,66 @@ is easy to audit.
 
 from __future__ import annotations
 
+import configparser
 import os
 import subprocess
 import sys
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
+
+from qat_sweep.common import user_cache_dir
+
+REACH_TIMEOUT_S = 3.0  # a server that gives no answer in this long is taken as unreachable
+
+
+def server_unreachable(timeout_s: float | None = None) -> str | None:
+    """Why the wandb server gives no HTTP answer within ``timeout_s`` (REACH_TIMEOUT_S unless
+    given; through HTTPS_PROXY when set, name lookup included); None when it answers, whatever
+    the status. A compute node without network otherwise stalls in wandb.init for minutes."""
+    timeout_s = REACH_TIMEOUT_S if timeout_s is None else timeout_s
+    url = base_url()
+    outcome: list[str | None] = []
+
+    def ask() -> None:
+        try:
+            urllib.request.urlopen(url, timeout=timeout_s).close()
+            outcome.append(None)
+        except urllib.error.HTTPError:  # an answer: the server is there
+            outcome.append(None)
+        except (OSError, ValueError) as e:  # URLError, timeouts, a malformed URL
+            outcome.append(str(getattr(e, "reason", e)) or type(e).__name__)
+
+    thread = threading.Thread(target=ask, daemon=True)  # name lookup has no timeout of its own
+    thread.start()
+    thread.join(timeout_s)
+    if not outcome:
+        return f"{url} did not answer within {timeout_s:g} s"
+    return None if outcome[0] is None else f"cannot reach {url} ({outcome[0]})"
+
+
+def base_url() -> str:
+    """The server wandb talks to: WANDB_BASE_URL, else `wandb login --host`'s settings file,
+    else wandb's default."""
+    if os.environ.get("WANDB_BASE_URL"):
+        return os.environ["WANDB_BASE_URL"]
+    config_dir = os.environ.get("WANDB_CONFIG_DIR") or Path.home() / ".config" / "wandb"
+    settings = configparser.ConfigParser()
+    settings.read(Path(config_dir) / "settings")
+    if settings.has_option("default", "base_url"):
+        return settings.get("default", "base_url")
+    import wandb
+
+    return str(wandb.Settings().base_url)
+
+
+def cache_env(cache_dir: Path) -> dict[str, str]:
+    """wandb's cache and staging directories (its service's debug logs go to the cache) under
+    ``cache_dir``, where the user has not chosen them, so nothing lands unasked in $HOME."""
+    wanted = {"WANDB_CACHE_DIR": cache_dir / "cache", "WANDB_DATA_DIR": cache_dir / "data"}
+    return {var: str(path) for var, path in wanted.items() if not os.environ.get(var)}
 
 
 def has_api_key() -> bool:
@@ -39,7 +94,8 @@ def sync_offline(
     command += ["--dry-run"] if dry_run else []
     command += ["--entity", entity] if entity else []
     command += ["--project", project] if project else []
-    return subprocess.run([*command, *map(str, files)], check=False).returncode
+    env = {**os.environ, **cache_env(user_cache_dir() / "wandb")}
+    return subprocess.run([*command, *map(str, files)], check=False, env=env).returncode
 
 
 def default_entity() -> str | None:

@@ -84,7 +84,8 @@ def test_quality_control_reasons():
     rows = [
         _record(run_key="b0"),
         _record(run_key="q_ok", scheme="w4a4", format="int4", group_size=64, loss=3.04),
-        _record(run_key="q_dup", scheme="w4a4", format="int4", group_size=64, loss=3.05),
+        _record(run_key="q_dup", scheme="w4a4", format="int4", group_size=64, loss=3.04),
+        _record(run_key="q_rep", scheme="w4a4", format="int4", group_size=64, loss=3.05),
         _record(run_key="q_neg", scheme="w4a16", format="int4", group_size=64, loss=2.99),
         _record(
             run_key="q_fail",
@@ -105,10 +106,10 @@ def test_quality_control_reasons():
     ]
     table = pair_deltas(build_table(rows))
     reasons = dict(zip(table["run_key"], table["excluded"], strict=True))
-    # duplicates keep the first run_key in sort order
-    assert (
-        reasons["b0"] == "" and reasons["q_dup"] == "" and reasons["q_ok"] == "duplicate of q_dup"
-    )
+    # the same run and loss twice keeps the first run_key in sort order; another loss of the
+    # same run is a replicate, and enters the fit
+    assert reasons["b0"] == "" and reasons["q_dup"] == "" and reasons["q_rep"] == ""
+    assert reasons["q_ok"] == "duplicate of q_dup (same run and loss)"
     assert reasons["q_neg"].startswith("non-positive gap")
     assert reasons["q_fail"] == "status failed" and reasons["q_div"] == "status diverged"
     assert reasons["q_notwin"].startswith("no BF16 twin")

@@ -22,7 +22,9 @@ def test_launch_dry_run_needs_no_slurm_and_no_data(
     assert "would submit 3 job array(s) via sbatch (tasks: 134, 143, 12)" in out
     scripts = out.split("#!/bin/bash")[1:]
     assert len(scripts) == 3
-    assert "#SBATCH --array=0-133%64" in scripts[0] and "#SBATCH --gpus-per-node=4" in scripts[0]
+    # array_parallelism (64) bounds the launch: shared out across the three arrays
+    assert "at most 64 runs at once (array_parallelism): %26, %26, %12" in out
+    assert "#SBATCH --array=0-133%26" in scripts[0] and "#SBATCH --gpus-per-node=4" in scripts[0]
     assert "#SBATCH --nodes=2" in scripts[2] and "#SBATCH --array=0-11%12" in scripts[2]
     for script in scripts:  # time limit, signal before it, requeue, the job's own python
         assert "#SBATCH --time=1440" in script and "#SBATCH --signal=USR2@180" in script

@@ -13,11 +13,13 @@ from qat_sweep.common import command_hint, format_hours, wants_help
 from qat_sweep.config.checks import data_problems
 from qat_sweep.locks import LockHeld, describe_holder, launch_lock
 from qat_sweep.record import SUBMITIT_DIR
-from qat_sweep.sweep.jobs import STATUSES, attach_status
+from qat_sweep.sweep.jobs import STATUSES, attach_status, disk_problem
 from qat_sweep.sweep.launch import (
     EXIT_LOCKED,
     LAUNCH_LOCK_WAIT_S,
+    SubmitError,
     _check_local_devices,
+    array_limits,
     job_arrays,
     run_local,
     submit_slurm,
@@ -86,6 +88,8 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         print(f"error: {e}\nnothing was launched.", file=sys.stderr)
         return 2
+    if _scheduler_silent(runs, sweep, dry):  # planning asked the scheduler already
+        return EXIT_LOCKED
     if dry:
         print("dry run: nothing is submitted, run or copied")
         if offline:
@@ -102,6 +106,9 @@ def main(argv: list[str]) -> int:
             stack.enter_context(
                 launch_lock(runs[0].run_dir.parent, LAUNCH_LOCK_WAIT_S, on_wait=_say_waiting)
             )
+        except OSError as e:  # a read-only or full sweep directory: nothing can be recorded
+            print(f"error: cannot take the launch lock: {e}; nothing was launched", file=sys.stderr)
+            return 1
         except LockHeld as held:
             print(
                 f"error: another launch of sweep {sweep!r} is still running "
@@ -125,6 +132,8 @@ def _launch(
     sweeps completed, size, then submit."""
     attach_status(runs)
     dry = "--dry-run" in flags
+    if _scheduler_silent(runs, sweep, dry, quiet=dry):
+        return EXIT_LOCKED
     try:
         _reuse_completed(runs, dry)
         todo = to_launch(runs, retry_diverged="--retry-diverged" in flags)
@@ -155,16 +164,26 @@ def _launch(
         )
     if not todo:
         return 0
+    if not dry and (full := disk_problem(runs[0].run_dir.parent)):
+        print(
+            f"error: {full}: the runs could not write their records; nothing was launched",
+            file=sys.stderr,
+        )
+        return 1
     if dry:
         if profile.kind == "slurm":
-            _print_arrays(arrays, command_hint("plan", argv, "--json"))
+            _print_arrays(arrays, profile, command_hint("plan", argv, "--json"))
         else:
             print(f"would run {len(todo)} run(s) here, {profile.max_parallel} at a time, in order:")
             for run in twins_first(todo):
                 print(f"  {run.run_key}  {' '.join(run.overrides)}")
         return 0
     if profile.kind == "slurm":
-        manifest = submit_slurm(todo, profile, sweep, argv)
+        try:
+            manifest = submit_slurm(todo, profile, sweep, argv)
+        except SubmitError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         print(
             f"submitted {len(manifest['jobs'])} runs in {len(manifest['arrays'])} array(s): "
             f"{', '.join(manifest['arrays'])}; follow with `{command_hint('status', argv)}`"
@@ -197,15 +216,25 @@ def _reuse_completed(runs: list[PlannedRun], dry: bool) -> None:
         )
 
 
-def _print_arrays(arrays: list[tuple[LaunchProfile, list[PlannedRun]]], rows_hint: str) -> None:
+def _print_arrays(
+    arrays: list[tuple[LaunchProfile, list[PlannedRun]]], profile: LaunchProfile, rows_hint: str
+) -> None:
     """Each job array's sbatch script (submitit's text) beside the runs it holds."""
     sizes = ", ".join(str(len(chunk)) for _, chunk in arrays)
     print(f"would submit {len(arrays)} job array(s) via sbatch (tasks: {sizes})")
-    for number, (shape, chunk) in enumerate(arrays, 1):
+    limits = array_limits([len(chunk) for _, chunk in arrays], profile.array_parallelism)
+    split = ", ".join(
+        f"%{n}" + (f" after array {a + 1}" if a is not None else "") for n, a in limits
+    )
+    print(f"at most {profile.array_parallelism} runs at once (array_parallelism): {split}")
+    for number, ((shape, chunk), (parallel, after)) in enumerate(
+        zip(arrays, limits, strict=True), 1
+    ):
         folder = Path(shape.folder) if shape.folder else chunk[0].run_dir.parent / SUBMITIT_DIR
         models = ", ".join(dict.fromkeys(r.model for r in chunk))
         print(f"\n=== array {number} of {len(arrays)}: {len(chunk)} runs ({models}) ===")
-        print(sbatch_script(shape, len(chunk), folder).rstrip())
+        waits = None if after is None else f"<array {after + 1}>"
+        print(sbatch_script(shape, len(chunk), folder, parallel, waits).rstrip())
         print("# runs: array index, run_key, GPUs, estimated wall-h, time-limit segments")
         for index, run in enumerate(chunk):
             s = run.sizing
@@ -215,6 +244,26 @@ def _print_arrays(arrays: list[tuple[LaunchProfile, list[PlannedRun]]], rows_hin
 
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+
+
+def _scheduler_silent(runs: list[PlannedRun], sweep: str, dry: bool, quiet: bool = False) -> bool:
+    """Whether a real launch must stop because the scheduler could not say which runs are
+    queued (a second submission would run them twice); says so on stderr. A dry run goes on
+    (the unknown runs are not listed) with a warning, unless ``quiet``."""
+    silent = next((r.reason for r in runs if r.status == "unknown"), None)
+    if silent is None or (dry and quiet):
+        return False
+    unknown = sum(r.status == "unknown" for r in runs)
+    why = f"cannot tell which runs are queued: {silent}; {unknown} run(s) may be queued or running"
+    if dry:
+        print(f"warning: {why}; a real launch would submit nothing now", file=sys.stderr)
+        return False
+    print(
+        f"error: {why}, so submitting nothing (a second submission would run them twice). "
+        f"Try again when the scheduler answers (`qat-sweep status sweep={sweep}`).",
+        file=sys.stderr,
+    )
+    return True
 
 
 def _say_waiting(held: LockHeld) -> None:

@@ -20,11 +20,12 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from qat_sweep.common import creatable_dir_problem, format_count
-from qat_sweep.config.compose import compose_tree, parse_tokens, resolve_tree, run_key
+from qat_sweep.config.compose import SWEEP_KEY, compose_tree, parse_tokens, resolve_tree, run_key
 from qat_sweep.config.typed import SchemaError, schema_message, schema_problems
 from qat_sweep.config_dirs import options
 from qat_sweep.model.precision import check_group_size, quant_config_from
 from qat_sweep.model.presets import available_presets, conf_dirs, model_config_from
+from qat_sweep.record import name_problem
 
 
 def config_problems(config: dict[str, Any], gpus: int | None = None) -> list[str]:
@@ -39,6 +40,7 @@ def config_problems(config: dict[str, Any], gpus: int | None = None) -> list[str
     problems = schema_problems(config)
     if problems:
         return problems  # the checks below read typed values
+    problems += place_problems(config)
     train, batch = config["train"], int(config["optim"]["batch_seqs"])
     micro, seq_len = train["micro_batch_seqs"], int(train["seq_len"])
     if micro is not None and batch % int(micro):
@@ -121,6 +123,16 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def place_problems(config: Mapping[str, Any]) -> list[str]:
+    """Why the run directory `<paths.runs>/<sweep_name>/<run_key>` would not lie below
+    paths.runs (checked before anything, a failure record included, is written there)."""
+    names = {SWEEP_KEY: config[SWEEP_KEY], "run_key": config.get("run_key")}
+    problems = [p for k, v in names.items() if v is not None and (p := name_problem(k, v))]
+    if not str(config["paths"]["runs"]).strip():
+        problems.append("paths.runs='': give the directory that holds the sweeps, e.g. runs")
+    return problems
+
+
 def run_problems(config: dict[str, Any]) -> list[str]:
     """What makes one composed run invalid, without touching data or allocating a model."""
     try:
@@ -141,8 +153,12 @@ def override_problems(overrides: list[str], has_cuda: bool | None = None) -> lis
     is there or buildable; run by the train command before Hydra and the trainer start.
     """
     try:
-        tree = resolve_tree(compose_tree(overrides))
+        raw = compose_tree(overrides)
+        tree = resolve_tree(raw)
         problems = config_problems(tree)
+        given = str(raw.get("run_key"))  # a run_key set by hand, not derived (${qat_run_key:})
+        if not given.startswith("${") and (problem := name_problem("run_key", given)):
+            problems.append(problem)
         if problems:
             return problems
         config = {**tree, "run_key": run_key(tree)}

@@ -47,7 +47,7 @@ from qat_sweep.train.preemption import EXIT_PREEMPTED
 from qat_sweep.train.tracking import quantized_twins, twin_record
 
 LAUNCH_LOCK_WAIT_S = 120.0  # a second launch waits this long for the first to finish submitting
-EXIT_LOCKED = 75  # EX_TEMPFAIL: another launch holds the sweep; try again later
+EXIT_LOCKED = 75  # EX_TEMPFAIL: another launch holds the sweep, or squeue fails; try later
 
 
 class TrainRun:
@@ -116,8 +116,9 @@ def job_arrays(
     """The arrays a SLURM launch submits: per resource shape, chunks of ``size`` (default: the
     cluster's MaxArraySize)."""
     size = size or max_array_size(profile)
-    ready, waiting = waiting_for_parents(runs)
-    # Children whose parent has not passed their branch step are queued held (branches.py).
+    ready, waiting = waiting_for_parents(parents_first(runs))
+    # Children whose parent has not passed their branch step are queued held (branches.py),
+    # in arrays after their parents' (an array may wait for an earlier one: array_limits).
     held = [(held_shape(shape), group) for shape, group in resource_groups(waiting, profile)]
     groups = [*resource_groups(ready, profile), *held]
     return [(shape, chunk) for shape, group in groups for chunk in chunks(group, size)]
@@ -127,6 +128,16 @@ def _write_manifest(sweep_dir: Path, manifest: dict[str, Any], name: str) -> Pat
     path = launches_dir(sweep_dir) / name
     write_json_atomic(path, manifest)
     return path
+
+
+def _try_write_manifest(sweep_dir: Path, manifest: dict[str, Any], name: str) -> str | None:
+    """A local launch's manifest, written if the disk lets it: a full disk or a read-only
+    directory must not stop the runs still to start. Returns why it was not written."""
+    try:
+        _write_manifest(sweep_dir, manifest, name)
+    except OSError as e:
+        return f"{launches_dir(sweep_dir) / name}: {e}"
+    return None
 
 
 def _manifest_name() -> str:
@@ -147,11 +158,36 @@ def _new_manifest(profile: LaunchProfile, sweep: str, argv: list[str]) -> dict[s
     }
 
 
+class SubmitError(RuntimeError):
+    """sbatch refused an array; the message says which arrays (if any) were already queued."""
+
+
+def array_limits(sizes: list[int], limit: int) -> list[tuple[int, int | None]]:
+    """(task parallelism, index of the array it waits for) per array, so that one launch runs
+    at most ``limit`` tasks at once however many arrays it is split into: the limit shared out
+    (no array gets more than its tasks; the shares sum to the limit), or, with more arrays
+    than the limit, one task at a time each and array i after array i - limit has ended."""
+    if len(sizes) > limit:
+        return [(1, i - limit if i >= limit else None) for i in range(len(sizes))]
+    shares, left = [0] * len(sizes), limit
+    while left and (open_ := [i for i, n in enumerate(sizes) if shares[i] < n]):
+        each = max(1, left // len(open_))
+        for i in open_:
+            give = min(each, sizes[i] - shares[i], left)
+            shares[i], left = shares[i] + give, left - give
+    return [(max(1, share), None) for share in shares]
+
+
 def submit_slurm(
     runs: list[PlannedRun], profile: LaunchProfile, sweep: str, argv: list[str]
 ) -> dict[str, Any]:
-    """Submit ``runs`` as job arrays (one sbatch per chunk) and record them in a manifest."""
+    """Submit ``runs`` as job arrays (one sbatch per chunk) and record them in a manifest.
+
+    The profile's array_parallelism bounds the whole launch (array_limits). An array sbatch
+    refuses is a SubmitError; the files submitit wrote for it are removed, and the arrays
+    queued before it are in the manifest."""
     import submitit
+    from submitit.core.utils import FailedJobError, FailedSubmissionError
 
     sweep_dir = runs[0].run_dir.parent
     folder = Path(profile.folder) if profile.folder else sweep_dir / SUBMITIT_DIR
@@ -159,11 +195,29 @@ def submit_slurm(
     manifest = _new_manifest(profile, sweep, argv)
     name = _manifest_name()
     held: list[tuple[PlannedRun, str]] = []
+    arrays = job_arrays(runs, profile)
+    limits = array_limits([len(chunk) for _, chunk in arrays], profile.array_parallelism)
     try:
-        for shape, chunk in job_arrays(runs, profile):
-            executor.update_parameters(**executor_parameters(shape))
-            with executor.batch():
-                jobs = [executor.submit(TrainRun(run.overrides)) for run in chunk]
+        for index, ((shape, chunk), (parallel, after)) in enumerate(
+            zip(arrays, limits, strict=True)
+        ):
+            waits = None if after is None else manifest["arrays"][after]
+            executor.update_parameters(**executor_parameters(shape, parallel, waits))
+            before = set(folder.iterdir()) if folder.is_dir() else set()
+            try:
+                with executor.batch():
+                    jobs = [executor.submit(TrainRun(run.overrides)) for run in chunk]
+            except (FailedJobError, FailedSubmissionError, OSError) as e:
+                for left in set(folder.iterdir()) - before:  # its pickles and sbatch script
+                    if left.is_file():
+                        left.unlink()
+                if not any(folder.iterdir()):
+                    folder.rmdir()  # nothing was queued from it
+                queued = ", ".join(manifest["arrays"]) or "none"
+                raise SubmitError(
+                    f"sbatch refused array {index + 1} of {len(arrays)} ({len(chunk)} runs): "
+                    f"{str(e).strip() or type(e).__name__}; arrays already queued: {queued}"
+                ) from e
             if shape.additional_parameters.get("hold"):
                 held += [(run, job.job_id) for run, job in zip(chunk, jobs, strict=True)]
             manifest["arrays"].append(jobs[0].job_id.split("_")[0])
@@ -215,18 +269,31 @@ def run_local(
     their run locks: they count against ``max_parallel``. Ctrl-C stops cleanly: no new run
     starts, running trainers get SIGTERM (they checkpoint at a step boundary and exit), and a
     summary says what a relaunch resumes; ``manifest["interrupted"]`` is then True.
+    A manifest the disk refuses is reported, and the runs go on.
     """
     runs = parents_first(twins_first(runs))
     gate = BranchGate(runs)
     sweep_dir = runs[0].run_dir.parent
     logs = launches_dir(sweep_dir) / LAUNCH_LOGS
-    logs.mkdir(parents=True, exist_ok=True)
     manifest = _new_manifest(profile, sweep, argv)
     manifest["jobs"] = [
         {"run_key": r.run_key, "job_id": None, "log": str(logs / f"{r.run_key}.log")} for r in runs
     ]
     name = _manifest_name()
-    _write_manifest(sweep_dir, manifest, name)
+    unwritten: list[str] = []  # why the manifest could not be written, each time it failed
+
+    def save() -> None:
+        if (problem := _try_write_manifest(sweep_dir, manifest, name)) is not None:
+            if not unwritten:
+                print(
+                    f"[qat-sweep] warning: cannot write the launch manifest {problem}; "
+                    "the runs go on",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            unwritten.append(problem)
+
+    save()
     env = {**os.environ, **profile.env}
     lock, stopping = threading.Lock(), threading.Event()
     done = [0]
@@ -266,21 +333,33 @@ def run_local(
                 job["held"], done[0], outcomes[run.run_key] = held, done[0] + 1, held
                 print(f"[{done[0]}/{len(runs)}] {run.run_key} {held}", flush=True)
                 _write_manifest(sweep_dir, manifest, name)
-        proc = None if held is not None or stopping.is_set() else start(run, job["log"])
-        if proc is None:
             gate.finished(run)
-            return None if held is None else 1
-        begin = time.monotonic()
-        with lock:
-            job["job_id"] = f"local:{proc.pid}"
-        code = proc.wait()
+            return 1
+        record = None
+        try:
+            logs.mkdir(parents=True, exist_ok=True)
+            proc = start(run, job["log"])
+        except OSError as e:  # full disk, read-only directory: the run cannot start here
+            begin, code, job["error"] = (
+                time.monotonic(),
+                1,
+                f"not started: cannot open its log ({e})",
+            )
+        else:
+            if proc is None:
+                gate.finished(run)
+                return None
+            begin = time.monotonic()
+            with lock:
+                job["job_id"] = f"local:{proc.pid}"
+            code = proc.wait()
+            record = read_record(run.run_dir)
         gate.finished(run)
-        record = read_record(run.run_dir)
         with lock:
-            del active[run.run_key]
+            active.pop(run.run_key, None)  # a run that never started is not there
             job["exit_code"] = code
             done[0] += 1
-            outcomes[run.run_key] = _outcome(record, code, job["log"])
+            outcomes[run.run_key] = job.get("error") or _outcome(record, code, job["log"])
             print(
                 f"[{done[0]}/{len(runs)}] {run.run_key} {outcomes[run.run_key]} "
                 f"({format_duration(time.monotonic() - begin)})",
@@ -290,7 +369,7 @@ def run_local(
                 if key not in shown:  # a pair finishing together is seen by both
                     shown.add(key)
                     print(f"  {line}", flush=True)
-            _write_manifest(sweep_dir, manifest, name)
+            save()
         return code
 
     started = time.monotonic()
@@ -305,7 +384,7 @@ def run_local(
         manifest["interrupted"] = True
     pool.shutdown(wait=True)
     manifest["failed"] = sum(1 for c in codes if c not in (0, None))
-    _write_manifest(sweep_dir, manifest, name)
+    save()
     if manifest.get("interrupted"):
         stopped = sum(1 for c in codes if c == EXIT_PREEMPTED)
         print(
@@ -325,6 +404,12 @@ def run_local(
     )
     for line in reason_groups(failed, lambda r: outcomes[r.run_key]):
         print(line, flush=True)
+    if unwritten:
+        print(
+            f"[qat-sweep] the launch manifest could not be written ({unwritten[-1]}): "
+            "`status` cannot show these runs' jobs, only their records",
+            file=sys.stderr,
+        )
     return manifest
 
 

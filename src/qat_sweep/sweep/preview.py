@@ -24,10 +24,17 @@ class _ScriptWriter(SlurmExecutor):
         return 1
 
 
-def sbatch_script(shape: LaunchProfile, tasks: int, folder: Path) -> str:
-    """The sbatch script of one job array of ``tasks`` runs with the resources of ``shape``."""
+def sbatch_script(
+    shape: LaunchProfile,
+    tasks: int,
+    folder: Path,
+    parallelism: int | None = None,
+    after: str | None = None,
+) -> str:
+    """The sbatch script of one job array of ``tasks`` runs with the resources of ``shape``
+    (``parallelism`` and ``after`` as `profiles.executor_parameters` takes them)."""
     writer = _ScriptWriter(folder / "%j")
-    params = executor_parameters(shape)
+    params = executor_parameters(shape, parallelism, after)
     generic = {k: v for k, v in params.items() if not k.startswith("slurm_")}
     specific = {k.removeprefix("slurm_"): v for k, v in params.items() if k.startswith("slurm_")}
     writer.update_parameters(**writer._convert_parameters(generic), **specific)

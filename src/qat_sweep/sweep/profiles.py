@@ -9,6 +9,7 @@ submitit executor (``executor_parameters``) and onto Hydra's submitit launcher
 
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -103,6 +104,23 @@ class LaunchProfile:
         return [*self.overrides, *extra]
 
 
+MIN_MEM_GB = 0.5  # a trainer process (Python, torch) needs this much: less is a slip
+MAX_SIGNAL_DELAY_S = 65535  # sbatch --signal=SIG@DELAY takes at most this many seconds
+
+
+def _mem_floor(mem_gb: float, where: str) -> str:
+    return (
+        f"{where}mem_gb={mem_gb:g} is {mem_gb * 1024:.3g} MB per node, below the {MIN_MEM_GB:g} GB "
+        "a run's process needs (mem_gb is in GB, e.g. 16); null leaves it to the partition"
+    )
+
+
+def slurm_mem(mem_gb: float) -> str:
+    """sbatch's --mem for ``mem_gb`` GB per node, in whole MB (rounded up, never 0: SLURM reads
+    --mem=0 as all of a node's memory)."""
+    return f"{max(1, math.ceil(mem_gb * 1024))}M"
+
+
 # The smallest value of each count (types are the schema's, see common.structured_fields).
 _MINIMUM = {"max_parallel": 1, "nodes": 1, "gpus_per_node": 0, "cpus_per_task": 1}
 _MINIMUM |= {"timeout_min": 1, "array_parallelism": 1, "max_array_size": 1, "signal_delay_s": 0}
@@ -158,6 +176,8 @@ def _value_problems(name: str, values: dict[str, Any]) -> list[str]:
             problems.append(f"{key} must be >= {minimum}, got {values[key]!r}")
     if values["mem_gb"] is not None and values["mem_gb"] <= 0:
         problems.append(f"mem_gb must be a positive number or null, got {values['mem_gb']!r}")
+    elif values["mem_gb"] is not None and values["mem_gb"] < MIN_MEM_GB:
+        problems.append(_mem_floor(values["mem_gb"], ""))
     if values["wandb_mode"] is not None and values["wandb_mode"] not in WANDB_MODES:
         problems.append(f"wandb_mode must be one of {list(WANDB_MODES)} or null")
     problems += _gpu_problems(values, "")
@@ -218,6 +238,11 @@ def _resource_problems(entry: dict[str, Any], where: str) -> list[str]:
             not isinstance(value, list) or not all(isinstance(v, str) for v in value)
         ):
             problems.append(f"{where}{key} must be a list of names, got {value!r}")
+    mem = entry.get("mem_gb")
+    if mem is not None and (isinstance(mem, bool) or not isinstance(mem, int | float) or mem <= 0):
+        problems.append(f"{where}mem_gb must be a positive number, got {mem!r}")
+    elif mem is not None and mem < MIN_MEM_GB:
+        problems.append(_mem_floor(mem, where))
     for key in ("nodes", "gpus_per_node", "cpus_per_task", "timeout_min"):
         value = entry.get(key)
         minimum = 0 if key == "gpus_per_node" else 1
@@ -228,25 +253,31 @@ def _resource_problems(entry: dict[str, Any], where: str) -> list[str]:
     return problems + _gpu_problems(entry, where)
 
 
-def executor_parameters(profile: LaunchProfile) -> dict[str, Any]:
-    """``AutoExecutor.update_parameters`` arguments for a SLURM profile."""
+def executor_parameters(
+    profile: LaunchProfile, parallelism: int | None = None, after: str | None = None
+) -> dict[str, Any]:
+    """``AutoExecutor.update_parameters`` arguments for a SLURM profile: one array's, with
+    ``parallelism`` tasks at once (default the profile's array_parallelism) and, ``after`` an
+    array id, started once that array has ended (launch.array_limits chooses both)."""
     additional = dict(profile.additional_parameters)
     if profile.requeue:
         additional.setdefault("requeue", True)
+    if after is not None:
+        additional["dependency"] = f"afterany:{after}"
     params: dict[str, Any] = {
         "name": f"qat-{profile.name}",
         "timeout_min": profile.timeout_min,
         "nodes": profile.nodes,
         "tasks_per_node": profile.tasks_per_node,
         "cpus_per_task": profile.cpus_per_task,
-        "slurm_array_parallelism": profile.array_parallelism,
+        "slurm_array_parallelism": parallelism or profile.array_parallelism,
         "slurm_signal_delay_s": profile.signal_delay_s,
         "slurm_additional_parameters": additional,
     }
     if profile.gpus_per_node:
         params["gpus_per_node"] = profile.gpus_per_node
     if profile.mem_gb is not None:
-        params["mem_gb"] = profile.mem_gb
+        params["slurm_mem"] = slurm_mem(profile.mem_gb)
     setup = [f"export {k}={_shell_quote(v)}" for k, v in profile.env.items()] + profile.setup
     if setup:
         params["slurm_setup"] = setup
@@ -277,8 +308,8 @@ def hydra_launcher_overrides(profile: LaunchProfile) -> list[str]:
     ]
     if profile.gpus_per_node:
         out.append(f"hydra.launcher.gpus_per_node={profile.gpus_per_node}")
-    if profile.mem_gb is not None:
-        out.append(f"hydra.launcher.mem_gb={int(profile.mem_gb)}")
+    if profile.mem_gb is not None:  # in MB: the launcher's mem_gb is a whole number of GB
+        out.append(f"+hydra.launcher.additional_parameters.mem={slurm_mem(profile.mem_gb)}")
     for key in ("partition", "account", "qos", "constraint", "exclude"):
         if getattr(profile, key) is not None:
             out.append(f"hydra.launcher.{key}={hydra_value(getattr(profile, key))}")
@@ -311,6 +342,12 @@ def check_against_cluster(profile: LaunchProfile) -> PartitionLimits | None:
     problems = []
     for shape in shapes:
         problems += _over_limits(shape, limits)
+    cluster_max = cluster_max_array_size()
+    if profile.max_array_size is not None and profile.max_array_size > cluster_max:
+        problems.append(
+            f"max_array_size={profile.max_array_size} > the cluster's MaxArraySize {cluster_max} "
+            f"(allowed: 1..{cluster_max}, or leave it out)"
+        )
     if problems:
         raise ValueError(
             f"launch profile {profile.name!r} ({profile_path(profile.name)}) asks for more than "
@@ -332,6 +369,16 @@ def _over_limits(profile: LaunchProfile, limits: PartitionLimits) -> list[str]:
         problems.append(f"gpus_per_node={profile.gpus_per_node} > {limits.gpus} GPUs per node")
     if limits.max_time_min is not None and profile.timeout_min > limits.max_time_min:
         problems.append(f"timeout_min={profile.timeout_min} > MaxTime {limits.max_time_min} min")
+    if profile.signal_delay_s >= profile.timeout_min * 60:
+        problems.append(
+            f"signal_delay_s={profile.signal_delay_s} >= timeout_min x 60 = "
+            f"{profile.timeout_min * 60} s: the job would be told to stop as it starts"
+        )
+    if profile.signal_delay_s > MAX_SIGNAL_DELAY_S:
+        problems.append(
+            f"signal_delay_s={profile.signal_delay_s} > {MAX_SIGNAL_DELAY_S} s, the most "
+            "sbatch --signal accepts"
+        )
     if profile.nodes > limits.nodes:
         problems.append(
             f"nodes={profile.nodes} > {limits.nodes} nodes in the partition "
@@ -344,6 +391,11 @@ def max_array_size(profile: LaunchProfile) -> int:
     """Tasks per array: the profile's cap, else the cluster's MaxArraySize (indices < it)."""
     if profile.max_array_size is not None:
         return profile.max_array_size
+    return cluster_max_array_size()
+
+
+def cluster_max_array_size() -> int:
+    """The cluster's MaxArraySize (`scontrol show config`): array indices stay below it."""
     for line in slurm_output("scontrol", "show", "config").splitlines():
         key, _, value = line.partition("=")
         if key.strip() == "MaxArraySize":

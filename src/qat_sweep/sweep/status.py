@@ -7,7 +7,6 @@ the trainer's run lock (``locks.run_starts``); a pending one's reason from squeu
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -17,7 +16,7 @@ from typing import Any
 
 from qat_sweep.common import format_count, format_duration, format_loss
 from qat_sweep.locks import run_starts
-from qat_sweep.record import METRICS_NAME
+from qat_sweep.record import METRICS_NAME, metrics_rows
 from qat_sweep.sweep.jobs import STATUSES
 from qat_sweep.sweep.spec import PlannedRun
 from qat_sweep.sweep.summary import (
@@ -34,24 +33,26 @@ _TAIL_BYTES = 64 * 1024  # enough rows to find the last tokens/s (every 10 steps
 
 
 def _tail_rows(path: Path) -> list[dict[str, Any]]:
-    """The last complete JSON rows of a metrics file (a torn last line is skipped)."""
+    """The last rows of a metrics file: a torn last line is dropped, a malformed row skipped
+    with a warning naming the file and line (record.metrics_rows)."""
     try:
         with open(path, "rb") as f:
             f.seek(0, 2)
             size = f.tell()
-            f.seek(max(0, size - _TAIL_BYTES))
-            lines = f.read().decode(errors="replace").splitlines()[1 if size > _TAIL_BYTES else 0 :]
+            start = max(0, size - _TAIL_BYTES)
+            f.seek(start)
+            text = f.read().decode(errors="replace")
     except OSError:
         return []
-    rows = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and "step" in row:
-            rows.append(row)
-    return rows
+    if start:  # the tail starts inside a line: drop that part
+        skipped, _, text = text.partition("\n")
+        start += len(skipped.encode()) + 1
+
+    def first_line() -> int:  # only to name a malformed row: counting reads the whole head
+        with open(path, "rb") as f:
+            return f.read(start).count(b"\n") + 1
+
+    return [row for _, row in metrics_rows(path, text, first_line)]
 
 
 def total_steps(run: PlannedRun) -> int:
@@ -211,6 +212,10 @@ def status_summary(runs: list[PlannedRun], relaunch: str, every_run: str) -> str
     if pending:
         lines += ["", f"pending ({len(pending)}), by the scheduler's reason:"]
         lines += reason_groups(pending, lambda r: _pending_text(r, progress_of))
+    unknown = [r for r in runs if r.status == "unknown"]
+    if unknown:
+        lines += ["", f"unknown ({len(unknown)}): the scheduler did not answer; queued or not:"]
+        lines += reason_groups(unknown, lambda r: r.reason)
     failed = [r for r in runs if r.status == "failed"]
     if failed:
         lines += ["", f"failed ({len(failed)}), by reason; rerun them with:"]

@@ -24,7 +24,13 @@ from typing import Any
 
 from qat_sweep.common import format_count, fsync_dir, json_safe, write_atomic
 from qat_sweep.delta import BF16, twin_gap
-from qat_sweep.record import IDENTITY_FIELDS, METRICS_NAME, read_record, sweep_records
+from qat_sweep.record import (
+    IDENTITY_FIELDS,
+    METRICS_NAME,
+    metrics_rows,
+    read_record,
+    sweep_records,
+)
 
 _WANDB_FORBIDDEN = re.compile(r"[:;,#?/'\s]")
 
@@ -49,28 +55,40 @@ def metrics_until(run_dir: Path, last_step: int) -> str:
     """The rows a checkpoint at `last_step` covers, as the text of a metrics log."""
     path = Path(run_dir) / METRICS_NAME
     kept = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line from a killed process
-        step = row.get("step", 0)
+    text = path.read_text(errors="replace") if path.exists() else ""
+    for line, row in metrics_rows(path, text):
+        step = row["step"]
         if step < last_step or (step == last_step and "val_loss" not in row):
             kept.append(line)
     return "".join(f"{line}\n" for line in kept)
 
 
 def resolve_wandb_mode(mode: str) -> str:
-    """`auto`: online with credentials, else offline with a warning (wandb.init fails without credentials)."""
-    if mode != "auto":
+    """The mode a run logs to wandb with. `auto`: WANDB_MODE when it names a mode; else offline
+    without an API key; else online. Online (asked for or chosen) falls back to offline when
+    the server opens no connection within seconds (wandb.init would stall ~100 s, then fail).
+    Each fallback is a warning: `qat-sweep sync` uploads offline runs later."""
+    if mode == "auto":
+        env = os.environ.get("WANDB_MODE")
+        if env is not None and env not in _WANDB_ENV_MODES:
+            return _offline(f"WANDB_MODE={env!r} is none of {', '.join(_WANDB_ENV_MODES)}")
+        has_key = bool(os.environ.get("WANDB_API_KEY")) or (Path.home() / ".netrc").exists()
+        mode = env or ("online" if has_key else _offline("no wandb API key found"))
+    if mode != "online":
         return mode
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    has_key = bool(os.environ.get("WANDB_API_KEY")) or (Path.home() / ".netrc").exists()
-    if not has_key:
-        warnings.warn("no wandb API key found: logging wandb offline", stacklevel=2)
-        return "offline"
+    from qat_sweep import wandb_api
+
+    if (unreachable := wandb_api.server_unreachable()) is not None:
+        return _offline(f"the wandb server is unreachable: {unreachable}")
     return "online"
+
+
+_WANDB_ENV_MODES = ("online", "offline", "disabled")
+
+
+def _offline(why: str) -> str:
+    warnings.warn(f"{why}: logging wandb offline (`qat-sweep sync` uploads it later)", stacklevel=3)
+    return "offline"
 
 
 def group_elems(group_size: Any, hidden_size: Any) -> int | None:
@@ -180,6 +198,9 @@ def wandb_path(
     return f"{entity}/{project or info.get('project') or 'qat-sweep'}/{info['id']}"
 
 
+_OWN_CACHE_ENV: dict[str, str] = {}  # wandb cache variables a Tracker set, not the user
+
+
 class Tracker:
     """Appends metric rows to metrics.jsonl and mirrors them to a wandb run."""
 
@@ -204,6 +225,17 @@ class Tracker:
             self._start_wandb(mode, wandb_settings, wandb_init)
 
     def _start_wandb(self, mode: str, settings: dict[str, Any], init: dict[str, Any]) -> None:
+        from qat_sweep import wandb_api
+
+        # wandb reads these itself: the chosen mode (an empty or unknown WANDB_MODE would
+        # fail it), and its cache (service debug logs) in the run directory, not in $HOME
+        os.environ["WANDB_MODE"] = mode
+        for var, value in list(_OWN_CACHE_ENV.items()):  # an earlier run's of this process
+            if os.environ.get(var) == value:
+                del os.environ[var]
+        chosen = wandb_api.cache_env(self.run_dir / "wandb")
+        os.environ.update(chosen)
+        _OWN_CACHE_ENV.update(chosen)
         try:
             import wandb
 
@@ -226,6 +258,13 @@ class Tracker:
                 "dir": str(Path(self.wandb_run.dir).parent),
             }
         except Exception as exc:  # a wandb failure never fails a run
+            if mode == "online":  # an invalid key, a server gone: the run still logs offline
+                warnings.warn(f"wandb online failed ({exc}): logging offline", stacklevel=2)
+                import wandb
+
+                wandb.teardown()  # the failed attempt holds the run id until its service ends
+                self._start_wandb("offline", settings, init)
+                return
             warnings.warn(f"wandb disabled for this run: {exc}", stacklevel=2)
             self.wandb_run = None
 

@@ -26,8 +26,16 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from qat_sweep.common import json_safe, resolve_device, switch, write_atomic, write_json_atomic
-from qat_sweep.config.compose import compose_run, run_dir
+from qat_sweep.common import (
+    InputError,
+    json_safe,
+    resolve_device,
+    switch,
+    write_atomic,
+    write_json_atomic,
+)
+from qat_sweep.config.checks import place_problems
+from qat_sweep.config.compose import compose_run, identity_fields, run_dir
 from qat_sweep.data.batches import BatchSchedule, val_batches
 from qat_sweep.data.prefetch import Prefetcher
 from qat_sweep.estimates.flops import flops_per_token, mfu, peak_flops
@@ -37,6 +45,7 @@ from qat_sweep.model.layers import set_quantizing, start_quantizing
 from qat_sweep.model.presets import CONF_DIR
 from qat_sweep.model.transformer import build_model, compile_blocks, compile_enabled
 from qat_sweep.record import (
+    IDENTITY_FIELDS,
     METRICS_NAME,
     RECORD_NAME,
     branch_checkpoint_path,
@@ -90,7 +99,10 @@ class Diverged(RuntimeError):
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run (or resume, or skip) one run; returns its record. Never raises for a failed run."""
+    """Run (or resume, or skip) one run; returns its record. Never raises for a failed run;
+    InputError (nothing written) for a run directory that would leave paths.runs."""
+    if problems := place_problems(cfg):
+        raise InputError("; ".join(problems))
     out_dir = run_dir(cfg)
     existing = _completed(cfg, out_dir)
     if existing is not None:
@@ -114,10 +126,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             record["status"] = "diverged" if isinstance(exc, Diverged) else "failed"
             record["error"] = f"{type(exc).__name__}: {exc}"
             record["metrics"]["traceback"] = traceback.format_exc(limit=20)
+            unwritten = ""
             if int(os.environ.get("RANK", "0")) == 0:
-                write_json_atomic(out_dir / RECORD_NAME, record)
+                try:
+                    write_json_atomic(out_dir / RECORD_NAME, record)
+                except OSError as e:  # the disk that failed the run refuses its record too
+                    unwritten = f" (its record could not be written: {e})"
             print(
-                f"[qat-sweep] run {cfg.run_key} {record['status']}: {record['error']}",
+                f"[qat-sweep] run {cfg.run_key} {record['status']}: {record['error']}{unwritten}",
                 file=sys.stderr,
             )
             return record
@@ -127,6 +143,15 @@ def _completed(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     """The run's completed record, if any; checkpoints a kill right after it left are removed."""
     existing = read_record(out_dir)
     if existing is None or existing["status"] != "completed":
+        return None
+    expected = identity_fields(cfg, strict=False)
+    if differs := [f for f in IDENTITY_FIELDS if existing[f] != expected[f]]:
+        print(
+            f"[qat-sweep] {out_dir / RECORD_NAME} does not describe run {cfg.run_key} "
+            f"({', '.join(f'{f} {existing[f]!r} != {expected[f]!r}' for f in differs)}): "
+            "training the run, its record will replace that one",
+            file=sys.stderr,
+        )
         return None
     if not cfg.checkpoint.keep_on_success and int(os.environ.get("RANK", "0")) == 0:
         remove_checkpoint(out_dir)
@@ -509,6 +534,9 @@ def main(cfg: DictConfig) -> None:
 
     try:
         record = train(cfg)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     except LockHeld as held:
         print(f"[qat-sweep] not started: {held}", file=sys.stderr)
         sys.exit(EXIT_LOCKED)
