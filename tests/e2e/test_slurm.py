@@ -272,15 +272,16 @@ def test_child_waits_held_until_its_parent_keeps_the_branch_checkpoint(
     assert "would submit 2 job array(s)" in preview and preview.count("#SBATCH --hold") == 1
     # The failing parent's vocabulary is smaller than that of the corpus its job builds.
     bad = ["model.vocab_size=8", f"paths.data={tmp_path}/bad-data"]
-    for runs, extra in ((tmp_path / "runs", []), (tmp_path / "bad", bad)):
+    good = [f"paths.data={tmp_path}/data"]  # each corpus built by the first job that needs it
+    for runs, extra in ((tmp_path / "runs", good), (tmp_path / "bad", bad)):
         argv = [f"sweep={sweep}", "launcher=ci", f"paths.runs={runs}", *extra]
         assert launch_main(argv) == 0
         assert "in 2 array(s)" in capsys.readouterr().out  # parents, then held children
         child = next(r for r in statuses(sweep, runs, capsys, *extra) if r["parent"])
         assert child["status"] == "running" and child["job_state"] == "pending"
     runs = tmp_path / "runs"
-    wait_for(all_done(sweep, runs, capsys), 240, "parent and child finished")
-    child = next(r for r in statuses(sweep, runs, capsys) if r["parent"])
+    wait_for(all_done(sweep, runs, capsys, *good), 240, "parent and child finished")
+    child = next(r for r in statuses(sweep, runs, capsys, *good) if r["parent"])
     assert child["status"] == "completed" and child["branch_step"] == 10
     record = read_record(Path(child["run_dir"]))
     assert record["metrics"]["branched_from"] == {"parent": child["parent"], "step": 10}
