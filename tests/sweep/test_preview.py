@@ -18,7 +18,7 @@ def test_launch_dry_run_needs_no_slurm_and_no_data(
     argv = ["sweep=paper", "launcher=a100-80gb", f"paths.runs={tmp_path / 'runs'}", "--dry-run"]
     assert launch_main(argv) == 0
     out = capsys.readouterr().out
-    assert "no SLURM on this machine" in out and "data 'olmo2'" in out
+    assert "no SLURM cluster answers here (no sinfo on PATH)" in out and "data 'olmo2'" in out
     assert "would submit 3 job array(s) via sbatch (tasks: 134, 143, 12)" in out
     scripts = out.split("#!/bin/bash")[1:]
     assert len(scripts) == 3
@@ -31,3 +31,26 @@ def test_launch_dry_run_needs_no_slurm_and_no_data(
         assert "#SBATCH --requeue" in script and "-m submitit.core._submit" in script
     assert out.count("_lr") == 289  # every run listed beside its array
     assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_launch_dry_run_with_slurm_tools_but_no_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A laptop with SLURM's client tools and no cluster: sinfo and scontrol fail, the preview
+    still prints the sbatch scripts; a real launch refuses with sinfo's own words."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name in ("sinfo", "scontrol", "squeue", "sbatch"):
+        tool = tools / name
+        tool.write_text(
+            "#!/bin/sh\necho 'fatal: Could not establish a configuration source' >&2\nexit 1\n"
+        )
+        tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:{Path(sys.executable).parent}")
+    argv = ["sweep=paper", "launcher=a100-80gb", f"paths.runs={tmp_path / 'runs'}"]
+    assert launch_main([*argv, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "no SLURM cluster answers here (sinfo does not answer" in out
+    assert out.count("#!/bin/bash") == 3 and not (tmp_path / "runs").exists()
+    assert launch_main(argv) == 2
+    assert "Could not establish a configuration source" in capsys.readouterr().err

@@ -107,4 +107,5 @@ def test_a_run_without_a_server_logs_offline_for_sync_and_keeps_home_clean(
     tracker.finish({"loss": 5.0})
     assert len(offline_files(run_dir.parent)) == 1  # what `qat-sweep sync` uploads
     assert list((tmp_path / "home").iterdir()) == []
-    assert list((run_dir / "wandb" / "cache").rglob("core-debug-*.log"))
+    # where the service's debug log goes is not asserted: wandb keeps one service per process,
+    # so after another test's run it logs under that run's cache (a trainer is its own process)

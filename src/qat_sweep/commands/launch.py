@@ -36,6 +36,7 @@ from qat_sweep.sweep.profiles import (
     placement,
 )
 from qat_sweep.sweep.reuse import completed_elsewhere, reuse
+from qat_sweep.sweep.slurm_limits import SchedulerUnreachable, slurm_output
 from qat_sweep.sweep.spec import PlanError, PlannedRun
 
 LAUNCH_FLAGS = ("--dry-run", "--print-hydra-overrides", "--retry-diverged")
@@ -71,8 +72,8 @@ def main(argv: list[str]) -> int:
             raise PlanError("missing launcher=PROFILE (a file in launchers/, e.g. launcher=local)")
         profile = load_profile(options["launcher"])
         dry = "--dry-run" in flags
-        offline = dry and profile.kind == "slurm" and shutil.which("sinfo") is None
-        if not offline:  # --print-hydra-overrides too: the same profile, same limits
+        offline = _offline_why(profile) if dry else None
+        if offline is None:  # --print-hydra-overrides too: the same profile, same limits
             check_against_cluster(profile)
         if "--print-hydra-overrides" in flags:
             print(" ".join(hydra_launcher_overrides(profile)))
@@ -94,13 +95,13 @@ def main(argv: list[str]) -> int:
         print("dry run: nothing is submitted, run or copied")
         if offline:
             print(
-                "no SLURM on this machine (no sinfo on PATH): the profile is not checked against "
+                f"no SLURM cluster answers here ({offline}): the profile is not checked against "
                 "a partition, and arrays split at the profile's max_array_size or SLURM's default"
             )
         missing_data = sorted(set(data_problems({r.run_key: r.config for r in runs}).values()))
         for message in missing_data:
             print(f"warning: a real launch refuses until the data is ready: {message}")
-        return _launch(runs, profile, sweep, argv, flags, mfu)
+        return _launch(runs, profile, sweep, argv, flags, mfu, offline=offline is not None)
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(
@@ -120,6 +121,20 @@ def main(argv: list[str]) -> int:
         return _launch(runs, profile, sweep, argv, flags, mfu)
 
 
+def _offline_why(profile: LaunchProfile) -> str | None:
+    """Why a dry run of a SLURM profile cannot ask the cluster (None: it can, or not SLURM):
+    a preview works from a laptop with no SLURM, or with SLURM's tools but no cluster."""
+    if profile.kind != "slurm":
+        return None
+    if shutil.which("sinfo") is None:
+        return "no sinfo on PATH"
+    try:
+        slurm_output("sinfo", "-h", "-o", "%P")
+    except SchedulerUnreachable as e:
+        return f"sinfo does not answer: {str(e).splitlines()[0][:160]}"
+    return None
+
+
 def _launch(
     runs: list[PlannedRun],
     profile: LaunchProfile,
@@ -127,6 +142,7 @@ def _launch(
     argv: list[str],
     flags: set[str],
     mfu: float,
+    offline: bool = False,
 ) -> int:
     """Status under the launch lock (a launch that just ended changed it), reuse runs other
     sweeps completed, size, then submit."""
@@ -141,7 +157,7 @@ def _launch(
 
         size_sweep(todo, profile, mfu, sweep_runs=runs)
         size = None
-        if dry and shutil.which("scontrol") is None:
+        if offline:
             size = profile.max_array_size or SLURM_DEFAULT_MAX_ARRAY_SIZE
         arrays = job_arrays(todo, profile, size) if profile.kind == "slurm" else []
     except PlanError as e:  # its message says that nothing was launched

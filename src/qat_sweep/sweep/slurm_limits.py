@@ -21,13 +21,19 @@ class PartitionLimits:
     nodes: int
 
 
+class SchedulerUnreachable(ValueError):
+    """A SLURM command that did not answer (no cluster configured, controller down)."""
+
+
 def slurm_output(*args: str) -> str:
     try:
         out = subprocess.run(args, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise ValueError(f"`{' '.join(args)}` could not run: {e}{_slurm_conf_hint()}") from e
+        raise SchedulerUnreachable(
+            f"`{' '.join(args)}` could not run: {e}{_slurm_conf_hint()}"
+        ) from e
     if out.returncode:
-        raise ValueError(
+        raise SchedulerUnreachable(
             f"`{' '.join(args)}` failed: {out.stderr.strip() or out.stdout.strip()}"
             f"{_slurm_conf_hint()}"
         )
