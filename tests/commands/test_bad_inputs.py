@@ -110,7 +110,6 @@ CONFIG_CASES: list[tuple[str, str]] = [
     ("optim.warmup_max_fraction=-0.1", "optim.warmup_max_fraction=-0.1"),
     ("optim.min_lr_ratio=1.5", "optim.min_lr_ratio=1.5"),
     ("optim.min_lr_ratio=-1", "optim.min_lr_ratio=-1"),
-    ("optim.decay_fraction=0", "optim.decay_fraction=0"),
     ("optim.decay_fraction=2", "optim.decay_fraction=2"),
     ("optim.schedule=linear", "optim.schedule='linear': allowed: cosine, wsd"),
     ("optim.betas=[0.9]", "optim.betas=[0.9]"),

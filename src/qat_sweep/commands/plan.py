@@ -18,7 +18,6 @@ from qat_sweep.sweep.plan import load_sweep, plan_sweep
 from qat_sweep.sweep.spec import PlannedRun
 from qat_sweep.sweep.summary import (
     Column,
-    clip,
     counts_line,
     grouped_table,
     share,
@@ -189,12 +188,12 @@ def main(argv: list[str]) -> int:
     if "--json" in flags:
         print(json.dumps([r.row(mfu, peak) for r in runs], indent=1))
     else:
-        print(clip(f"sweep {sweep!r} from {_shown(load_sweep(sweep).path)}"))
+        print(f"sweep {sweep!r} from {_shown(load_sweep(sweep).path)}")  # a path is never cut
         if "launcher" in options:
             from qat_sweep.sweep.profiles import profile_path
 
             source = _shown(profile_path(options["launcher"]))
-            print(clip(f"launch profile {options['launcher']!r} from {source}"))
+            print(f"launch profile {options['launcher']!r} from {source}")
         if "--runs" in flags:
             print(plan_table(runs, mfu, peak))
         else:

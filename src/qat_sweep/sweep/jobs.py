@@ -85,13 +85,14 @@ def disk_problem(path: Path) -> str | None:
 
 
 def _differs_from_plan(record: dict[str, Any], run: PlannedRun) -> str:
-    """The identity fields in which a completed record and its planned run disagree ('' none)."""
+    """The identity fields in which a completed record and its planned run disagree ('' none).
+    A field an older record lacks is not compared (its run key already names the run)."""
     if record["status"] != "completed":
         return ""
     return ", ".join(
         f"{field} {record[field]!r} != planned {getattr(run, field)!r}"
         for field in IDENTITY_FIELDS
-        if record[field] != getattr(run, field)
+        if field in record and record[field] != getattr(run, field)
     )
 
 
