@@ -25,7 +25,7 @@ from qat_sweep.analysis.report import reproduced
 from qat_sweep.analysis.report.plots import CAPTIONS
 from qat_sweep.analysis.report.style import DPI
 
-from qat_sweep.common import format_count, write_atomic
+from qat_sweep.common import format_count, format_number, write_atomic
 
 EXPECTED = {"N": "falls", "D": "rises", "G": "rises"}
 PAPER_CHANGE = {
@@ -66,10 +66,8 @@ class Notes:
 
 
 def _f(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, (int, float)):
-        return f"{value:.{digits}g}"
+    if value is None or isinstance(value, (int, float)):
+        return format_number(value, digits=digits)
     return str(value)
 
 
