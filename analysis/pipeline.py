@@ -109,6 +109,7 @@ def run_fit(
     fit_rows = usable[~usable["holdout"]]
     bf16_all = fit_rows[fit_rows["scheme"] == "bf16"]
     quant = fit_rows[fit_rows["scheme"] != "bf16"].reset_index(drop=True)
+    every_quant = quant  # pooled over start fractions, a setting too thin alone still counts
     if bf16_all.empty and quant.empty:
         reasons = sorted(set(table["excluded"]) - {""})
         raise InputError(
@@ -182,7 +183,7 @@ def run_fit(
         },
         "delta": delta_json,
         "start_fractions": compare_start_fractions(
-            quant, base.params, settings.delta_f_scale, settings.seed
+            every_quant, base.params, settings.delta_f_scale, settings.seed
         ),
         "joint": fit_joint(bf16, quant, base, paper_fits, settings.base_f_scale)
         if settings.joint and base.params["A"] is not None
