@@ -240,12 +240,12 @@ def levelling_table(noise: float = 0.0015, cell_noise: float = 0.01, seed: int =
     return table
 
 
-# QAT after BF16 (formulas.D_FP_QAT): W4A4 INT4 at start fractions 0 (the paper's protocol) to
-# 0.9, at the paper's four main N and three D, G 32 and 128, with one BF16 twin per (N, D).
-START_FRACTIONS = (0.0, 0.3, 0.5, 0.7, 0.9)
+# QAT after BF16 (formulas.D_FP_QAT): W4A4 INT4 in BF16 for the first 10 to 90 % of the tokens,
+# at the paper's four main N and three D, G 32 and 128, with one BF16 twin per (N, D).
+START_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 START_TOKENS = (10e9, 20e9, 50e9)
 START_GROUPS = (32, 128)
-START_TRUTH = {"k": 0.01, "gamma_G": 0.78, "phi": 1.0, "psi": 0.3, "omega": 0.3,
+START_TRUTH = {"k": 0.005, "gamma_G": 0.78, "phi": 1.0, "psi": 0.3, "omega": 0.3,
                "lambda": 0.5, "nu": 0.2, "xi": 0.6, "rho": 0.4}  # fmt: skip
 
 

@@ -389,11 +389,14 @@ LAWS: dict[str, DeltaLaw] = {law.name: law for law in (PAPER, NO_D, EFF_PER_G, L
 # QAT after a BF16 phase: Dremov et al. 2025 (arXiv 2509.22935, "Compute-Optimal QAT") write the
 # loss as a Chinchilla law plus a QAT penalty in the tokens per parameter byte of the BF16 and
 # the QAT phase, S_x = D_x / (N B / 8): an irreducible floor, a term that shrinks with QAT
-# tokens, and an interaction that grows with BF16 tokens (quantizing a longer-trained model is
-# harder). At one bit width B their 2^(-c B) factors and the B / 8 are constants, absorbed here
-# by k, phi and lambda; N and D / N are written relative to 1e8 parameters and 100 tokens per
-# parameter so the grids of starting values cover any model scale. Their law has no group size:
-# the paper's (log2 G)^gamma_G multiplies it, as for every law here. docs/laws.md says more.
+# tokens, and an interaction of the phases that shrinks with both. At fixed total tokens the
+# last two pull the best start fraction apart (their optimal QAT fraction, growing with
+# S = D / (N B / 8) when omega < xi + rho). The interaction diverges as D_fp -> 0: the law is
+# about BF16 first, and runs with QAT from step 0 stay out of its fits. At one bit width B
+# their 2^(-c B) factors and the B / 8 are constants, absorbed here by k, phi and lambda; N and
+# D / N are written relative to 1e8 parameters and 100 tokens per parameter so the grids of
+# starting values cover any model scale. Their law has no group size: the paper's
+# (log2 G)^gamma_G multiplies it, as for every law here. docs/laws.md says more.
 PHASES_N_REF = 1e8
 PHASES_S_REF = 100.0
 EXPONENT_BOUNDS = (1e-3, GAMMA_BOUND)
@@ -410,7 +413,7 @@ def _phases_shape(p: Points, nl: Mapping[str, Any]) -> np.ndarray:
         extra = nl["phi"] * n ** -nl.get("psi", 0.0) * s_qat ** -nl["omega"]
         if "lambda" in nl:
             extra = extra + (
-                nl["lambda"] * n ** -nl.get("nu", 0.0) * s_fp ** nl["xi"] * s_qat ** -nl["rho"]
+                nl["lambda"] * n ** -nl.get("nu", 0.0) * s_fp ** -nl["xi"] * s_qat ** -nl["rho"]
             )
         return np.log1p(extra)
 
@@ -427,8 +430,8 @@ def _exponent(
 
 D_FP_QAT = DeltaLaw(
     "D_fp_qat",
-    "delta = k (log2 G)^gamma_G [1 + phi n^-psi s_qat^-omega + lambda n^-nu s_fp^xi "
-    "s_qat^-rho], n = N / 1e8, s_qat = (1 - f) D / (100 N), s_fp = f D / (100 N)",
+    "delta = k (log2 G)^gamma_G [1 + phi n^-psi s_qat^-omega + lambda n^-nu s_fp^-xi "
+    "s_qat^-rho], n = N / 1e8, s_qat = (1 - f) D / (100 N), s_fp = f D / (100 N), 0 < f < 1",
     _power_terms("gamma_G"),
     nonlinear=(
         _scale("phi", "D_qat"),
@@ -443,7 +446,7 @@ D_FP_QAT = DeltaLaw(
     pooled=True,
     about="Dremov et al. 2025 (arXiv 2509.22935) at one bit width: BF16 tokens D_fp = f D, "
     "then QAT tokens D_qat = (1 - f) D; compared where the settings of several start "
-    "fractions f are pooled (fit.json start_fractions)",
+    "fractions f > 0 are pooled (fit.json start_fractions)",
 )
 # Every law fit.json may name: the per-setting candidates, and those compared across start
 # fractions (where the paper's law, blind to f, is the incumbent).

@@ -346,9 +346,11 @@ def why_not_fitted(
                 return f"{ratios} distinct D/N in this grid: a bend needs at least 3"
     if law.pooled:
         starts = np.unique(np.asarray(rows.get("start_fraction", [0.0]), float))
-        if len(starts) < 2 or not (starts > 0).any():
+        if (starts <= 0).any():
+            return "runs with QAT from step 0: the law has no value without a BF16 phase"
+        if len(starts) < 2:
             return (
-                f"{len(starts)} QAT start fraction(s) ({', '.join(f'{f:g}' for f in starts)}): "
+                f"{len(starts)} QAT start fraction ({', '.join(f'{f:g}' for f in starts)}): "
                 "the BF16 and QAT token terms need runs that start QAT at two fractions or more"
             )
     return None

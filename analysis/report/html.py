@@ -218,10 +218,21 @@ def laws_section(res: dict[str, Any]) -> Section:
         if fit.get("laws"):
             text.append(f"{key}: {fit.get('law', 'paper')}. {fit['selection'].get('why', '')}.")
             rows += _law_rows(key, fit, per_setting, used)
+    best_rows = []
     for key, item in (res.get("start_fractions") or {}).items():
         label = f"{key} at start fractions {', '.join(f'{f:g}' for f in item['start_fractions'])}"
         text.append(f"{label}: {item['law']}. {item['selection'].get('why', '')}.")
         pooled_rows += _law_rows(label, item, CRITERIA, used)
+        best_rows += [
+            {"setting": key, "N": format_count(b["n_params"]), "D": format_count(b["tokens"]),
+             "G": b["group_size"], "D/N": _f(b["tokens_per_param"], 3),
+             "best start fraction f*": _f(b["best_start_fraction"], 2),
+             "QAT share 1 - f*": _f(1 - b["best_start_fraction"], 2),
+             "delta at f*": _f(b["delta_at_best"], 3),
+             **{k.replace("delta_at_", "delta at f="): _f(v, 3)
+                for k, v in b.items() if k.startswith("delta_at_") and k != "delta_at_best"}}
+            for b in item.get("best_start_fraction") or []
+        ]  # fmt: skip
     if not rows:
         return Section("Which law holds", ["No delta law fitted."])
     text = [
@@ -251,6 +262,13 @@ def laws_section(res: dict[str, Any]) -> Section:
     tables = [("Laws by criterion", pd.DataFrame(rows).fillna(""))]
     if pooled_rows:
         tables.append(("Across QAT start fractions", pd.DataFrame(pooled_rows).fillna("")))
+    if best_rows:
+        text.append(
+            "Where D_fp_qat is selected, the start fraction f* of the lowest predicted delta at "
+            "each (N, D, G), at the same total tokens (Dremov et al.'s optimal QAT share 1 - f*, "
+            "which they find grows with tokens per parameter)."
+        )
+        tables.append(("Best QAT start fraction", pd.DataFrame(best_rows).fillna("")))
     tables.append(("The candidate laws", pd.DataFrame(law_rows)))
     return Section("Which law holds", text, tables, ["law_residuals"])
 

@@ -245,6 +245,12 @@ def summary_text(res: dict[str, Any], out: Path, fit_path: Path) -> str:
             f"{key} across QAT start fractions {starts}: {item['law']} "
             f"({item['selection'].get('why', '')})"
         )
+        best = [b["best_start_fraction"] for b in item.get("best_start_fraction") or []]
+        if best:
+            lines.append(
+                f"{key} best start fraction f* {min(best):g}..{max(best):g} over "
+                f"{len(best)} (N, D, G) (report: Best QAT start fraction)"
+            )
     for item in res.get("preregistered") or []:
         lines.append(f"sealed: {item['file']}: {item['status']}")
     return "\n".join(lines)

@@ -4,6 +4,7 @@ on held-out cells, and a selection that finds a levelling-off truth and keeps th
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from qat_sweep.analysis.collect import build_table, pair_deltas
 from qat_sweep.analysis.design.criterion import features
@@ -33,7 +34,11 @@ from qat_sweep.analysis.law.formulas import (
     log_delta,
 )
 from qat_sweep.analysis.law.law_fit import fit_law
-from qat_sweep.analysis.law.start_fractions import pooled_key, start_fraction_groups
+from qat_sweep.analysis.law.start_fractions import (
+    best_start_fractions,
+    pooled_key,
+    start_fraction_groups,
+)
 from qat_sweep.analysis.pipeline import Settings, check_intervals, run_fit
 
 P = {"k": 0.1582, "gamma_N": 0.2186, "gamma_D": 0.0745, "gamma_G": 0.7779}
@@ -173,50 +178,64 @@ def test_paper_table_keeps_the_papers_law():
 
 
 def test_d_fp_qat_is_dremov_form_at_one_bit_width():
-    """delta = k (log2 G)^gamma_G [1 + phi n^-psi s_qat^-omega + lambda n^-nu s_fp^xi
-    s_qat^-rho], written out by hand here; from step 0 (f = 0) the interaction vanishes."""
+    """delta = k (log2 G)^gamma_G [1 + phi n^-psi s_qat^-omega + lambda n^-nu s_fp^-xi
+    s_qat^-rho], written out by hand here; no value without a BF16 phase (f = 0)."""
     p = START_TRUTH
-    n, d, g, f = 3e8, 2e10, 64.0, np.array([0.0, 0.5, 0.8])
-    at = Points.at(n, d, g, g, f)
+    n, d, g, f = 3e8, 2e10, 64.0, np.array([0.1, 0.5, 0.8])
     s_qat, s_fp, n_rel = (1 - f) * d / (100 * n), f * d / (100 * n), n / 1e8
     by_hand = (
         p["k"] * np.log2(g) ** p["gamma_G"]
         * (1 + p["phi"] * n_rel ** -p["psi"] * s_qat ** -p["omega"]
-           + p["lambda"] * n_rel ** -p["nu"] * s_fp ** p["xi"] * s_qat ** -p["rho"])
+           + p["lambda"] * n_rel ** -p["nu"] * s_fp ** -p["xi"] * s_qat ** -p["rho"])
     )  # fmt: skip
-    assert np.allclose(np.exp(law_log_delta(D_FP_QAT, p, at)), by_hand, rtol=1e-12)
-    pure = p["k"] * np.log2(g) ** p["gamma_G"] * (1 + p["phi"] * n_rel ** -p["psi"] * s_qat[0] ** -p["omega"])  # fmt: skip
-    assert np.exp(law_log_delta(D_FP_QAT, p, at))[0] == pytest.approx(pure, rel=1e-12)
+    delta = np.exp(law_log_delta(D_FP_QAT, p, Points.at(n, d, g, g, f)))
+    assert np.allclose(delta, by_hand, rtol=1e-12)
+    assert np.isinf(law_log_delta(D_FP_QAT, p, Points.at(n, d, g, g, 0.0))[0])
     # psi and nu go with gamma_N: left out (None) they contribute nothing, N^0
     no_n = {**p, "psi": None, "nu": None}
-    flat = np.exp(
-        law_log_delta(D_FP_QAT, no_n, Points.at([1e8, 1e9], 100 * np.array([1e8, 1e9]), g, g, 0.5))
-    )
-    assert flat[0] == pytest.approx(flat[1], rel=1e-12)  # fmt: skip
+    two_n = Points.at([1e8, 1e9], 100 * np.array([1e8, 1e9]), g, g, 0.5)  # the same D / N
+    flat = np.exp(law_log_delta(D_FP_QAT, no_n, two_n))
+    assert flat[0] == pytest.approx(flat[1], rel=1e-12)
     assert D_FP_QAT.name not in LAWS and get_law("D_fp_qat") is D_FP_QAT  # pooled only
     assert D_FP_QAT.needs()["xi"] == "start fraction"
 
 
-def test_start_fractions_pool_only_settings_that_differ_in_when_qat_starts():
+def test_the_best_start_fraction_moves_as_dremov_found():
+    """omega < xi + rho: the best BF16 fraction falls (QAT's share grows) with D / N."""
+    law = FittedLaw(D_FP_QAT, START_TRUTH)
+    rows = pd.DataFrame({"n_params": 3e8, "tokens": [3e9, 3e10, 3e11], "G": 32.0,
+                         "group_size": 32, "start_fraction": [0.1, 0.5, 0.9]})  # fmt: skip
+    best = best_start_fractions(law, rows)
+    fractions = [b["best_start_fraction"] for b in best]
+    assert fractions == sorted(fractions, reverse=True) and fractions[0] > fractions[-1]
+    for b in best:
+        assert b["delta_at_best"] <= min(b["delta_at_0.1"], b["delta_at_0.9"])
+
+
+def test_start_fractions_pool_only_runs_trained_in_bf16_first():
     assert pooled_key("w4a4/int4-from0.5") == "w4a4/int4"
     assert pooled_key("w4a4/int4-wsd-from0.25") == "w4a4/int4-wsd"
     assert pooled_key("w4a4/nvfp4") == "w4a4/nvfp4"
     table = _usable(start_fraction_table("D_fp_qat"))
     quant = table[table["scheme"] != "bf16"]
-    groups = start_fraction_groups(quant)
-    assert list(groups) == ["w4a4/int4"] and len(groups["w4a4/int4"]) == len(quant)
+    from_zero = quant.assign(start_fraction=0.0, fit_key="w4a4/int4").iloc[:24]
+    groups = start_fraction_groups(pd.concat([quant, from_zero], ignore_index=True))
+    assert list(groups) == ["w4a4/int4"] and len(groups["w4a4/int4"]) == len(quant)  # f > 0
     one = quant[quant["fit_key"] == "w4a4/int4-from0.5"].reset_index(drop=True)
     assert start_fraction_groups(one) == {}
     paper = fit_delta(one, "w4a4/int4-from0.5")
     why = fit_law(one, D_FP_QAT, "w4a4/int4-from0.5", paper)
-    assert isinstance(why, str) and "1 QAT start fraction(s) (0.5)" in why
+    assert isinstance(why, str) and "1 QAT start fraction (0.5)" in why
+    with_zero = pd.concat([one, from_zero], ignore_index=True)
+    why = fit_law(with_zero, D_FP_QAT, "w4a4/int4", fit_delta(with_zero, "x"))
+    assert isinstance(why, str) and "QAT from step 0" in why
     splits, notes = make_splits(groups["w4a4/int4"])
     held = [s for s in splits if s.criterion == START_CRITERION]
     assert len(held) == len(START_FRACTIONS) and not notes
+    fractions = groups["w4a4/int4"]["start_fraction"]
     for split in held:  # each start fraction held out whole, nothing else
-        assert groups["w4a4/int4"]["start_fraction"][split.test].nunique() == 1
-        assert not (groups["w4a4/int4"]["start_fraction"][split.train].isin(
-            groups["w4a4/int4"]["start_fraction"][split.test])).any()  # fmt: skip
+        assert fractions[split.test].nunique() == 1
+        assert not fractions[split.train].isin(fractions[split.test]).any()
 
 
 @pytest.mark.parametrize("truth", ["D_fp_qat", "paper"])
@@ -233,5 +252,7 @@ def test_across_start_fractions_the_law_the_data_follow_is_selected(truth: str):
         assert dremov["held_out"][START_CRITERION] < 0.2 * paper["held_out"][START_CRITERION]
         for name in ("k", "gamma_G", "omega", "xi"):
             assert dremov["params"][name] == pytest.approx(START_TRUTH[name], rel=0.25), name
+        assert len(item["best_start_fraction"]) == 24  # every (N, D, G)
     else:
         assert paper["held_out_error"] < dremov["held_out_error"]
+        assert item["best_start_fraction"] == []  # the paper's law is blind to f
