@@ -5,7 +5,10 @@ after its last checkpoint)."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -13,9 +16,11 @@ import yaml
 from support import TINY, metrics_rows, train_rows
 
 from qat_sweep.config.compose import compose_run, run_dir
+from qat_sweep.locks import hold
 from qat_sweep.record import BRANCH_DIR, CORRUPT_DIR, RECORD_NAME
 from qat_sweep.sweep.plan import plan_sweep
-from qat_sweep.train.checkpoint import complete_checkpoints
+from qat_sweep.train.checkpoint import BRANCH_METRICS, checkpoint_problem, complete_checkpoints
+from qat_sweep.train.rebuild import rebuild_lock_path
 from qat_sweep.train.trainer import train
 
 SWEEP = {
@@ -40,6 +45,8 @@ SWEEP = {
     },
 }
 SAVES = ["checkpoint.every_steps=4", "checkpoint.keep=5", "checkpoint.keep_on_success=true"]
+# The parent also keeps a branch checkpoint after its own at step 8, before the branch step.
+EARLIER = {"late": 9, "wsd": 13}
 
 
 def interrupt(directory: Path, after_step: int) -> None:
@@ -52,6 +59,36 @@ def interrupt(directory: Path, after_step: int) -> None:
 
 def losses(directory: Path) -> list[tuple]:
     return [(r["step"], r["loss"], r["loss_smoothed"], r["lr"]) for r in train_rows(directory)]
+
+
+def history(branch_checkpoint: Path) -> list[tuple]:
+    """What a branch checkpoint's metrics rows give a child (timings and the parent's own
+    smoothing aside: the child recomputes it)."""
+    keys = ("step", "tokens", "loss", "lr", "grad_norm", "batch_crc", "val_loss")
+    text = (branch_checkpoint / BRANCH_METRICS).read_text()
+    return [tuple(row.get(k) for k in keys) for row in map(json.loads, text.splitlines())]
+
+
+def tear(checkpoint: Path) -> None:
+    (shard,) = checkpoint.glob("*.distcp")
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+
+
+def rebuild_elsewhere(kept: Path, good: Path, lock: Path, holding: threading.Event) -> None:
+    """Another child rebuilding ``kept``: it holds the lock until this one has moved the torn
+    checkpoint aside (and waits for the lock), then puts a good one in place."""
+    with hold(lock, "a rebuild in another child"):
+        holding.set()
+        while kept.exists():
+            time.sleep(0.05)
+        time.sleep(0.5)
+        shutil.copytree(good, kept)
+
+
+def remove_own_after(directory: Path, step: int) -> None:
+    for checkpoint in complete_checkpoints(directory):
+        if int(checkpoint.name.split("-")[1]) > step:
+            shutil.rmtree(checkpoint)
 
 
 @pytest.mark.slow
@@ -75,7 +112,8 @@ def test_branched_run_equals_from_scratch_through_interruptions(
     assert scratch["status"] == "completed" and len(reference) == 20
 
     # The parent is killed before the branch step and resumed: it still keeps the branch point.
-    parent_cfg = compose_run([*parent.overrides, *SAVES])
+    earlier = f"checkpoint.branch_steps=[{EARLIER[subgrid]},{child.branch_step}]"
+    parent_cfg = compose_run([*parent.overrides, *SAVES, earlier])
     assert train(parent_cfg)["status"] == "completed"
     shutil.rmtree(parent.run_dir / BRANCH_DIR)
     interrupt(parent.run_dir, after_step=8)
@@ -85,7 +123,7 @@ def test_branched_run_equals_from_scratch_through_interruptions(
     child_cfg = compose_run([*child.overrides, *SAVES])
     record = train(child_cfg)
     assert record["run_key"] == scratch["run_key"]  # branching leaves the identity alone
-    branched_from = {"parent": parent.run_key, "step": child.branch_step}
+    branched_from = {"parent": parent.run_key, "step": child.branch_step, "rebuilt_from_step": None}
     assert record["metrics"]["branched_from"] == branched_from
     assert losses(child.run_dir) == reference
     assert (record["loss"], record["val_loss"]) == (scratch["loss"], scratch["val_loss"])
@@ -100,12 +138,50 @@ def test_branched_run_equals_from_scratch_through_interruptions(
     evals = [r["step"] for r in metrics_rows(child.run_dir) if "val_loss" in r]
     assert len(evals) == len(set(evals))  # each evaluation logged once
 
-    # A torn branch checkpoint of a completed parent is moved aside; the child trains from
-    # scratch, to the same result.
+    # A torn branch checkpoint of a completed parent is moved aside and rebuilt: the parent
+    # rerun from its latest readable earlier checkpoint (a kept branch checkpoint, one of its
+    # own, none) to the branch step, its record, metrics and own checkpoints left alone.
     kept = parent.run_dir / BRANCH_DIR / f"step-{child.branch_step:09d}"
-    (shard,) = kept.glob("*.distcp")
-    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    kept_history = history(kept)
+    untouched = [(parent.run_dir / name).read_bytes() for name in (RECORD_NAME, "metrics.jsonl")]
+    for rebuilt_from in (EARLIER[subgrid], 8, 0):
+        if rebuilt_from < EARLIER[subgrid]:
+            earlier_kept = parent.run_dir / BRANCH_DIR / f"step-{EARLIER[subgrid]:09d}"
+            shutil.rmtree(earlier_kept, ignore_errors=True)
+        remove_own_after(parent.run_dir, rebuilt_from)
+        own = [p.name for p in complete_checkpoints(parent.run_dir)]
+        tear(kept)
+        shutil.rmtree(child.run_dir)
+        again = train(child_cfg)
+        assert losses(child.run_dir) == reference
+        assert (again["loss"], again["val_loss"]) == (scratch["loss"], scratch["val_loss"])
+        assert again["metrics"]["branched_from"] == {
+            **branched_from,
+            "rebuilt_from_step": rebuilt_from,
+        }
+        (moved,) = again["metrics"]["corrupt_checkpoints"]
+        assert Path(moved).parent == parent.run_dir / CORRUPT_DIR and Path(moved).is_dir()
+        assert checkpoint_problem(kept) is None and history(kept) == kept_history
+        assert [p.name for p in complete_checkpoints(parent.run_dir)] == own
+        assert [
+            (parent.run_dir / n).read_bytes() for n in (RECORD_NAME, "metrics.jsonl")
+        ] == untouched
+    assert len(list((parent.run_dir / CORRUPT_DIR).iterdir())) == 3
+    assert sorted(p.name for p in (parent.run_dir / BRANCH_DIR).iterdir()) == [
+        kept.name,
+        f"{kept.name}.rebuild.lock",
+    ]
+
+    # Another child rebuilds it meanwhile: this one waits for the lock and loads that result.
+    good = tmp_path / "good-branch-checkpoint"
+    shutil.copytree(kept, good)  # a copy, not links: tearing must leave it whole
+    tear(kept)
     shutil.rmtree(child.run_dir)
+    holding = threading.Event()
+    lock = rebuild_lock_path(parent.run_dir, child.branch_step)
+    other = threading.Thread(target=rebuild_elsewhere, args=(kept, good, lock, holding))
+    other.start()
+    holding.wait()
     again = train(child_cfg)
-    assert losses(child.run_dir) == reference and again["metrics"]["branched_from"] is None
-    assert not kept.exists() and list((parent.run_dir / CORRUPT_DIR).iterdir())
+    other.join()
+    assert losses(child.run_dir) == reference and again["metrics"]["branched_from"] == branched_from
