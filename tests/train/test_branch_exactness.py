@@ -123,7 +123,7 @@ def test_branched_run_equals_from_scratch_through_interruptions(
     child_cfg = compose_run([*child.overrides, *SAVES])
     record = train(child_cfg)
     assert record["run_key"] == scratch["run_key"]  # branching leaves the identity alone
-    branched_from = {"parent": parent.run_key, "step": child.branch_step, "rebuilt_from_step": None}
+    branched_from = {"parent": parent.run_key, "step": child.branch_step}
     assert record["metrics"]["branched_from"] == branched_from
     assert losses(child.run_dir) == reference
     assert (record["loss"], record["val_loss"]) == (scratch["loss"], scratch["val_loss"])

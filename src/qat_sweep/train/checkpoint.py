@@ -11,7 +11,8 @@ shard plus one tensor beyond what it built. A checkpoint that cannot be read is 
 
 At a step another run branches from, the checkpoint is also kept whole under
 ``<run>/branch-checkpoint/step-N/`` (hard links, never rotated or removed with the run's own),
-with the metrics rows up to that step, so the branch starts exactly where this run was.
+with the metrics rows up to that step, so the branch starts exactly where this run was. One
+that is lost or cannot be read is rebuilt by the child that needs it (train/rebuild.py).
 """
 
 from __future__ import annotations

@@ -288,11 +288,9 @@ class Trainer:
                 row["loss_smoothed"] = self.state.smoothed.update(row["loss"])
         checkpoint["smoothed"] = (self.state.smoothed.value, self.state.smoothed.weight)
         self.state.load_state_dict(checkpoint)
-        self.state.branched_from = {
-            "parent": parent,
-            "step": step,
-            "rebuilt_from_step": rebuilt_from,
-        }
+        self.state.branched_from = {"parent": parent, "step": step}
+        if rebuilt_from is not None:  # the record says so only where it happened
+            self.state.branched_from["rebuilt_from_step"] = rebuilt_from
         self.inherited = rows
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
