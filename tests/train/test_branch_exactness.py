@@ -185,3 +185,29 @@ def test_branched_run_equals_from_scratch_through_interruptions(
     again = train(child_cfg)
     other.join()
     assert losses(child.run_dir) == reference and again["metrics"]["branched_from"] == branched_from
+
+
+@pytest.mark.slow
+def test_child_waits_for_a_parent_short_of_its_branch_step(tmp_path: Path, demo_data: Path) -> None:
+    """No rebuild before the parent has passed the branch step, nor without its config."""
+    (tmp_path / "branching.yaml").write_text(yaml.safe_dump({"name": "branching", **SWEEP}))
+    runs = plan_sweep(
+        str(tmp_path / "branching.yaml"), [f"data.dir={demo_data}"], runs_root=tmp_path / "runs"
+    )
+    (child,) = [r for r in runs if r.subgrid == "late"]
+    child_cfg = compose_run([*child.overrides, *SAVES])
+    record = train(child_cfg)  # the parent has not started
+    assert (
+        record["status"] == "failed" and f"has not kept step {child.branch_step}" in record["error"]
+    )
+
+    # The parent passed the branch step (its metrics say so) and was killed: no record yet.
+    (parent,) = [r for r in runs if r.run_key == child.parent]
+    assert train(compose_run([*parent.overrides, *SAVES]))["status"] == "completed"
+    interrupt(parent.run_dir, after_step=12)
+    shutil.rmtree(parent.run_dir / BRANCH_DIR)
+    shutil.rmtree(child.run_dir)
+    record = train(child_cfg)
+    assert (
+        record["status"] == "failed" and "has no record to rerun its config from" in record["error"]
+    )
