@@ -1,7 +1,8 @@
 """Runs that branch: a run started from its parent's checkpoint trains, bit for bit, what it
 trains from scratch, for QAT after BF16 and for WSD trunks, through interruptions of parent
 and child (a run whose record is gone and whose newer checkpoints are gone is a run killed
-after its last checkpoint)."""
+after its last checkpoint), through a parent's torn branch checkpoint (rebuilt by the child),
+on one process and on two DDP ranks."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import TINY, metrics_rows, train_rows
+from support import TINY, finish, metrics_rows, start_ranks, train_rows
 
 from qat_sweep.config.compose import compose_run, run_dir
 from qat_sweep.locks import hold
-from qat_sweep.record import BRANCH_DIR, CORRUPT_DIR, RECORD_NAME
+from qat_sweep.record import BRANCH_DIR, CORRUPT_DIR, RECORD_NAME, read_record
 from qat_sweep.sweep.plan import plan_sweep
 from qat_sweep.train.checkpoint import BRANCH_METRICS, checkpoint_problem, complete_checkpoints
 from qat_sweep.train.rebuild import rebuild_lock_path
@@ -70,8 +71,8 @@ def history(branch_checkpoint: Path) -> list[tuple]:
 
 
 def tear(checkpoint: Path) -> None:
-    (shard,) = checkpoint.glob("*.distcp")
-    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    for shard in checkpoint.glob("*.distcp"):  # one per rank that wrote tensors
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
 
 
 def rebuild_elsewhere(kept: Path, good: Path, lock: Path, holding: threading.Event) -> None:
@@ -211,3 +212,41 @@ def test_child_waits_for_a_parent_short_of_its_branch_step(tmp_path: Path, demo_
     assert (
         record["status"] == "failed" and "has no record to rerun its config from" in record["error"]
     )
+
+
+def train_ddp(overrides: list[str]) -> dict:
+    """The run trained by two DDP ranks over gloo; its record."""
+    args = [*overrides, "train.parallelism=ddp"]
+    outcomes = finish(start_ranks(args))
+    assert all(code == 0 for code, _ in outcomes), outcomes[0][1][-3000:]
+    return read_record(run_dir(compose_run(args)))
+
+
+@pytest.mark.slow
+def test_branched_ddp_run_equals_ddp_from_scratch(tmp_path: Path, demo_data: Path) -> None:
+    """Two DDP ranks branch, and rebuild a torn branch checkpoint, to their from-scratch run."""
+    (tmp_path / "branching.yaml").write_text(yaml.safe_dump({"name": "branching", **SWEEP}))
+    runs = plan_sweep(
+        str(tmp_path / "branching.yaml"), [f"data.dir={demo_data}"], runs_root=tmp_path / "runs"
+    )
+    (child,) = [r for r in runs if r.subgrid == "late"]
+    (parent,) = [r for r in runs if r.run_key == child.parent]
+    scratch_overrides = [o for o in child.overrides if not o.startswith("branch.")]
+    scratch = train_ddp([*scratch_overrides, "sweep_name=scratch"])
+    reference = losses(run_dir(compose_run([*scratch_overrides, "sweep_name=scratch"])))
+    assert scratch["metrics"]["world_size"] == 2 and len(reference) == 20
+
+    assert train_ddp([*parent.overrides, *SAVES])["status"] == "completed"
+    record = train_ddp([*child.overrides, *SAVES])
+    assert record["metrics"]["branched_from"] == {"parent": parent.run_key, "step": 10}
+    assert losses(child.run_dir) == reference
+    assert (record["loss"], record["val_loss"]) == (scratch["loss"], scratch["val_loss"])
+
+    tear(parent.run_dir / BRANCH_DIR / f"step-{child.branch_step:09d}")
+    remove_own_after(parent.run_dir, 8)
+    shutil.rmtree(child.run_dir)
+    record = train_ddp([*child.overrides, *SAVES])
+    rebuilt = {"parent": parent.run_key, "step": 10, "rebuilt_from_step": 8}
+    assert record["metrics"]["branched_from"] == rebuilt
+    assert losses(child.run_dir) == reference
+    assert (record["loss"], record["val_loss"]) == (scratch["loss"], scratch["val_loss"])
