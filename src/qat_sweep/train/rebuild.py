@@ -6,7 +6,9 @@ checkpoints are only read.
 The config is the one in the parent's record (`config`, the whole resolved config its trainer
 ran), not one composed again from overrides: a child knows only its parent's run key, and
 overrides composed today could resolve otherwise than the defaults the parent trained with;
-the record's run key is checked against the parent's all the same.
+the record's run key is checked against the parent's all the same. The rerun runs in the
+child's processes, so it takes the child's execution keys (`train.parallelism`, micro-batches,
+device...); its result is bit for bit the parent's where the two execute alike.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from qat_sweep.common import fsync_dir, write_atomic
-from qat_sweep.config.compose import run_key
+from qat_sweep.config.compose import EXECUTION_TRAIN_KEYS, run_key
 from qat_sweep.config.typed import typed_tree
 from qat_sweep.record import (
     BRANCH_DIR,
@@ -57,9 +59,11 @@ def parent_passed(parent_dir: Path, step: int) -> bool:
     return any(row["step"] > step for _, row in metrics_rows(path, text))
 
 
-def parent_config(parent_dir: Path, parent: str, step: int) -> DictConfig | None:
-    """The parent's own config from its record (None without one), rerun as a rebuild: it
-    keeps only the branch point at ``step``, saves nothing else and logs to no wandb run."""
+def parent_config(parent_dir: Path, parent: str, step: int, child: DictConfig) -> DictConfig | None:
+    """The parent's own config from its record (None without one), rerun as a rebuild in the
+    child's processes: with the child's execution (``train.parallelism``, micro-batches,
+    device...: the parent's may not fit this process group), keeping only the branch point at
+    ``step``, saving nothing else and logging to no wandb run."""
     record = read_record(parent_dir)
     if record is None or not record.get("config"):
         return None
@@ -68,6 +72,9 @@ def parent_config(parent_dir: Path, parent: str, step: int) -> DictConfig | None
         raise ValueError(
             f"the record in {parent_dir} holds the config of run {run_key(config)}, not {parent}"
         )
+    child_train = OmegaConf.to_container(child.train, resolve=True, enum_to_str=True)
+    execution = {k: v for k, v in child_train.items() if k in EXECUTION_TRAIN_KEYS}
+    config["train"] = {**config["train"], **execution}
     saves = {"branch_steps": [step], "every_minutes": 0.0, "every_steps": 0, "keep": 1}
     config["checkpoint"] = {**config["checkpoint"], **saves}
     config["logger"] = {**config["logger"], "wandb": {**config["logger"]["wandb"]}}

@@ -311,7 +311,7 @@ class Trainer:
                 f"branch checkpoint {path} cannot be used ({problem}): parent {parent} has not "
                 f"kept step {step}; start this run once it has (launch does)"
             )
-        cfg = parent_config(parent_dir, parent, step)
+        cfg = parent_config(parent_dir, parent, step, self.cfg)
         if cfg is None:
             raise ValueError(
                 f"branch checkpoint {path} cannot be used ({problem}) and parent {parent}, "
@@ -337,18 +337,14 @@ class Trainer:
         if self.dist.is_main:
             stage(scratch, rebuild_source(parent_dir, step))
         barrier(self.dist)
-        threads = torch.get_num_threads()  # the parent's train.threads must not stay this run's
-        try:
-            rerun = Trainer(cfg, validate_run(cfg), scratch, sweep_dir=self.sweep_dir)
-            start = rerun.state.step
-            if self.dist.is_main:
-                print(
-                    f"[qat-sweep] rebuilding {parent_dir.name} branch checkpoint at step {step} "
-                    f"from step {start} ({problem})"
-                )
-            rerun.keep_branch_point(step)
-        finally:
-            torch.set_num_threads(threads)
+        rerun = Trainer(cfg, validate_run(cfg), scratch, sweep_dir=self.sweep_dir)
+        start = rerun.state.step
+        if self.dist.is_main:
+            print(
+                f"[qat-sweep] rebuilding {parent_dir.name} branch checkpoint at step {step} "
+                f"from step {start} ({problem})"
+            )
+        rerun.keep_branch_point(step)
         if self.dist.is_main:
             publish(scratch, parent_dir, step)
         barrier(self.dist)
