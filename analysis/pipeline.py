@@ -19,11 +19,12 @@ from qat_sweep.analysis.collect import InputError, excluded_list
 from qat_sweep.analysis.law import validate
 from qat_sweep.analysis.law.base_fit import LawFit, fit_base
 from qat_sweep.analysis.law.bootstrap import bootstrap
-from qat_sweep.analysis.law.compare import compare_setting
+from qat_sweep.analysis.law.compare import compare_setting, law_entry
 from qat_sweep.analysis.law.delta_fit import fit_delta
 from qat_sweep.analysis.law.formulas import LAWS
 from qat_sweep.analysis.law.joint_fit import fit_joint
-from qat_sweep.analysis.law.law_fit import aicc, fit_law
+from qat_sweep.analysis.law.law_fit import fit_law
+from qat_sweep.analysis.law.start_fractions import compare_start_fractions
 from qat_sweep.analysis.predict import BOOT_FILE, LAW_SEP, SavedFit, bootstrap_key, predict_point
 from qat_sweep.analysis.report import analyses
 
@@ -108,6 +109,7 @@ def run_fit(
     fit_rows = usable[~usable["holdout"]]
     bf16_all = fit_rows[fit_rows["scheme"] == "bf16"]
     quant = fit_rows[fit_rows["scheme"] != "bf16"].reset_index(drop=True)
+    every_quant = quant  # pooled over start fractions, a setting too thin alone still counts
     if bf16_all.empty and quant.empty:
         reasons = sorted(set(table["excluded"]) - {""})
         raise InputError(
@@ -180,6 +182,9 @@ def run_fit(
             "extra_bf16": _extra_points(bf16, base),
         },
         "delta": delta_json,
+        "start_fractions": compare_start_fractions(
+            every_quant, base.params, settings.delta_f_scale, settings.seed
+        ),
         "joint": fit_joint(bf16, quant, base, paper_fits, settings.base_f_scale)
         if settings.joint and base.params["A"] is not None
         else None,
@@ -234,40 +239,10 @@ def _select_laws(
             "formula": LAWS[chosen].formula,
             "selected": chosen,
             "selection": selection,
-            "laws": {name: _law_json(name, laws[key][name], entries) for name in LAWS},
+            "laws": {name: law_entry(name, laws[key][name], entries) for name in LAWS},
             "paper": paper.TABLE1.get(key),
         }
     return out
-
-
-def _law_json(name: str, fit: LawFit | str, entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """One law of one setting in fit.json: its parameters and every criterion, or why not."""
-    law = LAWS[name]
-    if isinstance(fit, str):
-        return {"fitted": False, "why": fit, "formula": law.formula}
-    full = fit.to_json()
-    entry = entries.get(name, {})
-    n_params = entry.get("n_params", sum(v is not None for v in fit.params.values()))
-    return {
-        "fitted": True,
-        "formula": law.formula,
-        "params": full["params"],
-        "ci95": full["ci95"],
-        "n_params": n_params,
-        "in_sample": full.get("rel_error"),
-        "held_out": entry.get("held_out", dict.fromkeys(("leave_largest_N", "leave_largest_D",
-                                                         "largest_D_per_N", "cell_cv"))),
-        "held_out_error": entry.get("held_out_error"),
-        "held_out_se": entry.get("held_out_se"),
-        "held_out_notes": entry.get("held_out_notes", {}),
-        "aicc": aicc(fit.resid, n_params),
-        "levels_off": law.levels_off,
-        "nests": list(law.nests),
-        "not_identifiable": full["not_identifiable"],
-        "interval_flags": full["interval_flags"],
-        "bound_hits": full["bound_hits"],
-        "notes": full["notes"],
-    }  # fmt: skip
 
 
 def bootstrap_arrays(outcome: FitOutcome) -> dict[str, np.ndarray]:

@@ -238,3 +238,43 @@ def levelling_table(noise: float = 0.0015, cell_noise: float = 0.01, seed: int =
     table = pd.DataFrame(rows)
     table["run_key"] = [f"lv{i:04d}" for i in range(len(table))]
     return table
+
+
+# QAT after BF16 (formulas.D_FP_QAT): W4A4 INT4 at start fractions 0 (the paper's protocol) to
+# 0.9, at the paper's four main N and three D, G 32 and 128, with one BF16 twin per (N, D).
+START_FRACTIONS = (0.0, 0.3, 0.5, 0.7, 0.9)
+START_TOKENS = (10e9, 20e9, 50e9)
+START_GROUPS = (32, 128)
+START_TRUTH = {"k": 0.01, "gamma_G": 0.78, "phi": 1.0, "psi": 0.3, "omega": 0.3,
+               "lambda": 0.5, "nu": 0.2, "xi": 0.6, "rho": 0.4}  # fmt: skip
+
+
+def start_fraction_table(
+    law: str = "D_fp_qat", noise: float = 0.001, cell_noise: float = 0.005, seed: int = 0
+) -> pd.DataFrame:
+    """Analysis table of QAT after BF16 whose delta follows `law`: D_fp_qat at START_TRUTH, or
+    the paper's law at Table 1's W4A4 INT4 whatever the start fraction (when QAT starts does not
+    matter); noise per run plus per (N, D) cell."""
+    from qat_sweep.analysis.law.formulas import Points, get_law, law_log_delta
+
+    rng = np.random.default_rng(seed)
+    truth = START_TRUTH if law == "D_fp_qat" else paper.TABLE1["w4a4/int4"]
+    rows = []
+    for model in MAIN_MODELS:
+        n, hidden = PRESETS[model]
+        for tokens in START_TOKENS:
+            base = float(bf16_loss(paper.BASE, n, tokens)) + rng.normal(0, cell_noise)
+            common = {"model": model, "n_params": n, "hidden_size": hidden, "tokens": tokens,
+                      "lr": LR[model], "seed": 0, "holdout": False}  # fmt: skip
+            rows.append({**common, "scheme": "bf16", "format": "bf16", "group_size": None,
+                         "start_fraction": 0.0, "loss": base + rng.normal(0, noise)})  # fmt: skip
+            for f in START_FRACTIONS:
+                for g in START_GROUPS:
+                    point = Points.at(n, tokens, g, g, f)
+                    delta = float(np.exp(law_log_delta(get_law(law), truth, point))[0])
+                    rows.append({**common, "scheme": "w4a4", "format": "int4", "group_size": g,
+                                 "start_fraction": f,
+                                 "loss": base + delta + rng.normal(0, noise)})  # fmt: skip
+    table = pd.DataFrame(rows)
+    table["run_key"] = [f"sf{i:04d}" for i in range(len(table))]
+    return table

@@ -7,7 +7,9 @@ delta) over the runs a fit on the other cells predicts:
 * leave_largest_D: fit without the largest D, predict it;
 * largest_D_per_N: fit without the (N, D) cells of largest tokens per parameter (the top
   quarter of cells, at least one), predict them;
-* cell_cv: leave one (N, D) cell out at a time (10 folds of cells beyond 30 cells).
+* cell_cv: leave one (N, D) cell out at a time (10 folds of cells beyond 30 cells);
+* leave_one_start_fraction_out: where settings of several QAT start fractions are pooled
+  (fit.json start_fractions), fit without one start fraction, predict it; once per fraction.
 
 Every held-out fit is the law's own estimator (law_fit.Engine: the same Huber threshold, box and
 left-out exponents as the full fit; nonlinear parameters profiled over the law's grid afresh).
@@ -38,17 +40,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from qat_sweep.analysis.cells import cell_codes, cell_values
-from qat_sweep.analysis.law.formulas import LAWS
-from qat_sweep.analysis.law.law_fit import Engine
+from qat_sweep.analysis.law.formulas import KNOWN_LAWS, LAWS, get_law
+from qat_sweep.analysis.law.law_fit import Engine, aicc
 
-CRITERIA = ("leave_largest_N", "leave_largest_D", "largest_D_per_N", "cell_cv")
+START_CRITERION = "leave_one_start_fraction_out"
+CRITERIA = ("leave_largest_N", "leave_largest_D", "largest_D_per_N", "cell_cv", START_CRITERION)
 AXIS_OF = {"leave_largest_N": "N", "leave_largest_D": "D", "largest_D_per_N": "D"}
 MAX_LOCO_CELLS = 30
 TIE = 0.05  # an excess under 5 % of the reference's error is a tie, however small its SE
 CV_FOLDS = 10
 RULE = (
     "held-out error = the mean |predicted - actual| / actual over every held-out cell of the "
-    "four criteria that all fitted laws predict; the law with the lowest is the reference; "
+    "criteria that all fitted laws predict; the law with the lowest is the reference; "
     "among the laws whose excess over it is within one standard error of that excess (paired, "
     "over the same cells; an excess under 5 % of the reference's error counts as within) the "
     "paper's law is kept if it is one of them (another law must beat it by more than one SE), "
@@ -104,15 +107,23 @@ def make_splits(rows: pd.DataFrame, seed: int = 0) -> tuple[list[Split], dict[st
         for fold in np.unique(order):
             test = (order == fold)[codes]
             splits.append(Split("cell_cv", ~test, test))
+    starts = np.asarray(rows["start_fraction"], float) if "start_fraction" in rows else None
+    if starts is not None and len(np.unique(starts)) >= 3:
+        # with two fractions, leaving one out leaves no variation in f to fit the other from
+        for f in np.unique(starts):
+            test = starts == f
+            splits.append(Split(START_CRITERION, ~test, test))
+    elif starts is not None and len(np.unique(starts)) == 2:
+        notes[START_CRITERION] = "2 start fractions: need 3 to leave one out"
     return splits, notes
 
 
 def _dropped_axes(engine: Engine) -> dict[str, str]:
     """Axes the kept terms cannot extrapolate along: a term of the law left out there."""
-    kept = {t.param for t in engine.terms}
-    return {
-        t.axis: t.param for t in engine.law.terms(engine.groups) if t.axis and t.param not in kept
-    }
+    kept = {t.param for t in engine.terms} | {p.param for p in engine.kept_nonlinear}
+    every = [(t.axis, t.param) for t in engine.law.terms(engine.groups)]
+    every += [(p.axis, p.param) for p in engine.law.nonlinear]
+    return {axis: param for axis, param in every if axis and param not in kept}
 
 
 def held_out(
@@ -221,7 +232,7 @@ def select(
         "n_cells": int(sum(int(v.sum()) for v in common.values())),
         "forced": forced is not None,
     }
-    order = list(LAWS)
+    order = list(KNOWN_LAWS)
     if not scored:
         result["law"] = forced or "paper"
         result["why"] = (
@@ -307,7 +318,7 @@ def compare_setting(
         if isinstance(fit, str):
             continue
         engine = fit.internal.get("engine") or engine_for(
-            LAWS[name], rows, fit.not_identifiable, base_of(base_params)
+            get_law(name), rows, fit.not_identifiable, base_of(base_params)
         )
         pooled, law_units, law_notes = held_out(
             engine, splits, notes, y, valid, np.array([paper_scale])
@@ -388,3 +399,33 @@ def select_sets(
             chosen = select(mine, n_params, forced if forced in mine else None)
             picks[s] = chosen["law"] if "reference" in chosen else "undecided"
     return picks
+
+
+def law_entry(name: str, fit: Any, entries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """One law of one setting in fit.json: its parameters and every criterion, or why not
+    (fit: a law_fit LawFit, or the reason it was not fitted)."""
+    law = get_law(name)
+    if isinstance(fit, str):
+        return {"fitted": False, "why": fit, "formula": law.formula}
+    full = fit.to_json()
+    entry = entries.get(name, {})
+    n_params = entry.get("n_params", sum(v is not None for v in fit.params.values()))
+    return {
+        "fitted": True,
+        "formula": law.formula,
+        "params": full["params"],
+        "ci95": full["ci95"],
+        "n_params": n_params,
+        "in_sample": full.get("rel_error"),
+        "held_out": entry.get("held_out", dict.fromkeys(CRITERIA)),
+        "held_out_error": entry.get("held_out_error"),
+        "held_out_se": entry.get("held_out_se"),
+        "held_out_notes": entry.get("held_out_notes", {}),
+        "aicc": aicc(fit.resid, n_params),
+        "levels_off": law.levels_off,
+        "nests": list(law.nests),
+        "not_identifiable": full["not_identifiable"],
+        "interval_flags": full["interval_flags"],
+        "bound_hits": full["bound_hits"],
+        "notes": full["notes"],
+    }

@@ -158,30 +158,43 @@ def group_label(group_size: object) -> str:
 
 @dataclass(frozen=True)
 class Points:
-    """Where a law is evaluated: N, D, G (the value inside log2 G) and the group label."""
+    """Where a law is evaluated: N, D, G (the value inside log2 G), the group label and the
+    QAT start fraction f (the first f D tokens in BF16, the last (1 - f) D quantized)."""
 
     n: np.ndarray
     d: np.ndarray
     g: np.ndarray
     group: np.ndarray | None = None
+    f: np.ndarray | None = None
 
     @classmethod
     def of(cls, rows: Any) -> Points:
-        """From a table (n_params, tokens, G and, when present, group_size)."""
-        group = None
+        """From a table (n_params, tokens, G and, when present, group_size, start_fraction)."""
+        group = f = None
         if "group_size" in rows:
             group = np.array([group_label(v) for v in rows["group_size"]], dtype=object)
-        return cls(*(np.asarray(rows[c], float) for c in ("n_params", "tokens", "G")), group)
+        if "start_fraction" in rows:
+            f = np.asarray(rows["start_fraction"], float)
+        return cls(*(np.asarray(rows[c], float) for c in ("n_params", "tokens", "G")), group, f)
 
     @classmethod
-    def at(cls, n: ArrayLike, d: ArrayLike, g: ArrayLike, group: object = None) -> Points:
-        n, d, g = np.broadcast_arrays(*(np.atleast_1d(np.asarray(x, float)) for x in (n, d, g)))
+    def at(
+        cls, n: ArrayLike, d: ArrayLike, g: ArrayLike, group: object = None, f: ArrayLike = 0.0
+    ) -> Points:
+        n, d, g, f = np.broadcast_arrays(
+            *(np.atleast_1d(np.asarray(x, float)) for x in (n, d, g, f))
+        )
         labels = None
         if group is not None:
             labels = np.broadcast_to(
                 np.array([group_label(v) for v in np.atleast_1d(np.asarray(group, object))],
                          dtype=object), n.shape)  # fmt: skip
-        return cls(n, d, g, labels)
+        return cls(n, d, g, labels, f)
+
+    @property
+    def start(self) -> np.ndarray:
+        """The start fraction of every point (0: QAT from step 0, the paper's protocol)."""
+        return np.zeros_like(self.n) if self.f is None else np.broadcast_to(self.f, self.n.shape)
 
 
 def _identity(value: Any, base: Mapping[str, Any] | None) -> Any:
@@ -204,13 +217,15 @@ class Term:
 
 @dataclass(frozen=True)
 class Nonlinear:
-    """A parameter the features depend on, fitted in log space within [lo, hi] from a grid."""
+    """A parameter the features depend on, fitted in log space within [lo, hi] from a grid;
+    left out (contributes nothing) where identify.py leaves the paper exponent `drop_with` out."""
 
     param: str
     lo: float
     hi: float
     grid: tuple[float, ...]
     axis: str
+    drop_with: str | None = None
 
 
 @dataclass(frozen=True)
@@ -222,10 +237,14 @@ class DeltaLaw:
     terms_of: Callable[[tuple[str, ...]], tuple[Term, ...]]  # groups in the data -> terms
     nonlinear: tuple[Nonlinear, ...] = ()
     offset: Callable[[Points, Mapping[str, Any] | None], Any] | None = None
+    # a further part of log delta that is not linear in any coefficient (reads the nonlinear
+    # parameters; one left out is absent from the dict)
+    shape: Callable[[Points, Mapping[str, Any]], Any] | None = None
     nests: tuple[str, ...] = ()  # laws that are special cases (or limits) of this one
     levels_off: bool = False  # delta stops growing with D at large D/N
     per_group: bool = False  # one parameter per granularity (group_size label)
     uses_base: bool = False  # needs the BF16 law's A and alpha
+    pooled: bool = False  # compared where the settings of several QAT start fractions pool
     about: str = ""
 
     def terms(self, groups: tuple[str, ...] = ()) -> tuple[Term, ...]:
@@ -367,6 +386,70 @@ LEVELLED_D = DeltaLaw(
 )
 LAWS: dict[str, DeltaLaw] = {law.name: law for law in (PAPER, NO_D, EFF_PER_G, LEVELLED_D)}
 
+# QAT after a BF16 phase: Dremov et al. 2025 (arXiv 2509.22935, "Compute-Optimal QAT") write the
+# loss as a Chinchilla law plus a QAT penalty in the tokens per parameter byte of the BF16 and
+# the QAT phase, S_x = D_x / (N B / 8): an irreducible floor, a term that shrinks with QAT
+# tokens, and an interaction that grows with BF16 tokens (quantizing a longer-trained model is
+# harder). At one bit width B their 2^(-c B) factors and the B / 8 are constants, absorbed here
+# by k, phi and lambda; N and D / N are written relative to 1e8 parameters and 100 tokens per
+# parameter so the grids of starting values cover any model scale. Their law has no group size:
+# the paper's (log2 G)^gamma_G multiplies it, as for every law here. docs/laws.md says more.
+PHASES_N_REF = 1e8
+PHASES_S_REF = 100.0
+EXPONENT_BOUNDS = (1e-3, GAMMA_BOUND)
+SCALE_BOUNDS = (1e-6, 1e6)
+
+
+def _phases_shape(p: Points, nl: Mapping[str, Any]) -> np.ndarray:
+    """log(1 + pure QAT term + BF16/QAT interaction) of the D_fp_qat law."""
+    f = p.start
+    n = p.n / PHASES_N_REF
+    s_qat = (1.0 - f) * p.d / (PHASES_S_REF * p.n)
+    s_fp = f * p.d / (PHASES_S_REF * p.n)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        extra = nl["phi"] * n ** -nl.get("psi", 0.0) * s_qat ** -nl["omega"]
+        if "lambda" in nl:
+            extra = extra + (
+                nl["lambda"] * n ** -nl.get("nu", 0.0) * s_fp ** nl["xi"] * s_qat ** -nl["rho"]
+            )
+        return np.log1p(extra)
+
+
+def _scale(name: str, axis: str) -> Nonlinear:
+    return Nonlinear(name, *SCALE_BOUNDS, (0.1, 1.0, 10.0), axis)
+
+
+def _exponent(
+    name: str, axis: str, grid: tuple[float, ...], drop_with: str | None = None
+) -> Nonlinear:
+    return Nonlinear(name, *EXPONENT_BOUNDS, grid, axis, drop_with)
+
+
+D_FP_QAT = DeltaLaw(
+    "D_fp_qat",
+    "delta = k (log2 G)^gamma_G [1 + phi n^-psi s_qat^-omega + lambda n^-nu s_fp^xi "
+    "s_qat^-rho], n = N / 1e8, s_qat = (1 - f) D / (100 N), s_fp = f D / (100 N)",
+    _power_terms("gamma_G"),
+    nonlinear=(
+        _scale("phi", "D_qat"),
+        _exponent("psi", "N", (0.3,), "gamma_N"),
+        _exponent("omega", "D_qat", (0.2, 1.0)),
+        _scale("lambda", "start fraction"),
+        _exponent("nu", "N", (0.3,), "gamma_N"),
+        _exponent("xi", "start fraction", (0.2, 1.0)),
+        _exponent("rho", "D_qat", (0.2, 1.0)),
+    ),
+    shape=_phases_shape,
+    pooled=True,
+    about="Dremov et al. 2025 (arXiv 2509.22935) at one bit width: BF16 tokens D_fp = f D, "
+    "then QAT tokens D_qat = (1 - f) D; compared where the settings of several start "
+    "fractions f are pooled (fit.json start_fractions)",
+)
+# Every law fit.json may name: the per-setting candidates, and those compared across start
+# fractions (where the paper's law, blind to f, is the incumbent).
+KNOWN_LAWS: dict[str, DeltaLaw] = {**LAWS, D_FP_QAT.name: D_FP_QAT}
+START_FRACTION_LAWS = (PAPER.name, D_FP_QAT.name)
+
 
 def groups_of(params: Mapping[str, Any]) -> tuple[str, ...]:
     """The group labels of a per-G law's parameter names (eff[32] -> '32')."""
@@ -376,9 +459,9 @@ def groups_of(params: Mapping[str, Any]) -> tuple[str, ...]:
 def get_law(name: str | None) -> DeltaLaw:
     if name is None:
         return PAPER
-    if name not in LAWS:
-        raise KeyError(f"unknown law {name!r}; laws: {', '.join(LAWS)}")
-    return LAWS[name]
+    if name not in KNOWN_LAWS:
+        raise KeyError(f"unknown law {name!r}; laws: {', '.join(KNOWN_LAWS)}")
+    return KNOWN_LAWS[name]
 
 
 def law_log_delta(
@@ -391,9 +474,15 @@ def law_log_delta(
     against the points. A parameter that is None (not identifiable) contributes nothing, as in
     log_delta; a per-G law is NaN at a group it has no parameter for."""
     groups = groups_of(params) if law.per_group else ()
-    nl = {p.param: np.asarray(params[p.param], float) for p in law.nonlinear}
+    nl = {
+        p.param: np.asarray(params[p.param], float)
+        for p in law.nonlinear
+        if params.get(p.param) is not None
+    }
     out: Any = law.offset(points, base) if law.offset is not None else 0.0
     out = out + np.zeros(np.shape(points.n))
+    if law.shape is not None:
+        out = out + law.shape(points, nl)
     for term in law.terms(groups):
         value = params.get(term.param)
         if value is None:
@@ -425,13 +514,14 @@ class FittedLaw:
         """d log delta / d (coefficients, log nonlinear parameters) at each point, (m, p): the
         linearisation suggest's criterion uses (the regressors, for the paper's law)."""
         groups = groups_of(self.params) if self.law.per_group else ()
-        nl = {p.param: float(self.params[p.param]) for p in self.law.nonlinear}
+        kept = [p for p in self.law.nonlinear if self.params.get(p.param) is not None]
+        nl = {p.param: float(self.params[p.param]) for p in kept}
         cols = [
             term.feature(points, nl)
             for term in self.law.terms(groups)
             if self.params.get(term.param) is not None
         ]
-        for p in self.law.nonlinear:
+        for p in kept:
             up = {**self.params, p.param: nl[p.param] * np.exp(step)}
             down = {**self.params, p.param: nl[p.param] * np.exp(-step)}
             cols.append(

@@ -30,6 +30,7 @@ from qat_sweep.analysis.law.delta_fit import MIN_CELLS, fit_delta, huber_irls
 from qat_sweep.analysis.law.formulas import (
     DELTA_PARAMS,
     DeltaLaw,
+    Nonlinear,
     Points,
     Term,
     group_label,
@@ -59,6 +60,7 @@ def is_plain(law: DeltaLaw) -> bool:
     return (
         not law.nonlinear
         and law.offset is None
+        and law.shape is None
         and not law.per_group
         and names[0] == "k"
         and set(names[1:]) <= set(DELTA_PARAMS[1:])
@@ -85,13 +87,22 @@ def huber_rows(resid: np.ndarray, weights: np.ndarray, scale: np.ndarray) -> np.
 class Engine:
     """A law's kept terms on fixed points, fitted for many weightings at once.
 
-    theta = [coefficients of the kept terms..., log of each nonlinear parameter]."""
+    theta = [coefficients of the kept terms..., log of each kept nonlinear parameter]."""
 
     law: DeltaLaw
     terms: tuple[Term, ...]
     groups: tuple[str, ...]
     points: Points
     base: Mapping[str, Any] | None = None
+    nonlinear: tuple[Nonlinear, ...] | None = None  # the kept ones (None: all of the law's)
+
+    def __post_init__(self) -> None:
+        if self.nonlinear is None:
+            self.nonlinear = self.law.nonlinear
+
+    @property
+    def kept_nonlinear(self) -> tuple[Nonlinear, ...]:
+        return self.nonlinear or ()
 
     @property
     def n_coef(self) -> int:
@@ -99,18 +110,23 @@ class Engine:
 
     @property
     def n_theta(self) -> int:
-        return len(self.terms) + len(self.law.nonlinear)
+        return len(self.terms) + len(self.kept_nonlinear)
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        lo = [-(t.bound or np.inf) for t in self.terms] + [np.log(p.lo) for p in self.law.nonlinear]
-        hi = [t.bound or np.inf for t in self.terms] + [np.log(p.hi) for p in self.law.nonlinear]
+        nonlinear = self.kept_nonlinear
+        lo = [-(t.bound or np.inf) for t in self.terms] + [np.log(p.lo) for p in nonlinear]
+        hi = [t.bound or np.inf for t in self.terms] + [np.log(p.hi) for p in nonlinear]
         return np.array(lo, float), np.array(hi, float)
 
     def _nl(self, theta: np.ndarray) -> dict[str, np.ndarray]:
         return {
             p.param: np.exp(theta[:, self.n_coef + i : self.n_coef + i + 1])
-            for i, p in enumerate(self.law.nonlinear)
+            for i, p in enumerate(self.kept_nonlinear)
         }
+
+    def shape(self, points: Points, nl: Mapping[str, Any]) -> np.ndarray | float:
+        """The law's part of log delta that no coefficient multiplies (0 for most laws)."""
+        return 0.0 if self.law.shape is None else self.law.shape(points, nl)
 
     def features(self, points: Points, nl: Mapping[str, Any]) -> np.ndarray:
         """(points, p) when nl holds scalars, (rows, points, p) when it holds column vectors."""
@@ -129,19 +145,21 @@ class Engine:
         """log delta at the points for each row of theta: (rows, points)."""
         points = points or self.points
         theta = np.atleast_2d(theta)
-        x = self.features(points, self._nl(theta))
+        nl = self._nl(theta)
+        x = self.features(points, nl)
         coef = theta[:, : self.n_coef]
         lin = np.einsum("bnp,bp->bn", x, coef) if x.ndim == 3 else coef @ x.T
-        out = self.offset(points, base) + lin
+        out = self.offset(points, base) + lin + self.shape(points, nl)
         if self.law.per_group:
             out = np.where(np.isin(points.group, list(self.groups)), out, np.nan)
         return out
 
     def _resid(self, theta: np.ndarray, target: np.ndarray) -> np.ndarray:
-        x = self.features(self.points, self._nl(theta))
+        nl = self._nl(theta)
+        x = self.features(self.points, nl)
         coef = theta[:, : self.n_coef]
         lin = np.einsum("bnp,bp->bn", x, coef) if x.ndim == 3 else coef @ x.T
-        return lin - target
+        return lin + self.shape(self.points, nl) - target
 
     def _resid_jac(self, theta: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Residuals (rows, points) and their Jacobian in theta (rows, points, n_theta)."""
@@ -149,15 +167,17 @@ class Engine:
         shape = (theta.shape[0], target.shape[-1], self.n_coef)
         x = np.broadcast_to(self.features(self.points, nl), shape)
         coef = theta[:, : self.n_coef]
-        resid = np.einsum("bnp,bp->bn", x, coef) - target
+        resid = np.einsum("bnp,bp->bn", x, coef) + self.shape(self.points, nl) - target
         cols = [x]
-        for p in self.law.nonlinear:
+        for p in self.kept_nonlinear:
             up = {**nl, p.param: nl[p.param] * np.exp(JAC_STEP)}
             down = {**nl, p.param: nl[p.param] * np.exp(-JAC_STEP)}
             diff = np.broadcast_to(
                 self.features(self.points, up) - self.features(self.points, down), shape
             )
-            cols.append((np.einsum("bnp,bp->bn", diff, coef) / (2 * JAC_STEP))[..., None])
+            d_shape = self.shape(self.points, up) - self.shape(self.points, down)
+            d_lin = np.einsum("bnp,bp->bn", diff, coef) + d_shape
+            cols.append((d_lin / (2 * JAC_STEP))[..., None])
         return resid, np.concatenate(cols, axis=-1)
 
     def _lm(
@@ -226,7 +246,8 @@ class Engine:
         target = (y if y_rows is None else y_rows) - self.offset(self.points, base_rows)
         target = np.broadcast_to(target, weights.shape)
         lo, hi = self.bounds()
-        if not self.law.nonlinear:
+        if not self.kept_nonlinear:
+            target = target - self.shape(self.points, {})
             x = self.features(self.points, {})
             coef0 = (
                 np.linalg.lstsq(x, target.mean(axis=0), rcond=None)[0] if start is None else start
@@ -242,7 +263,7 @@ class Engine:
         """Log nonlinear parameters at every point of the law's starting grid."""
         return [
             np.log(np.array(point))
-            for point in itertools.product(*(p.grid for p in self.law.nonlinear))
+            for point in itertools.product(*(p.grid for p in self.kept_nonlinear))
         ]
 
     def profile(
@@ -257,15 +278,16 @@ class Engine:
         everything = []
         for log_phi in self.grid():
             nl = {
-                p.param: float(np.exp(v)) for p, v in zip(self.law.nonlinear, log_phi, strict=True)
+                p.param: float(np.exp(v)) for p, v in zip(self.kept_nonlinear, log_phi, strict=True)
             }
             x = self.features(self.points, nl)
-            coef0 = np.linalg.lstsq(x, target.mean(axis=0), rcond=None)[0]
+            shifted = target - self.shape(self.points, nl)
+            coef0 = np.linalg.lstsq(x, shifted.mean(axis=0), rcond=None)[0]
             coef = huber_irls(
-                x, target, weights, scale, np.clip(coef0, lo[: self.n_coef], hi[: self.n_coef]),
+                x, shifted, weights, scale, np.clip(coef0, lo[: self.n_coef], hi[: self.n_coef]),
                 lower=lo[: self.n_coef], upper=hi[: self.n_coef],
             )  # fmt: skip
-            cost = huber_rows(coef @ x.T - target, weights, scale)
+            cost = huber_rows(coef @ x.T - shifted, weights, scale)
             theta = np.column_stack([coef, np.broadcast_to(log_phi, (rows, len(log_phi)))])
             everything.append((theta, cost))
             take = np.isfinite(cost) & (cost < best_cost)
@@ -284,7 +306,7 @@ class Engine:
         for j, term in enumerate(self.terms):
             value = term.to_param(theta[:, j : j + 1], base)
             out[:, names.index(term.param)] = np.broadcast_to(value, (theta.shape[0], 1))[:, 0]
-        for i, p in enumerate(self.law.nonlinear):
+        for i, p in enumerate(self.kept_nonlinear):
             out[:, names.index(p.param)] = np.exp(theta[:, self.n_coef + i])
         out[~np.isfinite(theta).all(axis=1)] = np.nan
         return names, out
@@ -292,7 +314,7 @@ class Engine:
     def from_params(self, params: Mapping[str, Any]) -> np.ndarray:
         """theta of reported parameters (the inverse of to_params for one row)."""
         coef = [float(t.from_param(params[t.param], self.base)) for t in self.terms]
-        return np.array(coef + [np.log(float(params[p.param])) for p in self.law.nonlinear])
+        return np.array(coef + [np.log(float(params[p.param])) for p in self.kept_nonlinear])
 
 
 def engine_for(
@@ -304,7 +326,8 @@ def engine_for(
     """The law on these rows with the terms identify.py left out of the paper's law dropped."""
     groups = data_groups(rows) if law.per_group else ()
     terms = tuple(t for t in law.terms(groups) if t.param not in set(dropped))
-    return Engine(law, terms, groups, Points.of(rows), base)
+    nonlinear = tuple(p for p in law.nonlinear if p.drop_with not in set(dropped))
+    return Engine(law, terms, groups, Points.of(rows), base, nonlinear)
 
 
 def why_not_fitted(
@@ -321,6 +344,13 @@ def why_not_fitted(
             ratios = len(set(np.round(np.log(d_cell / n_cell), 6)))
             if ratios < 3:
                 return f"{ratios} distinct D/N in this grid: a bend needs at least 3"
+    if law.pooled:
+        starts = np.unique(np.asarray(rows.get("start_fraction", [0.0]), float))
+        if len(starts) < 2 or not (starts > 0).any():
+            return (
+                f"{len(starts)} QAT start fraction(s) ({', '.join(f'{f:g}' for f in starts)}): "
+                "the BF16 and QAT token terms need runs that start QAT at two fractions or more"
+            )
     return None
 
 
@@ -365,7 +395,7 @@ def fit_law(
     best_cost, best = min(results, key=lambda item: item[0])
     theta = np.array([best.params[f"t{j}"].value for j in range(engine.n_theta)])
     names, values = engine.to_params(theta)
-    kept = {t.param for t in engine.terms} | {p.param for p in law.nonlinear}
+    kept = {t.param for t in engine.terms} | {p.param for p in engine.kept_nonlinear}
     fit.params = {
         n: (float(v) if n in kept else None) for n, v in zip(names, values[0], strict=True)
     }
@@ -429,7 +459,7 @@ def _starts(
     at each) and a Levenberg-Marquardt run from the best; without nonlinear parameters, the
     unique box-Huber optimum and two jittered copies (fit_delta's starts)."""
     weights = np.ones((1, len(y)))
-    if engine.law.nonlinear:
+    if engine.kept_nonlinear:
         _, grid = engine.profile(target, weights, np.array([scale]))
         ranked = sorted(grid, key=lambda item: item[1][0])
         starts = [theta[0] for theta, cost in ranked[:3] if np.isfinite(cost[0])]
@@ -467,13 +497,13 @@ def _refine(
 def _bounds_report(fit: LawFit, engine: Engine, theta: np.ndarray) -> None:
     """Parameters on their box; a nonlinear one on its bound says nothing (flagged)."""
     lo, hi = engine.bounds()
-    names = [t.param for t in engine.terms] + [p.param for p in engine.law.nonlinear]
+    names = [t.param for t in engine.terms] + [p.param for p in engine.kept_nonlinear]
     fit.bound_hits = [
         n
         for j, n in enumerate(names)
         if np.isfinite(lo[j]) and (on_bound(theta[j], lo[j]) or on_bound(theta[j], hi[j]))
     ]
-    for p in engine.law.nonlinear:
+    for p in engine.kept_nonlinear:
         value = fit.params[p.param]
         if on_bound(np.log(value), np.log(p.hi)) or on_bound(np.log(value), np.log(p.lo)):
             fit.interval_flags[p.param] = (
@@ -483,6 +513,9 @@ def _bounds_report(fit: LawFit, engine: Engine, theta: np.ndarray) -> None:
                 f"{p.param} on its bound {value:.3g}: the data show no bend in {p.axis} within "
                 "the bounds"
                 + ("; the law reduces to the paper's there" if value >= p.hi * 0.999 else "")
+                if engine.law.levels_off
+                else f"{p.param} on its bound {value:.3g}: the data do not place it within "
+                f"[{p.lo:g}, {p.hi:g}] (its axis: {p.axis})"
             )
 
 

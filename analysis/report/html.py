@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from qat_sweep.analysis import paper
 from qat_sweep.analysis.cells import cell_values
-from qat_sweep.analysis.law.compare import CRITERIA, RULE
-from qat_sweep.analysis.law.formulas import BASE_PARAMS, DELTA_PARAMS, LAWS
+from qat_sweep.analysis.law.compare import CRITERIA, RULE, START_CRITERION
+from qat_sweep.analysis.law.formulas import BASE_PARAMS, DELTA_PARAMS, KNOWN_LAWS
 from qat_sweep.analysis.law.identify import OUTLIER_Z
 from qat_sweep.analysis.predict import EXTRAPOLATION_WARN
 from qat_sweep.analysis.report import reproduced
@@ -179,36 +179,49 @@ def delta_section(res: dict[str, Any]) -> Section:
     )
 
 
-def laws_section(res: dict[str, Any]) -> Section:
-    """Which law holds: every candidate law by criterion, the selection and why."""
-    rows, text = [], []
-    used: set[str] = set()
-    for key, fit in res["delta"].items():
-        laws = fit.get("laws") or {}
-        selection = fit.get("selection") or {}
-        if not laws:
+def _law_rows(
+    key: str, fit: dict[str, Any], criteria: tuple[str, ...], used: set[str]
+) -> list[dict[str, Any]]:
+    """One setting's laws, a row each, with the held-out error under every criterion."""
+    laws, selection = fit.get("laws") or {}, fit.get("selection") or {}
+    chosen = fit.get("law", "paper")
+    rows = []
+    for name, entry in laws.items():  # the paper's law is always listed
+        used.add(name)
+        mark = ("forced" if selection.get("forced") else "selected") if name == chosen else ""
+        if not entry.get("fitted"):
+            rows.append({"setting": key, "law": name, "": mark, "params": "",
+                         "in sample": "not fitted: " + entry.get("why", "")})  # fmt: skip
             continue
-        chosen = fit.get("law", "paper")
-        text.append(f"{key}: {chosen}. {selection.get('why', '')}.")
-        for name, entry in laws.items():  # the paper's law is always listed
-            used.add(name)
-            mark = ("forced" if selection.get("forced") else "selected") if name == chosen else ""
-            if not entry.get("fitted"):
-                rows.append({"setting": key, "law": name, "": mark, "params": "",
-                             "in sample": "not fitted: " + entry.get("why", "")})  # fmt: skip
-                continue
-            ho = entry.get("held_out") or {}
-            err, se = entry.get("held_out_error"), entry.get("held_out_se")
-            rows.append({
-                "setting": key, "law": name, "": mark, "params": entry.get("n_params"),
-                "in sample": _pct(entry.get("in_sample")),
-                **{c: _pct(ho.get(c)) for c in CRITERIA},
-                "held-out error (SE)": f"{_pct(err)} ({_pct(se)})" if err is not None else "n/a",
-                "AICc": _f(entry.get("aicc"), 5),
-                "fitted parameters": ", ".join(
-                    f"{p}={_f(v, 3)}" for p, v in entry["params"].items() if v is not None
-                ),
-            })  # fmt: skip
+        ho = entry.get("held_out") or {}
+        err, se = entry.get("held_out_error"), entry.get("held_out_se")
+        rows.append({
+            "setting": key, "law": name, "": mark, "params": entry.get("n_params"),
+            "in sample": _pct(entry.get("in_sample")),
+            **{c: _pct(ho.get(c)) for c in criteria},
+            "held-out error (SE)": f"{_pct(err)} ({_pct(se)})" if err is not None else "n/a",
+            "AICc": _f(entry.get("aicc"), 5),
+            "fitted parameters": ", ".join(
+                f"{p}={_f(v, 3)}" for p, v in entry["params"].items() if v is not None
+            ),
+        })  # fmt: skip
+    return rows
+
+
+def laws_section(res: dict[str, Any]) -> Section:
+    """Which law holds: every candidate law by criterion, the selection and why; and, where
+    settings of several QAT start fractions pool, the paper's law against D_fp_qat."""
+    rows, pooled_rows, text = [], [], []
+    used: set[str] = set()
+    per_setting = tuple(c for c in CRITERIA if c != START_CRITERION)
+    for key, fit in res["delta"].items():
+        if fit.get("laws"):
+            text.append(f"{key}: {fit.get('law', 'paper')}. {fit['selection'].get('why', '')}.")
+            rows += _law_rows(key, fit, per_setting, used)
+    for key, item in (res.get("start_fractions") or {}).items():
+        label = f"{key} at start fractions {', '.join(f'{f:g}' for f in item['start_fractions'])}"
+        text.append(f"{label}: {item['law']}. {item['selection'].get('why', '')}.")
+        pooled_rows += _law_rows(label, item, CRITERIA, used)
     if not rows:
         return Section("Which law holds", ["No delta law fitted."])
     text = [
@@ -219,23 +232,27 @@ def laws_section(res: dict[str, Any]) -> Section:
         "them) and cell_cv (leave one (N, D) cell out at a time). Each is the mean |predicted - "
         f"actual| / actual of delta over the held-out runs. Rule: {RULE}. AICc (Gaussian log "
         "residuals) is shown for reference only. docs/laws.md explains the laws and the rule.",
+        *(
+            ["Settings trained at several QAT start fractions f (BF16 for the first f D tokens, "
+             "then QAT) are also pooled: there the paper's law, blind to f (when QAT starts does "
+             "not change delta), meets D_fp_qat, Dremov et al.'s law in BF16 and QAT tokens, "
+             "with one more criterion, leave_one_start_fraction_out (fit without one f, predict "
+             "it)."]
+            if pooled_rows else []
+        ),
         *text,
-    ]
+    ]  # fmt: skip
     law_rows = [
         {"law": name, "formula": law.formula, "needs varied": ", ".join(
             f"{p}: {a}" for p, a in law.needs().items()) or "-",
          "contains": ", ".join(law.nests) or "-", "source": law.about}
-        for name, law in LAWS.items() if name in used
+        for name, law in KNOWN_LAWS.items() if name in used
     ]  # fmt: skip
-    return Section(
-        "Which law holds",
-        text,
-        [
-            ("Laws by criterion", pd.DataFrame(rows).fillna("")),
-            ("The candidate laws", pd.DataFrame(law_rows)),
-        ],
-        ["law_residuals"],
-    )
+    tables = [("Laws by criterion", pd.DataFrame(rows).fillna(""))]
+    if pooled_rows:
+        tables.append(("Across QAT start fractions", pd.DataFrame(pooled_rows).fillna("")))
+    tables.append(("The candidate laws", pd.DataFrame(law_rows)))
+    return Section("Which law holds", text, tables, ["law_residuals"])
 
 
 def validation_section(res: dict[str, Any]) -> Section:

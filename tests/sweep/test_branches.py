@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from qat_sweep.analysis.collect import build_table, load_records, pair_deltas
+from qat_sweep.analysis.pipeline import Settings, run_fit
 from qat_sweep.analysis.report.analyses import schedule_comparison
 
 from qat_sweep.commands.launch import main as launch_main
@@ -87,6 +88,11 @@ def test_schedule_parity_sweep_trains_its_tree_on_cpu(
     comparison = schedule_comparison(table)
     means = comparison["settings"]["w4a4/int4"]["mean_delta"]
     assert set(means) == {"cosine", "wsd", "cosine, BF16 to 0.5", "cosine, BF16 to 0.8"}
+    # the fit pools the cosine settings over when QAT starts: the paper's law against D_fp_qat
+    pooled = run_fit(table, [], Settings(bootstrap=0)).result["start_fractions"]
+    assert list(pooled) == ["w4a4/int4"]  # (the WSD setting has one start fraction)
+    assert {0.5, 0.8} <= set(pooled["w4a4/int4"]["start_fractions"])  # a gap <= 0 is left out
+    assert set(pooled["w4a4/int4"]["laws"]) == {"paper", "D_fp_qat"}
     print(
         f"\nschedule parity on CPU: {len(runs)} runs, {wall:.1f} s ({cpu:.1f} s CPU): {comparison}"
     )

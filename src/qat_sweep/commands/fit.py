@@ -239,6 +239,12 @@ def summary_text(res: dict[str, Any], out: Path, fit_path: Path) -> str:
         f"bf16   {fmt(res['base'])}",
     ]
     lines += [f"{key:<17}[{f.get('law', 'paper')}] {fmt(f)}" for key, f in res["delta"].items()]
+    for key, item in (res.get("start_fractions") or {}).items():
+        starts = ", ".join(f"{f:g}" for f in item["start_fractions"])
+        lines.append(
+            f"{key} across QAT start fractions {starts}: {item['law']} "
+            f"({item['selection'].get('why', '')})"
+        )
     for item in res.get("preregistered") or []:
         lines.append(f"sealed: {item['file']}: {item['status']}")
     return "\n".join(lines)

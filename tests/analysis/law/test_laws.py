@@ -7,11 +7,19 @@ import numpy as np
 import pytest
 from qat_sweep.analysis.collect import build_table, pair_deltas
 from qat_sweep.analysis.design.criterion import features
-from qat_sweep.analysis.design.synth import levelling_table, levelling_truth, synthetic_table
+from qat_sweep.analysis.design.synth import (
+    START_FRACTIONS,
+    START_TRUTH,
+    levelling_table,
+    levelling_truth,
+    start_fraction_table,
+    synthetic_table,
+)
 from qat_sweep.analysis.law.base_fit import fit_base
-from qat_sweep.analysis.law.compare import CRITERIA, make_splits, select
+from qat_sweep.analysis.law.compare import CRITERIA, START_CRITERION, make_splits, select
 from qat_sweep.analysis.law.delta_fit import fit_delta
 from qat_sweep.analysis.law.formulas import (
+    D_FP_QAT,
     EFF_PER_G,
     LAWS,
     LEVELLED_D,
@@ -20,10 +28,12 @@ from qat_sweep.analysis.law.formulas import (
     FittedLaw,
     Points,
     effective_multiplier,
+    get_law,
     law_log_delta,
     log_delta,
 )
 from qat_sweep.analysis.law.law_fit import fit_law
+from qat_sweep.analysis.law.start_fractions import pooled_key, start_fraction_groups
 from qat_sweep.analysis.pipeline import Settings, check_intervals, run_fit
 
 P = {"k": 0.1582, "gamma_N": 0.2186, "gamma_D": 0.0745, "gamma_G": 0.7779}
@@ -87,7 +97,7 @@ def test_splits_hold_out_what_they_say():
     table = _usable(levelling_table())
     part = table[table["fit_key"] == "w4a4/int4"].reset_index(drop=True)
     splits, notes = make_splits(part)
-    assert not notes and {s.criterion for s in splits} == set(CRITERIA)
+    assert not notes and {s.criterion for s in splits} == set(CRITERIA) - {START_CRITERION}
     ratio = part["tokens"] / part["n_params"]
     top = next(s for s in splits if s.criterion == "largest_D_per_N")
     assert ratio[top.test].min() > ratio[top.train].max()  # the largest D/N, nothing else
@@ -160,3 +170,68 @@ def test_paper_table_keeps_the_papers_law():
     fp4 = res["delta"]["w4a4/fp4"]  # one cell: nothing held out, no D to level off
     assert fp4["law"] == "paper" and "no held-out criterion" in fp4["selection"]["why"]
     assert not fp4["laws"]["levelled_D"]["fitted"] and "gamma_D" in fp4["laws"]["levelled_D"]["why"]
+
+
+def test_d_fp_qat_is_dremov_form_at_one_bit_width():
+    """delta = k (log2 G)^gamma_G [1 + phi n^-psi s_qat^-omega + lambda n^-nu s_fp^xi
+    s_qat^-rho], written out by hand here; from step 0 (f = 0) the interaction vanishes."""
+    p = START_TRUTH
+    n, d, g, f = 3e8, 2e10, 64.0, np.array([0.0, 0.5, 0.8])
+    at = Points.at(n, d, g, g, f)
+    s_qat, s_fp, n_rel = (1 - f) * d / (100 * n), f * d / (100 * n), n / 1e8
+    by_hand = (
+        p["k"] * np.log2(g) ** p["gamma_G"]
+        * (1 + p["phi"] * n_rel ** -p["psi"] * s_qat ** -p["omega"]
+           + p["lambda"] * n_rel ** -p["nu"] * s_fp ** p["xi"] * s_qat ** -p["rho"])
+    )  # fmt: skip
+    assert np.allclose(np.exp(law_log_delta(D_FP_QAT, p, at)), by_hand, rtol=1e-12)
+    pure = p["k"] * np.log2(g) ** p["gamma_G"] * (1 + p["phi"] * n_rel ** -p["psi"] * s_qat[0] ** -p["omega"])  # fmt: skip
+    assert np.exp(law_log_delta(D_FP_QAT, p, at))[0] == pytest.approx(pure, rel=1e-12)
+    # psi and nu go with gamma_N: left out (None) they contribute nothing, N^0
+    no_n = {**p, "psi": None, "nu": None}
+    flat = np.exp(
+        law_log_delta(D_FP_QAT, no_n, Points.at([1e8, 1e9], 100 * np.array([1e8, 1e9]), g, g, 0.5))
+    )
+    assert flat[0] == pytest.approx(flat[1], rel=1e-12)  # fmt: skip
+    assert D_FP_QAT.name not in LAWS and get_law("D_fp_qat") is D_FP_QAT  # pooled only
+    assert D_FP_QAT.needs()["xi"] == "start fraction"
+
+
+def test_start_fractions_pool_only_settings_that_differ_in_when_qat_starts():
+    assert pooled_key("w4a4/int4-from0.5") == "w4a4/int4"
+    assert pooled_key("w4a4/int4-wsd-from0.25") == "w4a4/int4-wsd"
+    assert pooled_key("w4a4/nvfp4") == "w4a4/nvfp4"
+    table = _usable(start_fraction_table("D_fp_qat"))
+    quant = table[table["scheme"] != "bf16"]
+    groups = start_fraction_groups(quant)
+    assert list(groups) == ["w4a4/int4"] and len(groups["w4a4/int4"]) == len(quant)
+    one = quant[quant["fit_key"] == "w4a4/int4-from0.5"].reset_index(drop=True)
+    assert start_fraction_groups(one) == {}
+    paper = fit_delta(one, "w4a4/int4-from0.5")
+    why = fit_law(one, D_FP_QAT, "w4a4/int4-from0.5", paper)
+    assert isinstance(why, str) and "1 QAT start fraction(s) (0.5)" in why
+    splits, notes = make_splits(groups["w4a4/int4"])
+    held = [s for s in splits if s.criterion == START_CRITERION]
+    assert len(held) == len(START_FRACTIONS) and not notes
+    for split in held:  # each start fraction held out whole, nothing else
+        assert groups["w4a4/int4"]["start_fraction"][split.test].nunique() == 1
+        assert not (groups["w4a4/int4"]["start_fraction"][split.train].isin(
+            groups["w4a4/int4"]["start_fraction"][split.test])).any()  # fmt: skip
+
+
+@pytest.mark.parametrize("truth", ["D_fp_qat", "paper"])
+def test_across_start_fractions_the_law_the_data_follow_is_selected(truth: str):
+    """Runs from Dremov et al.'s law select it and it predicts a held-out start fraction; runs
+    where when QAT starts does not matter keep the paper's law (the incumbent)."""
+    table = pair_deltas(build_table(start_fraction_table(truth, seed=1).to_dict("records")))
+    item = run_fit(table, [], Settings(bootstrap=0)).result["start_fractions"]["w4a4/int4"]
+    assert item["start_fractions"] == list(START_FRACTIONS)
+    assert item["law"] == truth, item["selection"]["why"]
+    paper, dremov = item["laws"]["paper"], item["laws"]["D_fp_qat"]
+    assert set(dremov["held_out"]) == set(CRITERIA) and dremov["n_params"] == 9
+    if truth == "D_fp_qat":
+        assert dremov["held_out"][START_CRITERION] < 0.2 * paper["held_out"][START_CRITERION]
+        for name in ("k", "gamma_G", "omega", "xi"):
+            assert dremov["params"][name] == pytest.approx(START_TRUTH[name], rel=0.25), name
+    else:
+        assert paper["held_out_error"] < dremov["held_out_error"]
