@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from support import train_rows
+from support import finish, start_ranks, train_rows
 
 from qat_sweep.config.compose import compose_run, run_dir
 from qat_sweep.delta import execution_difference
@@ -30,33 +27,6 @@ BASE = [
     "checkpoint.every_steps=4",
 ]
 FSDP = ["train.parallelism=fsdp"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_ranks(args: list[str], n: int = 2) -> list[subprocess.Popen]:
-    """n trainer processes joined over gloo, as SLURM starts the tasks of one job."""
-    port = free_port()
-    procs = []
-    for rank in range(n):
-        env = {
-            **os.environ, "RANK": str(rank), "WORLD_SIZE": str(n), "LOCAL_RANK": str(rank),
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
-            "PYTHONUNBUFFERED": "1",
-        }  # fmt: skip
-        command = [sys.executable, "-m", "qat_sweep.train", *args]
-        out = subprocess.PIPE
-        procs.append(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env))
-    return procs
-
-
-def finish(procs: list[subprocess.Popen], timeout: float = 240) -> list[tuple[int, str]]:
-    outputs = [p.communicate(timeout=timeout)[0].decode() for p in procs]
-    return [(p.returncode, out) for p, out in zip(procs, outputs, strict=True)]
 
 
 @pytest.fixture(scope="module")

@@ -51,8 +51,8 @@ CONFIG_GROUPS = ("model", "quant", "data", "optim", "logger")
 _EXECUTION_KEYS = ("paths", "logger", "eval", "checkpoint", "sweep_name", "run_key", "hydra")
 _EXECUTION_KEYS += ("subgrid", "holdout")  # plan membership: a run's place, not its result
 _EXECUTION_KEYS += ("branch",)  # a branched run computes what it would from scratch
-_EXECUTION_TRAIN_KEYS = ("micro_batch_seqs", "device", "compile", "threads")
-_EXECUTION_TRAIN_KEYS += ("parallelism", "activation_checkpointing")
+EXECUTION_TRAIN_KEYS = ("micro_batch_seqs", "device", "compile", "threads")
+EXECUTION_TRAIN_KEYS += ("parallelism", "activation_checkpointing")
 # Settings added after the first sweeps ran, at the values those runs used (the quant ones:
 # precision.OPTIONAL_DEFAULTS): an identity leaves them out there, so a run that sets them all
 # to these values keeps the run_key it had before they existed.
@@ -66,7 +66,7 @@ PROFILE_KEYS = (
     "logger",
     "eval",
     "checkpoint",
-    *(f"train.{k}" for k in _EXECUTION_TRAIN_KEYS),
+    *(f"train.{k}" for k in EXECUTION_TRAIN_KEYS),
 )
 
 
@@ -139,7 +139,7 @@ def _identity(resolved: dict[str, Any]) -> dict[str, Any]:
     """The part of a resolved config that determines what a run computes."""
     identity = {k: v for k, v in resolved.items() if k not in _EXECUTION_KEYS}
     identity["train"] = {
-        k: v for k, v in identity.get("train", {}).items() if k not in _EXECUTION_TRAIN_KEYS
+        k: v for k, v in identity.get("train", {}).items() if k not in EXECUTION_TRAIN_KEYS
     }
     # Which corpus: its directory below paths.data (so moving paths.data keeps the keys), or
     # the directory itself when the run points elsewhere (two corpora never share a key).

@@ -285,7 +285,7 @@ def parents_first(runs: list[PlannedRun]) -> list[PlannedRun]:
 
 def branch_ready(run: PlannedRun) -> bool:
     """Whether the run can start: no parent, its branch checkpoint is there, or the parent
-    completed without it (then the run trains from scratch, to the same result)."""
+    completed without it (then the run rebuilds it, train/rebuild.py)."""
     if run.parent is None:
         return True
     parent_dir = run.run_dir.parent / run.parent

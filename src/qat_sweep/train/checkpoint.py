@@ -11,7 +11,8 @@ shard plus one tensor beyond what it built. A checkpoint that cannot be read is 
 
 At a step another run branches from, the checkpoint is also kept whole under
 ``<run>/branch-checkpoint/step-N/`` (hard links, never rotated or removed with the run's own),
-with the metrics rows up to that step, so the branch starts exactly where this run was.
+with the metrics rows up to that step, so the branch starts exactly where this run was. One
+that is lost or cannot be read is rebuilt by the child that needs it (train/rebuild.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -162,6 +163,10 @@ def _move_aside(path: Path, run_dir: Path, problem: str | None, info: DistInfo) 
     aside = run_dir / CORRUPT_DIR / f"{path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if info.is_main:
         aside.parent.mkdir(parents=True, exist_ok=True)
+        first, again = aside, 0
+        while aside.exists():  # the same step moved aside twice in one second (rebuilds)
+            again += 1
+            aside = first.with_name(f"{first.name}.{again}")
         os.replace(path, aside)
         print(
             f"[qat-sweep] warning: checkpoint {path} cannot be read ({problem or 'on a rank'}); "
@@ -212,17 +217,26 @@ def keep_for_branches(run_dir: Path, step: int, metrics_rows: str) -> Path:
     return final
 
 
+class BranchLoad(NamedTuple):
+    """A parent's branch checkpoint loaded (its train state), or why not and where it went."""
+
+    state: dict[str, Any] | None
+    problem: str | None = None  # absent, or why it cannot be read
+    moved_to: str | None = None  # an unreadable one, in the parent's checkpoint-corrupt/
+
+
 def load_branch(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo
-) -> dict[str, Any] | None:
-    """Load a parent's branch checkpoint into this run's model and optimizer; its train state,
-    or None when it is absent or unreadable (then moved to the parent's checkpoint-corrupt/)."""
-    if not any_rank(not path.is_dir(), info):
-        problem = checkpoint_problem(path)
-        if not any_rank(problem is not None, info):
-            return _load(path, model, optimizer)
-        _move_aside(path, path.parents[1], problem, info)
-    return None
+) -> BranchLoad:
+    """Load a parent's branch checkpoint into this run's model and optimizer; an unreadable
+    one is moved to the parent's checkpoint-corrupt/."""
+    if any_rank(not path.is_dir(), info):
+        return BranchLoad(None, f"{path} is not there")
+    problem = checkpoint_problem(path)
+    if not any_rank(problem is not None, info):
+        return BranchLoad(_load(path, model, optimizer))
+    problem = problem or "unreadable on a rank"
+    return BranchLoad(None, problem, _move_aside(path, path.parents[1], problem, info))
 
 
 def remove_checkpoint(run_dir: Path) -> None:

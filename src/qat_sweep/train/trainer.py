@@ -18,9 +18,10 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import hydra
 import torch
@@ -39,7 +40,7 @@ from qat_sweep.config.compose import compose_run, identity_fields, run_dir
 from qat_sweep.data.batches import BatchSchedule, val_batches
 from qat_sweep.data.prefetch import Prefetcher
 from qat_sweep.estimates.flops import flops_per_token, mfu, peak_flops
-from qat_sweep.locks import LockHeld, run_lock
+from qat_sweep.locks import LockHeld, hold, run_lock
 from qat_sweep.model.instrument import site_stats
 from qat_sweep.model.layers import set_quantizing, start_quantizing
 from qat_sweep.model.presets import CONF_DIR
@@ -54,6 +55,7 @@ from qat_sweep.record import (
 )
 from qat_sweep.train.checkpoint import (
     BRANCH_METRICS,
+    checkpoint_problem,
     keep_for_branches,
     load_branch,
     load_latest,
@@ -62,6 +64,7 @@ from qat_sweep.train.checkpoint import (
 )
 from qat_sweep.train.distributed import (
     all_reduce_mean,
+    any_rank,
     any_ranks,
     apply_activation_checkpointing,
     barrier,
@@ -78,6 +81,15 @@ from qat_sweep.train.preemption import (
     restore_signal_handlers,
     stop_signal,
 )
+from qat_sweep.train.rebuild import (
+    parent_config,
+    parent_passed,
+    publish,
+    rebuild_lock_path,
+    rebuild_source,
+    scratch_dir,
+    stage,
+)
 from qat_sweep.train.recipe import (
     SmoothedLoss,
     lr_multiplier,
@@ -90,6 +102,7 @@ from qat_sweep.train.setup import RunSetup, resolve_execution, validate_run
 from qat_sweep.train.state import TrainState
 from qat_sweep.train.tracking import Tracker, metrics_until, truncate_metrics
 
+Result = TypeVar("Result")
 EXIT_FAILED, EXIT_DIVERGED = 1, 3
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another trainer holds the run directory
 
@@ -161,8 +174,11 @@ def _completed(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
 class Trainer:
     """One run's model, optimizer, data and state on this process, and the steps of its loop."""
 
-    def __init__(self, cfg: DictConfig, setup: RunSetup, out_dir: Path) -> None:
+    def __init__(
+        self, cfg: DictConfig, setup: RunSetup, out_dir: Path, sweep_dir: Path | None = None
+    ) -> None:
         self.cfg, self.setup, self.out_dir = cfg, setup, out_dir
+        self.sweep_dir = sweep_dir or out_dir.parent  # where the parent runs are
         self.device = resolve_device(cfg.train.device, "train.device")
         if cfg.train.threads:
             torch.set_num_threads(int(cfg.train.threads))
@@ -231,7 +247,7 @@ class Trainer:
         returns the corrupt ones moved aside."""
         checkpoint, moved_aside = load_latest(self.out_dir, self.model, self.optimizer, self.dist)
         if checkpoint is None and self.cfg.branch.parent:
-            self._branch()
+            moved_aside += self._branch()
         elif checkpoint is not None:
             if checkpoint["run_key"] != self.cfg.run_key:
                 raise ValueError(
@@ -245,27 +261,22 @@ class Trainer:
                 )
         return moved_aside
 
-    def _branch(self) -> None:
+    def _branch(self) -> list[str]:
         """Start from the parent's checkpoint at the branch step, with the parent's metrics rows
         up to it as this run's own: the smoothed loss replayed with this run's window, as it
-        would have been computed had this run trained those steps itself."""
+        would have been computed had this run trained those steps itself. A lost or unreadable
+        branch checkpoint is rebuilt first; returns where an unreadable one was moved."""
         parent, step = str(self.cfg.branch.parent), int(self.cfg.branch.step)
-        path = branch_checkpoint_path(self.out_dir.parent / parent, step)
-        checkpoint = load_branch(path, self.model, self.optimizer, self.dist)
+        parent_dir = self.sweep_dir / parent
+        path = branch_checkpoint_path(parent_dir, step)
+        loaded = load_branch(path, self.model, self.optimizer, self.dist)
+        moved, rebuilt_from = [] if loaded.moved_to is None else [loaded.moved_to], None
+        if loaded.state is None:
+            rebuilt_from = self._rebuild_branch_point(parent_dir, step, str(loaded.problem))
+            loaded = load_branch(path, self.model, self.optimizer, self.dist)
+        checkpoint = loaded.state
         if checkpoint is None:
-            done = read_record(self.out_dir.parent / parent)
-            if done is None or done["status"] != "completed":
-                raise ValueError(
-                    f"branch checkpoint {path} is not there or cannot be read: parent {parent} "
-                    f"has not kept step {step}; start this run once it has (launch does)"
-                )
-            if self.dist.is_main:  # planned after the parent ran, or its checkpoint was lost
-                print(
-                    f"[qat-sweep] warning: parent {parent} completed without a readable "
-                    f"checkpoint at step {step}: {self.cfg.run_key} trains from scratch",
-                    file=sys.stderr,
-                )
-            return
+            raise ValueError(f"rebuilt branch checkpoint {path} cannot be read: {loaded.problem}")
         if checkpoint["run_key"] != parent or checkpoint["step"] != step:
             raise ValueError(
                 f"branch checkpoint {path} holds run {checkpoint['run_key']} at step "
@@ -278,6 +289,8 @@ class Trainer:
         checkpoint["smoothed"] = (self.state.smoothed.value, self.state.smoothed.weight)
         self.state.load_state_dict(checkpoint)
         self.state.branched_from = {"parent": parent, "step": step}
+        if rebuilt_from is not None:  # the record says so only where it happened
+            self.state.branched_from["rebuilt_from_step"] = rebuilt_from
         self.inherited = rows
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -286,6 +299,56 @@ class Trainer:
                 f"[qat-sweep] branching {self.cfg.run_key} from {parent} at step "
                 f"{step}/{self.setup.total_steps}"
             )
+        return moved
+
+    def _rebuild_branch_point(self, parent_dir: Path, step: int, problem: str) -> int | None:
+        """Rerun the parent to its branch checkpoint at ``step``, once it has passed that step
+        (else this run waits for it); the step the rerun started from, or None when another
+        child rebuilt it while this one waited for the lock."""
+        parent, path = parent_dir.name, branch_checkpoint_path(parent_dir, step)
+        if not parent_passed(parent_dir, step):
+            raise ValueError(
+                f"branch checkpoint {path} cannot be used ({problem}): parent {parent} has not "
+                f"kept step {step}; start this run once it has (launch does)"
+            )
+        cfg = parent_config(parent_dir, parent, step, self.cfg)
+        if cfg is None:
+            raise ValueError(
+                f"branch checkpoint {path} cannot be used ({problem}) and parent {parent}, "
+                f"past step {step}, has no record to rerun its config from yet; start this "
+                "run once the parent has ended"
+            )
+        # One rebuild per branch point: rank 0 holds the lock, the other ranks wait for it.
+        lock = rebuild_lock_path(parent_dir, step)
+        held = hold(lock, f"the rebuild of {path}", math.inf, self._waiting)
+        with held if self.dist.is_main else contextlib.nullcontext():
+            barrier(self.dist)
+            if not any_rank(not path.is_dir() or checkpoint_problem(path) is not None, self.dist):
+                return None  # another child rebuilt it meanwhile
+            return self._rerun_parent(cfg, parent_dir, step, problem)
+
+    def _waiting(self, held: LockHeld) -> None:
+        print(f"[qat-sweep] waiting: {held}", file=sys.stderr)
+
+    def _rerun_parent(self, cfg: DictConfig, parent_dir: Path, step: int, problem: str) -> int:
+        """The parent's config trained in a scratch directory from its latest readable earlier
+        checkpoint to ``step``; its branch checkpoint published there; the step it started at."""
+        scratch = scratch_dir(parent_dir, step)
+        if self.dist.is_main:
+            stage(scratch, rebuild_source(parent_dir, step))
+        barrier(self.dist)
+        rerun = Trainer(cfg, validate_run(cfg), scratch, sweep_dir=self.sweep_dir)
+        start = rerun.state.step
+        if self.dist.is_main:
+            print(
+                f"[qat-sweep] rebuilding {parent_dir.name} branch checkpoint at step {step} "
+                f"from step {start} ({problem})"
+            )
+        rerun.keep_branch_point(step)
+        if self.dist.is_main:
+            publish(scratch, parent_dir, step)
+        barrier(self.dist)
+        return start
 
     def _tracker(self) -> Tracker:
         return Tracker(
@@ -301,6 +364,24 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         """Train to the last step (resuming where the checkpoint left off); returns the record."""
+        try:
+            return self._train_to(self.setup.total_steps, then=self.finish)
+        finally:
+            teardown_distributed()
+
+    def keep_branch_point(self, step: int) -> None:
+        """Train to ``step`` and keep the branch checkpoint there, no further (a rerun that
+        rebuilds it): no final evaluation, no record, the process group left to the caller."""
+        self._train_to(step, then=lambda: self._keep_reached(step))
+
+    def _keep_reached(self, step: int) -> None:
+        if self.dist.is_main:  # a rerun that resumed at ``step`` itself trained nothing
+            keep_for_branches(self.out_dir, step, metrics_until(self.out_dir, step))
+        barrier(self.dist)
+        self.tracker.finish({})
+
+    def _train_to(self, last_step: int, then: Callable[[], Result]) -> Result:
+        """The loop from the current step to ``last_step``, then ``then()`` (its result)."""
         previous_handlers = install_signal_handlers()
         state = self.state
         state.started = state.window_start = time.perf_counter()
@@ -312,10 +393,10 @@ class Trainer:
             self.model.train()
             if 0 < state.step < self.setup.total_steps and state.step % self.setup.eval_every == 0:
                 self._log_eval()  # resumed at an eval step: its row came after the save, if at all
-            while state.step < self.setup.total_steps:
+            while state.step < last_step:
                 self.train_step()
                 self._at_boundary()
-            return self.finish()
+            return then()
         except BaseException as exc:
             status = {Diverged: "diverged", Preempted: "preempted"}.get(type(exc), "failed")
             self.tracker.finish({"final/status": status}, exit_code=1)
@@ -323,7 +404,6 @@ class Trainer:
         finally:
             self.batches.close()
             restore_signal_handlers(previous_handlers)
-            teardown_distributed()
 
     def _batch_for(self, at_step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.schedule.batch(
