@@ -167,7 +167,10 @@ def _move_aside(path: Path, run_dir: Path, problem: str | None, info: DistInfo) 
         while aside.exists():  # the same step moved aside twice in one second (rebuilds)
             again += 1
             aside = first.with_name(f"{first.name}.{again}")
-        os.replace(path, aside)
+        try:
+            os.replace(path, aside)
+        except FileNotFoundError:  # another child of the same parent moved it first
+            aside = path.with_name(f"{path.name} (moved aside by another run)")
         print(
             f"[qat-sweep] warning: checkpoint {path} cannot be read ({problem or 'on a rank'}); "
             f"moved to {aside}",
