@@ -13,6 +13,7 @@ import torch
 from qat_sweep.model.layers import ActQuantizer, QuantLinear
 from qat_sweep.model.quantizers import (
     FORMATS,
+    LSQ_MIN_STEP,
     fake_quantize,
     kurtosis,
     lsq_init,
@@ -369,6 +370,19 @@ def test_lsq_forward_and_gradients_match_the_paper(fmt: str, group: int) -> None
     np.testing.assert_allclose(x.grad.numpy(), ref_dx, rtol=1e-6)  # g / s * s: not exactly g
     np.testing.assert_array_equal(x.grad.numpy() == 0, ref_dx == 0)
     np.testing.assert_allclose(step.grad.numpy(), ref_dstep, rtol=1e-5, atol=1e-6)
+
+
+def test_lsq_step_pushed_to_zero_or_below_quantizes_at_the_minimum_step() -> None:
+    x = gaussian(4, 32)
+    fmt = FORMATS["int4"]
+    step = torch.tensor([[0.0, -0.3], [0.1, 1e-9], [0.2, 0.05], [-1.0, 0.4]])
+    out = lsq_quantize(x, step, fmt, 16)
+    assert torch.isfinite(out).all()
+    floored = step.clamp_min(LSQ_MIN_STEP).numpy()
+    ref_out, _, _ = ref_lsq(x.numpy(), floored, "int4", np.ones((4, 32), np.float32))
+    np.testing.assert_array_equal(
+        out.numpy(), ref_out
+    )  # ordinary steps untouched, the rest floored
 
 
 def test_lsq_init_is_twice_the_mean_magnitude_over_root_qmax() -> None:

@@ -74,6 +74,7 @@ FORMATS: dict[str, QuantFormat] = {
 }
 LWC_INIT = 4.0  # OmniQuant's initial clipping logits: sigmoid(4) = 0.982 of the max and min
 LWC_MIN_STEP, LWC_MAX_STEP = 1e-5, 1e4  # OmniQuant's clamp of the step (CLIPMIN)
+LSQ_MIN_STEP = LWC_MIN_STEP  # a learned LSQ step an update pushed to <= 0 quantizes at this
 
 
 def get_format(
@@ -254,9 +255,12 @@ def lsq_quantize(x: Tensor, step: Tensor, fmt: QuantFormat, group_size: GroupSiz
     grid, with one learned step per group (``step`` has the groups' shape, ``grouped(x)`` less
     its last axis). The gradient is the paper's: the identity for x inside [qmin, qmax], zero
     outside; for the step, round(u) - u inside and qmin or qmax outside, scaled by
-    1 / sqrt(G qmax) (G: the elements that share a step)."""
+    1 / sqrt(G qmax) (G: the elements that share a step). A step that an update pushed to 0 or
+    below is used at LSQ_MIN_STEP (as OmniQuant clamps its step), never as a division by 0 or a
+    sign flip of every code."""
     xg = grouped(x, group_size)
-    scaled = _GradScale.apply(step.float(), 1.0 / math.sqrt(xg.shape[-1] * fmt.qmax))
+    positive = step.float().clamp_min(LSQ_MIN_STEP)
+    scaled = _GradScale.apply(positive, 1.0 / math.sqrt(xg.shape[-1] * fmt.qmax))
     s = scaled.unsqueeze(-1)
     code = _RoundSTE.apply((xg / s).clamp(fmt.qmin, fmt.qmax), fmt)
     return (code * s).reshape(x.shape).to(x.dtype)
