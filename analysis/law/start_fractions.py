@@ -99,10 +99,11 @@ def best_start_fractions(law: FittedLaw, rows: pd.DataFrame) -> list[dict[str, A
     lo, hi = float(rows["start_fraction"].min()), float(rows["start_fraction"].max())
     cells = rows[["n_params", "tokens", "G", "group_size"]].drop_duplicates()
     for cell in cells.sort_values(["n_params", "tokens", "G"]).itertuples():
-        points = Points.at(cell.n_params, cell.tokens, cell.G, cell.group_size, FRACTIONS)
-        delta = law.delta(points)
+        at = np.append(FRACTIONS, [lo, hi])  # the search grid, then the ends that were run
+        delta, ends = np.split(
+            law.delta(Points.at(cell.n_params, cell.tokens, cell.G, cell.group_size, at)), [-2]
+        )
         best = int(np.nanargmin(delta))
-        ends = law.delta(Points.at(cell.n_params, cell.tokens, cell.G, cell.group_size, [lo, hi]))
         out.append({
             "n_params": float(cell.n_params), "tokens": float(cell.tokens), "G": float(cell.G),
             "group_size": group_label(cell.group_size),
